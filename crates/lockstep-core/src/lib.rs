@@ -1,0 +1,9 @@
+pub mod calendar;
+pub mod definition;
+pub mod diagnostic;
+pub mod duration;
+pub mod expr;
+pub mod limits;
+pub mod retry;
+pub mod source;
+pub mod time;

@@ -1,0 +1,252 @@
+//! Reading definitions from YAML with precise locations.
+//!
+//! Parsing happens in two passes. The first walks yaml-rust2's marked events to check the
+//! limits (size, depth), refuse anchors and duplicate keys, and remember where every key is, so
+//! that later diagnostics can point at a line and column. The second deserializes into
+//! [`Definition`] with serde, whose errors carry their own location.
+
+use std::collections::{HashMap, HashSet};
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+use crate::definition::Definition;
+use crate::diagnostic::{Code, Diagnostic};
+use crate::limits::Limits;
+
+/// Where each element of a definition was written, by dotted path.
+#[derive(Clone, Debug, Default)]
+pub struct SourceMap {
+    file: Option<String>,
+    spans: HashMap<String, (usize, usize)>,
+}
+
+impl SourceMap {
+    /// The line and column of `path`, or of its nearest located ancestor.
+    pub fn locate(&self, path: &str) -> (usize, usize) {
+        let mut current = path;
+        loop {
+            if let Some(&span) = self.spans.get(current) {
+                return span;
+            }
+            match current.rfind(['.', '[']) {
+                Some(cut) => current = &current[..cut],
+                None => return self.spans.get("").copied().unwrap_or((1, 1)),
+            }
+        }
+    }
+
+    /// Fills in file, line and column of a diagnostic from its path.
+    pub fn place(&self, mut diagnostic: Diagnostic) -> Diagnostic {
+        let (line, column) = self.locate(&diagnostic.path);
+        diagnostic.file = self.file.clone();
+        diagnostic.line = line;
+        diagnostic.column = column;
+        diagnostic
+    }
+
+    pub fn file(&self) -> Option<&str> {
+        self.file.as_deref()
+    }
+}
+
+/// Parses a definition from YAML. On failure, every diagnostic is already located.
+pub fn parse_definition(file: Option<&str>, text: &str, limits: &Limits) -> Result<(Definition, SourceMap), Vec<Diagnostic>> {
+    let mut map = SourceMap { file: file.map(str::to_owned), spans: HashMap::new() };
+    if text.len() > limits.definition_bytes_max {
+        let d = Diagnostic::error(
+            Code::FileTooLarge,
+            "",
+            format!(
+                "the definition is {} bytes, more than definition_bytes_max ({} bytes)",
+                text.len(),
+                limits.definition_bytes_max
+            ),
+            "split the workflow into smaller workflows or move bulky descriptions into your repository's docs",
+        );
+        return Err(vec![map.place(d)]);
+    }
+    let mut scan = Scan::new(limits.definition_depth_max);
+    let mut parser = Parser::new_from_str(text);
+    if let Err(e) = parser.load(&mut scan, false) {
+        let marker = e.marker();
+        let d = Diagnostic {
+            line: marker.line(),
+            column: marker.col() + 1,
+            file: map.file.clone(),
+            ..Diagnostic::error(Code::YamlSyntax, "", format!("malformed YAML: {}", e.info()), "fix the YAML syntax at this position (indentation, quotes, colons)")
+        };
+        return Err(vec![d]);
+    }
+    map.spans = std::mem::take(&mut scan.spans);
+    if !scan.problems.is_empty() {
+        let file = map.file.clone();
+        return Err(scan.problems.into_iter().map(|d| Diagnostic { file: file.clone(), ..d }).collect());
+    }
+    if !scan.saw_document {
+        let d = Diagnostic::error(Code::YamlSyntax, "", "the file is empty", "start with `workflow: <name>`, `states:` and `transitions:`");
+        return Err(vec![map.place(d)]);
+    }
+    match serde_yaml_ng::from_str::<Definition>(text) {
+        Ok(definition) => Ok((definition, map)),
+        Err(e) => Err(vec![serde_diagnostic(&map, &e)]),
+    }
+}
+
+fn serde_diagnostic(map: &SourceMap, e: &serde_yaml_ng::Error) -> Diagnostic {
+    let message = e.to_string();
+    // serde_yaml_ng appends " at line L column C"; keep the message itself clean.
+    let clean = match message.find(" at line ") {
+        Some(cut) => message[..cut].to_string(),
+        None => message.clone(),
+    };
+    let (code, hint) = if clean.contains("unknown field") {
+        (Code::UnknownKey, "remove the key or correct its spelling; see schema/workflow.schema.json for the keys each element takes")
+    } else if clean.contains("missing field") {
+        (Code::InvalidValue, "add the required key")
+    } else if clean.contains("duplicate field") {
+        (Code::DuplicateKey, "keep one of the keys")
+    } else {
+        (Code::InvalidValue, "give this key a value of the expected type; see schema/workflow.schema.json")
+    };
+    let (line, column) = match e.location() {
+        Some(location) => (location.line(), location.column()),
+        None => map.locate(""),
+    };
+    let mut d = Diagnostic::error(code, "", clean, hint);
+    d.file = map.file.clone();
+    d.line = line;
+    d.column = column;
+    d
+}
+
+enum Frame {
+    Mapping { path: String, key: Option<String>, seen: HashSet<String> },
+    Sequence { path: String, index: usize },
+}
+
+struct Scan {
+    depth_max: usize,
+    stack: Vec<Frame>,
+    spans: HashMap<String, (usize, usize)>,
+    problems: Vec<Diagnostic>,
+    saw_document: bool,
+    deepest_reported: bool,
+}
+
+impl Scan {
+    fn new(depth_max: usize) -> Self {
+        Scan { depth_max, stack: Vec::new(), spans: HashMap::new(), problems: Vec::new(), saw_document: false, deepest_reported: false }
+    }
+
+    fn problem(&mut self, code: Code, path: &str, mark: Marker, message: String, hint: &str) {
+        if self.problems.len() < 50 {
+            let mut d = Diagnostic::error(code, path, message, hint);
+            d.line = mark.line();
+            d.column = mark.col() + 1;
+            self.problems.push(d);
+        }
+    }
+
+    /// Called for every node that is a value (not a mapping key); returns the node's path.
+    fn enter_value(&mut self, mark: Marker) -> String {
+        let path = match self.stack.last_mut() {
+            None => String::new(),
+            Some(Frame::Mapping { path, key, .. }) => {
+                let key = key.take().unwrap_or_default();
+                if path.is_empty() { key } else { format!("{path}.{key}") }
+            }
+            Some(Frame::Sequence { path, index }) => {
+                let p = format!("{path}[{index}]");
+                *index += 1;
+                self.spans.insert(p.clone(), (mark.line(), mark.col() + 1));
+                p
+            }
+        };
+        path
+    }
+
+    /// A scalar in key position of a mapping records the key; returns false if not a key.
+    fn take_key(&mut self, value: &str, mark: Marker) -> bool {
+        let Some(Frame::Mapping { path, key, seen }) = self.stack.last_mut() else { return false };
+        if key.is_some() {
+            return false;
+        }
+        let full = if path.is_empty() { value.to_string() } else { format!("{path}.{value}") };
+        if !seen.insert(value.to_string()) {
+            let message = format!("the key `{value}` appears twice in the same mapping");
+            self.problem(Code::DuplicateKey, &full, mark, message, "keep one of the two entries; YAML would silently drop the first");
+        }
+        if let Some(Frame::Mapping { key, .. }) = self.stack.last_mut() {
+            *key = Some(value.to_string());
+        }
+        self.spans.entry(full).or_insert((mark.line(), mark.col() + 1));
+        true
+    }
+
+    fn push(&mut self, frame: Frame, mark: Marker) {
+        if self.stack.len() >= self.depth_max && !self.deepest_reported {
+            self.deepest_reported = true;
+            let message = format!("the YAML nests deeper than definition_depth_max ({})", self.depth_max);
+            self.problem(Code::NestingTooDeep, "", mark, message, "flatten the structure; definitions never need this much nesting");
+        }
+        self.stack.push(frame);
+    }
+
+    fn key_is_collection(&mut self, mark: Marker) -> bool {
+        if let Some(Frame::Mapping { key: None, .. }) = self.stack.last() {
+            self.problem(Code::InvalidValue, "", mark, "a mapping key must be a plain string, not a list or mapping".into(), "use a string key");
+            return true;
+        }
+        false
+    }
+}
+
+impl MarkedEventReceiver for Scan {
+    fn on_event(&mut self, event: Event, mark: Marker) {
+        match event {
+            Event::DocumentStart => self.saw_document = true,
+            Event::Alias(_) => {
+                self.problem(Code::YamlAlias, "", mark, "YAML aliases (`*name`) are not supported in definitions".into(), "write the value out in full; definitions are reviewed as code and must read plainly");
+            }
+            Event::Scalar(value, _, anchor, _) => {
+                if anchor > 0 {
+                    self.problem(Code::YamlAlias, "", mark, "YAML anchors (`&name`) are not supported in definitions".into(), "write the value out in full");
+                }
+                if !self.take_key(&value, mark) {
+                    self.enter_value(mark);
+                }
+            }
+            Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
+                if anchor > 0 {
+                    self.problem(Code::YamlAlias, "", mark, "YAML anchors (`&name`) are not supported in definitions".into(), "write the value out in full");
+                }
+                let is_map = matches!(event, Event::MappingStart(..));
+                let path = if self.key_is_collection(mark) { "?".to_string() } else { self.enter_value(mark) };
+                if path.is_empty() {
+                    self.spans.insert(String::new(), (mark.line(), mark.col() + 1));
+                }
+                let frame = if is_map { Frame::Mapping { path, key: None, seen: HashSet::new() } } else { Frame::Sequence { path, index: 0 } };
+                self.push(frame, mark);
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_nested_keys() {
+        let text = "workflow: w\nstates:\n  a: { initial: true }\ntransitions:\n  go:\n    from: a\n    to: b\n";
+        let (_, map) = parse_definition(Some("w.yaml"), text, &Limits::default()).unwrap();
+        assert_eq!(map.locate("transitions.go.to"), (7, 5));
+        assert_eq!(map.locate("states.a.initial"), (3, 8));
+        assert_eq!(map.locate("transitions.go.nothing"), (5, 3));
+    }
+}

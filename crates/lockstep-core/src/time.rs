@@ -1,0 +1,69 @@
+//! Cluster time: microseconds since the Unix epoch, stamped by the leader at proposal.
+//!
+//! The engine never reads a clock; it is handed a [`Timestamp`]. Conversions to civil time use
+//! `jiff` with a bundled time zone database, so they do not depend on the host.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A point in cluster time, in microseconds since 1970-01-01T00:00:00Z.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// The earliest representable instant that jiff also accepts.
+    pub const MIN: Timestamp = Timestamp(-377_705_116_800_000_000);
+    /// The latest representable instant that jiff also accepts.
+    pub const MAX: Timestamp = Timestamp(253_402_207_200_000_000);
+
+    /// Builds a timestamp from microseconds since the epoch, clamped to the supported range.
+    pub fn from_micros(micros: i64) -> Timestamp {
+        Timestamp(micros.clamp(Self::MIN.0, Self::MAX.0))
+    }
+
+    pub fn from_millis(millis: i64) -> Timestamp {
+        Timestamp::from_micros(millis.saturating_mul(1000))
+    }
+
+    pub fn as_micros(self) -> i64 {
+        self.0
+    }
+
+    pub fn as_millis(self) -> i64 {
+        self.0.div_euclid(1000)
+    }
+
+    /// Adds a duration in milliseconds, saturating at the supported range.
+    pub fn add_ms(self, ms: u64) -> Timestamp {
+        let micros = i64::try_from(ms).unwrap_or(i64::MAX).saturating_mul(1000);
+        Timestamp::from_micros(self.0.saturating_add(micros))
+    }
+
+    /// Milliseconds from `earlier` to `self`, zero if `earlier` is later.
+    pub fn ms_since(self, earlier: Timestamp) -> u64 {
+        u64::try_from(self.0.saturating_sub(earlier.0).max(0) / 1000).unwrap_or(0)
+    }
+
+    pub fn to_jiff(self) -> jiff::Timestamp {
+        jiff::Timestamp::from_microsecond(self.0).expect("Timestamp is kept inside jiff's range")
+    }
+
+    pub fn from_jiff(ts: jiff::Timestamp) -> Timestamp {
+        Timestamp::from_micros(i64::try_from(ts.as_microsecond()).unwrap_or(i64::MAX))
+    }
+
+    /// Parses an RFC 3339 timestamp such as `2026-12-01T09:00:00Z`.
+    pub fn parse_rfc3339(text: &str) -> Result<Timestamp, String> {
+        text.parse::<jiff::Timestamp>()
+            .map(Timestamp::from_jiff)
+            .map_err(|e| format!("`{text}` is not an RFC 3339 timestamp ({e}); write e.g. 2026-12-01T09:00:00Z"))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_jiff())
+    }
+}
