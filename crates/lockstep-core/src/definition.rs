@@ -192,13 +192,16 @@ pub struct FieldGate {
     pub offset: Option<DurationText>,
 }
 
+/// One effect: exactly one of `task` or `emit`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum EffectDef {
+#[serde(deny_unknown_fields)]
+pub struct EffectDef {
     /// A task for a worker queue.
-    Task(TaskDef),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskDef>,
     /// A named event on the change feed.
-    Emit(EmitDef),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emit: Option<EmitDef>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

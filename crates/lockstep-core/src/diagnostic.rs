@@ -54,6 +54,7 @@ codes! {
     UnknownTransition = "LS301", "unknown-transition";
     ActionNotSystem = "LS302", "action-not-system";
     AmbiguousEvent = "LS303", "ambiguous-event";
+    ActionNotApplicable = "LS304", "action-not-applicable";
     InvalidDuration = "LS401", "invalid-duration";
     InvalidCalendar = "LS402", "invalid-calendar";
     UnknownCalendar = "LS403", "unknown-calendar";

@@ -1,9 +1,33 @@
+//! The pure, deterministic heart of Lockstep.
+//!
+//! Everything here is a function of its inputs: a workflow [`Definition`] parsed from YAML,
+//! validated and compiled into a [`CompiledDefinition`], and [`evaluate`], which takes a
+//! definition, an instance, a command and the cluster time and returns an [`Outcome`]. There
+//! is no clock, no randomness, no I/O and no async runtime in this crate, so every replica of a
+//! cluster computes byte-identical results from the same log (DESIGN §2, §3 invariant 1).
+
+pub mod audit;
 pub mod calendar;
+pub mod canonical;
 pub mod definition;
 pub mod diagnostic;
 pub mod duration;
+pub mod engine;
 pub mod expr;
+pub mod graph;
 pub mod limits;
 pub mod retry;
+pub mod scenario;
+pub mod schema;
+pub mod sla;
 pub mod source;
 pub mod time;
+pub mod validate;
+
+pub use audit::{AuditKind, AuditRecord, PredicateTrace};
+pub use definition::Definition;
+pub use diagnostic::{Code, Diagnostic, Severity};
+pub use engine::{evaluate, Actor, ActorKind, Change, Command, Effect, Instance, Outcome, Refusal, RefusalCode, Timer, TimerKind};
+pub use limits::Limits;
+pub use time::Timestamp;
+pub use validate::{check, compile, CompiledDefinition};
