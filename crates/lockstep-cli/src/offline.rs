@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use lockstep_core::diagnostic::{Diagnostic, Severity};
-use lockstep_core::validate::{check, CompiledDefinition};
-use lockstep_core::{scenario, Limits};
+use lockstep_core::validate::{CompiledDefinition, check};
+use lockstep_core::{Limits, scenario};
 
 use crate::Output;
 
@@ -18,7 +18,8 @@ fn collect(paths: &[PathBuf], key: &str) -> anyhow::Result<Vec<PathBuf>> {
             walk(path, &mut found)?;
             found.sort();
             for file in found {
-                let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
                 if text.lines().any(|l| l.starts_with(&format!("{key}:"))) {
                     out.push(file);
                 }
@@ -26,18 +27,26 @@ fn collect(paths: &[PathBuf], key: &str) -> anyhow::Result<Vec<PathBuf>> {
         } else if path.is_file() {
             out.push(path.clone());
         } else {
-            bail!("{} does not exist; pass definition files or folders", path.display());
+            bail!(
+                "{} does not exist; pass definition files or folders",
+                path.display()
+            );
         }
     }
     Ok(out)
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading folder {}", dir.display()))? {
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("reading folder {}", dir.display()))?
+    {
         let path = entry?.path();
         if path.is_dir() {
             walk(&path, out)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             out.push(path);
         }
     }
@@ -45,11 +54,18 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn read(path: &Path, limits: &Limits) -> anyhow::Result<String> {
-    let size = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
     if size > limits.definition_bytes_max as u64 * 4 {
-        bail!("{} is {size} bytes; definitions are at most {} bytes", path.display(), limits.definition_bytes_max);
+        bail!(
+            "{} is {size} bytes; definitions are at most {} bytes",
+            path.display(),
+            limits.definition_bytes_max
+        );
     }
-    std::fs::read_to_string(path).with_context(|| format!("reading {} (is it UTF-8 text?)", path.display()))
+    std::fs::read_to_string(path)
+        .with_context(|| format!("reading {} (is it UTF-8 text?)", path.display()))
 }
 
 /// Loads and compiles one definition, printing its diagnostics on failure.
@@ -60,8 +76,17 @@ pub fn load(path: &Path) -> anyhow::Result<CompiledDefinition> {
     match checked.compiled {
         Some(c) => Ok(c),
         None => {
-            let errors: Vec<String> = checked.diagnostics.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect();
-            bail!("{} is not a valid definition:\n{}", path.display(), errors.join("\n"))
+            let errors: Vec<String> = checked
+                .diagnostics
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| d.to_string())
+                .collect();
+            bail!(
+                "{} is not a valid definition:\n{}",
+                path.display(),
+                errors.join("\n")
+            )
         }
     }
 }
@@ -70,21 +95,31 @@ pub fn validate(paths: &[PathBuf], deny_warnings: bool, output: Output) -> anyho
     let limits = Limits::default();
     let files = collect(paths, "workflow")?;
     if files.is_empty() {
-        bail!("no workflow definitions found in {paths:?}; definitions are .yaml files starting with `workflow:`");
+        bail!(
+            "no workflow definitions found in {paths:?}; definitions are .yaml files starting with `workflow:`"
+        );
     }
     let mut reports = Vec::new();
     let mut ok = true;
     for file in &files {
         let text = read(file, &limits)?;
         let checked = check(Some(&file.display().to_string()), &text, &limits);
-        let failed = checked.diagnostics.iter().any(|d| d.is_error() || (deny_warnings && d.severity == Severity::Warning));
+        let failed = checked
+            .diagnostics
+            .iter()
+            .any(|d| d.is_error() || (deny_warnings && d.severity == Severity::Warning));
         ok &= !failed;
         if output == Output::Table {
             for d in &checked.diagnostics {
                 print_diagnostic(d, &text);
             }
             match &checked.compiled {
-                Some(c) if !failed => println!("ok    {} ({} @ {})", file.display(), c.name(), &c.version[..12]),
+                Some(c) if !failed => println!(
+                    "ok    {} ({} @ {})",
+                    file.display(),
+                    c.name(),
+                    &c.version[..12]
+                ),
                 _ => println!("FAIL  {}", file.display()),
             }
         }
@@ -97,7 +132,10 @@ pub fn validate(paths: &[PathBuf], deny_warnings: bool, output: Output) -> anyho
         }));
     }
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "ok": ok, "files": reports }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "ok": ok, "files": reports }))?
+        );
     }
     Ok(ok)
 }
@@ -122,36 +160,60 @@ pub fn graph(file: &Path, format: lockstep_core::graph::Format) -> anyhow::Resul
 pub fn test(paths: &[PathBuf], output: Output) -> anyhow::Result<bool> {
     let files = collect(paths, "scenarios")?;
     if files.is_empty() {
-        bail!("no scenario files found in {paths:?}; scenario files are .yaml files with a `scenarios:` key");
+        bail!(
+            "no scenario files found in {paths:?}; scenario files are .yaml files with a `scenarios:` key"
+        );
     }
     let limits = Limits::default();
     let (mut passed, mut failed) = (0usize, 0usize);
     let mut reports = Vec::new();
     for file in &files {
         let text = read(file, &limits)?;
-        let parsed = scenario::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        let workflow = file.parent().unwrap_or(Path::new(".")).join(&parsed.workflow);
-        let compiled = load(&workflow).with_context(|| format!("loading the workflow of {}", file.display()))?;
+        let parsed =
+            scenario::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let workflow = file
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&parsed.workflow);
+        let compiled = load(&workflow)
+            .with_context(|| format!("loading the workflow of {}", file.display()))?;
         for report in scenario::run_file(&parsed, &compiled) {
             match &report.failure {
                 None => {
                     passed += 1;
                     if output == Output::Table {
-                        println!("ok    {} :: {} ({} steps)", file.display(), report.scenario, report.steps);
+                        println!(
+                            "ok    {} :: {} ({} steps)",
+                            file.display(),
+                            report.scenario,
+                            report.steps
+                        );
                     }
                 }
                 Some(f) => {
                     failed += 1;
                     if output == Output::Table {
-                        println!("FAIL  {} :: {} at step {}: {}", file.display(), report.scenario, f.step, f.message);
+                        println!(
+                            "FAIL  {} :: {} at step {}: {}",
+                            file.display(),
+                            report.scenario,
+                            f.step,
+                            f.message
+                        );
                     }
                 }
             }
-            reports.push(serde_json::json!({ "file": file.display().to_string(), "report": report }));
+            reports
+                .push(serde_json::json!({ "file": file.display().to_string(), "report": report }));
         }
     }
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "passed": passed, "failed": failed, "scenarios": reports }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "passed": passed, "failed": failed, "scenarios": reports })
+            )?
+        );
     } else {
         println!("\nscenarios: {passed} passed, {failed} failed");
     }

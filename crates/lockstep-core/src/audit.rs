@@ -26,6 +26,8 @@ pub enum AuditKind {
     TaskRetryDue,
     TaskExhausted,
     IncidentResolved,
+    /// A definition version was applied to the cluster (not tied to an instance).
+    DefinitionApplied,
 }
 
 /// The actor as recorded: identity and how it was authenticated, not its raw claims.
@@ -98,13 +100,27 @@ pub struct ChainedRecord {
 }
 
 /// The bytes both chains hash: everything but the hashes themselves.
-fn chained_body(global_seq: u64, instance_seq: u64, raft_term: u64, raft_index: u64, record: &AuditRecord) -> Vec<u8> {
+fn chained_body(
+    global_seq: u64,
+    instance_seq: u64,
+    raft_term: u64,
+    raft_index: u64,
+    record: &AuditRecord,
+) -> Vec<u8> {
     canonical_json(&(global_seq, instance_seq, raft_term, raft_index, record))
 }
 
 impl ChainedRecord {
     /// Links `record` after the given chain heads.
-    pub fn link(record: AuditRecord, global_seq: u64, instance_seq: u64, raft_term: u64, raft_index: u64, prev: [u8; 32], instance_prev: [u8; 32]) -> ChainedRecord {
+    pub fn link(
+        record: AuditRecord,
+        global_seq: u64,
+        instance_seq: u64,
+        raft_term: u64,
+        raft_index: u64,
+        prev: [u8; 32],
+        instance_prev: [u8; 32],
+    ) -> ChainedRecord {
         let body = chained_body(global_seq, instance_seq, raft_term, raft_index, &record);
         ChainedRecord {
             global_seq,
@@ -122,7 +138,13 @@ impl ChainedRecord {
     /// Recomputes both hashes from the record's content and the given previous hashes;
     /// true if they match what is stored.
     pub fn verify(&self, prev: &[u8; 32], instance_prev: &[u8; 32]) -> bool {
-        let body = chained_body(self.global_seq, self.instance_seq, self.raft_term, self.raft_index, &self.record);
+        let body = chained_body(
+            self.global_seq,
+            self.instance_seq,
+            self.raft_term,
+            self.raft_index,
+            &self.record,
+        );
         self.prev_hash == hex::encode(prev)
             && self.instance_prev_hash == hex::encode(instance_prev)
             && self.hash == hex::encode(chain_hash(prev, &body))

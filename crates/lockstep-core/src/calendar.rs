@@ -33,15 +33,22 @@ const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 impl Calendar {
     /// Compiles a calendar definition; the error says which part is wrong and how to write it.
     pub fn compile(def: &CalendarDef, limits: &Limits) -> Result<Calendar, String> {
-        let tz = TimeZone::get(&def.timezone)
-            .map_err(|_| format!("`{}` is not an IANA time zone; write e.g. Europe/Berlin or America/New_York", def.timezone))?;
+        let tz = TimeZone::get(&def.timezone).map_err(|_| {
+            format!(
+                "`{}` is not an IANA time zone; write e.g. Europe/Berlin or America/New_York",
+                def.timezone
+            )
+        })?;
         let mut weekly: [Vec<(Minutes, Minutes)>; 7] = Default::default();
         let mut defined = [false; 7];
         for (days, hours) in &def.weekly {
             let intervals = parse_hours(hours)?;
             for day in parse_days(days)? {
                 if defined[day] {
-                    return Err(format!("`{}` is given working hours twice in `weekly`; list each day once", DAYS[day]));
+                    return Err(format!(
+                        "`{}` is given working hours twice in `weekly`; list each day once",
+                        DAYS[day]
+                    ));
                 }
                 defined[day] = true;
                 weekly[day] = intervals.clone();
@@ -51,14 +58,25 @@ impl Calendar {
             return Err("the calendar has no working hours; add e.g. `mon-fri: \"09:00-17:00\"` under `weekly`".into());
         }
         if def.holidays.len() > limits.calendar_holidays_max {
-            return Err(format!("{} holidays is more than calendar_holidays_max ({})", def.holidays.len(), limits.calendar_holidays_max));
+            return Err(format!(
+                "{} holidays is more than calendar_holidays_max ({})",
+                def.holidays.len(),
+                limits.calendar_holidays_max
+            ));
         }
         let mut holidays = BTreeSet::new();
         for text in &def.holidays {
-            let date: Date = text.parse().map_err(|_| format!("holiday `{text}` is not a date; write YYYY-MM-DD, e.g. 2026-12-24"))?;
+            let date: Date = text.parse().map_err(|_| {
+                format!("holiday `{text}` is not a date; write YYYY-MM-DD, e.g. 2026-12-24")
+            })?;
             holidays.insert(date);
         }
-        Ok(Calendar { tz, weekly, holidays, scan_days_max: limits.calendar_scan_days_max })
+        Ok(Calendar {
+            tz,
+            weekly,
+            holidays,
+            scan_days_max: limits.calendar_scan_days_max,
+        })
     }
 
     /// The instant at which `business_ms` of business time have passed since `start`, or
@@ -113,7 +131,9 @@ impl Calendar {
 
     /// Whether `at` lies inside working hours.
     pub fn is_working(&self, at: Timestamp) -> bool {
-        self.day_intervals(self.local_date(at)).iter().any(|&(open, close)| open <= at && at < close)
+        self.day_intervals(self.local_date(at))
+            .iter()
+            .any(|&(open, close)| open <= at && at < close)
     }
 
     fn local_date(&self, at: Timestamp) -> Date {
@@ -137,7 +157,11 @@ impl Calendar {
     }
 
     fn instant(&self, date: Date, minutes: Minutes) -> Option<Timestamp> {
-        let (date, minutes) = if minutes >= 24 * 60 { (date.tomorrow().ok()?, minutes - 24 * 60) } else { (date, minutes) };
+        let (date, minutes) = if minutes >= 24 * 60 {
+            (date.tomorrow().ok()?, minutes - 24 * 60)
+        } else {
+            (date, minutes)
+        };
         let time = jiff::civil::Time::new((minutes / 60) as i8, (minutes % 60) as i8, 0, 0).ok()?;
         let instant = self.tz.to_timestamp(date.to_datetime(time)).ok()?;
         Some(Timestamp::from_jiff(instant))
@@ -160,7 +184,9 @@ fn parse_days(text: &str) -> Result<Vec<usize>, String> {
             Some((a, b)) => {
                 let (a, b) = (lookup(a)?, lookup(b)?);
                 if a > b {
-                    return Err(format!("`{part}` runs backwards; write ranges from Monday towards Sunday, e.g. mon-fri"));
+                    return Err(format!(
+                        "`{part}` runs backwards; write ranges from Monday towards Sunday, e.g. mon-fri"
+                    ));
                 }
                 days.extend(a..=b);
             }
@@ -173,18 +199,22 @@ fn parse_days(text: &str) -> Result<Vec<usize>, String> {
 fn parse_hours(text: &str) -> Result<Vec<(Minutes, Minutes)>, String> {
     let mut intervals = Vec::new();
     for part in text.split(',') {
-        let (a, b) = part
-            .split_once('-')
-            .ok_or_else(|| format!("`{part}` is not a range of hours; write e.g. \"09:00-17:00\""))?;
+        let (a, b) = part.split_once('-').ok_or_else(|| {
+            format!("`{part}` is not a range of hours; write e.g. \"09:00-17:00\"")
+        })?;
         let (a, b) = (parse_clock(a)?, parse_clock(b)?);
         if a >= b {
-            return Err(format!("`{part}` ends before it starts; write the opening time first, e.g. \"09:00-17:00\""));
+            return Err(format!(
+                "`{part}` ends before it starts; write the opening time first, e.g. \"09:00-17:00\""
+            ));
         }
         intervals.push((a, b));
     }
     intervals.sort_unstable();
     if intervals.windows(2).any(|w| w[0].1 > w[1].0) {
-        return Err(format!("working hours `{text}` overlap; list disjoint ranges"));
+        return Err(format!(
+            "working hours `{text}` overlap; list disjoint ranges"
+        ));
     }
     Ok(intervals)
 }
@@ -221,7 +251,9 @@ mod tests {
     #[test]
     fn adds_across_a_weekend() {
         // Friday 2026-11-27 15:00 Berlin (14:00Z) + 16h business = Tuesday 15:00 Berlin.
-        let end = berlin().add(at("2026-11-27T14:00:00Z"), 16 * 3_600_000).unwrap();
+        let end = berlin()
+            .add(at("2026-11-27T14:00:00Z"), 16 * 3_600_000)
+            .unwrap();
         assert_eq!(end, at("2026-12-01T14:00:00Z"));
     }
 
@@ -229,23 +261,52 @@ mod tests {
     fn skips_holidays() {
         // Wednesday 2026-12-23 16:00 Berlin + 2h: 1h that day, Thu/Fri are holidays... Fri 25th
         // is a holiday, Thu 24th too, so the second hour is Monday 28th 09:00-10:00.
-        let end = berlin().add(at("2026-12-23T15:00:00Z"), 2 * 3_600_000).unwrap();
+        let end = berlin()
+            .add(at("2026-12-23T15:00:00Z"), 2 * 3_600_000)
+            .unwrap();
         assert_eq!(end, at("2026-12-28T09:00:00Z"));
-        assert_eq!(berlin().between(at("2026-12-23T15:00:00Z"), end), 2 * 3_600_000);
+        assert_eq!(
+            berlin().between(at("2026-12-23T15:00:00Z"), end),
+            2 * 3_600_000
+        );
     }
 
     #[test]
     fn refuses_bad_calendars() {
-        let mut def = CalendarDef { timezone: "Mars/Olympus".into(), weekly: BTreeMap::new(), holidays: vec![] };
-        assert!(Calendar::compile(&def, &Limits::default()).unwrap_err().contains("IANA"));
+        let mut def = CalendarDef {
+            timezone: "Mars/Olympus".into(),
+            weekly: BTreeMap::new(),
+            holidays: vec![],
+        };
+        assert!(
+            Calendar::compile(&def, &Limits::default())
+                .unwrap_err()
+                .contains("IANA")
+        );
         def.timezone = "UTC".into();
-        assert!(Calendar::compile(&def, &Limits::default()).unwrap_err().contains("no working hours"));
+        assert!(
+            Calendar::compile(&def, &Limits::default())
+                .unwrap_err()
+                .contains("no working hours")
+        );
         def.weekly.insert("mon-fri".into(), "17:00-09:00".into());
-        assert!(Calendar::compile(&def, &Limits::default()).unwrap_err().contains("ends before"));
+        assert!(
+            Calendar::compile(&def, &Limits::default())
+                .unwrap_err()
+                .contains("ends before")
+        );
         def.weekly.insert("mon-fri".into(), "9-17".into());
-        assert!(Calendar::compile(&def, &Limits::default()).unwrap_err().contains("not a time of day"));
+        assert!(
+            Calendar::compile(&def, &Limits::default())
+                .unwrap_err()
+                .contains("not a time of day")
+        );
         def.weekly.insert("mon-fri".into(), "09:00-17:00".into());
         def.weekly.insert("fri".into(), "09:00-12:00".into());
-        assert!(Calendar::compile(&def, &Limits::default()).unwrap_err().contains("twice"));
+        assert!(
+            Calendar::compile(&def, &Limits::default())
+                .unwrap_err()
+                .contains("twice")
+        );
     }
 }

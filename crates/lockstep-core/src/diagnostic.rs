@@ -88,7 +88,12 @@ fn ser_code<S: serde::Serializer>(code: &Code, s: S) -> Result<S::Ok, S::Error> 
 }
 
 impl Diagnostic {
-    pub fn error(code: Code, path: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
+    pub fn error(
+        code: Code,
+        path: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             code,
             severity: Severity::Error,
@@ -101,8 +106,16 @@ impl Diagnostic {
         }
     }
 
-    pub fn warning(code: Code, path: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(code, path, message, hint) }
+    pub fn warning(
+        code: Code,
+        path: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(code, path, message, hint)
+        }
     }
 
     pub fn is_error(&self) -> bool {

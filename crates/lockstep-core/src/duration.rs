@@ -37,7 +37,10 @@ impl Duration {
                 i += 1;
             }
             if start == i {
-                return Err(format!("`{text}` is not a duration: expected a number at `{}`; {hint}", &trimmed[start..]));
+                return Err(format!(
+                    "`{text}` is not a duration: expected a number at `{}`; {hint}",
+                    &trimmed[start..]
+                ));
             }
             let number: u64 = trimmed[start..i]
                 .parse()
@@ -53,8 +56,16 @@ impl Duration {
                 "h" => 3_600_000,
                 "d" => 86_400_000,
                 "w" => 7 * 86_400_000,
-                "" => return Err(format!("`{text}` is not a duration: `{number}` has no unit; {hint}")),
-                other => return Err(format!("`{text}` is not a duration: unknown unit `{other}`; {hint}")),
+                "" => {
+                    return Err(format!(
+                        "`{text}` is not a duration: `{number}` has no unit; {hint}"
+                    ));
+                }
+                other => {
+                    return Err(format!(
+                        "`{text}` is not a duration: unknown unit `{other}`; {hint}"
+                    ));
+                }
             };
             total = number
                 .checked_mul(unit_ms)
@@ -71,7 +82,13 @@ impl fmt::Display for Duration {
             return write!(f, "0s");
         }
         let mut rest = self.ms;
-        for (unit, size) in [("d", 86_400_000u64), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)] {
+        for (unit, size) in [
+            ("d", 86_400_000u64),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+            ("ms", 1),
+        ] {
             if rest >= size {
                 write!(f, "{}{unit}", rest / size)?;
                 rest %= size;

@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{ActorRecord, AuditKind, AuditRecord, PredicateTrace, TimerFiring};
 use crate::canonical::{canonical_json, sha256_hex};
-use crate::expr::{json_value, map_value, string_value, timestamp_value, Expression, Scope};
+use crate::expr::{Expression, Scope, json_value, map_value, string_value, timestamp_value};
 use crate::limits::check_json_shape;
 use crate::retry::RetryPolicy;
-use crate::sla::{on_enter, Clock, Milestone, SlaClock, SlaView};
+use crate::sla::{Clock, Milestone, SlaClock, SlaView, on_enter};
 use crate::time::Timestamp;
 use crate::validate::{CompiledDefinition, EffectSpec, Gate, TransitionSpec};
 
@@ -45,6 +45,7 @@ pub struct Actor {
     pub id: String,
     pub kind: ActorKind,
     pub roles: Vec<String>,
+    #[serde(with = "crate::json_field::map")]
     pub claims: BTreeMap<String, serde_json::Value>,
     /// How the actor was authenticated: `jwt`, `mtls`, `dev-header`, `engine`.
     pub authn: String,
@@ -53,23 +54,46 @@ pub struct Actor {
 impl Actor {
     /// The engine itself, e.g. `system:sla` or `system:timer`.
     pub fn system(name: &str) -> Actor {
-        Actor { id: format!("system:{name}"), kind: ActorKind::System, roles: Vec::new(), claims: BTreeMap::new(), authn: "engine".into() }
+        Actor {
+            id: format!("system:{name}"),
+            kind: ActorKind::System,
+            roles: Vec::new(),
+            claims: BTreeMap::new(),
+            authn: "engine".into(),
+        }
     }
 
     pub fn new(id: &str, kind: ActorKind, roles: &[&str]) -> Actor {
-        Actor { id: id.into(), kind, roles: roles.iter().map(|r| r.to_string()).collect(), claims: BTreeMap::new(), authn: "test".into() }
+        Actor {
+            id: id.into(),
+            kind,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            claims: BTreeMap::new(),
+            authn: "test".into(),
+        }
     }
 
     fn record(&self) -> ActorRecord {
-        ActorRecord { id: self.id.clone(), kind: self.kind.as_str().into(), roles: self.roles.clone(), authn: self.authn.clone() }
+        ActorRecord {
+            id: self.id.clone(),
+            kind: self.kind.as_str().into(),
+            roles: self.roles.clone(),
+            authn: self.authn.clone(),
+        }
     }
 
     fn cel(&self) -> cel::Value {
-        let claims: serde_json::Map<String, serde_json::Value> = self.claims.clone().into_iter().collect();
+        let claims: serde_json::Map<String, serde_json::Value> =
+            self.claims.clone().into_iter().collect();
         map_value(vec![
             ("id", string_value(&self.id)),
             ("kind", string_value(self.kind.as_str())),
-            ("roles", cel::Value::List(std::sync::Arc::new(self.roles.iter().map(|r| string_value(r)).collect()))),
+            (
+                "roles",
+                cel::Value::List(std::sync::Arc::new(
+                    self.roles.iter().map(|r| string_value(r)).collect(),
+                )),
+            ),
             ("claims", json_value(&serde_json::Value::Object(claims))),
             ("authn", string_value(&self.authn)),
         ])
@@ -84,6 +108,7 @@ pub struct Instance {
     pub definition_version: String,
     pub key: Option<String>,
     pub state: String,
+    #[serde(with = "crate::json_field::value")]
     pub data: serde_json::Value,
     pub created_by: String,
     pub created_at: Timestamp,
@@ -100,11 +125,19 @@ pub struct Instance {
 
 impl Instance {
     /// SLA views at `at`, by SLA name.
-    pub fn sla_views(&self, definition: &CompiledDefinition, at: Timestamp) -> BTreeMap<String, SlaView> {
+    pub fn sla_views(
+        &self,
+        definition: &CompiledDefinition,
+        at: Timestamp,
+    ) -> BTreeMap<String, SlaView> {
         self.slas
             .iter()
             .map(|(name, clock)| {
-                let cal = definition.slas.get(name).and_then(|s| s.calendar.as_ref()).and_then(|c| definition.calendars.get(c));
+                let cal = definition
+                    .slas
+                    .get(name)
+                    .and_then(|s| s.calendar.as_ref())
+                    .and_then(|c| definition.calendars.get(c));
                 (name.clone(), clock.view(Clock(cal), at))
             })
             .collect()
@@ -114,12 +147,21 @@ impl Instance {
         map_value(vec![
             ("id", string_value(&self.id)),
             ("workflow", string_value(&self.workflow)),
-            ("key", self.key.as_deref().map(string_value).unwrap_or(cel::Value::Null)),
+            (
+                "key",
+                self.key
+                    .as_deref()
+                    .map(string_value)
+                    .unwrap_or(cel::Value::Null),
+            ),
             ("state", string_value(&self.state)),
             ("data", json_value(&self.data)),
             ("created_by", string_value(&self.created_by)),
             ("entered_at", timestamp_value(self.entered_at)),
-            ("version", cel::Value::Int(i64::try_from(self.version).unwrap_or(i64::MAX))),
+            (
+                "version",
+                cel::Value::Int(i64::try_from(self.version).unwrap_or(i64::MAX)),
+            ),
         ])
     }
 }
@@ -170,6 +212,9 @@ pub struct Task {
     pub task_type: String,
     /// The transition whose effect created the task.
     pub origin: String,
+    /// Creation order on the instance: (instance version that created it, effect index).
+    pub created: (u64, u32),
+    #[serde(with = "crate::json_field::value")]
     pub input: serde_json::Value,
     pub status: TaskStatus,
     pub attempt: u32,
@@ -182,6 +227,7 @@ pub struct Task {
     pub on_complete: Option<String>,
     pub on_exhausted: Option<String>,
     pub last_error: Option<String>,
+    #[serde(with = "crate::json_field::option")]
     pub result: Option<serde_json::Value>,
 }
 
@@ -198,15 +244,58 @@ pub struct Incident {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
-    Create { instance_id: String, key: Option<String>, data: serde_json::Value, actor: Actor },
-    Transition { transition: String, payload: serde_json::Value, actor: Actor, expected_version: Option<u64> },
-    Event { event: String, payload: serde_json::Value, actor: Actor },
-    FireTimer { timer_id: String },
-    LeaseTask { task_id: String, worker: Actor, term: u64 },
-    HeartbeatTask { task_id: String, token: LeaseToken, worker: Actor },
-    CompleteTask { task_id: String, token: LeaseToken, result: serde_json::Value, worker: Actor },
-    FailTask { task_id: String, token: LeaseToken, error: String, retryable: bool, worker: Actor },
-    ResolveIncident { incident_id: String, retry_task: bool, actor: Actor },
+    Create {
+        instance_id: String,
+        key: Option<String>,
+        #[serde(with = "crate::json_field::value")]
+        data: serde_json::Value,
+        actor: Actor,
+    },
+    Transition {
+        transition: String,
+        #[serde(with = "crate::json_field::value")]
+        payload: serde_json::Value,
+        actor: Actor,
+        expected_version: Option<u64>,
+    },
+    Event {
+        event: String,
+        #[serde(with = "crate::json_field::value")]
+        payload: serde_json::Value,
+        actor: Actor,
+    },
+    FireTimer {
+        timer_id: String,
+    },
+    LeaseTask {
+        task_id: String,
+        worker: Actor,
+        term: u64,
+    },
+    HeartbeatTask {
+        task_id: String,
+        token: LeaseToken,
+        worker: Actor,
+    },
+    CompleteTask {
+        task_id: String,
+        token: LeaseToken,
+        #[serde(with = "crate::json_field::value")]
+        result: serde_json::Value,
+        worker: Actor,
+    },
+    FailTask {
+        task_id: String,
+        token: LeaseToken,
+        error: String,
+        retryable: bool,
+        worker: Actor,
+    },
+    ResolveIncident {
+        incident_id: String,
+        retry_task: bool,
+        actor: Actor,
+    },
 }
 
 /// Why a command was refused. Codes are stable and machine-readable.
@@ -237,6 +326,12 @@ pub enum RefusalCode {
     IncidentNotFound,
     WrongWorkflow,
     AlreadyExists,
+    /// The workflow has no applied definition.
+    UnknownWorkflow,
+    /// No instance has this id (or business key).
+    UnknownInstance,
+    /// A definition did not validate.
+    DefinitionInvalid,
 }
 
 impl RefusalCode {
@@ -261,6 +356,9 @@ impl RefusalCode {
             RefusalCode::IncidentNotFound => "INCIDENT_NOT_FOUND",
             RefusalCode::WrongWorkflow => "WRONG_WORKFLOW",
             RefusalCode::AlreadyExists => "ALREADY_EXISTS",
+            RefusalCode::UnknownWorkflow => "UNKNOWN_WORKFLOW",
+            RefusalCode::UnknownInstance => "UNKNOWN_INSTANCE",
+            RefusalCode::DefinitionInvalid => "DEFINITION_INVALID",
         }
     }
 
@@ -269,7 +367,7 @@ impl RefusalCode {
     }
 }
 
-const ALL_REFUSALS: [RefusalCode; 19] = [
+const ALL_REFUSALS: [RefusalCode; 22] = [
     RefusalCode::NotAllowedFromState,
     RefusalCode::UnknownTransition,
     RefusalCode::GuardFalse,
@@ -289,6 +387,9 @@ const ALL_REFUSALS: [RefusalCode; 19] = [
     RefusalCode::IncidentNotFound,
     RefusalCode::WrongWorkflow,
     RefusalCode::AlreadyExists,
+    RefusalCode::UnknownWorkflow,
+    RefusalCode::UnknownInstance,
+    RefusalCode::DefinitionInvalid,
 ];
 
 /// A refused command: nothing changed.
@@ -304,7 +405,12 @@ pub struct Refusal {
 
 impl Refusal {
     pub fn new(code: RefusalCode, message: impl Into<String>) -> Refusal {
-        Refusal { code, message: message.into(), predicate: None, earliest_at: None }
+        Refusal {
+            code,
+            message: message.into(),
+            predicate: None,
+            earliest_at: None,
+        }
     }
 
     fn with_predicate(mut self, predicate: &str) -> Refusal {
@@ -318,7 +424,11 @@ impl Refusal {
 #[serde(rename_all = "snake_case")]
 pub enum Effect {
     /// A task became ready for a worker on `queue`.
-    TaskReady { task_id: String, queue: String, task_type: String },
+    TaskReady {
+        task_id: String,
+        queue: String,
+        task_type: String,
+    },
     /// A named event for the change feed.
     Emit { event: String },
 }
@@ -359,16 +469,52 @@ impl Outcome {
 }
 
 /// Evaluates one command. `instance` is `None` only for [`Command::Create`].
-pub fn evaluate(definition: &CompiledDefinition, instance: Option<&Instance>, command: &Command, at: Timestamp) -> Outcome {
+pub fn evaluate(
+    definition: &CompiledDefinition,
+    instance: Option<&Instance>,
+    command: &Command,
+    at: Timestamp,
+) -> Outcome {
     let result = match (command, instance) {
-        (Command::Create { instance_id, key, data, actor }, None) => create(definition, instance_id, key.as_deref(), data, actor, at),
-        (Command::Create { instance_id, .. }, Some(_)) => Err(Refusal::new(RefusalCode::AlreadyExists, format!("instance `{instance_id}` already exists"))),
-        (_, None) => Err(Refusal::new(RefusalCode::TaskNotFound, "the command needs an existing instance")),
-        (command, Some(instance)) if instance.workflow != definition.name() || instance.definition_version != definition.version => Err(Refusal::new(
-            RefusalCode::WrongWorkflow,
-            format!("instance `{}` runs {}@{}, not {}@{} ({command:?})", instance.id, instance.workflow, short(&instance.definition_version), definition.name(), short(&definition.version)),
+        (
+            Command::Create {
+                instance_id,
+                key,
+                data,
+                actor,
+            },
+            None,
+        ) => create(definition, instance_id, key.as_deref(), data, actor, at),
+        (Command::Create { instance_id, .. }, Some(_)) => Err(Refusal::new(
+            RefusalCode::AlreadyExists,
+            format!("instance `{instance_id}` already exists"),
         )),
-        (command, Some(instance)) => Eval { definition, at, before: instance }.run(command),
+        (_, None) => Err(Refusal::new(
+            RefusalCode::TaskNotFound,
+            "the command needs an existing instance",
+        )),
+        (command, Some(instance))
+            if instance.workflow != definition.name()
+                || instance.definition_version != definition.version =>
+        {
+            Err(Refusal::new(
+                RefusalCode::WrongWorkflow,
+                format!(
+                    "instance `{}` runs {}@{}, not {}@{} ({command:?})",
+                    instance.id,
+                    instance.workflow,
+                    short(&instance.definition_version),
+                    definition.name(),
+                    short(&definition.version)
+                ),
+            ))
+        }
+        (command, Some(instance)) => Eval {
+            definition,
+            at,
+            before: instance,
+        }
+        .run(command),
     };
     match result {
         Ok(change) => Outcome::Applied(Box::new(change)),
@@ -380,7 +526,14 @@ fn short(version: &str) -> &str {
     &version[..version.len().min(12)]
 }
 
-fn create(definition: &CompiledDefinition, id: &str, key: Option<&str>, data: &serde_json::Value, actor: &Actor, at: Timestamp) -> Result<Change, Refusal> {
+fn create(
+    definition: &CompiledDefinition,
+    id: &str,
+    key: Option<&str>,
+    data: &serde_json::Value,
+    actor: &Actor,
+    at: Timestamp,
+) -> Result<Change, Refusal> {
     check_data(definition, data)?;
     let mut instance = Instance {
         id: id.to_string(),
@@ -402,11 +555,29 @@ fn create(definition: &CompiledDefinition, id: &str, key: Option<&str>, data: &s
     let mut predicates = Vec::new();
     if let Some(allow) = &definition.create_allow {
         let scope = Scope::new(actor.cel(), instance.cel(), cel::Value::Null, at);
-        predicate(allow, &scope, "create.allow", RefusalCode::Forbidden, &mut predicates)?;
+        predicate(
+            allow,
+            &scope,
+            "create.allow",
+            RefusalCode::Forbidden,
+            &mut predicates,
+        )?;
     }
-    let mut work = Work { definition, at, instance: &mut instance, effects: Vec::new(), predicates, notes: Vec::new() };
+    let mut work = Work {
+        definition,
+        at,
+        instance: &mut instance,
+        effects: Vec::new(),
+        predicates,
+        notes: Vec::new(),
+    };
     work.enter_state(None);
-    let Work { effects, predicates, notes, .. } = work;
+    let Work {
+        effects,
+        predicates,
+        notes,
+        ..
+    } = work;
     let audit = AuditRecord {
         kind: AuditKind::Created,
         workflow: instance.workflow.clone(),
@@ -426,46 +597,102 @@ fn create(definition: &CompiledDefinition, id: &str, key: Option<&str>, data: &s
         note: join_notes(notes),
     };
     let timers_armed = instance.timers.values().cloned().collect();
-    Ok(Change { instance, audit, timers_armed, timers_cancelled: Vec::new(), effects })
+    Ok(Change {
+        instance,
+        audit,
+        timers_armed,
+        timers_cancelled: Vec::new(),
+        effects,
+    })
 }
 
 fn check_data(definition: &CompiledDefinition, data: &serde_json::Value) -> Result<(), Refusal> {
     let limits = &definition.limits;
-    let size = serde_json::to_vec(data).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(data)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > limits.data_bytes_max {
-        return Err(Refusal::new(RefusalCode::LimitExceeded, format!("instance data would be {size} bytes, more than data_bytes_max ({})", limits.data_bytes_max)));
+        return Err(Refusal::new(
+            RefusalCode::LimitExceeded,
+            format!(
+                "instance data would be {size} bytes, more than data_bytes_max ({})",
+                limits.data_bytes_max
+            ),
+        ));
     }
-    check_json_shape(data, limits).map_err(|e| Refusal::new(RefusalCode::LimitExceeded, format!("instance data: {e}")))?;
+    check_json_shape(data, limits)
+        .map_err(|e| Refusal::new(RefusalCode::LimitExceeded, format!("instance data: {e}")))?;
     if !data.is_object() {
-        return Err(Refusal::new(RefusalCode::PayloadInvalid, "instance data must be a JSON object"));
+        return Err(Refusal::new(
+            RefusalCode::PayloadInvalid,
+            "instance data must be a JSON object",
+        ));
     }
     if let Some(schema) = &definition.data_schema {
-        schema.check(data).map_err(|e| Refusal::new(RefusalCode::PayloadInvalid, format!("instance data does not match the data schema {e}")))?;
+        schema.check(data).map_err(|e| {
+            Refusal::new(
+                RefusalCode::PayloadInvalid,
+                format!("instance data does not match the data schema {e}"),
+            )
+        })?;
     }
     Ok(())
 }
 
-fn check_payload(definition: &CompiledDefinition, payload: &serde_json::Value) -> Result<(), Refusal> {
+fn check_payload(
+    definition: &CompiledDefinition,
+    payload: &serde_json::Value,
+) -> Result<(), Refusal> {
     let limits = &definition.limits;
-    let size = serde_json::to_vec(payload).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(payload)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > limits.payload_bytes_max {
-        return Err(Refusal::new(RefusalCode::LimitExceeded, format!("payload is {size} bytes, more than payload_bytes_max ({})", limits.payload_bytes_max)));
+        return Err(Refusal::new(
+            RefusalCode::LimitExceeded,
+            format!(
+                "payload is {size} bytes, more than payload_bytes_max ({})",
+                limits.payload_bytes_max
+            ),
+        ));
     }
-    check_json_shape(payload, limits).map_err(|e| Refusal::new(RefusalCode::LimitExceeded, format!("payload: {e}")))
+    check_json_shape(payload, limits)
+        .map_err(|e| Refusal::new(RefusalCode::LimitExceeded, format!("payload: {e}")))
 }
 
-fn predicate(expr: &Expression, scope: &Scope, role: &str, code: RefusalCode, trace: &mut Vec<PredicateTrace>) -> Result<(), Refusal> {
+fn predicate(
+    expr: &Expression,
+    scope: &Scope,
+    role: &str,
+    code: RefusalCode,
+    trace: &mut Vec<PredicateTrace>,
+) -> Result<(), Refusal> {
     match expr.eval_bool(scope) {
         Ok(result) => {
-            trace.push(PredicateTrace { role: role.into(), expression: expr.source().into(), result });
+            trace.push(PredicateTrace {
+                role: role.into(),
+                expression: expr.source().into(),
+                result,
+            });
             if result {
                 Ok(())
             } else {
-                let what = if code == RefusalCode::Forbidden { "permission predicate" } else { "guard" };
-                Err(Refusal::new(code, format!("the {what} `{}` ({role}) is false", expr.source())).with_predicate(expr.source()))
+                let what = if code == RefusalCode::Forbidden {
+                    "permission predicate"
+                } else {
+                    "guard"
+                };
+                Err(Refusal::new(
+                    code,
+                    format!("the {what} `{}` ({role}) is false", expr.source()),
+                )
+                .with_predicate(expr.source()))
             }
         }
-        Err(e) => Err(Refusal::new(RefusalCode::PredicateError, format!("{role}: {e}")).with_predicate(expr.source())),
+        Err(e) => Err(
+            Refusal::new(RefusalCode::PredicateError, format!("{role}: {e}"))
+                .with_predicate(expr.source()),
+        ),
     }
 }
 
@@ -491,53 +718,131 @@ impl Eval<'_> {
     fn run(&self, command: &Command) -> Result<Change, Refusal> {
         match command {
             Command::Create { .. } => unreachable!("handled by evaluate"),
-            Command::Transition { transition, payload, actor, expected_version } => {
+            Command::Transition {
+                transition,
+                payload,
+                actor,
+                expected_version,
+            } => {
                 let spec = self.transition_spec(transition)?;
-                let taking = Taking { actor, payload, expected_version: *expected_version };
-                self.finish(AuditKind::Transition, actor, Some(payload), |w| w.take(spec, &taking))
+                let taking = Taking {
+                    actor,
+                    payload,
+                    expected_version: *expected_version,
+                };
+                self.finish(AuditKind::Transition, actor, Some(payload), |w| {
+                    w.take(spec, &taking)
+                })
             }
-            Command::Event { event, payload, actor } => self.event(event, payload, actor),
+            Command::Event {
+                event,
+                payload,
+                actor,
+            } => self.event(event, payload, actor),
             Command::FireTimer { timer_id } => self.fire(timer_id),
-            Command::LeaseTask { task_id, worker, term } => self.lease(task_id, worker, *term),
-            Command::HeartbeatTask { task_id, token, worker } => {
+            Command::LeaseTask {
+                task_id,
+                worker,
+                term,
+            } => self.lease(task_id, worker, *term),
+            Command::HeartbeatTask {
+                task_id,
+                token,
+                worker,
+            } => {
                 self.leased_task(task_id, token, worker)?;
                 self.finish(AuditKind::TaskHeartbeat, worker, None, |w| {
                     w.extend_lease(task_id);
                     Ok(None)
                 })
             }
-            Command::CompleteTask { task_id, token, result, worker } => {
+            Command::CompleteTask {
+                task_id,
+                token,
+                result,
+                worker,
+            } => {
                 self.leased_task(task_id, token, worker)?;
                 check_payload(self.definition, result)?;
-                self.finish(AuditKind::TaskCompleted, worker, Some(result), |w| w.complete(task_id, result, worker))
+                self.finish(AuditKind::TaskCompleted, worker, Some(result), |w| {
+                    w.complete(task_id, result, worker)
+                })
             }
-            Command::FailTask { task_id, token, error, retryable, worker } => {
+            Command::FailTask {
+                task_id,
+                token,
+                error,
+                retryable,
+                worker,
+            } => {
                 self.leased_task(task_id, token, worker)?;
-                self.finish(AuditKind::TaskFailed, worker, None, |w| w.fail(task_id, error, *retryable))
+                self.finish(AuditKind::TaskFailed, worker, None, |w| {
+                    w.fail(task_id, error, *retryable)
+                })
             }
-            Command::ResolveIncident { incident_id, retry_task, actor } => self.resolve(incident_id, *retry_task, actor),
+            Command::ResolveIncident {
+                incident_id,
+                retry_task,
+                actor,
+            } => self.resolve(incident_id, *retry_task, actor),
         }
     }
 
     fn transition_spec(&self, name: &str) -> Result<&TransitionSpec, Refusal> {
         self.definition.transitions.get(name).ok_or_else(|| {
-            Refusal::new(RefusalCode::UnknownTransition, format!("workflow `{}` has no transition `{name}`; from `{}` it allows: {}", self.definition.name(), self.before.state, self.allowed_here()))
+            Refusal::new(
+                RefusalCode::UnknownTransition,
+                format!(
+                    "workflow `{}` has no transition `{name}`; from `{}` it allows: {}",
+                    self.definition.name(),
+                    self.before.state,
+                    self.allowed_here()
+                ),
+            )
         })
     }
 
     fn allowed_here(&self) -> String {
-        let names: Vec<&str> = self.definition.transitions_from(&self.before.state).map(|t| t.name.as_str()).collect();
-        if names.is_empty() { "nothing".into() } else { names.join(", ") }
+        let names: Vec<&str> = self
+            .definition
+            .transitions_from(&self.before.state)
+            .map(|t| t.name.as_str())
+            .collect();
+        if names.is_empty() {
+            "nothing".into()
+        } else {
+            names.join(", ")
+        }
     }
 
     /// Runs `body` on a copy of the instance and, if it succeeds, packages the change with its
     /// audit record and the timer differences.
-    fn finish(&self, kind: AuditKind, actor: &Actor, payload: Option<&serde_json::Value>, body: impl FnOnce(&mut Work) -> Result<Option<String>, Refusal>) -> Result<Change, Refusal> {
+    fn finish(
+        &self,
+        kind: AuditKind,
+        actor: &Actor,
+        payload: Option<&serde_json::Value>,
+        body: impl FnOnce(&mut Work) -> Result<Option<String>, Refusal>,
+    ) -> Result<Change, Refusal> {
         let mut instance = self.before.clone();
-        let mut work = Work { definition: self.definition, at: self.at, instance: &mut instance, effects: Vec::new(), predicates: Vec::new(), notes: Vec::new() };
+        let mut work = Work {
+            definition: self.definition,
+            at: self.at,
+            instance: &mut instance,
+            effects: Vec::new(),
+            predicates: Vec::new(),
+            notes: Vec::new(),
+        };
         let transition = body(&mut work)?;
-        let Work { effects, predicates, notes, .. } = work;
-        self.package(instance, kind, transition, actor, payload, predicates, notes, effects, None)
+        let Work {
+            effects,
+            predicates,
+            notes,
+            ..
+        } = work;
+        self.package(
+            instance, kind, transition, actor, payload, predicates, notes, effects, None,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -586,11 +891,25 @@ impl Eval<'_> {
             sla: None,
             note: join_notes(notes),
         };
-        Ok(Change { instance, audit, timers_armed, timers_cancelled, effects })
+        Ok(Change {
+            instance,
+            audit,
+            timers_armed,
+            timers_cancelled,
+            effects,
+        })
     }
 
-    fn event(&self, event: &str, payload: &serde_json::Value, actor: &Actor) -> Result<Change, Refusal> {
-        let matched = self.definition.transitions_from(&self.before.state).find(|t| t.on.as_deref() == Some(event));
+    fn event(
+        &self,
+        event: &str,
+        payload: &serde_json::Value,
+        actor: &Actor,
+    ) -> Result<Change, Refusal> {
+        let matched = self
+            .definition
+            .transitions_from(&self.before.state)
+            .find(|t| t.on.as_deref() == Some(event));
         match matched {
             Some(spec) => {
                 let taking = Taking { actor, payload, expected_version: None };
@@ -610,12 +929,30 @@ impl Eval<'_> {
 
     fn fire(&self, timer_id: &str) -> Result<Change, Refusal> {
         let Some(timer) = self.before.timers.get(timer_id) else {
-            return Err(Refusal::new(RefusalCode::TimerNotArmed, format!("timer `{timer_id}` is not armed on instance `{}` (already fired or cancelled)", self.before.id)));
+            return Err(Refusal::new(
+                RefusalCode::TimerNotArmed,
+                format!(
+                    "timer `{timer_id}` is not armed on instance `{}` (already fired or cancelled)",
+                    self.before.id
+                ),
+            ));
         };
-        let firing = TimerFiring { timer_id: timer.id.clone(), due_at: timer.due_at, fired_at: self.at, lateness_ms: self.at.ms_since(timer.due_at) };
+        let firing = TimerFiring {
+            timer_id: timer.id.clone(),
+            due_at: timer.due_at,
+            fired_at: self.at,
+            lateness_ms: self.at.ms_since(timer.due_at),
+        };
         let mut instance = self.before.clone();
         instance.timers.remove(timer_id);
-        let mut work = Work { definition: self.definition, at: self.at, instance: &mut instance, effects: Vec::new(), predicates: Vec::new(), notes: Vec::new() };
+        let mut work = Work {
+            definition: self.definition,
+            at: self.at,
+            instance: &mut instance,
+            effects: Vec::new(),
+            predicates: Vec::new(),
+            notes: Vec::new(),
+        };
         let (kind, actor, transition, sla, task_id) = match &timer.kind {
             TimerKind::StateExpiry { transition, .. } => {
                 let actor = Actor::system("timer");
@@ -626,36 +963,86 @@ impl Eval<'_> {
                 if let Some(clock) = work.instance.slas.get_mut(sla) {
                     clock.warned.push(*percent);
                 }
-                work.effects.push(Effect::Emit { event: "sla.warning".into() });
-                work.notes.push(format!("SLA `{sla}` reached {percent}% of its budget"));
+                work.effects.push(Effect::Emit {
+                    event: "sla.warning".into(),
+                });
+                work.notes
+                    .push(format!("SLA `{sla}` reached {percent}% of its budget"));
                 work.refresh_sla_timers();
-                (AuditKind::SlaWarning, Actor::system("sla"), None, Some(sla.clone()), None)
+                (
+                    AuditKind::SlaWarning,
+                    Actor::system("sla"),
+                    None,
+                    Some(sla.clone()),
+                    None,
+                )
             }
             TimerKind::SlaBreach { sla } => {
                 if let Some(clock) = work.instance.slas.get_mut(sla) {
                     clock.breached_at = Some(self.at);
                 }
-                work.effects.push(Effect::Emit { event: "sla.breach".into() });
+                work.effects.push(Effect::Emit {
+                    event: "sla.breach".into(),
+                });
                 let actor = Actor::system("sla");
-                let action = self.definition.slas.get(sla).and_then(|s| s.on_breach.clone());
+                let action = self
+                    .definition
+                    .slas
+                    .get(sla)
+                    .and_then(|s| s.on_breach.clone());
                 let taken = action.and_then(|t| work.engine_transition(&t, &actor));
                 work.refresh_sla_timers();
                 (AuditKind::SlaBreach, actor, taken, Some(sla.clone()), None)
             }
             TimerKind::TaskLease { task_id, attempt } => {
-                let taken = work.fail(task_id, &format!("lease of attempt {attempt} expired"), true)?;
-                (AuditKind::TaskFailed, Actor::system("lease"), taken, None, Some(task_id.clone()))
+                let taken = work.fail(
+                    task_id,
+                    &format!("lease of attempt {attempt} expired"),
+                    true,
+                )?;
+                (
+                    AuditKind::TaskFailed,
+                    Actor::system("lease"),
+                    taken,
+                    None,
+                    Some(task_id.clone()),
+                )
             }
             TimerKind::TaskRetry { task_id, .. } => {
                 if let Some(task) = work.instance.tasks.get_mut(task_id) {
                     task.status = TaskStatus::Ready;
-                    work.effects.push(Effect::TaskReady { task_id: task.id.clone(), queue: task.queue.clone(), task_type: task.task_type.clone() });
+                    work.effects.push(Effect::TaskReady {
+                        task_id: task.id.clone(),
+                        queue: task.queue.clone(),
+                        task_type: task.task_type.clone(),
+                    });
                 }
-                (AuditKind::TaskRetryDue, Actor::system("retry"), None, None, Some(task_id.clone()))
+                (
+                    AuditKind::TaskRetryDue,
+                    Actor::system("retry"),
+                    None,
+                    None,
+                    Some(task_id.clone()),
+                )
             }
         };
-        let Work { effects, predicates, notes, .. } = work;
-        let mut change = self.package(instance, kind, transition, &actor, None, predicates, notes, effects, Some(firing))?;
+        let Work {
+            effects,
+            predicates,
+            notes,
+            ..
+        } = work;
+        let mut change = self.package(
+            instance,
+            kind,
+            transition,
+            &actor,
+            None,
+            predicates,
+            notes,
+            effects,
+            Some(firing),
+        )?;
         change.audit.sla = sla;
         change.audit.task_id = task_id;
         if !change.timers_cancelled.iter().any(|id| id == timer_id) {
@@ -665,13 +1052,21 @@ impl Eval<'_> {
     }
 
     fn task(&self, task_id: &str) -> Result<&Task, Refusal> {
-        self.before.tasks.get(task_id).ok_or_else(|| Refusal::new(RefusalCode::TaskNotFound, format!("instance `{}` has no task `{task_id}`", self.before.id)))
+        self.before.tasks.get(task_id).ok_or_else(|| {
+            Refusal::new(
+                RefusalCode::TaskNotFound,
+                format!("instance `{}` has no task `{task_id}`", self.before.id),
+            )
+        })
     }
 
     fn lease(&self, task_id: &str, worker: &Actor, term: u64) -> Result<Change, Refusal> {
         let task = self.task(task_id)?;
         if task.status != TaskStatus::Ready {
-            return Err(Refusal::new(RefusalCode::TaskNotReady, format!("task `{task_id}` is {:?}, not ready to lease", task.status)));
+            return Err(Refusal::new(
+                RefusalCode::TaskNotReady,
+                format!("task `{task_id}` is {:?}, not ready to lease", task.status),
+            ));
         }
         let mut change = self.finish(AuditKind::TaskLeased, worker, None, |w| {
             let at = w.at;
@@ -679,7 +1074,10 @@ impl Eval<'_> {
             task.status = TaskStatus::Leased;
             task.attempt += 1;
             task.first_attempt_at.get_or_insert(at);
-            task.lease = Some(LeaseToken { term, attempt: task.attempt });
+            task.lease = Some(LeaseToken {
+                term,
+                attempt: task.attempt,
+            });
             task.worker = Some(worker.id.clone());
             w.extend_lease(task_id);
             Ok(None)
@@ -688,28 +1086,59 @@ impl Eval<'_> {
         Ok(change)
     }
 
-    fn leased_task(&self, task_id: &str, token: &LeaseToken, worker: &Actor) -> Result<(), Refusal> {
+    fn leased_task(
+        &self,
+        task_id: &str,
+        token: &LeaseToken,
+        worker: &Actor,
+    ) -> Result<(), Refusal> {
         let task = self.task(task_id)?;
         if task.status != TaskStatus::Leased || task.lease.as_ref() != Some(token) {
             let current = match (&task.status, &task.lease) {
-                (TaskStatus::Leased, Some(l)) => format!("the current lease is term {} attempt {}", l.term, l.attempt),
+                (TaskStatus::Leased, Some(l)) => {
+                    format!("the current lease is term {} attempt {}", l.term, l.attempt)
+                }
                 (status, _) => format!("the task is {status:?}"),
             };
             return Err(Refusal::new(
                 RefusalCode::StaleLease,
-                format!("lease token term {} attempt {} of worker `{}` is stale for task `{task_id}`: {current}; poll for a new task", token.term, token.attempt, worker.id),
+                format!(
+                    "lease token term {} attempt {} of worker `{}` is stale for task `{task_id}`: {current}; poll for a new task",
+                    token.term, token.attempt, worker.id
+                ),
             ));
         }
         Ok(())
     }
 
-    fn resolve(&self, incident_id: &str, retry_task: bool, actor: &Actor) -> Result<Change, Refusal> {
-        let incident = self.before.incidents.get(incident_id).filter(|i| i.resolved_at.is_none());
+    fn resolve(
+        &self,
+        incident_id: &str,
+        retry_task: bool,
+        actor: &Actor,
+    ) -> Result<Change, Refusal> {
+        let incident = self
+            .before
+            .incidents
+            .get(incident_id)
+            .filter(|i| i.resolved_at.is_none());
         let Some(incident) = incident else {
-            return Err(Refusal::new(RefusalCode::IncidentNotFound, format!("instance `{}` has no open incident `{incident_id}`", self.before.id)));
+            return Err(Refusal::new(
+                RefusalCode::IncidentNotFound,
+                format!(
+                    "instance `{}` has no open incident `{incident_id}`",
+                    self.before.id
+                ),
+            ));
         };
         if !actor.roles.iter().any(|r| r == "operator") {
-            return Err(Refusal::new(RefusalCode::Forbidden, format!("actor `{}` needs the `operator` role to resolve incidents", actor.id)));
+            return Err(Refusal::new(
+                RefusalCode::Forbidden,
+                format!(
+                    "actor `{}` needs the `operator` role to resolve incidents",
+                    actor.id
+                ),
+            ));
         }
         let task_id = incident.task_id.clone();
         self.finish(AuditKind::IncidentResolved, actor, None, |w| {
@@ -722,8 +1151,13 @@ impl Eval<'_> {
                     task.attempt = 0;
                     task.first_attempt_at = None;
                     task.lease = None;
-                    w.effects.push(Effect::TaskReady { task_id: task.id.clone(), queue: task.queue.clone(), task_type: task.task_type.clone() });
-                    w.notes.push(format!("task `{task_id}` retried by operator"));
+                    w.effects.push(Effect::TaskReady {
+                        task_id: task.id.clone(),
+                        queue: task.queue.clone(),
+                        task_type: task.task_type.clone(),
+                    });
+                    w.notes
+                        .push(format!("task `{task_id}` retried by operator"));
                 }
             }
             Ok(None)
@@ -743,7 +1177,12 @@ struct Work<'a> {
 
 impl Work<'_> {
     fn scope(&self, actor: &Actor, payload: &serde_json::Value) -> Scope {
-        Scope::new(actor.cel(), self.instance.cel(), json_value(payload), self.at)
+        Scope::new(
+            actor.cel(),
+            self.instance.cel(),
+            json_value(payload),
+            self.at,
+        )
     }
 
     /// Checks every rule of `spec` for this instance and actor, then takes the transition.
@@ -752,39 +1191,81 @@ impl Work<'_> {
         let instance = &*self.instance;
         if let Some(expected) = taking.expected_version {
             if expected != instance.version {
-                return Err(Refusal::new(RefusalCode::VersionConflict, format!("expected version {expected} but instance `{}` is at version {}; read it again and retry", instance.id, instance.version)));
+                return Err(Refusal::new(
+                    RefusalCode::VersionConflict,
+                    format!(
+                        "expected version {expected} but instance `{}` is at version {}; read it again and retry",
+                        instance.id, instance.version
+                    ),
+                ));
             }
         }
         if !spec.from.contains(&instance.state) {
             let from: Vec<&str> = spec.from.iter().map(String::as_str).collect();
             return Err(Refusal::new(
                 RefusalCode::NotAllowedFromState,
-                format!("transition `{}` is not allowed from state `{}`; it leaves only from: {}", spec.name, instance.state, from.join(", ")),
+                format!(
+                    "transition `{}` is not allowed from state `{}`; it leaves only from: {}",
+                    spec.name,
+                    instance.state,
+                    from.join(", ")
+                ),
             ));
         }
         let is_system = taking.actor.kind == ActorKind::System;
         if spec.system != is_system {
             let message = if spec.system {
-                format!("transition `{}` is taken only by the engine (`system: true`), not by `{}`", spec.name, taking.actor.id)
+                format!(
+                    "transition `{}` is taken only by the engine (`system: true`), not by `{}`",
+                    spec.name, taking.actor.id
+                )
             } else {
-                format!("the engine actor `{}` may not take the non-system transition `{}`", taking.actor.id, spec.name)
+                format!(
+                    "the engine actor `{}` may not take the non-system transition `{}`",
+                    taking.actor.id, spec.name
+                )
             };
             return Err(Refusal::new(RefusalCode::SystemOnly, message));
         }
         check_payload(self.definition, taking.payload)?;
         if let Some(schema) = &spec.payload {
-            schema.check(taking.payload).map_err(|e| Refusal::new(RefusalCode::PayloadInvalid, format!("payload of `{}` does not match its schema {e}", spec.name)))?;
+            schema.check(taking.payload).map_err(|e| {
+                Refusal::new(
+                    RefusalCode::PayloadInvalid,
+                    format!("payload of `{}` does not match its schema {e}", spec.name),
+                )
+            })?;
         }
         let scope = self.scope(taking.actor, taking.payload);
         if !spec.system {
             match &spec.allow {
-                Some(allow) => predicate(allow, &scope, "allow", RefusalCode::Forbidden, &mut self.predicates)?,
-                None => return Err(Refusal::new(RefusalCode::Forbidden, format!("transition `{}` has no `allow` predicate, so no human or service actor may take it", spec.name))),
+                Some(allow) => predicate(
+                    allow,
+                    &scope,
+                    "allow",
+                    RefusalCode::Forbidden,
+                    &mut self.predicates,
+                )?,
+                None => {
+                    return Err(Refusal::new(
+                        RefusalCode::Forbidden,
+                        format!(
+                            "transition `{}` has no `allow` predicate, so no human or service actor may take it",
+                            spec.name
+                        ),
+                    ));
+                }
             }
         }
         self.gates(spec)?;
         if let Some(guard) = &spec.guard {
-            predicate(guard, &scope, "guard", RefusalCode::GuardFalse, &mut self.predicates)?;
+            predicate(
+                guard,
+                &scope,
+                "guard",
+                RefusalCode::GuardFalse,
+                &mut self.predicates,
+            )?;
         }
         let new_data = merged_data(&self.instance.data, taking.payload);
         if let Some(data) = &new_data {
@@ -798,7 +1279,13 @@ impl Work<'_> {
         if let Some(gate) = &spec.not_before {
             let open_at = self.gate_time(gate, spec)?;
             if self.at < open_at {
-                let mut r = Refusal::new(RefusalCode::GateNotYetOpen, format!("transition `{}` opens at {open_at} (not_before); try again then", spec.name));
+                let mut r = Refusal::new(
+                    RefusalCode::GateNotYetOpen,
+                    format!(
+                        "transition `{}` opens at {open_at} (not_before); try again then",
+                        spec.name
+                    ),
+                );
                 r.earliest_at = Some(open_at);
                 r.predicate = Some(format!("not_before {}", describe_gate(gate)));
                 return Err(r);
@@ -807,7 +1294,13 @@ impl Work<'_> {
         if let Some(gate) = &spec.not_after {
             let close_at = self.gate_time(gate, spec)?;
             if self.at > close_at {
-                let mut r = Refusal::new(RefusalCode::GateExpired, format!("transition `{}` closed at {close_at} (not_after)", spec.name));
+                let mut r = Refusal::new(
+                    RefusalCode::GateExpired,
+                    format!(
+                        "transition `{}` closed at {close_at} (not_after)",
+                        spec.name
+                    ),
+                );
                 r.predicate = Some(format!("not_after {}", describe_gate(gate)));
                 return Err(r);
             }
@@ -829,7 +1322,12 @@ impl Work<'_> {
     }
 
     /// Moves the instance: data, state, SLA clocks, expiry timer and effects.
-    fn apply_transition(&mut self, spec: &TransitionSpec, new_data: Option<serde_json::Value>, payload: &serde_json::Value) {
+    fn apply_transition(
+        &mut self,
+        spec: &TransitionSpec,
+        new_data: Option<serde_json::Value>,
+        payload: &serde_json::Value,
+    ) {
         if let Some(data) = new_data {
             self.instance.data = data;
         }
@@ -838,7 +1336,9 @@ impl Work<'_> {
         self.enter_state(Some(&from));
         for (i, effect) in spec.effects.iter().enumerate() {
             match effect {
-                EffectSpec::Emit(event) => self.effects.push(Effect::Emit { event: event.clone() }),
+                EffectSpec::Emit(event) => self.effects.push(Effect::Emit {
+                    event: event.clone(),
+                }),
                 EffectSpec::Task(task) => {
                     let id = format!("{}/{}/{i}", self.instance.id, self.instance.version + 1);
                     self.prune_tasks();
@@ -849,6 +1349,7 @@ impl Work<'_> {
                             queue: task.queue.clone(),
                             task_type: task.task_type.clone(),
                             origin: spec.name.clone(),
+                            created: (self.instance.version + 1, i as u32),
                             input: serde_json::json!({ "data": self.instance.data, "payload": payload }),
                             status: TaskStatus::Ready,
                             attempt: 0,
@@ -864,7 +1365,11 @@ impl Work<'_> {
                             result: None,
                         },
                     );
-                    self.effects.push(Effect::TaskReady { task_id: id, queue: task.queue.clone(), task_type: task.task_type.clone() });
+                    self.effects.push(Effect::TaskReady {
+                        task_id: id,
+                        queue: task.queue.clone(),
+                        task_type: task.task_type.clone(),
+                    });
                 }
             }
         }
@@ -873,9 +1378,16 @@ impl Work<'_> {
     /// Keeps the task map bounded: drops the oldest finished tasks beyond the limit.
     fn prune_tasks(&mut self) {
         let max = self.definition.limits.instance_tasks_max.saturating_sub(1);
-        let finished: Vec<String> = self.instance.tasks.values().filter(|t| matches!(t.status, TaskStatus::Completed | TaskStatus::Exhausted)).map(|t| t.id.clone()).collect();
+        let mut finished: Vec<(u64, u32, String)> = self
+            .instance
+            .tasks
+            .values()
+            .filter(|t| matches!(t.status, TaskStatus::Completed | TaskStatus::Exhausted))
+            .map(|t| (t.created.0, t.created.1, t.id.clone()))
+            .collect();
+        finished.sort();
         let excess = self.instance.tasks.len().saturating_sub(max);
-        for id in finished.into_iter().take(excess) {
+        for (_, _, id) in finished.into_iter().take(excess) {
             self.instance.tasks.remove(&id);
         }
     }
@@ -883,24 +1395,50 @@ impl Work<'_> {
     /// Entry into the current state: expiry timer and SLA clocks.
     fn enter_state(&mut self, _from: Option<&str>) {
         let state = self.instance.state.clone();
-        self.instance.timers.retain(|_, t| !matches!(t.kind, TimerKind::StateExpiry { .. }));
-        if let Some(expiry) = self.definition.states.get(&state).and_then(|s| s.expires.as_ref()) {
-            let cal = expiry.calendar.as_ref().and_then(|c| self.definition.calendars.get(c));
+        self.instance
+            .timers
+            .retain(|_, t| !matches!(t.kind, TimerKind::StateExpiry { .. }));
+        if let Some(expiry) = self
+            .definition
+            .states
+            .get(&state)
+            .and_then(|s| s.expires.as_ref())
+        {
+            let cal = expiry
+                .calendar
+                .as_ref()
+                .and_then(|c| self.definition.calendars.get(c));
             if let Some(due_at) = Clock(cal).advance(self.at, expiry.after_ms) {
                 let id = format!("{}:expiry:{}", self.instance.id, self.instance.version + 1);
-                let kind = TimerKind::StateExpiry { state: state.clone(), transition: expiry.transition.clone() };
-                self.instance.timers.insert(id.clone(), Timer { id, instance_id: self.instance.id.clone(), due_at, kind });
+                let kind = TimerKind::StateExpiry {
+                    state: state.clone(),
+                    transition: expiry.transition.clone(),
+                };
+                self.instance.timers.insert(
+                    id.clone(),
+                    Timer {
+                        id,
+                        instance_id: self.instance.id.clone(),
+                        due_at,
+                        kind,
+                    },
+                );
             }
         }
         for (name, spec) in &self.definition.slas {
-            let clock = Clock(spec.calendar.as_ref().and_then(|c| self.definition.calendars.get(c)));
+            let clock = Clock(
+                spec.calendar
+                    .as_ref()
+                    .and_then(|c| self.definition.calendars.get(c)),
+            );
             let current = self.instance.slas.remove(name);
             let scope_instance = self.instance.cel();
             let mut trace = None;
             let next = on_enter(spec, current, &state, self.at, clock, || match &spec.when {
                 None => true,
                 Some(when) => {
-                    let scope = Scope::new(cel::Value::Null, scope_instance, cel::Value::Null, self.at);
+                    let scope =
+                        Scope::new(cel::Value::Null, scope_instance, cel::Value::Null, self.at);
                     // A `when` that fails to evaluate does not start the SLA; the audit says so.
                     let result = when.eval_bool(&scope);
                     trace = Some((when.source().to_string(), result.clone()));
@@ -909,7 +1447,11 @@ impl Work<'_> {
             });
             if let Some((expression, result)) = trace {
                 match result {
-                    Ok(result) => self.predicates.push(PredicateTrace { role: format!("sla.{name}.when"), expression, result }),
+                    Ok(result) => self.predicates.push(PredicateTrace {
+                        role: format!("sla.{name}.when"),
+                        expression,
+                        result,
+                    }),
                     Err(e) => self.notes.push(format!("SLA `{name}` not started: {e}")),
                 }
             }
@@ -922,16 +1464,44 @@ impl Work<'_> {
 
     /// Recomputes the armed SLA timers from the clocks.
     fn refresh_sla_timers(&mut self) {
-        self.instance.timers.retain(|_, t| !matches!(t.kind, TimerKind::SlaWarning { .. } | TimerKind::SlaBreach { .. }));
+        self.instance.timers.retain(|_, t| {
+            !matches!(
+                t.kind,
+                TimerKind::SlaWarning { .. } | TimerKind::SlaBreach { .. }
+            )
+        });
         for (name, clock) in &self.instance.slas {
-            let Some(spec) = self.definition.slas.get(name) else { continue };
-            let cal = Clock(spec.calendar.as_ref().and_then(|c| self.definition.calendars.get(c)));
+            let Some(spec) = self.definition.slas.get(name) else {
+                continue;
+            };
+            let cal = Clock(
+                spec.calendar
+                    .as_ref()
+                    .and_then(|c| self.definition.calendars.get(c)),
+            );
             for (milestone, due_at) in clock.upcoming(spec, cal) {
                 let (id, kind) = match milestone {
-                    Milestone::Warning(p) => (format!("{}:sla:{name}:warn{p}", self.instance.id), TimerKind::SlaWarning { sla: name.clone(), percent: p }),
-                    Milestone::Breach => (format!("{}:sla:{name}:breach", self.instance.id), TimerKind::SlaBreach { sla: name.clone() }),
+                    Milestone::Warning(p) => (
+                        format!("{}:sla:{name}:warn{p}", self.instance.id),
+                        TimerKind::SlaWarning {
+                            sla: name.clone(),
+                            percent: p,
+                        },
+                    ),
+                    Milestone::Breach => (
+                        format!("{}:sla:{name}:breach", self.instance.id),
+                        TimerKind::SlaBreach { sla: name.clone() },
+                    ),
                 };
-                self.instance.timers.insert(id.clone(), Timer { id, instance_id: self.instance.id.clone(), due_at, kind });
+                self.instance.timers.insert(
+                    id.clone(),
+                    Timer {
+                        id,
+                        instance_id: self.instance.id.clone(),
+                        due_at,
+                        kind,
+                    },
+                );
             }
         }
     }
@@ -940,15 +1510,21 @@ impl Work<'_> {
     /// apply now, the reason is noted and the instance stays where it is.
     fn engine_transition(&mut self, name: &str, actor: &Actor) -> Option<String> {
         let Some(spec) = self.definition.transitions.get(name) else {
-            self.notes.push(format!("transition `{name}` is not declared"));
+            self.notes
+                .push(format!("transition `{name}` is not declared"));
             return None;
         };
         let payload = serde_json::Value::Null;
-        let taking = Taking { actor, payload: &payload, expected_version: None };
+        let taking = Taking {
+            actor,
+            payload: &payload,
+            expected_version: None,
+        };
         match self.take(spec, &taking) {
             Ok(taken) => taken,
             Err(refusal) => {
-                self.notes.push(format!("`{name}` not taken: {}", refusal.message));
+                self.notes
+                    .push(format!("`{name}` not taken: {}", refusal.message));
                 None
             }
         }
@@ -956,41 +1532,78 @@ impl Work<'_> {
 
     fn extend_lease(&mut self, task_id: &str) {
         let at = self.at;
-        let Some(task) = self.instance.tasks.get_mut(task_id) else { return };
+        let Some(task) = self.instance.tasks.get_mut(task_id) else {
+            return;
+        };
         let expires = at.add_ms(task.timeout_ms);
         task.lease_expires_at = Some(expires);
         let id = format!("{task_id}:lease");
-        let kind = TimerKind::TaskLease { task_id: task_id.to_string(), attempt: task.attempt };
-        self.instance.timers.insert(id.clone(), Timer { id, instance_id: self.instance.id.clone(), due_at: expires, kind });
+        let kind = TimerKind::TaskLease {
+            task_id: task_id.to_string(),
+            attempt: task.attempt,
+        };
+        self.instance.timers.insert(
+            id.clone(),
+            Timer {
+                id,
+                instance_id: self.instance.id.clone(),
+                due_at: expires,
+                kind,
+            },
+        );
     }
 
-    fn complete(&mut self, task_id: &str, result: &serde_json::Value, worker: &Actor) -> Result<Option<String>, Refusal> {
+    fn complete(
+        &mut self,
+        task_id: &str,
+        result: &serde_json::Value,
+        worker: &Actor,
+    ) -> Result<Option<String>, Refusal> {
         self.instance.timers.remove(&format!("{task_id}:lease"));
         let task = self.instance.tasks.get_mut(task_id).expect("lease checked");
         task.status = TaskStatus::Completed;
         task.lease = None;
         task.result = Some(result.clone());
-        let Some(next) = task.on_complete.clone() else { return Ok(None) };
-        let Some(spec) = self.definition.transitions.get(&next) else { return Ok(None) };
-        let taking = Taking { actor: worker, payload: result, expected_version: None };
+        let Some(next) = task.on_complete.clone() else {
+            return Ok(None);
+        };
+        let Some(spec) = self.definition.transitions.get(&next) else {
+            return Ok(None);
+        };
+        let taking = Taking {
+            actor: worker,
+            payload: result,
+            expected_version: None,
+        };
         let saved = self.instance.clone();
         match self.take(spec, &taking) {
             Ok(taken) => Ok(taken),
             Err(refusal) => {
                 // The work is done either way; a refused follow-up is an incident for operators.
                 *self.instance = saved;
-                self.open_incident(Some(task_id), format!("on_complete `{next}` refused: {}", refusal.message));
+                self.open_incident(
+                    Some(task_id),
+                    format!("on_complete `{next}` refused: {}", refusal.message),
+                );
                 Ok(None)
             }
         }
     }
 
     /// A failed attempt: retry after backoff, or exhaust the policy.
-    fn fail(&mut self, task_id: &str, error: &str, retryable: bool) -> Result<Option<String>, Refusal> {
+    fn fail(
+        &mut self,
+        task_id: &str,
+        error: &str,
+        retryable: bool,
+    ) -> Result<Option<String>, Refusal> {
         self.instance.timers.remove(&format!("{task_id}:lease"));
         let at = self.at;
         let Some(task) = self.instance.tasks.get_mut(task_id) else {
-            return Err(Refusal::new(RefusalCode::TaskNotFound, format!("no task `{task_id}`")));
+            return Err(Refusal::new(
+                RefusalCode::TaskNotFound,
+                format!("no task `{task_id}`"),
+            ));
         };
         task.lease = None;
         task.last_error = Some(error.to_string());
@@ -999,43 +1612,81 @@ impl Work<'_> {
         if retryable && task.retry.may_retry(task.attempt, elapsed, delay) {
             task.status = TaskStatus::Backoff;
             let id = format!("{task_id}:retry");
-            let kind = TimerKind::TaskRetry { task_id: task_id.to_string(), attempt: task.attempt + 1 };
-            let timer = Timer { id: id.clone(), instance_id: self.instance.id.clone(), due_at: at.add_ms(delay), kind };
-            self.notes.push(format!("attempt {} failed ({error}); retry in {delay} ms", task.attempt));
+            let kind = TimerKind::TaskRetry {
+                task_id: task_id.to_string(),
+                attempt: task.attempt + 1,
+            };
+            let timer = Timer {
+                id: id.clone(),
+                instance_id: self.instance.id.clone(),
+                due_at: at.add_ms(delay),
+                kind,
+            };
+            self.notes.push(format!(
+                "attempt {} failed ({error}); retry in {delay} ms",
+                task.attempt
+            ));
             self.instance.timers.insert(id, timer);
             return Ok(None);
         }
         task.status = TaskStatus::Exhausted;
         let attempts = task.attempt;
         let on_exhausted = task.on_exhausted.clone();
-        self.notes.push(format!("task `{task_id}` exhausted after {attempts} attempt(s): {error}"));
+        self.notes.push(format!(
+            "task `{task_id}` exhausted after {attempts} attempt(s): {error}"
+        ));
         match on_exhausted {
             Some(next) => {
                 let actor = Actor::system("retry");
                 let taken = self.engine_transition(&next, &actor);
                 if taken.is_none() {
-                    self.open_incident(Some(task_id), format!("on_exhausted `{next}` could not be taken"));
+                    self.open_incident(
+                        Some(task_id),
+                        format!("on_exhausted `{next}` could not be taken"),
+                    );
                 }
                 Ok(taken)
             }
             None => {
-                self.open_incident(Some(task_id), format!("retries exhausted after {attempts} attempt(s): {error}"));
+                self.open_incident(
+                    Some(task_id),
+                    format!("retries exhausted after {attempts} attempt(s): {error}"),
+                );
                 Ok(None)
             }
         }
     }
 
     fn open_incident(&mut self, task_id: Option<&str>, reason: String) {
-        let id = format!("{}:incident:{}", self.instance.id, self.instance.version + 1);
+        let id = format!(
+            "{}:incident:{}",
+            self.instance.id,
+            self.instance.version + 1
+        );
         self.notes.push(format!("incident `{id}` opened"));
-        self.instance.incidents.insert(id.clone(), Incident { id, task_id: task_id.map(str::to_owned), reason, opened_at: self.at, resolved_at: None });
+        self.instance.incidents.insert(
+            id.clone(),
+            Incident {
+                id,
+                task_id: task_id.map(str::to_owned),
+                reason,
+                opened_at: self.at,
+                resolved_at: None,
+            },
+        );
     }
 }
 
 fn describe_gate(gate: &Gate) -> String {
     match gate {
-        Gate::AfterEntering(ms) => format!("{} after entering the state", crate::duration::Duration::from_ms(*ms)),
-        Gate::Field { field, offset_ms } => format!("data.{field} + {}", crate::duration::Duration::from_ms(*offset_ms)),
+        Gate::AfterEntering(ms) => format!(
+            "{} after entering the state",
+            crate::duration::Duration::from_ms(*ms)
+        ),
+        Gate::Field { field, offset_ms } => format!(
+            "data.{field} + {}",
+            crate::duration::Duration::from_ms(*offset_ms)
+        ),
     }
 }
 
@@ -1060,7 +1711,10 @@ fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
         if value.is_null() {
             map.remove(key);
         } else {
-            merge_patch(map.entry(key.clone()).or_insert(serde_json::Value::Null), value);
+            merge_patch(
+                map.entry(key.clone()).or_insert(serde_json::Value::Null),
+                value,
+            );
         }
     }
 }

@@ -24,7 +24,16 @@ pub const ROOT_VARIABLES: [&str; 4] = ["actor", "instance", "payload", "now"];
 /// Fields of `actor`.
 pub const ACTOR_FIELDS: [&str; 5] = ["id", "kind", "roles", "claims", "authn"];
 /// Fields of `instance`.
-pub const INSTANCE_FIELDS: [&str; 8] = ["id", "workflow", "key", "state", "data", "created_by", "entered_at", "version"];
+pub const INSTANCE_FIELDS: [&str; 8] = [
+    "id",
+    "workflow",
+    "key",
+    "state",
+    "data",
+    "created_by",
+    "entered_at",
+    "version",
+];
 
 /// A compiled, statically checked CEL expression.
 #[derive(Clone)]
@@ -49,7 +58,10 @@ impl Expression {
         let context = scope.context();
         match self.program.execute(&context) {
             Ok(Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(format!("`{}` evaluated to {other:?}, not a boolean", self.source)),
+            Ok(other) => Err(format!(
+                "`{}` evaluated to {other:?}, not a boolean",
+                self.source
+            )),
             Err(e) => Err(format!("`{}` failed: {e}", self.source)),
         }
     }
@@ -61,26 +73,65 @@ impl Expression {
 pub struct DataFields(pub Option<BTreeSet<String>>);
 
 /// Compiles `source` found at `path`, checking its cost bounds and references.
-pub fn compile_expr(source: &str, path: &str, data: &DataFields, limits: &Limits) -> Result<Expression, Diagnostic> {
+pub fn compile_expr(
+    source: &str,
+    path: &str,
+    data: &DataFields,
+    limits: &Limits,
+) -> Result<Expression, Diagnostic> {
     if source.len() > limits.expression_bytes_max {
         return Err(Diagnostic::error(
             Code::CelTooCostly,
             path,
-            format!("expression is {} bytes, more than expression_bytes_max ({})", source.len(), limits.expression_bytes_max),
+            format!(
+                "expression is {} bytes, more than expression_bytes_max ({})",
+                source.len(),
+                limits.expression_bytes_max
+            ),
             "split the rule into several transitions or move the logic into data prepared by a worker",
         ));
     }
+    let nesting = nesting_depth(source);
+    if nesting > limits.expression_nesting_max {
+        return Err(Diagnostic::error(
+            Code::CelTooCostly,
+            path,
+            format!(
+                "brackets and conditionals nest {nesting} deep, more than expression_nesting_max ({})",
+                limits.expression_nesting_max
+            ),
+            "flatten the expression: split it with && / || or across guard and allow",
+        ));
+    }
     let program = Program::compile(source).map_err(|e| {
-        let first = e.errors.first().map(|e| e.msg.clone()).unwrap_or_else(|| e.to_string());
-        Diagnostic::error(Code::CelSyntax, path, format!("CEL does not compile: {first} in `{source}`"), "check the CEL syntax: operators are &&, ||, !, ==, in; strings use quotes")
+        let first = e
+            .errors
+            .first()
+            .map(|e| e.msg.clone())
+            .unwrap_or_else(|| e.to_string());
+        Diagnostic::error(
+            Code::CelSyntax,
+            path,
+            format!("CEL does not compile: {first} in `{source}`"),
+            "check the CEL syntax: operators are &&, ||, !, ==, in; strings use quotes",
+        )
     })?;
-    let mut walk = Walk { data, nodes: 0, depth_max: 0, problems: Vec::new(), bound: Vec::new() };
+    let mut walk = Walk {
+        data,
+        nodes: 0,
+        depth_max: 0,
+        problems: Vec::new(),
+        bound: Vec::new(),
+    };
     walk.expr(program.expression(), 0);
     if walk.nodes > limits.expression_nodes_max {
         return Err(Diagnostic::error(
             Code::CelTooCostly,
             path,
-            format!("expression has {} AST nodes, more than expression_nodes_max ({})", walk.nodes, limits.expression_nodes_max),
+            format!(
+                "expression has {} AST nodes, more than expression_nodes_max ({})",
+                walk.nodes, limits.expression_nodes_max
+            ),
             "simplify the expression",
         ));
     }
@@ -96,14 +147,60 @@ pub fn compile_expr(source: &str, path: &str, data: &DataFields, limits: &Limits
         ));
     }
     if let Some(problem) = walk.problems.into_iter().next() {
-        return Err(Diagnostic::error(Code::CelUnknownReference, path, format!("{problem} in `{source}`"), reference_hint()));
+        return Err(Diagnostic::error(
+            Code::CelUnknownReference,
+            path,
+            format!("{problem} in `{source}`"),
+            reference_hint(),
+        ));
     }
-    Ok(Expression { source: source.to_string(), program: Arc::new(program) })
+    Ok(Expression {
+        source: source.to_string(),
+        program: Arc::new(program),
+    })
+}
+
+/// The deepest nesting of `(`, `[`, `{` and `?` outside string literals. A conditional counts
+/// as one level until the end of its enclosing bracket.
+fn nesting_depth(source: &str) -> usize {
+    let mut stack: Vec<usize> = vec![0];
+    let mut deepest = 0;
+    let mut quote: Option<char> = None;
+    let mut chars = source.chars();
+    while let Some(c) = chars.next() {
+        if let Some(q) = quote {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                c if c == q => quote = None,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' => quote = Some(c),
+            '(' | '[' | '{' => stack.push(0),
+            ')' | ']' | '}' => {
+                if stack.len() > 1 {
+                    stack.pop();
+                }
+            }
+            '?' => {
+                if let Some(top) = stack.last_mut() {
+                    *top += 1;
+                }
+            }
+            _ => {}
+        }
+        deepest = deepest.max(stack.len() - 1 + stack.last().copied().unwrap_or(0));
+    }
+    deepest
 }
 
 fn reference_hint() -> String {
     format!(
-        "use only {} ; actor has {}, instance has {}, and instance.data has the properties of the data schema",
+        "use only {}; actor has {}, instance has {}, and instance.data has the properties of the data schema",
         ROOT_VARIABLES.join(", "),
         ACTOR_FIELDS.join(", "),
         INSTANCE_FIELDS.join(", ")
@@ -188,7 +285,9 @@ impl Walk<'_> {
             fields.push(select.field.as_str());
             cursor = &select.operand;
         }
-        let Expr::Ident(root) = &cursor.expr else { return false };
+        let Expr::Ident(root) = &cursor.expr else {
+            return false;
+        };
         fields.reverse();
         self.nodes += fields.len();
         if self.bound.iter().any(|b| b == root) {
@@ -200,15 +299,20 @@ impl Walk<'_> {
             "instance" => &INSTANCE_FIELDS,
             _ => return true,
         };
-        let Some(first) = fields.first() else { return true };
+        let Some(first) = fields.first() else {
+            return true;
+        };
         if !known.contains(first) {
-            self.problems.push(format!("`{root}` has no field `{first}`"));
+            self.problems
+                .push(format!("`{root}` has no field `{first}`"));
             return true;
         }
         if root == "instance" && *first == "data" {
             if let (Some(field), Some(declared)) = (fields.get(1), &self.data.0) {
                 if !declared.contains(*field) {
-                    self.problems.push(format!("`instance.data.{field}` is not a property of the data schema"));
+                    self.problems.push(format!(
+                        "`instance.data.{field}` is not a property of the data schema"
+                    ));
                 }
             }
         }
@@ -224,7 +328,14 @@ pub struct Scope {
 
 impl Scope {
     pub fn new(actor: Value, instance: Value, payload: Value, now: Timestamp) -> Scope {
-        Scope { variables: vec![("actor", actor), ("instance", instance), ("payload", payload), ("now", timestamp_value(now))] }
+        Scope {
+            variables: vec![
+                ("actor", actor),
+                ("instance", instance),
+                ("payload", payload),
+                ("now", timestamp_value(now)),
+            ],
+        }
     }
 
     fn context(&self) -> Context<'static, 'static> {
@@ -256,17 +367,27 @@ pub fn json_value(json: &serde_json::Value) -> Value {
             _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
         },
         serde_json::Value::String(s) => Value::String(Arc::new(s.clone())),
-        serde_json::Value::Array(items) => Value::List(Arc::new(items.iter().map(json_value).collect())),
+        serde_json::Value::Array(items) => {
+            Value::List(Arc::new(items.iter().map(json_value).collect()))
+        }
         serde_json::Value::Object(map) => {
-            let entries: HashMap<Key, Value> = map.iter().map(|(k, v)| (Key::String(Arc::new(k.clone())), json_value(v))).collect();
-            Value::Map(Map { map: Arc::new(entries) })
+            let entries: HashMap<Key, Value> = map
+                .iter()
+                .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_value(v)))
+                .collect();
+            Value::Map(Map {
+                map: Arc::new(entries),
+            })
         }
     }
 }
 
 /// Builds a CEL map from string keys.
 pub fn map_value(entries: Vec<(&str, Value)>) -> Value {
-    let map: HashMap<Key, Value> = entries.into_iter().map(|(k, v)| (Key::String(Arc::new(k.to_string())), v)).collect();
+    let map: HashMap<Key, Value> = entries
+        .into_iter()
+        .map(|(k, v)| (Key::String(Arc::new(k.to_string())), v))
+        .collect();
     Value::Map(Map { map: Arc::new(map) })
 }
 
@@ -283,31 +404,70 @@ mod tests {
     }
 
     fn check(source: &str, expected: Result<(), &str>) {
-        let got = compile_expr(source, "t", &fields(&["amount", "requester", "items"]), &Limits::default());
+        let got = compile_expr(
+            source,
+            "t",
+            &fields(&["amount", "requester", "items"]),
+            &Limits::default(),
+        );
         match (got, expected) {
             (Ok(_), Ok(())) => {}
-            (Err(d), Err(fragment)) => assert!(d.message.contains(fragment), "{source}: {}", d.message),
+            (Err(d), Err(fragment)) => {
+                assert!(d.message.contains(fragment), "{source}: {}", d.message)
+            }
             (got, want) => panic!("{source}: got {got:?}, want {want:?}"),
         }
     }
 
     #[test]
     fn static_checks() {
-        check("'approver' in actor.roles && actor.id != instance.data.requester", Ok(()));
+        check(
+            "'approver' in actor.roles && actor.id != instance.data.requester",
+            Ok(()),
+        );
         check("instance.data.items.all(i, i.price < 100.0)", Ok(()));
         check("has(instance.data.amount)", Ok(()));
-        check("instance.data.colour == 'red'", Err("`instance.data.colour` is not a property"));
+        check(
+            "instance.data.colour == 'red'",
+            Err("`instance.data.colour` is not a property"),
+        );
         check("actor.name == 'x'", Err("`actor` has no field `name`"));
         check("user.id == 'x'", Err("unknown variable `user`"));
-        check("instance.data.items.all(i, instance.data.items.exists(j, j == i))", Err("nest 2 deep"));
+        check(
+            "instance.data.items.all(i, instance.data.items.exists(j, j == i))",
+            Err("nest 2 deep"),
+        );
         check("1 +", Err("does not compile"));
+        check(
+            "((((((((((((true))))))))))))",
+            Err("nest 12 deep, more than expression_nesting_max (8)"),
+        );
+        check(
+            "instance.data.amount > 0 ? (1 > 0 ? true : false) : false",
+            Ok(()),
+        );
+        check("'((((((((((((' == instance.data.requester", Ok(()));
     }
 
     #[test]
     fn runtime_errors_are_errors_not_panics() {
-        let e = compile_expr("instance.data.amount > 10", "t", &DataFields(None), &Limits::default()).unwrap();
-        let instance = map_value(vec![("data", json_value(&serde_json::json!({"amount": "ten"})))]);
-        let scope = Scope::new(Value::Null, instance, Value::Null, Timestamp::from_micros(0));
+        let e = compile_expr(
+            "instance.data.amount > 10",
+            "t",
+            &DataFields(None),
+            &Limits::default(),
+        )
+        .unwrap();
+        let instance = map_value(vec![(
+            "data",
+            json_value(&serde_json::json!({"amount": "ten"})),
+        )]);
+        let scope = Scope::new(
+            Value::Null,
+            instance,
+            Value::Null,
+            Timestamp::from_micros(0),
+        );
         let err = e.eval_bool(&scope).unwrap_err();
         assert!(err.contains("failed"), "{err}");
     }

@@ -45,7 +45,11 @@ fn edges(def: &CompiledDefinition) -> Vec<Edge> {
             parts.push(format!("not after {}", gate_text(g)));
         }
         for (sla_name, sla) in &d.slas {
-            if sla.on_breach.as_ref().is_some_and(|a| a.transition == *name) {
+            if sla
+                .on_breach
+                .as_ref()
+                .is_some_and(|a| a.transition == *name)
+            {
                 parts.push(format!("SLA {sla_name} breach ({})", sla.within.0));
             }
         }
@@ -58,7 +62,11 @@ fn edges(def: &CompiledDefinition) -> Vec<Edge> {
             parts.push("system".into());
         }
         for from in t.from.iter() {
-            out.push(Edge { from: from.clone(), to: t.to.clone(), label: parts.join(" · ") });
+            out.push(Edge {
+                from: from.clone(),
+                to: t.to.clone(),
+                label: parts.join(" · "),
+            });
         }
     }
     out
@@ -78,7 +86,13 @@ fn mermaid(def: &CompiledDefinition) -> String {
     let _ = writeln!(s, "    %% {} @ {}", d.workflow, &def.version[..12]);
     let _ = writeln!(s, "    [*] --> {}", def.initial);
     for e in edges(def) {
-        let _ = writeln!(s, "    {} --> {}: {}", e.from, e.to, e.label.replace(':', "#58;"));
+        let _ = writeln!(
+            s,
+            "    {} --> {}: {}",
+            e.from,
+            e.to,
+            e.label.replace(':', "#58;")
+        );
     }
     for (name, state) in &d.states {
         if state.terminal {
@@ -88,7 +102,15 @@ fn mermaid(def: &CompiledDefinition) -> String {
     for (name, sla) in &d.slas {
         let starts: Vec<&str> = sla.start.enter.iter().map(String::as_str).collect();
         if let Some(first) = starts.first() {
-            let _ = writeln!(s, "    note right of {first}: SLA {name} starts, {}{}", sla.within.0, sla.calendar.as_ref().map(|c| format!(" ({c} hours)")).unwrap_or_default());
+            let _ = writeln!(
+                s,
+                "    note right of {first}: SLA {name} starts, {}{}",
+                sla.within.0,
+                sla.calendar
+                    .as_ref()
+                    .map(|c| format!(" ({c} hours)"))
+                    .unwrap_or_default()
+            );
         }
     }
     s
@@ -99,13 +121,27 @@ fn dot(def: &CompiledDefinition) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "digraph \"{}\" {{", d.workflow);
     let _ = writeln!(s, "  rankdir=LR;\n  node [shape=box, style=rounded];");
-    let _ = writeln!(s, "  \"__start\" [shape=point];\n  \"__start\" -> \"{}\";", def.initial);
+    let _ = writeln!(
+        s,
+        "  \"__start\" [shape=point];\n  \"__start\" -> \"{}\";",
+        def.initial
+    );
     for (name, state) in &d.states {
-        let shape = if state.terminal { ", peripheries=2" } else { "" };
+        let shape = if state.terminal {
+            ", peripheries=2"
+        } else {
+            ""
+        };
         let _ = writeln!(s, "  \"{name}\" [label=\"{name}\"{shape}];");
     }
     for e in edges(def) {
-        let _ = writeln!(s, "  \"{}\" -> \"{}\" [label=\"{}\"];", e.from, e.to, e.label.replace('"', "\\\""));
+        let _ = writeln!(
+            s,
+            "  \"{}\" -> \"{}\" [label=\"{}\"];",
+            e.from,
+            e.to,
+            e.label.replace('"', "\\\"")
+        );
     }
     s.push_str("}\n");
     s

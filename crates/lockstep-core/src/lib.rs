@@ -15,6 +15,7 @@ pub mod duration;
 pub mod engine;
 pub mod expr;
 pub mod graph;
+pub mod json_field;
 pub mod limits;
 pub mod retry;
 pub mod scenario;
@@ -27,7 +28,10 @@ pub mod validate;
 pub use audit::{AuditKind, AuditRecord, PredicateTrace};
 pub use definition::Definition;
 pub use diagnostic::{Code, Diagnostic, Severity};
-pub use engine::{evaluate, Actor, ActorKind, Change, Command, Effect, Instance, Outcome, Refusal, RefusalCode, Timer, TimerKind};
+pub use engine::{
+    Actor, ActorKind, Change, Command, Effect, Instance, Outcome, Refusal, RefusalCode, Timer,
+    TimerKind, evaluate,
+};
 pub use limits::Limits;
 pub use time::Timestamp;
-pub use validate::{check, compile, CompiledDefinition};
+pub use validate::{CompiledDefinition, check, compile};

@@ -23,6 +23,10 @@ pub struct Limits {
     pub expression_nodes_max: usize,
     /// Deepest nesting of comprehensions (`all`, `exists`, `map`, `filter`) in one expression.
     pub expression_comprehension_depth_max: usize,
+    /// Deepest nesting of brackets (`(`, `[`, `{`) and conditionals (`?`) in one expression.
+    /// The CEL parser recurses deeply per level (about 170 KiB of stack each in debug builds),
+    /// so this is checked on the text before parsing.
+    pub expression_nesting_max: usize,
     /// Largest payload of one command (JSON, in bytes).
     pub payload_bytes_max: usize,
     /// Largest instance data document (JSON, in bytes).
@@ -51,6 +55,7 @@ impl Default for Limits {
             expression_bytes_max: 2048,
             expression_nodes_max: 256,
             expression_comprehension_depth_max: 1,
+            expression_nesting_max: 8,
             payload_bytes_max: 64 * 1024,
             data_bytes_max: 256 * 1024,
             json_depth_max: 32,
@@ -66,7 +71,12 @@ impl Default for Limits {
 /// Checks a JSON value against the depth and collection-size limits; returns a description of
 /// the first violation.
 pub fn check_json_shape(value: &serde_json::Value, limits: &Limits) -> Result<(), String> {
-    fn walk(v: &serde_json::Value, depth: usize, limits: &Limits, path: &mut String) -> Result<(), String> {
+    fn walk(
+        v: &serde_json::Value,
+        depth: usize,
+        limits: &Limits,
+        path: &mut String,
+    ) -> Result<(), String> {
         if depth > limits.json_depth_max {
             return Err(format!(
                 "nesting at `{path}` is deeper than json_depth_max ({})",

@@ -20,7 +20,15 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// One attempt, no retries: what a task without a `retry` block gets.
     pub fn once() -> RetryPolicy {
-        RetryPolicy { max_attempts: 1, backoff: Backoff::Fixed, initial_ms: 0, max_ms: 0, multiplier: 2, jitter: Jitter::None, max_total_ms: None }
+        RetryPolicy {
+            max_attempts: 1,
+            backoff: Backoff::Fixed,
+            initial_ms: 0,
+            max_ms: 0,
+            multiplier: 2,
+            jitter: Jitter::None,
+            max_total_ms: None,
+        }
     }
 
     /// The delay before attempt `attempt + 1`, after attempt `attempt` (1-based) failed.
@@ -31,11 +39,17 @@ impl RetryPolicy {
             Backoff::Fixed => self.initial_ms,
             Backoff::Exponential => {
                 let exponent = attempt.saturating_sub(1).min(63);
-                let factor = u64::from(self.multiplier).checked_pow(exponent).unwrap_or(u64::MAX);
+                let factor = u64::from(self.multiplier)
+                    .checked_pow(exponent)
+                    .unwrap_or(u64::MAX);
                 self.initial_ms.saturating_mul(factor)
             }
         };
-        let capped = if self.max_ms > 0 { base.min(self.max_ms) } else { base };
+        let capped = if self.max_ms > 0 {
+            base.min(self.max_ms)
+        } else {
+            base
+        };
         match self.jitter {
             Jitter::None => capped,
             Jitter::Full => unit_draw(task_id, attempt, capped),
@@ -75,14 +89,27 @@ mod tests {
     use super::*;
 
     fn policy(backoff: Backoff, jitter: Jitter) -> RetryPolicy {
-        RetryPolicy { max_attempts: 6, backoff, initial_ms: 2000, max_ms: 300_000, multiplier: 2, jitter, max_total_ms: Some(600_000) }
+        RetryPolicy {
+            max_attempts: 6,
+            backoff,
+            initial_ms: 2000,
+            max_ms: 300_000,
+            multiplier: 2,
+            jitter,
+            max_total_ms: Some(600_000),
+        }
     }
 
     #[test]
     fn exponential_doubles_and_caps() {
         let p = policy(Backoff::Exponential, Jitter::None);
         let delays: Vec<u64> = (1..=10).map(|a| p.delay_ms("t", a)).collect();
-        assert_eq!(delays, [2000, 4000, 8000, 16000, 32000, 64000, 128000, 256000, 300000, 300000]);
+        assert_eq!(
+            delays,
+            [
+                2000, 4000, 8000, 16000, 32000, 64000, 128000, 256000, 300000, 300000
+            ]
+        );
         assert_eq!(policy(Backoff::Fixed, Jitter::None).delay_ms("t", 5), 2000);
     }
 

@@ -10,7 +10,9 @@ use serde::Deserialize;
 
 use crate::definition::DurationText;
 use crate::duration::Duration;
-use crate::engine::{evaluate, Actor, ActorKind, Command, Instance, LeaseToken, Outcome, TaskStatus, TimerKind};
+use crate::engine::{
+    Actor, ActorKind, Command, Instance, LeaseToken, Outcome, TaskStatus, TimerKind, evaluate,
+};
 use crate::sla::SlaStatus;
 use crate::time::Timestamp;
 use crate::validate::CompiledDefinition;
@@ -174,15 +176,32 @@ pub fn parse(text: &str) -> Result<ScenarioFile, String> {
 
 /// Runs every scenario of a file against a compiled definition.
 pub fn run_file(file: &ScenarioFile, definition: &CompiledDefinition) -> Vec<ScenarioReport> {
-    file.scenarios.iter().map(|s| run(file, s, definition)).collect()
+    file.scenarios
+        .iter()
+        .map(|s| run(file, s, definition))
+        .collect()
 }
 
-fn run(file: &ScenarioFile, scenario: &Scenario, definition: &CompiledDefinition) -> ScenarioReport {
-    let mut sim = Sim { file, definition, instance: None, now: Timestamp::from_micros(0), instance_id: slug(&scenario.name) };
+fn run(
+    file: &ScenarioFile,
+    scenario: &Scenario,
+    definition: &CompiledDefinition,
+) -> ScenarioReport {
+    let mut sim = Sim {
+        file,
+        definition,
+        instance: None,
+        now: Timestamp::from_micros(0),
+        instance_id: slug(&scenario.name),
+    };
     let fail = |step: usize, message: String| ScenarioReport {
         scenario: scenario.name.clone(),
         steps: scenario.steps.len(),
-        failure: Some(Failure { scenario: scenario.name.clone(), step, message }),
+        failure: Some(Failure {
+            scenario: scenario.name.clone(),
+            step,
+            message,
+        }),
     };
     let start = scenario.start.as_ref().or(file.start.as_ref());
     if let Some(start) = start {
@@ -196,16 +215,34 @@ fn run(file: &ScenarioFile, scenario: &Scenario, definition: &CompiledDefinition
             return fail(i + 1, message);
         }
     }
-    ScenarioReport { scenario: scenario.name.clone(), steps: scenario.steps.len(), failure: None }
+    ScenarioReport {
+        scenario: scenario.name.clone(),
+        steps: scenario.steps.len(),
+        failure: None,
+    }
 }
 
 fn slug(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 /// A label for a timer that does not depend on generated ids.
 pub fn timer_label(instance: &Instance, kind: &TimerKind) -> String {
-    let queue = |task_id: &str| instance.tasks.get(task_id).map(|t| t.queue.clone()).unwrap_or_else(|| task_id.to_string());
+    let queue = |task_id: &str| {
+        instance
+            .tasks
+            .get(task_id)
+            .map(|t| t.queue.clone())
+            .unwrap_or_else(|| task_id.to_string())
+    };
     match kind {
         TimerKind::StateExpiry { state, .. } => format!("expiry:{state}"),
         TimerKind::SlaWarning { sla, percent } => format!("sla:{sla}:warn{percent}"),
@@ -225,13 +262,28 @@ struct Sim<'a> {
 
 impl Sim<'_> {
     fn actor(&self, step: &Step) -> Result<Actor, String> {
-        let name = step.actor.as_deref().ok_or("this step needs `as: <actor>`")?;
-        let spec = self.file.actors.get(name).ok_or_else(|| format!("actor `{name}` is not declared under `actors`"))?;
-        Ok(Actor { id: name.to_string(), kind: spec.kind, roles: spec.roles.clone(), claims: spec.claims.clone(), authn: "scenario".into() })
+        let name = step
+            .actor
+            .as_deref()
+            .ok_or("this step needs `as: <actor>`")?;
+        let spec = self
+            .file
+            .actors
+            .get(name)
+            .ok_or_else(|| format!("actor `{name}` is not declared under `actors`"))?;
+        Ok(Actor {
+            id: name.to_string(),
+            kind: spec.kind,
+            roles: spec.roles.clone(),
+            claims: spec.claims.clone(),
+            authn: "scenario".into(),
+        })
     }
 
     fn instance(&self) -> Result<&Instance, String> {
-        self.instance.as_ref().ok_or_else(|| "no instance yet: start with a `create` step".to_string())
+        self.instance
+            .as_ref()
+            .ok_or_else(|| "no instance yet: start with a `create` step".to_string())
     }
 
     fn step(&mut self, step: &Step) -> Result<(), String> {
@@ -239,10 +291,26 @@ impl Sim<'_> {
         let expect = step.expect.clone().unwrap_or_default();
         match (&outcome, &expect.refused) {
             (Some(Outcome::Refused(r)), Some(code)) if r.code.as_str() == code => {}
-            (Some(Outcome::Refused(r)), Some(code)) => return Err(format!("expected refusal {code}, got {}: {}", r.code.as_str(), r.message)),
-            (Some(Outcome::Refused(r)), None) => return Err(format!("refused {}: {}", r.code.as_str(), r.message)),
-            (Some(Outcome::Applied(_)), Some(code)) => return Err(format!("expected refusal {code}, but the action was applied")),
-            (None, Some(code)) => return Err(format!("expected refusal {code}, but the step has no action")),
+            (Some(Outcome::Refused(r)), Some(code)) => {
+                return Err(format!(
+                    "expected refusal {code}, got {}: {}",
+                    r.code.as_str(),
+                    r.message
+                ));
+            }
+            (Some(Outcome::Refused(r)), None) => {
+                return Err(format!("refused {}: {}", r.code.as_str(), r.message));
+            }
+            (Some(Outcome::Applied(_)), Some(code)) => {
+                return Err(format!(
+                    "expected refusal {code}, but the action was applied"
+                ));
+            }
+            (None, Some(code)) => {
+                return Err(format!(
+                    "expected refusal {code}, but the step has no action"
+                ));
+            }
             (Some(Outcome::Applied(change)), None) => self.instance = Some(change.instance.clone()),
             (None, None) => {}
         }
@@ -258,7 +326,10 @@ impl Sim<'_> {
         if let Some(t) = &step.advance_to {
             let target = Timestamp::parse_rfc3339(t)?;
             if target < self.now {
-                return Err(format!("advance_to {t} is before the current time {}", self.now));
+                return Err(format!(
+                    "advance_to {t} is before the current time {}",
+                    self.now
+                ));
             }
             self.advance_to(target)?;
             return Ok(None);
@@ -268,24 +339,55 @@ impl Sim<'_> {
             if self.instance.is_some() {
                 return Err("a scenario creates one instance; `create` appears twice".into());
             }
-            Command::Create { instance_id: self.instance_id.clone(), key: create.key.clone(), data: create.data.clone(), actor: self.actor(step)? }
+            Command::Create {
+                instance_id: self.instance_id.clone(),
+                key: create.key.clone(),
+                data: create.data.clone(),
+                actor: self.actor(step)?,
+            }
         } else if let Some(t) = &step.transition {
-            Command::Transition { transition: t.clone(), payload, actor: self.actor(step)?, expected_version: step.expected_version }
+            Command::Transition {
+                transition: t.clone(),
+                payload,
+                actor: self.actor(step)?,
+                expected_version: step.expected_version,
+            }
         } else if let Some(e) = &step.event {
-            Command::Event { event: e.clone(), payload, actor: self.actor(step)? }
+            Command::Event {
+                event: e.clone(),
+                payload,
+                actor: self.actor(step)?,
+            }
         } else if let Some(t) = &step.lease_task {
             let task_id = self.task_on(&t.queue, TaskStatus::Ready)?;
-            Command::LeaseTask { task_id, worker: self.actor(step)?, term: 1 }
+            Command::LeaseTask {
+                task_id,
+                worker: self.actor(step)?,
+                term: 1,
+            }
         } else if let Some(t) = step.complete_task.as_ref().or(step.fail_task.as_ref()) {
             return self.finish_task(step, t).map(Some);
         } else if let Some(r) = &step.resolve_incident {
             let instance = self.instance()?;
-            let incident = instance.incidents.values().find(|i| i.resolved_at.is_none()).ok_or("no open incident to resolve")?;
-            Command::ResolveIncident { incident_id: incident.id.clone(), retry_task: r.retry, actor: self.actor(step)? }
+            let incident = instance
+                .incidents
+                .values()
+                .find(|i| i.resolved_at.is_none())
+                .ok_or("no open incident to resolve")?;
+            Command::ResolveIncident {
+                incident_id: incident.id.clone(),
+                retry_task: r.retry,
+                actor: self.actor(step)?,
+            }
         } else {
             return Ok(None);
         };
-        Ok(Some(evaluate(self.definition, self.instance.as_ref(), &command, self.now)))
+        Ok(Some(evaluate(
+            self.definition,
+            self.instance.as_ref(),
+            &command,
+            self.now,
+        )))
     }
 
     /// Leases the task if it is ready, then completes or fails it.
@@ -295,7 +397,11 @@ impl Sim<'_> {
             Ok(id) => id,
             Err(_) => {
                 let id = self.task_on(&t.queue, TaskStatus::Ready)?;
-                let lease = Command::LeaseTask { task_id: id.clone(), worker: worker.clone(), term: 1 };
+                let lease = Command::LeaseTask {
+                    task_id: id.clone(),
+                    worker: worker.clone(),
+                    term: 1,
+                };
                 match evaluate(self.definition, self.instance.as_ref(), &lease, self.now) {
                     Outcome::Applied(change) => self.instance = Some(change.instance),
                     Outcome::Refused(r) => return Err(format!("lease refused: {}", r.message)),
@@ -304,12 +410,31 @@ impl Sim<'_> {
             }
         };
         let task = &self.instance()?.tasks[&task_id];
-        let token = task.lease.unwrap_or(LeaseToken { term: 0, attempt: 0 });
+        let token = task.lease.unwrap_or(LeaseToken {
+            term: 0,
+            attempt: 0,
+        });
         let command = match (&step.complete_task, &step.fail_task) {
-            (Some(_), _) => Command::CompleteTask { task_id, token, result: t.result.clone().unwrap_or(serde_json::json!({})), worker },
-            _ => Command::FailTask { task_id, token, error: t.error.clone().unwrap_or_else(|| "failed".into()), retryable: t.retryable, worker },
+            (Some(_), _) => Command::CompleteTask {
+                task_id,
+                token,
+                result: t.result.clone().unwrap_or(serde_json::json!({})),
+                worker,
+            },
+            _ => Command::FailTask {
+                task_id,
+                token,
+                error: t.error.clone().unwrap_or_else(|| "failed".into()),
+                retryable: t.retryable,
+                worker,
+            },
         };
-        Ok(evaluate(self.definition, self.instance.as_ref(), &command, self.now))
+        Ok(evaluate(
+            self.definition,
+            self.instance.as_ref(),
+            &command,
+            self.now,
+        ))
     }
 
     fn task_on(&self, queue: &str, status: TaskStatus) -> Result<String, String> {
@@ -317,7 +442,8 @@ impl Sim<'_> {
         instance
             .tasks
             .values()
-            .find(|t| t.queue == queue && t.status == status)
+            .filter(|t| t.queue == queue && t.status == status)
+            .min_by_key(|t| t.created)
             .map(|t| t.id.clone())
             .ok_or_else(|| format!("no {status:?} task on queue `{queue}`"))
     }
@@ -326,14 +452,24 @@ impl Sim<'_> {
     fn advance_to(&mut self, target: Timestamp) -> Result<(), String> {
         // Bounded: a definition cannot arm timers faster than this without a bug.
         for _ in 0..10_000 {
-            let Some(instance) = &self.instance else { break };
-            let next = instance.timers.values().filter(|t| t.due_at <= target).min_by_key(|t| (t.due_at, t.id.clone()));
+            let Some(instance) = &self.instance else {
+                break;
+            };
+            let next = instance
+                .timers
+                .values()
+                .filter(|t| t.due_at <= target)
+                .min_by_key(|t| (t.due_at, t.id.clone()));
             let Some(timer) = next else { break };
             self.now = self.now.max(timer.due_at);
-            let command = Command::FireTimer { timer_id: timer.id.clone() };
+            let command = Command::FireTimer {
+                timer_id: timer.id.clone(),
+            };
             match evaluate(self.definition, Some(instance), &command, self.now) {
                 Outcome::Applied(change) => self.instance = Some(change.instance),
-                Outcome::Refused(r) => return Err(format!("timer {} refused: {}", timer.id, r.message)),
+                Outcome::Refused(r) => {
+                    return Err(format!("timer {} refused: {}", timer.id, r.message));
+                }
             }
         }
         self.now = target;
@@ -347,14 +483,22 @@ impl Sim<'_> {
                 return Err(format!("expected time {want}, it is {}", self.now));
             }
         }
-        let needs_instance = expect.state.is_some() || !expect.sla.is_empty() || expect.timers.is_some() || !expect.tasks.is_empty() || expect.incidents.is_some() || expect.data.is_some();
+        let needs_instance = expect.state.is_some()
+            || !expect.sla.is_empty()
+            || expect.timers.is_some()
+            || !expect.tasks.is_empty()
+            || expect.incidents.is_some()
+            || expect.data.is_some();
         if !needs_instance {
             return Ok(());
         }
         let instance = self.instance()?;
         if let Some(state) = &expect.state {
             if *state != instance.state {
-                return Err(format!("expected state `{state}`, instance is in `{}`", instance.state));
+                return Err(format!(
+                    "expected state `{state}`, instance is in `{}`",
+                    instance.state
+                ));
             }
         }
         let views = instance.sla_views(self.definition, self.now);
@@ -368,41 +512,70 @@ impl Sim<'_> {
                 Some(_) => "running",
             };
             if got != want {
-                return Err(format!("expected SLA `{name}` to be {want}, it is {got} ({:?})", views.get(name)));
+                return Err(format!(
+                    "expected SLA `{name}` to be {want}, it is {got} ({:?})",
+                    views.get(name)
+                ));
             }
         }
         if let Some(want) = &expect.timers {
-            let got: BTreeMap<String, Timestamp> = instance.timers.values().map(|t| (timer_label(instance, &t.kind), t.due_at)).collect();
+            let got: BTreeMap<String, Timestamp> = instance
+                .timers
+                .values()
+                .map(|t| (timer_label(instance, &t.kind), t.due_at))
+                .collect();
             let got_names: Vec<&String> = got.keys().collect();
             let want_names: Vec<&String> = want.keys().collect();
             if got_names != want_names {
-                return Err(format!("expected timers {want_names:?}, armed are {got_names:?}"));
+                return Err(format!(
+                    "expected timers {want_names:?}, armed are {got_names:?}"
+                ));
             }
             for (label, due) in want {
                 if due != "any" {
                     let due_at = Timestamp::parse_rfc3339(due)?;
                     if got[label] != due_at {
-                        return Err(format!("expected timer {label} due at {due_at}, it is due at {}", got[label]));
+                        return Err(format!(
+                            "expected timer {label} due at {due_at}, it is due at {}",
+                            got[label]
+                        ));
                     }
                 }
             }
         }
         for (queue, want) in &expect.tasks {
-            let newest = instance.tasks.values().filter(|t| t.queue == *queue).max_by_key(|t| t.id.clone());
-            let got = newest.map(|t| format!("{:?}", t.status).to_lowercase()).unwrap_or_else(|| "none".into());
+            let newest = instance
+                .tasks
+                .values()
+                .filter(|t| t.queue == *queue)
+                .max_by_key(|t| t.created);
+            let got = newest
+                .map(|t| format!("{:?}", t.status).to_lowercase())
+                .unwrap_or_else(|| "none".into());
             if got != *want {
-                return Err(format!("expected the newest task on `{queue}` to be {want}, it is {got}"));
+                return Err(format!(
+                    "expected the newest task on `{queue}` to be {want}, it is {got}"
+                ));
             }
         }
         if let Some(want) = expect.incidents {
-            let open = instance.incidents.values().filter(|i| i.resolved_at.is_none()).count();
+            let open = instance
+                .incidents
+                .values()
+                .filter(|i| i.resolved_at.is_none())
+                .count();
             if open != want {
-                return Err(format!("expected {want} open incident(s), there are {open}"));
+                return Err(format!(
+                    "expected {want} open incident(s), there are {open}"
+                ));
             }
         }
         if let Some(want) = &expect.data {
             if let Some(path) = json_mismatch(want, &instance.data, "data") {
-                return Err(format!("instance data differs at `{path}`: {}", instance.data));
+                return Err(format!(
+                    "instance data differs at `{path}`: {}",
+                    instance.data
+                ));
             }
         }
         Ok(())
@@ -418,7 +591,11 @@ fn json_mismatch(want: &serde_json::Value, got: &serde_json::Value, path: &str) 
                 None => Some(format!("{path}.{k}")),
             })
         }
-        (serde_json::Value::Number(a), serde_json::Value::Number(b)) if a.as_f64() == b.as_f64() => None,
+        (serde_json::Value::Number(a), serde_json::Value::Number(b))
+            if a.as_f64() == b.as_f64() =>
+        {
+            None
+        }
         (w, g) if w == g => None,
         _ => Some(path.to_string()),
     }

@@ -64,12 +64,22 @@ impl Clock<'_> {
 
 impl SlaClock {
     pub fn start(spec: &SlaSpec, at: Timestamp) -> SlaClock {
-        SlaClock { status: SlaStatus::Running, budget_ms: spec.budget_ms, consumed_ms: 0, since: at, started_at: at, warned: Vec::new(), breached_at: None }
+        SlaClock {
+            status: SlaStatus::Running,
+            budget_ms: spec.budget_ms,
+            consumed_ms: 0,
+            since: at,
+            started_at: at,
+            warned: Vec::new(),
+            breached_at: None,
+        }
     }
 
     pub fn consumed_at(&self, clock: Clock, at: Timestamp) -> u64 {
         match self.status {
-            SlaStatus::Running => self.consumed_ms.saturating_add(clock.elapsed(self.since, at)),
+            SlaStatus::Running => self
+                .consumed_ms
+                .saturating_add(clock.elapsed(self.since, at)),
             SlaStatus::Paused | SlaStatus::Stopped => self.consumed_ms,
         }
     }
@@ -77,7 +87,9 @@ impl SlaClock {
     /// Remaining budget at `at`; negative once overrun.
     pub fn remaining_at(&self, clock: Clock, at: Timestamp) -> i64 {
         let consumed = i64::try_from(self.consumed_at(clock, at)).unwrap_or(i64::MAX);
-        i64::try_from(self.budget_ms).unwrap_or(i64::MAX).saturating_sub(consumed)
+        i64::try_from(self.budget_ms)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(consumed)
     }
 
     fn settle(&mut self, clock: Clock, at: Timestamp) {
@@ -154,13 +166,26 @@ pub struct SlaView {
 
 /// How the clock of `spec` reacts to the instance entering `state`. `applies` says whether
 /// the SLA's `when` condition holds, and is only asked when the clock would start.
-pub fn on_enter(spec: &SlaSpec, current: Option<SlaClock>, state: &str, at: Timestamp, clock: Clock, applies: impl FnOnce() -> bool) -> Option<SlaClock> {
+pub fn on_enter(
+    spec: &SlaSpec,
+    current: Option<SlaClock>,
+    state: &str,
+    at: Timestamp,
+    clock: Clock,
+    applies: impl FnOnce() -> bool,
+) -> Option<SlaClock> {
     let mut next = match current {
         Some(mut c) if spec.stop.contains(state) => {
             c.stop(clock, at);
             return Some(c);
         }
-        Some(_) if spec.reset.contains(state) => Some(SlaClock::start(spec, at)),
+        // A reset restarts the clock only if the SLA still applies (its `when` may have
+        // stopped holding since it started); otherwise the old clock stays as it was.
+        Some(c) if spec.reset.contains(state) => Some(if applies() {
+            SlaClock::start(spec, at)
+        } else {
+            c
+        }),
         Some(c) => Some(c),
         None if spec.start.contains(state) && applies() => Some(SlaClock::start(spec, at)),
         None => None,

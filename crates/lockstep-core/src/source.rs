@@ -51,8 +51,15 @@ impl SourceMap {
 }
 
 /// Parses a definition from YAML. On failure, every diagnostic is already located.
-pub fn parse_definition(file: Option<&str>, text: &str, limits: &Limits) -> Result<(Definition, SourceMap), Vec<Diagnostic>> {
-    let mut map = SourceMap { file: file.map(str::to_owned), spans: HashMap::new() };
+pub fn parse_definition(
+    file: Option<&str>,
+    text: &str,
+    limits: &Limits,
+) -> Result<(Definition, SourceMap), Vec<Diagnostic>> {
+    let mut map = SourceMap {
+        file: file.map(str::to_owned),
+        spans: HashMap::new(),
+    };
     if text.len() > limits.definition_bytes_max {
         let d = Diagnostic::error(
             Code::FileTooLarge,
@@ -66,31 +73,88 @@ pub fn parse_definition(file: Option<&str>, text: &str, limits: &Limits) -> Resu
         );
         return Err(vec![map.place(d)]);
     }
+    // Editors on Windows often start files with a byte-order mark; it is not content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if let Some((line, column, c)) = control_character(text) {
+        let d = Diagnostic {
+            line,
+            column,
+            file: map.file.clone(),
+            ..Diagnostic::error(
+                Code::YamlSyntax,
+                "",
+                format!(
+                    "control character U+{:04X} is not allowed in YAML",
+                    u32::from(c)
+                ),
+                "remove it; the file must be plain UTF-8 text",
+            )
+        };
+        return Err(vec![d]);
+    }
     let mut scan = Scan::new(limits.definition_depth_max);
     let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut scan, false) {
+    if let Err(e) = parser.load(&mut scan, true) {
         let marker = e.marker();
         let d = Diagnostic {
             line: marker.line(),
             column: marker.col() + 1,
             file: map.file.clone(),
-            ..Diagnostic::error(Code::YamlSyntax, "", format!("malformed YAML: {}", e.info()), "fix the YAML syntax at this position (indentation, quotes, colons)")
+            ..Diagnostic::error(
+                Code::YamlSyntax,
+                "",
+                format!("malformed YAML: {}", e.info()),
+                "fix the YAML syntax at this position (indentation, quotes, colons)",
+            )
         };
-        return Err(vec![d]);
+        // Problems found before the syntax error (e.g. nesting too deep) are reported first.
+        let mut all: Vec<Diagnostic> = scan
+            .problems
+            .into_iter()
+            .map(|p| Diagnostic {
+                file: map.file.clone(),
+                ..p
+            })
+            .collect();
+        all.push(d);
+        return Err(all);
     }
     map.spans = std::mem::take(&mut scan.spans);
     if !scan.problems.is_empty() {
         let file = map.file.clone();
-        return Err(scan.problems.into_iter().map(|d| Diagnostic { file: file.clone(), ..d }).collect());
+        return Err(scan
+            .problems
+            .into_iter()
+            .map(|d| Diagnostic {
+                file: file.clone(),
+                ..d
+            })
+            .collect());
     }
     if !scan.saw_document {
-        let d = Diagnostic::error(Code::YamlSyntax, "", "the file is empty", "start with `workflow: <name>`, `states:` and `transitions:`");
+        let d = Diagnostic::error(
+            Code::YamlSyntax,
+            "",
+            "the file is empty",
+            "start with `workflow: <name>`, `states:` and `transitions:`",
+        );
         return Err(vec![map.place(d)]);
     }
     match serde_yaml_ng::from_str::<Definition>(text) {
         Ok(definition) => Ok((definition, map)),
         Err(e) => Err(vec![serde_diagnostic(&map, &e)]),
     }
+}
+
+/// The 1-based line and column of the first character YAML does not allow (C0 controls other
+/// than tab, newline and carriage return, DEL, C1 controls).
+fn control_character(text: &str) -> Option<(usize, usize, char)> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        line.chars()
+            .enumerate()
+            .find(|(_, c)| c.is_control() && !matches!(c, '\t' | '\r' | '\u{85}'))
+            .map(|(j, c)| (i + 1, j + 1, c))
+    })
 }
 
 fn serde_diagnostic(map: &SourceMap, e: &serde_yaml_ng::Error) -> Diagnostic {
@@ -101,13 +165,19 @@ fn serde_diagnostic(map: &SourceMap, e: &serde_yaml_ng::Error) -> Diagnostic {
         None => message.clone(),
     };
     let (code, hint) = if clean.contains("unknown field") {
-        (Code::UnknownKey, "remove the key or correct its spelling; see schema/workflow.schema.json for the keys each element takes")
+        (
+            Code::UnknownKey,
+            "remove the key or correct its spelling; see schema/workflow.schema.json for the keys each element takes",
+        )
     } else if clean.contains("missing field") {
         (Code::InvalidValue, "add the required key")
     } else if clean.contains("duplicate field") {
         (Code::DuplicateKey, "keep one of the keys")
     } else {
-        (Code::InvalidValue, "give this key a value of the expected type; see schema/workflow.schema.json")
+        (
+            Code::InvalidValue,
+            "give this key a value of the expected type; see schema/workflow.schema.json",
+        )
     };
     let (line, column) = match e.location() {
         Some(location) => (location.line(), location.column()),
@@ -121,8 +191,15 @@ fn serde_diagnostic(map: &SourceMap, e: &serde_yaml_ng::Error) -> Diagnostic {
 }
 
 enum Frame {
-    Mapping { path: String, key: Option<String>, seen: HashSet<String> },
-    Sequence { path: String, index: usize },
+    Mapping {
+        path: String,
+        key: Option<String>,
+        seen: HashSet<String>,
+    },
+    Sequence {
+        path: String,
+        index: usize,
+    },
 }
 
 struct Scan {
@@ -136,7 +213,14 @@ struct Scan {
 
 impl Scan {
     fn new(depth_max: usize) -> Self {
-        Scan { depth_max, stack: Vec::new(), spans: HashMap::new(), problems: Vec::new(), saw_document: false, deepest_reported: false }
+        Scan {
+            depth_max,
+            stack: Vec::new(),
+            spans: HashMap::new(),
+            problems: Vec::new(),
+            saw_document: false,
+            deepest_reported: false,
+        }
     }
 
     fn problem(&mut self, code: Code, path: &str, mark: Marker, message: String, hint: &str) {
@@ -154,7 +238,11 @@ impl Scan {
             None => String::new(),
             Some(Frame::Mapping { path, key, .. }) => {
                 let key = key.take().unwrap_or_default();
-                if path.is_empty() { key } else { format!("{path}.{key}") }
+                if path.is_empty() {
+                    key
+                } else {
+                    format!("{path}.{key}")
+                }
             }
             Some(Frame::Sequence { path, index }) => {
                 let p = format!("{path}[{index}]");
@@ -168,34 +256,77 @@ impl Scan {
 
     /// A scalar in key position of a mapping records the key; returns false if not a key.
     fn take_key(&mut self, value: &str, mark: Marker) -> bool {
-        let Some(Frame::Mapping { path, key, seen }) = self.stack.last_mut() else { return false };
+        let Some(Frame::Mapping { path, key, seen }) = self.stack.last_mut() else {
+            return false;
+        };
         if key.is_some() {
             return false;
         }
-        let full = if path.is_empty() { value.to_string() } else { format!("{path}.{value}") };
+        // yaml-rust2 marks a block mapping at the `:` after its first key; point at the key.
+        let here = (mark.line(), mark.col() + 1);
+        if let Some(span) = self
+            .spans
+            .get_mut(path.as_str())
+            .filter(|span| seen.is_empty() && **span > here)
+        {
+            *span = here;
+        }
+        let full = if path.is_empty() {
+            value.to_string()
+        } else {
+            format!("{path}.{value}")
+        };
         if !seen.insert(value.to_string()) {
             let message = format!("the key `{value}` appears twice in the same mapping");
-            self.problem(Code::DuplicateKey, &full, mark, message, "keep one of the two entries; YAML would silently drop the first");
+            self.problem(
+                Code::DuplicateKey,
+                &full,
+                mark,
+                message,
+                "keep one of the two entries; YAML would silently drop the first",
+            );
         }
         if let Some(Frame::Mapping { key, .. }) = self.stack.last_mut() {
             *key = Some(value.to_string());
         }
-        self.spans.entry(full).or_insert((mark.line(), mark.col() + 1));
+        self.spans
+            .entry(full)
+            .or_insert((mark.line(), mark.col() + 1));
         true
     }
 
     fn push(&mut self, frame: Frame, mark: Marker) {
         if self.stack.len() >= self.depth_max && !self.deepest_reported {
             self.deepest_reported = true;
-            let message = format!("the YAML nests deeper than definition_depth_max ({})", self.depth_max);
-            self.problem(Code::NestingTooDeep, "", mark, message, "flatten the structure; definitions never need this much nesting");
+            let message = format!(
+                "the YAML nests deeper than definition_depth_max ({})",
+                self.depth_max
+            );
+            self.problem(
+                Code::NestingTooDeep,
+                "",
+                mark,
+                message,
+                "flatten the structure; definitions never need this much nesting",
+            );
         }
         self.stack.push(frame);
     }
 
     fn key_is_collection(&mut self, mark: Marker) -> bool {
-        if let Some(Frame::Mapping { key: None, .. }) = self.stack.last() {
-            self.problem(Code::InvalidValue, "", mark, "a mapping key must be a plain string, not a list or mapping".into(), "use a string key");
+        if let Some(Frame::Mapping {
+            key: key @ None, ..
+        }) = self.stack.last_mut()
+        {
+            // The next node is this key's value, not another key.
+            *key = Some("?".into());
+            self.problem(
+                Code::InvalidValue,
+                "",
+                mark,
+                "a mapping key must be a plain string, not a list or mapping".into(),
+                "use a string key",
+            );
             return true;
         }
         false
@@ -205,13 +336,31 @@ impl Scan {
 impl MarkedEventReceiver for Scan {
     fn on_event(&mut self, event: Event, mark: Marker) {
         match event {
-            Event::DocumentStart => self.saw_document = true,
+            Event::DocumentStart => {
+                if self.saw_document {
+                    self.problem(
+                        Code::YamlSyntax,
+                        "",
+                        mark,
+                        "a second YAML document starts here; a definition file holds exactly one"
+                            .into(),
+                        "remove the `---` and what follows, or move it into its own file",
+                    );
+                }
+                self.saw_document = true;
+            }
             Event::Alias(_) => {
                 self.problem(Code::YamlAlias, "", mark, "YAML aliases (`*name`) are not supported in definitions".into(), "write the value out in full; definitions are reviewed as code and must read plainly");
             }
             Event::Scalar(value, _, anchor, _) => {
                 if anchor > 0 {
-                    self.problem(Code::YamlAlias, "", mark, "YAML anchors (`&name`) are not supported in definitions".into(), "write the value out in full");
+                    self.problem(
+                        Code::YamlAlias,
+                        "",
+                        mark,
+                        "YAML anchors (`&name`) are not supported in definitions".into(),
+                        "write the value out in full",
+                    );
                 }
                 if !self.take_key(&value, mark) {
                     self.enter_value(mark);
@@ -219,14 +368,33 @@ impl MarkedEventReceiver for Scan {
             }
             Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
                 if anchor > 0 {
-                    self.problem(Code::YamlAlias, "", mark, "YAML anchors (`&name`) are not supported in definitions".into(), "write the value out in full");
+                    self.problem(
+                        Code::YamlAlias,
+                        "",
+                        mark,
+                        "YAML anchors (`&name`) are not supported in definitions".into(),
+                        "write the value out in full",
+                    );
                 }
                 let is_map = matches!(event, Event::MappingStart(..));
-                let path = if self.key_is_collection(mark) { "?".to_string() } else { self.enter_value(mark) };
+                let path = if self.key_is_collection(mark) {
+                    "?".to_string()
+                } else {
+                    self.enter_value(mark)
+                };
                 if path.is_empty() {
-                    self.spans.insert(String::new(), (mark.line(), mark.col() + 1));
+                    self.spans
+                        .insert(String::new(), (mark.line(), mark.col() + 1));
                 }
-                let frame = if is_map { Frame::Mapping { path, key: None, seen: HashSet::new() } } else { Frame::Sequence { path, index: 0 } };
+                let frame = if is_map {
+                    Frame::Mapping {
+                        path,
+                        key: None,
+                        seen: HashSet::new(),
+                    }
+                } else {
+                    Frame::Sequence { path, index: 0 }
+                };
                 self.push(frame, mark);
             }
             Event::MappingEnd | Event::SequenceEnd => {

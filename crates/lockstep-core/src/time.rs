@@ -58,7 +58,11 @@ impl Timestamp {
     pub fn parse_rfc3339(text: &str) -> Result<Timestamp, String> {
         text.parse::<jiff::Timestamp>()
             .map(Timestamp::from_jiff)
-            .map_err(|e| format!("`{text}` is not an RFC 3339 timestamp ({e}); write e.g. 2026-12-01T09:00:00Z"))
+            .map_err(|e| {
+                format!(
+                    "`{text}` is not an RFC 3339 timestamp ({e}); write e.g. 2026-12-01T09:00:00Z"
+                )
+            })
     }
 }
 

@@ -9,10 +9,10 @@ use crate::canonical::definition_version;
 use crate::definition::{Definition, DurationText, GateDef, RetryDef, TransitionDef};
 use crate::diagnostic::{Code, Diagnostic};
 use crate::duration::Duration;
-use crate::expr::{compile_expr, DataFields, Expression};
+use crate::expr::{DataFields, Expression, compile_expr};
 use crate::limits::Limits;
 use crate::retry::RetryPolicy;
-use crate::source::{parse_definition, SourceMap};
+use crate::source::{SourceMap, parse_definition};
 
 /// A JSON Schema compiled for validating data or payloads.
 #[derive(Clone)]
@@ -25,15 +25,22 @@ impl std::fmt::Debug for Schema {
 }
 
 impl Schema {
-    fn compile(schema: &serde_json::Value) -> Result<Schema, String> {
-        jsonschema::validator_for(schema).map(|v| Schema(Arc::new(v))).map_err(|e| e.to_string())
+    /// On error: the JSON pointer of the offending part of the schema (may be empty) and why.
+    fn compile(schema: &serde_json::Value) -> Result<Schema, (String, String)> {
+        jsonschema::validator_for(schema)
+            .map(|v| Schema(Arc::new(v)))
+            .map_err(|e| (e.instance_path().to_string(), e.to_string()))
     }
 
     /// Checks a value; the error names the first offending location.
     pub fn check(&self, value: &serde_json::Value) -> Result<(), String> {
         self.0.validate(value).map_err(|e| {
             let at = e.instance_path().to_string();
-            if at.is_empty() { e.to_string() } else { format!("at `{at}`: {e}") }
+            if at.is_empty() {
+                e.to_string()
+            } else {
+                format!("at `{at}`: {e}")
+            }
         })
     }
 }
@@ -130,8 +137,13 @@ impl CompiledDefinition {
     }
 
     /// Transitions that may be attempted from `state`, by name.
-    pub fn transitions_from<'a>(&'a self, state: &'a str) -> impl Iterator<Item = &'a TransitionSpec> + 'a {
-        self.transitions.values().filter(move |t| t.from.contains(state))
+    pub fn transitions_from<'a>(
+        &'a self,
+        state: &'a str,
+    ) -> impl Iterator<Item = &'a TransitionSpec> + 'a {
+        self.transitions
+            .values()
+            .filter(move |t| t.from.contains(state))
     }
 }
 
@@ -146,25 +158,41 @@ pub struct Checked {
 /// Parses and validates a definition source.
 pub fn check(file: Option<&str>, text: &str, limits: &Limits) -> Checked {
     match parse_definition(file, text, limits) {
-        Err(diagnostics) => Checked { compiled: None, diagnostics },
+        Err(diagnostics) => Checked {
+            compiled: None,
+            diagnostics,
+        },
         Ok((definition, map)) => check_definition(definition, &map, limits),
     }
 }
 
 /// Parses and validates a definition source, failing on any error.
-pub fn compile(file: Option<&str>, text: &str, limits: &Limits) -> Result<CompiledDefinition, Vec<Diagnostic>> {
+pub fn compile(
+    file: Option<&str>,
+    text: &str,
+    limits: &Limits,
+) -> Result<CompiledDefinition, Vec<Diagnostic>> {
     let checked = check(file, text, limits);
     match checked.compiled {
         Some(compiled) => Ok(compiled),
-        None => Err(checked.diagnostics.into_iter().filter(Diagnostic::is_error).collect()),
+        None => Err(checked
+            .diagnostics
+            .into_iter()
+            .filter(Diagnostic::is_error)
+            .collect()),
     }
 }
 
 /// Validates an already parsed definition.
 pub fn check_definition(definition: Definition, map: &SourceMap, limits: &Limits) -> Checked {
-    let mut v = Validator { definition: &definition, limits, diagnostics: Vec::new() };
+    let mut v = Validator {
+        definition: &definition,
+        limits,
+        diagnostics: Vec::new(),
+    };
     let parts = v.run();
-    let mut diagnostics: Vec<Diagnostic> = v.diagnostics.into_iter().map(|d| map.place(d)).collect();
+    let mut diagnostics: Vec<Diagnostic> =
+        v.diagnostics.into_iter().map(|d| map.place(d)).collect();
     diagnostics.sort_by(|a, b| (a.line, a.column, a.code).cmp(&(b.line, b.column, b.code)));
     let has_errors = diagnostics.iter().any(Diagnostic::is_error);
     let compiled = match parts {
@@ -183,7 +211,10 @@ pub fn check_definition(definition: Definition, map: &SourceMap, limits: &Limits
         }),
         _ => None,
     };
-    Checked { compiled, diagnostics }
+    Checked {
+        compiled,
+        diagnostics,
+    }
 }
 
 struct Parts {
@@ -204,8 +235,15 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn error(&mut self, code: Code, path: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) {
-        self.diagnostics.push(Diagnostic::error(code, path, message, hint));
+    fn error(
+        &mut self,
+        code: Code,
+        path: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.diagnostics
+            .push(Diagnostic::error(code, path, message, hint));
     }
 
     fn run(&mut self) -> Option<Parts> {
@@ -222,7 +260,11 @@ impl Validator<'_> {
         self.events();
         let slas = self.slas(&data, &calendars);
         self.actions();
-        let create_allow = d.create.as_ref().and_then(|c| c.allow.as_deref()).and_then(|src| self.expr(src, "create.allow", &data));
+        let create_allow = d
+            .create
+            .as_ref()
+            .and_then(|c| c.allow.as_deref())
+            .and_then(|src| self.expr(src, "create.allow", &data));
         Some(Parts {
             initial: initial?,
             states,
@@ -237,57 +279,136 @@ impl Validator<'_> {
 
     fn names(&mut self) {
         let d = self.definition;
-        let bad = |name: &str| name.is_empty() || name.len() > 128 || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        let bad = |name: &str| {
+            name.is_empty()
+                || name.len() > 128
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        };
         let hint = "use 1 to 128 letters, digits, `_`, `-` or `.`";
         if bad(&d.workflow) {
-            self.error(Code::InvalidName, "workflow", format!("`{}` is not a valid workflow name", d.workflow), hint);
+            self.error(
+                Code::InvalidName,
+                "workflow",
+                format!("`{}` is not a valid workflow name", d.workflow),
+                hint,
+            );
         }
         let state_names: Vec<String> = d.states.keys().filter(|n| bad(n)).cloned().collect();
         for name in state_names {
-            self.error(Code::InvalidName, format!("states.{name}"), format!("`{name}` is not a valid state name"), hint);
+            self.error(
+                Code::InvalidName,
+                format!("states.{name}"),
+                format!("`{name}` is not a valid state name"),
+                hint,
+            );
         }
-        let transition_names: Vec<String> = d.transitions.keys().filter(|n| bad(n)).cloned().collect();
+        let transition_names: Vec<String> =
+            d.transitions.keys().filter(|n| bad(n)).cloned().collect();
         for name in transition_names {
-            self.error(Code::InvalidName, format!("transitions.{name}"), format!("`{name}` is not a valid transition name"), hint);
+            self.error(
+                Code::InvalidName,
+                format!("transitions.{name}"),
+                format!("`{name}` is not a valid transition name"),
+                hint,
+            );
         }
     }
 
     fn limits_on_size(&mut self) {
-        let (states, transitions) = (self.definition.states.len(), self.definition.transitions.len());
+        let (states, transitions) = (
+            self.definition.states.len(),
+            self.definition.transitions.len(),
+        );
         if states > self.limits.states_max {
-            let msg = format!("{states} states is more than states_max ({})", self.limits.states_max);
-            self.error(Code::LimitExceeded, "states", msg, "split the workflow into several workflows linked by events");
+            let msg = format!(
+                "{states} states is more than states_max ({})",
+                self.limits.states_max
+            );
+            self.error(
+                Code::LimitExceeded,
+                "states",
+                msg,
+                "split the workflow into several workflows linked by events",
+            );
         }
         if transitions > self.limits.transitions_max {
-            let msg = format!("{transitions} transitions is more than transitions_max ({})", self.limits.transitions_max);
-            self.error(Code::LimitExceeded, "transitions", msg, "split the workflow into several workflows linked by events");
+            let msg = format!(
+                "{transitions} transitions is more than transitions_max ({})",
+                self.limits.transitions_max
+            );
+            self.error(
+                Code::LimitExceeded,
+                "transitions",
+                msg,
+                "split the workflow into several workflows linked by events",
+            );
         }
     }
 
     fn initial_state(&mut self) -> Option<String> {
-        let initial: Vec<&String> = self.definition.states.iter().filter(|(_, s)| s.initial).map(|(n, _)| n).collect();
+        let initial: Vec<&String> = self
+            .definition
+            .states
+            .iter()
+            .filter(|(_, s)| s.initial)
+            .map(|(n, _)| n)
+            .collect();
         match initial.as_slice() {
             [] => {
-                self.error(Code::NoInitialState, "states", "no state is marked `initial: true`", "mark the state where every instance starts with `initial: true`");
+                self.error(
+                    Code::NoInitialState,
+                    "states",
+                    "no state is marked `initial: true`",
+                    "mark the state where every instance starts with `initial: true`",
+                );
                 None
             }
             [one] => Some((*one).clone()),
             [_, rest @ ..] => {
                 let names: Vec<String> = initial.iter().map(|s| format!("`{s}`")).collect();
                 let path = format!("states.{}.initial", rest[0]);
-                self.error(Code::SeveralInitialStates, path, format!("several states are initial: {}", names.join(", ")), "keep `initial: true` on exactly one state");
+                self.error(
+                    Code::SeveralInitialStates,
+                    path,
+                    format!("several states are initial: {}", names.join(", ")),
+                    "keep `initial: true` on exactly one state",
+                );
                 None
             }
         }
     }
 
-    fn schema(&mut self, schema: Option<&serde_json::Value>, path: &str, is_data: bool) -> Option<Schema> {
+    fn schema(
+        &mut self,
+        schema: Option<&serde_json::Value>,
+        path: &str,
+        is_data: bool,
+    ) -> Option<Schema> {
         let schema = schema?;
         match Schema::compile(schema) {
             Ok(s) => Some(s),
-            Err(e) => {
-                let what = if is_data { "the data schema" } else { "the payload schema" };
-                self.error(Code::InvalidDataSchema, path, format!("{what} is not a valid JSON Schema: {e}"), "fix the schema; it follows JSON Schema draft 2020-12");
+            Err((at, e)) => {
+                let what = if is_data {
+                    "the data schema"
+                } else {
+                    "the payload schema"
+                };
+                let (path, what) = if at.is_empty() {
+                    (path.to_string(), what.to_string())
+                } else {
+                    (
+                        format!("{path}{}", at.replace('/', ".")),
+                        format!("{what} at `{at}`"),
+                    )
+                };
+                self.error(
+                    Code::InvalidDataSchema,
+                    path,
+                    format!("{what} is not a valid JSON Schema: {e}"),
+                    "fix the schema; it follows JSON Schema draft 2020-12",
+                );
                 None
             }
         }
@@ -296,13 +417,23 @@ impl Validator<'_> {
     fn duration(&mut self, text: &DurationText, path: &str) -> Option<u64> {
         match Duration::parse(&text.0) {
             Ok(d) if d.as_ms() > self.limits.duration_ms_max => {
-                let msg = format!("`{}` is longer than duration_ms_max ({})", text.0, Duration::from_ms(self.limits.duration_ms_max));
+                let msg = format!(
+                    "`{}` is longer than duration_ms_max ({})",
+                    text.0,
+                    Duration::from_ms(self.limits.duration_ms_max)
+                );
                 self.error(Code::InvalidDuration, path, msg, "use a shorter duration");
                 None
             }
             Ok(d) => Some(d.as_ms()),
             Err(e) => {
-                self.error(Code::InvalidDuration, path, e, "write a duration such as 30d, 16h, 1h30m, 45s or 500ms");
+                let hint = "write a duration such as 30d, 16h, 1h30m, 45s or 500ms";
+                // Duration::parse ends most messages with the hint; say it once, as the hint.
+                let message = e
+                    .strip_suffix(&format!("; {hint}"))
+                    .unwrap_or(&e)
+                    .to_string();
+                self.error(Code::InvalidDuration, path, message, hint);
                 None
             }
         }
@@ -323,13 +454,26 @@ impl Validator<'_> {
             return true;
         }
         let known: Vec<&str> = self.definition.states.keys().map(String::as_str).collect();
-        self.error(Code::UnknownState, path, format!("`{name}` is not a declared state"), format!("declare it under `states:` or use one of: {}", known.join(", ")));
+        self.error(
+            Code::UnknownState,
+            path,
+            format!("`{name}` is not a declared state"),
+            format!(
+                "declare it under `states:` or use one of: {}",
+                known.join(", ")
+            ),
+        );
         false
     }
 
     fn calendar_exists(&mut self, name: &str, path: &str) {
         if !self.definition.calendars.contains_key(name) {
-            self.error(Code::UnknownCalendar, path, format!("`{name}` is not a declared calendar"), "declare it under `calendars:` or remove the reference to count calendar time");
+            self.error(
+                Code::UnknownCalendar,
+                path,
+                format!("`{name}` is not a declared calendar"),
+                "declare it under `calendars:` or remove the reference to count calendar time",
+            );
         }
     }
 
@@ -340,7 +484,12 @@ impl Validator<'_> {
                 Ok(c) => {
                     out.insert(name.clone(), c);
                 }
-                Err(e) => self.error(Code::InvalidCalendar, format!("calendars.{name}"), format!("calendar `{name}`: {e}"), "see the calendar format in README: timezone, weekly hours, holidays"),
+                Err(e) => self.error(
+                    Code::InvalidCalendar,
+                    format!("calendars.{name}"),
+                    format!("calendar `{name}`: {e}"),
+                    "see the calendar format in README: timezone, weekly hours, holidays",
+                ),
             }
         }
         out
@@ -355,12 +504,29 @@ impl Validator<'_> {
                     self.calendar_exists(cal, &format!("{path}.calendar"));
                 }
                 let after_ms = self.duration(&e.after, &format!("{path}.after"))?;
-                Some(ExpirySpec { after_ms, transition: e.transition.clone(), calendar: e.calendar.clone() })
+                Some(ExpirySpec {
+                    after_ms,
+                    transition: e.transition.clone(),
+                    calendar: e.calendar.clone(),
+                })
             });
             if state.terminal && state.initial {
-                self.error(Code::TransitionFromTerminal, format!("states.{name}"), format!("`{name}` is both initial and terminal, so no instance could ever move"), "remove `terminal: true` or `initial: true`");
+                self.error(
+                    Code::TransitionFromTerminal,
+                    format!("states.{name}"),
+                    format!(
+                        "`{name}` is both initial and terminal, so no instance could ever move"
+                    ),
+                    "remove `terminal: true` or `initial: true`",
+                );
             }
-            out.insert(name.clone(), StateSpec { terminal: state.terminal, expires });
+            out.insert(
+                name.clone(),
+                StateSpec {
+                    terminal: state.terminal,
+                    expires,
+                },
+            );
         }
         out
     }
@@ -376,19 +542,36 @@ impl Validator<'_> {
         out
     }
 
-    fn transition(&mut self, name: &str, t: &TransitionDef, path: &str, data: &DataFields) -> Option<TransitionSpec> {
+    fn transition(
+        &mut self,
+        name: &str,
+        t: &TransitionDef,
+        path: &str,
+        data: &DataFields,
+    ) -> Option<TransitionSpec> {
         let mut from = BTreeSet::new();
         for state in t.from.iter() {
             if self.state_exists(state, &format!("{path}.from")) {
                 if self.definition.states[state].terminal {
-                    self.error(Code::TransitionFromTerminal, format!("{path}.from"), format!("transition `{name}` leaves `{state}`, which is terminal"), format!("remove `{state}` from `from`, or drop `terminal: true` from it"));
+                    self.error(
+                        Code::TransitionFromTerminal,
+                        format!("{path}.from"),
+                        format!("transition `{name}` leaves `{state}`, which is terminal"),
+                        format!("remove `{state}` from `from`, or drop `terminal: true` from it"),
+                    );
                 }
                 from.insert(state.clone());
             }
         }
         self.state_exists(&t.to, &format!("{path}.to"));
-        let allow = t.allow.as_deref().and_then(|s| self.expr(s, &format!("{path}.allow"), data));
-        let guard = t.guard.as_deref().and_then(|s| self.expr(s, &format!("{path}.guard"), data));
+        let allow = t
+            .allow
+            .as_deref()
+            .and_then(|s| self.expr(s, &format!("{path}.allow"), data));
+        let guard = t
+            .guard
+            .as_deref()
+            .and_then(|s| self.expr(s, &format!("{path}.guard"), data));
         if t.allow.is_none() && !t.system {
             self.diagnostics.push(Diagnostic::warning(
                 Code::AllowMissing,
@@ -397,8 +580,14 @@ impl Validator<'_> {
                 "add `allow: \"<CEL over actor>\"`, or `system: true` if only the engine takes it",
             ));
         }
-        let not_before = t.not_before.as_ref().and_then(|g| self.gate(g, &format!("{path}.not_before"), data));
-        let not_after = t.not_after.as_ref().and_then(|g| self.gate(g, &format!("{path}.not_after"), data));
+        let not_before = t
+            .not_before
+            .as_ref()
+            .and_then(|g| self.gate(g, &format!("{path}.not_before"), data));
+        let not_after = t
+            .not_after
+            .as_ref()
+            .and_then(|g| self.gate(g, &format!("{path}.not_after"), data));
         let payload = self.schema(t.payload.as_ref(), &format!("{path}.payload"), false);
         let mut effects = Vec::new();
         for (i, effect) in t.effects.iter().enumerate() {
@@ -406,7 +595,12 @@ impl Validator<'_> {
             match (&effect.task, &effect.emit) {
                 (None, Some(e)) => effects.push(EffectSpec::Emit(e.event.clone())),
                 (Some(_), Some(_)) | (None, None) => {
-                    self.error(Code::InvalidValue, epath.clone(), "an effect must have exactly one of `task` or `emit`", "split it into two list items, one `task:` and one `emit:`");
+                    self.error(
+                        Code::InvalidValue,
+                        epath.clone(),
+                        "an effect must have exactly one of `task` or `emit`",
+                        "split it into two list items, one `task:` and one `emit:`",
+                    );
                 }
                 (Some(task), None) => {
                     let timeout_ms = self.duration(&task.timeout, &format!("{epath}.task.timeout"));
@@ -448,14 +642,22 @@ impl Validator<'_> {
             GateDef::Field(f) => {
                 if let Some(declared) = &data.0 {
                     if !declared.contains(&f.field) {
-                        self.error(Code::InvalidValue, format!("{path}.field"), format!("`{}` is not a property of the data schema", f.field), "name a top-level data property that holds an RFC 3339 timestamp");
+                        self.error(
+                            Code::InvalidValue,
+                            format!("{path}.field"),
+                            format!("`{}` is not a property of the data schema", f.field),
+                            "name a top-level data property that holds an RFC 3339 timestamp",
+                        );
                     }
                 }
                 let offset_ms = match &f.offset {
                     Some(o) => self.duration(o, &format!("{path}.offset"))?,
                     None => 0,
                 };
-                Some(Gate::Field { field: f.field.clone(), offset_ms })
+                Some(Gate::Field {
+                    field: f.field.clone(),
+                    offset_ms,
+                })
             }
         }
     }
@@ -471,15 +673,36 @@ impl Validator<'_> {
             None => Some(None),
         };
         if r.max_attempts == 0 || r.max_attempts > 100 {
-            self.error(Code::InvalidRetry, format!("{path}.max_attempts"), format!("max_attempts is {}; it must be between 1 and 100", r.max_attempts), "set max_attempts to the total number of tries, first one included");
+            self.error(
+                Code::InvalidRetry,
+                format!("{path}.max_attempts"),
+                format!(
+                    "max_attempts is {}; it must be between 1 and 100",
+                    r.max_attempts
+                ),
+                "set max_attempts to the total number of tries, first one included",
+            );
             return None;
         }
         let multiplier = r.multiplier.unwrap_or(2);
         if !(1..=10).contains(&multiplier) {
-            self.error(Code::InvalidRetry, format!("{path}.multiplier"), format!("multiplier is {multiplier}; it must be between 1 and 10"), "use 2 for doubling");
+            self.error(
+                Code::InvalidRetry,
+                format!("{path}.multiplier"),
+                format!("multiplier is {multiplier}; it must be between 1 and 10"),
+                "use 2 for doubling",
+            );
             return None;
         }
-        Some(RetryPolicy { max_attempts: r.max_attempts, backoff: r.backoff, initial_ms: initial_ms?, max_ms: max_ms?, multiplier, jitter: r.jitter, max_total_ms: max_total_ms? })
+        Some(RetryPolicy {
+            max_attempts: r.max_attempts,
+            backoff: r.backoff,
+            initial_ms: initial_ms?,
+            max_ms: max_ms?,
+            multiplier,
+            jitter: r.jitter,
+            max_total_ms: max_total_ms?,
+        })
     }
 
     /// Reachability from the initial state and states with no way out.
@@ -488,7 +711,10 @@ impl Validator<'_> {
         let mut outgoing: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for t in d.transitions.values() {
             for from in t.from.iter() {
-                outgoing.entry(from.as_str()).or_default().push(t.to.as_str());
+                outgoing
+                    .entry(from.as_str())
+                    .or_default()
+                    .push(t.to.as_str());
             }
         }
         if let Some(initial) = initial {
@@ -501,14 +727,33 @@ impl Validator<'_> {
                     }
                 }
             }
-            let unreachable: Vec<&String> = d.states.keys().filter(|s| !seen.contains(s.as_str())).collect();
+            let unreachable: Vec<&String> = d
+                .states
+                .keys()
+                .filter(|s| !seen.contains(s.as_str()))
+                .collect();
             for state in unreachable {
-                self.error(Code::UnreachableState, format!("states.{state}"), format!("state `{state}` cannot be reached from the initial state `{initial}`"), "add a transition into it, or remove it");
+                self.error(
+                    Code::UnreachableState,
+                    format!("states.{state}"),
+                    format!("state `{state}` cannot be reached from the initial state `{initial}`"),
+                    "add a transition into it, or remove it",
+                );
             }
         }
-        let dead: Vec<&String> = d.states.iter().filter(|(n, s)| !s.terminal && !outgoing.contains_key(n.as_str())).map(|(n, _)| n).collect();
+        let dead: Vec<&String> = d
+            .states
+            .iter()
+            .filter(|(n, s)| !s.terminal && !outgoing.contains_key(n.as_str()))
+            .map(|(n, _)| n)
+            .collect();
         for state in dead {
-            self.error(Code::DeadEndState, format!("states.{state}"), format!("state `{state}` is not terminal but no transition leaves it"), "add a transition out of it, or mark it `terminal: true`");
+            self.error(
+                Code::DeadEndState,
+                format!("states.{state}"),
+                format!("state `{state}` is not terminal but no transition leaves it"),
+                "add a transition out of it, or mark it `terminal: true`",
+            );
         }
     }
 
@@ -525,15 +770,27 @@ impl Validator<'_> {
             }
         }
         for (path, msg) in problems {
-            self.error(Code::AmbiguousEvent, path, msg, "give the transitions different events or disjoint `from` states");
+            self.error(
+                Code::AmbiguousEvent,
+                path,
+                msg,
+                "give the transitions different events or disjoint `from` states",
+            );
         }
     }
 
-    fn slas(&mut self, data: &DataFields, _calendars: &BTreeMap<String, Calendar>) -> BTreeMap<String, SlaSpec> {
+    fn slas(
+        &mut self,
+        data: &DataFields,
+        _calendars: &BTreeMap<String, Calendar>,
+    ) -> BTreeMap<String, SlaSpec> {
         let mut out = BTreeMap::new();
         for (name, sla) in &self.definition.slas {
             let path = format!("slas.{name}");
-            let states = |list: Option<&crate::definition::OneOrMany>, key: &str, this: &mut Self| -> BTreeSet<String> {
+            let states = |list: Option<&crate::definition::OneOrMany>,
+                          key: &str,
+                          this: &mut Self|
+             -> BTreeSet<String> {
                 let mut set = BTreeSet::new();
                 for s in list.into_iter().flat_map(|l| l.iter()) {
                     if this.state_exists(s, &format!("{path}.{key}")) {
@@ -551,23 +808,34 @@ impl Validator<'_> {
             }
             let budget = self.duration(&sla.within, &format!("{path}.within"));
             if budget == Some(0) {
-                self.error(Code::InvalidDuration, format!("{path}.within"), "an SLA budget of zero would breach at once", "give the SLA a positive budget");
+                self.error(
+                    Code::InvalidDuration,
+                    format!("{path}.within"),
+                    "an SLA budget of zero would breach at once",
+                    "give the SLA a positive budget",
+                );
             }
             let warn_at = self.percents(&sla.warn_at, &format!("{path}.warn_at"));
-            let when = sla.when.as_deref().and_then(|s| self.expr(s, &format!("{path}.when"), data));
+            let when = sla
+                .when
+                .as_deref()
+                .and_then(|s| self.expr(s, &format!("{path}.when"), data));
             if let Some(budget_ms) = budget {
-                out.insert(name.clone(), SlaSpec {
-                    name: name.clone(),
-                    start,
-                    stop,
-                    pause,
-                    reset,
-                    budget_ms,
-                    calendar: sla.calendar.clone(),
-                    warn_at,
-                    on_breach: sla.on_breach.as_ref().map(|a| a.transition.clone()),
-                    when,
-                });
+                out.insert(
+                    name.clone(),
+                    SlaSpec {
+                        name: name.clone(),
+                        start,
+                        stop,
+                        pause,
+                        reset,
+                        budget_ms,
+                        calendar: sla.calendar.clone(),
+                        warn_at,
+                        on_breach: sla.on_breach.as_ref().map(|a| a.transition.clone()),
+                        when,
+                    },
+                );
             }
         }
         out
@@ -576,11 +844,24 @@ impl Validator<'_> {
     fn percents(&mut self, list: &[String], path: &str) -> Vec<u8> {
         let mut out = Vec::new();
         for (i, text) in list.iter().enumerate() {
-            let parsed = text.strip_suffix('%').and_then(|n| n.trim().parse::<u8>().ok()).filter(|p| (1..=99).contains(p));
+            let parsed = text
+                .strip_suffix('%')
+                .and_then(|n| n.trim().parse::<u8>().ok())
+                .filter(|p| (1..=99).contains(p));
             match parsed {
                 Some(p) if out.last().is_none_or(|last| *last < p) => out.push(p),
-                Some(_) => self.error(Code::InvalidPercent, format!("{path}[{i}]"), format!("`{text}` is not above the previous threshold"), "list thresholds in ascending order, e.g. [50%, 75%]"),
-                None => self.error(Code::InvalidPercent, format!("{path}[{i}]"), format!("`{text}` is not a percentage between 1% and 99%"), "write thresholds like 50% or 75%"),
+                Some(_) => self.error(
+                    Code::InvalidPercent,
+                    format!("{path}[{i}]"),
+                    format!("`{text}` is not above the previous threshold"),
+                    "list thresholds in ascending order, e.g. [50%, 75%]",
+                ),
+                None => self.error(
+                    Code::InvalidPercent,
+                    format!("{path}[{i}]"),
+                    format!("`{text}` is not a percentage between 1% and 99%"),
+                    "write thresholds like 50% or 75%",
+                ),
             }
         }
         out
@@ -593,12 +874,22 @@ impl Validator<'_> {
         let mut checks: Vec<(String, String, Option<String>, bool)> = Vec::new();
         for (state, s) in &d.states {
             if let Some(e) = &s.expires {
-                checks.push((format!("states.{state}.expires.transition"), e.transition.clone(), Some(state.clone()), true));
+                checks.push((
+                    format!("states.{state}.expires.transition"),
+                    e.transition.clone(),
+                    Some(state.clone()),
+                    true,
+                ));
             }
         }
         for (name, sla) in &d.slas {
             if let Some(a) = &sla.on_breach {
-                checks.push((format!("slas.{name}.on_breach.transition"), a.transition.clone(), None, true));
+                checks.push((
+                    format!("slas.{name}.on_breach.transition"),
+                    a.transition.clone(),
+                    None,
+                    true,
+                ));
             }
         }
         for (name, t) in &d.transitions {
@@ -617,11 +908,21 @@ impl Validator<'_> {
         for (path, transition, from_state, must_be_system) in checks {
             let Some(t) = d.transitions.get(&transition) else {
                 let known: Vec<&str> = d.transitions.keys().map(String::as_str).collect();
-                self.error(Code::UnknownTransition, path, format!("`{transition}` is not a declared transition"), format!("use one of: {}", known.join(", ")));
+                self.error(
+                    Code::UnknownTransition,
+                    path,
+                    format!("`{transition}` is not a declared transition"),
+                    format!("use one of: {}", known.join(", ")),
+                );
                 continue;
             };
             if must_be_system && !t.system {
-                self.error(Code::ActionNotSystem, path.clone(), format!("`{transition}` is taken by the engine but is not `system: true`"), format!("add `system: true` to transition `{transition}`"));
+                self.error(
+                    Code::ActionNotSystem,
+                    path.clone(),
+                    format!("`{transition}` is taken by the engine but is not `system: true`"),
+                    format!("add `system: true` to transition `{transition}`"),
+                );
             } else if !must_be_system && t.system {
                 self.error(Code::ActionNotApplicable, path.clone(), format!("`{transition}` is `system: true`, so the worker completing the task could never take it"), "name a transition whose `allow` admits workers, e.g. `allow: \"actor.kind == 'worker'\"`");
             }
@@ -636,6 +937,8 @@ impl Validator<'_> {
 
 /// The top-level properties a data schema declares, if it declares them.
 fn data_fields(schema: Option<&serde_json::Value>) -> DataFields {
-    let props = schema.and_then(|s| s.get("properties")).and_then(|p| p.as_object());
+    let props = schema
+        .and_then(|s| s.get("properties"))
+        .and_then(|p| p.as_object());
     DataFields(props.map(|p| p.keys().cloned().collect()))
 }

@@ -1,0 +1,749 @@
+//! Applying committed entries: the core engine's outcome turned into one store batch.
+//!
+//! An [`Applier`] collects the writes of a run of entries in an overlay, so that a later entry
+//! (or a later timer of the same `FireTimers`) sees what an earlier one wrote, and the whole
+//! run becomes a single atomic batch with the last applied log id in it. Nothing here reads a
+//! clock: cluster time comes from the proposal, made strictly monotonic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use lockstep_core::audit::{ActorRecord, ChainedRecord};
+use lockstep_core::engine::{Command, Effect, Instance, Outcome, TaskStatus};
+use lockstep_core::validate::{CompiledDefinition, compile};
+use lockstep_core::{
+    Actor, AuditKind, AuditRecord, Limits, Refusal, RefusalCode, Timestamp, evaluate,
+};
+use lockstep_store::{Batch, Family, Store, envelope, keys};
+use openraft::{Entry, EntryPayload, LogId, StoredMembership};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{
+    Body, Member, NodeId, Proposal, Provenance, Response, Target, TaskOp, TypeConfig,
+};
+
+/// Meta keys (family `Meta`, replicated).
+pub mod meta {
+    pub const APPLIED: &[u8] = b"applied";
+    pub const MEMBERSHIP: &[u8] = b"membership";
+    pub const TIME: &[u8] = b"time";
+    pub const AUDIT_HEAD: &[u8] = b"audit_head";
+    pub const OUTBOX_SEQ: &[u8] = b"outbox_seq";
+}
+
+/// How long a request id is remembered, in cluster time. A retry after this is a new request.
+pub const DEDUP_RETENTION_MS: u64 = 24 * 3600 * 1000;
+/// Most expired dedup entries removed per applied proposal, so cleanup never stalls apply.
+pub const DEDUP_EXPIRE_BATCH_MAX: usize = 16;
+/// Most compiled definitions kept in memory per node.
+pub const DEFINITION_CACHE_MAX: usize = 256;
+
+/// A definition as stored: its source, provenance and who applied it when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredDefinition {
+    pub workflow: String,
+    pub version: String,
+    pub source: String,
+    pub provenance: Provenance,
+    pub applied_by: String,
+    pub applied_at: Timestamp,
+    pub audit_seq: u64,
+}
+
+/// An effect waiting in the outbox for the leader to dispatch it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutboxItem {
+    pub seq: u64,
+    pub instance_id: String,
+    pub workflow: String,
+    pub effect: Effect,
+    pub at: Timestamp,
+    pub audit_seq: u64,
+}
+
+/// The global audit chain head.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    pub seq: u64,
+    pub hash: [u8; 32],
+}
+
+/// Key builders for the state families.
+pub mod key {
+    use lockstep_store::keys;
+
+    pub fn definition(workflow: &str, version: &str) -> Vec<u8> {
+        let mut k = b"v\0".to_vec();
+        keys::push_str(&mut k, workflow);
+        keys::push_str(&mut k, version);
+        k
+    }
+    pub fn latest_definition(workflow: &str) -> Vec<u8> {
+        let mut k = b"l\0".to_vec();
+        keys::push_str(&mut k, workflow);
+        k
+    }
+    pub fn workflow_state(workflow: &str, state: &str, id: &str) -> Vec<u8> {
+        keys::strs(&[workflow, state, id])
+    }
+    pub fn business_key(workflow: &str, key: &str) -> Vec<u8> {
+        keys::strs(&[workflow, key])
+    }
+    pub fn audit_by_instance(id: &str, seq: u64) -> Vec<u8> {
+        let mut k = keys::strs(&[id]);
+        keys::push_u64(&mut k, seq);
+        k
+    }
+    pub fn timer_due(due_at_micros: i64, timer_id: &str) -> Vec<u8> {
+        let mut k = Vec::new();
+        keys::push_i64(&mut k, due_at_micros);
+        keys::push_str(&mut k, timer_id);
+        k
+    }
+    pub fn timer_owner(instance_id: &str, timer_id: &str) -> Vec<u8> {
+        keys::strs(&[instance_id, timer_id])
+    }
+    pub fn task(queue: &str, task_id: &str) -> Vec<u8> {
+        keys::strs(&[queue, task_id])
+    }
+    pub fn dedup_by_time(at_micros: i64, request_id: &str) -> Vec<u8> {
+        let mut k = Vec::new();
+        keys::push_i64(&mut k, at_micros);
+        keys::push_str(&mut k, request_id);
+        k
+    }
+}
+
+/// Compiled definitions by (workflow, version); a cache, so bounded and safely discardable.
+#[derive(Debug, Default)]
+pub struct DefinitionCache {
+    compiled: HashMap<(String, String), Arc<CompiledDefinition>>,
+}
+
+impl DefinitionCache {
+    pub fn clear(&mut self) {
+        self.compiled.clear();
+    }
+}
+
+/// Writes pending in this apply run, visible to later reads of the same run.
+#[derive(Debug, Default)]
+struct Overlay {
+    writes: BTreeMap<(Family, Vec<u8>), Option<Vec<u8>>>,
+    batch: Batch,
+}
+
+#[derive(Debug)]
+pub struct Applier<'a, S: Store> {
+    store: &'a S,
+    cache: &'a mut DefinitionCache,
+    overlay: Overlay,
+}
+
+type StoreResult<T> = lockstep_store::Result<T>;
+
+impl<'a, S: Store> Applier<'a, S> {
+    pub fn new(store: &'a S, cache: &'a mut DefinitionCache) -> Self {
+        Applier {
+            store,
+            cache,
+            overlay: Overlay::default(),
+        }
+    }
+
+    /// The batch to write: everything the applied entries changed.
+    pub fn into_batch(self) -> Batch {
+        self.overlay.batch
+    }
+
+    fn get_raw(&self, family: Family, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        match self.overlay.writes.get(&(family, key.to_vec())) {
+            Some(pending) => Ok(pending.clone()),
+            None => self.store.get(family, key),
+        }
+    }
+
+    fn get<T: DeserializeOwned>(&self, family: Family, key: &[u8]) -> StoreResult<Option<T>> {
+        match self.get_raw(family, key)? {
+            None => Ok(None),
+            Some(bytes) => envelope::decode(family, key, &bytes).map(Some),
+        }
+    }
+
+    fn put<T: Serialize>(&mut self, family: Family, key: Vec<u8>, value: &T) {
+        let bytes = envelope::encode(value);
+        self.overlay
+            .writes
+            .insert((family, key.clone()), Some(bytes.clone()));
+        self.overlay.batch.put(family, key, bytes);
+    }
+
+    fn delete(&mut self, family: Family, key: Vec<u8>) {
+        self.overlay.writes.insert((family, key.clone()), None);
+        self.overlay.batch.delete(family, key);
+    }
+
+    /// Applies one entry and records it as the last applied.
+    pub fn apply_entry(&mut self, entry: &Entry<TypeConfig>) -> StoreResult<Response> {
+        let log_id = entry.log_id;
+        let response = match &entry.payload {
+            EntryPayload::Blank => Response::Empty,
+            EntryPayload::Membership(m) => {
+                self.put(
+                    Family::Meta,
+                    meta::MEMBERSHIP.to_vec(),
+                    &StoredMembership::<NodeId, Member>::new(Some(log_id), m.clone()),
+                );
+                Response::Empty
+            }
+            EntryPayload::Normal(proposal) => self.apply_proposal(log_id, proposal)?,
+        };
+        self.put(Family::Meta, meta::APPLIED.to_vec(), &Some(log_id));
+        Ok(response)
+    }
+
+    fn apply_proposal(
+        &mut self,
+        log_id: LogId<NodeId>,
+        proposal: &Proposal,
+    ) -> StoreResult<Response> {
+        // Cluster time never runs backwards, whatever the clocks of successive leaders.
+        let last: Option<Timestamp> = self.get(Family::Meta, meta::TIME)?;
+        let at = match last {
+            Some(last) if proposal.at <= last => Timestamp::from_micros(last.as_micros() + 1),
+            _ => proposal.at,
+        };
+        self.put(Family::Meta, meta::TIME.to_vec(), &at);
+        if let Some(request_id) = &proposal.request_id {
+            if let Some((first, _)) =
+                self.get::<(Response, Timestamp)>(Family::Dedup, request_id.as_bytes())?
+            {
+                return Ok(first);
+            }
+        }
+        let response = self.apply_body(log_id, &proposal.body, at)?;
+        if let Some(request_id) = &proposal.request_id {
+            self.put(
+                Family::Dedup,
+                request_id.as_bytes().to_vec(),
+                &(response.clone(), at),
+            );
+            self.put(
+                Family::DedupByTime,
+                key::dedup_by_time(at.as_micros(), request_id),
+                &(),
+            );
+        }
+        self.expire_dedup(at)?;
+        Ok(response)
+    }
+
+    fn expire_dedup(&mut self, at: Timestamp) -> StoreResult<()> {
+        let horizon = at
+            .as_micros()
+            .saturating_sub(i64::try_from(DEDUP_RETENTION_MS * 1000).unwrap_or(i64::MAX));
+        let mut end = Vec::new();
+        keys::push_i64(&mut end, horizon);
+        for (k, _) in
+            self.store
+                .range(Family::DedupByTime, &[], Some(&end), DEDUP_EXPIRE_BATCH_MAX)?
+        {
+            if let Some(request_id) = keys::split_strs(&k[8..]).into_iter().next() {
+                self.delete(Family::Dedup, request_id.into_bytes());
+            }
+            self.delete(Family::DedupByTime, k);
+        }
+        Ok(())
+    }
+
+    fn apply_body(
+        &mut self,
+        log_id: LogId<NodeId>,
+        body: &Body,
+        at: Timestamp,
+    ) -> StoreResult<Response> {
+        match body {
+            Body::Noop => Ok(Response::Empty),
+            Body::ApplyDefinition {
+                source,
+                provenance,
+                actor,
+            } => self.apply_definition(log_id, source, provenance, actor, at),
+            Body::Create {
+                workflow,
+                key,
+                data,
+                actor,
+            } => {
+                let Some(definition) = self.latest_definition(workflow)? else {
+                    return Ok(refused(
+                        RefusalCode::UnknownWorkflow,
+                        format!(
+                            "no definition of workflow `{workflow}` has been applied; apply one with `lockstep apply`"
+                        ),
+                    ));
+                };
+                if let Some(key) = key {
+                    if let Some(existing) =
+                        self.get::<String>(Family::IndexKey, &key::business_key(workflow, key))?
+                    {
+                        return Ok(refused(
+                            RefusalCode::AlreadyExists,
+                            format!(
+                                "workflow `{workflow}` already has an instance with key `{key}`: {existing}"
+                            ),
+                        ));
+                    }
+                }
+                let instance_id = format!("i-{}", log_id.index);
+                let command = Command::Create {
+                    instance_id,
+                    key: key.clone(),
+                    data: data.clone(),
+                    actor: actor.clone(),
+                };
+                let outcome = evaluate(&definition, None, &command, at);
+                self.commit(log_id, None, outcome)
+            }
+            Body::Transition {
+                target,
+                transition,
+                payload,
+                actor,
+                expected_version,
+            } => {
+                let command = Command::Transition {
+                    transition: transition.clone(),
+                    payload: payload.clone(),
+                    actor: actor.clone(),
+                    expected_version: *expected_version,
+                };
+                self.on_instance(log_id, target, command, at)
+            }
+            Body::Event {
+                target,
+                event,
+                payload,
+                actor,
+            } => {
+                let command = Command::Event {
+                    event: event.clone(),
+                    payload: payload.clone(),
+                    actor: actor.clone(),
+                };
+                self.on_instance(log_id, target, command, at)
+            }
+            Body::Task {
+                instance_id,
+                task_id,
+                op,
+            } => {
+                let task_id = task_id.clone();
+                let command = match op.clone() {
+                    TaskOp::Lease { worker } => Command::LeaseTask {
+                        task_id,
+                        worker,
+                        term: log_id.leader_id.term,
+                    },
+                    TaskOp::Heartbeat { token, worker } => Command::HeartbeatTask {
+                        task_id,
+                        token,
+                        worker,
+                    },
+                    TaskOp::Complete {
+                        token,
+                        result,
+                        worker,
+                    } => Command::CompleteTask {
+                        task_id,
+                        token,
+                        result,
+                        worker,
+                    },
+                    TaskOp::Fail {
+                        token,
+                        error,
+                        retryable,
+                        worker,
+                    } => Command::FailTask {
+                        task_id,
+                        token,
+                        error,
+                        retryable,
+                        worker,
+                    },
+                };
+                self.on_instance(log_id, &Target::Id(instance_id.clone()), command, at)
+            }
+            Body::ResolveIncident {
+                instance_id,
+                incident_id,
+                retry_task,
+                actor,
+            } => {
+                let command = Command::ResolveIncident {
+                    incident_id: incident_id.clone(),
+                    retry_task: *retry_task,
+                    actor: actor.clone(),
+                };
+                self.on_instance(log_id, &Target::Id(instance_id.clone()), command, at)
+            }
+            Body::FireTimers { timers } => {
+                let (mut fired, mut stale) = (0u32, 0u32);
+                for (instance_id, timer_id) in timers {
+                    let command = Command::FireTimer {
+                        timer_id: timer_id.clone(),
+                    };
+                    match self.on_instance(log_id, &Target::Id(instance_id.clone()), command, at)? {
+                        Response::Applied { .. } => fired += 1,
+                        _ => stale += 1,
+                    }
+                }
+                Ok(Response::TimersFired { fired, stale })
+            }
+        }
+    }
+
+    fn on_instance(
+        &mut self,
+        log_id: LogId<NodeId>,
+        target: &Target,
+        command: Command,
+        at: Timestamp,
+    ) -> StoreResult<Response> {
+        let instance_id = match target {
+            Target::Id(id) => id.clone(),
+            Target::Key { workflow, key } => {
+                match self.get::<String>(Family::IndexKey, &key::business_key(workflow, key))? {
+                    Some(id) => id,
+                    None => {
+                        return Ok(refused(
+                            RefusalCode::UnknownInstance,
+                            format!("workflow `{workflow}` has no instance with key `{key}`"),
+                        ));
+                    }
+                }
+            }
+        };
+        let Some(instance) = self.get::<Instance>(Family::Instances, instance_id.as_bytes())?
+        else {
+            return Ok(refused(
+                RefusalCode::UnknownInstance,
+                format!("no instance `{instance_id}`"),
+            ));
+        };
+        let Some(definition) = self.definition(&instance.workflow, &instance.definition_version)?
+        else {
+            // An instance always pins a stored definition; a missing one is corrupt state.
+            return Err(lockstep_store::Error::Corrupt {
+                family: Family::Definitions,
+                key: keys::show(&key::definition(
+                    &instance.workflow,
+                    &instance.definition_version,
+                )),
+                reason: format!("instance {instance_id} pins a definition that is not stored"),
+            });
+        };
+        let outcome = evaluate(&definition, Some(&instance), &command, at);
+        self.commit(log_id, Some(&instance), outcome)
+    }
+
+    fn latest_definition(
+        &mut self,
+        workflow: &str,
+    ) -> StoreResult<Option<Arc<CompiledDefinition>>> {
+        match self.get::<String>(Family::Definitions, &key::latest_definition(workflow))? {
+            Some(version) => self.definition(workflow, &version),
+            None => Ok(None),
+        }
+    }
+
+    fn definition(
+        &mut self,
+        workflow: &str,
+        version: &str,
+    ) -> StoreResult<Option<Arc<CompiledDefinition>>> {
+        let cache_key = (workflow.to_string(), version.to_string());
+        if let Some(hit) = self.cache.compiled.get(&cache_key) {
+            return Ok(Some(Arc::clone(hit)));
+        }
+        let Some(stored) =
+            self.get::<StoredDefinition>(Family::Definitions, &key::definition(workflow, version))?
+        else {
+            return Ok(None);
+        };
+        let compiled = compile(None, &stored.source, &Limits::default()).map_err(|d| {
+            lockstep_store::Error::Corrupt {
+                family: Family::Definitions,
+                key: keys::show(&key::definition(workflow, version)),
+                reason: format!(
+                    "stored definition no longer compiles: {}",
+                    d.first().map(|d| d.message.clone()).unwrap_or_default()
+                ),
+            }
+        })?;
+        let compiled = Arc::new(compiled);
+        if self.cache.compiled.len() >= DEFINITION_CACHE_MAX {
+            self.cache.compiled.clear();
+        }
+        self.cache.compiled.insert(cache_key, Arc::clone(&compiled));
+        Ok(Some(compiled))
+    }
+
+    fn apply_definition(
+        &mut self,
+        log_id: LogId<NodeId>,
+        source: &str,
+        provenance: &Provenance,
+        actor: &Actor,
+        at: Timestamp,
+    ) -> StoreResult<Response> {
+        let compiled = match compile(Some(&provenance.path), source, &Limits::default()) {
+            Ok(c) => c,
+            Err(diagnostics) => {
+                let lines: Vec<String> =
+                    diagnostics.iter().take(10).map(|d| d.to_string()).collect();
+                return Ok(refused(
+                    RefusalCode::DefinitionInvalid,
+                    format!(
+                        "the definition has {} error(s):\n{}",
+                        diagnostics.len(),
+                        lines.join("\n")
+                    ),
+                ));
+            }
+        };
+        let workflow = compiled.name().to_string();
+        let version = compiled.version.clone();
+        let defkey = key::definition(&workflow, &version);
+        if self.get_raw(Family::Definitions, &defkey)?.is_some() {
+            self.put(
+                Family::Definitions,
+                key::latest_definition(&workflow),
+                &version,
+            );
+            return Ok(Response::Definition {
+                workflow,
+                version,
+                created: false,
+            });
+        }
+        let record = AuditRecord {
+            kind: AuditKind::DefinitionApplied,
+            workflow: workflow.clone(),
+            instance_id: String::new(),
+            definition_version: version.clone(),
+            transition: None,
+            from: None,
+            to: None,
+            actor: actor_record(actor),
+            at,
+            instance_version: 0,
+            payload_digest: Some(lockstep_core::canonical::sha256_hex(source.as_bytes())),
+            predicates: Vec::new(),
+            timer: None,
+            task_id: None,
+            sla: None,
+            note: Some(format!(
+                "applied from {}@{}:{}",
+                provenance.repository, provenance.commit, provenance.path
+            )),
+        };
+        let audit_seq = self.append_audit(log_id, record, None)?;
+        let stored = StoredDefinition {
+            workflow: workflow.clone(),
+            version: version.clone(),
+            source: source.to_string(),
+            provenance: provenance.clone(),
+            applied_by: actor.id.clone(),
+            applied_at: at,
+            audit_seq,
+        };
+        self.put(Family::Definitions, defkey, &stored);
+        self.put(
+            Family::Definitions,
+            key::latest_definition(&workflow),
+            &version,
+        );
+        self.cache
+            .compiled
+            .insert((workflow.clone(), version.clone()), Arc::new(compiled));
+        Ok(Response::Definition {
+            workflow,
+            version,
+            created: true,
+        })
+    }
+
+    /// Appends an audit record to the global chain and, for instance records, to the
+    /// instance's chain. Returns its global sequence.
+    fn append_audit(
+        &mut self,
+        log_id: LogId<NodeId>,
+        record: AuditRecord,
+        instance_seq: Option<u64>,
+    ) -> StoreResult<u64> {
+        let head: AuditHead = self
+            .get(Family::Meta, meta::AUDIT_HEAD)?
+            .unwrap_or_default();
+        let seq = head.seq + 1;
+        let instance_prev = match instance_seq {
+            Some(n) if n > 1 => self
+                .get::<(u64, [u8; 32])>(
+                    Family::AuditByInstance,
+                    &key::audit_by_instance(&record.instance_id, n - 1),
+                )?
+                .map(|(_, h)| h)
+                .unwrap_or([0; 32]),
+            _ => [0; 32],
+        };
+        let instance_id = record.instance_id.clone();
+        let chained = ChainedRecord::link(
+            record,
+            seq,
+            instance_seq.unwrap_or(0),
+            log_id.leader_id.term,
+            log_id.index,
+            head.hash,
+            instance_prev,
+        );
+        let hash = lockstep_core::audit::decode_hash(&chained.hash).expect("we just encoded it");
+        if let Some(n) = instance_seq {
+            let instance_hash = lockstep_core::audit::decode_hash(&chained.instance_hash)
+                .expect("we just encoded it");
+            self.put(
+                Family::AuditByInstance,
+                key::audit_by_instance(&instance_id, n),
+                &(seq, instance_hash),
+            );
+        }
+        self.put(Family::Audit, keys::u64_key(seq), &chained);
+        self.put(
+            Family::Meta,
+            meta::AUDIT_HEAD.to_vec(),
+            &AuditHead { seq, hash },
+        );
+        Ok(seq)
+    }
+
+    /// Writes an outcome: the instance, its indexes, timers, tasks, outbox and audit record.
+    fn commit(
+        &mut self,
+        log_id: LogId<NodeId>,
+        before: Option<&Instance>,
+        outcome: Outcome,
+    ) -> StoreResult<Response> {
+        let change = match outcome {
+            Outcome::Refused(r) => return Ok(Response::Refused(r)),
+            Outcome::Applied(change) => *change,
+        };
+        let after = &change.instance;
+        let id = after.id.clone();
+        self.put(Family::Instances, id.as_bytes().to_vec(), after);
+        if before.map(|b| &b.state) != Some(&after.state) {
+            if let Some(b) = before {
+                self.delete(
+                    Family::IndexWorkflowState,
+                    key::workflow_state(&b.workflow, &b.state, &id),
+                );
+            }
+            self.put(
+                Family::IndexWorkflowState,
+                key::workflow_state(&after.workflow, &after.state, &id),
+                &(),
+            );
+        }
+        if let (None, Some(k)) = (before, &after.key) {
+            self.put(Family::IndexKey, key::business_key(&after.workflow, k), &id);
+        }
+        for timer in &change.timers_armed {
+            self.cancel_timer(&id, &timer.id)?;
+            self.put(
+                Family::TimersDue,
+                key::timer_due(timer.due_at.as_micros(), &timer.id),
+                timer,
+            );
+            self.put(
+                Family::TimersByOwner,
+                key::timer_owner(&id, &timer.id),
+                &timer.due_at,
+            );
+        }
+        for timer_id in &change.timers_cancelled {
+            self.cancel_timer(&id, timer_id)?;
+        }
+        self.index_tasks(before, after);
+        let audit_seq = self.append_audit(log_id, change.audit.clone(), Some(after.version))?;
+        for effect in &change.effects {
+            let seq = self
+                .get::<u64>(Family::Meta, meta::OUTBOX_SEQ)?
+                .unwrap_or(0)
+                + 1;
+            self.put(Family::Meta, meta::OUTBOX_SEQ.to_vec(), &seq);
+            let item = OutboxItem {
+                seq,
+                instance_id: id.clone(),
+                workflow: after.workflow.clone(),
+                effect: effect.clone(),
+                at: change.audit.at,
+                audit_seq,
+            };
+            self.put(Family::Outbox, keys::u64_key(seq), &item);
+        }
+        Ok(Response::Applied {
+            instance_id: id,
+            version: after.version,
+            state: after.state.clone(),
+            global_seq: audit_seq,
+        })
+    }
+
+    fn cancel_timer(&mut self, instance_id: &str, timer_id: &str) -> StoreResult<()> {
+        let owner = key::timer_owner(instance_id, timer_id);
+        if let Some(due_at) = self.get::<Timestamp>(Family::TimersByOwner, &owner)? {
+            self.delete(
+                Family::TimersDue,
+                key::timer_due(due_at.as_micros(), timer_id),
+            );
+            self.delete(Family::TimersByOwner, owner);
+        }
+        Ok(())
+    }
+
+    /// Keeps the queue index equal to the set of ready tasks.
+    fn index_tasks(&mut self, before: Option<&Instance>, after: &Instance) {
+        let ready = |i: &Instance| -> BTreeMap<String, String> {
+            i.tasks
+                .values()
+                .filter(|t| t.status == TaskStatus::Ready)
+                .map(|t| (t.id.clone(), t.queue.clone()))
+                .collect()
+        };
+        let old = before.map(ready).unwrap_or_default();
+        let new = ready(after);
+        for (task_id, queue) in &old {
+            if !new.contains_key(task_id) {
+                self.delete(Family::Tasks, key::task(queue, task_id));
+            }
+        }
+        for (task_id, queue) in &new {
+            if !old.contains_key(task_id) {
+                self.put(Family::Tasks, key::task(queue, task_id), &after.id);
+            }
+        }
+    }
+}
+
+fn refused(code: RefusalCode, message: String) -> Response {
+    Response::Refused(Refusal::new(code, message))
+}
+
+fn actor_record(actor: &Actor) -> ActorRecord {
+    ActorRecord {
+        id: actor.id.clone(),
+        kind: actor.kind.as_str().into(),
+        roles: actor.roles.clone(),
+        authn: actor.authn.clone(),
+    }
+}

@@ -1,0 +1,18 @@
+//! Lockstep's replicated state machine: openraft's log storage and state machine on a
+//! [`lockstep_store::Store`], applying the pure engine of `lockstep-core`.
+//!
+//! - [`log_store::LogStore`]: the Raft log and vote. Appends and votes are synced before they
+//!   are acknowledged (DESIGN §3 invariant 5).
+//! - [`state_machine::StateMachine`]: applies committed [`Proposal`]s. Each applied batch of
+//!   entries is one store batch holding instances, audit records, timers, outbox, dedup entries
+//!   and the last applied log id (invariant 2). Business refusals are [`Response`]s, never
+//!   storage errors (invariant 6).
+//! - [`read`]: queries over the applied state (instances, history, timers, digest).
+
+pub mod apply;
+pub mod log_store;
+pub mod read;
+pub mod state_machine;
+pub mod types;
+
+pub use types::{Body, Member, NodeId, Proposal, Provenance, Response, Target, TaskOp, TypeConfig};

@@ -1,0 +1,268 @@
+//! Queries over the applied state of one replica. They read the store directly; the caller
+//! decides whether that is linearizable (after a read index) or explicitly stale.
+
+use lockstep_core::Timestamp;
+use lockstep_core::audit::{ChainedRecord, decode_hash};
+use lockstep_core::engine::{Instance, Timer};
+use lockstep_store::{Family, Store, envelope, keys};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::apply::{AuditHead, OutboxItem, StoredDefinition, key, meta};
+
+pub type Result<T> = lockstep_store::Result<T>;
+
+fn decode_rows<T: DeserializeOwned>(
+    family: Family,
+    rows: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<Vec<T>> {
+    rows.iter()
+        .map(|(k, v)| envelope::decode(family, k, v))
+        .collect()
+}
+
+fn get<T: DeserializeOwned>(store: &impl Store, family: Family, key: &[u8]) -> Result<Option<T>> {
+    match store.get(family, key)? {
+        Some(v) => envelope::decode(family, key, &v).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub fn instance(store: &impl Store, id: &str) -> Result<Option<Instance>> {
+    get(store, Family::Instances, id.as_bytes())
+}
+
+pub fn instance_id_by_key(
+    store: &impl Store,
+    workflow: &str,
+    business_key: &str,
+) -> Result<Option<String>> {
+    get(
+        store,
+        Family::IndexKey,
+        &key::business_key(workflow, business_key),
+    )
+}
+
+/// Instance ids of `workflow` (optionally in `state`), in key order, after `after`.
+pub fn instance_ids(
+    store: &impl Store,
+    workflow: &str,
+    state: Option<&str>,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<String>> {
+    let prefix = match state {
+        Some(s) => keys::strs(&[workflow, s]),
+        None => keys::strs(&[workflow]),
+    };
+    let end = keys::prefix_end(&prefix);
+    let start = match after {
+        // Resume strictly after the last key returned (which includes the state for
+        // workflow-wide listings, so `after` is the full key as text).
+        Some(a) => {
+            let mut k = a.as_bytes().to_vec();
+            k.push(1);
+            k
+        }
+        None => prefix.clone(),
+    };
+    let rows = store.range(Family::IndexWorkflowState, &start, Some(&end), limit)?;
+    Ok(rows
+        .into_iter()
+        .map(|(k, _)| keys::split_strs(&k).pop().unwrap_or_default())
+        .collect())
+}
+
+pub fn definition(
+    store: &impl Store,
+    workflow: &str,
+    version: Option<&str>,
+) -> Result<Option<StoredDefinition>> {
+    let version = match version {
+        Some(v) => v.to_string(),
+        None => match get::<String>(
+            store,
+            Family::Definitions,
+            &key::latest_definition(workflow),
+        )? {
+            Some(v) => v,
+            None => return Ok(None),
+        },
+    };
+    get(
+        store,
+        Family::Definitions,
+        &key::definition(workflow, &version),
+    )
+}
+
+/// All stored versions of a workflow's definition.
+pub fn definition_versions(store: &impl Store, workflow: &str) -> Result<Vec<StoredDefinition>> {
+    let mut prefix = b"v\0".to_vec();
+    keys::push_str(&mut prefix, workflow);
+    let rows = store.range(
+        Family::Definitions,
+        &prefix,
+        Some(&keys::prefix_end(&prefix)),
+        usize::MAX,
+    )?;
+    let mut defs: Vec<StoredDefinition> = decode_rows(Family::Definitions, rows)?;
+    defs.sort_by_key(|d| d.audit_seq);
+    Ok(defs)
+}
+
+/// The audit records of one instance, oldest first.
+pub fn history(store: &impl Store, instance_id: &str, limit: usize) -> Result<Vec<ChainedRecord>> {
+    let prefix = keys::strs(&[instance_id]);
+    let rows = store.range(
+        Family::AuditByInstance,
+        &prefix,
+        Some(&keys::prefix_end(&prefix)),
+        limit,
+    )?;
+    let mut out = Vec::new();
+    for (k, v) in rows {
+        let (seq, _): (u64, [u8; 32]) = envelope::decode(Family::AuditByInstance, &k, &v)?;
+        if let Some(r) = audit_record(store, seq)? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+pub fn audit_record(store: &impl Store, seq: u64) -> Result<Option<ChainedRecord>> {
+    get(store, Family::Audit, &keys::u64_key(seq))
+}
+
+/// Audit records with global sequence >= `from`, at most `limit`.
+pub fn audit_from(store: &impl Store, from: u64, limit: usize) -> Result<Vec<ChainedRecord>> {
+    let rows = store.range(Family::Audit, &keys::u64_key(from), None, limit)?;
+    decode_rows(Family::Audit, rows)
+}
+
+pub fn audit_head(store: &impl Store) -> Result<AuditHead> {
+    Ok(get(store, Family::Meta, meta::AUDIT_HEAD)?.unwrap_or_default())
+}
+
+/// Where an audit chain first breaks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Broken {
+    pub global_seq: u64,
+    pub reason: String,
+}
+
+/// Recomputes the global chain and every instance chain; returns the number of records
+/// checked, or the first broken record.
+pub fn verify_audit(store: &impl Store) -> Result<std::result::Result<u64, Broken>> {
+    let mut prev = [0u8; 32];
+    let mut instance_heads: std::collections::HashMap<String, [u8; 32]> =
+        std::collections::HashMap::new();
+    let mut next = 1u64;
+    let mut checked = 0u64;
+    loop {
+        let rows = store.range(Family::Audit, &keys::u64_key(next), None, 1024)?;
+        if rows.is_empty() {
+            break;
+        }
+        for (k, v) in rows {
+            let seq = keys::read_u64(&k).unwrap_or(0);
+            let record: ChainedRecord = match envelope::decode(Family::Audit, &k, &v) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Ok(Err(Broken {
+                        global_seq: seq,
+                        reason: format!("record does not decode: {e}"),
+                    }));
+                }
+            };
+            if record.global_seq != seq || seq != next {
+                return Ok(Err(Broken {
+                    global_seq: seq,
+                    reason: format!(
+                        "sequence gap or mismatch: expected {next}, found key {seq} holding {}",
+                        record.global_seq
+                    ),
+                }));
+            }
+            let instance_prev = if record.record.instance_id.is_empty() {
+                [0u8; 32]
+            } else {
+                instance_heads
+                    .get(&record.record.instance_id)
+                    .copied()
+                    .unwrap_or([0; 32])
+            };
+            if !record.verify(&prev, &instance_prev) {
+                return Ok(Err(Broken {
+                    global_seq: seq,
+                    reason: "hash does not match the record's content and its predecessors".into(),
+                }));
+            }
+            prev = decode_hash(&record.hash).unwrap_or([0; 32]);
+            if !record.record.instance_id.is_empty() {
+                instance_heads.insert(
+                    record.record.instance_id.clone(),
+                    decode_hash(&record.instance_hash).unwrap_or([0; 32]),
+                );
+            }
+            next = seq + 1;
+            checked += 1;
+        }
+    }
+    let head = audit_head(store)?;
+    if head.seq != checked || (checked > 0 && head.hash != prev) {
+        return Ok(Err(Broken {
+            global_seq: head.seq,
+            reason: format!(
+                "the chain head (seq {}) does not match the last record ({checked})",
+                head.seq
+            ),
+        }));
+    }
+    Ok(Ok(checked))
+}
+
+/// Armed timers due at or before `until`, in due order.
+pub fn due_timers(store: &impl Store, until: Timestamp, limit: usize) -> Result<Vec<Timer>> {
+    let mut end = Vec::new();
+    keys::push_i64(&mut end, until.as_micros().saturating_add(1));
+    decode_rows(
+        Family::TimersDue,
+        store.range(Family::TimersDue, &[], Some(&end), limit)?,
+    )
+}
+
+/// The next armed timers in due order, whatever their due time.
+pub fn next_timers(store: &impl Store, limit: usize) -> Result<Vec<Timer>> {
+    decode_rows(
+        Family::TimersDue,
+        store.range(Family::TimersDue, &[], None, limit)?,
+    )
+}
+
+pub fn outbox(store: &impl Store, from: u64, limit: usize) -> Result<Vec<OutboxItem>> {
+    decode_rows(
+        Family::Outbox,
+        store.range(Family::Outbox, &keys::u64_key(from), None, limit)?,
+    )
+}
+
+/// The last cluster time applied.
+pub fn cluster_time(store: &impl Store) -> Result<Option<Timestamp>> {
+    get(store, Family::Meta, meta::TIME)
+}
+
+/// A hash over every state family: replicas that applied the same log prefix report the same
+/// digest (DESIGN §3 invariant 1).
+pub fn digest(store: &impl Store) -> Result<String> {
+    let mut hasher = Sha256::new();
+    for (family, k, v) in store.export(&Family::STATE)? {
+        hasher.update([family.id()]);
+        hasher.update((k.len() as u64).to_be_bytes());
+        hasher.update(&k);
+        hasher.update((v.len() as u64).to_be_bytes());
+        hasher.update(&v);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}

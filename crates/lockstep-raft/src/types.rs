@@ -1,0 +1,175 @@
+//! The Raft type configuration and the commands that travel through the log.
+
+use std::fmt;
+use std::io::Cursor;
+
+use lockstep_core::engine::LeaseToken;
+use lockstep_core::{Actor, Refusal, Timestamp};
+use serde::{Deserialize, Serialize};
+
+pub type NodeId = u64;
+
+/// A cluster member as Raft knows it: where its Raft service and public API listen.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// host:port of the node's gRPC endpoint (Raft, forwarding and public API share it).
+    pub addr: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Lockstep's Raft types.
+    pub TypeConfig:
+        D = Proposal,
+        R = Response,
+        NodeId = NodeId,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// One command in the log: who asked (through `request_id` for deduplication), when (the
+/// cluster time stamped by the leader) and what.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The client's request id; a retried request with the same id returns the first outcome.
+    pub request_id: Option<String>,
+    /// Cluster time stamped by the leader at proposal. Apply makes it strictly monotonic.
+    pub at: Timestamp,
+    pub body: Body,
+}
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.body.name(), self.at.as_micros())
+    }
+}
+
+/// Where the source of a definition came from, so behaviour traces back to version control.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub repository: String,
+    pub commit: String,
+    pub path: String,
+}
+
+/// How an event or command addresses an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    Id(String),
+    Key { workflow: String, key: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum TaskOp {
+    Lease {
+        worker: Actor,
+    },
+    Heartbeat {
+        token: LeaseToken,
+        worker: Actor,
+    },
+    Complete {
+        token: LeaseToken,
+        #[serde(with = "lockstep_core::json_field::value")]
+        result: serde_json::Value,
+        worker: Actor,
+    },
+    Fail {
+        token: LeaseToken,
+        error: String,
+        retryable: bool,
+        worker: Actor,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    ApplyDefinition {
+        source: String,
+        provenance: Provenance,
+        actor: Actor,
+    },
+    Create {
+        workflow: String,
+        key: Option<String>,
+        #[serde(with = "lockstep_core::json_field::value")]
+        data: serde_json::Value,
+        actor: Actor,
+    },
+    Transition {
+        target: Target,
+        transition: String,
+        #[serde(with = "lockstep_core::json_field::value")]
+        payload: serde_json::Value,
+        actor: Actor,
+        expected_version: Option<u64>,
+    },
+    Event {
+        target: Target,
+        event: String,
+        #[serde(with = "lockstep_core::json_field::value")]
+        payload: serde_json::Value,
+        actor: Actor,
+    },
+    /// Timers the leader found due, as (instance id, timer id).
+    FireTimers { timers: Vec<(String, String)> },
+    Task {
+        instance_id: String,
+        task_id: String,
+        op: TaskOp,
+    },
+    ResolveIncident {
+        instance_id: String,
+        incident_id: String,
+        retry_task: bool,
+        actor: Actor,
+    },
+    /// Does nothing but move cluster time; used by tests and to probe the leader.
+    Noop,
+}
+
+impl Body {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Body::ApplyDefinition { .. } => "apply_definition",
+            Body::Create { .. } => "create",
+            Body::Transition { .. } => "transition",
+            Body::Event { .. } => "event",
+            Body::FireTimers { .. } => "fire_timers",
+            Body::Task { .. } => "task",
+            Body::ResolveIncident { .. } => "resolve_incident",
+            Body::Noop => "noop",
+        }
+    }
+}
+
+/// The result of applying one entry. Refusals are results.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// A change to an instance.
+    Applied {
+        instance_id: String,
+        version: u64,
+        state: String,
+        global_seq: u64,
+    },
+    Refused(Refusal),
+    Definition {
+        workflow: String,
+        version: String,
+        created: bool,
+    },
+    TimersFired {
+        fired: u32,
+        stale: u32,
+    },
+    /// Blank and membership entries, and `Noop`.
+    Empty,
+}

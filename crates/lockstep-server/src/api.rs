@@ -1,0 +1,815 @@
+//! The public gRPC services: definitions, instances, audit and cluster.
+//!
+//! Each handler turns the request into a domain command or query, and the result back into
+//! protobuf; nothing else in the node knows the wire types.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::Stream;
+use lockstep_core::audit::ChainedRecord;
+use lockstep_core::engine::Instance;
+use lockstep_core::validate::{CompiledDefinition, compile};
+use lockstep_core::{Actor, ActorKind, Limits, Timestamp};
+use lockstep_proto::v1 as pb;
+use lockstep_raft::apply::StoredDefinition;
+use lockstep_raft::{Body, Provenance, Response as Applied, Target, read};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use crate::node::{Node, wall_clock};
+use crate::status;
+
+/// Largest page a list request may ask for.
+pub const PAGE_SIZE_MAX: u32 = 500;
+pub const PAGE_SIZE_DEFAULT: u32 = 100;
+/// Largest history a request may ask for.
+pub const HISTORY_LIMIT_MAX: u32 = 10_000;
+/// Audit records sent per read while tailing.
+const TAIL_BATCH: usize = 256;
+
+/// Shared by every service: the node and a cache of compiled definitions for queries.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub node: Arc<Node>,
+    definitions: Arc<Mutex<HashMap<(String, String), Arc<CompiledDefinition>>>>,
+}
+
+impl Api {
+    pub fn new(node: Arc<Node>) -> Api {
+        Api {
+            node,
+            definitions: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The authenticated actor. Until the trust layer lands, only development mode (loopback
+    /// only, an explicit flag) accepts actors, named by headers.
+    fn actor(&self, metadata: &MetadataMap) -> Result<Actor, Status> {
+        if !self.node.config.dev {
+            return Err(Status::unauthenticated(
+                "this node has no client authentication configured; start it with --dev (loopback only) to name actors with the x-lockstep-actor header",
+            ));
+        }
+        let header = |name: &str| {
+            metadata
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let id = header("x-lockstep-actor").ok_or_else(|| Status::unauthenticated("missing the x-lockstep-actor header: in development mode it names the caller, e.g. alice"))?;
+        let kind = match header("x-lockstep-actor-kind").unwrap_or("human") {
+            "human" => ActorKind::Human,
+            "service" => ActorKind::Service,
+            "worker" => ActorKind::Worker,
+            other => {
+                return Err(status::bad_request(format!(
+                    "x-lockstep-actor-kind `{other}` is not human, service or worker"
+                )));
+            }
+        };
+        if id.starts_with("system:") {
+            return Err(Status::permission_denied(
+                "actor ids starting with `system:` belong to the engine",
+            ));
+        }
+        let roles = header("x-lockstep-roles")
+            .map(|r| {
+                r.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Actor {
+            id: id.to_string(),
+            kind,
+            roles,
+            claims: Default::default(),
+            authn: "dev-header".into(),
+        })
+    }
+
+    fn forward(metadata: &MetadataMap) -> bool {
+        metadata
+            .get("x-lockstep-no-forward")
+            .and_then(|v| v.to_str().ok())
+            != Some("1")
+    }
+
+    async fn write(
+        &self,
+        metadata: &MetadataMap,
+        request_id: &str,
+        body: Body,
+    ) -> Result<Applied, Status> {
+        if request_id.is_empty() {
+            return Err(status::bad_request(
+                "request_id is empty: every mutating request carries a client-chosen id (reuse it when retrying)",
+            ));
+        }
+        if request_id.len() > 128 {
+            return Err(status::bad_request("request_id is longer than 128 bytes"));
+        }
+        self.node
+            .write(Some(request_id.to_string()), body, Self::forward(metadata))
+            .await
+            .map_err(status::write_error)
+    }
+
+    async fn read_info(&self, consistency: i32) -> Result<pb::ReadInfo, Status> {
+        let stale = consistency == pb::ReadConsistency::Stale as i32;
+        if !stale {
+            self.node
+                .read_barrier()
+                .await
+                .map_err(status::write_error)?;
+        }
+        let applied = self
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        Ok(pb::ReadInfo {
+            stale,
+            node_id: self.node.id,
+            applied_index: applied,
+        })
+    }
+
+    fn compiled(
+        &self,
+        workflow: &str,
+        version: &str,
+    ) -> Result<Option<Arc<CompiledDefinition>>, Status> {
+        let key = (workflow.to_string(), version.to_string());
+        if let Some(hit) = self.definitions.lock().expect("cache lock").get(&key) {
+            return Ok(Some(Arc::clone(hit)));
+        }
+        let Some(stored) = read::definition(&*self.node.store, workflow, Some(version))
+            .map_err(status::store_error)?
+        else {
+            return Ok(None);
+        };
+        let compiled = Arc::new(
+            compile(None, &stored.source, &Limits::default())
+                .map_err(|_| Status::internal("stored definition does not compile"))?,
+        );
+        let mut cache = self.definitions.lock().expect("cache lock");
+        if cache.len() > 256 {
+            cache.clear();
+        }
+        cache.insert(key, Arc::clone(&compiled));
+        Ok(Some(compiled))
+    }
+
+    fn instance_pb(&self, i: &Instance) -> Result<pb::Instance, Status> {
+        let now = wall_clock();
+        let slas = match self.compiled(&i.workflow, &i.definition_version)? {
+            Some(def) => i
+                .sla_views(&def, now)
+                .into_iter()
+                .map(|(name, v)| pb::Sla {
+                    name,
+                    status: format!("{:?}", v.status).to_lowercase(),
+                    breached: v.breached,
+                    warned_percent: v.warned.map(u32::from).unwrap_or(0),
+                    remaining_ms: v.remaining_ms,
+                    consumed_ms: v.consumed_ms,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(pb::Instance {
+            id: i.id.clone(),
+            workflow: i.workflow.clone(),
+            definition_version: i.definition_version.clone(),
+            key: i.key.clone().unwrap_or_default(),
+            state: i.state.clone(),
+            data_json: i.data.to_string(),
+            created_by: i.created_by.clone(),
+            created_at: i.created_at.to_string(),
+            entered_at: i.entered_at.to_string(),
+            updated_at: i.updated_at.to_string(),
+            version: i.version,
+            slas,
+            timers: i
+                .timers
+                .values()
+                .map(|t| pb::Timer {
+                    id: t.id.clone(),
+                    due_at: t.due_at.to_string(),
+                    kind_json: serde_json::to_string(&t.kind).unwrap_or_default(),
+                })
+                .collect(),
+            tasks_json: serde_json::to_string(&i.tasks).unwrap_or_default(),
+            incidents_json: serde_json::to_string(&i.incidents).unwrap_or_default(),
+        })
+    }
+
+    fn resolve(&self, r: Option<pb::InstanceRef>) -> Result<Target, Status> {
+        match r.and_then(|r| r.target) {
+            Some(pb::instance_ref::Target::Id(id)) if !id.is_empty() => Ok(Target::Id(id)),
+            Some(pb::instance_ref::Target::Key(k))
+                if !k.workflow.is_empty() && !k.key.is_empty() =>
+            {
+                Ok(Target::Key {
+                    workflow: k.workflow,
+                    key: k.key,
+                })
+            }
+            _ => Err(status::bad_request(
+                "instance is missing: give an instance id or a (workflow, key) pair",
+            )),
+        }
+    }
+
+    fn load(&self, target: &Target) -> Result<Instance, Status> {
+        let id = match target {
+            Target::Id(id) => id.clone(),
+            Target::Key { workflow, key } => {
+                read::instance_id_by_key(&*self.node.store, workflow, key)
+                    .map_err(status::store_error)?
+                    .ok_or_else(|| {
+                        Status::not_found(format!(
+                            "workflow `{workflow}` has no instance with key `{key}`"
+                        ))
+                    })?
+            }
+        };
+        read::instance(&*self.node.store, &id)
+            .map_err(status::store_error)?
+            .ok_or_else(|| Status::not_found(format!("no instance `{id}`")))
+    }
+}
+
+fn json(text: &str, what: &str) -> Result<serde_json::Value, Status> {
+    if text.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_str(text)
+        .map_err(|e| status::bad_request(format!("{what} is not valid JSON: {e}")))
+}
+
+fn change(applied: Applied) -> Result<Response<pb::InstanceChange>, Status> {
+    match applied {
+        Applied::Applied {
+            instance_id,
+            version,
+            state,
+            global_seq,
+        } => Ok(Response::new(pb::InstanceChange {
+            instance_id,
+            version,
+            state,
+            audit_seq: global_seq,
+        })),
+        Applied::Refused(r) => Err(status::refusal(&r)),
+        other => Err(Status::internal(format!("unexpected response {other:?}"))),
+    }
+}
+
+pub fn audit_pb(r: &ChainedRecord) -> pb::AuditRecord {
+    let rec = &r.record;
+    pb::AuditRecord {
+        global_seq: r.global_seq,
+        instance_seq: r.instance_seq,
+        raft_term: r.raft_term,
+        raft_index: r.raft_index,
+        kind: serde_json::to_value(rec.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        workflow: rec.workflow.clone(),
+        instance_id: rec.instance_id.clone(),
+        definition_version: rec.definition_version.clone(),
+        transition: rec.transition.clone().unwrap_or_default(),
+        from: rec.from.clone().unwrap_or_default(),
+        to: rec.to.clone().unwrap_or_default(),
+        actor_id: rec.actor.id.clone(),
+        actor_kind: rec.actor.kind.clone(),
+        actor_roles: rec.actor.roles.clone(),
+        actor_authn: rec.actor.authn.clone(),
+        at: rec.at.to_string(),
+        payload_digest: rec.payload_digest.clone().unwrap_or_default(),
+        prev_hash: r.prev_hash.clone(),
+        hash: r.hash.clone(),
+        record_json: serde_json::to_string(r).unwrap_or_default(),
+    }
+}
+
+fn definition_pb(d: StoredDefinition) -> pb::Definition {
+    pb::Definition {
+        workflow: d.workflow,
+        version: d.version,
+        source: d.source,
+        provenance: Some(pb::Provenance {
+            repository: d.provenance.repository,
+            commit: d.provenance.commit,
+            path: d.provenance.path,
+        }),
+        applied_by: d.applied_by,
+        applied_at: d.applied_at.to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::definitions_server::Definitions for Api {
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyDefinitionRequest>,
+    ) -> Result<Response<pb::ApplyDefinitionResponse>, Status> {
+        let actor = self.actor(request.metadata())?;
+        let (metadata, _, req) = request.into_parts();
+        let provenance = req
+            .provenance
+            .map(|p| Provenance {
+                repository: p.repository,
+                commit: p.commit,
+                path: p.path,
+            })
+            .unwrap_or_default();
+        // Validate before proposing, so a broken file costs no log entry and gets every
+        // diagnostic; apply validates again, deterministically.
+        if let Err(diagnostics) = compile(Some(&provenance.path), &req.source, &Limits::default()) {
+            let text: Vec<String> = diagnostics.iter().map(|d| d.to_string()).collect();
+            let refusal = lockstep_core::Refusal::new(
+                lockstep_core::RefusalCode::DefinitionInvalid,
+                format!(
+                    "the definition has {} error(s):\n{}",
+                    diagnostics.len(),
+                    text.join("\n")
+                ),
+            );
+            return Err(status::refusal(&refusal));
+        }
+        match self
+            .write(
+                &metadata,
+                &req.request_id,
+                Body::ApplyDefinition {
+                    source: req.source,
+                    provenance,
+                    actor,
+                },
+            )
+            .await?
+        {
+            Applied::Definition {
+                workflow,
+                version,
+                created,
+            } => Ok(Response::new(pb::ApplyDefinitionResponse {
+                workflow,
+                version,
+                created,
+            })),
+            Applied::Refused(r) => Err(status::refusal(&r)),
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetDefinitionRequest>,
+    ) -> Result<Response<pb::Definition>, Status> {
+        let req = request.into_inner();
+        self.read_info(req.consistency).await?;
+        let version = (!req.version.is_empty()).then_some(req.version.as_str());
+        let d = read::definition(&*self.node.store, &req.workflow, version)
+            .map_err(status::store_error)?;
+        d.map(|d| Response::new(definition_pb(d))).ok_or_else(|| {
+            Status::not_found(format!(
+                "no definition of workflow `{}`{}",
+                req.workflow,
+                version
+                    .map(|v| format!(" at version {v}"))
+                    .unwrap_or_default()
+            ))
+        })
+    }
+
+    async fn list_versions(
+        &self,
+        request: Request<pb::ListDefinitionVersionsRequest>,
+    ) -> Result<Response<pb::ListDefinitionVersionsResponse>, Status> {
+        let req = request.into_inner();
+        self.read_info(req.consistency).await?;
+        let versions = read::definition_versions(&*self.node.store, &req.workflow)
+            .map_err(status::store_error)?;
+        Ok(Response::new(pb::ListDefinitionVersionsResponse {
+            versions: versions.into_iter().map(definition_pb).collect(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::instances_server::Instances for Api {
+    async fn create(
+        &self,
+        request: Request<pb::CreateInstanceRequest>,
+    ) -> Result<Response<pb::InstanceChange>, Status> {
+        let actor = self.actor(request.metadata())?;
+        let (metadata, _, req) = request.into_parts();
+        if req.workflow.is_empty() {
+            return Err(status::bad_request(
+                "workflow is empty: name the workflow to create an instance of",
+            ));
+        }
+        let data = match json(&req.data_json, "data_json")? {
+            serde_json::Value::Null => serde_json::json!({}),
+            d => d,
+        };
+        let key = (!req.key.is_empty()).then_some(req.key);
+        change(
+            self.write(
+                &metadata,
+                &req.request_id,
+                Body::Create {
+                    workflow: req.workflow,
+                    key,
+                    data,
+                    actor,
+                },
+            )
+            .await?,
+        )
+    }
+
+    async fn transition(
+        &self,
+        request: Request<pb::TransitionRequest>,
+    ) -> Result<Response<pb::InstanceChange>, Status> {
+        let actor = self.actor(request.metadata())?;
+        let (metadata, _, req) = request.into_parts();
+        let target = self.resolve(req.instance)?;
+        let payload = json(&req.payload_json, "payload_json")?;
+        let body = Body::Transition {
+            target,
+            transition: req.transition,
+            payload,
+            actor,
+            expected_version: req.expected_version,
+        };
+        change(self.write(&metadata, &req.request_id, body).await?)
+    }
+
+    async fn send_event(
+        &self,
+        request: Request<pb::SendEventRequest>,
+    ) -> Result<Response<pb::InstanceChange>, Status> {
+        let actor = self.actor(request.metadata())?;
+        let (metadata, _, req) = request.into_parts();
+        let target = self.resolve(req.instance)?;
+        let payload = json(&req.payload_json, "payload_json")?;
+        change(
+            self.write(
+                &metadata,
+                &req.request_id,
+                Body::Event {
+                    target,
+                    event: req.event,
+                    payload,
+                    actor,
+                },
+            )
+            .await?,
+        )
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetInstanceRequest>,
+    ) -> Result<Response<pb::GetInstanceResponse>, Status> {
+        let req = request.into_inner();
+        let target = self.resolve(req.instance)?;
+        let info = self.read_info(req.consistency).await?;
+        let instance = self.load(&target)?;
+        Ok(Response::new(pb::GetInstanceResponse {
+            instance: Some(self.instance_pb(&instance)?),
+            read: Some(info),
+        }))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let req = request.into_inner();
+        if req.workflow.is_empty() {
+            return Err(status::bad_request(
+                "workflow is empty: listing is per workflow",
+            ));
+        }
+        if req.page_size > PAGE_SIZE_MAX {
+            return Err(status::bad_request(format!(
+                "page_size {} is more than {PAGE_SIZE_MAX}",
+                req.page_size
+            )));
+        }
+        let size = if req.page_size == 0 {
+            PAGE_SIZE_DEFAULT
+        } else {
+            req.page_size
+        } as usize;
+        let since = if req.updated_since.is_empty() {
+            None
+        } else {
+            Some(Timestamp::parse_rfc3339(&req.updated_since).map_err(status::bad_request)?)
+        };
+        let sla_filter = match req.sla_status.as_str() {
+            "" => None,
+            s @ ("running" | "paused" | "stopped" | "warned" | "breached") => Some(s.to_string()),
+            other => {
+                return Err(status::bad_request(format!(
+                    "sla_status `{other}` is not running, paused, stopped, warned or breached"
+                )));
+            }
+        };
+        let info = self.read_info(req.consistency).await?;
+        let state = (!req.state.is_empty()).then_some(req.state.as_str());
+        let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
+        let ids = read::instance_ids(&*self.node.store, &req.workflow, state, after, size)
+            .map_err(status::store_error)?;
+        let next_page_token = if ids.len() == size {
+            ids.last()
+                .and_then(|id| read::instance(&*self.node.store, id).ok().flatten())
+                .map(|i| page_token(state, &i))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let mut instances = Vec::new();
+        for id in &ids {
+            let Some(i) = read::instance(&*self.node.store, id).map_err(status::store_error)?
+            else {
+                continue;
+            };
+            if since.is_some_and(|s| i.updated_at < s) {
+                continue;
+            }
+            let pbi = self.instance_pb(&i)?;
+            if let Some(want) = &sla_filter {
+                let matches = pbi.slas.iter().any(|s| match want.as_str() {
+                    "breached" => s.breached,
+                    "warned" => s.warned_percent > 0 && !s.breached,
+                    status => s.status == status,
+                });
+                if !matches {
+                    continue;
+                }
+            }
+            instances.push(pbi);
+        }
+        Ok(Response::new(pb::ListInstancesResponse {
+            instances,
+            next_page_token,
+            read: Some(info),
+        }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let req = request.into_inner();
+        if req.limit > HISTORY_LIMIT_MAX {
+            return Err(status::bad_request(format!(
+                "limit {} is more than {HISTORY_LIMIT_MAX}",
+                req.limit
+            )));
+        }
+        let target = self.resolve(req.instance)?;
+        self.read_info(req.consistency).await?;
+        let instance = self.load(&target)?;
+        let limit = if req.limit == 0 { 1000 } else { req.limit } as usize;
+        let records =
+            read::history(&*self.node.store, &instance.id, limit).map_err(status::store_error)?;
+        Ok(Response::new(pb::HistoryResponse {
+            records: records.iter().map(audit_pb).collect(),
+        }))
+    }
+}
+
+/// The resume point of a listing: the index key after which the next page starts.
+fn page_token(state: Option<&str>, i: &Instance) -> String {
+    // The index key is workflow\0state\0id\0; ranges restart strictly after it.
+    let _ = state;
+    format!("{}\0{}\0{}\0", i.workflow, i.state, i.id)
+}
+
+type AuditStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::audit_server::Audit for Api {
+    type TailStream = AuditStream;
+
+    async fn tail(
+        &self,
+        request: Request<pb::TailAuditRequest>,
+    ) -> Result<Response<AuditStream>, Status> {
+        let req = request.into_inner();
+        let node = Arc::clone(&self.node);
+        let mut next = req.from_seq.max(1);
+        let (tx, rx) = tokio::sync::mpsc::channel(TAIL_BATCH);
+        tokio::spawn(async move {
+            let mut metrics = node.raft.metrics();
+            loop {
+                let batch = match read::audit_from(&*node.store, next, TAIL_BATCH) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(status::store_error(e))).await;
+                        return;
+                    }
+                };
+                for r in &batch {
+                    if tx.send(Ok(audit_pb(r))).await.is_err() {
+                        return;
+                    }
+                    next = r.global_seq + 1;
+                }
+                if batch.len() < TAIL_BATCH {
+                    if !req.follow {
+                        return;
+                    }
+                    tokio::select! {
+                        changed = metrics.changed() => if changed.is_err() { return },
+                        _ = tx.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn verify(
+        &self,
+        _request: Request<pb::VerifyAuditRequest>,
+    ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
+        let head = read::audit_head(&*self.node.store).map_err(status::store_error)?;
+        let result = read::verify_audit(&*self.node.store).map_err(status::store_error)?;
+        let (ok, records_checked, broken_seq, reason) = match result {
+            Ok(n) => (true, n, 0, String::new()),
+            Err(b) => (
+                false,
+                b.global_seq.saturating_sub(1),
+                b.global_seq,
+                b.reason,
+            ),
+        };
+        Ok(Response::new(pb::VerifyAuditResponse {
+            ok,
+            records_checked,
+            broken_seq,
+            reason,
+            head_seq: head.seq,
+            head_hash: hex_hash(&head.hash),
+        }))
+    }
+}
+
+fn hex_hash(h: &[u8; 32]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn members_pb(members: Vec<(u64, String, bool)>) -> pb::MembershipResponse {
+    pb::MembershipResponse {
+        members: members
+            .into_iter()
+            .map(|(id, addr, voter)| pb::Member { id, addr, voter })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for Api {
+    async fn status(
+        &self,
+        request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let req = request.into_inner();
+        let m = self.node.raft.metrics().borrow().clone();
+        let (leader_id, leader_addr) = self.node.leader();
+        let digest = if req.include_digest {
+            read::digest(&*self.node.store).map_err(status::store_error)?
+        } else {
+            String::new()
+        };
+        let cluster_time = read::cluster_time(&*self.node.store)
+            .map_err(status::store_error)?
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        Ok(Response::new(pb::ClusterStatus {
+            node_id: self.node.id,
+            leader_id: leader_id.unwrap_or(0),
+            leader_addr: leader_addr.unwrap_or_default(),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            digest,
+            members: members_pb(self.node.member_list()).members,
+            role: format!("{:?}", m.state),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            cluster_time,
+        }))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.actor(request.metadata())?;
+        let forward = Self::forward(request.metadata());
+        let req = request.into_inner();
+        if req.node_id == 0 || !req.addr.contains(':') {
+            return Err(status::bad_request(
+                "give a positive node_id and its host:port address",
+            ));
+        }
+        let members = self
+            .node
+            .add_learner(req.node_id, req.addr, forward)
+            .await
+            .map_err(status::write_error)?;
+        Ok(Response::new(members_pb(members)))
+    }
+
+    async fn promote(
+        &self,
+        request: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.actor(request.metadata())?;
+        let forward = Self::forward(request.metadata());
+        let req = request.into_inner();
+        let known: Vec<u64> = self.node.member_list().iter().map(|m| m.0).collect();
+        if let Some(missing) = req.node_ids.iter().find(|id| !known.contains(id)) {
+            return Err(Status::not_found(format!(
+                "node {missing} is not a member; add it as a learner first"
+            )));
+        }
+        let members = self
+            .node
+            .promote(req.node_ids, forward)
+            .await
+            .map_err(status::write_error)?;
+        Ok(Response::new(members_pb(members)))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.actor(request.metadata())?;
+        let forward = Self::forward(request.metadata());
+        let req = request.into_inner();
+        if !self.node.member_list().iter().any(|m| m.0 == req.node_id) {
+            return Err(Status::not_found(format!(
+                "node {} is not a member",
+                req.node_id
+            )));
+        }
+        let members = self
+            .node
+            .remove(req.node_id, forward)
+            .await
+            .map_err(status::write_error)?;
+        Ok(Response::new(members_pb(members)))
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        self.actor(request.metadata())?;
+        let applied = self
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index);
+        self.node
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let waited = self
+            .node
+            .raft
+            .wait(Some(std::time::Duration::from_secs(30)))
+            .metrics(|m| m.snapshot.map(|s| s.index) >= applied, "snapshot built")
+            .await
+            .map_err(|e| Status::deadline_exceeded(format!("snapshot not finished: {e}")))?;
+        Ok(Response::new(pb::SnapshotResponse {
+            last_index: waited.snapshot.map(|s| s.index).unwrap_or(0),
+        }))
+    }
+}

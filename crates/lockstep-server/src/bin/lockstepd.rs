@@ -1,0 +1,146 @@
+//! lockstepd: a Lockstep cluster node. See `lockstepd --help`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use lockstep_proto::v1 as pb;
+use lockstep_server::api::Api;
+use lockstep_server::config::{Config, Flags, LogFormat};
+use lockstep_server::node::Node;
+use lockstep_server::raft_service::RaftService;
+use tokio::sync::watch;
+
+/// Most concurrent HTTP/2 streams per client connection.
+const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// Largest request or response message, in bytes.
+const MESSAGE_BYTES_MAX: usize = 4 << 20;
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let config = match Config::load(flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lockstepd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lockstepd: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,openraft=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    // Bind first: a port in use is a start-up error, before any state is touched.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+                "{} is already in use: is another lockstepd running there? choose another --listen",
+                config.listen
+            ),
+            _ => anyhow::anyhow!("cannot listen on {}: {e}", config.listen),
+        })?;
+    if config.dev {
+        tracing::warn!(
+            "DEVELOPMENT MODE: no TLS, and callers name themselves with the x-lockstep-actor header. Never use this in production."
+        );
+    }
+    let node = Node::start(config.clone()).await?;
+    tracing::info!(id = node.id, listen = %config.listen, data_dir = %config.data_dir.display(), "lockstepd started");
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let timers = tokio::spawn(lockstep_server::timers::run(
+        Arc::clone(&node),
+        shutdown_rx.clone(),
+    ));
+
+    let api = Api::new(Arc::clone(&node));
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::instances_server::InstancesServer<Api>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(lockstep_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let mut shutdown_signal = shutdown_rx.clone();
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
+        .timeout(Duration::from_secs(30))
+        .add_service(
+            lockstep_proto::v1::internal::raft_server::RaftServer::new(RaftService {
+                node: Arc::clone(&node),
+            })
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20),
+        )
+        .add_service(
+            pb::definitions_server::DefinitionsServer::new(api.clone())
+                .max_decoding_message_size(MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            pb::instances_server::InstancesServer::new(api.clone())
+                .max_decoding_message_size(MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            pb::audit_server::AuditServer::new(api.clone())
+                .max_decoding_message_size(MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            pb::cluster_server::ClusterServer::new(api.clone())
+                .max_decoding_message_size(MESSAGE_BYTES_MAX),
+        )
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = shutdown_signal.changed().await;
+            },
+        );
+    let server = tokio::spawn(server);
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining requests");
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    let _ = timers.await;
+    node.raft
+        .shutdown()
+        .await
+        .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

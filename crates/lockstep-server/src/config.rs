@@ -1,0 +1,278 @@
+//! Node configuration. Flags win, then environment variables (`LOCKSTEP_*`), then the TOML
+//! file given with `--config`, then defaults. Every bad value is refused at start-up with a
+//! message that names it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+/// lockstepd: a node of a Lockstep cluster.
+///
+/// Every node runs the Raft state machine on its own RocksDB and serves the public gRPC API;
+/// writes sent to a follower are forwarded to the leader. Start three (or five) nodes with the
+/// same --initial-members; the node with the lowest id bootstraps the cluster on its first
+/// start only.
+///
+/// Example (node 1 of 3, development mode on loopback):
+///   lockstepd --id 1 --data-dir data/n1 --listen 127.0.0.1:7101 \
+///     --initial-members 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103 --dev
+#[derive(Debug, Parser)]
+#[command(name = "lockstepd", version)]
+pub struct Flags {
+    /// A TOML file with any of the settings below (keys as the long flag names, with `_`).
+    #[arg(long, env = "LOCKSTEP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long, env = "LOCKSTEP_ID")]
+    pub id: Option<u64>,
+    /// Where this node keeps its RocksDB database.
+    #[arg(long, env = "LOCKSTEP_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The address the gRPC server binds (public API and Raft service).
+    #[arg(long, env = "LOCKSTEP_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The address other nodes and clients use to reach this node (defaults to --listen).
+    #[arg(long, env = "LOCKSTEP_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// The cluster's first members as id=host:port pairs, comma separated. Used only to
+    /// bootstrap a new cluster; later changes go through `lockstep cluster add/promote/remove`.
+    #[arg(long, env = "LOCKSTEP_INITIAL_MEMBERS")]
+    pub initial_members: Option<String>,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, env = "LOCKSTEP_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Lower bound of the election timeout in milliseconds (the upper bound is twice this).
+    #[arg(long, env = "LOCKSTEP_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
+    /// Build a snapshot after this many applied entries since the last one.
+    #[arg(long, env = "LOCKSTEP_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+    /// Keep this many applied entries in the log after a snapshot (so slow followers can catch
+    /// up by log rather than snapshot).
+    #[arg(long, env = "LOCKSTEP_LOGS_TO_KEEP")]
+    pub logs_to_keep: Option<u64>,
+    /// Development mode: no TLS, and callers name themselves with the `x-lockstep-actor`
+    /// header. Refused unless --listen is a loopback address.
+    #[arg(long, env = "LOCKSTEP_DEV")]
+    pub dev: bool,
+    /// Log format: text or json.
+    #[arg(long, env = "LOCKSTEP_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The settings a TOML file may hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    initial_members: Option<String>,
+    heartbeat_ms: Option<u64>,
+    election_timeout_ms: Option<u64>,
+    snapshot_every: Option<u64>,
+    logs_to_keep: Option<u64>,
+    dev: Option<bool>,
+    log_format: Option<String>,
+}
+
+/// The checked configuration of a node.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub initial_members: BTreeMap<u64, String>,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_every: u64,
+    pub logs_to_keep: u64,
+    pub dev: bool,
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// Merges flags (and their environment variables) over the file over defaults.
+    pub fn load(flags: Flags) -> Result<Config, String> {
+        let file: FileConfig = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let id = flags
+            .id
+            .or(file.id)
+            .ok_or("no node id: pass --id N (or LOCKSTEP_ID, or `id = N` in the config file)")?;
+        if id == 0 {
+            return Err("--id must be a positive integer; 0 is reserved".into());
+        }
+        let data_dir = flags
+            .data_dir
+            .or(file.data_dir)
+            .ok_or("no data directory: pass --data-dir PATH")?;
+        let listen = flags
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:7101".parse().expect("valid default"));
+        let advertise = flags
+            .advertise
+            .or(file.advertise)
+            .unwrap_or_else(|| listen.to_string());
+        let members_text = flags
+            .initial_members
+            .or(file.initial_members)
+            .unwrap_or_else(|| format!("{id}={advertise}"));
+        let initial_members = parse_members(&members_text)?;
+        if !initial_members.contains_key(&id) {
+            return Err(format!(
+                "--initial-members ({members_text}) does not include this node's id {id}; every node lists the same initial members, itself included"
+            ));
+        }
+        let heartbeat_ms = flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100);
+        let election_timeout_ms = flags
+            .election_timeout_ms
+            .or(file.election_timeout_ms)
+            .unwrap_or(600);
+        if heartbeat_ms == 0 || election_timeout_ms <= heartbeat_ms * 2 {
+            return Err(format!(
+                "--election-timeout-ms ({election_timeout_ms}) must be more than twice --heartbeat-ms ({heartbeat_ms}), and both positive"
+            ));
+        }
+        let dev = flags.dev || file.dev.unwrap_or(false);
+        if dev && !listen.ip().is_loopback() {
+            return Err(format!(
+                "--dev (no TLS, header-asserted actors) is refused on {listen}: development mode binds only to loopback addresses such as 127.0.0.1"
+            ));
+        }
+        let log_format = match flags.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(format!("--log-format `{other}` is not text or json")),
+        };
+        Ok(Config {
+            id,
+            data_dir,
+            listen,
+            advertise,
+            initial_members,
+            heartbeat_ms,
+            election_timeout_ms,
+            snapshot_every: flags
+                .snapshot_every
+                .or(file.snapshot_every)
+                .unwrap_or(10_000),
+            logs_to_keep: flags.logs_to_keep.or(file.logs_to_keep).unwrap_or(1_000),
+            dev,
+            log_format,
+        })
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("rocksdb")
+    }
+
+    pub fn identity_file(&self) -> PathBuf {
+        self.data_dir.join("node.toml")
+    }
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_members(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut out = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("member `{part}` is not id=host:port"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("member `{part}`: `{id}` is not a node id"))?;
+        if addr.trim().is_empty() || !addr.contains(':') {
+            return Err(format!("member `{part}`: `{addr}` is not host:port"));
+        }
+        if out.insert(id, addr.trim().to_string()).is_some() {
+            return Err(format!("node id {id} appears twice in the members list"));
+        }
+    }
+    if out.is_empty() {
+        return Err("the members list is empty; write e.g. 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103".into());
+    }
+    Ok(out)
+}
+
+/// What a data directory remembers about the node and cluster that created it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    pub node_id: u64,
+    /// The initial members of the cluster this directory belongs to.
+    pub cluster: String,
+}
+
+/// Refuses a data directory that belongs to another node or cluster; records the identity of
+/// a fresh one.
+pub fn check_identity(config: &Config) -> Result<(), String> {
+    let cluster = config
+        .initial_members
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mine = Identity {
+        node_id: config.id,
+        cluster,
+    };
+    let path = config.identity_file();
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let found: Identity = toml::from_str(&text).map_err(|e| {
+                format!(
+                    "{} is damaged ({e}); restore it or use a fresh --data-dir",
+                    path.display()
+                )
+            })?;
+            if found.node_id != mine.node_id {
+                return Err(format!(
+                    "data directory {} belongs to node {}, not node {}; give each node its own --data-dir",
+                    config.data_dir.display(),
+                    found.node_id,
+                    mine.node_id
+                ));
+            }
+            if found.cluster != mine.cluster {
+                return Err(format!(
+                    "data directory {} belongs to the cluster bootstrapped with members {}, not {}; use that cluster's settings or a fresh --data-dir",
+                    config.data_dir.display(),
+                    found.cluster,
+                    mine.cluster
+                ));
+            }
+            Ok(())
+        }
+        Err(_) => write_identity(&path, &mine),
+    }
+}
+
+fn write_identity(path: &Path, identity: &Identity) -> Result<(), String> {
+    let text = toml::to_string(identity).map_err(|e| e.to_string())?;
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}

@@ -1,0 +1,165 @@
+//! Raft messages to other nodes over gRPC (the internal `Raft` service).
+//!
+//! One lazily connected channel per peer; openraft calls go out as envelope-encoded bincode
+//! and come back as the peer's `Result`, so a remote Raft error stays a remote error. mTLS on
+//! this channel arrives with the trust issue; [`PeerConnector`] is the seam.
+
+use std::time::Duration;
+
+use lockstep_proto::v1::internal::RaftMessage;
+use lockstep_proto::v1::internal::raft_client::RaftClient;
+use lockstep_raft::{Member, NodeId, TypeConfig};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::wire;
+
+/// Builds channels to peers. The trust issue adds client certificates here.
+#[derive(Clone, Debug)]
+pub struct PeerConnector {
+    pub connect_timeout: Duration,
+}
+
+impl PeerConnector {
+    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad peer address {addr}: {e}"))?;
+        Ok(endpoint
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .connect_lazy())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Network {
+    pub my_id: NodeId,
+    pub connector: PeerConnector,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Peer {
+        Peer {
+            my_id: self.my_id,
+            target,
+            addr: node.addr.clone(),
+            client: self.connector.channel(&node.addr).ok().map(RaftClient::new),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Peer {
+    my_id: NodeId,
+    target: NodeId,
+    addr: String,
+    client: Option<RaftClient<Channel>>,
+}
+
+impl Peer {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        which: Rpc,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Member, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(client) = self.client.as_mut() else {
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other(format!("bad address {}", self.addr)),
+            )));
+        };
+        let mut request = tonic::Request::new(RaftMessage {
+            payload: wire::encode(req),
+            from_node: self.my_id,
+        });
+        request.set_timeout(option.hard_ttl());
+        let result = match which {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply = match result {
+            Ok(r) => r.into_inner(),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
+                ) =>
+            {
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &std::io::Error::other(format!(
+                        "node {} at {}: {}",
+                        self.target,
+                        self.addr,
+                        status.message()
+                    )),
+                )));
+            }
+            Err(status) => {
+                return Err(RPCError::Network(NetworkError::new(
+                    &std::io::Error::other(format!("node {}: {status}", self.target)),
+                )));
+            }
+        };
+        let decoded: Result<Resp, E> = wire::decode(&reply.payload).map_err(|e| {
+            RPCError::Network(NetworkError::new(&std::io::Error::other(
+                e.message().to_string(),
+            )))
+        })?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call(Rpc::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(Rpc::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}

@@ -1,0 +1,474 @@
+//! One Lockstep node: the Raft instance on RocksDB, the write path and linearizable reads.
+//!
+//! Writes: a node that is the leader stamps cluster time with its wall clock and proposes;
+//! apply makes the time monotonic across leaders. A follower forwards the request (with the
+//! client's request id) to the leader over the internal service and returns the leader's
+//! answer. `ForwardToLeader` does not mean the write failed: it may still commit, so every
+//! retry reuses the request id and the state machine deduplicates.
+//!
+//! Reads: linearizable by default. The leader confirms its leadership with a quorum (read
+//! index); a follower asks the leader for that index and waits until it has applied it. A
+//! stale read is served from the local replica as it is, and marked stale.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lockstep_core::Timestamp;
+use lockstep_proto::v1::internal::RaftMessage;
+use lockstep_proto::v1::internal::raft_client::RaftClient;
+use lockstep_raft::log_store::LogStore;
+use lockstep_raft::state_machine::StateMachine;
+use lockstep_raft::{Body, Member, NodeId, Proposal, Response, TypeConfig};
+use lockstep_store::{RocksOptions, RocksStore};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+use crate::config::Config;
+use crate::network::{Network, PeerConnector};
+use crate::wire;
+
+/// How long a write may take, retries and forwarding included, before the caller is told the
+/// outcome is unknown (and should retry with the same request id).
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// Pause between attempts while no leader is known.
+const NO_LEADER_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What a follower asks of the leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ForwardRequest {
+    Write {
+        request_id: Option<String>,
+        body: Body,
+    },
+    ReadIndex,
+    AddLearner {
+        id: NodeId,
+        addr: String,
+    },
+    Promote {
+        ids: Vec<NodeId>,
+    },
+    Remove {
+        id: NodeId,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ForwardReply {
+    Written(Response),
+    ReadIndex(u64),
+    Membership(Vec<(NodeId, String, bool)>),
+}
+
+/// Why a write or membership change did not produce a response.
+#[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error)]
+pub enum WriteError {
+    #[error("this node is not the leader (leader: {leader_id:?} at {leader_addr:?})")]
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    #[error(
+        "no leader could be reached within {0:?}; the write may or may not have been applied: retry with the same request id"
+    )]
+    Timeout(Duration),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the node is shutting down or failed: {0}")]
+    Fatal(String),
+}
+
+pub struct Node {
+    pub id: NodeId,
+    pub config: Config,
+    pub raft: Raft<TypeConfig>,
+    pub store: Arc<RocksStore>,
+    connector: PeerConnector,
+    leaders: Mutex<HashMap<String, RaftClient<Channel>>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.id).finish()
+    }
+}
+
+impl Node {
+    /// Opens the store and starts Raft. Bootstraps the cluster if this node has the lowest
+    /// initial member id and its store has never been initialized.
+    pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
+        crate::config::check_identity(&config).map_err(anyhow::Error::msg)?;
+        let store = Arc::new(RocksStore::open(
+            &config.store_dir(),
+            &RocksOptions::default(),
+        )?);
+        let raft_config = openraft::Config {
+            cluster_name: "lockstep".into(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_ms,
+            election_timeout_max: config.election_timeout_ms * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: config.logs_to_keep,
+            snapshot_max_chunk_size: 1 << 20,
+            install_snapshot_timeout: 2_000,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate()?);
+        let connector = PeerConnector {
+            connect_timeout: Duration::from_millis(500),
+        };
+        let network = Network {
+            my_id: config.id,
+            connector: connector.clone(),
+        };
+        let raft = Raft::new(
+            config.id,
+            raft_config,
+            network,
+            LogStore::new(Arc::clone(&store)),
+            StateMachine::new(Arc::clone(&store)),
+        )
+        .await?;
+        let node = Arc::new(Node {
+            id: config.id,
+            config,
+            raft,
+            store,
+            connector,
+            leaders: Mutex::new(HashMap::new()),
+        });
+        node.bootstrap_if_first().await?;
+        Ok(node)
+    }
+
+    async fn bootstrap_if_first(&self) -> anyhow::Result<()> {
+        let lowest = *self
+            .config
+            .initial_members
+            .keys()
+            .next()
+            .expect("config checks members are not empty");
+        if lowest != self.id || self.raft.is_initialized().await? {
+            return Ok(());
+        }
+        let members: BTreeMap<NodeId, Member> = self
+            .config
+            .initial_members
+            .iter()
+            .map(|(id, addr)| (*id, Member { addr: addr.clone() }))
+            .collect();
+        tracing::info!(?members, "bootstrapping a new cluster");
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            // Another start already initialized it: not an error.
+            Err(RaftError::APIError(e)) => {
+                tracing::info!(error = %e, "cluster already initialized");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The current leader, if known, with its address.
+    pub fn leader(&self) -> (Option<NodeId>, Option<String>) {
+        let metrics = self.raft.metrics().borrow().clone();
+        let id = metrics.current_leader;
+        let addr = id.and_then(|id| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|m| m.addr.clone())
+        });
+        (id, addr)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Proposes a command and returns its applied response, forwarding to the leader when
+    /// this node is a follower and `forward` is set.
+    pub async fn write(
+        &self,
+        request_id: Option<String>,
+        body: Body,
+        forward: bool,
+    ) -> Result<Response, WriteError> {
+        let started = Instant::now();
+        loop {
+            let proposal = Proposal {
+                request_id: request_id.clone(),
+                at: wall_clock(),
+                body: body.clone(),
+            };
+            match self.raft.client_write(proposal).await {
+                Ok(reply) => return Ok(reply.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    let leader = f
+                        .leader_id
+                        .zip(f.leader_node.map(|n| n.addr))
+                        .filter(|(id, _)| *id != self.id);
+                    match (forward, leader) {
+                        (false, leader) => {
+                            return Err(WriteError::NotLeader {
+                                leader_id: leader.as_ref().map(|l| l.0),
+                                leader_addr: leader.map(|l| l.1),
+                            });
+                        }
+                        (true, Some((_, addr))) => match self
+                            .forward(
+                                &addr,
+                                ForwardRequest::Write {
+                                    request_id: request_id.clone(),
+                                    body: body.clone(),
+                                },
+                            )
+                            .await
+                        {
+                            Ok(ForwardReply::Written(r)) => return Ok(r),
+                            Ok(other) => {
+                                return Err(WriteError::Fatal(format!(
+                                    "unexpected forward reply {other:?}"
+                                )));
+                            }
+                            Err(WriteError::NotLeader { .. }) | Err(WriteError::Timeout(_)) => {}
+                            Err(e) => return Err(e),
+                        },
+                        (true, None) => {}
+                    }
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    return Err(WriteError::Invalid(e.to_string()));
+                }
+                Err(RaftError::Fatal(e)) => return Err(WriteError::Fatal(e.to_string())),
+            }
+            if started.elapsed() > WRITE_DEADLINE {
+                return Err(WriteError::Timeout(WRITE_DEADLINE));
+            }
+            tokio::time::sleep(NO_LEADER_BACKOFF).await;
+        }
+    }
+
+    async fn client_for(&self, addr: &str) -> Result<RaftClient<Channel>, WriteError> {
+        let mut leaders = self.leaders.lock().await;
+        if let Some(c) = leaders.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = self.connector.channel(addr).map_err(WriteError::Invalid)?;
+        let client = RaftClient::new(channel).max_decoding_message_size(64 << 20);
+        leaders.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Sends a request to the leader at `addr` over the internal service.
+    pub async fn forward(
+        &self,
+        addr: &str,
+        request: ForwardRequest,
+    ) -> Result<ForwardReply, WriteError> {
+        let mut client = self.client_for(addr).await?;
+        let mut msg = tonic::Request::new(RaftMessage {
+            payload: wire::encode(&request),
+            from_node: self.id,
+        });
+        msg.set_timeout(WRITE_DEADLINE);
+        match client.forward(msg).await {
+            Ok(reply) => {
+                wire::decode::<Result<ForwardReply, WriteError>>(&reply.into_inner().payload)
+                    .map_err(|e| WriteError::Fatal(e.message().to_string()))?
+            }
+            Err(status) => {
+                tracing::debug!(%addr, %status, "forwarding failed");
+                Err(WriteError::Timeout(WRITE_DEADLINE))
+            }
+        }
+    }
+
+    /// Serves a forwarded request as the leader.
+    pub async fn serve_forwarded(
+        &self,
+        request: ForwardRequest,
+    ) -> Result<ForwardReply, WriteError> {
+        match request {
+            ForwardRequest::Write { request_id, body } => self
+                .write(request_id, body, false)
+                .await
+                .map(ForwardReply::Written),
+            ForwardRequest::ReadIndex => match self.raft.ensure_linearizable().await {
+                Ok(log_id) => Ok(ForwardReply::ReadIndex(
+                    log_id.map(|l| l.index).unwrap_or(0),
+                )),
+                Err(e) => {
+                    let (leader_id, leader_addr) = self.leader();
+                    tracing::debug!(error = %e, "read index refused");
+                    Err(WriteError::NotLeader {
+                        leader_id,
+                        leader_addr,
+                    })
+                }
+            },
+            ForwardRequest::AddLearner { id, addr } => self
+                .add_learner(id, addr, false)
+                .await
+                .map(ForwardReply::Membership),
+            ForwardRequest::Promote { ids } => {
+                self.promote(ids, false).await.map(ForwardReply::Membership)
+            }
+            ForwardRequest::Remove { id } => {
+                self.remove(id, false).await.map(ForwardReply::Membership)
+            }
+        }
+    }
+
+    /// Waits until this replica may serve a linearizable read; returns the read index.
+    pub async fn read_barrier(&self) -> Result<u64, WriteError> {
+        let started = Instant::now();
+        loop {
+            let index = if self.is_leader() {
+                self.serve_forwarded(ForwardRequest::ReadIndex).await
+            } else {
+                match self.leader() {
+                    (Some(id), Some(addr)) if id != self.id => {
+                        self.forward(&addr, ForwardRequest::ReadIndex).await
+                    }
+                    _ => Err(WriteError::NotLeader {
+                        leader_id: None,
+                        leader_addr: None,
+                    }),
+                }
+            };
+            match index {
+                Ok(ForwardReply::ReadIndex(index)) => {
+                    let remaining = WRITE_DEADLINE.saturating_sub(started.elapsed());
+                    self.raft
+                        .wait(Some(remaining))
+                        .applied_index_at_least(Some(index), "read barrier")
+                        .await
+                        .map_err(|_| WriteError::Timeout(WRITE_DEADLINE))?;
+                    return Ok(index);
+                }
+                Ok(other) => {
+                    return Err(WriteError::Fatal(format!(
+                        "unexpected read index reply {other:?}"
+                    )));
+                }
+                Err(_) if started.elapsed() < WRITE_DEADLINE => {
+                    tokio::time::sleep(NO_LEADER_BACKOFF).await
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn members(&self) -> Vec<(NodeId, String, bool)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, m)| (*id, m.addr.clone(), voters.contains(id)))
+            .collect()
+    }
+
+    async fn membership_change<F, Fut>(
+        &self,
+        forward: bool,
+        request: ForwardRequest,
+        change: F,
+    ) -> Result<Vec<(NodeId, String, bool)>, WriteError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<
+                Output = Result<(), RaftError<NodeId, ClientWriteError<NodeId, Member>>>,
+            >,
+    {
+        match change().await {
+            Ok(()) => Ok(self.members()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                match (forward, f.leader_node) {
+                    (true, Some(leader)) => match self.forward(&leader.addr, request).await? {
+                        ForwardReply::Membership(m) => Ok(m),
+                        other => Err(WriteError::Fatal(format!("unexpected reply {other:?}"))),
+                    },
+                    (_, leader) => Err(WriteError::NotLeader {
+                        leader_id: f.leader_id,
+                        leader_addr: leader.map(|l| l.addr),
+                    }),
+                }
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(WriteError::Invalid(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(WriteError::Fatal(e.to_string())),
+        }
+    }
+
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        addr: String,
+        forward: bool,
+    ) -> Result<Vec<(NodeId, String, bool)>, WriteError> {
+        let request = ForwardRequest::AddLearner {
+            id,
+            addr: addr.clone(),
+        };
+        self.membership_change(forward, request, || async {
+            self.raft
+                .add_learner(id, Member { addr }, true)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn promote(
+        &self,
+        ids: Vec<NodeId>,
+        forward: bool,
+    ) -> Result<Vec<(NodeId, String, bool)>, WriteError> {
+        let set: BTreeSet<NodeId> = ids.iter().copied().collect();
+        self.membership_change(forward, ForwardRequest::Promote { ids }, || async {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(set), false)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn remove(
+        &self,
+        id: NodeId,
+        forward: bool,
+    ) -> Result<Vec<(NodeId, String, bool)>, WriteError> {
+        let is_voter = self
+            .members()
+            .iter()
+            .any(|(m, _, voter)| *m == id && *voter);
+        let set = BTreeSet::from([id]);
+        self.membership_change(forward, ForwardRequest::Remove { id }, || async {
+            let change = if is_voter {
+                ChangeMembers::RemoveVoters(set)
+            } else {
+                ChangeMembers::RemoveNodes(set)
+            };
+            self.raft.change_membership(change, false).await.map(|_| ())
+        })
+        .await
+    }
+
+    pub fn member_list(&self) -> Vec<(NodeId, String, bool)> {
+        self.members()
+    }
+}
+
+/// The leader's wall clock, the only clock in the write path (apply never reads one).
+pub fn wall_clock() -> Timestamp {
+    Timestamp::from_jiff(jiff::Timestamp::now())
+}

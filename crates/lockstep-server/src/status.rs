@@ -1,0 +1,87 @@
+//! Refusals and node errors as gRPC statuses with `google.rpc.ErrorInfo` details.
+
+use lockstep_core::{Refusal, RefusalCode};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::node::WriteError;
+
+/// The ErrorInfo domain of every Lockstep error.
+pub const DOMAIN: &str = "lockstep.dev";
+
+/// The gRPC code for each refusal: what a generic client should make of it.
+pub fn code_for(refusal: RefusalCode) -> Code {
+    use RefusalCode::*;
+    match refusal {
+        NotAllowedFromState | GuardFalse | GateNotYetOpen | GateExpired | TimerNotArmed
+        | TaskNotReady | StaleLease => Code::FailedPrecondition,
+        Forbidden | SystemOnly => Code::PermissionDenied,
+        PredicateError | PayloadInvalid | DefinitionInvalid | UnknownTransition
+        | EventUnmatched | WrongWorkflow => Code::InvalidArgument,
+        VersionConflict => Code::Aborted,
+        LimitExceeded => Code::ResourceExhausted,
+        UnknownInstance | UnknownWorkflow | TaskNotFound | IncidentNotFound => Code::NotFound,
+        AlreadyExists => Code::AlreadyExists,
+    }
+}
+
+pub fn refusal(r: &Refusal) -> Status {
+    let mut metadata = std::collections::HashMap::new();
+    if let Some(p) = &r.predicate {
+        metadata.insert("predicate".to_string(), p.clone());
+    }
+    if let Some(t) = r.earliest_at {
+        metadata.insert("earliest_at".to_string(), t.to_string());
+    }
+    let details = ErrorDetails::with_error_info(r.code.as_str(), DOMAIN, metadata);
+    Status::with_error_details(code_for(r.code), r.message.clone(), details)
+}
+
+pub fn write_error(e: WriteError) -> Status {
+    match e {
+        WriteError::NotLeader {
+            leader_id,
+            leader_addr,
+        } => {
+            let mut metadata = std::collections::HashMap::new();
+            if let Some(id) = leader_id {
+                metadata.insert("leader_id".to_string(), id.to_string());
+            }
+            if let Some(addr) = &leader_addr {
+                metadata.insert("leader_addr".to_string(), addr.clone());
+            }
+            let message = match &leader_addr {
+                Some(addr) => format!("this node is not the leader; send writes to {addr} or allow forwarding"),
+                None => "no leader is known yet (an election may be in progress); retry shortly with the same request id".to_string(),
+            };
+            Status::with_error_details(
+                Code::Unavailable,
+                message,
+                ErrorDetails::with_error_info("NOT_LEADER", DOMAIN, metadata),
+            )
+        }
+        WriteError::Timeout(_) => Status::with_error_details(
+            Code::Unavailable,
+            e.to_string(),
+            ErrorDetails::with_error_info(
+                "OUTCOME_UNKNOWN",
+                DOMAIN,
+                std::collections::HashMap::new(),
+            ),
+        ),
+        WriteError::Invalid(m) => Status::invalid_argument(m),
+        WriteError::Fatal(m) => Status::internal(m),
+    }
+}
+
+pub fn store_error(e: lockstep_store::Error) -> Status {
+    Status::internal(format!("storage: {e}"))
+}
+
+pub fn bad_request(message: impl Into<String>) -> Status {
+    Status::with_error_details(
+        Code::InvalidArgument,
+        message.into(),
+        ErrorDetails::with_error_info("BAD_REQUEST", DOMAIN, std::collections::HashMap::new()),
+    )
+}

@@ -1,0 +1,92 @@
+//! The leader-only timer service (DESIGN §4).
+//!
+//! It runs while this node is the leader, and only after the leader has applied an entry of
+//! its own term (so it sees every timer the previous leaders armed). It reads due timers from
+//! the local store in due order, at most [`TIMERS_FIRE_BATCH_MAX`] at a time, and proposes one
+//! `FireTimers` command for them, waiting for it to apply before looking again: a fire is never
+//! re-proposed while in flight. Apply fires a timer only if it is still armed, so a stale or
+//! duplicate fire (after a failover) is a no-op. Only the next due time is kept in memory; the
+//! rest stays in RocksDB.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockstep_raft::{Body, read};
+use openraft::ServerState;
+use tokio::sync::watch;
+
+use crate::node::{Node, WriteError, wall_clock};
+
+/// Most timers fired by one proposal.
+pub const TIMERS_FIRE_BATCH_MAX: usize = 256;
+/// Longest sleep between looks at the timer index, so a missed wake-up costs at most this.
+const IDLE_MAX: Duration = Duration::from_millis(500);
+
+pub async fn run(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let ready = {
+            let m = metrics.borrow();
+            m.state == ServerState::Leader
+                && m.last_applied
+                    .is_some_and(|l| l.leader_id.term == m.current_term)
+        };
+        if !ready {
+            tokio::select! {
+                _ = metrics.changed() => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        match fire_due(&node).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "timer proposal failed; looking again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        }
+        let sleep = match read::next_timers(&*node.store, 1) {
+            Ok(next) => next
+                .first()
+                .map(|t| {
+                    Duration::from_micros(
+                        t.due_at
+                            .as_micros()
+                            .saturating_sub(wall_clock().as_micros())
+                            .max(0) as u64,
+                    )
+                })
+                .unwrap_or(IDLE_MAX)
+                .min(IDLE_MAX),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the timer index");
+                IDLE_MAX
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = metrics.changed() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Proposes one batch of due timers; true if there was anything to fire.
+async fn fire_due(node: &Node) -> Result<bool, WriteError> {
+    let now = wall_clock();
+    let due = read::due_timers(&*node.store, now, TIMERS_FIRE_BATCH_MAX)
+        .map_err(|e| WriteError::Fatal(e.to_string()))?;
+    if due.is_empty() {
+        return Ok(false);
+    }
+    let timers: Vec<(String, String)> = due.into_iter().map(|t| (t.instance_id, t.id)).collect();
+    let count = timers.len();
+    let response = node.write(None, Body::FireTimers { timers }, false).await?;
+    tracing::debug!(count, ?response, "fired timers");
+    Ok(true)
+}

@@ -1,0 +1,327 @@
+//! Real `lockstepd` processes on loopback: election, replication, crash recovery, snapshots.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Cluster, PO, Settings, alice, bob};
+use lockstep_client::{by_id, by_key, pb, request_id};
+
+async fn define(cluster: &Cluster) {
+    let r = cluster
+        .admin()
+        .apply_definition(
+            &request_id(),
+            PO,
+            pb::Provenance {
+                repository: "test".into(),
+                commit: "c0ffee".into(),
+                path: "purchase-order.yaml".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.workflow, "purchase-order");
+}
+
+fn po(amount: u32) -> serde_json::Value {
+    serde_json::json!({"amount": amount, "requester": "alice"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_replicate_and_agree() {
+    let cluster = Cluster::start(Settings::default());
+    let leader = cluster.leader().await;
+    define(&cluster).await;
+    // Write through a follower: it forwards to the leader.
+    let follower = (leader + 1) % 3;
+    let via_follower = cluster.client_for(&[cluster.endpoint(follower)], alice());
+    let created = via_follower
+        .create(&request_id(), "purchase-order", Some("PO-1"), &po(500))
+        .await
+        .unwrap();
+    assert_eq!(created.state, "draft");
+    let submitted = via_follower
+        .transition(
+            &request_id(),
+            by_key("purchase-order", "PO-1"),
+            "submit",
+            &serde_json::Value::Null,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (submitted.state.as_str(), submitted.version),
+        ("submitted", 2)
+    );
+    // A refusal comes back typed, through the follower, and changes nothing.
+    let refused = via_follower
+        .transition(
+            &request_id(),
+            by_id(&created.instance_id),
+            "approve",
+            &serde_json::Value::Null,
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.refusal_code(),
+        Some(lockstep_core::RefusalCode::Forbidden),
+        "{refused}"
+    );
+    let approved = cluster
+        .client_for(&[cluster.endpoint(follower)], bob())
+        .transition(
+            &request_id(),
+            by_id(&created.instance_id),
+            "approve",
+            &serde_json::Value::Null,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(approved.state, "approved");
+    // A linearizable read on any node sees the write.
+    for i in 0..3 {
+        let got = cluster
+            .client_for(&[cluster.endpoint(i)], alice())
+            .get(
+                by_id(&created.instance_id),
+                pb::ReadConsistency::Linearizable,
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.instance.unwrap().state, "approved", "node {}", i + 1);
+    }
+    let digests = cluster.converged_digests().await;
+    assert!(digests.iter().all(|d| d == &digests[0]), "{digests:?}");
+    let verify = cluster.admin().verify_audit().await.unwrap();
+    assert!(verify.ok, "{verify:?}");
+    assert_eq!(
+        verify.records_checked, 4,
+        "definition, create, submit, approve"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_killed_and_restarted_catches_up_by_log() {
+    let mut cluster = Cluster::start(Settings::default());
+    let leader = cluster.leader().await;
+    define(&cluster).await;
+    let follower = (leader + 1) % 3;
+    cluster.kill9(follower);
+    let client = cluster.client(alice());
+    for n in 0..20 {
+        client
+            .create(
+                &request_id(),
+                "purchase-order",
+                Some(&format!("PO-{n}")),
+                &po(n),
+            )
+            .await
+            .unwrap();
+    }
+    cluster.restart(follower);
+    let digests = cluster.converged_digests().await;
+    assert_eq!(digests.len(), 3);
+    let s = cluster.status(follower, false).await.unwrap();
+    assert_eq!(s.snapshot_index, 0, "caught up by log, not snapshot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_behind_the_purge_point_catches_up_by_snapshot() {
+    let mut cluster = Cluster::start(Settings {
+        nodes: 3,
+        snapshot_every: 20,
+        logs_to_keep: 5,
+    });
+    let leader = cluster.leader().await;
+    define(&cluster).await;
+    let follower = (leader + 1) % 3;
+    cluster.kill9(follower);
+    let client = cluster.client(alice());
+    for n in 0..60 {
+        client
+            .create(
+                &request_id(),
+                "purchase-order",
+                Some(&format!("PO-{n}")),
+                &po(n),
+            )
+            .await
+            .unwrap();
+    }
+    // The leader snapshotted and purged its log behind the snapshot.
+    let s = cluster.status(leader, false).await.unwrap();
+    assert!(s.snapshot_index >= 40, "{s:?}");
+    cluster.restart(follower);
+    let digests = cluster.converged_digests().await;
+    assert_eq!(digests.len(), 3);
+    let s = cluster.status(follower, false).await.unwrap();
+    assert!(
+        s.snapshot_index > 0,
+        "the follower installed a snapshot: {s:?}"
+    );
+    let got = cluster
+        .client_for(&[cluster.endpoint(follower)], alice())
+        .get(by_key("purchase-order", "PO-7"), pb::ReadConsistency::Stale)
+        .await
+        .unwrap();
+    assert_eq!(
+        got.instance.unwrap().data_json,
+        r#"{"amount":7,"requester":"alice"}"#
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_with_writes_in_flight_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(Settings::default());
+    let leader = cluster.leader().await;
+    define(&cluster).await;
+    let client = Arc::new(cluster.client(alice()));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let client = Arc::clone(&client);
+        writers.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for n in 0..25 {
+                let key = format!("W{w}-{n}");
+                // The client retries with the same request id across the failover.
+                if let Ok(c) = client
+                    .create(&request_id(), "purchase-order", Some(&key), &po(n))
+                    .await
+                {
+                    acknowledged.push((key, c.instance_id));
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kill9(leader);
+    let mut acknowledged = Vec::new();
+    for w in writers {
+        acknowledged.extend(w.await.unwrap());
+    }
+    assert!(
+        acknowledged.len() >= 90,
+        "most writes succeed across a failover: {}",
+        acknowledged.len()
+    );
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    let reader = cluster.client_for(&[cluster.endpoint(new_leader)], alice());
+    for (key, id) in &acknowledged {
+        let got = reader
+            .get(
+                by_key("purchase-order", key),
+                pb::ReadConsistency::Linearizable,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            &got.instance.unwrap().id,
+            id,
+            "acknowledged write {key} is present and unique"
+        );
+    }
+    cluster.restart(leader);
+    let digests = cluster.converged_digests().await;
+    assert_eq!(digests.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cluster_restart_keeps_everything() {
+    let mut cluster = Cluster::start(Settings::default());
+    cluster.leader().await;
+    define(&cluster).await;
+    let client = cluster.client(alice());
+    let created = client
+        .create(&request_id(), "purchase-order", Some("PO-1"), &po(1))
+        .await
+        .unwrap();
+    let before = cluster.converged_digests().await;
+    for i in 0..3 {
+        cluster.stop(i);
+    }
+    for i in 0..3 {
+        cluster.restart(i);
+    }
+    cluster.leader().await;
+    let got = cluster
+        .client(alice())
+        .get(
+            by_id(&created.instance_id),
+            pb::ReadConsistency::Linearizable,
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.instance.unwrap().state, "draft");
+    let after = cluster.converged_digests().await;
+    assert!(after.iter().all(|d| d == &after[0]));
+    assert_eq!(before.len(), after.len());
+    assert!(
+        !cluster.log(0).contains("bootstrapping a new cluster")
+            || cluster
+                .log(0)
+                .matches("bootstrapping a new cluster")
+                .count()
+                == 1,
+        "bootstrapped once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_survive_two_failures() {
+    let mut cluster = Cluster::start(Settings {
+        nodes: 5,
+        ..Settings::default()
+    });
+    let leader = cluster.leader().await;
+    define(&cluster).await;
+    cluster.kill9((leader + 1) % 5);
+    cluster.kill9((leader + 2) % 5);
+    let c = cluster
+        .client(alice())
+        .create(&request_id(), "purchase-order", Some("PO-5"), &po(5))
+        .await
+        .unwrap();
+    assert_eq!(c.state, "draft");
+    let digests = cluster.converged_digests().await;
+    assert_eq!(digests.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_id_applies_once_across_nodes() {
+    let cluster = Cluster::start(Settings::default());
+    cluster.leader().await;
+    define(&cluster).await;
+    let id = request_id();
+    let a = cluster
+        .client_for(&[cluster.endpoint(0)], alice())
+        .create(&id, "purchase-order", None, &po(3))
+        .await
+        .unwrap();
+    let b = cluster
+        .client_for(&[cluster.endpoint(2)], alice())
+        .create(&id, "purchase-order", None, &po(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.instance_id, b.instance_id,
+        "the retry returned the first outcome"
+    );
+    let list = cluster
+        .admin()
+        .list(pb::ListInstancesRequest {
+            workflow: "purchase-order".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(list.instances.len(), 1);
+}

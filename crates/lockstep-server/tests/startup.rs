@@ -1,0 +1,164 @@
+//! lockstepd refuses bad starts with messages that say what is wrong.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn lockstepd(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lockstepd"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A bad start fails fast; give up (and fail the test) if it keeps running.
+    for _ in 0..200 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    panic!("lockstepd {args:?} kept running instead of refusing to start");
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn missing_id_is_a_usage_error() {
+    let o = lockstepd(&["--data-dir", "/tmp/x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("no node id: pass --id N"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn bad_values_are_named() {
+    let o = lockstepd(&[
+        "--id",
+        "1",
+        "--data-dir",
+        "/tmp/x",
+        "--initial-members",
+        "1=127.0.0.1:1,1=127.0.0.1:2",
+    ]);
+    assert!(
+        stderr(&o).contains("node id 1 appears twice"),
+        "{}",
+        stderr(&o)
+    );
+    let o = lockstepd(&[
+        "--id",
+        "4",
+        "--data-dir",
+        "/tmp/x",
+        "--initial-members",
+        "1=127.0.0.1:1",
+    ]);
+    assert!(
+        stderr(&o).contains("does not include this node's id 4"),
+        "{}",
+        stderr(&o)
+    );
+    let o = lockstepd(&[
+        "--id",
+        "1",
+        "--data-dir",
+        "/tmp/x",
+        "--heartbeat-ms",
+        "500",
+        "--election-timeout-ms",
+        "600",
+    ]);
+    assert!(
+        stderr(&o).contains("must be more than twice --heartbeat-ms"),
+        "{}",
+        stderr(&o)
+    );
+    let o = lockstepd(&[
+        "--id",
+        "1",
+        "--data-dir",
+        "/tmp/x",
+        "--listen",
+        "0.0.0.0:7999",
+        "--dev",
+    ]);
+    assert!(
+        stderr(&o).contains("--dev (no TLS, header-asserted actors) is refused on 0.0.0.0:7999"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_port_in_use_is_reported() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let o = lockstepd(&[
+        "--id",
+        "1",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        &addr,
+        "--dev",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!(
+            "{addr} is already in use: is another lockstepd running there?"
+        )),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_data_dir_of_another_node_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "node_id = 2\ncluster = \"2=127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let o = lockstepd(&[
+        "--id",
+        "1",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--dev",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("belongs to node 2, not node 1"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "node_id = 1\ncluster = \"1=10.9.9.9:1\"\n",
+    )
+    .unwrap();
+    let o = lockstepd(&[
+        "--id",
+        "1",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--dev",
+    ]);
+    assert!(
+        stderr(&o).contains("belongs to the cluster bootstrapped with members 1=10.9.9.9:1"),
+        "{}",
+        stderr(&o)
+    );
+}

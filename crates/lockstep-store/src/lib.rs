@@ -1,0 +1,254 @@
+//! Lockstep's storage: ordered key-value families with atomic batches.
+//!
+//! One RocksDB instance per node holds every family as a column family ([`RocksStore`]);
+//! [`MemStore`] is the in-memory twin for unit tests. Both implement [`Store`] and pass the
+//! same [`conformance`] suite. Keys are big-endian so ranges scan in order ([`keys`]); values
+//! are serde + bincode 1.3 inside a versioned envelope ([`envelope`]). Only this crate knows
+//! RocksDB.
+
+pub mod conformance;
+pub mod envelope;
+pub mod keys;
+mod memory;
+mod rocks;
+
+use std::fmt;
+
+pub use memory::MemStore;
+pub use rocks::{RocksOptions, RocksStore};
+
+/// The families of a node's store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// Raft log entries by index.
+    RaftLog,
+    /// Raft vote, committed id, last purged id, current snapshot: node-local, never in snapshots.
+    RaftMeta,
+    /// Definitions by (workflow, version) and the latest version per workflow.
+    Definitions,
+    /// Instances by id.
+    Instances,
+    /// (workflow, state, instance id) → ().
+    IndexWorkflowState,
+    /// (workflow, business key) → instance id.
+    IndexKey,
+    /// Audit records by global sequence.
+    Audit,
+    /// (instance id, instance sequence) → global sequence.
+    AuditByInstance,
+    /// (due_at, timer id) → timer.
+    TimersDue,
+    /// (instance id, timer id) → due_at.
+    TimersByOwner,
+    /// (queue, task id) → instance id, for tasks ready to lease.
+    Tasks,
+    /// Effects by sequence, waiting for the leader to dispatch them.
+    Outbox,
+    /// Client request id → first outcome.
+    Dedup,
+    /// (applied at, request id) → (), to expire dedup entries in cluster-time order.
+    DedupByTime,
+    /// Applied log id, membership, chain heads, counters, cluster time.
+    Meta,
+}
+
+impl Family {
+    pub const ALL: [Family; 15] = [
+        Family::RaftLog,
+        Family::RaftMeta,
+        Family::Definitions,
+        Family::Instances,
+        Family::IndexWorkflowState,
+        Family::IndexKey,
+        Family::Audit,
+        Family::AuditByInstance,
+        Family::TimersDue,
+        Family::TimersByOwner,
+        Family::Tasks,
+        Family::Outbox,
+        Family::Dedup,
+        Family::DedupByTime,
+        Family::Meta,
+    ];
+
+    /// The families that make up the replicated state: what snapshots carry and digests hash.
+    pub const STATE: [Family; 13] = [
+        Family::Definitions,
+        Family::Instances,
+        Family::IndexWorkflowState,
+        Family::IndexKey,
+        Family::Audit,
+        Family::AuditByInstance,
+        Family::TimersDue,
+        Family::TimersByOwner,
+        Family::Tasks,
+        Family::Outbox,
+        Family::Dedup,
+        Family::DedupByTime,
+        Family::Meta,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::RaftLog => "raft_log",
+            Family::RaftMeta => "raft_meta",
+            Family::Definitions => "definitions",
+            Family::Instances => "instances",
+            Family::IndexWorkflowState => "idx_workflow_state",
+            Family::IndexKey => "idx_key",
+            Family::Audit => "audit",
+            Family::AuditByInstance => "audit_by_instance",
+            Family::TimersDue => "timers_due",
+            Family::TimersByOwner => "timers_by_owner",
+            Family::Tasks => "tasks",
+            Family::Outbox => "outbox",
+            Family::Dedup => "dedup",
+            Family::DedupByTime => "dedup_by_time",
+            Family::Meta => "meta",
+        }
+    }
+
+    /// A stable number used in snapshots and digests.
+    pub fn id(self) -> u8 {
+        Family::ALL
+            .iter()
+            .position(|f| *f == self)
+            .expect("every family is in ALL") as u8
+    }
+
+    pub fn from_id(id: u8) -> Option<Family> {
+        Family::ALL.get(usize::from(id)).copied()
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("RocksDB: {0}")]
+    Rocks(String),
+    #[error("corrupt value in {family} at key {key}: {reason}")]
+    Corrupt {
+        family: Family,
+        key: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<rocksdb::Error> for Error {
+    fn from(e: rocksdb::Error) -> Self {
+        Error::Rocks(e.into_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One change in a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put {
+        family: Family,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        family: Family,
+        key: Vec<u8>,
+    },
+    /// Deletes every key in `[start, end)`.
+    DeleteRange {
+        family: Family,
+        start: Vec<u8>,
+        end: Vec<u8>,
+    },
+}
+
+/// Changes applied atomically: all or nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn put(&mut self, family: Family, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put {
+            family,
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+
+    pub fn delete(&mut self, family: Family, key: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Delete {
+            family,
+            key: key.into(),
+        });
+    }
+
+    pub fn delete_range(
+        &mut self,
+        family: Family,
+        start: impl Into<Vec<u8>>,
+        end: impl Into<Vec<u8>>,
+    ) {
+        self.ops.push(Op::DeleteRange {
+            family,
+            start: start.into(),
+            end: end.into(),
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+/// Whether a write must be on stable storage before it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync before returning: Raft log appends, votes, truncation, purge.
+    Sync,
+    /// Written to the WAL without fsync: state-machine batches, which the synced log can
+    /// always reproduce after a crash.
+    Buffered,
+}
+
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// An ordered key-value store with families and atomic batches.
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    fn get(&self, family: Family, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Up to `limit` entries with `start <= key < end` (no upper bound if `end` is `None`), in
+    /// key order.
+    fn range(
+        &self,
+        family: Family,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>>;
+
+    /// The entry with the greatest key in `[start, end)`.
+    fn last(&self, family: Family, start: &[u8], end: Option<&[u8]>) -> Result<Option<Entry>>;
+
+    /// Applies every op of the batch atomically.
+    fn write(&self, batch: Batch, durability: Durability) -> Result<()>;
+
+    /// Every entry of the given families at one point in time (a consistent view even while
+    /// writes continue), in family order then key order.
+    fn export(&self, families: &[Family]) -> Result<Vec<(Family, Vec<u8>, Vec<u8>)>>;
+
+    /// Approximate bytes used, for metrics.
+    fn approximate_size_bytes(&self) -> u64;
+}

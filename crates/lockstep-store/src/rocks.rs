@@ -1,0 +1,199 @@
+//! The RocksDB store: one database per node, one column family per [`Family`].
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
+    WriteOptions,
+};
+
+use crate::{Batch, Durability, Entry, Error, Family, Op, Result, Store};
+
+/// Tuning knobs with documented defaults.
+#[derive(Clone, Debug)]
+pub struct RocksOptions {
+    /// Memtable size per column family, in bytes.
+    pub write_buffer_bytes: usize,
+    /// Block cache shared by all families, in bytes.
+    pub block_cache_bytes: usize,
+}
+
+impl Default for RocksOptions {
+    fn default() -> Self {
+        RocksOptions {
+            write_buffer_bytes: 16 << 20,
+            block_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RocksStore {
+    db: DB,
+    path: PathBuf,
+}
+
+impl RocksStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path, options: &RocksOptions) -> Result<RocksStore> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_keep_log_file_num(4);
+        let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
+        let cfs = Family::ALL.iter().map(|f| {
+            let mut cf_opts = Options::default();
+            cf_opts.set_write_buffer_size(options.write_buffer_bytes);
+            cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            let mut block = rocksdb::BlockBasedOptions::default();
+            block.set_block_cache(&cache);
+            cf_opts.set_block_based_table_factory(&block);
+            ColumnFamilyDescriptor::new(f.name(), cf_opts)
+        });
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| {
+            let text = e.into_string();
+            if text.contains("lock") {
+                Error::Rocks(format!(
+                    "{text}: another lockstepd already uses the data directory {}",
+                    path.display()
+                ))
+            } else {
+                Error::Rocks(format!("cannot open RocksDB at {}: {text}", path.display()))
+            }
+        })?;
+        Ok(RocksStore {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, family: Family) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(family.name())
+            .expect("every family's column family is created at open")
+    }
+
+    /// Writes a consistent checkpoint of the whole database to `dir` (for backups).
+    pub fn checkpoint(&self, dir: &Path) -> Result<()> {
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
+        checkpoint.create_checkpoint(dir)?;
+        Ok(())
+    }
+
+    fn read_options(start: &[u8], end: Option<&[u8]>) -> ReadOptions {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(start.to_vec());
+        if let Some(end) = end {
+            ro.set_iterate_upper_bound(end.to_vec());
+        }
+        ro
+    }
+}
+
+impl Store for RocksStore {
+    fn get(&self, family: Family, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(family), key)?)
+    }
+
+    fn range(
+        &self,
+        family: Family,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>> {
+        if end.is_some_and(|e| e <= start) {
+            return Ok(Vec::new());
+        }
+        let iter = self.db.iterator_cf_opt(
+            self.cf(family),
+            Self::read_options(start, end),
+            IteratorMode::From(start, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (k, v) = item?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn last(&self, family: Family, start: &[u8], end: Option<&[u8]>) -> Result<Option<Entry>> {
+        if end.is_some_and(|e| e <= start) {
+            return Ok(None);
+        }
+        let mut iter = self.db.iterator_cf_opt(
+            self.cf(family),
+            Self::read_options(start, end),
+            IteratorMode::End,
+        );
+        match iter.next() {
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(Some((k.to_vec(), v.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn write(&self, batch: Batch, durability: Durability) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        for op in &batch.ops {
+            match op {
+                Op::Put { family, key, value } => wb.put_cf(self.cf(*family), key, value),
+                Op::Delete { family, key } => wb.delete_cf(self.cf(*family), key),
+                Op::DeleteRange { family, start, end } => {
+                    if start < end {
+                        wb.delete_range_cf(self.cf(*family), start, end)
+                    }
+                }
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(durability == Durability::Sync);
+        self.db.write_opt(wb, &wo)?;
+        Ok(())
+    }
+
+    fn export(&self, families: &[Family]) -> Result<Vec<(Family, Vec<u8>, Vec<u8>)>> {
+        let snapshot = self.db.snapshot();
+        let mut out = Vec::new();
+        for family in families {
+            let mut ro = ReadOptions::default();
+            ro.set_snapshot(&snapshot);
+            for item in self
+                .db
+                .iterator_cf_opt(self.cf(*family), ro, IteratorMode::Start)
+            {
+                let (k, v) = item?;
+                out.push((*family, k.to_vec(), v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn approximate_size_bytes(&self) -> u64 {
+        Family::ALL
+            .iter()
+            .filter_map(|f| {
+                self.db
+                    .property_int_value_cf(self.cf(*f), "rocksdb.total-sst-files-size")
+                    .ok()
+                    .flatten()
+            })
+            .sum::<u64>()
+            + Family::ALL
+                .iter()
+                .filter_map(|f| {
+                    self.db
+                        .property_int_value_cf(self.cf(*f), "rocksdb.size-all-mem-tables")
+                        .ok()
+                        .flatten()
+                })
+                .sum::<u64>()
+    }
+}
