@@ -325,3 +325,48 @@ async fn a_retried_request_id_applies_once_across_nodes() {
         .unwrap();
     assert_eq!(list.instances.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_add_learner_promote_and_remove() {
+    let mut cluster = Cluster::start(Settings::default());
+    cluster.leader().await;
+    define(&cluster).await;
+    cluster
+        .admin()
+        .create(&request_id(), "purchase-order", Some("PO-1"), &po(1))
+        .await
+        .unwrap();
+    let joiner = cluster.spawn_joiner();
+    let admin = cluster.admin();
+    let members = admin
+        .add_learner(4, &cluster.endpoint(joiner))
+        .await
+        .unwrap();
+    assert!(
+        members.members.iter().any(|m| m.id == 4 && !m.voter),
+        "{members:?}"
+    );
+    let members = admin.promote(vec![4]).await.unwrap();
+    assert!(
+        members.members.iter().any(|m| m.id == 4 && m.voter),
+        "{members:?}"
+    );
+    // The new voter has the state that existed before it joined.
+    let digests = cluster.converged_digests().await;
+    assert_eq!(digests.len(), 4);
+    let got = cluster
+        .client_for(&[cluster.endpoint(joiner)], alice())
+        .get(by_key("purchase-order", "PO-1"), pb::ReadConsistency::Stale)
+        .await
+        .unwrap();
+    assert_eq!(got.instance.unwrap().state, "draft");
+    let members = admin.remove(4).await.unwrap();
+    assert!(!members.members.iter().any(|m| m.id == 4), "{members:?}");
+    let refused = admin.promote(vec![9]).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("node 9 is not a member; add it as a learner first"),
+        "{refused}"
+    );
+}

@@ -140,6 +140,17 @@ impl Cluster {
         }
     }
 
+    /// Starts one more node that joins later: it knows the existing members (so it does not
+    /// bootstrap a cluster of its own) and waits to be added as a learner.
+    pub fn spawn_joiner(&mut self) -> usize {
+        let port = free_port();
+        self.ports.push(port);
+        let i = self.ports.len() - 1;
+        let child = self.spawn(i);
+        self.children.push(Some(child));
+        i
+    }
+
     pub fn restart(&mut self, i: usize) {
         assert!(
             self.children[i].is_none(),
