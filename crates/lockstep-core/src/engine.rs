@@ -1432,13 +1432,14 @@ impl Work<'_> {
                     .and_then(|c| self.definition.calendars.get(c)),
             );
             let current = self.instance.slas.remove(name);
-            let scope_instance = self.instance.cel();
+            // Converting the instance for CEL is costly: only an SLA with `when` needs it.
+            let scope_instance = spec.when.as_ref().map(|_| self.instance.cel());
             let mut trace = None;
             let next = on_enter(spec, current, &state, self.at, clock, || match &spec.when {
                 None => true,
                 Some(when) => {
-                    let scope =
-                        Scope::new(cel::Value::Null, scope_instance, cel::Value::Null, self.at);
+                    let instance = scope_instance.unwrap_or(cel::Value::Null);
+                    let scope = Scope::new(cel::Value::Null, instance, cel::Value::Null, self.at);
                     // A `when` that fails to evaluate does not start the SLA; the audit says so.
                     let result = when.eval_bool(&scope);
                     trace = Some((when.source().to_string(), result.clone()));

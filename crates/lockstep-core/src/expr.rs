@@ -55,8 +55,7 @@ impl Expression {
 
     /// Evaluates to a boolean, or explains why it could not.
     pub fn eval_bool(&self, scope: &Scope) -> Result<bool, String> {
-        let context = scope.context();
-        match self.program.execute(&context) {
+        match self.program.execute(scope.context()) {
             Ok(Value::Bool(b)) => Ok(b),
             Ok(other) => Err(format!(
                 "`{}` evaluated to {other:?}, not a boolean",
@@ -320,32 +319,31 @@ impl Walk<'_> {
     }
 }
 
-/// The bindings of one evaluation: `actor`, `instance`, `payload` and `now` as CEL values.
-#[derive(Debug)]
+/// The bindings of one evaluation: `actor`, `instance`, `payload` and `now` as CEL values,
+/// converted into a CEL context once and shared by every predicate of the evaluation.
 pub struct Scope {
-    variables: Vec<(&'static str, Value)>,
+    context: Context<'static, 'static>,
+}
+
+impl std::fmt::Debug for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scope")
+    }
 }
 
 impl Scope {
     pub fn new(actor: Value, instance: Value, payload: Value, now: Timestamp) -> Scope {
-        Scope {
-            variables: vec![
-                ("actor", actor),
-                ("instance", instance),
-                ("payload", payload),
-                ("now", timestamp_value(now)),
-            ],
-        }
-    }
-
-    fn context(&self) -> Context<'static, 'static> {
         static ENV: OnceLock<Arc<Env>> = OnceLock::new();
         let env = ENV.get_or_init(|| Arc::new(Env::stdlib()));
         let mut context = Context::with_env(Arc::clone(env));
-        for (name, value) in &self.variables {
-            context.add_variable_from_value(*name, value.clone());
+        for (name, value) in [("actor", actor), ("instance", instance), ("payload", payload), ("now", timestamp_value(now))] {
+            context.add_variable_from_value(name, value);
         }
-        context
+        Scope { context }
+    }
+
+    fn context(&self) -> &Context<'static, 'static> {
+        &self.context
     }
 }
 
