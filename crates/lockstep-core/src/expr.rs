@@ -336,7 +336,12 @@ impl Scope {
         static ENV: OnceLock<Arc<Env>> = OnceLock::new();
         let env = ENV.get_or_init(|| Arc::new(Env::stdlib()));
         let mut context = Context::with_env(Arc::clone(env));
-        for (name, value) in [("actor", actor), ("instance", instance), ("payload", payload), ("now", timestamp_value(now))] {
+        for (name, value) in [
+            ("actor", actor),
+            ("instance", instance),
+            ("payload", payload),
+            ("now", timestamp_value(now)),
+        ] {
             context.add_variable_from_value(name, value);
         }
         Scope { context }

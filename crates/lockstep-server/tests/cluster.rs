@@ -370,3 +370,59 @@ async fn membership_add_learner_promote_and_remove() {
         "{refused}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_follower_serves_stale_reads_marked_stale_but_not_default_reads() {
+    let cluster = Cluster::start(Settings::default());
+    let leader = cluster.leader().await;
+    define(&cluster).await;
+    let created = cluster
+        .client(alice())
+        .create(&request_id(), "purchase-order", Some("PO-1"), &po(1))
+        .await
+        .unwrap();
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    cluster.converged_digests().await;
+    // Freeze the two other nodes: the follower is cut off from any quorum.
+    cluster.pause(leader, true);
+    cluster.pause(other, true);
+    let options = lockstep_client::Options {
+        total_timeout: Duration::from_secs(3),
+        attempt_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let isolated =
+        lockstep_client::Client::new(&[cluster.endpoint(follower)], Some(alice()), options)
+            .unwrap();
+    let stale = isolated
+        .get(by_id(&created.instance_id), pb::ReadConsistency::Stale)
+        .await
+        .unwrap();
+    assert!(stale.read.unwrap().stale, "a stale read says so");
+    assert_eq!(stale.instance.unwrap().state, "draft");
+    let default = isolated
+        .get(
+            by_id(&created.instance_id),
+            pb::ReadConsistency::Linearizable,
+        )
+        .await;
+    assert!(
+        default.is_err(),
+        "a linearizable read is not served without a quorum: {default:?}"
+    );
+    cluster.pause(leader, false);
+    cluster.pause(other, false);
+    let healed = cluster
+        .client_for(&[cluster.endpoint(follower)], alice())
+        .get(
+            by_id(&created.instance_id),
+            pb::ReadConsistency::Linearizable,
+        )
+        .await
+        .unwrap();
+    assert!(
+        !healed.read.unwrap().stale,
+        "after healing, the default read is linearizable again"
+    );
+}

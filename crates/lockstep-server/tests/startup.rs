@@ -172,10 +172,26 @@ fn config_file_and_environment_are_read_and_checked() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("unknown field `idd`"), "{}", stderr(&o));
     // A file with a bad value: the message names the file and the key.
-    std::fs::write(&file, "id = 1\ndata_dir = \"/tmp/x\"\nlog_format = \"xml\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "id = 1\ndata_dir = \"/tmp/x\"\nlog_format = \"xml\"\n",
+    )
+    .unwrap();
     let o = lockstepd(&["--config", file.to_str().unwrap()]);
-    assert!(stderr(&o).contains("--log-format `xml` is not text or json"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--log-format `xml` is not text or json"),
+        "{}",
+        stderr(&o)
+    );
     // The environment overrides the file.
-    let o = Command::new(env!("CARGO_BIN_EXE_lockstepd")).args(["--config", file.to_str().unwrap()]).env("LOCKSTEP_LOG_FORMAT", "yaml").output().unwrap();
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--log-format `yaml` is not text or json"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(env!("CARGO_BIN_EXE_lockstepd"))
+        .args(["--config", file.to_str().unwrap()])
+        .env("LOCKSTEP_LOG_FORMAT", "yaml")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--log-format `yaml` is not text or json"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

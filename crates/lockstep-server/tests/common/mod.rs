@@ -151,6 +151,17 @@ impl Cluster {
         i
     }
 
+    /// SIGSTOP / SIGCONT: the process is frozen but keeps its sockets, like a hung machine.
+    pub fn pause(&self, i: usize, frozen: bool) {
+        if let Some(child) = &self.children[i] {
+            Command::new("kill")
+                .arg(if frozen { "-STOP" } else { "-CONT" })
+                .arg(child.id().to_string())
+                .status()
+                .unwrap();
+        }
+    }
+
     pub fn restart(&mut self, i: usize) {
         assert!(
             self.children[i].is_none(),
