@@ -302,10 +302,7 @@ pub async fn list(
                 );
             }
             if !r.next_page_token.is_empty() {
-                println!(
-                    "(more: --page-token '{}')",
-                    r.next_page_token.escape_default()
-                );
+                println!("(more: --page-token {})", r.next_page_token);
             }
         }
     }

@@ -533,9 +533,28 @@ impl pb::instances_server::Instances for Api {
         };
         let info = self.read_info(req.consistency).await?;
         let state = (!req.state.is_empty()).then_some(req.state.as_str());
-        let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
-        let ids = read::instance_ids(&*self.node.store, &req.workflow, state, after, size)
-            .map_err(status::store_error)?;
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            let bytes = hex::decode(&req.page_token).map_err(|_| {
+                status::bad_request(
+                    "page_token is not one this server returned; pass next_page_token as it came",
+                )
+            })?;
+            Some(
+                String::from_utf8(bytes).map_err(|_| {
+                    status::bad_request("page_token is not one this server returned")
+                })?,
+            )
+        };
+        let ids = read::instance_ids(
+            &*self.node.store,
+            &req.workflow,
+            state,
+            after.as_deref(),
+            size,
+        )
+        .map_err(status::store_error)?;
         let next_page_token = if ids.len() == size {
             ids.last()
                 .and_then(|id| read::instance(&*self.node.store, id).ok().flatten())
@@ -596,11 +615,10 @@ impl pb::instances_server::Instances for Api {
     }
 }
 
-/// The resume point of a listing: the index key after which the next page starts.
-fn page_token(state: Option<&str>, i: &Instance) -> String {
-    // The index key is workflow\0state\0id\0; ranges restart strictly after it.
-    let _ = state;
-    format!("{}\0{}\0{}\0", i.workflow, i.state, i.id)
+/// The resume point of a listing: the index key (workflow, state, id) after which the next
+/// page starts, hex-encoded so that it is an opaque, printable token.
+fn page_token(_state: Option<&str>, i: &Instance) -> String {
+    hex::encode(format!("{}\0{}\0{}\0", i.workflow, i.state, i.id))
 }
 
 type AuditStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> + Send>>;

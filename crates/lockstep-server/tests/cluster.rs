@@ -426,3 +426,73 @@ async fn an_isolated_follower_serves_stale_reads_marked_stale_but_not_default_re
         "after healing, the default read is linearizable again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_pages_through_every_instance_once() {
+    let cluster = Cluster::start(Settings::default());
+    cluster.leader().await;
+    define(&cluster).await;
+    let client = cluster.client(alice());
+    for n in 0..7 {
+        client
+            .create(
+                &request_id(),
+                "purchase-order",
+                Some(&format!("PO-{n}")),
+                &po(n),
+            )
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list(pb::ListInstancesRequest {
+                workflow: "purchase-order".into(),
+                page_size: 3,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.instances.len() <= 3);
+        seen.extend(page.instances.into_iter().map(|i| i.key));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    seen.sort();
+    let mut want: Vec<String> = (0..7).map(|n| format!("PO-{n}")).collect();
+    want.sort();
+    assert_eq!(seen, want);
+    let too_big = client
+        .list(pb::ListInstancesRequest {
+            workflow: "purchase-order".into(),
+            page_size: 501,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        too_big
+            .to_string()
+            .contains("page_size 501 is more than 500"),
+        "{too_big}"
+    );
+    let bad_token = client
+        .list(pb::ListInstancesRequest {
+            workflow: "purchase-order".into(),
+            page_token: "zz".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        bad_token
+            .to_string()
+            .contains("page_token is not one this server returned"),
+        "{bad_token}"
+    );
+}

@@ -94,7 +94,7 @@ impl Cluster {
                 &self.members(),
                 "--dev",
             ])
-            .args(["--heartbeat-ms", "50", "--election-timeout-ms", "300"])
+            .args(["--heartbeat-ms", "100", "--election-timeout-ms", "500"])
             .args([
                 "--snapshot-every",
                 &self.settings.snapshot_every.to_string(),
