@@ -194,10 +194,10 @@ async fn wait_for_leader(client: &Client, nodes: &mut Nodes, dir: &Path) -> anyh
                 );
             }
         }
-        if let Ok(s) = client.status_of(0, false).await {
-            if s.leader_id != 0 {
-                return Ok(());
-            }
+        if let Ok(s) = client.status_of(0, false).await
+            && s.leader_id != 0
+        {
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!(

@@ -142,12 +142,12 @@ pub fn validate(paths: &[PathBuf], deny_warnings: bool, output: Output) -> anyho
 
 fn print_diagnostic(d: &Diagnostic, text: &str) {
     println!("{d}");
-    if d.line > 0 {
-        if let Some(line) = text.lines().nth(d.line - 1) {
-            println!("   |");
-            println!("{:>3} | {line}", d.line);
-            println!("   | {}^", " ".repeat(d.column.saturating_sub(1)));
-        }
+    if d.line > 0
+        && let Some(line) = text.lines().nth(d.line - 1)
+    {
+        println!("   |");
+        println!("{:>3} | {line}", d.line);
+        println!("   | {}^", " ".repeat(d.column.saturating_sub(1)));
     }
 }
 

@@ -292,8 +292,8 @@ pub async fn list(
         ),
         Output::Table => {
             println!(
-                "{:<14} {:<16} {:<22} {:>7}  {}",
-                "ID", "KEY", "STATE", "VERSION", "UPDATED"
+                "{:<14} {:<16} {:<22} {:>7}  UPDATED",
+                "ID", "KEY", "STATE", "VERSION"
             );
             for i in &r.instances {
                 println!(
@@ -319,8 +319,8 @@ pub async fn history(conn: &Connection, output: Output, instance: &str) -> anyho
         }
         Output::Table => {
             println!(
-                "{:>5} {:>4}  {:<28} {:<16} {:<14} {:<24} {}",
-                "SEQ", "#", "AT", "KIND", "ACTOR", "TRANSITION", "FROM -> TO"
+                "{:>5} {:>4}  {:<28} {:<16} {:<14} {:<24} FROM -> TO",
+                "SEQ", "#", "AT", "KIND", "ACTOR", "TRANSITION"
             );
             for rec in &r.records {
                 println!(

@@ -100,18 +100,18 @@ impl Error {
     }
 
     fn from_status(status: Status) -> Error {
-        if let Some(info) = status.get_details_error_info() {
-            if let Some(code) = RefusalCode::parse(&info.reason) {
-                return Error::Refused(Refused {
-                    code,
-                    message: status.message().to_string(),
-                    predicate: info.metadata.get("predicate").cloned(),
-                    earliest_at: info
-                        .metadata
-                        .get("earliest_at")
-                        .and_then(|t| Timestamp::parse_rfc3339(t).ok()),
-                });
-            }
+        if let Some(info) = status.get_details_error_info()
+            && let Some(code) = RefusalCode::parse(&info.reason)
+        {
+            return Error::Refused(Refused {
+                code,
+                message: status.message().to_string(),
+                predicate: info.metadata.get("predicate").cloned(),
+                earliest_at: info
+                    .metadata
+                    .get("earliest_at")
+                    .and_then(|t| Timestamp::parse_rfc3339(t).ok()),
+            });
         }
         match status.code() {
             Code::NotFound => Error::NotFound(status.message().into()),
@@ -451,7 +451,7 @@ impl Client {
     ) -> Result<tonic::Streaming<pb::AuditRecord>, Error> {
         let msg = pb::TailAuditRequest { from_seq, follow };
         self.call(|ch| {
-            let mut r = self.request(msg.clone());
+            let mut r = self.request(msg);
             if follow {
                 // A followed feed stays open; only the connection setup has a deadline.
                 r.metadata_mut().remove("grpc-timeout");

@@ -1145,20 +1145,20 @@ impl Eval<'_> {
             if let Some(i) = w.instance.incidents.get_mut(incident_id) {
                 i.resolved_at = Some(w.at);
             }
-            if let (true, Some(task_id)) = (retry_task, &task_id) {
-                if let Some(task) = w.instance.tasks.get_mut(task_id) {
-                    task.status = TaskStatus::Ready;
-                    task.attempt = 0;
-                    task.first_attempt_at = None;
-                    task.lease = None;
-                    w.effects.push(Effect::TaskReady {
-                        task_id: task.id.clone(),
-                        queue: task.queue.clone(),
-                        task_type: task.task_type.clone(),
-                    });
-                    w.notes
-                        .push(format!("task `{task_id}` retried by operator"));
-                }
+            if let (true, Some(task_id)) = (retry_task, &task_id)
+                && let Some(task) = w.instance.tasks.get_mut(task_id)
+            {
+                task.status = TaskStatus::Ready;
+                task.attempt = 0;
+                task.first_attempt_at = None;
+                task.lease = None;
+                w.effects.push(Effect::TaskReady {
+                    task_id: task.id.clone(),
+                    queue: task.queue.clone(),
+                    task_type: task.task_type.clone(),
+                });
+                w.notes
+                    .push(format!("task `{task_id}` retried by operator"));
             }
             Ok(None)
         })
@@ -1189,16 +1189,16 @@ impl Work<'_> {
     /// Returns the transition's name for the audit record.
     fn take(&mut self, spec: &TransitionSpec, taking: &Taking) -> Result<Option<String>, Refusal> {
         let instance = &*self.instance;
-        if let Some(expected) = taking.expected_version {
-            if expected != instance.version {
-                return Err(Refusal::new(
-                    RefusalCode::VersionConflict,
-                    format!(
-                        "expected version {expected} but instance `{}` is at version {}; read it again and retry",
-                        instance.id, instance.version
-                    ),
-                ));
-            }
+        if let Some(expected) = taking.expected_version
+            && expected != instance.version
+        {
+            return Err(Refusal::new(
+                RefusalCode::VersionConflict,
+                format!(
+                    "expected version {expected} but instance `{}` is at version {}; read it again and retry",
+                    instance.id, instance.version
+                ),
+            ));
         }
         if !spec.from.contains(&instance.state) {
             let from: Vec<&str> = spec.from.iter().map(String::as_str).collect();

@@ -180,10 +180,8 @@ fn nesting_depth(source: &str) -> usize {
         match c {
             '"' | '\'' => quote = Some(c),
             '(' | '[' | '{' => stack.push(0),
-            ')' | ']' | '}' => {
-                if stack.len() > 1 {
-                    stack.pop();
-                }
+            ')' | ']' | '}' if stack.len() > 1 => {
+                stack.pop();
             }
             '?' => {
                 if let Some(top) = stack.last_mut() {
@@ -306,14 +304,14 @@ impl Walk<'_> {
                 .push(format!("`{root}` has no field `{first}`"));
             return true;
         }
-        if root == "instance" && *first == "data" {
-            if let (Some(field), Some(declared)) = (fields.get(1), &self.data.0) {
-                if !declared.contains(*field) {
-                    self.problems.push(format!(
-                        "`instance.data.{field}` is not a property of the data schema"
-                    ));
-                }
-            }
+        if root == "instance"
+            && *first == "data"
+            && let (Some(field), Some(declared)) = (fields.get(1), &self.data.0)
+            && !declared.contains(*field)
+        {
+            self.problems.push(format!(
+                "`instance.data.{field}` is not a property of the data schema"
+            ));
         }
         true
     }

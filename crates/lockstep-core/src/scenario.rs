@@ -493,13 +493,13 @@ impl Sim<'_> {
             return Ok(());
         }
         let instance = self.instance()?;
-        if let Some(state) = &expect.state {
-            if *state != instance.state {
-                return Err(format!(
-                    "expected state `{state}`, instance is in `{}`",
-                    instance.state
-                ));
-            }
+        if let Some(state) = &expect.state
+            && *state != instance.state
+        {
+            return Err(format!(
+                "expected state `{state}`, instance is in `{}`",
+                instance.state
+            ));
         }
         let views = instance.sla_views(self.definition, self.now);
         for (name, want) in &expect.sla {
@@ -570,13 +570,13 @@ impl Sim<'_> {
                 ));
             }
         }
-        if let Some(want) = &expect.data {
-            if let Some(path) = json_mismatch(want, &instance.data, "data") {
-                return Err(format!(
-                    "instance data differs at `{path}`: {}",
-                    instance.data
-                ));
-            }
+        if let Some(want) = &expect.data
+            && let Some(path) = json_mismatch(want, &instance.data, "data")
+        {
+            return Err(format!(
+                "instance data differs at `{path}`: {}",
+                instance.data
+            ));
         }
         Ok(())
     }

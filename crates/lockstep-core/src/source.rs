@@ -234,7 +234,7 @@ impl Scan {
 
     /// Called for every node that is a value (not a mapping key); returns the node's path.
     fn enter_value(&mut self, mark: Marker) -> String {
-        let path = match self.stack.last_mut() {
+        match self.stack.last_mut() {
             None => String::new(),
             Some(Frame::Mapping { path, key, .. }) => {
                 let key = key.take().unwrap_or_default();
@@ -250,8 +250,7 @@ impl Scan {
                 self.spans.insert(p.clone(), (mark.line(), mark.col() + 1));
                 p
             }
-        };
-        path
+        }
     }
 
     /// A scalar in key position of a mapping records the key; returns false if not a key.

@@ -51,7 +51,7 @@ impl Timestamp {
     }
 
     pub fn from_jiff(ts: jiff::Timestamp) -> Timestamp {
-        Timestamp::from_micros(i64::try_from(ts.as_microsecond()).unwrap_or(i64::MAX))
+        Timestamp::from_micros(ts.as_microsecond())
     }
 
     /// Parses an RFC 3339 timestamp such as `2026-12-01T09:00:00Z`.

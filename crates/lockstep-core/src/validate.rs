@@ -193,7 +193,7 @@ pub fn check_definition(definition: Definition, map: &SourceMap, limits: &Limits
     let parts = v.run();
     let mut diagnostics: Vec<Diagnostic> =
         v.diagnostics.into_iter().map(|d| map.place(d)).collect();
-    diagnostics.sort_by(|a, b| (a.line, a.column, a.code).cmp(&(b.line, b.column, b.code)));
+    diagnostics.sort_by_key(|a| (a.line, a.column, a.code));
     let has_errors = diagnostics.iter().any(Diagnostic::is_error);
     let compiled = match parts {
         Some(parts) if !has_errors => Some(CompiledDefinition {
@@ -640,15 +640,15 @@ impl Validator<'_> {
         match gate {
             GateDef::AfterEntering(d) => self.duration(d, path).map(Gate::AfterEntering),
             GateDef::Field(f) => {
-                if let Some(declared) = &data.0 {
-                    if !declared.contains(&f.field) {
-                        self.error(
-                            Code::InvalidValue,
-                            format!("{path}.field"),
-                            format!("`{}` is not a property of the data schema", f.field),
-                            "name a top-level data property that holds an RFC 3339 timestamp",
-                        );
-                    }
+                if let Some(declared) = &data.0
+                    && !declared.contains(&f.field)
+                {
+                    self.error(
+                        Code::InvalidValue,
+                        format!("{path}.field"),
+                        format!("`{}` is not a property of the data schema", f.field),
+                        "name a top-level data property that holds an RFC 3339 timestamp",
+                    );
                 }
                 let offset_ms = match &f.offset {
                     Some(o) => self.duration(o, &format!("{path}.offset"))?,
@@ -926,10 +926,17 @@ impl Validator<'_> {
             } else if !must_be_system && t.system {
                 self.error(Code::ActionNotApplicable, path.clone(), format!("`{transition}` is `system: true`, so the worker completing the task could never take it"), "name a transition whose `allow` admits workers, e.g. `allow: \"actor.kind == 'worker'\"`");
             }
-            if let Some(state) = from_state {
-                if !t.from.iter().any(|f| *f == state) {
-                    self.error(Code::ActionNotApplicable, path, format!("`{transition}` does not leave `{state}`, so the expiry could never take it"), format!("add `{state}` to the `from` of `{transition}`"));
-                }
+            if let Some(state) = from_state
+                && !t.from.iter().any(|f| *f == state)
+            {
+                self.error(
+                    Code::ActionNotApplicable,
+                    path,
+                    format!(
+                        "`{transition}` does not leave `{state}`, so the expiry could never take it"
+                    ),
+                    format!("add `{state}` to the `from` of `{transition}`"),
+                );
             }
         }
     }

@@ -425,7 +425,7 @@ fn command(
 fn proper_actor(transition: &str, which: usize) -> Actor {
     match transition {
         "submit" | "answer" | "withdraw" => Actor::new("alice", ActorKind::Human, &["requester"]),
-        "ask" | "approve" | "reject" if which % 3 == 0 => {
+        "ask" | "approve" | "reject" if which.is_multiple_of(3) => {
             Actor::new("dave", ActorKind::Human, &["approver", "director"])
         }
         "ask" | "approve" | "reject" => Actor::new("bob", ActorKind::Human, &["approver"]),

@@ -533,20 +533,19 @@ impl pb::instances_server::Instances for Api {
         };
         let info = self.read_info(req.consistency).await?;
         let state = (!req.state.is_empty()).then_some(req.state.as_str());
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            let bytes = hex::decode(&req.page_token).map_err(|_| {
+        let after =
+            if req.page_token.is_empty() {
+                None
+            } else {
+                let bytes = hex::decode(&req.page_token).map_err(|_| {
                 status::bad_request(
                     "page_token is not one this server returned; pass next_page_token as it came",
                 )
             })?;
-            Some(
-                String::from_utf8(bytes).map_err(|_| {
+                Some(String::from_utf8(bytes).map_err(|_| {
                     status::bad_request("page_token is not one this server returned")
-                })?,
-            )
-        };
+                })?)
+            };
         let ids = read::instance_ids(
             &*self.node.store,
             &req.workflow,
