@@ -606,22 +606,35 @@ fn create(
     })
 }
 
-fn check_data(definition: &CompiledDefinition, data: &serde_json::Value) -> Result<(), Refusal> {
-    let limits = &definition.limits;
-    let size = serde_json::to_vec(data)
+/// Size and shape limits shared by instance data and payloads; `what` and `bytes_max` name
+/// which limit applies.
+fn check_json_limits(
+    what: &str,
+    value: &serde_json::Value,
+    bytes_max: (&str, usize),
+    definition: &CompiledDefinition,
+) -> Result<(), Refusal> {
+    let (limit_name, limit) = bytes_max;
+    let size = serde_json::to_vec(value)
         .map(|v| v.len())
         .unwrap_or(usize::MAX);
-    if size > limits.data_bytes_max {
+    if size > limit {
         return Err(Refusal::new(
             RefusalCode::LimitExceeded,
-            format!(
-                "instance data would be {size} bytes, more than data_bytes_max ({})",
-                limits.data_bytes_max
-            ),
+            format!("{what} is {size} bytes, more than {limit_name} ({limit})"),
         ));
     }
-    check_json_shape(data, limits)
-        .map_err(|e| Refusal::new(RefusalCode::LimitExceeded, format!("instance data: {e}")))?;
+    check_json_shape(value, &definition.limits)
+        .map_err(|e| Refusal::new(RefusalCode::LimitExceeded, format!("{what}: {e}")))
+}
+
+fn check_data(definition: &CompiledDefinition, data: &serde_json::Value) -> Result<(), Refusal> {
+    check_json_limits(
+        "instance data",
+        data,
+        ("data_bytes_max", definition.limits.data_bytes_max),
+        definition,
+    )?;
     if !data.is_object() {
         return Err(Refusal::new(
             RefusalCode::PayloadInvalid,
@@ -643,21 +656,12 @@ fn check_payload(
     definition: &CompiledDefinition,
     payload: &serde_json::Value,
 ) -> Result<(), Refusal> {
-    let limits = &definition.limits;
-    let size = serde_json::to_vec(payload)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
-    if size > limits.payload_bytes_max {
-        return Err(Refusal::new(
-            RefusalCode::LimitExceeded,
-            format!(
-                "payload is {size} bytes, more than payload_bytes_max ({})",
-                limits.payload_bytes_max
-            ),
-        ));
-    }
-    check_json_shape(payload, limits)
-        .map_err(|e| Refusal::new(RefusalCode::LimitExceeded, format!("payload: {e}")))
+    check_json_limits(
+        "payload",
+        payload,
+        ("payload_bytes_max", definition.limits.payload_bytes_max),
+        definition,
+    )
 }
 
 fn predicate(
