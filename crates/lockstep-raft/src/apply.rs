@@ -30,12 +30,16 @@ pub mod meta {
     pub const TIME: &[u8] = b"time";
     pub const AUDIT_HEAD: &[u8] = b"audit_head";
     pub const OUTBOX_SEQ: &[u8] = b"outbox_seq";
+    /// The last outbox sequence the leader dispatched and acknowledged.
+    pub const OUTBOX_ACKED: &[u8] = b"outbox_acked";
 }
 
 /// How long a request id is remembered, in cluster time. A retry after this is a new request.
 pub const DEDUP_RETENTION_MS: u64 = 24 * 3600 * 1000;
 /// Most expired dedup entries removed per applied proposal, so cleanup never stalls apply.
 pub const DEDUP_EXPIRE_BATCH_MAX: usize = 16;
+/// Most outbox items one acknowledgement removes, so an ack never makes a huge batch.
+pub const OUTBOX_ACK_BATCH_MAX: usize = 1024;
 /// Most compiled definitions kept in memory per node.
 pub const DEFINITION_CACHE_MAX: usize = 256;
 
@@ -184,6 +188,40 @@ impl<'a, S: Store> Applier<'a, S> {
         self.overlay.batch.delete(family, key);
     }
 
+    /// The first `limit` entries of `family` in `[start, end)` as this run sees them: the
+    /// store with the overlay's pending writes and deletes on top. Scans must not read the
+    /// store alone: how entries are grouped into apply runs differs between replicas (a
+    /// follower catching up applies many at once), and every replica must see the same.
+    fn range(
+        &self,
+        family: Family,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let in_range = |k: &[u8]| k >= start && end.is_none_or(|e| k < e);
+        let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
+            .overlay
+            .writes
+            .range((family, start.to_vec())..)
+            .take_while(|((f, k), _)| *f == family && in_range(k))
+            .map(|((_, k), v)| (k, v))
+            .collect();
+        // Pending deletes hide at most `pending.len()` stored entries.
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self
+            .store
+            .range(family, start, end, limit.saturating_add(pending.len()))?
+            .into_iter()
+            .collect();
+        for (k, v) in pending {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        Ok(merged.into_iter().take(limit).collect())
+    }
+
     /// Applies one entry and records it as the last applied.
     pub fn apply_entry(&mut self, entry: &Entry<TypeConfig>) -> StoreResult<Response> {
         let log_id = entry.log_id;
@@ -215,12 +253,11 @@ impl<'a, S: Store> Applier<'a, S> {
             _ => proposal.at,
         };
         self.put(Family::Meta, meta::TIME.to_vec(), &at);
-        if let Some(request_id) = &proposal.request_id {
-            if let Some((first, _)) =
+        if let Some(request_id) = &proposal.request_id
+            && let Some((first, _)) =
                 self.get::<(Response, Timestamp)>(Family::Dedup, request_id.as_bytes())?
-            {
-                return Ok(first);
-            }
+        {
+            return Ok(first);
         }
         let response = self.apply_body(log_id, &proposal.body, at)?;
         if let Some(request_id) = &proposal.request_id {
@@ -245,10 +282,7 @@ impl<'a, S: Store> Applier<'a, S> {
             .saturating_sub(i64::try_from(DEDUP_RETENTION_MS * 1000).unwrap_or(i64::MAX));
         let mut end = Vec::new();
         keys::push_i64(&mut end, horizon);
-        for (k, _) in
-            self.store
-                .range(Family::DedupByTime, &[], Some(&end), DEDUP_EXPIRE_BATCH_MAX)?
-        {
+        for (k, _) in self.range(Family::DedupByTime, &[], Some(&end), DEDUP_EXPIRE_BATCH_MAX)? {
             if let Some(request_id) = keys::split_strs(&k[8..]).into_iter().next() {
                 self.delete(Family::Dedup, request_id.into_bytes());
             }
@@ -284,17 +318,16 @@ impl<'a, S: Store> Applier<'a, S> {
                         ),
                     ));
                 };
-                if let Some(key) = key {
-                    if let Some(existing) =
+                if let Some(key) = key
+                    && let Some(existing) =
                         self.get::<String>(Family::IndexKey, &key::business_key(workflow, key))?
-                    {
-                        return Ok(refused(
-                            RefusalCode::AlreadyExists,
-                            format!(
-                                "workflow `{workflow}` already has an instance with key `{key}`: {existing}"
-                            ),
-                        ));
-                    }
+                {
+                    return Ok(refused(
+                        RefusalCode::AlreadyExists,
+                        format!(
+                            "workflow `{workflow}` already has an instance with key `{key}`: {existing}"
+                        ),
+                    ));
                 }
                 let instance_id = format!("i-{}", log_id.index);
                 let command = Command::Create {
@@ -388,6 +421,19 @@ impl<'a, S: Store> Applier<'a, S> {
                     actor: actor.clone(),
                 };
                 self.on_instance(log_id, &Target::Id(instance_id.clone()), command, at)
+            }
+            Body::AckOutbox { through } => {
+                let acked = self
+                    .get::<u64>(Family::Meta, meta::OUTBOX_ACKED)?
+                    .unwrap_or(0);
+                let end = keys::u64_key(through.saturating_add(1));
+                for (k, _) in self.range(Family::Outbox, &[], Some(&end), OUTBOX_ACK_BATCH_MAX)? {
+                    self.delete(Family::Outbox, k);
+                }
+                if *through > acked {
+                    self.put(Family::Meta, meta::OUTBOX_ACKED.to_vec(), through);
+                }
+                Ok(Response::Empty)
             }
             Body::FireTimers { timers } => {
                 let (mut fired, mut stale) = (0u32, 0u32);

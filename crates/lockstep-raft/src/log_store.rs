@@ -7,6 +7,10 @@
 //! big-endian index, so the log is one ordered range with no holes between the last purged id
 //! and the last entry.
 
+// openraft's storage traits return its `StorageError` (large); the helpers here return what
+// those traits return.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
@@ -51,6 +55,19 @@ fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageError::IO {
         source: StorageIOError::write_logs(AnyError::new(&e)),
+    }
+}
+
+/// The last committed log id this node recorded (openraft's `save_committed`), read directly
+/// from the store (for metrics).
+pub fn committed<S: Store>(store: &S) -> lockstep_store::Result<Option<LogId<NodeId>>> {
+    match store.get(Family::RaftMeta, COMMITTED)? {
+        Some(bytes) => Ok(envelope::decode::<Option<LogId<NodeId>>>(
+            Family::RaftMeta,
+            COMMITTED,
+            &bytes,
+        )?),
+        None => Ok(None),
     }
 }
 

@@ -248,6 +248,25 @@ pub fn outbox(store: &impl Store, from: u64, limit: usize) -> Result<Vec<OutboxI
     )
 }
 
+/// The last outbox sequence acknowledged as dispatched (0 before any).
+pub fn outbox_acked(store: &impl Store) -> Result<u64> {
+    Ok(get(store, Family::Meta, meta::OUTBOX_ACKED)?.unwrap_or(0))
+}
+
+/// Ready tasks of `queue` as (task id, instance id), in task id order.
+pub fn ready_tasks(store: &impl Store, queue: &str, limit: usize) -> Result<Vec<(String, String)>> {
+    let prefix = keys::strs(&[queue]);
+    let end = keys::prefix_end(&prefix);
+    let rows = store.range(Family::Tasks, &prefix, Some(&end), limit)?;
+    rows.into_iter()
+        .map(|(k, v)| {
+            let task_id = keys::split_strs(&k).pop().unwrap_or_default();
+            let instance_id: String = envelope::decode(Family::Tasks, &k, &v)?;
+            Ok((task_id, instance_id))
+        })
+        .collect()
+}
+
 /// The last cluster time applied.
 pub fn cluster_time(store: &impl Store) -> Result<Option<Timestamp>> {
     get(store, Family::Meta, meta::TIME)

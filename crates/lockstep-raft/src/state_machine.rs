@@ -56,10 +56,11 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// The last applied log id and the membership it established.
+pub type AppliedState = (Option<LogId<NodeId>>, StoredMembership<NodeId, Member>);
+
 /// Reads the applied log id and membership from the state families.
-pub fn applied_state<S: Store>(
-    store: &S,
-) -> lockstep_store::Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)> {
+pub fn applied_state<S: Store>(store: &S) -> lockstep_store::Result<AppliedState> {
     let applied = match store.get(Family::Meta, meta::APPLIED)? {
         Some(b) => envelope::decode::<Option<LogId<NodeId>>>(Family::Meta, meta::APPLIED, &b)?,
         None => None,
@@ -71,11 +72,29 @@ pub fn applied_state<S: Store>(
     Ok((applied, membership))
 }
 
+/// Told the number of entries of every apply call once its batch is written (the server's
+/// metrics use it; this crate stays free of any metrics library).
+#[derive(Clone)]
+pub struct ApplyHook(Arc<dyn Fn(usize) + Send + Sync>);
+
+impl ApplyHook {
+    pub fn new(f: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        ApplyHook(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for ApplyHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApplyHook")
+    }
+}
+
 /// The replicated state machine. Queries read the same store directly (see [`crate::read`]).
 #[derive(Debug)]
 pub struct StateMachine<S: Store> {
     store: Arc<S>,
     cache: DefinitionCache,
+    on_apply: Option<ApplyHook>,
 }
 
 impl<S: Store> StateMachine<S> {
@@ -83,7 +102,14 @@ impl<S: Store> StateMachine<S> {
         StateMachine {
             store,
             cache: DefinitionCache::default(),
+            on_apply: None,
         }
+    }
+
+    /// Calls `hook` with the entry count of every apply call.
+    pub fn with_apply_hook(mut self, hook: ApplyHook) -> Self {
+        self.on_apply = Some(hook);
+        self
     }
 
     pub fn store(&self) -> &Arc<S> {
@@ -177,6 +203,7 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
             // A store error here means the replica cannot trust its state: stop the node.
             responses.push(applier.apply_entry(&entry).map_err(sm_write)?);
         }
+        let count = responses.len();
         let batch = applier.into_batch();
         if !batch.is_empty() {
             // Buffered: the synced Raft log can reproduce this batch after a crash, and the
@@ -184,6 +211,9 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
             self.store
                 .write(batch, Durability::Buffered)
                 .map_err(sm_write)?;
+        }
+        if let Some(hook) = &self.on_apply {
+            (hook.0)(count);
         }
         Ok(responses)
     }

@@ -131,6 +131,9 @@ pub enum Body {
         retry_task: bool,
         actor: Actor,
     },
+    /// The leader dispatched the outbox through `through` (a sequence): those items are
+    /// removed. Idempotent: acknowledging what is already gone removes nothing.
+    AckOutbox { through: u64 },
     /// Does nothing but move cluster time; used by tests and to probe the leader.
     Noop,
 }
@@ -145,6 +148,7 @@ impl Body {
             Body::FireTimers { .. } => "fire_timers",
             Body::Task { .. } => "task",
             Body::ResolveIncident { .. } => "resolve_incident",
+            Body::AckOutbox { .. } => "ack_outbox",
             Body::Noop => "noop",
         }
     }

@@ -108,7 +108,7 @@ fn create_and_transition_write_instance_indexes_timers_and_audit() {
     assert_eq!(instance.state, "submitted");
     assert_eq!(
         read::instance_ids(&*node.store, "purchase-order", Some("submitted"), None, 10).unwrap(),
-        [id.clone()]
+        std::slice::from_ref(&id)
     );
     assert!(
         read::instance_ids(&*node.store, "purchase-order", Some("draft"), None, 10)

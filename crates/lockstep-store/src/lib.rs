@@ -15,7 +15,7 @@ mod rocks;
 use std::fmt;
 
 pub use memory::MemStore;
-pub use rocks::{RocksOptions, RocksStore};
+pub use rocks::{FamilySizes, RocksOptions, RocksStore};
 
 /// The families of a node's store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -225,6 +225,9 @@ pub enum Durability {
 
 pub type Entry = (Vec<u8>, Vec<u8>);
 
+/// An entry of one family, as [`Store::export`] returns it.
+pub type FamilyEntry = (Family, Vec<u8>, Vec<u8>);
+
 /// An ordered key-value store with families and atomic batches.
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn get(&self, family: Family, key: &[u8]) -> Result<Option<Vec<u8>>>;
@@ -247,7 +250,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Every entry of the given families at one point in time (a consistent view even while
     /// writes continue), in family order then key order.
-    fn export(&self, families: &[Family]) -> Result<Vec<(Family, Vec<u8>, Vec<u8>)>>;
+    fn export(&self, families: &[Family]) -> Result<Vec<FamilyEntry>>;
 
     /// Approximate bytes used, for metrics.
     fn approximate_size_bytes(&self) -> u64;

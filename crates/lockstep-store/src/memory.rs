@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::RwLock;
 
-use crate::{Batch, Durability, Entry, Family, Op, Result, Store};
+use crate::{Batch, Durability, Entry, Family, FamilyEntry, Op, Result, Store};
 
 type Maps = BTreeMap<Family, BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -97,7 +97,7 @@ impl Store for MemStore {
         Ok(())
     }
 
-    fn export(&self, families: &[Family]) -> Result<Vec<(Family, Vec<u8>, Vec<u8>)>> {
+    fn export(&self, families: &[Family]) -> Result<Vec<FamilyEntry>> {
         let maps = self.read();
         let mut out = Vec::new();
         for family in families {

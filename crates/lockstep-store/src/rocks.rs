@@ -7,7 +7,7 @@ use rocksdb::{
     WriteOptions,
 };
 
-use crate::{Batch, Durability, Entry, Error, Family, Op, Result, Store};
+use crate::{Batch, Durability, Entry, Error, Family, FamilyEntry, Op, Result, Store};
 
 /// Tuning knobs with documented defaults.
 #[derive(Clone, Debug)]
@@ -25,6 +25,19 @@ impl Default for RocksOptions {
             block_cache_bytes: 64 << 20,
         }
     }
+}
+
+/// What RocksDB estimates about one column family.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FamilySizes {
+    /// `rocksdb.total-sst-files-size`: bytes of every SST file, obsolete versions included.
+    pub sst_files_bytes: u64,
+    /// `rocksdb.estimate-live-data-size`: bytes of live data in SST files.
+    pub live_data_bytes: u64,
+    /// `rocksdb.size-all-mem-tables`: bytes in active and immutable memtables.
+    pub memtables_bytes: u64,
+    /// `rocksdb.estimate-num-keys`: estimated number of keys.
+    pub keys_estimate: u64,
 }
 
 #[derive(Debug)]
@@ -71,6 +84,35 @@ impl RocksStore {
         &self.path
     }
 
+    /// Opens an existing store (a backup checkpoint, say) for reading only: nothing in `path`
+    /// is written, and no lock is taken. Writes through [`Store::write`] fail.
+    pub fn open_read_only(path: &Path) -> Result<RocksStore> {
+        if !path.join("CURRENT").is_file() {
+            return Err(Error::Rocks(format!(
+                "{} is not a RocksDB database (no CURRENT file)",
+                path.display()
+            )));
+        }
+        let cfs = Family::ALL
+            .iter()
+            .map(|f| ColumnFamilyDescriptor::new(f.name(), Options::default()));
+        // RocksDB's info log goes to the temporary directory, so that `path` (perhaps a
+        // read-only mount) is left exactly as it was.
+        let mut db_opts = Options::default();
+        db_opts.set_db_log_dir(std::env::temp_dir());
+        let db = DB::open_cf_descriptors_read_only(&db_opts, path, cfs, false).map_err(|e| {
+            Error::Rocks(format!(
+                "cannot open RocksDB at {} read-only: {}",
+                path.display(),
+                e.into_string()
+            ))
+        })?;
+        Ok(RocksStore {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
     fn cf(&self, family: Family) -> &rocksdb::ColumnFamily {
         self.db
             .cf_handle(family.name())
@@ -82,6 +124,30 @@ impl RocksStore {
         let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
         checkpoint.create_checkpoint(dir)?;
         Ok(())
+    }
+
+    /// Sizes of every column family, from RocksDB's own estimates (for metrics). A property
+    /// RocksDB cannot answer counts as 0.
+    pub fn family_sizes(&self) -> Vec<(Family, FamilySizes)> {
+        let int = |family: Family, name: &str| {
+            self.db
+                .property_int_value_cf(self.cf(family), name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        Family::ALL
+            .iter()
+            .map(|f| {
+                let sizes = FamilySizes {
+                    sst_files_bytes: int(*f, "rocksdb.total-sst-files-size"),
+                    live_data_bytes: int(*f, "rocksdb.estimate-live-data-size"),
+                    memtables_bytes: int(*f, "rocksdb.size-all-mem-tables"),
+                    keys_estimate: int(*f, "rocksdb.estimate-num-keys"),
+                };
+                (*f, sizes)
+            })
+            .collect()
     }
 
     fn read_options(start: &[u8], end: Option<&[u8]>) -> ReadOptions {
@@ -159,7 +225,7 @@ impl Store for RocksStore {
         Ok(())
     }
 
-    fn export(&self, families: &[Family]) -> Result<Vec<(Family, Vec<u8>, Vec<u8>)>> {
+    fn export(&self, families: &[Family]) -> Result<Vec<FamilyEntry>> {
         let snapshot = self.db.snapshot();
         let mut out = Vec::new();
         for family in families {
