@@ -1112,6 +1112,16 @@ impl Eval<'_> {
                 ),
             ));
         }
+        if task.worker.as_deref() != Some(worker.id.as_str()) {
+            return Err(Refusal::new(
+                RefusalCode::Forbidden,
+                format!(
+                    "task `{task_id}` is leased to worker `{}`, not `{}`: only the lease holder may heartbeat, complete or fail it",
+                    task.worker.as_deref().unwrap_or("?"),
+                    worker.id
+                ),
+            ));
+        }
         Ok(())
     }
 
