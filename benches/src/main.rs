@@ -44,11 +44,22 @@ struct Args {
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// What to measure: `transitions` (create + submit) or `tasks` (poll -> complete round
+    /// trips by N workers, and the latency from a transition to its task's delivery).
+    #[arg(long, default_value = "transitions", value_parser = ["transitions", "tasks", "timers"])]
+    scenario: String,
+    /// `timers` scenario: how many timers to arm (one state-expiry timer per instance).
+    #[arg(long, default_value_t = 10_000)]
+    timers: usize,
 }
 
-struct LocalCluster {
+mod timers;
+
+mod tasks;
+
+pub(crate) struct LocalCluster {
     _dir: tempfile::TempDir,
-    children: Vec<Child>,
+    pub(crate) children: Vec<Child>,
 }
 
 impl Drop for LocalCluster {
@@ -105,7 +116,7 @@ fn start_cluster(nodes: usize, binary: &PathBuf) -> anyhow::Result<(LocalCluster
     ))
 }
 
-fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+pub(crate) fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     lockstep_core::duration::Duration::parse(text)
         .map(|d| Duration::from_millis(d.as_ms()))
         .map_err(anyhow::Error::msg)
@@ -222,7 +233,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let duration = parse_duration(&args.duration)?;
     let warmup = parse_duration(&args.warmup)?;
-    let (_cluster, endpoints) = if args.endpoints.is_empty() {
+    let (mut cluster, endpoints) = if args.endpoints.is_empty() {
         if ![1, 3, 5].contains(&args.nodes) {
             bail!("--nodes must be 1, 3 or 5");
         }
@@ -267,6 +278,19 @@ async fn main() -> anyhow::Result<()> {
             }
             Err(e) => bail!("the cluster did not accept the workflow: {e}"),
         }
+    }
+    if args.scenario == "timers" {
+        return timers::run(&endpoints, cluster.as_mut(), args.timers, &args.concurrency).await;
+    }
+    if args.scenario == "tasks" {
+        return tasks::run(
+            &endpoints,
+            &args.concurrency,
+            warmup,
+            duration,
+            args.json.as_deref(),
+        )
+        .await;
     }
     let mut levels = Vec::new();
     for &c in &args.concurrency {

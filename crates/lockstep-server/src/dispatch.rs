@@ -1,0 +1,101 @@
+//! The leader-only outbox dispatcher (DESIGN §6).
+//!
+//! Apply writes every effect of a committed change to the replicated outbox in the same batch
+//! as the change and its audit record. The current leader reads the outbox in sequence order
+//! after commit and dispatches each item:
+//!
+//! - `TaskReady`: the task is already durable in its queue's index; dispatching wakes the
+//!   workers long-polling that queue on this node (followers' pollers wake on apply).
+//! - `Emit`: the event is part of the change feed (`Audit/Tail`) through the audit record of
+//!   the change that emitted it; dispatching logs it for operators.
+//!
+//! Then it proposes `AckOutbox { through }`, which removes the dispatched items. A new leader
+//! starts from the first unacknowledged item, so nothing is lost on failover; dispatching an
+//! item twice (a leader that died between dispatch and ack) only wakes pollers twice, and a
+//! poll leases a task through the log, so no task is delivered twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockstep_core::engine::Effect;
+use lockstep_raft::{Body, read};
+use tokio::sync::watch;
+
+use crate::node::{Node, WriteError};
+
+/// Most outbox items dispatched and acknowledged by one proposal.
+pub const OUTBOX_DISPATCH_BATCH_MAX: usize = 256;
+/// Longest wait between looks at the outbox when nothing is applied.
+const IDLE_MAX: Duration = Duration::from_millis(500);
+
+pub async fn run(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        if !crate::timers::leading_with_own_entry(&metrics.borrow()) {
+            tokio::select! {
+                _ = metrics.changed() => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        match dispatch_batch(&node).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "outbox acknowledgement failed; looking again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(IDLE_MAX) => {}
+            _ = metrics.changed() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Dispatches and acknowledges one batch; true if there was anything to dispatch.
+async fn dispatch_batch(node: &Node) -> Result<bool, WriteError> {
+    let store_error = |e: lockstep_store::Error| WriteError::Fatal(e.to_string());
+    let acked = read::outbox_acked(&*node.store).map_err(store_error)?;
+    let items =
+        read::outbox(&*node.store, acked + 1, OUTBOX_DISPATCH_BATCH_MAX).map_err(store_error)?;
+    let Some(last) = items.last().map(|i| i.seq) else {
+        return Ok(false);
+    };
+    let mut woke = false;
+    for item in &items {
+        match &item.effect {
+            Effect::TaskReady { queue, task_id, .. } => {
+                tracing::debug!(
+                    seq = item.seq,
+                    queue,
+                    task_id,
+                    instance = item.instance_id,
+                    "task ready"
+                );
+                woke = true;
+            }
+            Effect::Emit { event } => {
+                tracing::info!(
+                    seq = item.seq,
+                    event,
+                    instance = item.instance_id,
+                    workflow = item.workflow,
+                    audit_seq = item.audit_seq,
+                    "event emitted"
+                );
+            }
+        }
+    }
+    if woke {
+        node.tasks_ready.notify_waiters();
+    }
+    node.write(None, Body::AckOutbox { through: last }, false)
+        .await?;
+    Ok(true)
+}

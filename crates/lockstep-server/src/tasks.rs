@@ -1,0 +1,307 @@
+//! The `Tasks` service: workers long-poll a queue, lease tasks through the log, heartbeat,
+//! complete and fail them with their fenced lease token (DESIGN §6).
+//!
+//! A poll reads the queue's ready-task index from this node's replica and proposes one
+//! `Lease` per candidate; apply grants it only if the task is still ready, so two workers
+//! polling different nodes never hold the same task. The token is (Raft term of the lease
+//! entry, attempt): after a lease expires and the task is leased again, the old token is
+//! refused with `STALE_LEASE`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lockstep_core::engine::LeaseToken;
+use lockstep_core::{Actor, ActorKind};
+use lockstep_proto::v1 as pb;
+use lockstep_raft::{Body, Response as Applied, Target, TaskOp, read};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use crate::api::{Api, change, json};
+use crate::node::wall_clock;
+use crate::status;
+
+/// Most tasks one poll may lease.
+pub const POLL_TASKS_MAX: u32 = 32;
+/// Longest a poll may wait for a task.
+pub const POLL_WAIT_MAX_MS: u32 = 30_000;
+/// Longest a waiting poll goes without looking at its queue again, should a wake-up be missed.
+const POLL_RECHECK: Duration = Duration::from_millis(250);
+/// Largest error text a failing worker may attach.
+pub const TASK_ERROR_BYTES_MAX: usize = 4096;
+
+/// Makes request ids for the leases a poll proposes (unique per node and process).
+static LEASE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn lease_request_id(node: u64, task_id: &str) -> String {
+    format!(
+        "lease:{node}:{}:{}:{task_id}",
+        wall_clock().as_micros(),
+        LEASE_SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl Api {
+    /// The calling worker: an authenticated actor of kind `worker`.
+    fn worker(&self, extensions: &tonic::Extensions) -> Result<Actor, Status> {
+        let actor = self.actor(extensions)?;
+        if actor.kind != ActorKind::Worker {
+            return Err(Status::permission_denied(format!(
+                "actor `{}` is a {} but only workers take tasks: authenticate as an actor of kind worker (in development mode, x-lockstep-actor-kind: worker)",
+                actor.id,
+                actor.kind.as_str()
+            )));
+        }
+        Ok(actor)
+    }
+
+    /// Leases up to `max` ready tasks of `queue`; returns (instance id, task id) of each.
+    async fn lease_ready(
+        &self,
+        metadata: &MetadataMap,
+        queue: &str,
+        worker: &Actor,
+        max: usize,
+    ) -> Result<Vec<(String, String)>, Status> {
+        let candidates =
+            read::ready_tasks(&*self.node.store, queue, max * 4).map_err(status::store_error)?;
+        let mut leased = Vec::new();
+        for (task_id, instance_id) in candidates {
+            if leased.len() == max {
+                break;
+            }
+            let body = Body::Task {
+                instance_id: instance_id.clone(),
+                task_id: task_id.clone(),
+                op: TaskOp::Lease {
+                    worker: worker.clone(),
+                },
+            };
+            let request_id = lease_request_id(self.node.id, &task_id);
+            match self.write(metadata, &request_id, body).await? {
+                Applied::Applied { .. } => leased.push((instance_id, task_id)),
+                // Another worker got it first, or the instance moved on: try the next.
+                Applied::Refused(_) => {}
+                other => return Err(Status::internal(format!("unexpected response {other:?}"))),
+            }
+        }
+        Ok(leased)
+    }
+
+    /// Reads leased tasks back (after a read barrier, so a follower sees its own leases).
+    async fn leased_view(
+        &self,
+        leased: &[(String, String)],
+    ) -> Result<Vec<pb::LeasedTask>, Status> {
+        if leased.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.node
+            .read_barrier()
+            .await
+            .map_err(status::write_error)?;
+        let mut out = Vec::with_capacity(leased.len());
+        for (instance_id, task_id) in leased {
+            let instance = self.load(&Target::Id(instance_id.clone()))?;
+            let Some(task) = instance.tasks.get(task_id) else {
+                continue;
+            };
+            let Some(token) = task.lease else { continue };
+            out.push(pb::LeasedTask {
+                lease: Some(pb::TaskLease {
+                    instance_id: instance_id.clone(),
+                    task_id: task_id.clone(),
+                    token: Some(token_pb(token)),
+                }),
+                workflow: instance.workflow.clone(),
+                queue: task.queue.clone(),
+                task_type: task.task_type.clone(),
+                input_json: task.input.to_string(),
+                lease_expires_at: task
+                    .lease_expires_at
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+                origin: task.origin.clone(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn token_pb(t: LeaseToken) -> pb::LeaseToken {
+    pb::LeaseToken {
+        term: t.term,
+        attempt: t.attempt,
+    }
+}
+
+/// The (instance id, task id, token) of a lease in a request.
+fn lease_of(lease: Option<pb::TaskLease>) -> Result<(String, String, LeaseToken), Status> {
+    let lease = lease.ok_or_else(|| {
+        status::bad_request("lease is missing: pass the lease exactly as Poll returned it")
+    })?;
+    let token = lease.token.ok_or_else(|| {
+        status::bad_request("lease.token is missing: pass the lease exactly as Poll returned it")
+    })?;
+    if lease.instance_id.is_empty() || lease.task_id.is_empty() {
+        return Err(status::bad_request(
+            "lease.instance_id and lease.task_id must both be set",
+        ));
+    }
+    Ok((
+        lease.instance_id,
+        lease.task_id,
+        LeaseToken {
+            term: token.term,
+            attempt: token.attempt,
+        },
+    ))
+}
+
+#[tonic::async_trait]
+impl pb::tasks_server::Tasks for Api {
+    async fn poll(
+        &self,
+        request: Request<pb::PollTasksRequest>,
+    ) -> Result<Response<pb::PollTasksResponse>, Status> {
+        let worker = self.worker(request.extensions())?;
+        let (metadata, _, req) = request.into_parts();
+        if req.queue.is_empty() {
+            return Err(status::bad_request(
+                "queue is empty: name the queue to poll",
+            ));
+        }
+        if req.max_tasks > POLL_TASKS_MAX {
+            return Err(status::bad_request(format!(
+                "max_tasks {} is more than {POLL_TASKS_MAX}: poll again for more",
+                req.max_tasks
+            )));
+        }
+        if req.wait_ms > POLL_WAIT_MAX_MS {
+            return Err(status::bad_request(format!(
+                "wait_ms {} is more than {POLL_WAIT_MAX_MS}: poll again after an empty answer",
+                req.wait_ms
+            )));
+        }
+        let max = req.max_tasks.max(1) as usize;
+        let deadline = Instant::now() + Duration::from_millis(u64::from(req.wait_ms));
+        let mut applied = self.node.raft.metrics();
+        loop {
+            // Register for the dispatcher's wake-up before looking, so none is missed.
+            let ready = self.node.tasks_ready.notified();
+            let leased = self
+                .lease_ready(&metadata, &req.queue, &worker, max)
+                .await?;
+            if !leased.is_empty() {
+                let tasks = self.leased_view(&leased).await?;
+                return Ok(Response::new(pb::PollTasksResponse { tasks }));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Response::new(pb::PollTasksResponse { tasks: Vec::new() }));
+            }
+            tokio::select! {
+                _ = ready => {}
+                _ = applied.changed() => {}
+                _ = tokio::time::sleep(POLL_RECHECK.min(deadline - now)) => {}
+            }
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatTaskRequest>,
+    ) -> Result<Response<pb::HeartbeatTaskResponse>, Status> {
+        let worker = self.worker(request.extensions())?;
+        let (metadata, _, req) = request.into_parts();
+        let (instance_id, task_id, token) = lease_of(req.lease)?;
+        let body = Body::Task {
+            instance_id: instance_id.clone(),
+            task_id: task_id.clone(),
+            op: TaskOp::Heartbeat { token, worker },
+        };
+        match self.write(&metadata, &req.request_id, body).await? {
+            Applied::Applied { .. } => {}
+            Applied::Refused(r) => return Err(status::refusal(&r)),
+            other => return Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
+        let view = self.leased_view(&[(instance_id, task_id)]).await?;
+        Ok(Response::new(pb::HeartbeatTaskResponse {
+            lease_expires_at: view
+                .into_iter()
+                .next()
+                .map(|t| t.lease_expires_at)
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn complete(
+        &self,
+        request: Request<pb::CompleteTaskRequest>,
+    ) -> Result<Response<pb::InstanceChange>, Status> {
+        let worker = self.worker(request.extensions())?;
+        let (metadata, _, req) = request.into_parts();
+        let (instance_id, task_id, token) = lease_of(req.lease)?;
+        let result = json(&req.result_json, "result_json")?;
+        let body = Body::Task {
+            instance_id,
+            task_id,
+            op: TaskOp::Complete {
+                token,
+                result,
+                worker,
+            },
+        };
+        change(self.write(&metadata, &req.request_id, body).await?)
+    }
+
+    async fn fail(
+        &self,
+        request: Request<pb::FailTaskRequest>,
+    ) -> Result<Response<pb::InstanceChange>, Status> {
+        let worker = self.worker(request.extensions())?;
+        let (metadata, _, req) = request.into_parts();
+        let (instance_id, task_id, token) = lease_of(req.lease)?;
+        if req.error.len() > TASK_ERROR_BYTES_MAX {
+            return Err(status::bad_request(format!(
+                "error is {} bytes, more than {TASK_ERROR_BYTES_MAX}: send a summary",
+                req.error.len()
+            )));
+        }
+        let body = Body::Task {
+            instance_id,
+            task_id,
+            op: TaskOp::Fail {
+                token,
+                error: req.error,
+                retryable: req.retryable,
+                worker,
+            },
+        };
+        change(self.write(&metadata, &req.request_id, body).await?)
+    }
+
+    async fn resolve_incident(
+        &self,
+        request: Request<pb::ResolveIncidentRequest>,
+    ) -> Result<Response<pb::InstanceChange>, Status> {
+        let actor = self.actor(request.extensions())?;
+        let (metadata, _, req) = request.into_parts();
+        let instance_id = match self.resolve(req.instance)? {
+            Target::Id(id) => id,
+            target @ Target::Key { .. } => self.load(&target)?.id,
+        };
+        if req.incident_id.is_empty() {
+            return Err(status::bad_request(
+                "incident_id is empty: see the instance's incidents with `lockstep get`",
+            ));
+        }
+        let body = Body::ResolveIncident {
+            instance_id,
+            incident_id: req.incident_id,
+            retry_task: req.retry_task,
+            actor,
+        };
+        change(self.write(&metadata, &req.request_id, body).await?)
+    }
+}

@@ -1,0 +1,246 @@
+//! The leader-only timer service on real 3-node clusters: failover, stale timers, a full stop,
+//! and a frozen old leader.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, Settings};
+use lockstep_client::{Client, Identity, by_id, pb, request_id};
+use lockstep_core::{ActorKind, Timestamp};
+
+/// `waiting` expires after `DUE`; `leave` moves on before that.
+const TICKETS: &str = r#"
+workflow: tickets
+data: { type: object }
+states:
+  waiting: { initial: true, expires: { after: 2s, transition: time_out } }
+  handled: { terminal: true }
+  timed_out: { terminal: true }
+transitions:
+  leave: { from: waiting, to: handled, allow: "true" }
+  time_out: { from: waiting, to: timed_out, system: true }
+"#;
+const DUE: Duration = Duration::from_secs(2);
+
+fn client(cluster: &Cluster) -> Client {
+    cluster.client(Identity::new("alice", ActorKind::Human, &[]))
+}
+
+async fn define(cluster: &Cluster) {
+    client(cluster)
+        .apply_definition(&request_id(), TICKETS, pb::Provenance::default())
+        .await
+        .unwrap();
+}
+
+async fn create(cluster: &Cluster) -> String {
+    client(cluster)
+        .create(&request_id(), "tickets", None, &serde_json::json!({}))
+        .await
+        .unwrap()
+        .instance_id
+}
+
+async fn history(cluster: &Cluster, id: &str) -> Vec<pb::AuditRecord> {
+    client(cluster).history(by_id(id), 0).await.unwrap().records
+}
+
+async fn state(cluster: &Cluster, id: &str) -> String {
+    client(cluster)
+        .get(by_id(id), pb::ReadConsistency::Linearizable)
+        .await
+        .unwrap()
+        .instance
+        .unwrap()
+        .state
+}
+
+/// Waits until every id has timed out (or panics after 30 s).
+async fn all_timed_out(cluster: &Cluster, ids: &[String]) {
+    for _ in 0..300 {
+        let mut all = true;
+        for id in ids {
+            all &= state(cluster, id).await == "timed_out";
+        }
+        if all {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("not every instance timed out");
+}
+
+/// A cluster timestamp as the audit JSON carries it (microseconds since the epoch).
+fn micros(v: &serde_json::Value) -> Timestamp {
+    Timestamp::from_micros(v.as_i64().unwrap_or_else(|| panic!("not a timestamp: {v}")))
+}
+
+/// The one `timer_fired` record of an instance (asserting there is exactly one).
+async fn the_fire(cluster: &Cluster, id: &str) -> serde_json::Value {
+    let fires: Vec<_> = history(cluster, id)
+        .await
+        .into_iter()
+        .filter(|r| r.kind == "timer_fired")
+        .collect();
+    assert_eq!(fires.len(), 1, "{id} fired {} times", fires.len());
+    let record: serde_json::Value = serde_json::from_str(&fires[0].record_json).unwrap();
+    assert_eq!(record["record"]["actor"]["id"], "system:timer", "{record}");
+    record
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_due_during_a_leader_kill_fires_exactly_once_after_failover() {
+    let mut cluster = Cluster::start(Settings::default());
+    cluster.leader().await;
+    define(&cluster).await;
+    let ids = vec![create(&cluster).await, create(&cluster).await];
+    // Kill the leader before the timers fall due; they fall due while the cluster elects.
+    tokio::time::sleep(DUE - Duration::from_millis(300)).await;
+    let leader = cluster.leader().await;
+    cluster.kill9(leader);
+    all_timed_out(&cluster, &ids).await;
+    for id in &ids {
+        let fire = the_fire(&cluster, id).await;
+        let timer = &fire["record"]["timer"];
+        let due = micros(&timer["due_at"]);
+        let fired = micros(&timer["fired_at"]);
+        assert!(fired >= due, "fired before due: {timer}");
+        assert_eq!(
+            timer["lateness_ms"].as_u64().unwrap(),
+            ((fired.as_micros() - due.as_micros()) / 1000) as u64,
+            "lateness is recorded: {timer}"
+        );
+    }
+    // Bring the old leader back: it catches up and nothing fires again.
+    cluster.restart(leader);
+    let digests = cluster.converged_digests().await;
+    assert!(digests.iter().all(|d| d == &digests[0]), "{digests:?}");
+    for id in &ids {
+        the_fire(&cluster, id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_whose_instance_left_the_state_never_acts() {
+    let cluster = Cluster::start(Settings::default());
+    cluster.leader().await;
+    define(&cluster).await;
+    let id = create(&cluster).await;
+    client(&cluster)
+        .transition(
+            &request_id(),
+            by_id(&id),
+            "leave",
+            &serde_json::Value::Null,
+            None,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(DUE + Duration::from_secs(1)).await;
+    assert_eq!(state(&cluster, &id).await, "handled");
+    let kinds: Vec<String> = history(&cluster, &id)
+        .await
+        .into_iter()
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["created", "transition"],
+        "the cancelled timer left no trace"
+    );
+    let got = client(&cluster)
+        .get(by_id(&id), pb::ReadConsistency::Linearizable)
+        .await
+        .unwrap()
+        .instance
+        .unwrap();
+    assert!(
+        got.timers.is_empty(),
+        "no timer stays armed: {:?}",
+        got.timers
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_due_during_a_full_cluster_stop_all_fire_once_in_due_order() {
+    let mut cluster = Cluster::start(Settings::default());
+    cluster.leader().await;
+    define(&cluster).await;
+    // Staggered due times, 150 ms apart.
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(create(&cluster).await);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    for i in 0..3 {
+        cluster.stop(i);
+    }
+    // Everything falls due while no node runs.
+    tokio::time::sleep(DUE + Duration::from_secs(1)).await;
+    for i in 0..3 {
+        cluster.restart(i);
+    }
+    cluster.leader().await;
+    all_timed_out(&cluster, &ids).await;
+    let mut fires = Vec::new();
+    for id in &ids {
+        let fire = the_fire(&cluster, id).await;
+        let due = micros(&fire["record"]["timer"]["due_at"]);
+        fires.push((fire["global_seq"].as_u64().unwrap(), due));
+    }
+    // In the global audit order, the fires follow due order.
+    fires.sort_by_key(|(seq, _)| *seq);
+    let dues: Vec<Timestamp> = fires.iter().map(|(_, due)| *due).collect();
+    let mut sorted = dues.clone();
+    sorted.sort();
+    assert_eq!(dues, sorted, "fired in due order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_old_leader_cannot_make_a_timer_act_twice() {
+    let cluster = Cluster::start(Settings::default());
+    let old = cluster.leader().await;
+    define(&cluster).await;
+    let ids = vec![create(&cluster).await, create(&cluster).await];
+    // Freeze the leader (it keeps its sockets and still believes it leads) before the timers
+    // fall due; the others elect a new leader, which fires them.
+    tokio::time::sleep(DUE - Duration::from_millis(500)).await;
+    cluster.pause(old, true);
+    let survivors: Vec<String> = (0..3)
+        .filter(|i| *i != old)
+        .map(|i| cluster.endpoint(i))
+        .collect();
+    let c = cluster.client_for(&survivors, Identity::new("alice", ActorKind::Human, &[]));
+    for id in &ids {
+        let mut done = false;
+        for _ in 0..300 {
+            let s = c
+                .get(by_id(id), pb::ReadConsistency::Linearizable)
+                .await
+                .unwrap()
+                .instance
+                .unwrap()
+                .state;
+            if s == "timed_out" {
+                done = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            done,
+            "{id} did not time out while the old leader was frozen"
+        );
+    }
+    // Thaw it: whatever it proposes as a stale leader never commits, and it rejoins.
+    cluster.pause(old, false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let digests = cluster.converged_digests().await;
+    assert!(digests.iter().all(|d| d == &digests[0]), "{digests:?}");
+    for id in &ids {
+        the_fire(&cluster, id).await;
+    }
+    let verify = cluster.admin().verify_audit().await.unwrap();
+    assert!(verify.ok, "{verify:?}");
+}
