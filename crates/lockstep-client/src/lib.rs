@@ -14,12 +14,16 @@ use lockstep_core::{ActorKind, RefusalCode, Timestamp};
 pub use lockstep_proto::v1 as pb;
 use rand::Rng;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-/// Who the client acts as. In development mode the node trusts these headers; the trust layer
-/// replaces them with credentials.
+pub mod worker;
+
+/// Who the client says it acts as, in the `x-lockstep-actor*` headers. Only a development-mode
+/// node (`lockstepd --dev`) believes them; a secure node takes the actor from the bearer token
+/// ([`Credentials::token`]) or the client certificate ([`Tls::identity`]) and ignores the
+/// headers.
 #[derive(Clone, Debug)]
 pub struct Identity {
     pub actor: String,
@@ -48,6 +52,59 @@ pub struct Options {
     /// Let followers forward writes to the leader (default). When false, the client itself
     /// goes to the leader named in `NOT_LEADER` answers.
     pub forward: bool,
+}
+
+/// How a client proves who it is to a secure cluster ([`Client::with_credentials`]). The
+/// default, no TLS and no token, suits a development-mode cluster (`lockstepd --dev`).
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    /// Connect over TLS (needed for a secure cluster); `None`: plaintext.
+    pub tls: Option<Tls>,
+    /// A JWT sent as `authorization: Bearer <token>` with every call.
+    pub token: Option<String>,
+}
+
+/// TLS settings of a client.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// PEM certificate of the cluster CA (the nodes' certificates are verified against it).
+    pub ca_pem: Vec<u8>,
+    /// A client certificate and its key (PEM) from the cluster CA: authenticates the caller
+    /// as the certificate's CN (mTLS). Optional when a token is used.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name to verify in the nodes' certificates, when it is not the endpoint's host.
+    pub domain: Option<String>,
+}
+
+impl Tls {
+    /// Reads the CA and, optionally, a client certificate and key from PEM files.
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert_and_key: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Tls, String> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        Ok(Tls {
+            ca_pem: read(ca)?,
+            identity: match cert_and_key {
+                Some((cert, key)) => Some((read(cert)?, read(key)?)),
+                None => None,
+            },
+            domain: None,
+        })
+    }
+
+    fn config(&self) -> ClientTlsConfig {
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(TlsIdentity::from_pem(cert, key));
+        }
+        if let Some(domain) = &self.domain {
+            config = config.domain_name(domain.clone());
+        }
+        config
+    }
 }
 
 impl Default for Options {
@@ -141,6 +198,8 @@ pub struct Client {
     current: AtomicUsize,
     identity: Option<Identity>,
     options: Options,
+    /// `authorization: Bearer <token>`, if any.
+    bearer: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -157,25 +216,60 @@ pub fn request_id() -> String {
 }
 
 impl Client {
-    /// Connects lazily to `endpoints` (host:port or http://host:port).
+    /// Connects lazily to `endpoints` (host:port or http://host:port), without credentials:
+    /// for development-mode clusters, where `identity` names the caller.
     pub fn new(
         endpoints: &[String],
         identity: Option<Identity>,
         options: Options,
+    ) -> Result<Client, String> {
+        Client::with_credentials(endpoints, identity, options, Credentials::default())
+    }
+
+    /// Connects lazily to `endpoints` with TLS and/or a bearer token (with
+    /// [`Credentials::tls`], host:port means https://host:port).
+    pub fn with_credentials(
+        endpoints: &[String],
+        identity: Option<Identity>,
+        options: Options,
+        credentials: Credentials,
     ) -> Result<Client, String> {
         if endpoints.is_empty() {
             return Err("no endpoints: give at least one host:port".into());
         }
         let mut channels = Vec::new();
         let mut normalized = Vec::new();
+        let scheme = if credentials.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let tls = credentials.tls.as_ref().map(Tls::config);
+        let bearer = match &credentials.token {
+            Some(token) => Some(
+                MetadataValue::try_from(format!("Bearer {}", token.trim()))
+                    .map_err(|_| "the token is not printable ASCII text".to_string())?,
+            ),
+            None => None,
+        };
         for e in endpoints {
             let url = if e.starts_with("http://") || e.starts_with("https://") {
                 e.clone()
             } else {
-                format!("http://{e}")
+                format!("{scheme}://{e}")
             };
-            let endpoint = Endpoint::from_shared(url.clone())
+            if url.starts_with("https://") && tls.is_none() {
+                return Err(format!(
+                    "endpoint `{e}` is https but no TLS settings were given (the cluster CA)"
+                ));
+            }
+            let mut endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|err| format!("bad endpoint `{e}`: {err}"))?;
+            if let (Some(tls), true) = (&tls, url.starts_with("https://")) {
+                endpoint = endpoint
+                    .tls_config(tls.clone())
+                    .map_err(|err| format!("TLS settings for `{e}`: {err}"))?;
+            }
             channels.push(
                 endpoint
                     .connect_timeout(Duration::from_secs(2))
@@ -194,6 +288,7 @@ impl Client {
             current: AtomicUsize::new(0),
             identity,
             options,
+            bearer,
         })
     }
 
@@ -219,6 +314,9 @@ impl Client {
         }
         if !self.options.forward {
             md.insert("x-lockstep-no-forward", MetadataValue::from_static("1"));
+        }
+        if let Some(bearer) = &self.bearer {
+            md.insert("authorization", bearer.clone());
         }
         r
     }
@@ -443,6 +541,28 @@ impl Client {
         .await
     }
 
+    /// The security log of the node at `endpoint` (an index into the endpoint list): refused
+    /// attempts it saw, oldest first, with `seq > after_seq`; `limit` 0 means all it keeps.
+    /// Per node, so not retried elsewhere.
+    pub async fn security_log_of(
+        &self,
+        endpoint: usize,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<pb::SecurityLogResponse, Error> {
+        let channel = self
+            .channels
+            .get(endpoint)
+            .cloned()
+            .ok_or_else(|| Error::InvalidArgument(format!("no endpoint #{endpoint}")))?;
+        pb::audit_client::AuditClient::new(channel)
+            .max_decoding_message_size(16 << 20)
+            .security_log(self.request(pb::SecurityLogRequest { after_seq, limit }))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(Error::from_status)
+    }
+
     /// Opens the change feed on the current endpoint.
     pub async fn tail(
         &self,
@@ -457,6 +577,115 @@ impl Client {
                 r.metadata_mut().remove("grpc-timeout");
             }
             async move { pb::audit_client::AuditClient::new(ch).tail(r).await }
+        })
+        .await
+    }
+
+    /// Leases up to `max_tasks` ready tasks of `queue`, waiting up to `wait` for one. A poll is
+    /// not idempotent: should an answer be lost, its tasks come back when their leases expire.
+    pub async fn poll_tasks(
+        &self,
+        queue: &str,
+        max_tasks: u32,
+        wait: Duration,
+    ) -> Result<Vec<pb::LeasedTask>, Error> {
+        let msg = pb::PollTasksRequest {
+            queue: queue.into(),
+            max_tasks,
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        let answer = self
+            .call(|ch| {
+                let mut r = self.request(msg.clone());
+                r.set_timeout(wait + self.options.attempt_timeout);
+                async move {
+                    pb::tasks_client::TasksClient::new(ch)
+                        .max_decoding_message_size(64 << 20)
+                        .poll(r)
+                        .await
+                }
+            })
+            .await?;
+        Ok(answer.tasks)
+    }
+
+    /// Extends a lease; returns the new expiry (RFC 3339 cluster time).
+    pub async fn heartbeat_task(
+        &self,
+        request_id: &str,
+        lease: &pb::TaskLease,
+    ) -> Result<String, Error> {
+        let msg = pb::HeartbeatTaskRequest {
+            request_id: request_id.into(),
+            lease: Some(lease.clone()),
+        };
+        let answer = self
+            .call(|ch| {
+                let r = self.request(msg.clone());
+                async move { pb::tasks_client::TasksClient::new(ch).heartbeat(r).await }
+            })
+            .await?;
+        Ok(answer.lease_expires_at)
+    }
+
+    pub async fn complete_task(
+        &self,
+        request_id: &str,
+        lease: &pb::TaskLease,
+        result: &serde_json::Value,
+    ) -> Result<pb::InstanceChange, Error> {
+        let msg = pb::CompleteTaskRequest {
+            request_id: request_id.into(),
+            lease: Some(lease.clone()),
+            result_json: result.to_string(),
+        };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move { pb::tasks_client::TasksClient::new(ch).complete(r).await }
+        })
+        .await
+    }
+
+    pub async fn fail_task(
+        &self,
+        request_id: &str,
+        lease: &pb::TaskLease,
+        error: &str,
+        retryable: bool,
+    ) -> Result<pb::InstanceChange, Error> {
+        let msg = pb::FailTaskRequest {
+            request_id: request_id.into(),
+            lease: Some(lease.clone()),
+            error: error.into(),
+            retryable,
+        };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move { pb::tasks_client::TasksClient::new(ch).fail(r).await }
+        })
+        .await
+    }
+
+    pub async fn resolve_incident(
+        &self,
+        request_id: &str,
+        instance: pb::InstanceRef,
+        incident_id: &str,
+        retry_task: bool,
+    ) -> Result<pb::InstanceChange, Error> {
+        let msg = pb::ResolveIncidentRequest {
+            request_id: request_id.into(),
+            instance: Some(instance),
+            incident_id: incident_id.into(),
+            retry_task,
+        };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move {
+                pb::tasks_client::TasksClient::new(ch)
+                    .resolve_incident(r)
+                    .await
+            }
         })
         .await
     }
@@ -537,6 +766,64 @@ impl Client {
             .await
             .map(|r| r.into_inner())
             .map_err(Error::from_status)
+    }
+
+    /// Writes a backup checkpoint on the node that answers (under its data directory; the
+    /// response names the node and the path). `name` empty: a name from the time.
+    pub async fn backup(&self, name: &str) -> Result<pb::BackupResponse, Error> {
+        let msg = pb::BackupRequest { name: name.into() };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move { pb::cluster_client::ClusterClient::new(ch).backup(r).await }
+        })
+        .await
+    }
+
+    /// Asks the node at `endpoint` (an index into the endpoint list) for its
+    /// `grpc.health.v1` status of `service` ("" for the whole server), without retries.
+    pub async fn health_of(&self, endpoint: usize, service: &str) -> Result<HealthStatus, Error> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let channel = self
+            .channels
+            .get(endpoint)
+            .cloned()
+            .ok_or_else(|| Error::InvalidArgument(format!("no endpoint #{endpoint}")))?;
+        let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        });
+        request.set_timeout(self.options.attempt_timeout);
+        let reply = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(request)
+            .await
+            .map_err(Error::from_status)?
+            .into_inner();
+        Ok(match ServingStatus::try_from(reply.status) {
+            Ok(ServingStatus::Serving) => HealthStatus::Serving,
+            Ok(ServingStatus::NotServing) => HealthStatus::NotServing,
+            Ok(ServingStatus::ServiceUnknown) => HealthStatus::ServiceUnknown,
+            Ok(ServingStatus::Unknown) | Err(_) => HealthStatus::Unknown,
+        })
+    }
+}
+
+/// A node's `grpc.health.v1` answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthStatus {
+    Serving,
+    NotServing,
+    ServiceUnknown,
+    Unknown,
+}
+
+impl HealthStatus {
+    /// The protocol's name for it (`SERVING`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Serving => "SERVING",
+            HealthStatus::NotServing => "NOT_SERVING",
+            HealthStatus::ServiceUnknown => "SERVICE_UNKNOWN",
+            HealthStatus::Unknown => "UNKNOWN",
+        }
     }
 }
 

@@ -11,15 +11,17 @@ use futures::Stream;
 use lockstep_core::audit::ChainedRecord;
 use lockstep_core::engine::Instance;
 use lockstep_core::validate::{CompiledDefinition, compile};
-use lockstep_core::{Actor, ActorKind, Limits, Timestamp};
+use lockstep_core::{Actor, Limits, RefusalCode, Timestamp};
 use lockstep_proto::v1 as pb;
 use lockstep_raft::apply::StoredDefinition;
-use lockstep_raft::{Body, Provenance, Response as Applied, Target, read};
+use lockstep_raft::{Body, Provenance, Response as Applied, Target, TaskOp, read};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::node::{Node, wall_clock};
+use crate::security_log::{RefusalKind, SECURITY_LOG_ENTRIES_MAX, SecurityEvent};
 use crate::status;
+use crate::trust::Authenticated;
 
 /// Largest page a list request may ask for.
 pub const PAGE_SIZE_MAX: u32 = 500;
@@ -29,11 +31,14 @@ pub const HISTORY_LIMIT_MAX: u32 = 10_000;
 /// Audit records sent per read while tailing.
 const TAIL_BATCH: usize = 256;
 
+/// Compiled definitions by (workflow, version).
+type CompiledByVersion = HashMap<(String, String), Arc<CompiledDefinition>>;
+
 /// Shared by every service: the node and a cache of compiled definitions for queries.
 #[derive(Debug, Clone)]
 pub struct Api {
     pub node: Arc<Node>,
-    definitions: Arc<Mutex<HashMap<(String, String), Arc<CompiledDefinition>>>>,
+    definitions: Arc<Mutex<CompiledByVersion>>,
 }
 
 impl Api {
@@ -44,52 +49,16 @@ impl Api {
         }
     }
 
-    /// The authenticated actor. Until the trust layer lands, only development mode (loopback
-    /// only, an explicit flag) accepts actors, named by headers.
-    fn actor(&self, metadata: &MetadataMap) -> Result<Actor, Status> {
-        if !self.node.config.dev {
-            return Err(Status::unauthenticated(
-                "this node has no client authentication configured; start it with --dev (loopback only) to name actors with the x-lockstep-actor header",
-            ));
+    /// The caller, as [`crate::trust::AuthLayer`] authenticated it (a JWT or client
+    /// certificate; in development mode the `x-lockstep-actor` headers).
+    pub(crate) fn actor(&self, extensions: &tonic::Extensions) -> Result<Actor, Status> {
+        match extensions.get::<Authenticated>() {
+            Some(Authenticated(actor)) => Ok(actor.clone()),
+            None if self.node.config.dev => Err(Status::unauthenticated(
+                "missing the x-lockstep-actor header: in development mode it names the caller, e.g. alice",
+            )),
+            None => Err(Status::unauthenticated(crate::trust::HOW_TO_AUTHENTICATE)),
         }
-        let header = |name: &str| {
-            metadata
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-        };
-        let id = header("x-lockstep-actor").ok_or_else(|| Status::unauthenticated("missing the x-lockstep-actor header: in development mode it names the caller, e.g. alice"))?;
-        let kind = match header("x-lockstep-actor-kind").unwrap_or("human") {
-            "human" => ActorKind::Human,
-            "service" => ActorKind::Service,
-            "worker" => ActorKind::Worker,
-            other => {
-                return Err(status::bad_request(format!(
-                    "x-lockstep-actor-kind `{other}` is not human, service or worker"
-                )));
-            }
-        };
-        if id.starts_with("system:") {
-            return Err(Status::permission_denied(
-                "actor ids starting with `system:` belong to the engine",
-            ));
-        }
-        let roles = header("x-lockstep-roles")
-            .map(|r| {
-                r.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(Actor {
-            id: id.to_string(),
-            kind,
-            roles,
-            claims: Default::default(),
-            authn: "dev-header".into(),
-        })
     }
 
     fn forward(metadata: &MetadataMap) -> bool {
@@ -99,7 +68,7 @@ impl Api {
             != Some("1")
     }
 
-    async fn write(
+    pub(crate) async fn write(
         &self,
         metadata: &MetadataMap,
         request_id: &str,
@@ -113,13 +82,34 @@ impl Api {
         if request_id.len() > 128 {
             return Err(status::bad_request("request_id is longer than 128 bytes"));
         }
-        self.node
+        let attempt = trust_relevant(&body);
+        let applied = self
+            .node
             .write(Some(request_id.to_string()), body, Self::forward(metadata))
             .await
-            .map_err(status::write_error)
+            .map_err(status::write_error)?;
+        if let (Applied::Refused(refusal), Some((method, actor))) = (&applied, attempt)
+            && matches!(
+                refusal.code,
+                RefusalCode::Forbidden
+                    | RefusalCode::SystemOnly
+                    | RefusalCode::GateNotYetOpen
+                    | RefusalCode::GateExpired
+            )
+        {
+            self.node.security.record(
+                RefusalKind::Engine,
+                &method,
+                &actor,
+                "",
+                refusal.code.as_str(),
+                &refusal.message,
+            );
+        }
+        Ok(applied)
     }
 
-    async fn read_info(&self, consistency: i32) -> Result<pb::ReadInfo, Status> {
+    pub(crate) async fn read_info(&self, consistency: i32) -> Result<pb::ReadInfo, Status> {
         let stale = consistency == pb::ReadConsistency::Stale as i32;
         if !stale {
             self.node
@@ -168,7 +158,7 @@ impl Api {
         Ok(Some(compiled))
     }
 
-    fn instance_pb(&self, i: &Instance) -> Result<pb::Instance, Status> {
+    pub(crate) fn instance_pb(&self, i: &Instance) -> Result<pb::Instance, Status> {
         let now = wall_clock();
         let slas = match self.compiled(&i.workflow, &i.definition_version)? {
             Some(def) => i
@@ -212,7 +202,7 @@ impl Api {
         })
     }
 
-    fn resolve(&self, r: Option<pb::InstanceRef>) -> Result<Target, Status> {
+    pub(crate) fn resolve(&self, r: Option<pb::InstanceRef>) -> Result<Target, Status> {
         match r.and_then(|r| r.target) {
             Some(pb::instance_ref::Target::Id(id)) if !id.is_empty() => Ok(Target::Id(id)),
             Some(pb::instance_ref::Target::Key(k))
@@ -229,7 +219,7 @@ impl Api {
         }
     }
 
-    fn load(&self, target: &Target) -> Result<Instance, Status> {
+    pub(crate) fn load(&self, target: &Target) -> Result<Instance, Status> {
         let id = match target {
             Target::Id(id) => id.clone(),
             Target::Key { workflow, key } => {
@@ -248,7 +238,63 @@ impl Api {
     }
 }
 
-fn json(text: &str, what: &str) -> Result<serde_json::Value, Status> {
+/// What a command attempts and who attempts it, for the security log should the engine refuse
+/// it for a trust or time reason.
+fn trust_relevant(body: &Body) -> Option<(String, String)> {
+    let target = |t: &Target| match t {
+        Target::Id(id) => id.clone(),
+        Target::Key { workflow, key } => format!("{workflow}/{key}"),
+    };
+    match body {
+        Body::ApplyDefinition { actor, .. } => Some(("apply definition".into(), actor.id.clone())),
+        Body::Create {
+            workflow, actor, ..
+        } => Some((format!("create {workflow}"), actor.id.clone())),
+        Body::Transition {
+            target: t,
+            transition,
+            actor,
+            ..
+        } => Some((
+            format!("transition {} {transition}", target(t)),
+            actor.id.clone(),
+        )),
+        Body::Event {
+            target: t,
+            event,
+            actor,
+            ..
+        } => Some((format!("event {} {event}", target(t)), actor.id.clone())),
+        Body::ResolveIncident {
+            instance_id,
+            incident_id,
+            actor,
+            ..
+        } => Some((
+            format!("resolve incident {instance_id} {incident_id}"),
+            actor.id.clone(),
+        )),
+        Body::Task {
+            instance_id,
+            task_id,
+            op,
+        } => {
+            let (verb, worker) = match op {
+                TaskOp::Lease { worker } => ("lease", worker),
+                TaskOp::Heartbeat { worker, .. } => ("heartbeat", worker),
+                TaskOp::Complete { worker, .. } => ("complete", worker),
+                TaskOp::Fail { worker, .. } => ("fail", worker),
+            };
+            Some((
+                format!("{verb} task {instance_id} {task_id}"),
+                worker.id.clone(),
+            ))
+        }
+        _ => None,
+    }
+}
+
+pub(crate) fn json(text: &str, what: &str) -> Result<serde_json::Value, Status> {
     if text.trim().is_empty() {
         return Ok(serde_json::Value::Null);
     }
@@ -256,7 +302,7 @@ fn json(text: &str, what: &str) -> Result<serde_json::Value, Status> {
         .map_err(|e| status::bad_request(format!("{what} is not valid JSON: {e}")))
 }
 
-fn change(applied: Applied) -> Result<Response<pb::InstanceChange>, Status> {
+pub(crate) fn change(applied: Applied) -> Result<Response<pb::InstanceChange>, Status> {
     match applied {
         Applied::Applied {
             instance_id,
@@ -324,7 +370,7 @@ impl pb::definitions_server::Definitions for Api {
         &self,
         request: Request<pb::ApplyDefinitionRequest>,
     ) -> Result<Response<pb::ApplyDefinitionResponse>, Status> {
-        let actor = self.actor(request.metadata())?;
+        let actor = self.actor(request.extensions())?;
         let (metadata, _, req) = request.into_parts();
         let provenance = req
             .provenance
@@ -414,7 +460,7 @@ impl pb::instances_server::Instances for Api {
         &self,
         request: Request<pb::CreateInstanceRequest>,
     ) -> Result<Response<pb::InstanceChange>, Status> {
-        let actor = self.actor(request.metadata())?;
+        let actor = self.actor(request.extensions())?;
         let (metadata, _, req) = request.into_parts();
         if req.workflow.is_empty() {
             return Err(status::bad_request(
@@ -445,7 +491,7 @@ impl pb::instances_server::Instances for Api {
         &self,
         request: Request<pb::TransitionRequest>,
     ) -> Result<Response<pb::InstanceChange>, Status> {
-        let actor = self.actor(request.metadata())?;
+        let actor = self.actor(request.extensions())?;
         let (metadata, _, req) = request.into_parts();
         let target = self.resolve(req.instance)?;
         let payload = json(&req.payload_json, "payload_json")?;
@@ -463,7 +509,7 @@ impl pb::instances_server::Instances for Api {
         &self,
         request: Request<pb::SendEventRequest>,
     ) -> Result<Response<pb::InstanceChange>, Status> {
-        let actor = self.actor(request.metadata())?;
+        let actor = self.actor(request.extensions())?;
         let (metadata, _, req) = request.into_parts();
         let target = self.resolve(req.instance)?;
         let payload = json(&req.payload_json, "payload_json")?;
@@ -631,6 +677,10 @@ impl pb::audit_server::Audit for Api {
         request: Request<pb::TailAuditRequest>,
     ) -> Result<Response<AuditStream>, Status> {
         let req = request.into_inner();
+        // The feed starts linearizable: it holds everything committed before the call, on
+        // whichever node serves it, so a consumer resuming elsewhere sees no gap.
+        self.read_info(pb::ReadConsistency::Linearizable as i32)
+            .await?;
         let node = Arc::clone(&self.node);
         let mut next = req.from_seq.max(1);
         let (tx, rx) = tokio::sync::mpsc::channel(TAIL_BATCH);
@@ -690,6 +740,38 @@ impl pb::audit_server::Audit for Api {
             head_hash: hex_hash(&head.hash),
         }))
     }
+
+    async fn security_log(
+        &self,
+        request: Request<pb::SecurityLogRequest>,
+    ) -> Result<Response<pb::SecurityLogResponse>, Status> {
+        let req = request.into_inner();
+        let limit = if req.limit == 0 {
+            usize::MAX
+        } else {
+            req.limit as usize
+        };
+        let page = self.node.security.read(req.after_seq, limit);
+        Ok(Response::new(pb::SecurityLogResponse {
+            events: page.entries.into_iter().map(security_event_pb).collect(),
+            total: page.total,
+            node_id: self.node.id,
+            capacity: SECURITY_LOG_ENTRIES_MAX as u32,
+        }))
+    }
+}
+
+fn security_event_pb(e: SecurityEvent) -> pb::SecurityEvent {
+    pb::SecurityEvent {
+        seq: e.seq,
+        at: e.at,
+        kind: e.kind.as_str().to_string(),
+        method: e.method,
+        actor: e.actor,
+        remote: e.remote,
+        code: e.code,
+        reason: e.reason,
+    }
 }
 
 fn hex_hash(h: &[u8; 32]) -> String {
@@ -742,7 +824,7 @@ impl pb::cluster_server::Cluster for Api {
         &self,
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.actor(request.metadata())?;
+        self.actor(request.extensions())?;
         let forward = Self::forward(request.metadata());
         let req = request.into_inner();
         if req.node_id == 0 || !req.addr.contains(':') {
@@ -762,7 +844,7 @@ impl pb::cluster_server::Cluster for Api {
         &self,
         request: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.actor(request.metadata())?;
+        self.actor(request.extensions())?;
         let forward = Self::forward(request.metadata());
         let req = request.into_inner();
         let known: Vec<u64> = self.node.member_list().iter().map(|m| m.0).collect();
@@ -783,7 +865,7 @@ impl pb::cluster_server::Cluster for Api {
         &self,
         request: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.actor(request.metadata())?;
+        self.actor(request.extensions())?;
         let forward = Self::forward(request.metadata());
         let req = request.into_inner();
         if !self.node.member_list().iter().any(|m| m.0 == req.node_id) {
@@ -804,7 +886,7 @@ impl pb::cluster_server::Cluster for Api {
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
-        self.actor(request.metadata())?;
+        self.actor(request.extensions())?;
         let applied = self
             .node
             .raft
@@ -827,6 +909,21 @@ impl pb::cluster_server::Cluster for Api {
             .map_err(|e| Status::deadline_exceeded(format!("snapshot not finished: {e}")))?;
         Ok(Response::new(pb::SnapshotResponse {
             last_index: waited.snapshot.map(|s| s.index).unwrap_or(0),
+        }))
+    }
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<pb::BackupResponse>, Status> {
+        self.actor(request.extensions())?;
+        let info = crate::backup::online(&self.node, &request.into_inner().name).await?;
+        Ok(Response::new(pb::BackupResponse {
+            node_id: self.node.id,
+            path: info.path.display().to_string(),
+            applied_index: info.applied.map(|l| l.index).unwrap_or(0),
+            applied_term: info.applied.map(|l| l.leader_id.term).unwrap_or(0),
+            bytes: info.bytes,
         }))
     }
 }

@@ -16,9 +16,26 @@ use serde::{Deserialize, Serialize};
 /// same --initial-members; the node with the lowest id bootstraps the cluster on its first
 /// start only.
 ///
+/// Without --dev a node is secure: TLS on its one gRPC port (--tls-cert, --tls-key, --tls-ca),
+/// peers authenticated by certificates from the cluster CA whose CN is `node-<id>`, clients by
+/// a bearer JWT (--jwt-keys, --jwt-issuer, --jwt-audience) or a client certificate from the CA,
+/// and a cluster policy (--policy) for definitions, audit, membership and incidents.
+/// `lockstep certs` makes a CA and certificates.
+///
+/// Example (node 1 of 3, secure):
+///   lockstepd --id 1 --data-dir /var/lib/lockstep --listen 0.0.0.0:7101 \
+///     --advertise n1.example:7101 \
+///     --initial-members 1=n1.example:7101,2=n2.example:7101,3=n3.example:7101 \
+///     --tls-cert certs/node-1.pem --tls-key certs/node-1-key.pem --tls-ca certs/ca.pem \
+///     --jwt-keys issuer.pem --jwt-issuer https://idp.example --jwt-audience lockstep
+///
 /// Example (node 1 of 3, development mode on loopback):
 ///   lockstepd --id 1 --data-dir data/n1 --listen 127.0.0.1:7101 \
 ///     --initial-members 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103 --dev
+///
+/// Offline tools (each with --help): `lockstepd backup` checkpoints a stopped node's store,
+/// `lockstepd restore` turns a checkpoint into a new one-node cluster, `lockstepd inspect`
+/// describes a checkpoint. A running node is backed up with `lockstep cluster backup`.
 #[derive(Debug, Parser)]
 #[command(name = "lockstepd", version)]
 pub struct Flags {
@@ -55,12 +72,59 @@ pub struct Flags {
     #[arg(long, env = "LOCKSTEP_LOGS_TO_KEEP")]
     pub logs_to_keep: Option<u64>,
     /// Development mode: no TLS, and callers name themselves with the `x-lockstep-actor`
-    /// header. Refused unless --listen is a loopback address.
+    /// header. Refused unless --listen is a loopback address, and with any --tls-* or --jwt-*
+    /// setting. Without --policy, every caller may apply, read audit and change membership.
     #[arg(long, env = "LOCKSTEP_DEV")]
     pub dev: bool,
+    /// PEM certificate (chain) of this node, issued by the cluster CA with CN `node-<id>` and
+    /// the names peers and clients dial as subject alternative names. Served on --listen and
+    /// presented as client certificate to peers. Required without --dev.
+    #[arg(long, env = "LOCKSTEP_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert. Required without --dev.
+    #[arg(long, env = "LOCKSTEP_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificate of the cluster CA: peers must present a certificate it issued, and
+    /// clients may (mTLS client authentication; optional at the TLS layer so that JWT clients
+    /// need none). Required without --dev.
+    #[arg(long, env = "LOCKSTEP_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// Public keys that sign client JWTs: a PEM file (one or more RSA, EC or Ed25519 public
+    /// keys) or a JWKS JSON file. Without it, clients authenticate only with certificates.
+    #[arg(long, env = "LOCKSTEP_JWT_KEYS", value_name = "FILE")]
+    pub jwt_keys: Option<PathBuf>,
+    /// The `iss` every JWT must carry (required with --jwt-keys).
+    #[arg(long, env = "LOCKSTEP_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` every JWT must include (required with --jwt-keys).
+    #[arg(long, env = "LOCKSTEP_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The JWT claim holding the actor's roles (an array of strings, or one string of roles
+    /// separated by spaces or commas). Default: roles.
+    #[arg(long, env = "LOCKSTEP_JWT_ROLES_CLAIM")]
+    pub jwt_roles_claim: Option<String>,
+    /// The JWT claim holding the actor's kind (human, service or worker; absent: human).
+    /// Default: lockstep_kind.
+    #[arg(long, env = "LOCKSTEP_JWT_KIND_CLAIM")]
+    pub jwt_kind_claim: Option<String>,
+    /// The cluster policy (TOML): which actors and roles may apply definitions, read audit,
+    /// change membership and resolve incidents. Re-read when the file changes (checked at
+    /// most once a second). Without it: role admin applies and changes membership, admin or
+    /// auditor reads audit, operator resolves incidents.
+    #[arg(long, env = "LOCKSTEP_POLICY", value_name = "TOML")]
+    pub policy: Option<PathBuf>,
+    /// Dial peer ID at ADDR instead of its member address, for Raft and for forwarding to the
+    /// leader (clients still use member addresses): id=host:port pairs, comma separated. For
+    /// fault-injection proxies (chaos-tests/); not for production.
+    #[arg(long, env = "LOCKSTEP_PEER_VIA", value_name = "ID=ADDR,...")]
+    pub peer_via: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "LOCKSTEP_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (text format 0.0.4). Off
+    /// unless set; e.g. 127.0.0.1:9101. Must differ from --listen.
+    #[arg(long, env = "LOCKSTEP_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The settings a TOML file may hold.
@@ -78,6 +142,17 @@ struct FileConfig {
     logs_to_keep: Option<u64>,
     dev: Option<bool>,
     log_format: Option<String>,
+    peer_via: Option<String>,
+    metrics_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    jwt_keys: Option<PathBuf>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    jwt_roles_claim: Option<String>,
+    jwt_kind_claim: Option<String>,
+    policy: Option<PathBuf>,
 }
 
 /// The checked configuration of a node.
@@ -94,6 +169,34 @@ pub struct Config {
     pub logs_to_keep: u64,
     pub dev: bool,
     pub log_format: LogFormat,
+    /// Addresses to dial peers at instead of their member addresses (`--peer-via`).
+    pub peer_via: BTreeMap<u64, String>,
+    /// Where `GET /metrics` is served; `None`: no metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// TLS material; `None` exactly in development mode.
+    pub tls: Option<TlsFiles>,
+    /// Client JWT verification; `None`: clients authenticate with certificates only.
+    pub jwt: Option<JwtSettings>,
+    /// The cluster policy file, if any.
+    pub policy: Option<PathBuf>,
+}
+
+/// The node's certificate, key and the cluster CA (PEM files).
+#[derive(Clone, Debug, Serialize)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// How client JWTs are checked.
+#[derive(Clone, Debug, Serialize)]
+pub struct JwtSettings {
+    pub keys: PathBuf,
+    pub issuer: String,
+    pub audience: String,
+    pub roles_claim: String,
+    pub kind_claim: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -163,6 +266,91 @@ impl Config {
             Some("json") => LogFormat::Json,
             Some(other) => return Err(format!("--log-format `{other}` is not text or json")),
         };
+        let tls_cert = flags.tls_cert.or(file.tls_cert);
+        let tls_key = flags.tls_key.or(file.tls_key);
+        let tls_ca = flags.tls_ca.or(file.tls_ca);
+        let jwt_keys = flags.jwt_keys.or(file.jwt_keys);
+        let jwt_issuer = flags.jwt_issuer.or(file.jwt_issuer);
+        let jwt_audience = flags.jwt_audience.or(file.jwt_audience);
+        let jwt_roles_claim = flags.jwt_roles_claim.or(file.jwt_roles_claim);
+        let jwt_kind_claim = flags.jwt_kind_claim.or(file.jwt_kind_claim);
+        let policy = flags.policy.or(file.policy);
+        let tls = if dev {
+            let given: Vec<&str> = [
+                ("--tls-cert", tls_cert.is_some()),
+                ("--tls-key", tls_key.is_some()),
+                ("--tls-ca", tls_ca.is_some()),
+                ("--jwt-keys", jwt_keys.is_some()),
+                ("--jwt-issuer", jwt_issuer.is_some()),
+                ("--jwt-audience", jwt_audience.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(name, set)| set.then_some(name))
+            .collect();
+            if !given.is_empty() {
+                return Err(format!(
+                    "--dev runs without TLS and with header-named actors, so {} cannot apply: drop --dev for a secure node, or drop {}",
+                    given.join(", "),
+                    given.join(", ")
+                ));
+            }
+            None
+        } else {
+            match (tls_cert, tls_key, tls_ca) {
+                (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
+                (cert, key, ca) => {
+                    let missing: Vec<&str> = [
+                        ("--tls-cert", cert.is_none()),
+                        ("--tls-key", key.is_none()),
+                        ("--tls-ca", ca.is_none()),
+                    ]
+                    .into_iter()
+                    .filter_map(|(name, gone)| gone.then_some(name))
+                    .collect();
+                    return Err(format!(
+                        "a node without --dev serves TLS and authenticates peers and clients, but {} {} missing: pass the node's certificate and key and the cluster CA as PEM files (`lockstep certs` makes them), or --dev for a plaintext loopback development node",
+                        missing.join(", "),
+                        if missing.len() == 1 { "is" } else { "are" }
+                    ));
+                }
+            }
+        };
+        let jwt = match (jwt_keys, jwt_issuer, jwt_audience) {
+            (None, None, None) => None,
+            (Some(keys), Some(issuer), Some(audience)) => Some(JwtSettings {
+                keys,
+                issuer,
+                audience,
+                roles_claim: jwt_roles_claim.unwrap_or_else(|| "roles".into()),
+                kind_claim: jwt_kind_claim.unwrap_or_else(|| "lockstep_kind".into()),
+            }),
+            (keys, issuer, audience) => {
+                let missing: Vec<&str> = [
+                    ("--jwt-keys", keys.is_none()),
+                    ("--jwt-issuer", issuer.is_none()),
+                    ("--jwt-audience", audience.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(name, gone)| gone.then_some(name))
+                .collect();
+                return Err(format!(
+                    "JWT authentication needs --jwt-keys, --jwt-issuer and --jwt-audience together; missing {}",
+                    missing.join(", ")
+                ));
+            }
+        };
+        let metrics_listen = flags.metrics_listen.or(file.metrics_listen);
+        if metrics_listen == Some(listen) {
+            return Err(format!(
+                "--metrics-listen ({listen}) is the gRPC --listen address; give metrics their own port"
+            ));
+        }
+        let peer_via = match flags.peer_via.or(file.peer_via) {
+            Some(text) if !text.trim().is_empty() => {
+                parse_members(&text).map_err(|e| format!("--peer-via: {e}"))?
+            }
+            _ => BTreeMap::new(),
+        };
         Ok(Config {
             id,
             data_dir,
@@ -178,6 +366,11 @@ impl Config {
             logs_to_keep: flags.logs_to_keep.or(file.logs_to_keep).unwrap_or(1_000),
             dev,
             log_format,
+            peer_via,
+            metrics_listen,
+            tls,
+            jwt,
+            policy,
         })
     }
 

@@ -5,13 +5,25 @@
 //!   to the leader) and linearizable reads.
 //! - [`network`] and [`raft_service`]: Raft messages between nodes over gRPC.
 //! - [`api`]: the public gRPC services, [`status`]: refusals as gRPC statuses.
-//! - [`timers`]: the leader-only timer service.
+//! - [`timers`]: the leader-only timer service; [`dispatch`]: the leader-only outbox dispatcher.
+//! - [`tasks`]: the worker-facing task queue service.
+//! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`trust`]: TLS, peer and client authentication (certificates, JWTs), the layer that
+//!   admits public calls; [`policy`]: the cluster policy; [`security_log`]: refused attempts.
+//! - [`backup`]: online and offline checkpoints, and restoring one as a new one-node cluster.
 
 pub mod api;
+pub mod backup;
 pub mod config;
+pub mod dispatch;
+pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod policy;
 pub mod raft_service;
+pub mod security_log;
 pub mod status;
+pub mod tasks;
 pub mod timers;
+pub mod trust;
 pub mod wire;

@@ -1,8 +1,10 @@
 //! Raft messages to other nodes over gRPC (the internal `Raft` service).
 //!
 //! One lazily connected channel per peer; openraft calls go out as envelope-encoded bincode
-//! and come back as the peer's `Result`, so a remote Raft error stays a remote error. mTLS on
-//! this channel arrives with the trust issue; [`PeerConnector`] is the seam.
+//! and come back as the peer's `Result`, so a remote Raft error stays a remote error. Outside
+//! development mode [`PeerConnector`] dials peers over TLS with the cluster CA as the only root
+//! and the node's own certificate as client identity (mTLS); the receiving side checks that
+//! the certificate names the sending node (`raft_service`).
 
 use std::time::Duration;
 
@@ -19,20 +21,37 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::wire;
 
-/// Builds channels to peers. The trust issue adds client certificates here.
+/// Builds channels to peers: https with the node's certificate as client identity, or plain
+/// http in development mode (`tls: None`).
 #[derive(Clone, Debug)]
 pub struct PeerConnector {
     pub connect_timeout: Duration,
+    /// The CA and this node's identity; `None` in development mode.
+    pub tls: Option<ClientTlsConfig>,
+    /// `--peer-via`: peers dialled at another address (a fault-injection proxy) than their
+    /// member address.
+    pub via: std::collections::BTreeMap<NodeId, String>,
 }
 
 impl PeerConnector {
+    /// The address to dial peer `id`, whose member address is `addr`.
+    pub fn dial_addr<'a>(&'a self, id: NodeId, addr: &'a str) -> &'a str {
+        self.via.get(&id).map_or(addr, String::as_str)
+    }
+
     pub fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| format!("bad peer address {addr}: {e}"))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| format!("TLS settings for peer {addr}: {e}"))?;
+        }
         Ok(endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
@@ -55,7 +74,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             my_id: self.my_id,
             target,
             addr: node.addr.clone(),
-            client: self.connector.channel(&node.addr).ok().map(RaftClient::new),
+            client: self
+                .connector
+                .channel(self.connector.dial_addr(target, &node.addr))
+                .ok()
+                .map(RaftClient::new),
         }
     }
 }

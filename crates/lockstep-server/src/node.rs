@@ -18,7 +18,7 @@ use lockstep_core::Timestamp;
 use lockstep_proto::v1::internal::RaftMessage;
 use lockstep_proto::v1::internal::raft_client::RaftClient;
 use lockstep_raft::log_store::LogStore;
-use lockstep_raft::state_machine::StateMachine;
+use lockstep_raft::state_machine::{ApplyHook, StateMachine};
 use lockstep_raft::{Body, Member, NodeId, Proposal, Response, TypeConfig};
 use lockstep_store::{RocksOptions, RocksStore};
 use openraft::error::{ClientWriteError, RaftError};
@@ -28,6 +28,7 @@ use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::network::{Network, PeerConnector};
 use crate::wire;
 
@@ -38,6 +39,8 @@ pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 const NO_LEADER_BACKOFF: Duration = Duration::from_millis(50);
 
 /// What a follower asks of the leader.
+// Built once per forwarded call and serialized at once: the size of `Write` costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ForwardRequest {
     Write {
@@ -87,8 +90,16 @@ pub struct Node {
     pub config: Config,
     pub raft: Raft<TypeConfig>,
     pub store: Arc<RocksStore>,
+    /// What this node records for `GET /metrics`.
+    pub metrics: Arc<Metrics>,
     connector: PeerConnector,
     leaders: Mutex<HashMap<String, RaftClient<Channel>>>,
+    /// Woken by the outbox dispatcher when tasks became ready, so long polls answer at once.
+    pub tasks_ready: tokio::sync::Notify,
+    /// TLS material, client authentication and the cluster policy.
+    pub trust: crate::trust::Trust,
+    /// Refused attempts seen by this node (bounded).
+    pub security: crate::security_log::SecurityLog,
 }
 
 impl std::fmt::Debug for Node {
@@ -101,6 +112,8 @@ impl Node {
     /// Opens the store and starts Raft. Bootstraps the cluster if this node has the lowest
     /// initial member id and its store has never been initialized.
     pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
+        // Certificates, keys and the policy are checked before any state is touched.
+        let trust = crate::trust::Trust::load(&config).map_err(anyhow::Error::msg)?;
         crate::config::check_identity(&config).map_err(anyhow::Error::msg)?;
         let store = Arc::new(RocksStore::open(
             &config.store_dir(),
@@ -120,17 +133,22 @@ impl Node {
         let raft_config = Arc::new(raft_config.validate()?);
         let connector = PeerConnector {
             connect_timeout: Duration::from_millis(500),
+            via: config.peer_via.clone(),
+            tls: trust.client_tls(),
         };
         let network = Network {
             my_id: config.id,
             connector: connector.clone(),
         };
+        let metrics = Arc::new(Metrics::new());
+        let apply_metrics = Arc::clone(&metrics);
         let raft = Raft::new(
             config.id,
             raft_config,
             network,
             LogStore::new(Arc::clone(&store)),
-            StateMachine::new(Arc::clone(&store)),
+            StateMachine::new(Arc::clone(&store))
+                .with_apply_hook(ApplyHook::new(move |n| apply_metrics.observe_apply(n))),
         )
         .await?;
         let node = Arc::new(Node {
@@ -138,8 +156,12 @@ impl Node {
             config,
             raft,
             store,
+            metrics,
             connector,
             leaders: Mutex::new(HashMap::new()),
+            tasks_ready: tokio::sync::Notify::new(),
+            trust,
+            security: crate::security_log::SecurityLog::default(),
         });
         node.bootstrap_if_first().await?;
         Ok(node)
@@ -255,11 +277,18 @@ impl Node {
     }
 
     async fn client_for(&self, addr: &str) -> Result<RaftClient<Channel>, WriteError> {
+        // `--peer-via`: dial the member with this address where it says.
+        let addr = self
+            .members()
+            .into_iter()
+            .find(|(_, a, _)| a == addr)
+            .map_or(addr, |(id, _, _)| self.connector.dial_addr(id, addr))
+            .to_string();
         let mut leaders = self.leaders.lock().await;
-        if let Some(c) = leaders.get(addr) {
+        if let Some(c) = leaders.get(&addr) {
             return Ok(c.clone());
         }
-        let channel = self.connector.channel(addr).map_err(WriteError::Invalid)?;
+        let channel = self.connector.channel(&addr).map_err(WriteError::Invalid)?;
         let client = RaftClient::new(channel).max_decoding_message_size(64 << 20);
         leaders.insert(addr.to_string(), client.clone());
         Ok(client)

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockstep_raft::{Body, read};
+use lockstep_raft::{Body, Member, NodeId, read};
 use openraft::ServerState;
 use tokio::sync::watch;
 
@@ -22,19 +22,22 @@ pub const TIMERS_FIRE_BATCH_MAX: usize = 256;
 /// Longest sleep between looks at the timer index, so a missed wake-up costs at most this.
 const IDLE_MAX: Duration = Duration::from_millis(500);
 
+/// True while this node leads and has applied an entry of its own term, so its state holds
+/// everything earlier leaders committed (timers armed, outbox items written).
+pub fn leading_with_own_entry(m: &openraft::RaftMetrics<NodeId, Member>) -> bool {
+    m.state == ServerState::Leader
+        && m.last_applied
+            .is_some_and(|l| l.leader_id.term == m.current_term)
+}
+
 pub async fn run(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let mut metrics = node.raft.metrics();
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let ready = {
-            let m = metrics.borrow();
-            m.state == ServerState::Leader
-                && m.last_applied
-                    .is_some_and(|l| l.leader_id.term == m.current_term)
-        };
-        if !ready {
+        if !leading_with_own_entry(&metrics.borrow()) {
+            node.metrics.set_timers_due(0);
             tokio::select! {
                 _ = metrics.changed() => {}
                 _ = shutdown.changed() => {}
@@ -81,12 +84,20 @@ async fn fire_due(node: &Node) -> Result<bool, WriteError> {
     let now = wall_clock();
     let due = read::due_timers(&*node.store, now, TIMERS_FIRE_BATCH_MAX)
         .map_err(|e| WriteError::Fatal(e.to_string()))?;
+    node.metrics.set_timers_due(due.len());
     if due.is_empty() {
         return Ok(false);
     }
+    // Lateness is taken at proposal time and recorded once the fire applied, so a retried
+    // proposal counts once, with the lateness of the attempt that went through.
+    let lateness: Vec<i64> = due
+        .iter()
+        .map(|t| now.as_micros().saturating_sub(t.due_at.as_micros()))
+        .collect();
     let timers: Vec<(String, String)> = due.into_iter().map(|t| (t.instance_id, t.id)).collect();
     let count = timers.len();
     let response = node.write(None, Body::FireTimers { timers }, false).await?;
+    node.metrics.observe_timers_fired(lateness);
     tracing::debug!(count, ?response, "fired timers");
     Ok(true)
 }

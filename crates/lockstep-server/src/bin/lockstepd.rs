@@ -8,6 +8,7 @@ use clap::Parser;
 use lockstep_proto::v1 as pb;
 use lockstep_server::api::Api;
 use lockstep_server::config::{Config, Flags, LogFormat};
+use lockstep_server::metrics::GrpcMetricsLayer;
 use lockstep_server::node::Node;
 use lockstep_server::raft_service::RaftService;
 use tokio::sync::watch;
@@ -18,6 +19,10 @@ const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 const MESSAGE_BYTES_MAX: usize = 4 << 20;
 
 fn main() -> ExitCode {
+    // `lockstepd backup|restore|inspect`: offline tools on a data directory or checkpoint.
+    if let Some(code) = lockstep_server::backup::main_if_offline_command() {
+        return code;
+    }
     let flags = Flags::parse();
     let config = match Config::load(flags) {
         Ok(c) => c,
@@ -63,16 +68,43 @@ async fn run(config: Config) -> anyhow::Result<()> {
             ),
             _ => anyhow::anyhow!("cannot listen on {}: {e}", config.listen),
         })?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(
+            |e| match e.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    anyhow::anyhow!("{addr} is already in use: choose another --metrics-listen")
+                }
+                _ => anyhow::anyhow!("cannot listen on {addr} (--metrics-listen): {e}"),
+            },
+        )?),
+        None => None,
+    };
     if config.dev {
         tracing::warn!(
-            "DEVELOPMENT MODE: no TLS, and callers name themselves with the x-lockstep-actor header. Never use this in production."
+            "DEVELOPMENT MODE: no TLS, no peer authentication, and callers name themselves with the x-lockstep-actor header (anyone who reaches this port can act as anyone). Loopback only; never use this in production."
         );
     }
     let node = Node::start(config.clone()).await?;
     tracing::info!(id = node.id, listen = %config.listen, data_dir = %config.data_dir.display(), "lockstepd started");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let metrics_server = metrics_listener.map(|listener| {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics at /metrics");
+        let mut shutdown = shutdown_rx.clone();
+        tokio::spawn(lockstep_server::metrics::serve(
+            listener,
+            Arc::clone(&node),
+            async move {
+                let _ = shutdown.changed().await;
+            },
+        ))
+    });
     let timers = tokio::spawn(lockstep_server::timers::run(
+        Arc::clone(&node),
+        shutdown_rx.clone(),
+    ));
+
+    let dispatcher = tokio::spawn(lockstep_server::dispatch::run(
         Arc::clone(&node),
         shutdown_rx.clone(),
     ));
@@ -87,9 +119,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .build_v1()?;
 
     let mut shutdown_signal = shutdown_rx.clone();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = node.trust.server_tls() {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| anyhow::anyhow!("TLS settings (--tls-cert, --tls-key, --tls-ca): {e}"))?;
+        tracing::info!("serving TLS; peers and clients authenticate (mTLS, JWT)");
+    }
+    let server = builder
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
         .timeout(Duration::from_secs(30))
+        .layer(GrpcMetricsLayer::new(Arc::clone(&node.metrics)))
+        .layer(lockstep_server::trust::AuthLayer::new(Arc::clone(&node)))
         .add_service(
             lockstep_proto::v1::internal::raft_server::RaftServer::new(RaftService {
                 node: Arc::clone(&node),
@@ -110,6 +151,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 .max_decoding_message_size(MESSAGE_BYTES_MAX),
         )
         .add_service(
+            pb::tasks_server::TasksServer::new(api.clone())
+                .max_decoding_message_size(MESSAGE_BYTES_MAX),
+        )
+        .add_service(
             pb::cluster_server::ClusterServer::new(api.clone())
                 .max_decoding_message_size(MESSAGE_BYTES_MAX),
         )
@@ -127,7 +172,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down: draining requests");
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    if let Some(metrics_server) = metrics_server {
+        let _ = tokio::time::timeout(Duration::from_secs(5), metrics_server).await;
+    }
     let _ = timers.await;
+    let _ = dispatcher.await;
     node.raft
         .shutdown()
         .await

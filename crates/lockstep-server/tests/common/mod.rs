@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lockstep_client::{Client, Identity, Options, pb};
+use lockstep_client::{Client, Credentials, Identity, Options, Tls, pb};
 use lockstep_core::ActorKind;
 
 pub const PO: &str = include_str!("../../../../examples/workflows/purchase-order.yaml");
@@ -31,8 +31,138 @@ impl Default for Settings {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub ports: Vec<u16>,
+    /// Each node's `--metrics-listen` port (every node serves `GET /metrics`).
+    pub metrics_ports: Vec<u16>,
     pub children: Vec<Option<Child>>,
     settings: Settings,
+    /// Secure mode (TLS, mTLS between nodes, JWT clients): the test's CA and JWT issuer.
+    /// `None`: development mode (`--dev`, header actors).
+    pub pki: Option<Pki>,
+}
+
+/// The `iss` and `aud` of the tokens a secure test cluster accepts.
+pub const JWT_ISSUER: &str = "https://issuer.lockstep.test";
+pub const JWT_AUDIENCE: &str = "lockstep-test";
+
+/// A CA and a JWT signing key made with rcgen for one test, with the PEM files a secure
+/// cluster needs in `dir`.
+pub struct Pki {
+    pub dir: PathBuf,
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub ca_pem: String,
+    jwt_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    pub fn new(dir: PathBuf) -> Pki {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca_pem = params.self_signed(&key).unwrap().pem();
+        std::fs::write(dir.join("ca.pem"), &ca_pem).unwrap();
+        let jwt_key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(dir.join("jwt.pem"), jwt_key.public_key_pem()).unwrap();
+        Pki {
+            dir,
+            ca: rcgen::Issuer::new(params, key),
+            ca_pem,
+            jwt_key,
+        }
+    }
+
+    /// A certificate from this CA for `cn` (with `kind:…`/`role:…` entries), written as `<file>.pem` and
+    /// `<file>-key.pem`; returns the PEM texts (certificate, key).
+    pub fn issue(&self, file: &str, cn: &str, ous: &[&str], server: bool) -> (String, String) {
+        let names = if server {
+            vec!["127.0.0.1".to_string(), "localhost".to_string()]
+        } else {
+            Vec::new()
+        };
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        // Kind and roles as URI SANs (`lockstep:kind:…`, `lockstep:role:…`), as `lockstep
+        // certs` writes them: rcgen keeps one OU per subject.
+        for entry in ous {
+            params.subject_alt_names.push(rcgen::SanType::URI(
+                format!("lockstep:{entry}").try_into().unwrap(),
+            ));
+        }
+        params.extended_key_usages = if server {
+            vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ]
+        } else {
+            vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth]
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap().pem();
+        let key = key.serialize_pem();
+        std::fs::write(self.dir.join(format!("{file}.pem")), &cert).unwrap();
+        std::fs::write(self.dir.join(format!("{file}-key.pem")), &key).unwrap();
+        (cert, key)
+    }
+
+    /// The certificate and key files of node `id` (made on first use).
+    pub fn node_files(&self, id: u64) -> (PathBuf, PathBuf) {
+        let cert = self.dir.join(format!("node-{id}.pem"));
+        if !cert.exists() {
+            self.issue(&format!("node-{id}"), &format!("node-{id}"), &[], true);
+        }
+        (cert, self.dir.join(format!("node-{id}-key.pem")))
+    }
+
+    /// A token signed by the cluster's issuer key with these claims.
+    pub fn sign(&self, claims: &serde_json::Value) -> String {
+        sign_with(&self.jwt_key, claims)
+    }
+
+    /// The claims of a valid token for `identity`, expiring in `exp_in` seconds.
+    pub fn claims(identity: &Identity, exp_in: i64) -> serde_json::Value {
+        let now = jiff::Timestamp::now().as_second();
+        serde_json::json!({
+            "sub": identity.actor,
+            "roles": identity.roles,
+            "lockstep_kind": identity.kind.as_str(),
+            "iss": JWT_ISSUER,
+            "aud": JWT_AUDIENCE,
+            "iat": now,
+            "exp": now + exp_in,
+        })
+    }
+
+    pub fn token(&self, identity: &Identity) -> String {
+        self.sign(&Pki::claims(identity, 600))
+    }
+
+    /// Client TLS settings: the CA, and optionally a client certificate.
+    pub fn tls(&self, identity: Option<(String, String)>) -> Tls {
+        Tls {
+            ca_pem: self.ca_pem.clone().into_bytes(),
+            identity: identity.map(|(c, k)| (c.into_bytes(), k.into_bytes())),
+            domain: None,
+        }
+    }
+}
+
+/// A JWT (ES256) signed with `key`.
+pub fn sign_with(key: &rcgen::KeyPair, claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap()
 }
 
 fn free_port() -> u16 {
@@ -44,13 +174,32 @@ fn free_port() -> u16 {
 }
 
 impl Cluster {
+    /// A development-mode cluster (`--dev`).
     pub fn start(settings: Settings) -> Cluster {
+        Cluster::launch(settings, false, None)
+    }
+
+    /// A secure cluster: TLS with certificates from a CA the test makes, mTLS between the
+    /// nodes, clients authenticated by JWTs, and the cluster policy `policy` (TOML) if given.
+    pub fn start_secure(settings: Settings, policy: Option<&str>) -> Cluster {
+        Cluster::launch(settings, true, policy)
+    }
+
+    fn launch(settings: Settings, secure: bool, policy: Option<&str>) -> Cluster {
         let ports: Vec<u16> = (0..settings.nodes).map(|_| free_port()).collect();
+        let metrics_ports: Vec<u16> = (0..settings.nodes).map(|_| free_port()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = secure.then(|| Pki::new(dir.path().join("pki")));
+        if let (Some(pki), Some(policy)) = (&pki, policy) {
+            std::fs::write(pki.dir.join("policy.toml"), policy).unwrap();
+        }
         let mut cluster = Cluster {
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             ports,
+            metrics_ports,
             children: Vec::new(),
             settings,
+            pki,
         };
         for i in 0..cluster.settings.nodes {
             let child = cluster.spawn(i);
@@ -84,7 +233,30 @@ impl Cluster {
             .append(true)
             .open(self.log_path(i))
             .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_lockstepd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lockstepd"));
+        match &self.pki {
+            None => {
+                command.arg("--dev");
+            }
+            Some(pki) => {
+                let (cert, key) = pki.node_files(i as u64 + 1);
+                command
+                    .arg("--tls-cert")
+                    .arg(cert)
+                    .arg("--tls-key")
+                    .arg(key)
+                    .arg("--tls-ca")
+                    .arg(pki.dir.join("ca.pem"))
+                    .arg("--jwt-keys")
+                    .arg(pki.dir.join("jwt.pem"))
+                    .args(["--jwt-issuer", JWT_ISSUER, "--jwt-audience", JWT_AUDIENCE]);
+                let policy = pki.dir.join("policy.toml");
+                if policy.exists() {
+                    command.arg("--policy").arg(policy);
+                }
+            }
+        }
+        command
             .args([
                 "--id",
                 &(i + 1).to_string(),
@@ -92,7 +264,8 @@ impl Cluster {
                 &self.endpoint(i),
                 "--initial-members",
                 &self.members(),
-                "--dev",
+                "--metrics-listen",
+                &format!("127.0.0.1:{}", self.metrics_ports[i]),
             ])
             .args(["--heartbeat-ms", "100", "--election-timeout-ms", "500"])
             .args([
@@ -145,6 +318,7 @@ impl Cluster {
     pub fn spawn_joiner(&mut self) -> usize {
         let port = free_port();
         self.ports.push(port);
+        self.metrics_ports.push(free_port());
         let i = self.ports.len() - 1;
         let child = self.spawn(i);
         self.children.push(Some(child));
@@ -176,8 +350,18 @@ impl Cluster {
         self.client_for(&self.endpoints(), identity)
     }
 
+    /// A client acting as `identity`: by headers in development mode, by a JWT for it over
+    /// TLS in secure mode.
     pub fn client_for(&self, endpoints: &[String], identity: Identity) -> Client {
-        Client::new(endpoints, Some(identity), Options::default()).unwrap()
+        let credentials = match &self.pki {
+            None => Credentials::default(),
+            Some(pki) => Credentials {
+                tls: Some(pki.tls(None)),
+                token: Some(pki.token(&identity)),
+            },
+        };
+        Client::with_credentials(endpoints, Some(identity), Options::default(), credentials)
+            .unwrap()
     }
 
     pub fn admin(&self) -> Client {
@@ -198,10 +382,10 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             for i in self.running() {
-                if let Some(s) = self.status(i, false).await {
-                    if s.role == "Leader" {
-                        return (s.node_id - 1) as usize;
-                    }
+                if let Some(s) = self.status(i, false).await
+                    && s.role == "Leader"
+                {
+                    return (s.node_id - 1) as usize;
                 }
             }
             assert!(
@@ -247,6 +431,41 @@ impl Cluster {
         }
     }
 
+    /// `GET /metrics` from node i over a plain HTTP/1.1 connection: (status line and headers,
+    /// body).
+    pub async fn scrape(&self, i: usize) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = format!("127.0.0.1:{}", self.metrics_ports[i]);
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect to the metrics endpoint {addr}: {e}"));
+        stream
+            .write_all(
+                format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+            .await
+            .expect("the metrics endpoint answers within 10 s")
+            .unwrap();
+        let text = String::from_utf8(raw).expect("metrics are UTF-8");
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("not an HTTP response: {text}"));
+        let chunked = head
+            .lines()
+            .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
+        let body = if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        (head.to_string(), body)
+    }
+
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
     }
@@ -275,6 +494,23 @@ impl Drop for Cluster {
                 );
             }
         }
+    }
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16)
+            .expect("hex chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..]
+            .strip_prefix("\r\n")
+            .expect("chunk ends with CRLF");
     }
 }
 

@@ -1,0 +1,540 @@
+//! Prometheus metrics: what a node records as it works, and the HTTP endpoint that serves them
+//! (`--metrics-listen ADDR`, `GET /metrics`, Prometheus text format 0.0.4).
+//!
+//! Recorded as things happen: gRPC calls (one tower layer around the whole gRPC server,
+//! [`GrpcMetricsLayer`]), entries per state machine apply call (a hook on the state machine),
+//! timer lateness and due timers (the timer service). Read at scrape time: Raft's term, leader
+//! and indexes, and RocksDB's size estimates per column family.
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `lockstep_grpc_requests_total` | counter | `rpc` (full method path), `code` (gRPC status code name) |
+//! | `lockstep_grpc_request_duration_seconds` | histogram | `rpc` |
+//! | `lockstep_grpc_requests_in_flight` | gauge | |
+//! | `lockstep_raft_term`, `_leader_id`, `_is_leader`, `_last_log_index`, `_committed_index`, `_applied_index`, `_snapshot_index`, `_purged_index` | gauge | |
+//! | `lockstep_raft_apply_batch_entries` | histogram | |
+//! | `lockstep_store_sst_files_bytes`, `_live_data_bytes`, `_memtables_bytes`, `_keys_estimate` | gauge | `family` |
+//! | `lockstep_timer_lateness_seconds` | histogram | |
+//! | `lockstep_timers_due` | gauge | |
+//! | `lockstep_timers_fired_total` | counter | |
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::node::Node;
+
+/// Distinct `rpc` label values kept; calls to further paths (e.g. a client probing unknown
+/// methods) are counted under `rpc="other"`, so a caller cannot grow the series without bound.
+pub const RPC_LABELS_MAX: usize = 128;
+
+type U64Gauge = Gauge<u64, AtomicU64>;
+type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcCodeLabels {
+    rpc: String,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    rpc: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FamilyLabels {
+    family: &'static str,
+}
+
+fn grpc_duration_histogram() -> Histogram {
+    // 0.5 ms to ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// A node's metrics. Cheap to record into from any task; one per process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// The `rpc` label values in use (at most [`RPC_LABELS_MAX`]).
+    rpc_labels: Mutex<HashSet<String>>,
+    grpc_requests: Family<RpcCodeLabels, Counter>,
+    grpc_duration: HistogramFamily<RpcLabels>,
+    grpc_in_flight: Gauge,
+    raft_term: U64Gauge,
+    raft_leader_id: U64Gauge,
+    raft_is_leader: U64Gauge,
+    raft_last_log_index: U64Gauge,
+    raft_committed_index: U64Gauge,
+    raft_applied_index: U64Gauge,
+    raft_snapshot_index: U64Gauge,
+    raft_purged_index: U64Gauge,
+    apply_batch_entries: Histogram,
+    store_sst_files_bytes: Family<FamilyLabels, U64Gauge>,
+    store_live_data_bytes: Family<FamilyLabels, U64Gauge>,
+    store_memtables_bytes: Family<FamilyLabels, U64Gauge>,
+    store_keys_estimate: Family<FamilyLabels, U64Gauge>,
+    timer_lateness: Histogram,
+    timers_due: U64Gauge,
+    timers_fired: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            rpc_labels: Mutex::new(HashSet::new()),
+            grpc_requests: Family::default(),
+            grpc_duration: Family::new_with_constructor(grpc_duration_histogram),
+            grpc_in_flight: Gauge::default(),
+            raft_term: U64Gauge::default(),
+            raft_leader_id: U64Gauge::default(),
+            raft_is_leader: U64Gauge::default(),
+            raft_last_log_index: U64Gauge::default(),
+            raft_committed_index: U64Gauge::default(),
+            raft_applied_index: U64Gauge::default(),
+            raft_snapshot_index: U64Gauge::default(),
+            raft_purged_index: U64Gauge::default(),
+            // 1 to 4096 entries.
+            apply_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            store_sst_files_bytes: Family::default(),
+            store_live_data_bytes: Family::default(),
+            store_memtables_bytes: Family::default(),
+            store_keys_estimate: Family::default(),
+            // 1 ms to ~65 s.
+            timer_lateness: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            timers_due: U64Gauge::default(),
+            timers_fired: Counter::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "lockstep_grpc_requests",
+            "gRPC calls served, by full method path and gRPC status code (CANCELLED: the call ended before an answer)",
+            m.grpc_requests.clone(),
+        );
+        r.register(
+            "lockstep_grpc_request_duration_seconds",
+            "Time from receiving a gRPC call to its status, by full method path",
+            m.grpc_duration.clone(),
+        );
+        r.register(
+            "lockstep_grpc_requests_in_flight",
+            "gRPC calls received and not yet answered",
+            m.grpc_in_flight.clone(),
+        );
+        let gauges = [
+            ("lockstep_raft_term", "Current Raft term", &m.raft_term),
+            (
+                "lockstep_raft_leader_id",
+                "Id of the current Raft leader as this node knows it (0: none known)",
+                &m.raft_leader_id,
+            ),
+            (
+                "lockstep_raft_is_leader",
+                "1 if this node is the Raft leader, else 0",
+                &m.raft_is_leader,
+            ),
+            (
+                "lockstep_raft_last_log_index",
+                "Index of the last entry appended to this node's Raft log",
+                &m.raft_last_log_index,
+            ),
+            (
+                "lockstep_raft_committed_index",
+                "Index of the last entry this node knows to be committed",
+                &m.raft_committed_index,
+            ),
+            (
+                "lockstep_raft_applied_index",
+                "Index of the last entry applied to this node's state machine",
+                &m.raft_applied_index,
+            ),
+            (
+                "lockstep_raft_snapshot_index",
+                "Last log index included in this node's current snapshot",
+                &m.raft_snapshot_index,
+            ),
+            (
+                "lockstep_raft_purged_index",
+                "Last log index purged from this node's log",
+                &m.raft_purged_index,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            r.register(name, help, gauge.clone());
+        }
+        r.register(
+            "lockstep_raft_apply_batch_entries",
+            "Entries per state machine apply call (each call is one RocksDB batch)",
+            m.apply_batch_entries.clone(),
+        );
+        let families = [
+            (
+                "lockstep_store_sst_files_bytes",
+                "RocksDB total-sst-files-size per column family",
+                &m.store_sst_files_bytes,
+            ),
+            (
+                "lockstep_store_live_data_bytes",
+                "RocksDB estimate-live-data-size per column family",
+                &m.store_live_data_bytes,
+            ),
+            (
+                "lockstep_store_memtables_bytes",
+                "RocksDB size-all-mem-tables per column family",
+                &m.store_memtables_bytes,
+            ),
+            (
+                "lockstep_store_keys_estimate",
+                "RocksDB estimate-num-keys per column family",
+                &m.store_keys_estimate,
+            ),
+        ];
+        for (name, help, family) in families {
+            r.register(name, help, family.clone());
+        }
+        r.register(
+            "lockstep_timer_lateness_seconds",
+            "How late timers were proposed to fire: leader wall clock at proposal minus due time",
+            m.timer_lateness.clone(),
+        );
+        r.register(
+            "lockstep_timers_due",
+            "Due timers found by the timer service's last scan on this node (at most one proposal's worth; 0 when not leading)",
+            m.timers_due.clone(),
+        );
+        r.register(
+            "lockstep_timers_fired",
+            "Timers proposed to fire in FireTimers commands that applied",
+            m.timers_fired.clone(),
+        );
+        m
+    }
+
+    /// Records one apply call of `entries` entries.
+    pub fn observe_apply(&self, entries: usize) {
+        self.apply_batch_entries.observe(entries as f64);
+    }
+
+    /// Records the due timers a scan of the timer index found.
+    pub fn set_timers_due(&self, count: usize) {
+        self.timers_due.set(count as u64);
+    }
+
+    /// Records timers whose fire applied, each `lateness_micros` late.
+    pub fn observe_timers_fired(&self, lateness_micros: impl IntoIterator<Item = i64>) {
+        for late in lateness_micros {
+            self.timer_lateness.observe(late.max(0) as f64 / 1e6);
+            self.timers_fired.inc();
+        }
+    }
+
+    fn rpc_label(&self, path: &str) -> String {
+        let mut known = self.rpc_labels.lock().unwrap_or_else(|e| e.into_inner());
+        if known.contains(path) {
+            path.to_string()
+        } else if known.len() < RPC_LABELS_MAX {
+            known.insert(path.to_string());
+            path.to_string()
+        } else {
+            "other".to_string()
+        }
+    }
+
+    fn record_call(&self, rpc: String, code: &'static str, elapsed: std::time::Duration) {
+        self.grpc_duration
+            .get_or_create(&RpcLabels { rpc: rpc.clone() })
+            .observe(elapsed.as_secs_f64());
+        self.grpc_requests
+            .get_or_create(&RpcCodeLabels { rpc, code })
+            .inc();
+    }
+
+    /// Reads the scrape-time values (Raft, RocksDB) from `node` and encodes every metric in the
+    /// Prometheus text format.
+    pub fn render(&self, node: &Node) -> Result<String, std::fmt::Error> {
+        {
+            let raft = node.raft.metrics().borrow().clone();
+            self.raft_term.set(raft.current_term);
+            self.raft_leader_id.set(raft.current_leader.unwrap_or(0));
+            self.raft_is_leader
+                .set(u64::from(raft.state == openraft::ServerState::Leader));
+            self.raft_last_log_index
+                .set(raft.last_log_index.unwrap_or(0));
+            self.raft_applied_index
+                .set(raft.last_applied.map(|l| l.index).unwrap_or(0));
+            self.raft_snapshot_index
+                .set(raft.snapshot.map(|l| l.index).unwrap_or(0));
+            self.raft_purged_index
+                .set(raft.purged.map(|l| l.index).unwrap_or(0));
+        }
+        match lockstep_raft::log_store::committed(&*node.store) {
+            Ok(committed) => {
+                self.raft_committed_index
+                    .set(committed.map(|l| l.index).unwrap_or(0));
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: cannot read the committed log id"),
+        }
+        for (family, sizes) in node.store.family_sizes() {
+            let labels = FamilyLabels {
+                family: family.name(),
+            };
+            self.store_sst_files_bytes
+                .get_or_create(&labels)
+                .set(sizes.sst_files_bytes);
+            self.store_live_data_bytes
+                .get_or_create(&labels)
+                .set(sizes.live_data_bytes);
+            self.store_memtables_bytes
+                .get_or_create(&labels)
+                .set(sizes.memtables_bytes);
+            self.store_keys_estimate
+                .get_or_create(&labels)
+                .set(sizes.keys_estimate);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Arc<Node>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape))
+        .with_state(node);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn scrape(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match node.metrics.render(&node) {
+        Ok(text) => (
+            [(
+                http::header::CONTENT_TYPE,
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// The canonical name of a gRPC status code, as in the gRPC specification.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn status_of(headers: &http::HeaderMap) -> Option<&'static str> {
+    headers
+        .get("grpc-status")
+        .map(|v| code_name(tonic::Code::from_bytes(v.as_bytes())))
+}
+
+/// The tower layer that records every gRPC call the server answers: count by method and
+/// status code, latency by method, calls in flight. The status is read where gRPC puts it: the
+/// response headers (a trailers-only answer, as errors usually are) or the trailers at the end
+/// of the response body.
+#[derive(Clone, Debug)]
+pub struct GrpcMetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl GrpcMetricsLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        GrpcMetricsLayer { metrics }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetricsService {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GrpcMetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for GrpcMetricsService<S>
+where
+    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: http_body::Body + Unpin + Send + 'static,
+{
+    type Response = http::Response<MeteredBody<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let call = Call::start(Arc::clone(&self.metrics), request.uri().path());
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            // Dropped before an answer (client gone, deadline passed): `call` records CANCELLED.
+            let mut call = call;
+            match response.await {
+                Ok(response) => Ok(call.wrap(response)),
+                Err(e) => {
+                    call.finish("UNKNOWN");
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+/// One gRPC call being measured; records itself exactly once.
+#[derive(Debug)]
+struct Call {
+    metrics: Arc<Metrics>,
+    rpc: String,
+    started: Instant,
+    finished: bool,
+}
+
+impl Call {
+    fn start(metrics: Arc<Metrics>, path: &str) -> Call {
+        metrics.grpc_in_flight.inc();
+        let rpc = metrics.rpc_label(path);
+        Call {
+            metrics,
+            rpc,
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    fn finish(&mut self, code: &'static str) {
+        if !self.finished {
+            self.finished = true;
+            self.metrics.grpc_in_flight.dec();
+            self.metrics
+                .record_call(std::mem::take(&mut self.rpc), code, self.started.elapsed());
+        }
+    }
+
+    fn wrap<B: http_body::Body>(
+        mut self,
+        response: http::Response<B>,
+    ) -> http::Response<MeteredBody<B>> {
+        if let Some(code) = status_of(response.headers()) {
+            self.finish(code);
+        } else if response.body().is_end_stream() {
+            // No status and nothing more to come: not a gRPC answer.
+            self.finish("UNKNOWN");
+        }
+        let call = (!self.finished).then_some(self);
+        response.map(|inner| MeteredBody { inner, call })
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.finish("CANCELLED");
+    }
+}
+
+/// A response body that records its call's status when the trailers go by.
+#[derive(Debug)]
+pub struct MeteredBody<B> {
+    inner: B,
+    call: Option<Call>,
+}
+
+impl<B> http_body::Body for MeteredBody<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(call) = this.call.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(code) = frame.trailers_ref().and_then(status_of) {
+                        call.finish(code);
+                    }
+                }
+                Poll::Ready(Some(Err(_))) | Poll::Ready(None) => call.finish("UNKNOWN"),
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,387 @@
+//! The cluster policy (DESIGN §5): who may apply definitions, read audit, change membership
+//! and resolve incidents. Per-transition permissions are the definitions' `allow` predicates;
+//! this file covers the operations outside any workflow.
+//!
+//! The file (`--policy`, TOML) has one table per permission, each listing actor ids and roles;
+//! an actor named in `actors` or holding one of `roles` is allowed:
+//!
+//! ```toml
+//! [apply_definitions]
+//! roles = ["admin"]
+//! actors = ["ci-deployer"]
+//!
+//! [read_audit]
+//! roles = ["admin", "auditor"]
+//!
+//! [change_membership]
+//! roles = ["admin"]
+//!
+//! [resolve_incidents]
+//! roles = ["operator"]
+//! ```
+//!
+//! A permission the file leaves out keeps its default (the values above, minus the example
+//! actor). A secure node without `--policy` uses the defaults; a development node without
+//! `--policy` allows every caller, as it always did. The node re-reads the file when its
+//! modification time or size changes (looked at most once a second, on use); a file that no
+//! longer parses is logged and the previous policy stays in force.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use lockstep_core::Actor;
+use serde::Deserialize;
+
+/// How often, at most, the node looks at the policy file for changes.
+pub const POLICY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The operations the policy governs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permission {
+    /// `Definitions/Apply`.
+    ApplyDefinitions,
+    /// `Audit/*`: the change feed, verification and the security log.
+    ReadAudit,
+    /// `Cluster/AddLearner`, `Promote`, `Remove`, `Snapshot` and `Backup`.
+    ChangeMembership,
+    /// `Tasks/ResolveIncident` (the engine also requires the `operator` role).
+    ResolveIncidents,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::ApplyDefinitions => "apply_definitions",
+            Permission::ReadAudit => "read_audit",
+            Permission::ChangeMembership => "change_membership",
+            Permission::ResolveIncidents => "resolve_incidents",
+        }
+    }
+
+    /// The permission a gRPC method needs, if any (every other public method needs only an
+    /// authenticated actor).
+    pub fn for_method(path: &str) -> Option<Permission> {
+        match path {
+            "/lockstep.v1.Definitions/Apply" => Some(Permission::ApplyDefinitions),
+            "/lockstep.v1.Cluster/AddLearner"
+            | "/lockstep.v1.Cluster/Promote"
+            | "/lockstep.v1.Cluster/Remove"
+            | "/lockstep.v1.Cluster/Snapshot"
+            | "/lockstep.v1.Cluster/Backup" => Some(Permission::ChangeMembership),
+            "/lockstep.v1.Tasks/ResolveIncident" => Some(Permission::ResolveIncidents),
+            p if p.starts_with("/lockstep.v1.Audit/") => Some(Permission::ReadAudit),
+            _ => None,
+        }
+    }
+}
+
+/// Who holds one permission.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    #[serde(default)]
+    pub actors: Vec<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+impl Rule {
+    fn roles(roles: &[&str]) -> Rule {
+        Rule {
+            actors: Vec::new(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    fn allows(&self, actor: &Actor) -> bool {
+        self.actors.contains(&actor.id) || actor.roles.iter().any(|r| self.roles.contains(r))
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.roles.is_empty() {
+            parts.push(format!("role {}", self.roles.join(" or ")));
+        }
+        if !self.actors.is_empty() {
+            parts.push(format!("actor {}", self.actors.join(" or ")));
+        }
+        if parts.is_empty() {
+            "nobody".into()
+        } else {
+            parts.join(", or ")
+        }
+    }
+}
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    apply_definitions: Option<Rule>,
+    read_audit: Option<Rule>,
+    change_membership: Option<Rule>,
+    resolve_incidents: Option<Rule>,
+}
+
+/// A complete policy: one rule per permission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Development mode without a policy file: everything is allowed.
+    pub allow_all: bool,
+    pub apply_definitions: Rule,
+    pub read_audit: Rule,
+    pub change_membership: Rule,
+    pub resolve_incidents: Rule,
+}
+
+impl Default for Policy {
+    /// The secure defaults.
+    fn default() -> Self {
+        Policy {
+            allow_all: false,
+            apply_definitions: Rule::roles(&["admin"]),
+            read_audit: Rule::roles(&["admin", "auditor"]),
+            change_membership: Rule::roles(&["admin"]),
+            resolve_incidents: Rule::roles(&["operator"]),
+        }
+    }
+}
+
+impl Policy {
+    pub fn parse(text: &str) -> Result<Policy, String> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let defaults = Policy::default();
+        Ok(Policy {
+            allow_all: false,
+            apply_definitions: file.apply_definitions.unwrap_or(defaults.apply_definitions),
+            read_audit: file.read_audit.unwrap_or(defaults.read_audit),
+            change_membership: file.change_membership.unwrap_or(defaults.change_membership),
+            resolve_incidents: file.resolve_incidents.unwrap_or(defaults.resolve_incidents),
+        })
+    }
+
+    fn rule(&self, permission: Permission) -> &Rule {
+        match permission {
+            Permission::ApplyDefinitions => &self.apply_definitions,
+            Permission::ReadAudit => &self.read_audit,
+            Permission::ChangeMembership => &self.change_membership,
+            Permission::ResolveIncidents => &self.resolve_incidents,
+        }
+    }
+
+    /// Whether `actor` holds `permission`; the error says who would.
+    pub fn check(&self, actor: &Actor, permission: Permission) -> Result<(), String> {
+        if self.allow_all {
+            return Ok(());
+        }
+        let rule = self.rule(permission);
+        if rule.allows(actor) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the cluster policy does not give actor `{}` (roles: {}) the permission {}; it is held by {}",
+                actor.id,
+                if actor.roles.is_empty() {
+                    "none".to_string()
+                } else {
+                    actor.roles.join(", ")
+                },
+                permission.as_str(),
+                rule.describe()
+            ))
+        }
+    }
+}
+
+/// The policy in force, re-read from its file when that changes.
+#[derive(Debug)]
+pub struct PolicySource {
+    path: Option<PathBuf>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    policy: Arc<Policy>,
+    checked: Instant,
+    stamp: Option<(SystemTime, u64)>,
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn read(path: &Path) -> Result<Policy, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the policy file {}: {e}", path.display()))?;
+    Policy::parse(&text).map_err(|e| format!("policy file {}: {e}", path.display()))
+}
+
+impl PolicySource {
+    /// Reads the file (a start-up error if it is missing or bad); without one, the secure
+    /// defaults, or allow-all in development mode.
+    pub fn load(path: Option<&Path>, dev: bool) -> Result<PolicySource, String> {
+        let policy = match path {
+            Some(p) => read(p)?,
+            None if dev => Policy {
+                allow_all: true,
+                ..Policy::default()
+            },
+            None => Policy::default(),
+        };
+        Ok(PolicySource {
+            path: path.map(Path::to_path_buf),
+            state: Mutex::new(State {
+                policy: Arc::new(policy),
+                checked: Instant::now(),
+                stamp: path.and_then(stamp),
+            }),
+        })
+    }
+
+    /// The policy in force now.
+    pub fn current(&self) -> Arc<Policy> {
+        let mut state = self.state.lock().expect("policy lock");
+        if let Some(path) = &self.path
+            && state.checked.elapsed() >= POLICY_CHECK_INTERVAL
+        {
+            state.checked = Instant::now();
+            let now = stamp(path);
+            if now != state.stamp {
+                state.stamp = now;
+                match read(path) {
+                    Ok(policy) => {
+                        tracing::info!(path = %path.display(), ?policy, "cluster policy reloaded");
+                        state.policy = Arc::new(policy);
+                    }
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "the changed cluster policy file is not valid; the previous policy stays in force"
+                    ),
+                }
+            }
+        }
+        Arc::clone(&state.policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lockstep_core::ActorKind;
+
+    use super::*;
+
+    fn actor(id: &str, roles: &[&str]) -> Actor {
+        Actor {
+            id: id.into(),
+            kind: ActorKind::Human,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            claims: Default::default(),
+            authn: "jwt".into(),
+        }
+    }
+
+    #[test]
+    fn secure_defaults() {
+        let p = Policy::default();
+        assert!(
+            p.check(&actor("a", &["admin"]), Permission::ApplyDefinitions)
+                .is_ok()
+        );
+        let refused = p
+            .check(&actor("a", &["auditor"]), Permission::ApplyDefinitions)
+            .unwrap_err();
+        assert!(refused.contains("apply_definitions"), "{refused}");
+        assert!(refused.contains("role admin"), "{refused}");
+        assert!(
+            p.check(&actor("a", &["auditor"]), Permission::ReadAudit)
+                .is_ok()
+        );
+        assert!(p.check(&actor("a", &[]), Permission::ReadAudit).is_err());
+        assert!(
+            p.check(&actor("a", &["auditor"]), Permission::ChangeMembership)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_file_overrides_what_it_names() {
+        let p = Policy::parse(
+            "[apply_definitions]\nactors = [\"ci\"]\n\n[read_audit]\nroles = [\"sec\"]\n",
+        )
+        .unwrap();
+        assert!(
+            p.check(&actor("ci", &[]), Permission::ApplyDefinitions)
+                .is_ok()
+        );
+        assert!(
+            p.check(&actor("root", &["admin"]), Permission::ApplyDefinitions)
+                .is_err()
+        );
+        assert!(
+            p.check(&actor("x", &["sec"]), Permission::ReadAudit)
+                .is_ok()
+        );
+        // Left out: the default.
+        assert!(
+            p.check(&actor("x", &["admin"]), Permission::ChangeMembership)
+                .is_ok()
+        );
+        assert!(Policy::parse("[apply]\nroles = []\n").is_err());
+    }
+
+    #[test]
+    fn methods_map_to_permissions() {
+        assert_eq!(
+            Permission::for_method("/lockstep.v1.Audit/Verify"),
+            Some(Permission::ReadAudit)
+        );
+        assert_eq!(
+            Permission::for_method("/lockstep.v1.Cluster/Remove"),
+            Some(Permission::ChangeMembership)
+        );
+        assert_eq!(Permission::for_method("/lockstep.v1.Cluster/Status"), None);
+        assert_eq!(
+            Permission::for_method("/lockstep.v1.Instances/Transition"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_file_is_reloaded_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        std::fs::write(&path, "[read_audit]\nroles = [\"a\"]\n").unwrap();
+        let source = PolicySource::load(Some(&path), false).unwrap();
+        assert!(
+            source
+                .current()
+                .check(&actor("x", &["a"]), Permission::ReadAudit)
+                .is_ok()
+        );
+        // A different size, so the change is seen even within the file system's mtime
+        // granularity.
+        std::fs::write(&path, "[read_audit]\nroles = [\"bb\"]\n").unwrap();
+        std::thread::sleep(POLICY_CHECK_INTERVAL + Duration::from_millis(50));
+        let now = source.current();
+        assert!(
+            now.check(&actor("x", &["bb"]), Permission::ReadAudit)
+                .is_ok()
+        );
+        assert!(
+            now.check(&actor("x", &["a"]), Permission::ReadAudit)
+                .is_err()
+        );
+        // A broken file keeps the previous policy.
+        std::fs::write(&path, "not toml [").unwrap();
+        std::thread::sleep(POLICY_CHECK_INTERVAL + Duration::from_millis(50));
+        assert!(
+            source
+                .current()
+                .check(&actor("x", &["bb"]), Permission::ReadAudit)
+                .is_ok()
+        );
+    }
+}
