@@ -1,5 +1,6 @@
 //! `lockstep`: the command line for workflow authors and operators.
 
+mod certs;
 mod dev;
 mod offline;
 mod online;
@@ -14,11 +15,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// `graph`, unit-test it with `test`. Online: `dev` starts a local 3-node cluster; `apply`,
 /// `create`, `transition`, `event`, `get`, `list`, `history`, `audit` and `cluster` talk to
 /// one (any node; writes are routed to the leader).
-///
-/// Exit codes: 0 success; 1 errors in files, a failed test, or a refused request; 2 the
-/// command line is wrong; 3 the cluster could not be reached.
 #[derive(Debug, Parser)]
-#[command(name = "lockstep", version, propagate_version = true)]
+#[command(
+    name = "lockstep",
+    version,
+    propagate_version = true,
+    after_help = EXIT_CODES_HELP
+)]
 pub struct Cli {
     /// Output format for results.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
@@ -28,6 +31,52 @@ pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// The exit codes of every command; scripts may rely on them (also in `lockstep --help`).
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The answer is no: the engine refused the request (the refusal code is printed), the
+    /// node refused the caller, a definition has errors, a scenario test failed, or an audit
+    /// chain is broken.
+    pub const REFUSED: u8 = 1;
+    /// The command line or a local input is wrong (clap errors, bad JSON, unreadable files),
+    /// or the node rejected the request as malformed.
+    pub const USAGE: u8 = 2;
+    /// No node answered in time (for `cluster status` and `audit verify`: some endpoint did
+    /// not answer). A write may or may not have been applied: retry it with `--request-id`.
+    pub const UNAVAILABLE: u8 = 3;
+    /// The named instance, workflow, definition or node does not exist.
+    pub const NOT_FOUND: u8 = 4;
+
+    /// A short name of a code, as in `--output json` errors.
+    pub fn kind(code: u8) -> &'static str {
+        match code {
+            OK => "ok",
+            REFUSED => "refused",
+            USAGE => "usage",
+            UNAVAILABLE => "unavailable",
+            NOT_FOUND => "not_found",
+            _ => "error",
+        }
+    }
+}
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  refused: the engine refused the request (its code is printed, e.g. FORBIDDEN), the
+     node refused the caller, a definition has errors, a scenario test failed, or an
+     audit chain is broken
+  2  usage: the command line or a local input is wrong (unknown flag, bad JSON in --data,
+     unreadable file), or the node rejected the request as malformed
+  3  unavailable: no node answered within --timeout (cluster status, audit verify: some
+     endpoint did not answer); a write may or may not have been applied, so retry it
+     with the same --request-id
+  4  not found: the named instance, workflow, definition or node does not exist
+
+With --output json a failure is also one JSON object on stderr:
+  {\"error\": {\"exit_code\": 1, \"kind\": \"refused\", \"code\": \"FORBIDDEN\", \"message\": \"...\"}}";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -78,6 +127,19 @@ enum Command {
     },
     /// Print the JSON Schema of the definition format (for editors).
     Schema,
+    /// Make a cluster CA and node and client certificates (PEM files), offline.
+    ///
+    /// A secure cluster needs one CA (`ca.pem`, given to every node and client as --tls-ca),
+    /// one certificate per node with CN `node-<id>` and the names the node is dialled by
+    /// (--node), and optionally client certificates whose CN is the actor id and whose URI
+    /// subject alternative names `lockstep:kind:<kind>` and `lockstep:role:<role>` give its
+    /// kind and roles (--client). If --out already holds ca.pem and ca-key.pem, that CA
+    /// signs; keep ca-key.pem secret and offline. Files: ca.pem, ca-key.pem,
+    /// node-<id>.pem, node-<id>-key.pem, client-<actor>.pem, client-<actor>-key.pem.
+    ///
+    /// Example: lockstep certs --out certs --node 1=n1.example,10.0.0.1 --node 2=n2.example
+    ///   --node 3=n3.example --client alice::requester --client bob::approver --client erp:worker
+    Certs(certs::CertsArgs),
     /// Start a local cluster on loopback with the example workflows applied (Ctrl-C stops it).
     ///
     /// Example: lockstep dev --fresh
@@ -129,7 +191,19 @@ enum Command {
         #[arg(long)]
         payload: Option<String>,
     },
-    /// Show an instance: state, data, SLAs, armed timers.
+    /// Resolve an instance's open incident (needs the `operator` role), optionally making its
+    /// task ready for a fresh attempt.
+    ///
+    /// Example: lockstep resolve purchase-order/PO-1 inc-1 --retry --as oscar --roles operator
+    Resolve {
+        instance: String,
+        /// The incident id, as `lockstep get` shows it.
+        incident: String,
+        /// Retry the incident's task.
+        #[arg(long)]
+        retry: bool,
+    },
+    /// Show an instance: state, data, SLAs, armed timers, tasks and incidents.
     Get {
         instance: String,
         /// Read this node's replica without confirming with the leader (marked stale).
@@ -157,25 +231,56 @@ enum Command {
     /// Cluster membership and health.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Ask nodes for their grpc.health.v1 status; exit 0 when every one is SERVING.
+    ///
+    /// For container health checks and probes: exit 1 when a node answers anything but
+    /// SERVING, 3 when one does not answer within --timeout.
+    ///
+    /// Example: lockstep health --endpoint 127.0.0.1:7101 --timeout 3s
+    Health {
+        /// Check this one endpoint instead of --endpoints.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// The service to ask about; empty: the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// Recompute the global and per-instance hash chains on every endpoint; exit 1 if any is
-    /// broken.
+    /// broken, 3 if none is but some endpoint did not answer.
     Verify,
-    /// Print audit records as JSON lines from a global sequence; --follow keeps streaming.
+    /// Print audit records from a global sequence, oldest first (a table, or one JSON
+    /// record per line with --output json); --follow keeps streaming.
+    ///
+    /// Example: lockstep audit tail --from 1 --output json | jq .record.kind
     Tail {
         #[arg(long, default_value_t = 1)]
         from: u64,
         #[arg(long)]
         follow: bool,
     },
+    /// Print each endpoint's security log: refused attempts (authentication, authorization
+    /// and policy, engine FORBIDDEN and gate refusals, peers) the node saw, oldest first.
+    /// Needs the read_audit permission.
+    ///
+    /// Example: lockstep audit security --endpoints 127.0.0.1:7101 --output json
+    Security {
+        /// Only entries after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many entries per endpoint (0: all the node keeps).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
-    /// Each endpoint's role, term, log and applied index (and state digest with --digest).
+    /// Each endpoint's role, term, log and applied index (and state digest with --digest);
+    /// exit 3 if some endpoint did not answer.
     Status {
         #[arg(long)]
         digest: bool,
@@ -189,6 +294,16 @@ enum ClusterCommand {
     },
     /// Remove a node: lockstep cluster remove 4
     Remove { id: u64 },
+    /// Write a backup checkpoint on a running node, under its data directory
+    /// (<data-dir>/backups/NAME), holding every write acknowledged before the request; the
+    /// answer names the node and the path. `lockstepd restore` turns it into a new cluster.
+    ///
+    /// Example: lockstep cluster backup --name nightly-2026-11-25 --endpoints 127.0.0.1:7101
+    Backup {
+        /// The checkpoint's directory name; default: backup-<UTC time>-<node id>.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
 }
 
 #[derive(Debug)]
@@ -226,14 +341,20 @@ fn main() -> ExitCode {
             print!("{}", lockstep_core::schema::definition_schema());
             Ok(true)
         }
+        Command::Certs(args) => certs::run(&args).map(|files| {
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+            true
+        }),
         _ => unreachable!("online commands are handled by online_main"),
     };
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(true) => ExitCode::from(exit::OK),
+        Ok(false) => ExitCode::from(exit::REFUSED),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(exit::USAGE)
         }
     }
 }
@@ -241,7 +362,11 @@ fn main() -> ExitCode {
 fn is_online(command: &Command) -> bool {
     !matches!(
         command,
-        Command::Validate { .. } | Command::Graph { .. } | Command::Test { .. } | Command::Schema
+        Command::Validate { .. }
+            | Command::Graph { .. }
+            | Command::Test { .. }
+            | Command::Schema
+            | Command::Certs(_)
     )
 }
 
@@ -291,6 +416,13 @@ fn online_main(cli: Cli) -> ExitCode {
             } => online::event(&conn, output, &instance, &event, payload.as_deref())
                 .await
                 .map(|_| true),
+            Command::Resolve {
+                instance,
+                incident,
+                retry,
+            } => online::resolve(&conn, output, &instance, &incident, retry)
+                .await
+                .map(|_| true),
             Command::Get { instance, stale } => online::get(&conn, output, &instance, stale)
                 .await
                 .map(|_| true),
@@ -307,8 +439,13 @@ fn online_main(cli: Cli) -> ExitCode {
                 .await
                 .map(|_| true),
             Command::Audit(AuditCommand::Verify) => online::audit_verify(&conn, output).await,
+            Command::Audit(AuditCommand::Security { after, limit }) => {
+                online::audit_security(&conn, output, after, limit).await
+            }
             Command::Audit(AuditCommand::Tail { from, follow }) => {
-                online::audit_tail(&conn, from, follow).await.map(|_| true)
+                online::audit_tail(&conn, output, from, follow)
+                    .await
+                    .map(|_| true)
             }
             Command::Cluster(ClusterCommand::Status { digest }) => {
                 online::cluster_status(&conn, output, digest)
@@ -330,18 +467,26 @@ fn online_main(cli: Cli) -> ExitCode {
                     .await
                     .map(|_| true)
             }
+            Command::Cluster(ClusterCommand::Backup { name }) => {
+                online::backup(&conn, output, &name).await.map(|_| true)
+            }
+            Command::Health { endpoint, service } => {
+                online::health(&conn, output, endpoint, &service).await
+            }
             Command::Validate { .. }
             | Command::Graph { .. }
             | Command::Test { .. }
-            | Command::Schema => unreachable!("offline commands"),
+            | Command::Schema
+            | Command::Certs(_) => unreachable!("offline commands"),
         }
     });
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(true) => ExitCode::from(exit::OK),
+        Ok(false) => ExitCode::from(exit::REFUSED),
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(online::exit_code(&e))
+            let code = online::exit_code(&e);
+            online::report_error(output, &e, code);
+            ExitCode::from(code)
         }
     }
 }

@@ -2,11 +2,15 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
-use lockstep_client::{Client, Error, Identity, Options, by_id, by_key, pb, request_id};
-use lockstep_core::ActorKind;
+use std::time::Duration;
 
-use crate::Output;
+use anyhow::{Context, bail};
+use lockstep_client::{
+    Client, Credentials, Error, Identity, Options, Tls, by_id, by_key, pb, request_id,
+};
+use lockstep_core::{ActorKind, RefusalCode};
+
+use crate::{Output, exit};
 
 /// Connection settings shared by every online command.
 #[derive(Debug, Clone, clap::Args)]
@@ -20,7 +24,8 @@ pub struct Connection {
         global = true
     )]
     pub endpoints: Vec<String>,
-    /// Act as this actor (development mode: the node trusts this name).
+    /// Act as this actor. Only a development-mode node (lockstepd --dev) believes --as,
+    /// --roles and --kind; a secure cluster takes the actor from --token or --tls-cert.
     #[arg(
         long = "as",
         env = "LOCKSTEP_ACTOR",
@@ -42,6 +47,51 @@ pub struct Connection {
     /// Reuse this request id (to retry a write safely); a fresh one is generated otherwise.
     #[arg(long, global = true)]
     pub request_id: Option<String>,
+    /// Give up when no node has answered within this long (e.g. 30s, 5s, 500ms); failed
+    /// attempts are retried on the other endpoints until then.
+    #[arg(
+        long,
+        env = "LOCKSTEP_TIMEOUT",
+        default_value = "30s",
+        value_parser = parse_timeout,
+        global = true
+    )]
+    pub timeout: Duration,
+    /// The cluster CA (PEM): connect over TLS and verify the nodes with it. Needed for a
+    /// secure cluster.
+    #[arg(long, env = "LOCKSTEP_TLS_CA", value_name = "PEM", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate from the cluster CA (PEM; with --tls-key and --tls-ca): act as
+    /// the actor it names (`lockstep certs --client` makes one).
+    #[arg(
+        long,
+        env = "LOCKSTEP_TLS_CERT",
+        value_name = "PEM",
+        global = true,
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "LOCKSTEP_TLS_KEY",
+        value_name = "PEM",
+        global = true,
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// A JWT from the cluster's issuer, sent as `authorization: Bearer <token>`: act as its
+    /// subject. Prefer the environment variable, which does not show in process lists.
+    #[arg(long, env = "LOCKSTEP_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let d = lockstep_core::duration::Duration::parse(text)?;
+    if d.as_ms() == 0 {
+        return Err("the timeout must be more than zero".into());
+    }
+    Ok(Duration::from_millis(d.as_ms()))
 }
 
 impl Connection {
@@ -53,12 +103,46 @@ impl Connection {
             other => bail!("--kind `{other}` is not human, service or worker"),
         };
         let roles: Vec<&str> = self.roles.iter().map(String::as_str).collect();
-        Client::new(
+        Client::with_credentials(
             &self.endpoints,
             Some(Identity::new(&self.actor, kind, &roles)),
-            Options::default(),
+            self.options(),
+            self.credentials()?,
         )
         .map_err(anyhow::Error::msg)
+    }
+
+    /// Client options: `--timeout` bounds the whole call and each attempt.
+    fn options(&self) -> Options {
+        let defaults = Options::default();
+        Options {
+            attempt_timeout: defaults.attempt_timeout.min(self.timeout),
+            total_timeout: self.timeout,
+            ..defaults
+        }
+    }
+
+    /// TLS (`--tls-ca`, `--tls-cert`, `--tls-key`) and the bearer token (`--token`).
+    pub fn credentials(&self) -> anyhow::Result<Credentials> {
+        let tls = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (None, None, None) => None,
+            (None, _, _) => bail!(
+                "--tls-cert needs --tls-ca (the cluster CA) to verify the nodes it connects to"
+            ),
+            (Some(ca), cert, key) => Some(
+                Tls::from_files(ca, cert.as_deref().zip(key.as_deref()))
+                    .map_err(anyhow::Error::msg)?,
+            ),
+        };
+        Ok(Credentials {
+            tls,
+            token: self
+                .token
+                .as_deref()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string),
+        })
     }
 
     fn request_id(&self) -> String {
@@ -66,12 +150,80 @@ impl Connection {
     }
 }
 
-/// Exit code 1 for refusals and not-found, 3 for an unreachable cluster; the caller prints.
+/// Some endpoints did not answer a per-node question (`cluster status`, `audit verify`);
+/// what the others said has been printed.
+#[derive(Debug)]
+pub struct Unreachable(pub Vec<String>);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no answer from {}", self.0.join(", "))
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// gRPC status codes (`tonic::Code` as i32) of a node that could not be reached in time.
+const GRPC_DEADLINE_EXCEEDED: i32 = 4;
+const GRPC_UNAVAILABLE: i32 = 14;
+
+/// The exit code of a failed online command (see [`crate::exit`]). Errors that are neither
+/// the client's nor [`Unreachable`] are local: a bad argument, file or JSON text.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<Unreachable>().is_some() {
+        return exit::UNAVAILABLE;
+    }
     match e.downcast_ref::<Error>() {
-        Some(Error::Unavailable(..)) => 3,
-        Some(_) => 1,
-        None => 2,
+        Some(Error::Unavailable(..)) => exit::UNAVAILABLE,
+        Some(Error::NotFound(_)) => exit::NOT_FOUND,
+        Some(Error::Refused(r))
+            if matches!(
+                r.code,
+                RefusalCode::UnknownInstance | RefusalCode::UnknownWorkflow
+            ) =>
+        {
+            exit::NOT_FOUND
+        }
+        Some(Error::Refused(_) | Error::Unauthenticated(_) | Error::PermissionDenied(_)) => {
+            exit::REFUSED
+        }
+        Some(Error::InvalidArgument(_)) => exit::USAGE,
+        Some(Error::Other(status)) => {
+            if matches!(
+                i32::from(status.code()),
+                GRPC_UNAVAILABLE | GRPC_DEADLINE_EXCEEDED
+            ) {
+                exit::UNAVAILABLE
+            } else {
+                exit::REFUSED
+            }
+        }
+        None => exit::USAGE,
+    }
+}
+
+/// Prints a failure on stderr: a line of text, or with `--output json` one JSON object with
+/// the exit code, its kind, the refusal code (if refused) and the message.
+pub fn report_error(output: Output, e: &anyhow::Error, code: u8) {
+    match output {
+        Output::Table => eprintln!("error: {e:#}"),
+        Output::Json => {
+            let refused = match e.downcast_ref::<Error>() {
+                Some(Error::Refused(r)) => Some(r),
+                _ => None,
+            };
+            eprintln!(
+                "{}",
+                serde_json::json!({"error": {
+                    "exit_code": code,
+                    "kind": exit::kind(code),
+                    "code": refused.map(|r| r.code.as_str()),
+                    "predicate": refused.and_then(|r| r.predicate.clone()),
+                    "earliest_at": refused.and_then(|r| r.earliest_at).map(|t| t.to_string()),
+                    "message": format!("{e:#}"),
+                }})
+            );
+        }
     }
 }
 
@@ -182,6 +334,21 @@ pub async fn transition(
     Ok(())
 }
 
+pub async fn resolve(
+    conn: &Connection,
+    output: Output,
+    instance: &str,
+    incident: &str,
+    retry: bool,
+) -> anyhow::Result<()> {
+    let c = conn
+        .client()?
+        .resolve_incident(&conn.request_id(), target(instance), incident, retry)
+        .await?;
+    print_change(output, &c);
+    Ok(())
+}
+
 pub async fn event(
     conn: &Connection,
     output: Output,
@@ -206,6 +373,8 @@ fn instance_json(i: &pb::Instance) -> serde_json::Value {
         "definition_version": i.definition_version,
         "slas": i.slas.iter().map(|s| serde_json::json!({"name": s.name, "status": s.status, "breached": s.breached, "warned_percent": s.warned_percent, "remaining_ms": s.remaining_ms})).collect::<Vec<_>>(),
         "timers": i.timers.iter().map(|t| serde_json::json!({"id": t.id, "due_at": t.due_at})).collect::<Vec<_>>(),
+        "tasks": serde_json::from_str::<serde_json::Value>(&i.tasks_json).unwrap_or_default(),
+        "incidents": serde_json::from_str::<serde_json::Value>(&i.incidents_json).unwrap_or_default(),
     })
 }
 
@@ -261,6 +430,30 @@ pub async fn get(
             for t in &i.timers {
                 println!("  timer     {} due {}", t.id, t.due_at);
             }
+            let tasks: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&i.tasks_json).unwrap_or_default();
+            for (id, t) in &tasks {
+                println!(
+                    "  task      {id} on queue {}: {} (attempt {}){}",
+                    t["queue"].as_str().unwrap_or("?"),
+                    t["status"].as_str().unwrap_or("?"),
+                    t["attempt"],
+                    t["last_error"]
+                        .as_str()
+                        .map(|e| format!(", last error: {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            let incidents: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&i.incidents_json).unwrap_or_default();
+            for (id, inc) in &incidents {
+                let open = inc["resolved_at"].is_null();
+                println!(
+                    "  incident  {id} {}: {}",
+                    if open { "OPEN" } else { "resolved" },
+                    inc["reason"].as_str().unwrap_or("?")
+                );
+            }
         }
     }
     Ok(())
@@ -309,13 +502,26 @@ pub async fn list(
     Ok(())
 }
 
+/// The complete record (as stored, with its hashes) from its JSON text.
+fn record_value(rec: &pb::AuditRecord) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_str(&rec.record_json).with_context(|| {
+        format!(
+            "the node sent audit record {} with invalid JSON",
+            rec.global_seq
+        )
+    })
+}
+
 pub async fn history(conn: &Connection, output: Output, instance: &str) -> anyhow::Result<()> {
     let r = conn.client()?.history(target(instance), 0).await?;
     match output {
         Output::Json => {
-            for rec in &r.records {
-                println!("{}", rec.record_json);
-            }
+            let records = r
+                .records
+                .iter()
+                .map(record_value)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            println!("{}", serde_json::Value::Array(records));
         }
         Output::Table => {
             println!(
@@ -340,17 +546,23 @@ pub async fn history(conn: &Connection, output: Output, instance: &str) -> anyho
     Ok(())
 }
 
+/// Ok(false) if a chain is broken on some endpoint; [`Unreachable`] if none is broken but
+/// some endpoint did not answer.
 pub async fn audit_verify(conn: &Connection, output: Output) -> anyhow::Result<bool> {
     let client = conn.client()?;
     let mut all_ok = true;
+    let mut unreachable = Vec::new();
     let mut rows = Vec::new();
-    for (index, endpoint) in client.endpoints().iter().enumerate() {
+    for endpoint in client.endpoints() {
         // Verify runs on the node that answers: ask each endpoint in turn.
-        let single = Client::new(std::slice::from_ref(endpoint), None, Options::default())
-            .map_err(anyhow::Error::msg)?;
-        let r = single.verify_audit().await;
-        let _ = index;
-        match r {
+        let single = Client::with_credentials(
+            std::slice::from_ref(endpoint),
+            None,
+            conn.options(),
+            conn.credentials()?,
+        )
+        .map_err(anyhow::Error::msg)?;
+        match single.verify_audit().await {
             Ok(v) => {
                 all_ok &= v.ok;
                 if output == Output::Table {
@@ -371,7 +583,7 @@ pub async fn audit_verify(conn: &Connection, output: Output) -> anyhow::Result<b
                 rows.push(serde_json::json!({"endpoint": endpoint, "ok": v.ok, "records_checked": v.records_checked, "broken_seq": v.broken_seq, "reason": v.reason, "head_seq": v.head_seq, "head_hash": v.head_hash}));
             }
             Err(e) => {
-                all_ok = false;
+                unreachable.push(endpoint.clone());
                 if output == Output::Table {
                     println!("{endpoint}: unreachable: {e}");
                 }
@@ -382,20 +594,119 @@ pub async fn audit_verify(conn: &Connection, output: Output) -> anyhow::Result<b
     if output == Output::Json {
         println!("{}", serde_json::Value::Array(rows));
     }
+    if all_ok && !unreachable.is_empty() {
+        return Err(Unreachable(unreachable).into());
+    }
     Ok(all_ok)
 }
 
-pub async fn audit_tail(conn: &Connection, from: u64, follow: bool) -> anyhow::Result<()> {
+/// Each endpoint's security log (a per-node question, like `audit verify`).
+pub async fn audit_security(
+    conn: &Connection,
+    output: Output,
+    after: u64,
+    limit: u32,
+) -> anyhow::Result<bool> {
+    let client = conn.client()?;
+    let mut unreachable = Vec::new();
+    let mut rows = Vec::new();
+    for (i, endpoint) in client.endpoints().iter().enumerate() {
+        match client.security_log_of(i, after, limit).await {
+            Ok(log) => {
+                if output == Output::Table {
+                    println!(
+                        "{endpoint} (node {}): {} refusals recorded, {} kept (at most {})",
+                        log.node_id,
+                        log.total,
+                        log.events.len(),
+                        log.capacity
+                    );
+                    for e in &log.events {
+                        println!(
+                            "{:>6}  {:<28} {:<14} {:<18} {:<14} {}  {}",
+                            e.seq,
+                            e.at,
+                            e.kind,
+                            e.code,
+                            if e.actor.is_empty() { "-" } else { &e.actor },
+                            e.method,
+                            e.reason
+                        );
+                    }
+                }
+                let events: Vec<serde_json::Value> = log
+                    .events
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({"seq": e.seq, "at": e.at, "kind": e.kind, "method": e.method,
+                            "actor": e.actor, "remote": e.remote, "code": e.code, "reason": e.reason})
+                    })
+                    .collect();
+                rows.push(
+                    serde_json::json!({"endpoint": endpoint, "node_id": log.node_id,
+                    "total": log.total, "capacity": log.capacity, "events": events}),
+                );
+            }
+            Err(e @ (Error::Unauthenticated(_) | Error::PermissionDenied(_))) => {
+                return Err(e.into());
+            }
+            Err(e) => {
+                unreachable.push(endpoint.clone());
+                if output == Output::Table {
+                    println!("{endpoint}: unreachable: {e}");
+                }
+                rows.push(serde_json::json!({"endpoint": endpoint, "error": e.to_string()}));
+            }
+        }
+    }
+    if output == Output::Json {
+        println!("{}", serde_json::Value::Array(rows));
+    }
+    if !unreachable.is_empty() {
+        return Err(Unreachable(unreachable).into());
+    }
+    Ok(true)
+}
+
+pub async fn audit_tail(
+    conn: &Connection,
+    output: Output,
+    from: u64,
+    follow: bool,
+) -> anyhow::Result<()> {
     let mut stream = conn.client()?.tail(from, follow).await?;
-    while let Some(rec) = stream.message().await? {
-        println!("{}", rec.record_json);
+    if output == Output::Table {
+        println!(
+            "{:>6}  {:<28} {:<18} {:<20} {:<14} {:<14} {:<20} FROM -> TO",
+            "SEQ", "AT", "KIND", "WORKFLOW", "INSTANCE", "ACTOR", "TRANSITION"
+        );
+    }
+    while let Some(rec) = stream.message().await.map_err(Error::Other)? {
+        match output {
+            // One record per line, so that a followed feed can be consumed as it comes.
+            Output::Json => println!("{}", record_value(&rec)?),
+            Output::Table => println!(
+                "{:>6}  {:<28} {:<18} {:<20} {:<14} {:<14} {:<20} {} -> {}",
+                rec.global_seq,
+                rec.at,
+                rec.kind,
+                rec.workflow,
+                rec.instance_id,
+                rec.actor_id,
+                rec.transition,
+                rec.from,
+                rec.to
+            ),
+        }
     }
     Ok(())
 }
 
+/// One row per endpoint; [`Unreachable`] (after printing the rows) if some did not answer.
 pub async fn cluster_status(conn: &Connection, output: Output, digest: bool) -> anyhow::Result<()> {
     let client = conn.client()?;
     let mut rows = Vec::new();
+    let mut unreachable = Vec::new();
     if output == Output::Table {
         println!(
             "{:<22} {:>4} {:<10} {:>6} {:>8} {:>8}  {}",
@@ -431,6 +742,7 @@ pub async fn cluster_status(conn: &Connection, output: Output, digest: bool) -> 
                 rows.push(serde_json::json!({"endpoint": endpoint, "node_id": s.node_id, "role": s.role, "term": s.term, "leader_id": s.leader_id, "leader_addr": s.leader_addr, "last_log_index": s.last_log_index, "applied_index": s.applied_index, "digest": s.digest, "snapshot_index": s.snapshot_index, "cluster_time": s.cluster_time, "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>()}));
             }
             Err(e) => {
+                unreachable.push(endpoint.clone());
                 if output == Output::Table {
                     println!("{endpoint:<22} unreachable: {e}");
                 }
@@ -440,6 +752,9 @@ pub async fn cluster_status(conn: &Connection, output: Output, digest: bool) -> 
     }
     if output == Output::Json {
         println!("{}", serde_json::Value::Array(rows));
+    }
+    if !unreachable.is_empty() {
+        return Err(Unreachable(unreachable).into());
     }
     Ok(())
 }
@@ -490,4 +805,65 @@ pub fn yaml_files(dir: &Path) -> Vec<std::path::PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+/// `lockstep health`: each endpoint's `grpc.health.v1` status of `service`. Ok(false) (exit
+/// 1) if one answered anything but SERVING; [`Unreachable`] (exit 3) if one did not answer.
+pub async fn health(
+    conn: &Connection,
+    output: Output,
+    endpoint: Option<String>,
+    service: &str,
+) -> anyhow::Result<bool> {
+    let mut conn = conn.clone();
+    if let Some(endpoint) = endpoint {
+        conn.endpoints = vec![endpoint];
+    }
+    let client = conn.client()?;
+    let mut rows = Vec::new();
+    let mut unreachable = Vec::new();
+    let mut all_serving = true;
+    for (i, endpoint) in client.endpoints().iter().enumerate() {
+        match client.health_of(i, service).await {
+            Ok(status) => {
+                all_serving &= status == lockstep_client::HealthStatus::Serving;
+                if output == Output::Table {
+                    println!("{endpoint:<22} {}", status.as_str());
+                }
+                rows.push(serde_json::json!({"endpoint": endpoint, "status": status.as_str()}));
+            }
+            Err(e @ Error::NotFound(_)) => return Err(e.into()),
+            Err(e) => {
+                unreachable.push(endpoint.clone());
+                if output == Output::Table {
+                    println!("{endpoint:<22} unreachable: {e}");
+                }
+                rows.push(serde_json::json!({"endpoint": endpoint, "error": e.to_string()}));
+            }
+        }
+    }
+    if output == Output::Json {
+        println!("{}", serde_json::Value::Array(rows));
+    }
+    if !unreachable.is_empty() {
+        return Err(Unreachable(unreachable).into());
+    }
+    Ok(all_serving)
+}
+
+/// `lockstep cluster backup`: a checkpoint on the node that answers.
+pub async fn backup(conn: &Connection, output: Output, name: &str) -> anyhow::Result<()> {
+    let client = conn.client()?;
+    let r = client.backup(name).await?;
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"node_id": r.node_id, "path": r.path, "applied_index": r.applied_index, "applied_term": r.applied_term, "bytes": r.bytes})
+        ),
+        Output::Table => println!(
+            "node {} wrote {} (applied index {}, term {}, {} bytes)",
+            r.node_id, r.path, r.applied_index, r.applied_term, r.bytes
+        ),
+    }
+    Ok(())
 }

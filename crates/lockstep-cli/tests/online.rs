@@ -1,0 +1,960 @@
+//! The online commands of the `lockstep` binary against a real 3-node cluster of `lockstepd`
+//! processes: what they print (`--output json` parsed, tables read) and how they exit.
+//!
+//! Exit codes: 0 success, 1 refused, 2 usage, 3 unavailable, 4 not found (`lockstep --help`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{PO, cluster, free_port, lockstep};
+use serde_json::{Value, json};
+
+const PO_DATA: &str = r#"{"amount": 500, "requester": "alice"}"#;
+
+/// A small workflow of this file's own, so that listings are not shared with other tests.
+fn open_close(name: &str) -> String {
+    format!(
+        "workflow: {name}\nstates:\n  open: {{ initial: true }}\n  closed: {{ terminal: true }}\ntransitions:\n  close: {{ from: open, to: closed, allow: \"true\" }}\n"
+    )
+}
+
+fn is_hex_sha256(v: &Value) -> bool {
+    v.as_str()
+        .is_some_and(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn keys(listing: &Value) -> BTreeSet<String> {
+    listing["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| i["key"].as_str().expect("key").to_string())
+        .collect()
+}
+
+/// Creates a purchase order (requested by alice) and submits it; returns its id.
+fn submitted_po(key: &str) -> String {
+    let c = cluster();
+    let created = c
+        .run(&[
+            "create",
+            "purchase-order",
+            "--key",
+            key,
+            "--data",
+            PO_DATA,
+            "--as",
+            "alice",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    let target = format!("purchase-order/{key}");
+    c.run(&["transition", &target, "submit", "--as", "alice"])
+        .ok()
+        .stdout_has(&["state=submitted"]);
+    created["instance_id"].as_str().expect("instance_id").into()
+}
+
+#[test]
+fn help_documents_the_exit_codes() {
+    let help = lockstep(&["--help"]);
+    help.ok().stdout_has(&[
+        "Exit codes:",
+        "  0  success",
+        "  1  refused:",
+        "  2  usage:",
+        "  3  unavailable:",
+        "  4  not found:",
+        "\"kind\": \"refused\", \"code\": \"FORBIDDEN\"",
+    ]);
+}
+
+#[test]
+fn apply_reports_applied_then_unchanged() {
+    let c = cluster();
+    let a = c.file("cli-apply-a.yaml", &open_close("cli-apply-a"));
+    let b = c.file("cli-apply-b.yaml", &open_close("cli-apply-b"));
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+
+    let table = c.run(&["apply", a, "--commit", "0123abcd"]);
+    table
+        .ok()
+        .stdout_has(&["applied cli-apply-a @ ", &format!("({a})")]);
+
+    let json = c.run(&["apply", b, "-o", "json"]).ok().json();
+    assert_eq!(json.as_array().map(Vec::len), Some(1), "{json}");
+    assert_eq!(json[0]["workflow"], "cli-apply-b");
+    assert_eq!(json[0]["file"], b);
+    assert_eq!(json[0]["created"], true);
+    assert!(is_hex_sha256(&json[0]["version"]), "{json}");
+
+    // Applying the same sources again changes nothing, and says so.
+    let again = c.run(&["apply", a, b, "-o", "json"]).ok().json();
+    assert_eq!(again[0]["workflow"], "cli-apply-a");
+    assert_eq!(again[0]["created"], false);
+    assert_eq!(again[1]["created"], false);
+    assert_eq!(
+        again[1]["version"], json[0]["version"],
+        "same source, same version"
+    );
+    let version_a = again[0]["version"].as_str().unwrap();
+    c.run(&["apply", a]).ok().stdout_has(&[&format!(
+        "unchanged cli-apply-a @ {} ({a})",
+        &version_a[..12]
+    )]);
+}
+
+#[test]
+fn apply_of_an_invalid_definition_is_refused_and_a_missing_file_is_usage() {
+    let c = cluster();
+    let broken = c.file(
+        "cli-broken.yaml",
+        "workflow: cli-broken\nstates:\n  a: { initial: true }\n  b: { terminal: true }\ntransitions:\n  go: { from: a, to: nowhere, allow: \"true\" }\n",
+    );
+    let broken = broken.to_str().unwrap();
+    let table = c.run(&["apply", broken]);
+    table
+        .code(1)
+        .stderr_has(&["error: refused (DEFINITION_INVALID)", "nowhere"]);
+    assert!(table.stdout.is_empty(), "{table}");
+
+    let json = c.run(&["apply", broken, "-o", "json"]);
+    let error = json.code(1).json_error();
+    assert_eq!(error["exit_code"], 1);
+    assert_eq!(error["kind"], "refused");
+    assert_eq!(error["code"], "DEFINITION_INVALID");
+
+    c.run(&["apply", "no/such/workflow.yaml"])
+        .code(2)
+        .stderr_has(&["reading no/such/workflow.yaml"]);
+}
+
+#[test]
+fn create_transition_and_get_as_json() {
+    let c = cluster();
+    let created = c
+        .run(&[
+            "create",
+            "purchase-order",
+            "--key",
+            "PO-JSON",
+            "--data",
+            PO_DATA,
+            "--as",
+            "alice",
+            "--output",
+            "json",
+        ])
+        .ok()
+        .json();
+    let id = created["instance_id"]
+        .as_str()
+        .expect("instance_id")
+        .to_string();
+    assert!(id.starts_with("i-"), "{created}");
+    assert_eq!(created["state"], "draft");
+    assert_eq!(created["version"], 1);
+    let created_seq = created["audit_seq"].as_u64().expect("audit_seq");
+    assert!(created_seq >= 1, "{created}");
+
+    let submitted = c
+        .run(&[
+            "transition",
+            "purchase-order/PO-JSON",
+            "submit",
+            "--as",
+            "alice",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(submitted["instance_id"], id.as_str());
+    assert_eq!(submitted["state"], "submitted");
+    assert_eq!(submitted["version"], 2);
+    assert!(submitted["audit_seq"].as_u64().unwrap() > created_seq);
+
+    let got = c
+        .run(&["get", "purchase-order/PO-JSON", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(got["id"], id.as_str());
+    assert_eq!(got["workflow"], "purchase-order");
+    assert_eq!(got["key"], "PO-JSON");
+    assert_eq!(got["state"], "submitted");
+    assert_eq!(got["version"], 2);
+    assert_eq!(got["data"], json!({"amount": 500, "requester": "alice"}));
+    assert_eq!(got["created_by"], "alice");
+    assert!(is_hex_sha256(&got["definition_version"]), "{got}");
+    let slas = got["slas"].as_array().expect("slas");
+    assert_eq!(slas.len(), 1, "{got}");
+    assert_eq!(slas[0]["name"], "approval");
+    assert_eq!(slas[0]["breached"], false);
+    assert!(slas[0]["remaining_ms"].as_i64().unwrap() > 0, "{got}");
+    assert!(
+        !got["timers"].as_array().expect("timers").is_empty(),
+        "a running SLA arms timers: {got}"
+    );
+    assert_eq!(got["read"]["stale"], false);
+    assert!((1..=3).contains(&got["read"]["node_id"].as_u64().unwrap()));
+
+    // By id, the same instance.
+    let by_id = c.run(&["get", &id, "-o", "json"]).ok().json();
+    assert_eq!(by_id["key"], "PO-JSON");
+    assert_eq!(by_id["version"], 2);
+}
+
+#[test]
+fn create_transition_and_get_as_tables() {
+    let c = cluster();
+    let created = c.run(&[
+        "create",
+        "purchase-order",
+        "--key",
+        "PO-TABLE",
+        "--data",
+        PO_DATA,
+        "--as",
+        "alice",
+    ]);
+    created
+        .ok()
+        .stdout_has(&["  state=draft  version=1  audit_seq="]);
+    let id = created
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(id.starts_with("i-"), "{created}");
+
+    c.run(&[
+        "transition",
+        "purchase-order/PO-TABLE",
+        "submit",
+        "--as",
+        "alice",
+    ])
+    .ok()
+    .stdout_has(&[&format!("{id}  state=submitted  version=2  audit_seq=")]);
+
+    c.run(&["get", "purchase-order/PO-TABLE"])
+        .ok()
+        .stdout_has(&[
+            &format!("{id} (purchase-order key PO-TABLE)"),
+            "  state     submitted  (since ",
+            "  version   2",
+            "  data      {",
+            "\"requester\":\"alice\"",
+            "  sla       approval: ",
+            "  timer     ",
+        ]);
+
+    // A stale read names itself; a follower may not have applied the write yet, so ask
+    // until it has.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stale = c.run(&["get", "purchase-order/PO-TABLE", "--stale"]);
+        if stale.code == Some(0) && stale.stdout.contains("version   2") {
+            stale.stdout_has(&["[stale read]"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stale}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_refused_transition_exits_one_with_its_code_and_changes_nothing() {
+    let c = cluster();
+    submitted_po("PO-REFUSE");
+
+    // Separation of duties: the requester may not approve, even as an approver.
+    let refused = c.run(&[
+        "transition",
+        "purchase-order/PO-REFUSE",
+        "approve",
+        "--as",
+        "alice",
+        "--roles",
+        "approver",
+    ]);
+    refused.code(1).stderr_has(&["error: refused (FORBIDDEN)"]);
+    assert!(refused.stdout.is_empty(), "{refused}");
+
+    let json = c.run(&[
+        "transition",
+        "purchase-order/PO-REFUSE",
+        "approve",
+        "--as",
+        "alice",
+        "--roles",
+        "approver",
+        "-o",
+        "json",
+    ]);
+    let error = json.code(1).json_error();
+    assert_eq!(error["exit_code"], 1);
+    assert_eq!(error["kind"], "refused");
+    assert_eq!(error["code"], "FORBIDDEN");
+    assert_eq!(
+        error["predicate"],
+        "'approver' in actor.roles && actor.id != instance.data.requester"
+    );
+    assert!(
+        error["message"].as_str().unwrap().contains("FORBIDDEN"),
+        "{json}"
+    );
+    assert!(json.stdout.is_empty(), "{json}");
+
+    // Not from this state.
+    let wrong_state = c.run(&[
+        "transition",
+        "purchase-order/PO-REFUSE",
+        "place",
+        "--as",
+        "erp",
+        "--kind",
+        "worker",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        wrong_state.code(1).json_error()["code"],
+        "NOT_ALLOWED_FROM_STATE"
+    );
+
+    // An optimistic check against a stale version.
+    let stale_version = c.run(&[
+        "transition",
+        "purchase-order/PO-REFUSE",
+        "approve",
+        "--as",
+        "bob",
+        "--roles",
+        "approver",
+        "--expected-version",
+        "1",
+    ]);
+    stale_version
+        .code(1)
+        .stderr_has(&["refused (VERSION_CONFLICT)"]);
+
+    // Nothing changed; the right actor then succeeds.
+    let got = c
+        .run(&["get", "purchase-order/PO-REFUSE", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(got["state"], "submitted");
+    assert_eq!(got["version"], 2);
+    let approved = c
+        .run(&[
+            "transition",
+            "purchase-order/PO-REFUSE",
+            "approve",
+            "--as",
+            "bob",
+            "--roles",
+            "approver",
+            "--expected-version",
+            "2",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(approved["state"], "approved");
+    assert_eq!(approved["version"], 3);
+}
+
+/// Takes a submitted purchase order through approval and placement to `ordered`.
+fn ordered_po(key: &str) {
+    let c = cluster();
+    submitted_po(key);
+    let target = format!("purchase-order/{key}");
+    c.run(&[
+        "transition",
+        &target,
+        "approve",
+        "--as",
+        "bob",
+        "--roles",
+        "approver",
+    ])
+    .ok()
+    .stdout_has(&["state=approved"]);
+    c.run(&[
+        "transition",
+        &target,
+        "place",
+        "--as",
+        "erp",
+        "--kind",
+        "worker",
+    ])
+    .ok()
+    .stdout_has(&["state=ordered"]);
+}
+
+#[test]
+fn event_takes_the_declared_transition() {
+    let c = cluster();
+    ordered_po("PO-EVENT-JSON");
+    ordered_po("PO-EVENT-TABLE");
+
+    let unmatched = c.run(&[
+        "event",
+        "purchase-order/PO-EVENT-JSON",
+        "no.such.event",
+        "--as",
+        "carrier",
+        "--kind",
+        "service",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(unmatched.code(1).json_error()["code"], "EVENT_UNMATCHED");
+
+    let delivered = c
+        .run(&[
+            "event",
+            "purchase-order/PO-EVENT-JSON",
+            "shipment.delivered",
+            "--as",
+            "carrier",
+            "--kind",
+            "service",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(delivered["state"], "delivered");
+    assert_eq!(delivered["version"], 5);
+
+    c.run(&[
+        "event",
+        "purchase-order/PO-EVENT-TABLE",
+        "shipment.delivered",
+        "--as",
+        "carrier",
+        "--kind",
+        "service",
+    ])
+    .ok()
+    .stdout_has(&["  state=delivered  version=5  audit_seq="]);
+
+    // Who may send it is still checked: a human carrier is not the service.
+    ordered_po("PO-EVENT-HUMAN");
+    c.run(&[
+        "event",
+        "purchase-order/PO-EVENT-HUMAN",
+        "shipment.delivered",
+        "--as",
+        "carrier",
+    ])
+    .code(1)
+    .stderr_has(&["refused (FORBIDDEN)"]);
+}
+
+#[test]
+fn list_filters_pages_and_prints_a_table() {
+    let c = cluster();
+    let file = c.file("cli-list.yaml", &open_close("cli-list"));
+    c.run(&["apply", file.to_str().unwrap()]).ok();
+    for key in ["L-1", "L-2", "L-3"] {
+        c.run(&["create", "cli-list", "--key", key]).ok();
+    }
+    c.run(&["transition", "cli-list/L-2", "close"])
+        .ok()
+        .stdout_has(&["state=closed"]);
+
+    let all = c.run(&["list", "cli-list", "-o", "json"]).ok().json();
+    assert_eq!(
+        keys(&all),
+        BTreeSet::from(["L-1".into(), "L-2".into(), "L-3".into()])
+    );
+    assert_eq!(all["next_page_token"], "");
+    for i in all["instances"].as_array().unwrap() {
+        assert_eq!(i["workflow"], "cli-list");
+        let expected = if i["key"] == "L-2" { "closed" } else { "open" };
+        assert_eq!(i["state"], expected, "{i}");
+    }
+
+    let open = c
+        .run(&["list", "cli-list", "--state", "open", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(keys(&open), BTreeSet::from(["L-1".into(), "L-3".into()]));
+
+    let page1 = c
+        .run(&["list", "cli-list", "--page-size", "2", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(page1["instances"].as_array().unwrap().len(), 2, "{page1}");
+    let token = page1["next_page_token"].as_str().unwrap();
+    assert!(!token.is_empty(), "{page1}");
+    let page2 = c
+        .run(&[
+            "list",
+            "cli-list",
+            "--page-size",
+            "2",
+            "--page-token",
+            token,
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    let mut both = keys(&page1);
+    both.extend(keys(&page2));
+    assert_eq!(both, keys(&all), "the pages cover the listing: {page2}");
+    assert_eq!(page2["instances"].as_array().unwrap().len(), 1, "{page2}");
+
+    let table = c.run(&["list", "cli-list"]);
+    table
+        .ok()
+        .stdout_has(&["ID", "KEY", "STATE", "VERSION", "UPDATED"]);
+    let l2 = table
+        .stdout
+        .lines()
+        .find(|l| l.contains(" L-2 "))
+        .unwrap_or_else(|| panic!("no row for L-2: {table}"));
+    assert!(l2.contains("closed") && l2.starts_with("i-"), "{table}");
+    assert_eq!(
+        table.stdout.lines().count(),
+        4,
+        "a header and 3 rows: {table}"
+    );
+    c.run(&["list", "cli-list", "--page-size", "2"])
+        .ok()
+        .stdout_has(&["(more: --page-token "]);
+
+    // The node refuses an oversized page as a malformed request: usage.
+    c.run(&["list", "cli-list", "--page-size", "501"])
+        .code(2)
+        .stderr_has(&["page_size 501 is more than 500"]);
+}
+
+#[test]
+fn history_lists_the_chained_records_of_an_instance() {
+    let c = cluster();
+    let id = submitted_po("PO-HIST");
+    c.run(&[
+        "transition",
+        "purchase-order/PO-HIST",
+        "approve",
+        "--as",
+        "bob",
+        "--roles",
+        "approver",
+    ])
+    .ok();
+
+    let records = c
+        .run(&["history", "purchase-order/PO-HIST", "-o", "json"])
+        .ok()
+        .json();
+    let records = records.as_array().expect("one JSON array");
+    assert_eq!(records.len(), 3, "{records:?}");
+    let expected = [
+        ("created", Value::Null, "alice"),
+        ("transition", json!("submit"), "alice"),
+        ("transition", json!("approve"), "bob"),
+    ];
+    for (n, (r, (kind, transition, actor))) in records.iter().zip(expected).enumerate() {
+        assert_eq!(r["instance_seq"], n as u64 + 1, "{r}");
+        assert_eq!(r["record"]["kind"], kind, "{r}");
+        assert_eq!(r["record"]["transition"], transition, "{r}");
+        assert_eq!(r["record"]["actor"]["id"], actor, "{r}");
+        assert_eq!(r["record"]["instance_id"], id.as_str(), "{r}");
+        assert!(is_hex_sha256(&r["hash"]), "{r}");
+        if n > 0 {
+            let previous = &records[n - 1];
+            assert_eq!(r["instance_prev_hash"], previous["instance_hash"], "{r}");
+            assert!(r["global_seq"].as_u64().unwrap() > previous["global_seq"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(records[2]["record"]["from"], "submitted");
+    assert_eq!(records[2]["record"]["to"], "approved");
+
+    let table = c.run(&["history", "purchase-order/PO-HIST"]);
+    table.ok().stdout_has(&[
+        "SEQ",
+        "KIND",
+        "ACTOR",
+        "TRANSITION",
+        "FROM -> TO",
+        "draft -> submitted",
+        "submitted -> approved",
+    ]);
+    let approve = table
+        .stdout
+        .lines()
+        .find(|l| l.contains("approve "))
+        .unwrap_or_else(|| panic!("no approve row: {table}"));
+    assert!(
+        approve.contains(" bob ") && approve.contains(" transition "),
+        "{table}"
+    );
+}
+
+#[test]
+fn audit_tail_prints_records_from_a_sequence() {
+    let c = cluster();
+    let created = c
+        .run(&[
+            "create",
+            "purchase-order",
+            "--key",
+            "PO-TAIL",
+            "--data",
+            PO_DATA,
+            "--as",
+            "alice",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    let id = created["instance_id"].as_str().unwrap();
+    let seq = created["audit_seq"].as_u64().unwrap();
+    let from = seq.to_string();
+
+    // Tail reads the answering node's replica, which may not have applied the record yet.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        let tail = c.run(&["audit", "tail", "--from", &from, "-o", "json"]);
+        tail.ok();
+        let lines = tail.json_lines();
+        if !lines.is_empty() {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "record {seq} never showed: {tail}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(lines[0]["global_seq"], seq, "{lines:?}");
+    assert_eq!(lines[0]["record"]["kind"], "created");
+    assert_eq!(lines[0]["record"]["instance_id"], id);
+    assert_eq!(lines[0]["record"]["actor"]["id"], "alice");
+    for (n, line) in lines.iter().enumerate() {
+        assert_eq!(line["global_seq"], seq + n as u64, "consecutive: {lines:?}");
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let table = c.run(&["audit", "tail", "--from", &from]);
+        table
+            .ok()
+            .stdout_has(&["SEQ", "KIND", "WORKFLOW", "INSTANCE", "ACTOR"]);
+        if let Some(row) = table.stdout.lines().find(|l| l.contains(id)) {
+            assert!(
+                row.trim_start().starts_with(&from)
+                    && row.contains(" created ")
+                    && row.contains(" purchase-order ")
+                    && row.contains(" alice "),
+                "{table}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{table}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn audit_verify_checks_every_endpoint() {
+    let c = cluster();
+    submitted_po("PO-VERIFY");
+    let rows = c.run(&["audit", "verify", "-o", "json"]).ok().json();
+    let rows = rows.as_array().expect("one row per endpoint");
+    assert_eq!(rows.len(), 3);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["endpoint"], c.endpoint(i), "{row}");
+        assert_eq!(row["ok"], true, "{row}");
+        assert!(row["records_checked"].as_u64().unwrap() >= 2, "{row}");
+        assert!(row["head_seq"].as_u64().unwrap() >= 2, "{row}");
+        assert!(is_hex_sha256(&row["head_hash"]), "{row}");
+    }
+
+    let table = c.run(&["audit", "verify"]);
+    table.ok();
+    for i in 0..3 {
+        let line = format!("{}: ok, ", c.endpoint(i));
+        table.stdout_has(&[&line, " records, head "]);
+    }
+}
+
+/// `cluster status --output json`, once the three nodes agree on one leader.
+fn settled_status(digest: bool) -> Vec<Value> {
+    let c = cluster();
+    let mut args = vec!["cluster", "status", "-o", "json"];
+    if digest {
+        args.push("--digest");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = c.run(&args);
+        let rows = status.ok().json().as_array().expect("rows").clone();
+        let leaders = rows.iter().filter(|r| r["role"] == "Leader").count();
+        if leaders == 1 && rows.iter().all(|r| r["leader_id"] == rows[0]["leader_id"]) {
+            return rows;
+        }
+        assert!(Instant::now() < deadline, "no single leader: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn cluster_status_shows_every_node() {
+    let c = cluster();
+    let rows = settled_status(false);
+    assert_eq!(rows.len(), 3);
+    let ids: BTreeSet<u64> = rows
+        .iter()
+        .map(|r| r["node_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, BTreeSet::from([1, 2, 3]));
+    let leader = rows.iter().find(|r| r["role"] == "Leader").unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["endpoint"], c.endpoint(i), "{row}");
+        assert_eq!(row["node_id"], i as u64 + 1, "{row}");
+        assert_eq!(row["leader_id"], leader["node_id"], "{row}");
+        assert_eq!(row["leader_addr"], leader["endpoint"], "{row}");
+        assert!(row["term"].as_u64().unwrap() >= 1, "{row}");
+        assert!(row["applied_index"].as_u64().unwrap() >= 1, "{row}");
+        assert!(!row["cluster_time"].as_str().unwrap().is_empty(), "{row}");
+        let members = row["members"].as_array().unwrap();
+        assert_eq!(members.len(), 3, "{row}");
+        assert!(members.iter().all(|m| m["voter"] == true), "{row}");
+    }
+
+    for row in settled_status(true) {
+        assert!(is_hex_sha256(&row["digest"]), "{row}");
+    }
+
+    let table = c.run(&["cluster", "status"]);
+    table.ok().stdout_has(&[
+        "ENDPOINT", "ID", "ROLE", "TERM", "LOG", "APPLIED", "LEADER", "Leader",
+    ]);
+    for i in 0..3 {
+        table.stdout_has(&[&c.endpoint(i)]);
+    }
+    c.run(&["cluster", "status", "--digest"])
+        .ok()
+        .stdout_has(&["DIGEST"]);
+}
+
+#[test]
+fn missing_things_exit_four() {
+    let c = cluster();
+    c.run(&["get", "purchase-order/NO-SUCH"])
+        .code(4)
+        .stderr_has(&["not found: workflow `purchase-order` has no instance with key `NO-SUCH`"]);
+    let by_id = c.run(&["get", "i-999999999", "-o", "json"]);
+    let error = by_id.code(4).json_error();
+    assert_eq!(error["exit_code"], 4);
+    assert_eq!(error["kind"], "not_found");
+    assert_eq!(error["code"], Value::Null);
+    assert!(by_id.stdout.is_empty(), "{by_id}");
+
+    c.run(&[
+        "transition",
+        "purchase-order/NO-SUCH",
+        "submit",
+        "--as",
+        "alice",
+    ])
+    .code(4);
+    c.run(&["event", "purchase-order/NO-SUCH", "shipment.delivered"])
+        .code(4);
+    c.run(&["history", "purchase-order/NO-SUCH"]).code(4);
+
+    let workflow = c.run(&["create", "no-such-workflow", "--key", "K", "-o", "json"]);
+    let error = workflow.code(4).json_error();
+    assert_eq!(error["code"], "UNKNOWN_WORKFLOW");
+    assert_eq!(error["kind"], "not_found");
+
+    c.run(&["cluster", "remove", "9"])
+        .code(4)
+        .stderr_has(&["node 9 is not a member"]);
+    c.run(&["cluster", "promote", "9"]).code(4);
+}
+
+#[test]
+fn bad_usage_exits_two_before_calling_anyone() {
+    // Nothing listens on this port: each of these must fail before connecting.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let run = |args: &[&str]| {
+        let mut all = vec!["--endpoints", nowhere.as_str()];
+        all.extend_from_slice(args);
+        lockstep(&all)
+    };
+    run(&["transition", "purchase-order/PO-1"])
+        .code(2)
+        .stderr_has(&["Usage:"]);
+    run(&["get", "purchase-order/PO-1", "--output", "yaml"]).code(2);
+    run(&["frobnicate"]).code(2);
+    run(&["get", "purchase-order/PO-1", "--timeout", "soon"])
+        .code(2)
+        .stderr_has(&["not a duration"]);
+    run(&["create", "purchase-order", "--data", "{oops"])
+        .code(2)
+        .stderr_has(&["--data is not valid JSON"]);
+    run(&[
+        "transition",
+        "purchase-order/PO-1",
+        "submit",
+        "--payload",
+        "[",
+    ])
+    .code(2)
+    .stderr_has(&["--payload is not valid JSON"]);
+    run(&["get", "purchase-order/PO-1", "--kind", "robot"])
+        .code(2)
+        .stderr_has(&["--kind `robot` is not human, service or worker"]);
+    let json = run(&["create", "purchase-order", "--data", "{oops", "-o", "json"]);
+    let error = json.code(2).json_error();
+    assert_eq!(error["kind"], "usage");
+    assert_eq!(error["exit_code"], 2);
+}
+
+#[test]
+fn an_unreachable_cluster_exits_three_within_the_timeout() {
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    lockstep(&[
+        "get",
+        "purchase-order/PO-1",
+        "--endpoints",
+        &nowhere,
+        "--timeout",
+        "1s",
+    ])
+    .code(3)
+    .stderr_has(&["no node answered within 1s", &nowhere]);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "--timeout 1s took {:?}",
+        started.elapsed()
+    );
+
+    let write = lockstep(&[
+        "create",
+        "purchase-order",
+        "--data",
+        PO_DATA,
+        "--endpoints",
+        &nowhere,
+        "--timeout",
+        "1s",
+        "-o",
+        "json",
+    ]);
+    let error = write.code(3).json_error();
+    assert_eq!(error["kind"], "unavailable");
+    assert_eq!(error["exit_code"], 3);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("retry it with the same request id"),
+        "{write}"
+    );
+
+    // Per-node questions print what the live nodes said, then exit 3 for the silent one.
+    let c = cluster();
+    let both = format!("{},{nowhere}", c.endpoint(0));
+    let status = lockstep(&[
+        "cluster",
+        "status",
+        "--endpoints",
+        &both,
+        "--timeout",
+        "2s",
+        "-o",
+        "json",
+    ]);
+    status.code(3);
+    let rows = status.json();
+    assert_eq!(rows[0]["node_id"], 1, "{status}");
+    assert_eq!(rows[1]["endpoint"], nowhere.as_str(), "{status}");
+    assert!(rows[1]["error"].is_string(), "{status}");
+    assert_eq!(status.json_error()["kind"], "unavailable");
+
+    lockstep(&["audit", "verify", "--endpoints", &both, "--timeout", "1s"])
+        .code(3)
+        .stdout_has(&[
+            &format!("{}: ok, ", c.endpoint(0)),
+            &format!("{nowhere}: unreachable"),
+        ]);
+}
+
+#[test]
+fn the_actor_and_a_request_id_can_come_from_the_environment_and_flags() {
+    let c = cluster();
+    let data = r#"{"amount": 20, "requester": "carol"}"#;
+    let env = [("LOCKSTEP_ACTOR", "carol"), ("LOCKSTEP_ROLES", "requester")];
+    c.run_env(
+        &[
+            "create",
+            "purchase-order",
+            "--key",
+            "PO-ENV",
+            "--data",
+            data,
+        ],
+        &env,
+    )
+    .ok();
+    c.run_env(&["transition", "purchase-order/PO-ENV", "submit"], &env)
+        .ok()
+        .stdout_has(&["state=submitted"]);
+    let got = c
+        .run(&["get", "purchase-order/PO-ENV", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(got["created_by"], "carol");
+
+    // A retry with the same request id is answered with the first outcome, applied once.
+    let args = [
+        "create",
+        "purchase-order",
+        "--key",
+        "PO-RETRY",
+        "--data",
+        PO_DATA,
+        "--as",
+        "alice",
+        "--request-id",
+        "cli-online-retry-1",
+        "-o",
+        "json",
+    ];
+    let first = c.run(&args).ok().json();
+    let second = c.run(&args).ok().json();
+    assert_eq!(first, second);
+    let history = c
+        .run(&["history", "purchase-order/PO-RETRY", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
+}
+
+#[test]
+fn the_example_workflow_was_applied_from_its_file() {
+    // The cluster start applied examples/workflows/purchase-order.yaml with the CLI; applying
+    // it again is a no-op that names the file.
+    cluster()
+        .run(&["apply", PO])
+        .ok()
+        .stdout_has(&["unchanged purchase-order @ ", &format!("({PO})")]);
+}
