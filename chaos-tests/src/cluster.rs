@@ -1,0 +1,303 @@
+//! A cluster of real `lockstepd` processes on loopback, in `--dev` mode, with a
+//! fault-injecting [`Proxy`] on every directed peer link: node `i` dials node `j` through
+//! `proxy(i, j)` (`--peer-via`), for Raft and for forwarding to the leader. Clients dial the
+//! nodes directly.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use lockstep_client::{Client, Identity, Options, pb};
+use lockstep_core::ActorKind;
+
+use crate::proxy::{LinkMode, Proxy};
+
+/// libfaketime, if installed (Debian's `faketime` package; `scripts/prereqs` installs it).
+pub fn libfaketime() -> Option<PathBuf> {
+    let dir = Path::new("/usr/lib");
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let candidate = entry.path().join("faketime/libfaketime.so.1");
+        if candidate.exists() {
+            return Some(candidate);
+        }
+    }
+    None
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub ports: Vec<u16>,
+    pub children: Vec<Option<Child>>,
+    pub paused: Vec<bool>,
+    /// Clock offset of each node in seconds (libfaketime), 0 for none.
+    pub skews: Vec<i64>,
+    proxies: BTreeMap<(usize, usize), Proxy>,
+    lockstepd: PathBuf,
+    faketime: Option<PathBuf>,
+}
+
+impl Cluster {
+    /// Starts `nodes` nodes with data and logs under `dir`.
+    pub async fn start(
+        lockstepd: &Path,
+        dir: &Path,
+        nodes: usize,
+        skews: Vec<i64>,
+    ) -> anyhow::Result<Cluster> {
+        std::fs::create_dir_all(dir)?;
+        let mut ports = Vec::new();
+        for _ in 0..nodes {
+            ports.push(free_port()?);
+        }
+        let mut proxies = BTreeMap::new();
+        for i in 0..nodes {
+            for (j, port) in ports.iter().enumerate() {
+                if i != j {
+                    let upstream: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+                    proxies.insert((i, j), Proxy::start(upstream).await?);
+                }
+            }
+        }
+        let faketime = if skews.iter().any(|s| *s != 0) {
+            Some(libfaketime().context("clock skew needs libfaketime (apt-get install faketime)")?)
+        } else {
+            None
+        };
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            ports,
+            children: Vec::new(),
+            paused: vec![false; nodes],
+            skews: if skews.is_empty() {
+                vec![0; nodes]
+            } else {
+                skews
+            },
+            proxies,
+            lockstepd: lockstepd.to_path_buf(),
+            faketime,
+        };
+        for i in 0..nodes {
+            let child = cluster.spawn(i)?;
+            cluster.children.push(Some(child));
+        }
+        Ok(cluster)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ports.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty()
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.ports[i])
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("node{}.log", i + 1))
+    }
+
+    fn spawn(&self, i: usize) -> anyhow::Result<Child> {
+        let members = (0..self.len())
+            .map(|j| format!("{}={}", j + 1, self.endpoint(j)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let via = (0..self.len())
+            .filter(|j| *j != i)
+            .map(|j| format!("{}={}", j + 1, self.proxies[&(i, j)].listen))
+            .collect::<Vec<_>>()
+            .join(",");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))?;
+        let mut cmd = Command::new(&self.lockstepd);
+        cmd.args(["--id", &(i + 1).to_string(), "--listen", &self.endpoint(i)])
+            .args(["--initial-members", &members, "--peer-via", &via, "--dev"])
+            .args(["--heartbeat-ms", "100", "--election-timeout-ms", "600"])
+            // Small snapshots and a short log: snapshots are built, sent and installed while
+            // faults are going on.
+            .args(["--snapshot-every", "300", "--logs-to-keep", "100"])
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("node{}", i + 1)))
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let (Some(lib), skew) = (&self.faketime, self.skews[i])
+            && skew != 0
+        {
+            // Only the wall clock moves; timeouts and intervals (monotonic) stay true.
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME", format!("{skew:+}"))
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        cmd.spawn()
+            .with_context(|| format!("spawn {}", self.lockstepd.display()))
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.children[i].is_some()
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.paused[i] = false;
+    }
+
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.children[i].is_none() {
+            let child = self.spawn(i)?;
+            self.children[i] = Some(child);
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP / SIGCONT: frozen with its sockets open, like a hung machine.
+    pub fn pause(&mut self, i: usize, frozen: bool) {
+        if let Some(child) = &self.children[i] {
+            let _ = Command::new("kill")
+                .arg(if frozen { "-STOP" } else { "-CONT" })
+                .arg(child.id().to_string())
+                .status();
+            self.paused[i] = frozen;
+        }
+    }
+
+    pub fn set_link(&self, from: usize, to: usize, mode: LinkMode) {
+        if let Some(p) = self.proxies.get(&(from, to)) {
+            p.set(mode);
+        }
+    }
+
+    /// Only links inside one of `components` pass (a node may be in several: a bridge).
+    pub fn partition(&self, components: &[Vec<usize>]) {
+        for (&(i, j), p) in &self.proxies {
+            let together = components.iter().any(|c| c.contains(&i) && c.contains(&j));
+            p.set(if together {
+                LinkMode::Pass
+            } else {
+                LinkMode::Drop
+            });
+        }
+    }
+
+    /// Nodes that never sent anything through their proxies: if there are any, they do not
+    /// dial peers through them (`--peer-via` ignored) and partitions would not isolate them.
+    pub fn silent_nodes(&self) -> Vec<usize> {
+        (0..self.len())
+            .filter(|i| {
+                self.proxies
+                    .iter()
+                    .filter(|((from, _), _)| from == i)
+                    .all(|(_, p)| p.bytes() == 0)
+            })
+            .collect()
+    }
+
+    pub fn all_links(&self, mode: LinkMode) {
+        for p in self.proxies.values() {
+            p.set(mode);
+        }
+    }
+
+    /// Every link passes, every node runs and none is paused.
+    pub fn heal(&mut self) -> anyhow::Result<()> {
+        self.all_links(LinkMode::Pass);
+        for i in 0..self.len() {
+            if self.paused[i] {
+                self.pause(i, false);
+            }
+            self.restart(i)?;
+        }
+        Ok(())
+    }
+
+    pub fn client_for(&self, endpoints: &[String], identity: Identity, options: Options) -> Client {
+        Client::new(endpoints, Some(identity), options).expect("loopback endpoints are valid")
+    }
+
+    /// A client whose endpoint list starts at node `first`.
+    pub fn client(&self, first: usize, identity: Identity, options: Options) -> Client {
+        let mut eps = self.endpoints();
+        eps.rotate_left(first % self.len());
+        self.client_for(&eps, identity, options)
+    }
+
+    pub async fn status(&self, i: usize, digest: bool) -> Option<pb::ClusterStatus> {
+        if !self.is_running(i) || self.paused[i] {
+            return None;
+        }
+        let client = self.client_for(
+            &[self.endpoint(i)],
+            Identity::new("chaos-probe", ActorKind::Human, &[]),
+            Options {
+                attempt_timeout: Duration::from_secs(3),
+                ..Options::default()
+            },
+        );
+        tokio::time::timeout(Duration::from_secs(4), client.status_of(0, digest))
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// The node a majority of running nodes report as leader, waiting up to `within`.
+    pub async fn leader(&self, within: Duration) -> Option<usize> {
+        let deadline = Instant::now() + within;
+        loop {
+            for i in 0..self.len() {
+                if let Some(s) = self.status(i, false).await
+                    && s.role == "Leader"
+                {
+                    return Some((s.node_id - 1) as usize);
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            if self.paused[i] {
+                self.pause(i, false);
+            }
+            if let Some(mut child) = self.children[i].take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

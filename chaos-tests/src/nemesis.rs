@@ -1,0 +1,198 @@
+//! Runs a [`Schedule`]'s faults against a [`Cluster`], healing each before the next, and
+//! records when each was active.
+
+use std::time::{Duration, Instant};
+
+use lockstep_client::{Client, Identity, Options};
+use lockstep_core::ActorKind;
+
+use crate::cluster::Cluster;
+use crate::history::FaultWindow;
+use crate::proxy::LinkMode;
+use crate::schedule::{Fault, Schedule, Step};
+
+fn nodes(list: &[usize]) -> String {
+    let names: Vec<String> = list.iter().map(|i| (i + 1).to_string()).collect();
+    format!("node {}", names.join(","))
+}
+
+/// Applies one fault; returns what it did, for the timeline.
+pub fn apply(cluster: &mut Cluster, step: &Step, leader: Option<usize>) -> String {
+    let n = cluster.len();
+    let pick = step.pick as usize;
+    // Without a known leader, a node picked by the seed stands in for it.
+    let l = leader.unwrap_or(pick % n);
+    let known = if leader.is_some() {
+        "leader"
+    } else {
+        "no leader known; picked"
+    };
+    let mut others: Vec<usize> = (0..n).filter(|i| *i != l).collect();
+    let count = others.len().max(1);
+    others.rotate_left(pick % count);
+    let f = others[0];
+    let minority = (n - 1) / 2;
+    match step.fault {
+        Fault::PartitionFollower => {
+            let rest: Vec<usize> = (0..n).filter(|i| *i != f).collect();
+            cluster.partition(&[vec![f], rest]);
+            format!("{} cut off", nodes(&[f]))
+        }
+        Fault::PartitionLeaderMinority => {
+            let mut small = vec![l];
+            small.extend(&others[..minority - 1]);
+            let big: Vec<usize> = others[minority - 1..].to_vec();
+            cluster.partition(&[small.clone(), big.clone()]);
+            format!("{} ({known} {}) | {}", nodes(&small), l + 1, nodes(&big))
+        }
+        Fault::IsolateLeader => {
+            cluster.partition(&[vec![l], others.clone()]);
+            format!("{} ({known}) isolated", nodes(&[l]))
+        }
+        Fault::AsymmetricLeader => {
+            for j in &others {
+                cluster.set_link(l, *j, LinkMode::Drop);
+            }
+            format!(
+                "{} ({known}) cannot reach the others; they reach it",
+                nodes(&[l])
+            )
+        }
+        Fault::BridgeLeader => {
+            let half = others.len() / 2;
+            let mut a = others[..half].to_vec();
+            let mut b = others[half..].to_vec();
+            a.push(l);
+            b.push(l);
+            cluster.partition(&[a.clone(), b.clone()]);
+            format!(
+                "{} | {} bridged by {} ({known})",
+                nodes(&others[..half]),
+                nodes(&others[half..]),
+                l + 1
+            )
+        }
+        Fault::Delay(ms) => {
+            cluster.all_links(LinkMode::Delay(Duration::from_millis(ms)));
+            format!("every peer link +{ms} ms each way")
+        }
+        Fault::KillLeader => {
+            cluster.kill9(l);
+            format!("kill -9 {} ({known})", nodes(&[l]))
+        }
+        Fault::KillFollower => {
+            cluster.kill9(f);
+            format!("kill -9 {}", nodes(&[f]))
+        }
+        Fault::KillMajority => {
+            let mut victims = vec![l];
+            victims.extend(&others[..n / 2]);
+            for v in &victims {
+                cluster.kill9(*v);
+            }
+            format!("kill -9 {} ({known} {})", nodes(&victims), l + 1)
+        }
+        Fault::PauseLeader => {
+            cluster.pause(l, true);
+            format!("SIGSTOP {} ({known})", nodes(&[l]))
+        }
+        Fault::PauseFollower => {
+            cluster.pause(f, true);
+            format!("SIGSTOP {}", nodes(&[f]))
+        }
+        Fault::RestartAll => {
+            for i in 0..n {
+                cluster.kill9(i);
+            }
+            "kill -9 every node".into()
+        }
+        // Asynchronous: see `change_membership`.
+        Fault::Membership => (f + 1).to_string(),
+    }
+}
+
+fn admin(cluster: &Cluster) -> Client {
+    cluster.client(
+        0,
+        Identity::new("chaos-admin", ActorKind::Human, &["admin"]),
+        Options::default(),
+    )
+}
+
+/// Removes node `f` from the voters (it keeps running, outside the cluster).
+async fn remove(cluster: &Cluster, f: usize) -> Result<(), String> {
+    admin(cluster)
+        .remove(f as u64 + 1)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Adds node `f` back as a learner (which waits until it caught up) and promotes it, retrying
+/// for up to 60 s.
+async fn readd(cluster: &Cluster, f: usize) -> anyhow::Result<()> {
+    let client = admin(cluster);
+    let id = f as u64 + 1;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let result = match client.add_learner(id, &cluster.endpoint(f)).await {
+            Ok(_) => client.promote(vec![id]).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("node {id} could not be added back within 60 s: {last}")
+}
+
+/// Runs every step at its time (relative to `start`) and heals it after its hold time.
+pub async fn run(
+    cluster: &mut Cluster,
+    schedule: &Schedule,
+    start: Instant,
+    mut on_step: impl FnMut(&str),
+) -> anyhow::Result<Vec<FaultWindow>> {
+    let mut windows = Vec::new();
+    for step in &schedule.steps {
+        tokio::time::sleep_until((start + Duration::from_millis(step.at_ms)).into()).await;
+        let leader = cluster.leader(Duration::from_millis(1_500)).await;
+        let began = start.elapsed();
+        let mut detail = apply(cluster, step, leader);
+        let mut removed = None;
+        if step.fault == Fault::Membership {
+            let f: usize = detail.parse::<usize>().unwrap_or(1) - 1;
+            detail = match remove(cluster, f).await {
+                Ok(()) => {
+                    removed = Some(f);
+                    format!("node {} removed from the voters", f + 1)
+                }
+                Err(e) => format!("removing node {} failed: {e}", f + 1),
+            };
+        }
+        on_step(&format!("{}: {detail}", step.fault.name()));
+        tokio::time::sleep(Duration::from_millis(step.hold_ms)).await;
+        cluster.heal()?;
+        if let Some(f) = removed {
+            // A node that cannot rejoin is a finding, not a harness error: the run goes on and
+            // the convergence checker reports the replica that was left behind.
+            match readd(cluster, f).await {
+                Ok(()) => detail.push_str(", then added back and promoted"),
+                Err(e) => {
+                    detail.push_str(&format!("; ADDING IT BACK FAILED: {e:#}"));
+                    on_step(&detail);
+                }
+            }
+        }
+        windows.push(FaultWindow {
+            name: step.fault.name(),
+            detail,
+            start_us: began.as_micros() as u64,
+            end_us: start.elapsed().as_micros() as u64,
+        });
+    }
+    Ok(windows)
+}

@@ -1,0 +1,210 @@
+//! Seeded schedules: the seed alone decides the cluster size, the clock offsets, which faults
+//! happen when and for how long, which nodes they pick (relative to the leader at that
+//! moment) and the workload's choices. The same seed and commit replay the same schedule
+//! (thread timing still varies run to run).
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// One follower cut off from everyone.
+    PartitionFollower,
+    /// The leader and (in 5-node clusters) one follower on the minority side.
+    PartitionLeaderMinority,
+    /// The leader alone.
+    IsolateLeader,
+    /// The leader cannot reach the others; they can reach it.
+    AsymmetricLeader,
+    /// Two halves that cannot talk to each other, and one node (the leader) talking to both.
+    BridgeLeader,
+    /// Every link slow (the value is one-way milliseconds).
+    Delay(u64),
+    KillLeader,
+    KillFollower,
+    /// kill -9 of a majority, the leader among them.
+    KillMajority,
+    PauseLeader,
+    PauseFollower,
+    /// kill -9 of every node, then all restart.
+    RestartAll,
+    /// A follower removed from the voters under load, added back as a learner and promoted
+    /// when the fault heals.
+    Membership,
+}
+
+impl Fault {
+    pub fn name(&self) -> String {
+        match self {
+            Fault::Delay(ms) => format!("delay-{ms}ms"),
+            other => serde_json::to_value(other)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// Milliseconds after the workload starts.
+    pub at_ms: u64,
+    pub fault: Fault,
+    /// How long the fault lasts before it heals.
+    pub hold_ms: u64,
+    /// Picks the node(s) among candidates at run time.
+    pub pick: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub seed: u64,
+    pub nodes: usize,
+    /// Clock offset of each node in seconds (0: none).
+    pub skews: Vec<i64>,
+    pub duration_ms: u64,
+    pub steps: Vec<Step>,
+}
+
+impl Schedule {
+    /// The schedule of `seed`. `nodes` forces a cluster size; `skew` allows clock offsets.
+    pub fn generate(seed: u64, nodes: Option<usize>, duration_ms: u64, skew: bool) -> Schedule {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let five = rng.random_range(0..5) == 0;
+        let nodes = nodes.unwrap_or(if five { 5 } else { 3 });
+        // Drawn whether or not skew is allowed, so that the rest of the schedule does not
+        // depend on it (or on a forced cluster size: always five offsets).
+        let skewed = rng.random_range(0..3) == 0 && skew;
+        let offsets: Vec<i64> = (0..5)
+            .map(|_| {
+                let on = rng.random_bool(0.6);
+                let by = rng.random_range(-5..=5);
+                if skewed && on { by } else { 0 }
+            })
+            .collect();
+        let skews = (0..nodes)
+            .map(|i| offsets.get(i).copied().unwrap_or(0))
+            .collect();
+        // Half of the whole-cluster restarts become membership changes, decided by a second
+        // stream so that the rest of the schedule stays as it was before this fault existed.
+        let mut membership = StdRng::seed_from_u64(seed ^ 0x6D65_6D62_6572_7368);
+        let mut steps = Vec::new();
+        let mut t = 1_000 + rng.random_range(0..1_000);
+        while t + 2_500 < duration_ms {
+            let fault = match rng.random_range(0..12) {
+                0 => Fault::PartitionFollower,
+                1 => Fault::PartitionLeaderMinority,
+                2 => Fault::IsolateLeader,
+                3 => Fault::AsymmetricLeader,
+                4 => Fault::BridgeLeader,
+                5 => Fault::Delay(rng.random_range(20..=200)),
+                6 => Fault::KillLeader,
+                7 => Fault::KillFollower,
+                8 => Fault::KillMajority,
+                9 => Fault::PauseLeader,
+                10 => Fault::PauseFollower,
+                _ if membership.random_bool(0.5) => Fault::Membership,
+                _ => Fault::RestartAll,
+            };
+            let hold_ms = rng.random_range(1_500..=5_000).min(duration_ms - t - 1_000);
+            steps.push(Step {
+                at_ms: t,
+                fault,
+                hold_ms,
+                pick: rng.random(),
+            });
+            t += hold_ms + rng.random_range(1_000..=3_000);
+        }
+        Schedule {
+            seed,
+            nodes,
+            skews,
+            duration_ms,
+            steps,
+        }
+    }
+
+    /// A one-line description: `3 nodes, skew [0,+2,-1]: kill-leader@1.2s/3.1s, …`.
+    pub fn describe(&self) -> String {
+        let mut s = format!("{} nodes", self.nodes);
+        if self.skews.iter().any(|x| *x != 0) {
+            let offsets: Vec<String> = self.skews.iter().map(|x| format!("{x:+}s")).collect();
+            s.push_str(&format!(", clocks [{}]", offsets.join(",")));
+        }
+        s.push_str(": ");
+        let steps: Vec<String> = self
+            .steps
+            .iter()
+            .map(|st| {
+                format!(
+                    "{}@{:.1}s/{:.1}s",
+                    st.fault.name(),
+                    st.at_ms as f64 / 1e3,
+                    st.hold_ms as f64 / 1e3
+                )
+            })
+            .collect();
+        s.push_str(&steps.join(", "));
+        s
+    }
+
+    /// A seed for one workload process, derived from the schedule's seed.
+    pub fn process_seed(&self, process: u64) -> u64 {
+        self.seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(process.wrapping_mul(0xD1B5_4A32_D192_ED03))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_decides_the_schedule() {
+        let a = Schedule::generate(42, None, 20_000, true);
+        assert_eq!(a, Schedule::generate(42, None, 20_000, true));
+        let others: Vec<Schedule> = (0..20)
+            .map(|s| Schedule::generate(s, None, 20_000, true))
+            .collect();
+        assert!(others.iter().any(|o| o.steps != a.steps));
+        // Forcing the size the seed chose, or forbidding skew, leaves the faults as they were.
+        let forced = Schedule::generate(42, Some(a.nodes), 20_000, false);
+        assert_eq!(forced.steps, a.steps);
+        assert!(forced.skews.iter().all(|x| *x == 0));
+    }
+
+    #[test]
+    fn steps_do_not_overlap_and_end_before_the_run() {
+        for seed in 0..200 {
+            let s = Schedule::generate(seed, Some(3), 20_000, false);
+            assert!(!s.steps.is_empty(), "seed {seed}");
+            assert!(s.skews.iter().all(|x| *x == 0));
+            let mut end = 0;
+            for st in &s.steps {
+                assert!(st.at_ms >= end, "seed {seed}: {s:?}");
+                end = st.at_ms + st.hold_ms;
+                assert!(end < 20_000, "seed {seed}");
+                assert!(st.hold_ms >= 1_000);
+            }
+        }
+    }
+
+    #[test]
+    fn every_fault_appears_over_many_seeds() {
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..100 {
+            for st in Schedule::generate(seed, None, 30_000, true).steps {
+                seen.insert(match st.fault {
+                    Fault::Delay(_) => "delay".to_string(),
+                    f => f.name(),
+                });
+            }
+        }
+        assert_eq!(seen.len(), 13, "{seen:?}");
+        assert_eq!(Fault::KillLeader.name(), "kill-leader");
+        assert_eq!(Fault::Delay(30).name(), "delay-30ms");
+    }
+}

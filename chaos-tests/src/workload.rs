@@ -1,0 +1,385 @@
+//! The workload: client processes that create instances and take transitions on them and read
+//! them, workers that lease and complete the instances' tasks, and a change-feed consumer.
+//! Every client and worker operation is recorded with its invocation and completion time and
+//! an ok / fail / unknown outcome.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lockstep_client::{Client, Error, Identity, Options, by_key, pb, request_id};
+use lockstep_core::ActorKind;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{Mutex, watch};
+
+use crate::history::{Op, OpKind, Outcome, tag_payload};
+use crate::workflow;
+
+/// Short client timeouts: under faults most unknown outcomes come from here.
+pub fn client_options() -> Options {
+    Options {
+        attempt_timeout: Duration::from_millis(1_500),
+        total_timeout: Duration::from_secs(4),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        ..Options::default()
+    }
+}
+
+/// The shared record of operations.
+#[derive(Debug)]
+pub struct Recorder {
+    pub start: Instant,
+    next: AtomicU64,
+    ops: std::sync::Mutex<Vec<Op>>,
+}
+
+impl Recorder {
+    pub fn new(start: Instant) -> Recorder {
+        Recorder {
+            start,
+            next: AtomicU64::new(1),
+            ops: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn push(&self, op: Op) {
+        self.ops.lock().expect("not poisoned").push(op);
+    }
+
+    pub fn ops(&self) -> Vec<Op> {
+        let mut ops = self.ops.lock().expect("not poisoned").clone();
+        ops.sort_by_key(|o| (o.invoke_us, o.id));
+        ops
+    }
+}
+
+/// Fills an op's outcome from a client result.
+fn outcome<T>(op: &mut Op, result: &Result<T, Error>, ok: impl FnOnce(&T, &mut Op)) {
+    match result {
+        Ok(v) => {
+            op.outcome = Outcome::Ok;
+            ok(v, op);
+        }
+        Err(Error::Refused(r)) => {
+            op.outcome = Outcome::Fail;
+            op.code = Some(r.code.as_str().to_string());
+        }
+        Err(Error::NotFound(m)) => {
+            op.outcome = Outcome::Fail;
+            op.code = Some("NOT_FOUND".into());
+            op.error = Some(m.clone());
+        }
+        Err(
+            e
+            @ (Error::InvalidArgument(_) | Error::Unauthenticated(_) | Error::PermissionDenied(_)),
+        ) => {
+            op.outcome = Outcome::Fail;
+            op.error = Some(e.to_string());
+        }
+        Err(e) => {
+            op.outcome = Outcome::Unknown;
+            op.error = Some(e.to_string());
+        }
+    }
+}
+
+fn blank(rec: &Recorder, process: u32, kind: OpKind, key: &str) -> Op {
+    let id = rec.next_id();
+    Op {
+        id,
+        process,
+        kind,
+        key: key.into(),
+        transition: None,
+        tag: (kind != OpKind::Read).then(|| format!("p{process}-{id}")),
+        task_id: None,
+        instance: None,
+        invoke_us: rec.now_us(),
+        complete_us: 0,
+        outcome: Outcome::Unknown,
+        state: None,
+        version: None,
+        code: None,
+        error: None,
+    }
+}
+
+fn change(c: &pb::InstanceChange, op: &mut Op) {
+    op.state = Some(c.state.clone());
+    op.version = Some(c.version);
+}
+
+/// Keys created so far (including creates of unknown outcome), shared by the clients so that
+/// several of them work on the same instances.
+#[derive(Debug, Default)]
+pub struct Keys(Mutex<Vec<String>>);
+
+impl Keys {
+    async fn add(&self, key: String) {
+        self.0.lock().await.push(key);
+    }
+
+    /// One of the most recent keys.
+    async fn pick(&self, rng: &mut StdRng) -> Option<String> {
+        let keys = self.0.lock().await;
+        if keys.is_empty() {
+            return None;
+        }
+        let recent = keys.len().min(12);
+        Some(keys[keys.len() - 1 - rng.random_range(0..recent)].clone())
+    }
+
+    pub async fn all(&self) -> Vec<String> {
+        self.0.lock().await.clone()
+    }
+}
+
+/// A client process: one operation at a time until `stop`.
+pub async fn client(
+    process: u32,
+    client: Client,
+    rec: Arc<Recorder>,
+    keys: Arc<Keys>,
+    seed: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut created = 0;
+    while !*stop.borrow() {
+        let roll = rng.random_range(0..100);
+        let key = keys.pick(&mut rng).await;
+        match (roll, key) {
+            (0..25, _) | (_, None) => {
+                created += 1;
+                let key = format!("k{process}-{created}");
+                keys.add(key.clone()).await;
+                let mut op = blank(&rec, process, OpKind::Create, &key);
+                let data = tag_payload(op.tag.as_deref().unwrap_or_default());
+                let r = client
+                    .create(&request_id(), workflow::NAME, Some(&key), &data)
+                    .await;
+                op.complete_us = rec.now_us();
+                outcome(&mut op, &r, change);
+                rec.push(op);
+            }
+            (25..58, Some(key)) => {
+                let name = if roll < 50 { "start" } else { "cancel" };
+                let mut op = blank(&rec, process, OpKind::Transition, &key);
+                op.transition = Some(name.into());
+                let payload = tag_payload(op.tag.as_deref().unwrap_or_default());
+                let r = client
+                    .transition(
+                        &request_id(),
+                        by_key(workflow::NAME, &key),
+                        name,
+                        &payload,
+                        None,
+                    )
+                    .await;
+                op.complete_us = rec.now_us();
+                outcome(&mut op, &r, change);
+                rec.push(op);
+            }
+            (_, Some(key)) => {
+                let mut op = blank(&rec, process, OpKind::Read, &key);
+                let r = client
+                    .get(
+                        by_key(workflow::NAME, &key),
+                        pb::ReadConsistency::Linearizable,
+                    )
+                    .await;
+                op.complete_us = rec.now_us();
+                outcome(&mut op, &r, |g, op| {
+                    if let Some(i) = &g.instance {
+                        op.state = Some(i.state.clone());
+                        op.version = Some(i.version);
+                    }
+                });
+                rec.push(op);
+            }
+        }
+        let pause = Duration::from_millis(rng.random_range(10..80));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// A worker process: leases tasks and completes them, sometimes too late (after its lease
+/// expired, so the task was leased again: the late completion must be refused).
+pub async fn worker(
+    process: u32,
+    client: Client,
+    rec: Arc<Recorder>,
+    seed: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    while !*stop.borrow() {
+        let tasks = tokio::select! {
+            t = client.poll_tasks(workflow::QUEUE, 4, Duration::from_millis(800)) => t,
+            _ = stop.changed() => break,
+        };
+        let Ok(tasks) = tasks else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        for task in tasks {
+            let Some(lease) = task.lease.clone() else {
+                continue;
+            };
+            // One in eight outlives its 2 s lease.
+            let work = if rng.random_range(0..8) == 0 {
+                rng.random_range(2_200..3_000)
+            } else {
+                rng.random_range(0..300)
+            };
+            tokio::time::sleep(Duration::from_millis(work)).await;
+            // The key is filled in from the instance id after the run.
+            let mut op = blank(&rec, process, OpKind::Complete, "");
+            op.task_id = Some(lease.task_id.clone());
+            op.instance = Some(lease.instance_id.clone());
+            let result = tag_payload(op.tag.as_deref().unwrap_or_default());
+            let r = client.complete_task(&request_id(), &lease, &result).await;
+            op.complete_us = rec.now_us();
+            outcome(&mut op, &r, change);
+            rec.push(op);
+        }
+    }
+}
+
+/// A change-feed consumer: follows the feed on one node, and on any error, stall (no record
+/// for 2 s while records are expected) or every few seconds anyway, resumes on the next node
+/// from `last seq + 1`. Stops when `stop` is set and it has reached `until` (or `stop` has
+/// been set for 20 s).
+pub async fn consumer(
+    endpoints: Vec<String>,
+    seed: u64,
+    received: Arc<std::sync::Mutex<Vec<(u64, String)>>>,
+    mut until: watch::Receiver<Option<u64>>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let clients: Vec<Client> = endpoints
+        .iter()
+        .map(|e| {
+            Client::new(
+                std::slice::from_ref(e),
+                Some(Identity::new(
+                    "chaos-feed",
+                    ActorKind::Service,
+                    &["auditor"],
+                )),
+                client_options(),
+            )
+            .expect("loopback endpoint")
+        })
+        .collect();
+    let mut node = 0;
+    let mut last = 0u64;
+    let mut stop_at: Option<Instant> = None;
+    loop {
+        if let Some(target) = *until.borrow() {
+            if last >= target {
+                return;
+            }
+            let at = *stop_at.get_or_insert_with(|| Instant::now() + Duration::from_secs(20));
+            if Instant::now() >= at {
+                return;
+            }
+        }
+        node = (node + 1) % clients.len();
+        let stream =
+            tokio::time::timeout(Duration::from_secs(3), clients[node].tail(last + 1, true)).await;
+        let Ok(Ok(mut stream)) = stream else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let switch_at = Instant::now() + Duration::from_millis(rng.random_range(1_000..5_000));
+        loop {
+            let next = tokio::select! {
+                m = tokio::time::timeout(Duration::from_secs(2), stream.message()) => m,
+                _ = until.changed() => break,
+            };
+            match next {
+                Ok(Ok(Some(r))) => {
+                    last = r.global_seq.max(last);
+                    received
+                        .lock()
+                        .expect("not poisoned")
+                        .push((r.global_seq, r.hash));
+                }
+                _ => break,
+            }
+            if Instant::now() >= switch_at {
+                break;
+            }
+        }
+    }
+}
+
+/// Runs the final reads: every key, linearizably, through any node.
+pub async fn final_reads(
+    client: &Client,
+    keys: &[String],
+) -> anyhow::Result<Vec<(String, Option<pb::Instance>)>> {
+    let mut out = Vec::new();
+    for key in keys {
+        let mut tries = 0;
+        loop {
+            match client
+                .get(
+                    by_key(workflow::NAME, key),
+                    pb::ReadConsistency::Linearizable,
+                )
+                .await
+            {
+                Ok(g) => {
+                    out.push((key.clone(), g.instance));
+                    break;
+                }
+                Err(Error::NotFound(_)) => {
+                    out.push((key.clone(), None));
+                    break;
+                }
+                Err(Error::Refused(r)) if r.code.as_str() == "UNKNOWN_INSTANCE" => {
+                    out.push((key.clone(), None));
+                    break;
+                }
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => anyhow::bail!("final read of {key}: {e}"),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the whole change feed (not following) from one node.
+pub async fn read_feed(client: &Client) -> anyhow::Result<Vec<pb::AuditRecord>> {
+    let mut out: Vec<pb::AuditRecord> = Vec::new();
+    loop {
+        let from = out.last().map_or(1, |r| r.global_seq + 1);
+        let mut stream = client.tail(from, false).await?;
+        let before = out.len();
+        while let Some(r) = stream.message().await? {
+            out.push(r);
+        }
+        if out.len() == before {
+            return Ok(out);
+        }
+    }
+}
