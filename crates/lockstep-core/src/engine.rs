@@ -469,6 +469,12 @@ impl Outcome {
 }
 
 /// Evaluates one command. `instance` is `None` only for [`Command::Create`].
+/// Names the task a task command acted on in its audit record.
+fn with_task(mut change: Change, task_id: &str) -> Change {
+    change.audit.task_id = Some(task_id.to_string());
+    change
+}
+
 pub fn evaluate(
     definition: &CompiledDefinition,
     instance: Option<&Instance>,
@@ -759,6 +765,7 @@ impl Eval<'_> {
                     w.extend_lease(task_id);
                     Ok(None)
                 })
+                .map(|c| with_task(c, task_id))
             }
             Command::CompleteTask {
                 task_id,
@@ -771,6 +778,7 @@ impl Eval<'_> {
                 self.finish(AuditKind::TaskCompleted, worker, Some(result), |w| {
                     w.complete(task_id, result, worker)
                 })
+                .map(|c| with_task(c, task_id))
             }
             Command::FailTask {
                 task_id,
@@ -783,6 +791,7 @@ impl Eval<'_> {
                 self.finish(AuditKind::TaskFailed, worker, None, |w| {
                     w.fail(task_id, error, *retryable)
                 })
+                .map(|c| with_task(c, task_id))
             }
             Command::ResolveIncident {
                 incident_id,

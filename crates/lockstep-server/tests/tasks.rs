@@ -190,6 +190,11 @@ async fn a_stalled_worker_loses_its_lease_and_its_late_completion_is_refused() {
         .collect();
     assert_eq!(completed.len(), 1, "completed exactly once");
     assert_eq!(completed[0].actor_id, "fast");
+    let record: serde_json::Value = serde_json::from_str(&completed[0].record_json).unwrap();
+    assert_eq!(
+        record["record"]["task_id"], fresh.task_id,
+        "the completion names its task"
+    );
     assert!(
         history
             .iter()
