@@ -34,8 +34,9 @@ transitions:
 
 /// Producers per worker: enough that workers rarely find the queue empty.
 const PRODUCERS_PER_WORKER: usize = 2;
-/// Most tasks waiting in the queue; producers pause above it so the backlog stays bounded.
-const BACKLOG_MAX: usize = 512;
+/// Most tasks waiting per worker; producers pause above it, so the delivery latency measures
+/// how fast a ready task reaches an idle worker rather than how long a backlog is.
+const BACKLOG_PER_WORKER: usize = 2;
 
 #[derive(serde::Serialize)]
 struct Level {
@@ -132,7 +133,7 @@ async fn level(
         let (client, born) = (Arc::clone(human), Arc::clone(&born));
         producers.push(tokio::spawn(async move {
             while Instant::now() < end {
-                if born.lock().expect("lock").len() >= BACKLOG_MAX {
+                if born.lock().expect("lock").len() >= workers * BACKLOG_PER_WORKER {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 }
