@@ -38,6 +38,9 @@ pub mod meta {
 pub const DEDUP_RETENTION_MS: u64 = 24 * 3600 * 1000;
 /// Most expired dedup entries removed per applied proposal, so cleanup never stalls apply.
 pub const DEDUP_EXPIRE_BATCH_MAX: usize = 16;
+/// Most tasks one worker may hold leased at once, across every queue and instance; a lease
+/// beyond it is refused with LIMIT_EXCEEDED until the worker completes or fails one.
+pub const LEASES_PER_WORKER_MAX: u32 = 256;
 /// Most outbox items one acknowledgement removes, so an ack never makes a huge batch.
 pub const OUTBOX_ACK_BATCH_MAX: usize = 1024;
 /// Most compiled definitions kept in memory per node.
@@ -110,6 +113,12 @@ pub mod key {
     }
     pub fn task(queue: &str, task_id: &str) -> Vec<u8> {
         keys::strs(&[queue, task_id])
+    }
+    /// The number of tasks a worker holds leased (family `Meta`).
+    pub fn worker_leases(worker: &str) -> Vec<u8> {
+        let mut k = b"leases\0".to_vec();
+        keys::push_str(&mut k, worker);
+        k
     }
     pub fn dedup_by_time(at_micros: i64, request_id: &str) -> Vec<u8> {
         let mut k = Vec::new();
@@ -373,6 +382,20 @@ impl<'a, S: Store> Applier<'a, S> {
                 op,
             } => {
                 let task_id = task_id.clone();
+                if let TaskOp::Lease { worker } = op {
+                    let held = self
+                        .get::<u32>(Family::Meta, &key::worker_leases(&worker.id))?
+                        .unwrap_or(0);
+                    if held >= LEASES_PER_WORKER_MAX {
+                        return Ok(refused(
+                            RefusalCode::LimitExceeded,
+                            format!(
+                                "worker `{}` already holds {held} leased tasks, the most one worker may hold ({LEASES_PER_WORKER_MAX}): complete or fail some before polling for more",
+                                worker.id
+                            ),
+                        ));
+                    }
+                }
                 let command = match op.clone() {
                     TaskOp::Lease { worker } => Command::LeaseTask {
                         task_id,
@@ -719,7 +742,7 @@ impl<'a, S: Store> Applier<'a, S> {
         for timer_id in &change.timers_cancelled {
             self.cancel_timer(&id, timer_id)?;
         }
-        self.index_tasks(before, after);
+        self.index_tasks(before, after)?;
         let audit_seq = self.append_audit(log_id, change.audit.clone(), Some(after.version))?;
         for effect in &change.effects {
             let seq = self
@@ -757,8 +780,41 @@ impl<'a, S: Store> Applier<'a, S> {
         Ok(())
     }
 
-    /// Keeps the queue index equal to the set of ready tasks.
-    fn index_tasks(&mut self, before: Option<&Instance>, after: &Instance) {
+    /// Keeps the queue index equal to the set of ready tasks, and each worker's count of
+    /// leased tasks equal to the tasks leased to it.
+    fn index_tasks(&mut self, before: Option<&Instance>, after: &Instance) -> StoreResult<()> {
+        let leased = |i: &Instance| -> BTreeMap<String, String> {
+            i.tasks
+                .values()
+                .filter(|t| t.status == TaskStatus::Leased)
+                .filter_map(|t| Some((t.id.clone(), t.worker.clone()?)))
+                .collect()
+        };
+        let (was, now) = (before.map(leased).unwrap_or_default(), leased(after));
+        let mut delta: BTreeMap<String, i64> = BTreeMap::new();
+        for (task, worker) in &was {
+            if now.get(task) != Some(worker) {
+                *delta.entry(worker.clone()).or_default() -= 1;
+            }
+        }
+        for (task, worker) in &now {
+            if was.get(task) != Some(worker) {
+                *delta.entry(worker.clone()).or_default() += 1;
+            }
+        }
+        for (worker, d) in delta.into_iter().filter(|(_, d)| *d != 0) {
+            let k = key::worker_leases(&worker);
+            let held = i64::from(self.get::<u32>(Family::Meta, &k)?.unwrap_or(0));
+            match u32::try_from((held + d).max(0)).unwrap_or(0) {
+                0 => self.delete(Family::Meta, k),
+                n => self.put(Family::Meta, k, &n),
+            }
+        }
+        self.index_ready_tasks(before, after);
+        Ok(())
+    }
+
+    fn index_ready_tasks(&mut self, before: Option<&Instance>, after: &Instance) {
         let ready = |i: &Instance| -> BTreeMap<String, String> {
             i.tasks
                 .values()

@@ -266,3 +266,111 @@ fn the_same_log_gives_the_same_digest() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn a_worker_holds_at_most_the_lease_limit_and_a_completion_frees_one() {
+    use lockstep_core::engine::LeaseToken;
+    use lockstep_raft::TaskOp;
+    use lockstep_raft::apply::LEASES_PER_WORKER_MAX;
+    const JOBS: &str = r#"
+workflow: jobs
+data: { type: object }
+states:
+  open: { initial: true }
+  working: {}
+  done: { terminal: true }
+transitions:
+  start:
+    from: open
+    to: working
+    allow: "true"
+    effects:
+      - task: { queue: q, type: t, timeout: 1h, on_complete: finish }
+  finish: { from: working, to: done, allow: "actor.kind == 'worker'" }
+"#;
+    let mut node = Node::new();
+    node.apply(
+        None,
+        1_000,
+        Body::ApplyDefinition {
+            source: JOBS.into(),
+            provenance: Provenance::default(),
+            actor: actor("admin", &[]),
+        },
+    );
+    let n = LEASES_PER_WORKER_MAX as usize + 1;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let id = match node.apply(
+            None,
+            2_000,
+            Body::Create {
+                workflow: "jobs".into(),
+                key: None,
+                data: serde_json::json!({}),
+                actor: actor("alice", &[]),
+            },
+        ) {
+            Response::Applied { instance_id, .. } => instance_id,
+            other => panic!("{other:?}"),
+        };
+        node.apply(
+            None,
+            2_000,
+            Body::Transition {
+                target: Target::Id(id.clone()),
+                transition: "start".into(),
+                payload: serde_json::Value::Null,
+                actor: actor("alice", &[]),
+                expected_version: None,
+            },
+        );
+        let instance = read::instance(&*node.store, &id).unwrap().unwrap();
+        let task_id = instance.tasks.keys().next().unwrap().clone();
+        tasks.push((id, task_id, i));
+    }
+    let worker = Actor::new("w", ActorKind::Worker, &[]);
+    let lease = |node: &mut Node, (id, task): (&str, &str), who: &Actor| {
+        node.apply(
+            None,
+            3_000,
+            Body::Task {
+                instance_id: id.into(),
+                task_id: task.into(),
+                op: TaskOp::Lease {
+                    worker: who.clone(),
+                },
+            },
+        )
+    };
+    for (id, task, _) in &tasks[..n - 1] {
+        let r = lease(&mut node, (id, task), &worker);
+        assert!(matches!(r, Response::Applied { .. }), "{r:?}");
+    }
+    let (last_id, last_task, _) = &tasks[n - 1];
+    match lease(&mut node, (last_id, last_task), &worker) {
+        Response::Refused(r) => assert_eq!(r.code, RefusalCode::LimitExceeded, "{r:?}"),
+        other => panic!("the lease over the limit was granted: {other:?}"),
+    }
+    // Completing one frees a slot for w.
+    let (id0, task0, _) = &tasks[0];
+    let r = node.apply(
+        None,
+        4_000,
+        Body::Task {
+            instance_id: id0.clone(),
+            task_id: task0.clone(),
+            op: TaskOp::Complete {
+                token: LeaseToken {
+                    term: 1,
+                    attempt: 1,
+                },
+                result: serde_json::json!({}),
+                worker: worker.clone(),
+            },
+        },
+    );
+    assert!(matches!(r, Response::Applied { .. }), "{r:?}");
+    let r = lease(&mut node, (last_id, last_task), &worker);
+    assert!(matches!(r, Response::Applied { .. }), "{r:?}");
+}

@@ -80,6 +80,13 @@ impl Api {
             let request_id = lease_request_id(self.node.id, &task_id);
             match self.write(metadata, &request_id, body).await? {
                 Applied::Applied { .. } => leased.push((instance_id, task_id)),
+                // The worker holds as many leases as it may: stop here, or say so.
+                Applied::Refused(r) if r.code == lockstep_core::RefusalCode::LimitExceeded => {
+                    if leased.is_empty() {
+                        return Err(status::refusal(&r));
+                    }
+                    break;
+                }
                 // Another worker got it first, or the instance moved on: try the next.
                 Applied::Refused(_) => {}
                 other => return Err(Status::internal(format!("unexpected response {other:?}"))),
