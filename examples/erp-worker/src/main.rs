@@ -11,7 +11,7 @@
 //! Run it against `lockstep dev`:
 //!
 //! ```text
-//! cargo run --release --bin erp-worker -- --endpoints 127.0.0.1:7401
+//! cargo run --release --bin erp-worker -- --endpoints 127.0.0.1:7101
 //! ```
 
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use lockstep_core::ActorKind;
 #[command(about = "Places approved purchase orders: the example worker of the `erp` queue.")]
 struct Args {
     /// Nodes to talk to, comma-separated host:port (any node; writes reach the leader).
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7401")]
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7101")]
     endpoints: Vec<String>,
     /// The worker's actor id (development mode names actors by header).
     #[arg(long, default_value = "erp-worker-1")]
