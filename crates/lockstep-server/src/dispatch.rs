@@ -28,34 +28,15 @@ pub const OUTBOX_DISPATCH_BATCH_MAX: usize = 256;
 /// Longest wait between looks at the outbox when nothing is applied.
 const IDLE_MAX: Duration = Duration::from_millis(500);
 
-pub async fn run(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
-    let mut metrics = node.raft.metrics();
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        if !crate::timers::leading_with_own_entry(&metrics.borrow()) {
-            tokio::select! {
-                _ = metrics.changed() => {}
-                _ = shutdown.changed() => {}
-            }
-            continue;
-        }
-        match dispatch_batch(&node).await {
-            Ok(true) => continue,
-            Ok(false) => {}
-            Err(e) => {
-                tracing::debug!(error = %e, "outbox acknowledgement failed; looking again");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(IDLE_MAX) => {}
-            _ = metrics.changed() => {}
-            _ = shutdown.changed() => {}
-        }
-    }
+pub async fn run(node: Arc<Node>, shutdown: watch::Receiver<bool>) {
+    crate::timers::while_leading(
+        &node,
+        shutdown,
+        "outbox",
+        || {},
+        || async { Ok((!dispatch_batch(&node).await?).then_some(IDLE_MAX)) },
+    )
+    .await
 }
 
 /// Dispatches and acknowledges one batch; true if there was anything to dispatch.

@@ -30,51 +30,79 @@ pub fn leading_with_own_entry(m: &openraft::RaftMetrics<NodeId, Member>) -> bool
             .is_some_and(|l| l.leader_id.term == m.current_term)
 }
 
-pub async fn run(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+/// Drives a leader-only service: while this node leads with an entry of its own term, calls
+/// `step`, which does one bounded piece of work and answers `None` to be called again at once
+/// or `Some(wait)` to sleep (woken early by any apply or by shutdown). Off leadership it waits
+/// for the Raft metrics to change, after calling `on_follower`. A failed step is retried after
+/// a short pause: its proposal is never re-sent while still in flight, since `step` awaits it.
+pub async fn while_leading<F, Fut>(
+    node: &Node,
+    mut shutdown: watch::Receiver<bool>,
+    what: &'static str,
+    on_follower: impl Fn(),
+    mut step: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Duration>, WriteError>>,
+{
     let mut metrics = node.raft.metrics();
     loop {
         if *shutdown.borrow() {
             return;
         }
         if !leading_with_own_entry(&metrics.borrow()) {
-            node.metrics.set_timers_due(0);
+            on_follower();
             tokio::select! {
                 _ = metrics.changed() => {}
                 _ = shutdown.changed() => {}
             }
             continue;
         }
-        match fire_due(&node).await {
-            Ok(true) => continue,
-            Ok(false) => {}
+        let wait = match step().await {
+            Ok(None) => continue,
+            Ok(Some(wait)) => wait,
             Err(e) => {
-                tracing::debug!(error = %e, "timer proposal failed; looking again");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        }
-        let sleep = match read::next_timers(&*node.store, 1) {
-            Ok(next) => next
-                .first()
-                .map(|t| {
-                    Duration::from_micros(
-                        t.due_at
-                            .as_micros()
-                            .saturating_sub(wall_clock().as_micros())
-                            .max(0) as u64,
-                    )
-                })
-                .unwrap_or(IDLE_MAX)
-                .min(IDLE_MAX),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the timer index");
-                IDLE_MAX
+                tracing::debug!(error = %e, service = what, "proposal failed; looking again");
+                Duration::from_millis(50)
             }
         };
         tokio::select! {
-            _ = tokio::time::sleep(sleep) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = metrics.changed() => {}
             _ = shutdown.changed() => {}
+        }
+    }
+}
+
+pub async fn run(node: Arc<Node>, shutdown: watch::Receiver<bool>) {
+    let on_follower = || node.metrics.set_timers_due(0);
+    while_leading(&node, shutdown, "timers", on_follower, || async {
+        if fire_due(&node).await? {
+            return Ok(None);
+        }
+        Ok(Some(until_next_due(&node)))
+    })
+    .await
+}
+
+/// How long until the next armed timer falls due, at most [`IDLE_MAX`].
+fn until_next_due(node: &Node) -> Duration {
+    match read::next_timers(&*node.store, 1) {
+        Ok(next) => next
+            .first()
+            .map(|t| {
+                Duration::from_micros(
+                    t.due_at
+                        .as_micros()
+                        .saturating_sub(wall_clock().as_micros())
+                        .max(0) as u64,
+                )
+            })
+            .unwrap_or(IDLE_MAX)
+            .min(IDLE_MAX),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the timer index");
+            IDLE_MAX
         }
     }
 }
