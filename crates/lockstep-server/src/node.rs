@@ -21,7 +21,7 @@ use lockstep_raft::log_store::LogStore;
 use lockstep_raft::state_machine::{ApplyHook, StateMachine};
 use lockstep_raft::{Body, Member, NodeId, Proposal, Response, TypeConfig};
 use lockstep_store::{RocksOptions, RocksStore};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -83,6 +83,10 @@ pub enum WriteError {
     Invalid(String),
     #[error("the node is shutting down or failed: {0}")]
     Fatal(String),
+    /// Refused for now by a condition that clears by itself (retry later). Last, so the
+    /// forwarding wire encoding of the older variants stays the same across versions.
+    #[error("{0}")]
+    Busy(String),
 }
 
 pub struct Node {
@@ -404,6 +408,14 @@ impl Node {
             .collect()
     }
 
+    /// Runs a membership change on the leader, or forwards it there.
+    ///
+    /// Routing is decided *before* asking openraft: openraft checks "is the last membership
+    /// committed?" before "am I the leader?", so a follower that has not yet learned that the
+    /// last change committed (or a removed node, which never will) would refuse with "already
+    /// undergoing a configuration change" instead of naming the leader. The change itself runs
+    /// in its own task: openraft drives the second (uniform) step of a joint change from the
+    /// caller's future, and a dropped RPC must not leave the cluster in a joint configuration.
     async fn membership_change<F, Fut>(
         &self,
         forward: bool,
@@ -411,29 +423,66 @@ impl Node {
         change: F,
     ) -> Result<Vec<(NodeId, String, bool)>, WriteError>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(Raft<TypeConfig>) -> Fut,
         Fut: std::future::Future<
                 Output = Result<(), RaftError<NodeId, ClientWriteError<NodeId, Member>>>,
-            >,
+            > + Send
+            + 'static,
     {
-        match change().await {
+        if !self.is_leader() {
+            let (leader_id, leader_addr) = self.leader();
+            let leader = leader_id.zip(leader_addr).filter(|(id, _)| *id != self.id);
+            return self.forward_membership(forward, request, leader).await;
+        }
+        let outcome = tokio::spawn(change(self.raft.clone()))
+            .await
+            .map_err(|e| WriteError::Fatal(format!("membership change task failed: {e}")))?;
+        match outcome {
             Ok(()) => Ok(self.members()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                match (forward, f.leader_node) {
-                    (true, Some(leader)) => match self.forward(&leader.addr, request).await? {
-                        ForwardReply::Membership(m) => Ok(m),
-                        other => Err(WriteError::Fatal(format!("unexpected reply {other:?}"))),
-                    },
-                    (_, leader) => Err(WriteError::NotLeader {
-                        leader_id: f.leader_id,
-                        leader_addr: leader.map(|l| l.addr),
-                    }),
-                }
+                let leader = f
+                    .leader_id
+                    .zip(f.leader_node.map(|n| n.addr))
+                    .filter(|(id, _)| *id != self.id);
+                self.forward_membership(forward, request, leader).await
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(WriteError::Invalid(e.to_string()))
+                if !self.is_leader() {
+                    // Leadership moved while the change was being checked.
+                    let (leader_id, leader_addr) = self.leader();
+                    let leader = leader_id.zip(leader_addr).filter(|(id, _)| *id != self.id);
+                    return self.forward_membership(forward, request, leader).await;
+                }
+                match e {
+                    ChangeMembershipError::InProgress(p) => Err(WriteError::Busy(format!(
+                        "another membership change (log {}) has not committed yet; retry in a \
+                         moment (last committed membership: log {})",
+                        log_id(&p.membership_log_id),
+                        log_id(&p.committed)
+                    ))),
+                    other => Err(WriteError::Invalid(other.to_string())),
+                }
             }
             Err(RaftError::Fatal(e)) => Err(WriteError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Sends a membership change to `leader` when forwarding is allowed, else names it.
+    async fn forward_membership(
+        &self,
+        forward: bool,
+        request: ForwardRequest,
+        leader: Option<(NodeId, String)>,
+    ) -> Result<Vec<(NodeId, String, bool)>, WriteError> {
+        match (forward, leader) {
+            (true, Some((_, addr))) => match self.forward(&addr, request).await? {
+                ForwardReply::Membership(m) => Ok(m),
+                other => Err(WriteError::Fatal(format!("unexpected reply {other:?}"))),
+            },
+            (_, leader) => Err(WriteError::NotLeader {
+                leader_id: leader.as_ref().map(|l| l.0),
+                leader_addr: leader.map(|l| l.1),
+            }),
         }
     }
 
@@ -447,9 +496,8 @@ impl Node {
             id,
             addr: addr.clone(),
         };
-        self.membership_change(forward, request, || async {
-            self.raft
-                .add_learner(id, Member { addr }, true)
+        self.membership_change(forward, request, move |raft| async move {
+            raft.add_learner(id, Member { addr }, true)
                 .await
                 .map(|_| ())
         })
@@ -462,12 +510,15 @@ impl Node {
         forward: bool,
     ) -> Result<Vec<(NodeId, String, bool)>, WriteError> {
         let set: BTreeSet<NodeId> = ids.iter().copied().collect();
-        self.membership_change(forward, ForwardRequest::Promote { ids }, || async {
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds(set), false)
-                .await
-                .map(|_| ())
-        })
+        self.membership_change(
+            forward,
+            ForwardRequest::Promote { ids },
+            move |raft| async move {
+                raft.change_membership(ChangeMembers::AddVoterIds(set), false)
+                    .await
+                    .map(|_| ())
+            },
+        )
         .await
     }
 
@@ -481,20 +532,28 @@ impl Node {
             .iter()
             .any(|(m, _, voter)| *m == id && *voter);
         let set = BTreeSet::from([id]);
-        self.membership_change(forward, ForwardRequest::Remove { id }, || async {
-            let change = if is_voter {
-                ChangeMembers::RemoveVoters(set)
-            } else {
-                ChangeMembers::RemoveNodes(set)
-            };
-            self.raft.change_membership(change, false).await.map(|_| ())
-        })
+        self.membership_change(
+            forward,
+            ForwardRequest::Remove { id },
+            move |raft| async move {
+                let change = if is_voter {
+                    ChangeMembers::RemoveVoters(set)
+                } else {
+                    ChangeMembers::RemoveNodes(set)
+                };
+                raft.change_membership(change, false).await.map(|_| ())
+            },
+        )
         .await
     }
 
     pub fn member_list(&self) -> Vec<(NodeId, String, bool)> {
         self.members()
     }
+}
+
+fn log_id(id: &Option<openraft::LogId<NodeId>>) -> String {
+    id.map_or_else(|| "none".to_string(), |l| l.to_string())
 }
 
 /// The leader's wall clock, the only clock in the write path (apply never reads one).

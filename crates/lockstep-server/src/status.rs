@@ -71,6 +71,12 @@ pub fn write_error(e: WriteError) -> Status {
         ),
         WriteError::Invalid(m) => Status::invalid_argument(m),
         WriteError::Fatal(m) => Status::internal(m),
+        // Aborted with a reason that is not a refusal code: clients retry it.
+        WriteError::Busy(m) => Status::with_error_details(
+            Code::Aborted,
+            m,
+            ErrorDetails::with_error_info("BUSY", DOMAIN, std::collections::HashMap::new()),
+        ),
     }
 }
 

@@ -371,6 +371,59 @@ async fn membership_add_learner_promote_and_remove() {
     );
 }
 
+/// A removed voter keeps running and never learns that its removal committed, so openraft on
+/// that node reports "already undergoing a configuration change". Asking *it* to add itself
+/// back must still reach the leader (found by the chaos membership nemesis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_that_keeps_running_can_be_added_back_through_itself() {
+    let cluster = Cluster::start(Settings::default());
+    let leader = cluster.leader().await;
+    define(&cluster).await;
+    let f = (leader + 1) % 3;
+    let id = f as u64 + 1;
+    let admin = cluster.admin();
+    let members = admin.remove(id).await.unwrap();
+    assert!(!members.members.iter().any(|m| m.id == id), "{members:?}");
+    // The cluster goes on without it.
+    for i in 0..5 {
+        admin
+            .create(
+                &request_id(),
+                "purchase-order",
+                Some(&format!("PO-{i}")),
+                &po(i),
+            )
+            .await
+            .unwrap();
+    }
+    // Every call starts at the removed node.
+    let mut endpoints = cluster.endpoints();
+    endpoints.rotate_left(f);
+    let via_removed = cluster.client_for(&endpoints, common::admin_identity());
+    let members = via_removed
+        .add_learner(id, &cluster.endpoint(f))
+        .await
+        .expect("a removed node forwards the re-add to the leader");
+    assert!(
+        members.members.iter().any(|m| m.id == id && !m.voter),
+        "{members:?}"
+    );
+    let members = via_removed.promote(vec![id]).await.unwrap();
+    assert_eq!(
+        members.members.iter().filter(|m| m.voter).count(),
+        3,
+        "{members:?}"
+    );
+    let digests = cluster.converged_digests().await;
+    assert_eq!(digests.len(), 3);
+    let got = cluster
+        .client_for(&[cluster.endpoint(f)], alice())
+        .get(by_key("purchase-order", "PO-4"), pb::ReadConsistency::Stale)
+        .await
+        .unwrap();
+    assert_eq!(got.instance.unwrap().state, "draft");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_follower_serves_stale_reads_marked_stale_but_not_default_reads() {
     let cluster = Cluster::start(Settings::default());

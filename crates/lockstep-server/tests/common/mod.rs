@@ -365,7 +365,7 @@ impl Cluster {
     }
 
     pub fn admin(&self) -> Client {
-        self.client(Identity::new("admin", ActorKind::Human, &["admin"]))
+        self.client(admin_identity())
     }
 
     /// The status of node i, if it answers.
@@ -512,6 +512,10 @@ fn dechunk(mut body: &str) -> String {
             .strip_prefix("\r\n")
             .expect("chunk ends with CRLF");
     }
+}
+
+pub fn admin_identity() -> Identity {
+    Identity::new("admin", ActorKind::Human, &["admin"])
 }
 
 pub fn alice() -> Identity {
