@@ -109,7 +109,7 @@ pub struct Flags {
     pub jwt_kind_claim: Option<String>,
     /// The cluster policy (TOML): which actors and roles may apply definitions, read audit,
     /// change membership and resolve incidents. Re-read when the file changes (checked at
-    /// most once a second). Without it: role admin applies and changes membership, admin or
+    /// most once a second) and at once on SIGHUP. Without it: role admin applies and changes membership, admin or
     /// auditor reads audit, operator resolves incidents.
     #[arg(long, env = "LOCKSTEP_POLICY", value_name = "TOML")]
     pub policy: Option<PathBuf>,

@@ -25,5 +25,6 @@ pub mod security_log;
 pub mod status;
 pub mod tasks;
 pub mod timers;
+pub mod tls_accept;
 pub mod trust;
 pub mod wire;

@@ -37,6 +37,9 @@ pub enum RefusalKind {
     Authorization,
     Engine,
     Peer,
+    /// A connection whose TLS handshake failed (no certificate chain to the cluster CA, a
+    /// protocol error): nothing of it reached a service.
+    Tls,
 }
 
 impl RefusalKind {
@@ -46,6 +49,7 @@ impl RefusalKind {
             RefusalKind::Authorization => "authorization",
             RefusalKind::Engine => "engine",
             RefusalKind::Peer => "peer",
+            RefusalKind::Tls => "tls",
         }
     }
 }

@@ -36,7 +36,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use lockstep_core::{Actor, ActorKind};
 use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::config::{Config, JwtSettings, TlsFiles};
 use crate::node::Node;
@@ -188,6 +188,10 @@ fn pem_certificates(pem: &[u8], flag: &str, path: &Path) -> Result<Vec<Vec<u8>>,
 struct TlsMaterial {
     identity: Identity,
     ca: Certificate,
+    /// The same files as read, for the server's own rustls acceptor.
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    ca_pem: Vec<u8>,
 }
 
 impl TlsMaterial {
@@ -212,8 +216,11 @@ impl TlsMaterial {
             ));
         }
         Ok(TlsMaterial {
-            identity: Identity::from_pem(cert, key),
-            ca: Certificate::from_pem(ca),
+            identity: Identity::from_pem(&cert, &key),
+            ca: Certificate::from_pem(&ca),
+            cert_pem: cert,
+            key_pem: key,
+            ca_pem: ca,
         })
     }
 }
@@ -497,14 +504,43 @@ impl Trust {
     }
 
     /// The server side of the node's port: its certificate, and client certificates from the
-    /// CA verified when presented (optional, so JWT clients need none).
-    pub fn server_tls(&self) -> Option<ServerTlsConfig> {
-        self.tls.as_ref().map(|t| {
-            ServerTlsConfig::new()
-                .identity(t.identity.clone())
-                .client_ca_root(t.ca.clone())
-                .client_auth_optional(true)
-        })
+    /// CA verified when presented (optional, so JWT clients need none). HTTP/2 only.
+    pub fn tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let Some(t) = &self.tls else {
+            return Ok(None);
+        };
+        let certs = |pem: &[u8], what: &str| {
+            CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{what}: {e}"))
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in certs(&t.ca_pem, "--tls-ca")? {
+            roots
+                .add(ca)
+                .map_err(|e| format!("--tls-ca holds an unusable CA certificate: {e}"))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| format!("--tls-ca: {e}"))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&t.key_pem).map_err(|e| format!("--tls-key: {e}"))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS protocol versions: {e}"))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs(&t.cert_pem, "--tls-cert")?, key)
+            .map_err(|e| format!("--tls-cert / --tls-key do not form a usable pair: {e}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
     }
 
     /// How this node dials its peers: the CA as the only root, its own certificate as client

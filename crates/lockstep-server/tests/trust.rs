@@ -399,6 +399,15 @@ async fn peers_need_a_member_certificate_from_the_cluster_ca() {
         .unwrap();
     let peer: Vec<&pb::SecurityEvent> = log.events.iter().filter(|e| e.kind == "peer").collect();
     assert_eq!(peer.len(), 4, "{:#?}", log.events);
+    // The impostor's failed handshake is there too, with its address and rustls' reason.
+    let tls: Vec<&pb::SecurityEvent> = log.events.iter().filter(|e| e.kind == "tls").collect();
+    assert!(!tls.is_empty(), "{:#?}", log.events);
+    assert!(
+        tls.iter().all(|e| e.code == "TLS_HANDSHAKE_FAILED"
+            && e.remote.starts_with("127.0.0.1:")
+            && e.reason.contains("certificate")),
+        "{tls:#?}"
+    );
     assert!(peer.iter().any(|e| e.actor == "node 4"));
     assert!(
         peer.iter()

@@ -109,6 +109,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
 
+    // SIGHUP re-reads the cluster policy file at once (it is also re-read when it changes).
+    let reload_node = Arc::clone(&node);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("installing the SIGHUP handler: {e}"))?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            if let Err(e) = reload_node.trust.policy.reload() {
+                tracing::error!(error = %e, "SIGHUP: the cluster policy file is not valid; the previous policy stays in force");
+            }
+        }
+    });
+
     let api = Api::new(Arc::clone(&node));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -119,13 +131,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .build_v1()?;
 
     let mut shutdown_signal = shutdown_rx.clone();
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = node.trust.server_tls() {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| anyhow::anyhow!("TLS settings (--tls-cert, --tls-key, --tls-ca): {e}"))?;
+    let acceptor = node
+        .trust
+        .tls_acceptor()
+        .map_err(|e| anyhow::anyhow!("TLS settings (--tls-cert, --tls-key, --tls-ca): {e}"))?;
+    if acceptor.is_some() {
         tracing::info!("serving TLS; peers and clients authenticate (mTLS, JWT)");
     }
+    let builder = tonic::transport::Server::builder();
     let server = builder
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
         .timeout(Duration::from_secs(30))
@@ -159,14 +172,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 .max_decoding_message_size(MESSAGE_BYTES_MAX),
         )
         .add_service(health_service)
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(
+        .add_service(reflection);
+    let shutdown = async move {
+        let _ = shutdown_signal.changed().await;
+    };
+    // With TLS the node runs the handshakes itself, so failed ones reach the security log.
+    let server = match acceptor {
+        Some(acceptor) => tokio::spawn(server.serve_with_incoming_shutdown(
+            lockstep_server::tls_accept::incoming(listener, acceptor, Arc::clone(&node)),
+            shutdown,
+        )),
+        None => tokio::spawn(server.serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move {
-                let _ = shutdown_signal.changed().await;
-            },
-        );
-    let server = tokio::spawn(server);
+            shutdown,
+        )),
+    };
 
     wait_for_signal().await;
     tracing::info!("shutting down: draining requests");
