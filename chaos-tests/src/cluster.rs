@@ -27,6 +27,10 @@ pub fn libfaketime() -> Option<PathBuf> {
     None
 }
 
+/// The slow-disk shim (`slowdisk/slowdisk.c`, built by `build.rs`): preloaded into every node,
+/// it delays each disk sync by the milliseconds written in the node's control file.
+const SLOWDISK_SO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libslowdisk.so"));
+
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -44,6 +48,8 @@ pub struct Cluster {
     proxies: BTreeMap<(usize, usize), Proxy>,
     lockstepd: PathBuf,
     faketime: Option<PathBuf>,
+    /// The slow-disk shim, written into `dir`.
+    slowdisk: PathBuf,
 }
 
 impl Cluster {
@@ -73,6 +79,9 @@ impl Cluster {
         } else {
             None
         };
+        let slowdisk = dir.join("libslowdisk.so");
+        std::fs::write(&slowdisk, SLOWDISK_SO)
+            .with_context(|| format!("writing {}", slowdisk.display()))?;
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
             ports,
@@ -86,8 +95,10 @@ impl Cluster {
             proxies,
             lockstepd: lockstepd.to_path_buf(),
             faketime,
+            slowdisk,
         };
         for i in 0..nodes {
+            cluster.slow_disk(i, 0)?;
             let child = cluster.spawn(i)?;
             cluster.children.push(Some(child));
         }
@@ -141,16 +152,30 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        let mut preload = self.slowdisk.display().to_string();
+        cmd.env("LOCKSTEP_SLOWDISK_FILE", self.slowdisk_file(i));
         if let (Some(lib), skew) = (&self.faketime, self.skews[i])
             && skew != 0
         {
             // Only the wall clock moves; timeouts and intervals (monotonic) stay true.
-            cmd.env("LD_PRELOAD", lib)
-                .env("FAKETIME", format!("{skew:+}"))
+            preload = format!("{preload} {}", lib.display());
+            cmd.env("FAKETIME", format!("{skew:+}"))
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
+        cmd.env("LD_PRELOAD", preload);
         cmd.spawn()
             .with_context(|| format!("spawn {}", self.lockstepd.display()))
+    }
+
+    fn slowdisk_file(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("node{}.slowdisk", i + 1))
+    }
+
+    /// Makes every disk sync of node `i` take `ms` milliseconds longer (0: normal speed). Takes
+    /// effect at the node's next sync, running or restarted.
+    pub fn slow_disk(&self, i: usize, ms: u64) -> anyhow::Result<()> {
+        let file = self.slowdisk_file(i);
+        std::fs::write(&file, ms.to_string()).with_context(|| format!("writing {}", file.display()))
     }
 
     pub fn is_running(&self, i: usize) -> bool {
@@ -226,6 +251,7 @@ impl Cluster {
     pub fn heal(&mut self) -> anyhow::Result<()> {
         self.all_links(LinkMode::Pass);
         for i in 0..self.len() {
+            self.slow_disk(i, 0)?;
             if self.paused[i] {
                 self.pause(i, false);
             }
@@ -299,5 +325,41 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shim really slows a sync: `sync -d FILE` (an fdatasync) under it takes at least
+    /// the delay written in the control file.
+    #[test]
+    fn the_slow_disk_shim_delays_syncs_by_the_control_file() {
+        let dir = std::env::temp_dir().join(format!("slowdisk-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lib = dir.join("libslowdisk.so");
+        std::fs::write(&lib, SLOWDISK_SO).unwrap();
+        let control = dir.join("control");
+        let data = dir.join("data");
+        std::fs::write(&data, b"x").unwrap();
+        let synced = |ms: &str| {
+            std::fs::write(&control, ms).unwrap();
+            let started = Instant::now();
+            let status = Command::new("sync")
+                .arg("-d")
+                .arg(&data)
+                .env("LD_PRELOAD", &lib)
+                .env("LOCKSTEP_SLOWDISK_FILE", &control)
+                .status()
+                .unwrap();
+            assert!(status.success());
+            started.elapsed()
+        };
+        assert!(synced("400") >= Duration::from_millis(400));
+        // Garbage and zero mean no delay; the call still succeeds.
+        synced("0");
+        synced("not a number");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

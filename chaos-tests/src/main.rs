@@ -15,8 +15,8 @@ use lockstep_chaos::{parse_duration_ms, report};
 
 /// Seeds of the smoke suite (run by scripts/test): together they apply every fault kind
 /// (kill -9 of leader, follower and majority, pause, every partition, delay, whole-cluster
-/// restart, and seed 27's membership change), without clock skew.
-const SMOKE_SEEDS: [u64; 6] = [10, 28, 19, 25, 11, 27];
+/// restart, seed 27's membership change and seed 5's slow disks), without clock skew.
+const SMOKE_SEEDS: [u64; 7] = [10, 28, 19, 25, 11, 27, 5];
 
 #[derive(Debug, Parser)]
 #[command(name = "lockstep-chaos", version, about)]
@@ -211,6 +211,8 @@ fn table(runs: &[RunSummary]) -> String {
             if let Some(name) = f.split('@').next().filter(|n| !n.is_empty()) {
                 let name = if name.starts_with("delay-") {
                     "delay"
+                } else if name.starts_with("slow-disk-") {
+                    "slow-disk"
                 } else {
                     name
                 };

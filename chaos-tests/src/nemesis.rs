@@ -76,6 +76,19 @@ pub fn apply(cluster: &mut Cluster, step: &Step, leader: Option<usize>) -> Strin
             cluster.all_links(LinkMode::Delay(Duration::from_millis(ms)));
             format!("every peer link +{ms} ms each way")
         }
+        Fault::SlowDisk(ms) => {
+            // Even picks slow the leader's disk (its log appends gate every commit), odd
+            // picks a follower's.
+            let (victim, who) = if pick % 2 == 0 {
+                (l, known)
+            } else {
+                (f, "follower")
+            };
+            match cluster.slow_disk(victim, ms) {
+                Ok(()) => format!("{} ({who}) disk syncs +{ms} ms", nodes(&[victim])),
+                Err(e) => format!("slowing the disk of {} failed: {e:#}", nodes(&[victim])),
+            }
+        }
         Fault::KillLeader => {
             cluster.kill9(l);
             format!("kill -9 {} ({known})", nodes(&[l]))

@@ -22,6 +22,9 @@ pub enum Fault {
     BridgeLeader,
     /// Every link slow (the value is one-way milliseconds).
     Delay(u64),
+    /// One node's disk syncs slow (the value is milliseconds added to every fsync/fdatasync):
+    /// the leader's or a follower's, as the step's pick decides.
+    SlowDisk(u64),
     KillLeader,
     KillFollower,
     /// kill -9 of a majority, the leader among them.
@@ -39,6 +42,7 @@ impl Fault {
     pub fn name(&self) -> String {
         match self {
             Fault::Delay(ms) => format!("delay-{ms}ms"),
+            Fault::SlowDisk(ms) => format!("slow-disk-{ms}ms"),
             other => serde_json::to_value(other)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
@@ -90,6 +94,7 @@ impl Schedule {
         // Half of the whole-cluster restarts become membership changes, decided by a second
         // stream so that the rest of the schedule stays as it was before this fault existed.
         let mut membership = StdRng::seed_from_u64(seed ^ 0x6D65_6D62_6572_7368);
+        let mut disk = StdRng::seed_from_u64(seed ^ 0x736C_6F77_6469_736B);
         let mut steps = Vec::new();
         let mut t = 1_000 + rng.random_range(0..1_000);
         while t + 2_500 < duration_ms {
@@ -99,7 +104,12 @@ impl Schedule {
                 2 => Fault::IsolateLeader,
                 3 => Fault::AsymmetricLeader,
                 4 => Fault::BridgeLeader,
-                5 => Fault::Delay(rng.random_range(20..=200)),
+                // Half of the delays become slow disks, decided by a stream of their own
+                // (as membership changes are) so that the rest of the schedule stays the same.
+                5 => match rng.random_range(20..=200) {
+                    ms if disk.random_bool(0.5) => Fault::SlowDisk(ms),
+                    ms => Fault::Delay(ms),
+                },
                 6 => Fault::KillLeader,
                 7 => Fault::KillFollower,
                 8 => Fault::KillMajority,
@@ -199,12 +209,14 @@ mod tests {
             for st in Schedule::generate(seed, None, 30_000, true).steps {
                 seen.insert(match st.fault {
                     Fault::Delay(_) => "delay".to_string(),
+                    Fault::SlowDisk(_) => "slow-disk".to_string(),
                     f => f.name(),
                 });
             }
         }
-        assert_eq!(seen.len(), 13, "{seen:?}");
+        assert_eq!(seen.len(), 14, "{seen:?}");
         assert_eq!(Fault::KillLeader.name(), "kill-leader");
         assert_eq!(Fault::Delay(30).name(), "delay-30ms");
+        assert_eq!(Fault::SlowDisk(40).name(), "slow-disk-40ms");
     }
 }
