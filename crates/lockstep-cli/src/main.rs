@@ -218,6 +218,10 @@ enum Command {
         /// running, paused, stopped, warned or breached.
         #[arg(long)]
         sla: Option<String>,
+        /// Only instances with an open incident (a task whose retries are exhausted and
+        /// whose workflow declares no `on_exhausted`); resolve with `lockstep resolve`.
+        #[arg(long)]
+        incidents: bool,
         #[arg(long, default_value_t = 100)]
         page_size: u32,
         #[arg(long)]
@@ -430,11 +434,23 @@ fn online_main(cli: Cli) -> ExitCode {
                 workflow,
                 state,
                 sla,
+                incidents,
                 page_size,
                 page_token,
-            } => online::list(&conn, output, &workflow, state, sla, page_size, page_token)
-                .await
-                .map(|_| true),
+            } => online::list(
+                &conn,
+                output,
+                &workflow,
+                online::ListFilter {
+                    state,
+                    sla,
+                    incidents,
+                },
+                page_size,
+                page_token,
+            )
+            .await
+            .map(|_| true),
             Command::History { instance } => online::history(&conn, output, &instance)
                 .await
                 .map(|_| true),

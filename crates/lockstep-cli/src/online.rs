@@ -459,23 +459,31 @@ pub async fn get(
     Ok(())
 }
 
+/// Which instances `lockstep list` shows.
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    pub state: Option<String>,
+    pub sla: Option<String>,
+    pub incidents: bool,
+}
+
 pub async fn list(
     conn: &Connection,
     output: Output,
     workflow: &str,
-    state: Option<String>,
-    sla: Option<String>,
+    filter: ListFilter,
     page_size: u32,
     page_token: Option<String>,
 ) -> anyhow::Result<()> {
     let request = pb::ListInstancesRequest {
         workflow: workflow.into(),
-        state: state.unwrap_or_default(),
-        sla_status: sla.unwrap_or_default(),
+        state: filter.state.unwrap_or_default(),
+        sla_status: filter.sla.unwrap_or_default(),
         updated_since: String::new(),
         page_size,
         page_token: page_token.unwrap_or_default(),
         consistency: 0,
+        open_incidents: filter.incidents,
     };
     let r = conn.client()?.list(request).await?;
     match output {

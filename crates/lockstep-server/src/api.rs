@@ -617,6 +617,9 @@ impl pb::instances_server::Instances for Api {
             if since.is_some_and(|s| i.updated_at < s) {
                 continue;
             }
+            if req.open_incidents && !i.incidents.values().any(|x| x.resolved_at.is_none()) {
+                continue;
+            }
             let pbi = self.instance_pb(&i)?;
             if let Some(want) = &sla_filter {
                 let matches = pbi.slas.iter().any(|s| match want.as_str() {

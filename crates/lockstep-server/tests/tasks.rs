@@ -298,6 +298,25 @@ async fn retries_follow_the_policy_in_cluster_time_and_exhaustion_takes_the_decl
             .contains("ledger locked"),
         "{incident}"
     );
+    // The instance with the open incident is what `list --incidents` finds, and only it.
+    let workflow_name = stuck.workflow.clone();
+    let with_incidents = |open_incidents| pb::ListInstancesRequest {
+        workflow: workflow_name.clone(),
+        open_incidents,
+        ..Default::default()
+    };
+    let listed = human(&cluster).list(with_incidents(true)).await.unwrap();
+    let ids: Vec<&str> = listed.instances.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, [bill.as_str()]);
+    assert!(
+        human(&cluster)
+            .list(with_incidents(false))
+            .await
+            .unwrap()
+            .instances
+            .len()
+            > 1
+    );
     // A non-operator may not resolve it.
     let err = cluster
         .client(Identity::new("mallory", ActorKind::Human, &[]))
@@ -326,6 +345,8 @@ async fn retries_follow_the_policy_in_cluster_time_and_exhaustion_takes_the_decl
     .await
     .unwrap();
     assert_eq!(instance(&cluster, &bill).await.state, "billed");
+    let open = human(&cluster).list(with_incidents(true)).await.unwrap();
+    assert!(open.instances.is_empty(), "{:?}", open.instances);
     let kinds = kinds(&cluster, &bill).await;
     assert!(
         kinds.contains(&"incident_resolved".to_string()),
