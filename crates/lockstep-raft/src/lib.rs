@@ -12,6 +12,7 @@
 pub mod apply;
 pub mod log_store;
 pub mod read;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;
 

@@ -1,12 +1,16 @@
 //! openraft's state machine on a [`Store`]: apply, snapshots and the applied state.
 //!
-//! Snapshots are a consistent export of the state families (a RocksDB snapshot underneath),
-//! wrapped in the versioned envelope. openraft sends them to followers in chunks of at most
-//! `snapshot_max_chunk_size` bytes; installing one replaces every state family in one synced
-//! batch, so a crash leaves either the old state or the new one.
+//! Snapshots are files (`snapshot_file`): a consistent export of the state families (a
+//! RocksDB snapshot underneath) streamed to `<data dir>/snapshots`, so a state of any size is
+//! built, sent (openraft reads it in chunks of `snapshot_max_chunk_size`) and installed
+//! without being held in memory. Installing one writes the state in bounded batches under a
+//! synced marker; a node that crashes mid-install finishes the install from the file when it
+//! opens ([`StateMachine::open`]), so it never starts on half a snapshot.
 
-use std::io::Cursor;
-use std::sync::Arc;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use lockstep_store::{Batch, Durability, Family, Store, envelope};
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -17,12 +21,18 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use crate::apply::{Applier, DefinitionCache, meta};
+use crate::snapshot_file;
 use crate::types::{Member, NodeId, Response, TypeConfig};
 
-const CURRENT_SNAPSHOT: &[u8] = b"snapshot";
-/// The largest snapshot this build accepts, in bytes: a snapshot is held in memory while it is
-/// built, sent or installed.
-pub const SNAPSHOT_BYTES_MAX: usize = 1 << 30;
+/// Where the current snapshot's file and metadata are recorded (RaftMeta).
+const CURRENT_SNAPSHOT: &[u8] = b"snapshot-file";
+/// Earlier versions kept the whole snapshot in this RaftMeta value; removed when a new
+/// snapshot is recorded.
+const LEGACY_SNAPSHOT: &[u8] = b"snapshot";
+/// Present while a snapshot is being installed (RaftMeta); names the file to finish from.
+const INSTALLING: &[u8] = b"snapshot-installing";
+/// Puts per write batch while installing a snapshot, so memory stays bounded.
+pub const INSTALL_BATCH_BYTES: usize = 8 << 20;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -44,16 +54,140 @@ fn snapshot_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     }
 }
 
-/// The entries of the state families at one applied log id.
-#[derive(Serialize, Deserialize)]
-struct SnapshotBody {
-    entries: Vec<(u8, Vec<u8>, Vec<u8>)>,
+fn snapshot_write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageError::IO {
+        source: StorageIOError::write_snapshot(None, AnyError::new(&e)),
+    }
 }
 
-#[derive(Serialize, Deserialize)]
+/// A snapshot on disk: its metadata and its file's name in the snapshot directory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, Member>,
-    data: Vec<u8>,
+    file: String,
+}
+
+/// The snapshot directory, shared by the state machine and its builders; the lock orders
+/// recording a snapshot and removing the files no longer recorded.
+#[derive(Clone, Debug)]
+struct SnapshotDir {
+    path: PathBuf,
+    lock: Arc<Mutex<()>>,
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{nanos}-{}.tmp", std::process::id())
+}
+
+/// A snapshot id as a file name (ids are made by [`SnapshotBuilder`], but one received from a
+/// leader is not trusted to be a plain name).
+fn file_name(snapshot_id: &str) -> String {
+    let clean: String = snapshot_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{clean}.snap")
+}
+
+impl SnapshotDir {
+    fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    fn current<S: Store>(store: &S) -> lockstep_store::Result<Option<StoredSnapshot>> {
+        match store.get(Family::RaftMeta, CURRENT_SNAPSHOT)? {
+            Some(b) => Ok(Some(envelope::decode(
+                Family::RaftMeta,
+                CURRENT_SNAPSHOT,
+                &b,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records `stored` as the current snapshot unless a newer one is recorded, then removes
+    /// every snapshot file but the current one. Returns whether `stored` is now current.
+    fn record<S: Store>(
+        &self,
+        store: &S,
+        stored: &StoredSnapshot,
+        mut batch: Batch,
+    ) -> lockstep_store::Result<bool> {
+        let _guard = self.lock.lock().expect("snapshot dir lock");
+        let newer = Self::current(store)?
+            .filter(|c| c.meta.last_log_id > stored.meta.last_log_id && c.file != stored.file);
+        let current = match &newer {
+            Some(c) => c.file.clone(),
+            None => {
+                batch.put(Family::RaftMeta, CURRENT_SNAPSHOT, envelope::encode(stored));
+                batch.delete(Family::RaftMeta, LEGACY_SNAPSHOT);
+                stored.file.clone()
+            }
+        };
+        store.write(batch, Durability::Sync)?;
+        if let Ok(entries) = std::fs::read_dir(&self.path) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.ends_with(".snap") && name != current {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(newer.is_none())
+    }
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
+/// Replaces the state families with the snapshot in `file`, in bounded batches, then records
+/// it as current and clears the install marker (synced). Idempotent: it is re-run from the
+/// start when a crash interrupted it.
+fn install_from_file<S: Store>(
+    store: &S,
+    dir: &SnapshotDir,
+    stored: &StoredSnapshot,
+) -> lockstep_store::Result<()> {
+    let invalid = |e: std::io::Error| {
+        lockstep_store::Error::Invalid(format!("snapshot file {}: {e}", stored.file))
+    };
+    let file = std::fs::File::open(dir.file(&stored.file)).map_err(invalid)?;
+    let mut batch = Batch::default();
+    for family in Family::STATE {
+        batch.delete_range(family, Vec::new(), vec![0xff; 64]);
+    }
+    let mut pending = 0usize;
+    let mut failed = None;
+    snapshot_file::read_each(BufReader::new(file), |family, k, v| {
+        pending += k.len() + v.len();
+        batch.put(family, k, v);
+        if pending >= INSTALL_BATCH_BYTES {
+            if let Err(e) = store.write(std::mem::take(&mut batch), Durability::Buffered) {
+                failed = Some(e.to_string());
+                return Err(std::io::Error::other("store write failed"));
+            }
+            pending = 0;
+        }
+        Ok(())
+    })
+    .map_err(|e| match failed.take() {
+        Some(f) => lockstep_store::Error::Invalid(f),
+        None => invalid(e),
+    })?;
+    batch.delete(Family::RaftMeta, INSTALLING);
+    dir.record(store, stored, batch)?;
+    Ok(())
 }
 
 /// The last applied log id and the membership it established.
@@ -95,15 +229,39 @@ pub struct StateMachine<S: Store> {
     store: Arc<S>,
     cache: DefinitionCache,
     on_apply: Option<ApplyHook>,
+    snapshots: SnapshotDir,
 }
 
 impl<S: Store> StateMachine<S> {
-    pub fn new(store: Arc<S>) -> Self {
-        StateMachine {
+    /// The state machine on `store`, with snapshot files in `snapshot_dir` (created if
+    /// missing). Finishes a snapshot install that a crash interrupted, and removes files of
+    /// snapshots that were being built or received.
+    pub fn open(store: Arc<S>, snapshot_dir: impl Into<PathBuf>) -> lockstep_store::Result<Self> {
+        let path = snapshot_dir.into();
+        let io = |e: std::io::Error| {
+            lockstep_store::Error::Invalid(format!("snapshot directory {}: {e}", path.display()))
+        };
+        std::fs::create_dir_all(&path).map_err(io)?;
+        for entry in std::fs::read_dir(&path).map_err(io)?.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let snapshots = SnapshotDir {
+            path,
+            lock: Arc::new(Mutex::new(())),
+        };
+        if let Some(b) = store.get(Family::RaftMeta, INSTALLING)? {
+            let stored: StoredSnapshot = envelope::decode(Family::RaftMeta, INSTALLING, &b)?;
+            tracing::warn!(file = %stored.file, "finishing a snapshot install interrupted by a crash");
+            install_from_file(&*store, &snapshots, &stored)?;
+        }
+        Ok(StateMachine {
             store,
             cache: DefinitionCache::default(),
             on_apply: None,
-        }
+            snapshots,
+        })
     }
 
     /// Calls `hook` with the entry count of every apply call.
@@ -117,47 +275,59 @@ impl<S: Store> StateMachine<S> {
     }
 }
 
-/// Builds snapshots from a consistent export of the state families.
+/// Builds snapshots by streaming a consistent export of the state families to a file.
 #[derive(Debug)]
 pub struct SnapshotBuilder<S: Store> {
     store: Arc<S>,
+    snapshots: SnapshotDir,
 }
 
 impl<S: Store> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<S> {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let exported = self.store.export(&Family::STATE).map_err(snapshot_err)?;
-        // The applied id and membership come from the same export, so they describe exactly
-        // the state the snapshot holds.
+        let dir = &self.snapshots;
+        let building = dir.file(&unique("building"));
+        let file = std::fs::File::create(&building).map_err(snapshot_write_err)?;
+        let mut writer =
+            snapshot_file::Writer::new(BufWriter::new(file)).map_err(snapshot_write_err)?;
+        // The applied id and membership come from the same export (the Meta family), so they
+        // describe exactly the state the file holds.
         let view = lockstep_store::MemStore::new();
-        let mut batch = Batch::default();
-        for (family, k, v) in exported.iter().filter(|(f, _, _)| *f == Family::Meta) {
-            batch.put(*family, k.clone(), v.clone());
+        let mut metas = Batch::default();
+        let mut write_failed = None;
+        self.store
+            .export_each(&Family::STATE, &mut |family, k, v| {
+                if family == Family::Meta {
+                    metas.put(family, k.to_vec(), v.to_vec());
+                }
+                writer.record(family, k, v).map_err(|e| {
+                    write_failed = Some(e.to_string());
+                    lockstep_store::Error::Invalid(e.to_string())
+                })
+            })
+            .map_err(snapshot_write_err)?;
+        if let Some(e) = write_failed {
+            return Err(snapshot_write_err(std::io::Error::other(e)));
         }
-        view.write(batch, Durability::Buffered)
+        let (out, bytes) = writer.finish().map_err(snapshot_write_err)?;
+        out.into_inner()
+            .map_err(|e| snapshot_write_err(e.into_error()))?
+            .sync_all()
+            .map_err(snapshot_write_err)?;
+        view.write(metas, Durability::Buffered)
             .map_err(snapshot_err)?;
         let (last_log_id, last_membership) = applied_state(&view).map_err(snapshot_err)?;
-        let body = SnapshotBody {
-            entries: exported
-                .into_iter()
-                .map(|(f, k, v)| (f.id(), k, v))
-                .collect(),
-        };
-        let data = envelope::encode(&body);
-        if data.len() > SNAPSHOT_BYTES_MAX {
-            return Err(StorageError::IO {
-                source: StorageIOError::write_snapshot(
-                    None,
-                    AnyError::error(format!(
-                        "snapshot is {} bytes, more than SNAPSHOT_BYTES_MAX ({SNAPSHOT_BYTES_MAX})",
-                        data.len()
-                    )),
-                ),
-            });
-        }
         let snapshot_id = match last_log_id {
-            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, data.len()),
-            None => format!("empty-{}", data.len()),
+            Some(id) => format!("{}-{}-{bytes}", id.leader_id.term, id.index),
+            None => format!("empty-{bytes}"),
         };
+        let name = file_name(&snapshot_id);
+        std::fs::rename(&building, dir.file(&name)).map_err(snapshot_write_err)?;
+        sync_dir(&dir.path).map_err(snapshot_write_err)?;
+        // Opened before recording, so that a newer snapshot recorded meanwhile cannot remove
+        // it first; an open file outlives its name.
+        let file = tokio::fs::File::open(dir.file(&name))
+            .await
+            .map_err(snapshot_err)?;
         let meta = SnapshotMeta {
             last_log_id,
             last_membership,
@@ -165,20 +335,13 @@ impl<S: Store> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<S> {
         };
         let stored = StoredSnapshot {
             meta: meta.clone(),
-            data: data.clone(),
+            file: name,
         };
-        let mut batch = Batch::default();
-        batch.put(
-            Family::RaftMeta,
-            CURRENT_SNAPSHOT,
-            envelope::encode(&stored),
-        );
-        self.store
-            .write(batch, Durability::Sync)
+        dir.record(&*self.store, &stored, Batch::default())
             .map_err(sm_write)?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(file),
         })
     }
 }
@@ -221,71 +384,198 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             store: Arc::clone(&self.store),
+            snapshots: self.snapshots.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<tokio::fs::File>> {
+        let path = self.snapshots.file(&unique("incoming"));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(snapshot_write_err)?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Member>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<tokio::fs::File>,
     ) -> StorageResult<()> {
-        let data = snapshot.into_inner();
-        if data.len() > SNAPSHOT_BYTES_MAX {
-            return Err(snapshot_err(lockstep_store::Error::Invalid(format!(
-                "snapshot of {} bytes exceeds SNAPSHOT_BYTES_MAX",
-                data.len()
-            ))));
-        }
-        let body: SnapshotBody =
-            envelope::decode(Family::RaftMeta, CURRENT_SNAPSHOT, &data).map_err(snapshot_err)?;
-        let mut batch = Batch::default();
-        for family in Family::STATE {
-            batch.delete_range(family, Vec::new(), vec![0xff; 64]);
-        }
-        for (id, k, v) in body.entries {
-            let family = Family::from_id(id)
-                .filter(|f| Family::STATE.contains(f))
-                .ok_or_else(|| {
-                    snapshot_err(lockstep_store::Error::Invalid(format!(
-                        "snapshot names unknown family {id}"
-                    )))
-                })?;
-            batch.put(family, k, v);
-        }
-        // openraft trusts `meta`; the exported Meta family carries the same applied id.
+        use tokio::io::AsyncSeekExt;
+        // The received data is in an unnamed `incoming-*.tmp` handle: copy it under the
+        // snapshot's name, synced, before the state is touched.
+        let name = file_name(&meta.snapshot_id);
+        let target = self.snapshots.file(&name);
+        snapshot
+            .seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(snapshot_err)?;
+        let mut out = tokio::fs::File::create(&target)
+            .await
+            .map_err(snapshot_write_err)?;
+        tokio::io::copy(&mut *snapshot, &mut out)
+            .await
+            .map_err(snapshot_write_err)?;
+        out.sync_all().await.map_err(snapshot_write_err)?;
+        drop(out);
+        sync_dir(&self.snapshots.path).map_err(snapshot_write_err)?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
-            data,
+            file: name,
         };
-        batch.put(
-            Family::RaftMeta,
-            CURRENT_SNAPSHOT,
-            envelope::encode(&stored),
-        );
+        // From here a crash is finished at the next open, from the file.
+        let mut marker = Batch::default();
+        marker.put(Family::RaftMeta, INSTALLING, envelope::encode(&stored));
         self.store
-            .write(batch, Durability::Sync)
+            .write(marker, Durability::Sync)
             .map_err(sm_write)?;
+        install_from_file(&*self.store, &self.snapshots, &stored).map_err(sm_write)?;
+        // openraft trusts `meta`; the installed Meta family carries the same applied id.
         self.cache.clear();
+        if let Ok(entries) = std::fs::read_dir(&self.snapshots.path) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with("incoming-") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let Some(bytes) = self
-            .store
-            .get(Family::RaftMeta, CURRENT_SNAPSHOT)
-            .map_err(sm_read)?
-        else {
+        let Some(stored) = SnapshotDir::current(&*self.store).map_err(sm_read)? else {
             return Ok(None);
         };
-        let stored: StoredSnapshot =
-            envelope::decode(Family::RaftMeta, CURRENT_SNAPSHOT, &bytes).map_err(sm_read)?;
-        Ok(Some(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        }))
+        match tokio::fs::File::open(self.snapshots.file(&stored.file)).await {
+            Ok(file) => Ok(Some(Snapshot {
+                meta: stored.meta,
+                snapshot: Box::new(file),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Removed by hand, or a restored data directory without its snapshots: a new
+                // one is built when one is needed.
+                tracing::warn!(file = %stored.file, "the recorded snapshot file is missing");
+                Ok(None)
+            }
+            Err(e) => Err(snapshot_err(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lockstep_store::MemStore;
+    use openraft::{CommittedLeaderId, Membership};
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    fn seeded(instances: usize) -> Arc<MemStore> {
+        let store = Arc::new(MemStore::new());
+        let mut batch = Batch::default();
+        let applied = Some(LogId::new(CommittedLeaderId::new(3, 1), 42));
+        batch.put(Family::Meta, meta::APPLIED, envelope::encode(&applied));
+        let membership = StoredMembership::<NodeId, Member>::new(
+            applied,
+            Membership::new(vec![[1u64].into()], None),
+        );
+        batch.put(
+            Family::Meta,
+            meta::MEMBERSHIP,
+            envelope::encode(&membership),
+        );
+        for i in 0..instances {
+            batch.put(Family::Instances, format!("i-{i:05}"), vec![i as u8; 100]);
+        }
+        store.write(batch, Durability::Sync).unwrap();
+        store
+    }
+
+    fn state(store: &MemStore) -> Vec<(Family, Vec<u8>, Vec<u8>)> {
+        store.export(&Family::STATE).unwrap()
+    }
+
+    async fn bytes_of(snapshot: Snapshot<TypeConfig>) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut file = snapshot.snapshot;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).await.unwrap();
+        data
+    }
+
+    /// A leader's snapshot file, received through openraft's calls, replaces the follower's
+    /// state and becomes its current snapshot; the incoming temporary file is gone.
+    #[tokio::test]
+    async fn a_received_snapshot_file_replaces_the_state_and_becomes_current() {
+        let dirs = tempfile::tempdir().unwrap();
+        let leader_store = seeded(500);
+        let mut leader =
+            StateMachine::open(Arc::clone(&leader_store), dirs.path().join("a")).unwrap();
+        let built = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let meta = built.meta.clone();
+        assert_eq!(meta.last_log_id.unwrap().index, 42);
+        let data = bytes_of(built).await;
+
+        let follower_store = seeded(3);
+        let mut follower =
+            StateMachine::open(Arc::clone(&follower_store), dirs.path().join("b")).unwrap();
+        let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
+        incoming.write_all(&data).await.unwrap();
+        follower.install_snapshot(&meta, incoming).await.unwrap();
+        assert_eq!(state(&follower_store), state(&leader_store));
+        let current = follower.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.snapshot_id, meta.snapshot_id);
+        assert_eq!(bytes_of(current).await, data);
+        let names: Vec<String> = std::fs::read_dir(dirs.path().join("b"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(names, [file_name(&meta.snapshot_id)]);
+    }
+
+    /// A crash in the middle of an install (marker written, state half replaced) is finished
+    /// from the file when the state machine opens again.
+    #[tokio::test]
+    async fn an_install_interrupted_by_a_crash_is_finished_at_open() {
+        let dirs = tempfile::tempdir().unwrap();
+        let source = seeded(300);
+        let mut sm = StateMachine::open(Arc::clone(&source), dirs.path().join("a")).unwrap();
+        let built = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let meta = built.meta.clone();
+        let data = bytes_of(built).await;
+
+        let target = seeded(7);
+        let dir = dirs.path().join("b");
+        std::fs::create_dir_all(&dir).unwrap();
+        let name = file_name(&meta.snapshot_id);
+        std::fs::write(dir.join(&name), &data).unwrap();
+        let stored = StoredSnapshot { meta, file: name };
+        let mut crashed = Batch::default();
+        crashed.put(Family::RaftMeta, INSTALLING, envelope::encode(&stored));
+        crashed.delete_range(Family::Instances, Vec::new(), vec![0xff; 64]);
+        crashed.put(Family::Instances, "i-00000", vec![0u8; 100]);
+        target.write(crashed, Durability::Sync).unwrap();
+
+        let _reopened = StateMachine::open(Arc::clone(&target), &dir).unwrap();
+        assert_eq!(state(&target), state(&source));
+        assert!(target.get(Family::RaftMeta, INSTALLING).unwrap().is_none());
+        assert_eq!(
+            SnapshotDir::current(&*target).unwrap().unwrap().file,
+            stored.file
+        );
     }
 }

@@ -1,7 +1,6 @@
 //! The Raft type configuration and the commands that travel through the log.
 
 use std::fmt;
-use std::io::Cursor;
 
 use lockstep_core::engine::LeaseToken;
 use lockstep_core::{Actor, Refusal, Timestamp};
@@ -30,7 +29,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -28,26 +28,35 @@ impl StoreBuilder<TypeConfig, LogStore<RocksStore>, StateMachine<RocksStore>, te
         let dir = tempfile::tempdir().expect("temp dir");
         let store =
             Arc::new(RocksStore::open(dir.path(), &RocksOptions::default()).expect("open RocksDB"));
-        Ok((
-            dir,
-            LogStore::new(Arc::clone(&store)),
-            StateMachine::new(store),
-        ))
+        let sm = StateMachine::open(Arc::clone(&store), dir.path().join("snapshots"))
+            .expect("snapshot dir");
+        Ok((dir, LogStore::new(store), sm))
     }
 }
 
 struct MemBuilder;
 
-impl StoreBuilder<TypeConfig, LogStore<MemStore>, StateMachine<MemStore>, ()> for MemBuilder {
+impl StoreBuilder<TypeConfig, LogStore<MemStore>, StateMachine<MemStore>, tempfile::TempDir>
+    for MemBuilder
+{
     async fn build(
         &self,
-    ) -> Result<((), LogStore<MemStore>, StateMachine<MemStore>), StorageError<u64>> {
+    ) -> Result<
+        (
+            tempfile::TempDir,
+            LogStore<MemStore>,
+            StateMachine<MemStore>,
+        ),
+        StorageError<u64>,
+    > {
+        // Snapshot files still go to disk; the state itself is in memory.
+        let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(MemStore::new());
         Ok((
-            (),
             LogStore::new(Arc::clone(&store)),
-            StateMachine::new(store),
+            StateMachine::open(store, dir.path().join("snapshots")).expect("snapshot dir"),
         ))
+        .map(|(log, sm)| (dir, log, sm))
     }
 }
 

@@ -46,6 +46,7 @@ const RESTORE_BATCH_ENTRIES: usize = 4096;
 const NAME_BYTES_MAX: usize = 128;
 /// Where a restore builds the new store, inside the target data directory.
 const STAGING_DIR: &str = ".restoring";
+use crate::config::SNAPSHOTS_DIR;
 
 /// What a checkpoint holds.
 #[derive(Clone, Debug)]
@@ -258,7 +259,9 @@ pub fn restore(from: &Path, data_dir: &Path, id: NodeId, addr: &str) -> Result<R
         log.save_committed(Some(applied))
             .await
             .map_err(|e| e.to_string())?;
-        let mut state_machine = StateMachine::new(Arc::clone(&target));
+        let mut state_machine =
+            StateMachine::open(Arc::clone(&target), staging.join(SNAPSHOTS_DIR))
+                .map_err(|e| e.to_string())?;
         state_machine
             .get_snapshot_builder()
             .await
@@ -280,7 +283,7 @@ pub fn restore(from: &Path, data_dir: &Path, id: NodeId, addr: &str) -> Result<R
     )
     .map_err(|e| format!("cannot write {}: {e}", identity_file.display()))?;
     // The store first, the identity file last: lockstepd starts only on a complete store.
-    for name in ["rocksdb", "node.toml"] {
+    for name in ["rocksdb", SNAPSHOTS_DIR, "node.toml"] {
         std::fs::rename(staging.join(name), data_dir.join(name)).map_err(|e| {
             format!(
                 "cannot move {} into {}: {e}",

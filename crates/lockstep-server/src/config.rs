@@ -36,6 +36,9 @@ use serde::{Deserialize, Serialize};
 /// Offline tools (each with --help): `lockstepd backup` checkpoints a stopped node's store,
 /// `lockstepd restore` turns a checkpoint into a new one-node cluster, `lockstepd inspect`
 /// describes a checkpoint. A running node is backed up with `lockstep cluster backup`.
+/// The data directory's folder of Raft snapshot files.
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+
 #[derive(Debug, Parser)]
 #[command(name = "lockstepd", version)]
 pub struct Flags {
@@ -376,6 +379,11 @@ impl Config {
 
     pub fn store_dir(&self) -> PathBuf {
         self.data_dir.join("rocksdb")
+    }
+
+    /// Raft snapshot files (streamed, so a large state is never held in memory).
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.data_dir.join(SNAPSHOTS_DIR)
     }
 
     pub fn identity_file(&self) -> PathBuf {

@@ -151,7 +151,7 @@ impl Node {
             raft_config,
             network,
             LogStore::new(Arc::clone(&store)),
-            StateMachine::new(Arc::clone(&store))
+            StateMachine::open(Arc::clone(&store), config.snapshot_dir())?
                 .with_apply_hook(ApplyHook::new(move |n| apply_metrics.observe_apply(n))),
         )
         .await?;

@@ -252,6 +252,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// writes continue), in family order then key order.
     fn export(&self, families: &[Family]) -> Result<Vec<FamilyEntry>>;
 
+    /// The same entries as [`Store::export`], one at a time, without holding them all in
+    /// memory (snapshots of a large state stream through this).
+    fn export_each(
+        &self,
+        families: &[Family],
+        each: &mut dyn FnMut(Family, &[u8], &[u8]) -> Result<()>,
+    ) -> Result<()>;
+
     /// Approximate bytes used, for metrics.
     fn approximate_size_bytes(&self) -> u64;
 }

@@ -108,6 +108,17 @@ impl Store for MemStore {
         Ok(out)
     }
 
+    fn export_each(
+        &self,
+        families: &[Family],
+        each: &mut dyn FnMut(Family, &[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        for (family, k, v) in self.export(families)? {
+            each(family, &k, &v)?;
+        }
+        Ok(())
+    }
+
     fn approximate_size_bytes(&self) -> u64 {
         self.read()
             .values()

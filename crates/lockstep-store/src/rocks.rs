@@ -226,20 +226,34 @@ impl Store for RocksStore {
     }
 
     fn export(&self, families: &[Family]) -> Result<Vec<FamilyEntry>> {
-        let snapshot = self.db.snapshot();
         let mut out = Vec::new();
+        self.export_each(families, &mut |family, k, v| {
+            out.push((family, k.to_vec(), v.to_vec()));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn export_each(
+        &self,
+        families: &[Family],
+        each: &mut dyn FnMut(Family, &[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let snapshot = self.db.snapshot();
         for family in families {
             let mut ro = ReadOptions::default();
             ro.set_snapshot(&snapshot);
+            // A one-off scan of everything: do not evict the hot working set for it.
+            ro.fill_cache(false);
             for item in self
                 .db
                 .iterator_cf_opt(self.cf(*family), ro, IteratorMode::Start)
             {
                 let (k, v) = item?;
-                out.push((*family, k.to_vec(), v.to_vec()));
+                each(*family, &k, &v)?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn approximate_size_bytes(&self) -> u64 {
