@@ -79,7 +79,7 @@ pub fn apply(cluster: &mut Cluster, step: &Step, leader: Option<usize>) -> Strin
         Fault::SlowDisk(ms) => {
             // Even picks slow the leader's disk (its log appends gate every commit), odd
             // picks a follower's.
-            let (victim, who) = if pick % 2 == 0 {
+            let (victim, who) = if pick.is_multiple_of(2) {
                 (l, known)
             } else {
                 (f, "follower")

@@ -14,7 +14,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// Offline (no cluster): write a workflow as YAML, check it with `validate`, draw it with
 /// `graph`, unit-test it with `test`. Online: `dev` starts a local 3-node cluster; `apply`,
 /// `create`, `transition`, `event`, `get`, `list`, `history`, `audit` and `cluster` talk to
-/// one (any node; writes are routed to the leader).
+/// one (any node; writes are routed to the leader); `migrate` moves instances to a new
+/// definition version.
 #[derive(Debug, Parser)]
 #[command(
     name = "lockstep",
@@ -203,6 +204,27 @@ enum Command {
         #[arg(long)]
         retry: bool,
     },
+    /// Move instances to another applied version of their workflow (needs the cluster
+    /// policy's migrate_instances permission).
+    ///
+    /// A running instance stays on the definition version it started with until it is
+    /// migrated. Name both versions (in full, or a prefix as `lockstep apply` prints it), map
+    /// the states the new version renames or drops with --map OLD=NEW (every other state keeps
+    /// its name and must exist in the new version; terminal states map to terminal states),
+    /// and declare how state expiry and SLA timers are re-armed with --timers:
+    /// `keep-deadline` keeps the absolute deadlines; `keep-remaining` keeps the remaining
+    /// budgets, counted with the new version's calendars; `restart` re-arms as if the state
+    /// was just entered (SLA clocks start over with the new budget).
+    ///
+    /// Select instances (ids like i-42, or workflow/key), or --all: every instance at the
+    /// --from version, migrated in batches of 64 until none remain. Each migrated instance
+    /// gets a `migration` audit record naming both versions, the mapping and you. A refusal
+    /// (MIGRATION_INVALID naming an instance whose state has no counterpart, WRONG_WORKFLOW for
+    /// one not at --from, UNKNOWN_VERSION) migrates nothing of its batch.
+    ///
+    /// Example: lockstep migrate purchase-order --from 3f2a9c1b04de --to 8b7e6d5c4a3f
+    ///   --map submitted=in_review --timers keep-deadline --all
+    Migrate(online::MigrateArgs),
     /// Show an instance: state, data, SLAs, armed timers, tasks and incidents.
     Get {
         instance: String,
@@ -427,6 +449,7 @@ fn online_main(cli: Cli) -> ExitCode {
             } => online::resolve(&conn, output, &instance, &incident, retry)
                 .await
                 .map(|_| true),
+            Command::Migrate(args) => online::migrate(&conn, output, &args).await.map(|_| true),
             Command::Get { instance, stale } => online::get(&conn, output, &instance, stale)
                 .await
                 .map(|_| true),

@@ -179,7 +179,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         Some(Error::Refused(r))
             if matches!(
                 r.code,
-                RefusalCode::UnknownInstance | RefusalCode::UnknownWorkflow
+                RefusalCode::UnknownInstance
+                    | RefusalCode::UnknownWorkflow
+                    | RefusalCode::UnknownVersion
             ) =>
         {
             exit::NOT_FOUND
@@ -362,6 +364,157 @@ pub async fn event(
         .send_event(&conn.request_id(), target(instance), event, &payload)
         .await?;
     print_change(output, &c);
+    Ok(())
+}
+
+/// How `lockstep migrate` re-arms timers (`--timers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TimersArg {
+    /// Keep absolute deadlines of state expiries and SLA breaches.
+    KeepDeadline,
+    /// Keep the remaining budgets, counted with the new version's calendars.
+    KeepRemaining,
+    /// Re-arm as if the state was just entered; SLA clocks start over.
+    Restart,
+}
+
+impl TimersArg {
+    fn policy(self) -> pb::TimerPolicy {
+        match self {
+            TimersArg::KeepDeadline => pb::TimerPolicy::KeepDeadline,
+            TimersArg::KeepRemaining => pb::TimerPolicy::KeepRemaining,
+            TimersArg::Restart => pb::TimerPolicy::Restart,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            TimersArg::KeepDeadline => "keep-deadline",
+            TimersArg::KeepRemaining => "keep-remaining",
+            TimersArg::Restart => "restart",
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    /// The workflow whose instances move.
+    pub workflow: String,
+    /// Instances to migrate: ids (i-42) or workflow/key; or use --all.
+    #[arg(required_unless_present = "all")]
+    pub instances: Vec<String>,
+    /// Every instance at the --from version (in batches, until none remain).
+    #[arg(long, conflicts_with = "instances")]
+    pub all: bool,
+    /// The version the instances run now (full, or a unique prefix).
+    #[arg(long, value_name = "VERSION")]
+    pub from: String,
+    /// The applied version to move them to (full, or a unique prefix).
+    #[arg(long, value_name = "VERSION")]
+    pub to: String,
+    /// A state mapping OLD=NEW (repeat it); unmapped states keep their name.
+    #[arg(long = "map", value_name = "OLD=NEW", value_parser = parse_mapping)]
+    pub map: Vec<(String, String)>,
+    /// How state expiry and SLA timers are re-armed.
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub timers: TimersArg,
+}
+
+fn parse_mapping(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((old, new)) if !old.trim().is_empty() && !new.trim().is_empty() => {
+            Ok((old.trim().to_string(), new.trim().to_string()))
+        }
+        _ => Err(format!(
+            "`{text}` is not OLD=NEW (a state of the old version, `=`, a state of the new one)"
+        )),
+    }
+}
+
+/// `lockstep migrate`: one call for listed instances; with --all, calls until the cluster
+/// says none remain, each batch under its own request id (`<request id>-<batch>`, so
+/// re-running with the same --request-id replays the same batches).
+pub async fn migrate(conn: &Connection, output: Output, args: &MigrateArgs) -> anyhow::Result<()> {
+    let mut mapping = std::collections::HashMap::new();
+    for (old, new) in &args.map {
+        if let Some(earlier) = mapping.insert(old.clone(), new.clone())
+            && earlier != *new
+        {
+            bail!("--map names state `{old}` twice (`{earlier}` and `{new}`)");
+        }
+    }
+    let client = conn.client()?;
+    let base = conn.request_id();
+    let mut request = pb::MigrateInstancesRequest {
+        request_id: base.clone(),
+        workflow: args.workflow.clone(),
+        from_version: args.from.clone(),
+        to_version: args.to.clone(),
+        state_mapping: mapping,
+        timer_policy: args.timers.policy() as i32,
+        instances: args.instances.iter().map(|i| target(i)).collect(),
+        all: args.all,
+        page_token: String::new(),
+    };
+    let mut migrated: Vec<pb::MigratedInstance> = Vec::new();
+    // The full versions, as the cluster resolved the prefixes given.
+    let mut versions: (String, String);
+    let mut batches = 0u32;
+    loop {
+        batches += 1;
+        if args.all {
+            request.request_id = format!("{base}-{batches}");
+        }
+        let r = match client.migrate(request.clone()).await {
+            Ok(r) => r,
+            Err(e) if !migrated.is_empty() => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "{} instance(s) were migrated by earlier batches, then a batch failed",
+                    migrated.len()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        versions = (r.from_version.clone(), r.to_version.clone());
+        if output == Output::Table {
+            for m in &r.instances {
+                println!(
+                    "{:<14} {} -> {}  version={}  audit_seq={}",
+                    m.instance_id, m.from_state, m.to_state, m.version, m.audit_seq
+                );
+            }
+        }
+        migrated.extend(r.instances);
+        if !(args.all && r.more) {
+            break;
+        }
+        request.page_token = r.next_page_token;
+    }
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "workflow": args.workflow,
+                "from_version": versions.0,
+                "to_version": versions.1,
+                "timer_policy": args.timers.name(),
+                "migrated": migrated.len(),
+                "batches": batches,
+                "instances": migrated.iter().map(|m| serde_json::json!({
+                    "instance_id": m.instance_id, "from_state": m.from_state, "to_state": m.to_state,
+                    "version": m.version, "audit_seq": m.audit_seq,
+                })).collect::<Vec<_>>(),
+            })
+        ),
+        Output::Table => println!(
+            "migrated {} instance(s) of {} from {} to {} (timers: {})",
+            migrated.len(),
+            args.workflow,
+            &versions.0[..12.min(versions.0.len())],
+            &versions.1[..12.min(versions.1.len())],
+            args.timers.name()
+        ),
+    }
     Ok(())
 }
 

@@ -958,3 +958,192 @@ fn the_example_workflow_was_applied_from_its_file() {
         .ok()
         .stdout_has(&["unchanged purchase-order @ ", &format!("({PO})")]);
 }
+
+/// Two versions of a workflow of this test's own: v2 calls `open` `active`.
+fn migrate_versions() -> (String, String) {
+    let v1 = "workflow: cli-migrate\nstates:\n  new: { initial: true }\n  open: {}\n  closed: { terminal: true }\ntransitions:\n  take: { from: new, to: open, allow: \"true\" }\n  close: { from: open, to: closed, allow: \"true\" }\n".to_string();
+    let v2 = v1.replace("open", "active");
+    (v1, v2)
+}
+
+#[test]
+fn migrate_moves_instances_to_a_new_version_and_exits_by_convention() {
+    let c = cluster();
+    let (v1, v2) = migrate_versions();
+    let v1_file = c.file("cli-migrate-v1.yaml", &v1);
+    let v2_file = c.file("cli-migrate-v2.yaml", &v2);
+    let version = |file: &std::path::Path| {
+        let applied = c
+            .run(&["apply", file.to_str().unwrap(), "-o", "json"])
+            .ok()
+            .json();
+        applied[0]["version"].as_str().expect("version").to_string()
+    };
+    let v1 = version(&v1_file);
+    for key in ["M-1", "M-2"] {
+        c.run(&["create", "cli-migrate", "--key", key]).ok();
+    }
+    c.run(&["transition", "cli-migrate/M-2", "take"])
+        .ok()
+        .stdout_has(&["state=open"]);
+    let v2 = version(&v2_file);
+    let (from, to) = (&v1[..12], &v2[..12]);
+
+    // `open` has no counterpart in v2: refused (exit 1) with its code, nothing migrated.
+    let unmapped = c.run(&[
+        "migrate",
+        "cli-migrate",
+        "--all",
+        "--from",
+        from,
+        "--to",
+        to,
+        "--timers",
+        "restart",
+        "-o",
+        "json",
+    ]);
+    let error = unmapped.code(1).json_error();
+    assert_eq!(error["code"], "MIGRATION_INVALID");
+    assert!(
+        error["message"].as_str().unwrap().contains("state `open`"),
+        "{error}"
+    );
+    assert!(unmapped.stdout.is_empty(), "{unmapped}");
+    // An unknown version is not found (exit 4); a malformed mapping is usage (exit 2).
+    let unknown = c.run(&[
+        "migrate",
+        "cli-migrate",
+        "--all",
+        "--from",
+        from,
+        "--to",
+        "0000000000ff",
+        "--timers",
+        "restart",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(unknown.code(4).json_error()["code"], "UNKNOWN_VERSION");
+    c.run(&[
+        "migrate",
+        "cli-migrate",
+        "--all",
+        "--from",
+        from,
+        "--to",
+        to,
+        "--timers",
+        "restart",
+        "--map",
+        "open",
+    ])
+    .code(2)
+    .stderr_has(&["`open` is not OLD=NEW"]);
+    c.run(&[
+        "migrate",
+        "cli-migrate",
+        "--all",
+        "--from",
+        from,
+        "--to",
+        to,
+    ])
+    .code(2)
+    .stderr_has(&["--timers"]);
+    let got = c.run(&["get", "cli-migrate/M-2", "-o", "json"]).ok().json();
+    assert_eq!(
+        got["definition_version"],
+        v1.as_str(),
+        "refusals changed nothing"
+    );
+
+    // One listed instance, as a table.
+    c.run(&[
+        "migrate",
+        "cli-migrate",
+        "cli-migrate/M-1",
+        "--from",
+        from,
+        "--to",
+        to,
+        "--map",
+        "open=active",
+        "--timers",
+        "keep-deadline",
+    ])
+    .ok()
+    .stdout_has(&[
+        "new -> new  version=2",
+        &format!(
+            "migrated 1 instance(s) of cli-migrate from {from} to {to} (timers: keep-deadline)"
+        ),
+    ]);
+    // Then every instance still at v1, as JSON: only M-2 is left.
+    let all = c
+        .run(&[
+            "migrate",
+            "cli-migrate",
+            "--all",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--map",
+            "open=active",
+            "--timers",
+            "keep-remaining",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(all["migrated"], 1, "{all}");
+    assert_eq!(all["from_version"], v1.as_str());
+    assert_eq!(all["to_version"], v2.as_str());
+    assert_eq!(all["timer_policy"], "keep-remaining");
+    assert_eq!(all["instances"][0]["from_state"], "open");
+    assert_eq!(all["instances"][0]["to_state"], "active");
+    let got = c.run(&["get", "cli-migrate/M-2", "-o", "json"]).ok().json();
+    assert_eq!(got["definition_version"], v2.as_str());
+    assert_eq!(got["state"], "active");
+    // It runs v2 now: v2's transitions apply.
+    c.run(&["transition", "cli-migrate/M-2", "close"])
+        .ok()
+        .stdout_has(&["state=closed"]);
+    c.run(&["history", "cli-migrate/M-2"])
+        .ok()
+        .stdout_has(&["migration", "open -> active"]);
+    // Nothing is left at v1.
+    let again = c
+        .run(&[
+            "migrate",
+            "cli-migrate",
+            "--all",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--timers",
+            "restart",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(again["migrated"], 0, "{again}");
+}
+
+#[test]
+fn migrate_help_teaches_with_an_example() {
+    lockstep(&["migrate", "--help"]).ok().stdout_has(&[
+        "Example: lockstep migrate purchase-order",
+        "--timers <POLICY>",
+        "keep-deadline",
+        "keep-remaining",
+        "restart",
+        "--map <OLD=NEW>",
+        "--all",
+        "migrate_instances",
+    ]);
+}

@@ -511,6 +511,24 @@ impl Client {
         .await
     }
 
+    /// One `Instances/Migrate` call: a list of instances, or (with `all`) the next batch of
+    /// the workflow's instances at `from_version`; while the answer says `more`, call again
+    /// with its `next_page_token` (and a new request id).
+    pub async fn migrate(
+        &self,
+        request: pb::MigrateInstancesRequest,
+    ) -> Result<pb::MigrateInstancesResponse, Error> {
+        self.call(|ch| {
+            let r = self.request(request.clone());
+            async move {
+                pb::instances_client::InstancesClient::new(ch)
+                    .migrate(r)
+                    .await
+            }
+        })
+        .await
+    }
+
     pub async fn history(
         &self,
         instance: pb::InstanceRef,

@@ -28,6 +28,8 @@ pub enum AuditKind {
     IncidentResolved,
     /// A definition version was applied to the cluster (not tied to an instance).
     DefinitionApplied,
+    /// An operator moved the instance to another definition version (explicit migration).
+    Migration,
 }
 
 /// The actor as recorded: identity and how it was authenticated, not its raw claims.

@@ -73,7 +73,7 @@ impl Actor {
         }
     }
 
-    fn record(&self) -> ActorRecord {
+    pub(crate) fn record(&self) -> ActorRecord {
         ActorRecord {
             id: self.id.clone(),
             kind: self.kind.as_str().into(),
@@ -332,6 +332,11 @@ pub enum RefusalCode {
     UnknownInstance,
     /// A definition did not validate.
     DefinitionInvalid,
+    /// The workflow has no applied definition with this version.
+    UnknownVersion,
+    /// A migration's state mapping or selection does not fit the two versions or an
+    /// instance (unknown or unmapped state, a terminal state mapped to a live one, ...).
+    MigrationInvalid,
 }
 
 impl RefusalCode {
@@ -359,6 +364,8 @@ impl RefusalCode {
             RefusalCode::UnknownWorkflow => "UNKNOWN_WORKFLOW",
             RefusalCode::UnknownInstance => "UNKNOWN_INSTANCE",
             RefusalCode::DefinitionInvalid => "DEFINITION_INVALID",
+            RefusalCode::UnknownVersion => "UNKNOWN_VERSION",
+            RefusalCode::MigrationInvalid => "MIGRATION_INVALID",
         }
     }
 
@@ -367,7 +374,7 @@ impl RefusalCode {
     }
 }
 
-const ALL_REFUSALS: [RefusalCode; 22] = [
+const ALL_REFUSALS: [RefusalCode; 24] = [
     RefusalCode::NotAllowedFromState,
     RefusalCode::UnknownTransition,
     RefusalCode::GuardFalse,
@@ -390,6 +397,8 @@ const ALL_REFUSALS: [RefusalCode; 22] = [
     RefusalCode::UnknownWorkflow,
     RefusalCode::UnknownInstance,
     RefusalCode::DefinitionInvalid,
+    RefusalCode::UnknownVersion,
+    RefusalCode::MigrationInvalid,
 ];
 
 /// A refused command: nothing changed.
@@ -528,7 +537,7 @@ pub fn evaluate(
     }
 }
 
-fn short(version: &str) -> &str {
+pub(crate) fn short(version: &str) -> &str {
     &version[..version.len().min(12)]
 }
 
@@ -634,7 +643,10 @@ fn check_json_limits(
         .map_err(|e| Refusal::new(RefusalCode::LimitExceeded, format!("{what}: {e}")))
 }
 
-fn check_data(definition: &CompiledDefinition, data: &serde_json::Value) -> Result<(), Refusal> {
+pub(crate) fn check_data(
+    definition: &CompiledDefinition,
+    data: &serde_json::Value,
+) -> Result<(), Refusal> {
     check_json_limits(
         "instance data",
         data,
@@ -706,7 +718,7 @@ fn predicate(
     }
 }
 
-fn join_notes(notes: Vec<String>) -> Option<String> {
+pub(crate) fn join_notes(notes: Vec<String>) -> Option<String> {
     (!notes.is_empty()).then(|| notes.join("; "))
 }
 
@@ -1189,13 +1201,13 @@ impl Eval<'_> {
 }
 
 /// A change in progress on a copy of the instance.
-struct Work<'a> {
-    definition: &'a CompiledDefinition,
-    at: Timestamp,
-    instance: &'a mut Instance,
-    effects: Vec<Effect>,
-    predicates: Vec<PredicateTrace>,
-    notes: Vec<String>,
+pub(crate) struct Work<'a> {
+    pub(crate) definition: &'a CompiledDefinition,
+    pub(crate) at: Timestamp,
+    pub(crate) instance: &'a mut Instance,
+    pub(crate) effects: Vec<Effect>,
+    pub(crate) predicates: Vec<PredicateTrace>,
+    pub(crate) notes: Vec<String>,
 }
 
 impl Work<'_> {
@@ -1416,7 +1428,7 @@ impl Work<'_> {
     }
 
     /// Entry into the current state: expiry timer and SLA clocks.
-    fn enter_state(&mut self, _from: Option<&str>) {
+    pub(crate) fn enter_state(&mut self, _from: Option<&str>) {
         let state = self.instance.state.clone();
         self.instance
             .timers
@@ -1487,7 +1499,7 @@ impl Work<'_> {
     }
 
     /// Recomputes the armed SLA timers from the clocks.
-    fn refresh_sla_timers(&mut self) {
+    pub(crate) fn refresh_sla_timers(&mut self) {
         self.instance.timers.retain(|_, t| {
             !matches!(
                 t.kind,

@@ -17,6 +17,7 @@ pub mod expr;
 pub mod graph;
 pub mod json_field;
 pub mod limits;
+pub mod migrate;
 pub mod retry;
 pub mod scenario;
 pub mod schema;
@@ -33,5 +34,6 @@ pub use engine::{
     TimerKind, evaluate,
 };
 pub use limits::Limits;
+pub use migrate::{Migration, TimerPolicy, migrate};
 pub use time::Timestamp;
 pub use validate::{CompiledDefinition, check, compile};

@@ -16,4 +16,7 @@ pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;
 
-pub use types::{Body, Member, NodeId, Proposal, Provenance, Response, Target, TaskOp, TypeConfig};
+pub use types::{
+    Body, Member, Migrated, MigrationCursor, NodeId, Proposal, Provenance, Response, Selection,
+    Target, TaskOp, TypeConfig,
+};

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use lockstep_core::engine::LeaseToken;
-use lockstep_core::{Actor, Refusal, Timestamp};
+use lockstep_core::{Actor, Migration, Refusal, Timestamp};
 use serde::{Deserialize, Serialize};
 
 pub type NodeId = u64;
@@ -63,6 +63,35 @@ pub struct Provenance {
 pub enum Target {
     Id(String),
     Key { workflow: String, key: String },
+}
+
+/// Which instances a migration moves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Selection {
+    /// These instances (at most `MIGRATION_INSTANCES_MAX`); every one must be at the source
+    /// version, or the whole command is refused.
+    Instances(Vec<Target>),
+    /// Every instance of the workflow at the source version, in (state, id) order, resuming
+    /// after `after`; one command migrates a bounded batch and says where to resume.
+    All { after: Option<MigrationCursor> },
+}
+
+/// Where an all-instances migration resumes: after this (state, instance id) of the
+/// workflow's state index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationCursor {
+    pub state: String,
+    pub instance_id: String,
+}
+
+/// One instance a migration moved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migrated {
+    pub instance_id: String,
+    pub from_state: String,
+    pub to_state: String,
+    pub version: u64,
+    pub global_seq: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -135,6 +164,13 @@ pub enum Body {
     AckOutbox { through: u64 },
     /// Does nothing but move cluster time; used by tests and to probe the leader.
     Noop,
+    /// Moves instances to another version of their definition (DESIGN §2): all of them or
+    /// none, each with a `migration` audit record and its timers re-armed per the plan.
+    Migrate {
+        plan: Migration,
+        selection: Selection,
+        actor: Actor,
+    },
 }
 
 impl Body {
@@ -149,6 +185,7 @@ impl Body {
             Body::ResolveIncident { .. } => "resolve_incident",
             Body::AckOutbox { .. } => "ack_outbox",
             Body::Noop => "noop",
+            Body::Migrate { .. } => "migrate",
         }
     }
 }
@@ -175,4 +212,10 @@ pub enum Response {
     },
     /// Blank and membership entries, and `Noop`.
     Empty,
+    /// The instances one `Migrate` command moved; `next` is where an all-instances migration
+    /// resumes when more may remain (`None`: done).
+    Migrated {
+        instances: Vec<Migrated>,
+        next: Option<MigrationCursor>,
+    },
 }

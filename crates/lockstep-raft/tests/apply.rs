@@ -374,3 +374,409 @@ transitions:
     let r = lease(&mut node, (last_id, last_task), &worker);
     assert!(matches!(r, Response::Applied { .. }), "{r:?}");
 }
+
+/// Version B of the purchase order: `submitted` is renamed `in_review`, and the approval SLA
+/// is 8 business hours instead of 16.
+fn po_v2() -> String {
+    PO.replace("submitted", "in_review")
+        .replace("within: 16h", "within: 8h")
+}
+
+/// Applies version B (after A); returns (version A, version B).
+fn define_v2(node: &mut Node) -> (String, String) {
+    let r = node.apply(
+        None,
+        1_500,
+        Body::ApplyDefinition {
+            source: po_v2(),
+            provenance: Provenance::default(),
+            actor: actor("admin", &[]),
+        },
+    );
+    assert!(
+        matches!(r, Response::Definition { created: true, .. }),
+        "{r:?}"
+    );
+    let versions = read::definition_versions(&*node.store, "purchase-order").unwrap();
+    (versions[0].version.clone(), versions[1].version.clone())
+}
+
+fn migrate_body(
+    versions: &(String, String),
+    mapping: &[(&str, &str)],
+    timers: lockstep_core::TimerPolicy,
+    selection: lockstep_raft::Selection,
+) -> Body {
+    Body::Migrate {
+        plan: lockstep_core::Migration {
+            workflow: "purchase-order".into(),
+            from_version: versions.0.clone(),
+            to_version: versions.1.clone(),
+            mapping: mapping
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            timers,
+        },
+        selection,
+        actor: actor("olga", &["admin"]),
+    }
+}
+
+fn key(k: &str) -> Target {
+    Target::Key {
+        workflow: "purchase-order".into(),
+        key: k.into(),
+    }
+}
+
+/// The timer index as (instance, timer id, due) triples, and the timers the instances hold.
+fn timer_index_matches_instances(node: &Node, ids: &[&str]) {
+    let mut indexed: Vec<(String, String, i64)> = read::next_timers(&*node.store, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.instance_id, t.id, t.due_at.as_micros()))
+        .collect();
+    let mut held: Vec<(String, String, i64)> = ids
+        .iter()
+        .flat_map(|id| {
+            read::instance(&*node.store, id)
+                .unwrap()
+                .unwrap()
+                .timers
+                .into_values()
+        })
+        .map(|t| (t.instance_id, t.id, t.due_at.as_micros()))
+        .collect();
+    indexed.sort();
+    held.sort();
+    assert_eq!(
+        indexed, held,
+        "the due-time index mirrors the instances' armed timers"
+    );
+}
+
+#[test]
+fn a_migration_moves_listed_instances_with_audit_indexes_and_timers() {
+    use lockstep_core::{AuditKind, TimerPolicy};
+    use lockstep_raft::Selection;
+    let mut node = Node::new();
+    define(&mut node);
+    let draft = create(&mut node, "r1", "PO-1");
+    let submitted = create(&mut node, "r2", "PO-2");
+    node.apply(Some("r3"), 3_000, submit("PO-2", "alice"));
+    let versions = define_v2(&mut node);
+    let body = migrate_body(
+        &versions,
+        &[("submitted", "in_review")],
+        TimerPolicy::Restart,
+        Selection::Instances(vec![key("PO-1"), Target::Id(submitted.clone())]),
+    );
+    let r = node.apply(Some("m1"), 10_000, body.clone());
+    let Response::Migrated { instances, next } = &r else {
+        panic!("{r:?}");
+    };
+    assert_eq!(next, &None);
+    let moved: Vec<(&str, &str, &str, u64)> = instances
+        .iter()
+        .map(|m| {
+            (
+                m.instance_id.as_str(),
+                m.from_state.as_str(),
+                m.to_state.as_str(),
+                m.version,
+            )
+        })
+        .collect();
+    assert_eq!(
+        moved,
+        vec![
+            (draft.as_str(), "draft", "draft", 2),
+            (submitted.as_str(), "submitted", "in_review", 3)
+        ]
+    );
+    for id in [&draft, &submitted] {
+        let instance = read::instance(&*node.store, id).unwrap().unwrap();
+        assert_eq!(instance.definition_version, versions.1);
+        let last = read::history(&*node.store, id, 10).unwrap().pop().unwrap();
+        assert_eq!(last.record.kind, AuditKind::Migration);
+        assert_eq!(last.record.actor.id, "olga");
+        assert_eq!(last.record.definition_version, versions.1);
+        let note = last.record.note.unwrap();
+        assert!(
+            note.contains(&versions.0) && note.contains("submitted -> in_review"),
+            "{note}"
+        );
+    }
+    let restarted = read::instance(&*node.store, &submitted).unwrap().unwrap();
+    assert_eq!(
+        restarted.slas["approval"].budget_ms,
+        8 * 3_600_000,
+        "B's budget"
+    );
+    assert!(
+        read::instance_ids(&*node.store, "purchase-order", Some("submitted"), None, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        read::instance_ids(&*node.store, "purchase-order", Some("in_review"), None, 10).unwrap(),
+        vec![submitted.clone()]
+    );
+    timer_index_matches_instances(&node, &[&draft, &submitted]);
+    // definition A, definition B, 2 creates, submit, 2 migrations.
+    assert_eq!(read::verify_audit(&*node.store).unwrap(), Ok(7));
+    // A retry with the same request id answers the first outcome and applies nothing.
+    let head = read::audit_head(&*node.store).unwrap();
+    assert_eq!(node.apply(Some("m1"), 11_000, body), r);
+    assert_eq!(read::audit_head(&*node.store).unwrap(), head);
+}
+
+#[test]
+fn every_migration_refusal_is_a_result_that_changes_nothing() {
+    use lockstep_core::TimerPolicy;
+    use lockstep_raft::Selection;
+    let mut node = Node::new();
+    define(&mut node);
+    let draft = create(&mut node, "r1", "PO-1");
+    let submitted = create(&mut node, "r2", "PO-2");
+    node.apply(Some("r3"), 3_000, submit("PO-2", "alice"));
+    let versions = define_v2(&mut node);
+    // Created after B was applied: it runs B.
+    let on_b = create(&mut node, "r4", "PO-3");
+    let ids = [draft.as_str(), submitted.as_str(), on_b.as_str()];
+    let snapshot = |node: &Node| {
+        (
+            ids.map(|id| read::instance(&*node.store, id).unwrap()),
+            read::audit_head(&*node.store).unwrap(),
+            read::next_timers(&*node.store, 1000).unwrap(),
+        )
+    };
+    let before = snapshot(&node);
+    let renamed = [("submitted", "in_review")];
+    let mut check = |body: Body, code: RefusalCode, needle: &str| {
+        match node.apply(None, 5_000, body) {
+            Response::Refused(r) => {
+                assert_eq!(r.code, code, "{r:?}");
+                assert!(
+                    r.message.contains(needle),
+                    "`{needle}` missing: {}",
+                    r.message
+                );
+            }
+            other => panic!("expected {code:?}, got {other:?}"),
+        }
+        assert!(
+            snapshot(&node) == before,
+            "a refusal changed state ({code:?})"
+        );
+    };
+    let mut unknown_workflow = migrate_body(
+        &versions,
+        &renamed,
+        TimerPolicy::Restart,
+        Selection::Instances(vec![key("PO-1")]),
+    );
+    if let Body::Migrate { plan, .. } = &mut unknown_workflow {
+        plan.workflow = "no-such-workflow".into();
+    }
+    check(
+        unknown_workflow,
+        RefusalCode::UnknownWorkflow,
+        "no-such-workflow",
+    );
+    let missing = ("f".repeat(64), versions.1.clone());
+    check(
+        migrate_body(
+            &missing,
+            &renamed,
+            TimerPolicy::Restart,
+            Selection::Instances(vec![key("PO-1")]),
+        ),
+        RefusalCode::UnknownVersion,
+        "ffff",
+    );
+    let missing = (versions.0.clone(), "0".repeat(64));
+    check(
+        migrate_body(
+            &missing,
+            &renamed,
+            TimerPolicy::Restart,
+            Selection::Instances(vec![key("PO-1")]),
+        ),
+        RefusalCode::UnknownVersion,
+        "0000",
+    );
+    check(
+        migrate_body(
+            &versions,
+            &renamed,
+            TimerPolicy::Restart,
+            Selection::Instances(vec![key("PO-404")]),
+        ),
+        RefusalCode::UnknownInstance,
+        "PO-404",
+    );
+    check(
+        migrate_body(
+            &versions,
+            &renamed,
+            TimerPolicy::Restart,
+            Selection::Instances(vec![Target::Id(on_b.clone())]),
+        ),
+        RefusalCode::WrongWorkflow,
+        "already runs the target version",
+    );
+    check(
+        migrate_body(
+            &versions,
+            &[("submited", "in_review")],
+            TimerPolicy::Restart,
+            Selection::Instances(vec![key("PO-1")]),
+        ),
+        RefusalCode::MigrationInvalid,
+        "`submited`",
+    );
+    check(
+        migrate_body(
+            &versions,
+            &[("submitted", "reviewing")],
+            TimerPolicy::KeepDeadline,
+            Selection::Instances(vec![key("PO-1")]),
+        ),
+        RefusalCode::MigrationInvalid,
+        "`submitted` to `reviewing`",
+    );
+    check(
+        migrate_body(
+            &versions,
+            &[("rejected", "in_review")],
+            TimerPolicy::KeepDeadline,
+            Selection::Instances(vec![key("PO-1")]),
+        ),
+        RefusalCode::MigrationInvalid,
+        "cannot reopen",
+    );
+    // All or nothing: PO-1 alone would migrate, PO-2 has no counterpart for `submitted`.
+    check(
+        migrate_body(
+            &versions,
+            &[],
+            TimerPolicy::KeepRemaining,
+            Selection::Instances(vec![key("PO-1"), key("PO-2")]),
+        ),
+        RefusalCode::MigrationInvalid,
+        "state `submitted`",
+    );
+    check(
+        migrate_body(
+            &versions,
+            &[],
+            TimerPolicy::KeepRemaining,
+            Selection::Instances(Vec::new()),
+        ),
+        RefusalCode::MigrationInvalid,
+        "names no instance",
+    );
+    let too_many = (0..=lockstep_raft::apply::MIGRATION_INSTANCES_MAX)
+        .map(|_| key("PO-1"))
+        .collect();
+    check(
+        migrate_body(
+            &versions,
+            &renamed,
+            TimerPolicy::Restart,
+            Selection::Instances(too_many),
+        ),
+        RefusalCode::LimitExceeded,
+        "MIGRATION_INSTANCES_MAX",
+    );
+    check(
+        migrate_body(
+            &(versions.1.clone(), versions.1.clone()),
+            &[],
+            TimerPolicy::Restart,
+            Selection::Instances(vec![key("PO-3")]),
+        ),
+        RefusalCode::MigrationInvalid,
+        "same version",
+    );
+    assert_eq!(read::verify_audit(&*node.store).unwrap(), Ok(6));
+}
+
+#[test]
+fn migrating_all_instances_goes_in_bounded_batches_until_none_remain() {
+    use lockstep_core::TimerPolicy;
+    use lockstep_raft::Selection;
+    use lockstep_raft::apply::MIGRATION_INSTANCES_MAX;
+    let mut node = Node::new();
+    define(&mut node);
+    // Instances on A, created before B became the latest version, are found by version.
+    let mut on_a = Vec::new();
+    let total = MIGRATION_INSTANCES_MAX + 6;
+    for i in 0..total {
+        on_a.push(create(&mut node, &format!("a{i}"), &format!("PO-A{i:03}")));
+    }
+    let versions = define_v2(&mut node);
+    let on_b = create(&mut node, "b", "PO-B");
+    let mut after = None;
+    let mut batches = Vec::new();
+    loop {
+        let body = migrate_body(
+            &versions,
+            &[("submitted", "in_review")],
+            TimerPolicy::KeepDeadline,
+            Selection::All {
+                after: after.clone(),
+            },
+        );
+        let r = node.apply(None, 10_000, body);
+        let Response::Migrated { instances, next } = r else {
+            panic!("{r:?}");
+        };
+        batches.push(instances.len());
+        assert!(batches.len() <= 3, "{batches:?}");
+        match next {
+            Some(cursor) => after = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(
+        batches,
+        vec![MIGRATION_INSTANCES_MAX, total - MIGRATION_INSTANCES_MAX]
+    );
+    for id in &on_a {
+        let instance = read::instance(&*node.store, id).unwrap().unwrap();
+        assert_eq!(instance.definition_version, versions.1, "{id}");
+        assert_eq!(instance.version, 2, "{id} migrated once");
+    }
+    assert_eq!(
+        read::instance(&*node.store, &on_b)
+            .unwrap()
+            .unwrap()
+            .version,
+        1
+    );
+    // Nothing is left at A: a new pass migrates nothing and is done at once.
+    let r = node.apply(
+        None,
+        11_000,
+        migrate_body(
+            &versions,
+            &[],
+            TimerPolicy::Restart,
+            Selection::All { after: None },
+        ),
+    );
+    assert_eq!(
+        r,
+        Response::Migrated {
+            instances: Vec::new(),
+            next: None
+        }
+    );
+    let mut ids: Vec<&str> = on_a.iter().map(String::as_str).collect();
+    ids.push(&on_b);
+    timer_index_matches_instances(&node, &ids);
+    assert!(read::verify_audit(&*node.store).unwrap().is_ok());
+}

@@ -12,9 +12,12 @@ use lockstep_core::audit::ChainedRecord;
 use lockstep_core::engine::Instance;
 use lockstep_core::validate::{CompiledDefinition, compile};
 use lockstep_core::{Actor, Limits, RefusalCode, Timestamp};
+use lockstep_core::{Migration, TimerPolicy};
 use lockstep_proto::v1 as pb;
 use lockstep_raft::apply::StoredDefinition;
-use lockstep_raft::{Body, Provenance, Response as Applied, Target, TaskOp, read};
+use lockstep_raft::{
+    Body, MigrationCursor, Provenance, Response as Applied, Selection, Target, TaskOp, read,
+};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
@@ -30,6 +33,8 @@ pub const PAGE_SIZE_DEFAULT: u32 = 100;
 pub const HISTORY_LIMIT_MAX: u32 = 10_000;
 /// Audit records sent per read while tailing.
 const TAIL_BATCH: usize = 256;
+/// Most entries of a migration's state mapping (a definition has far fewer states).
+pub const MIGRATION_MAPPING_ENTRIES_MAX: usize = 1024;
 
 /// Compiled definitions by (workflow, version).
 type CompiledByVersion = HashMap<(String, String), Arc<CompiledDefinition>>;
@@ -661,6 +666,182 @@ impl pb::instances_server::Instances for Api {
             records: records.iter().map(audit_pb).collect(),
         }))
     }
+
+    async fn migrate(
+        &self,
+        request: Request<pb::MigrateInstancesRequest>,
+    ) -> Result<Response<pb::MigrateInstancesResponse>, Status> {
+        // The policy's migrate_instances permission was checked by `AuthLayer`.
+        let actor = self.actor(request.extensions())?;
+        let (metadata, _, req) = request.into_parts();
+        let request_id = req.request_id.clone();
+        let (plan, selection) = self.migrate_request(req).await?;
+        let (from_version, to_version) = (plan.from_version.clone(), plan.to_version.clone());
+        let body = Body::Migrate {
+            plan,
+            selection,
+            actor,
+        };
+        match self.write(&metadata, &request_id, body).await? {
+            Applied::Migrated { instances, next } => {
+                Ok(Response::new(pb::MigrateInstancesResponse {
+                    migrated: u32::try_from(instances.len()).unwrap_or(u32::MAX),
+                    instances: instances
+                        .into_iter()
+                        .map(|m| pb::MigratedInstance {
+                            instance_id: m.instance_id,
+                            from_state: m.from_state,
+                            to_state: m.to_state,
+                            version: m.version,
+                            audit_seq: m.global_seq,
+                        })
+                        .collect(),
+                    more: next.is_some(),
+                    next_page_token: next.as_ref().map(cursor_token).unwrap_or_default(),
+                    from_version,
+                    to_version,
+                }))
+            }
+            Applied::Refused(r) => Err(status::refusal(&r)),
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
+    }
+}
+
+impl Api {
+    /// A full version of `workflow` from a full version or a unique prefix. A prefix that
+    /// matches nothing is passed on as given, so apply refuses it with UNKNOWN_VERSION.
+    async fn full_version(
+        &self,
+        workflow: &str,
+        version: &str,
+        what: &str,
+    ) -> Result<String, Status> {
+        if version.is_empty() {
+            return Err(status::bad_request(format!(
+                "{what} is empty: name a version of `{workflow}` (a prefix as `lockstep apply` prints it is enough)"
+            )));
+        }
+        if version.len() >= 64 {
+            return Ok(version.to_string());
+        }
+        // Versions are never removed, but a lagging replica may not have one yet.
+        self.read_info(pb::ReadConsistency::Linearizable as i32)
+            .await?;
+        let versions =
+            read::definition_versions(&*self.node.store, workflow).map_err(status::store_error)?;
+        let matching: Vec<&str> = versions
+            .iter()
+            .map(|d| d.version.as_str())
+            .filter(|v| v.starts_with(version))
+            .collect();
+        match matching.as_slice() {
+            [one] => Ok((*one).to_string()),
+            [] => Ok(version.to_string()),
+            several => Err(status::bad_request(format!(
+                "{what} `{version}` matches {} versions of `{workflow}`: give more of it",
+                several.len()
+            ))),
+        }
+    }
+
+    async fn migrate_request(
+        &self,
+        req: pb::MigrateInstancesRequest,
+    ) -> Result<(Migration, Selection), Status> {
+        if req.workflow.is_empty() {
+            return Err(status::bad_request(
+                "workflow is empty: name the workflow whose instances to migrate",
+            ));
+        }
+        let timers = match pb::TimerPolicy::try_from(req.timer_policy) {
+            Ok(pb::TimerPolicy::KeepDeadline) => TimerPolicy::KeepDeadline,
+            Ok(pb::TimerPolicy::KeepRemaining) => TimerPolicy::KeepRemaining,
+            Ok(pb::TimerPolicy::Restart) => TimerPolicy::Restart,
+            Ok(pb::TimerPolicy::Unspecified) | Err(_) => {
+                return Err(status::bad_request(
+                    "timer_policy is missing: declare how timers are re-armed (keep-deadline, keep-remaining or restart)",
+                ));
+            }
+        };
+        if req.state_mapping.len() > MIGRATION_MAPPING_ENTRIES_MAX {
+            return Err(status::bad_request(format!(
+                "state_mapping has {} entries, more than {MIGRATION_MAPPING_ENTRIES_MAX}",
+                req.state_mapping.len()
+            )));
+        }
+        if let Some((from, to)) = req
+            .state_mapping
+            .iter()
+            .find(|(from, to)| from.is_empty() || to.is_empty())
+        {
+            return Err(status::bad_request(format!(
+                "state_mapping has an empty state name (`{from}` -> `{to}`)"
+            )));
+        }
+        let selection = match (req.all, req.instances.is_empty()) {
+            (true, true) => Selection::All {
+                after: cursor(&req.page_token)?,
+            },
+            (false, false) => {
+                if !req.page_token.is_empty() {
+                    return Err(status::bad_request(
+                        "page_token goes with `all`, not with a list of instances",
+                    ));
+                }
+                Selection::Instances(
+                    req.instances
+                        .into_iter()
+                        .map(|r| self.resolve(Some(r)))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            (true, false) => {
+                return Err(status::bad_request(
+                    "give either instances or `all`, not both",
+                ));
+            }
+            (false, true) => {
+                return Err(status::bad_request(
+                    "no instances selected: list instances, or set `all` to migrate every instance at from_version",
+                ));
+            }
+        };
+        let plan = Migration {
+            from_version: self
+                .full_version(&req.workflow, &req.from_version, "from_version")
+                .await?,
+            to_version: self
+                .full_version(&req.workflow, &req.to_version, "to_version")
+                .await?,
+            workflow: req.workflow,
+            mapping: req.state_mapping.into_iter().collect(),
+            timers,
+        };
+        Ok((plan, selection))
+    }
+}
+
+/// The resume point of an all-instances migration, from its page token.
+fn cursor(token: &str) -> Result<Option<MigrationCursor>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        status::bad_request(
+            "page_token is not one this server returned; pass next_page_token as it came",
+        )
+    };
+    let text = String::from_utf8(hex::decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
+    let (state, instance_id) = text.split_once('\0').ok_or_else(bad)?;
+    Ok(Some(MigrationCursor {
+        state: state.to_string(),
+        instance_id: instance_id.to_string(),
+    }))
+}
+
+fn cursor_token(cursor: &MigrationCursor) -> String {
+    hex::encode(format!("{}\0{}", cursor.state, cursor.instance_id))
 }
 
 /// The resume point of a listing: the index key (workflow, state, id) after which the next

@@ -1,5 +1,5 @@
-//! The cluster policy (DESIGN §5): who may apply definitions, read audit, change membership
-//! and resolve incidents. Per-transition permissions are the definitions' `allow` predicates;
+//! The cluster policy (DESIGN §5): who may apply definitions, migrate instances, read audit,
+//! change membership and resolve incidents. Per-transition permissions are the definitions' `allow` predicates;
 //! this file covers the operations outside any workflow.
 //!
 //! The file (`--policy`, TOML) has one table per permission, each listing actor ids and roles;
@@ -9,6 +9,9 @@
 //! [apply_definitions]
 //! roles = ["admin"]
 //! actors = ["ci-deployer"]
+//!
+//! [migrate_instances]
+//! roles = ["admin"]
 //!
 //! [read_audit]
 //! roles = ["admin", "auditor"]
@@ -41,6 +44,8 @@ pub const POLICY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 pub enum Permission {
     /// `Definitions/Apply`.
     ApplyDefinitions,
+    /// `Instances/Migrate`: moving instances to another definition version.
+    MigrateInstances,
     /// `Audit/*`: the change feed, verification and the security log.
     ReadAudit,
     /// `Cluster/AddLearner`, `Promote`, `Remove`, `Snapshot` and `Backup`.
@@ -53,6 +58,7 @@ impl Permission {
     pub fn as_str(self) -> &'static str {
         match self {
             Permission::ApplyDefinitions => "apply_definitions",
+            Permission::MigrateInstances => "migrate_instances",
             Permission::ReadAudit => "read_audit",
             Permission::ChangeMembership => "change_membership",
             Permission::ResolveIncidents => "resolve_incidents",
@@ -64,6 +70,7 @@ impl Permission {
     pub fn for_method(path: &str) -> Option<Permission> {
         match path {
             "/lockstep.v1.Definitions/Apply" => Some(Permission::ApplyDefinitions),
+            "/lockstep.v1.Instances/Migrate" => Some(Permission::MigrateInstances),
             "/lockstep.v1.Cluster/AddLearner"
             | "/lockstep.v1.Cluster/Promote"
             | "/lockstep.v1.Cluster/Remove"
@@ -119,6 +126,7 @@ impl Rule {
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     apply_definitions: Option<Rule>,
+    migrate_instances: Option<Rule>,
     read_audit: Option<Rule>,
     change_membership: Option<Rule>,
     resolve_incidents: Option<Rule>,
@@ -130,6 +138,7 @@ pub struct Policy {
     /// Development mode without a policy file: everything is allowed.
     pub allow_all: bool,
     pub apply_definitions: Rule,
+    pub migrate_instances: Rule,
     pub read_audit: Rule,
     pub change_membership: Rule,
     pub resolve_incidents: Rule,
@@ -141,6 +150,7 @@ impl Default for Policy {
         Policy {
             allow_all: false,
             apply_definitions: Rule::roles(&["admin"]),
+            migrate_instances: Rule::roles(&["admin"]),
             read_audit: Rule::roles(&["admin", "auditor"]),
             change_membership: Rule::roles(&["admin"]),
             resolve_incidents: Rule::roles(&["operator"]),
@@ -155,6 +165,7 @@ impl Policy {
         Ok(Policy {
             allow_all: false,
             apply_definitions: file.apply_definitions.unwrap_or(defaults.apply_definitions),
+            migrate_instances: file.migrate_instances.unwrap_or(defaults.migrate_instances),
             read_audit: file.read_audit.unwrap_or(defaults.read_audit),
             change_membership: file.change_membership.unwrap_or(defaults.change_membership),
             resolve_incidents: file.resolve_incidents.unwrap_or(defaults.resolve_incidents),
@@ -164,6 +175,7 @@ impl Policy {
     fn rule(&self, permission: Permission) -> &Rule {
         match permission {
             Permission::ApplyDefinitions => &self.apply_definitions,
+            Permission::MigrateInstances => &self.migrate_instances,
             Permission::ReadAudit => &self.read_audit,
             Permission::ChangeMembership => &self.change_membership,
             Permission::ResolveIncidents => &self.resolve_incidents,
@@ -319,6 +331,14 @@ mod tests {
             p.check(&actor("a", &["auditor"]), Permission::ChangeMembership)
                 .is_err()
         );
+        assert!(
+            p.check(&actor("a", &["admin"]), Permission::MigrateInstances)
+                .is_ok()
+        );
+        let refused = p
+            .check(&actor("a", &["operator"]), Permission::MigrateInstances)
+            .unwrap_err();
+        assert!(refused.contains("migrate_instances"), "{refused}");
     }
 
     #[test]
@@ -345,6 +365,15 @@ mod tests {
                 .is_ok()
         );
         assert!(Policy::parse("[apply]\nroles = []\n").is_err());
+        let p = Policy::parse("[migrate_instances]\nactors = [\"release-bot\"]\n").unwrap();
+        assert!(
+            p.check(&actor("release-bot", &[]), Permission::MigrateInstances)
+                .is_ok()
+        );
+        assert!(
+            p.check(&actor("root", &["admin"]), Permission::MigrateInstances)
+                .is_err()
+        );
     }
 
     #[test]
@@ -356,6 +385,10 @@ mod tests {
         assert_eq!(
             Permission::for_method("/lockstep.v1.Cluster/Remove"),
             Some(Permission::ChangeMembership)
+        );
+        assert_eq!(
+            Permission::for_method("/lockstep.v1.Instances/Migrate"),
+            Some(Permission::MigrateInstances)
         );
         assert_eq!(Permission::for_method("/lockstep.v1.Cluster/Status"), None);
         assert_eq!(

@@ -14,13 +14,15 @@ pub fn code_for(refusal: RefusalCode) -> Code {
     use RefusalCode::*;
     match refusal {
         NotAllowedFromState | GuardFalse | GateNotYetOpen | GateExpired | TimerNotArmed
-        | TaskNotReady | StaleLease => Code::FailedPrecondition,
+        | TaskNotReady | StaleLease | MigrationInvalid => Code::FailedPrecondition,
         Forbidden | SystemOnly => Code::PermissionDenied,
         PredicateError | PayloadInvalid | DefinitionInvalid | UnknownTransition
         | EventUnmatched | WrongWorkflow => Code::InvalidArgument,
         VersionConflict => Code::Aborted,
         LimitExceeded => Code::ResourceExhausted,
-        UnknownInstance | UnknownWorkflow | TaskNotFound | IncidentNotFound => Code::NotFound,
+        UnknownInstance | UnknownWorkflow | UnknownVersion | TaskNotFound | IncidentNotFound => {
+            Code::NotFound
+        }
         AlreadyExists => Code::AlreadyExists,
     }
 }

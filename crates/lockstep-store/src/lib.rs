@@ -229,6 +229,9 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 pub type FamilyEntry = (Family, Vec<u8>, Vec<u8>);
 
 /// An ordered key-value store with families and atomic batches.
+/// Called with each exported entry (family, key, value); an error stops the export.
+pub type EntryVisitor<'a> = dyn FnMut(Family, &[u8], &[u8]) -> Result<()> + 'a;
+
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn get(&self, family: Family, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
@@ -254,11 +257,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The same entries as [`Store::export`], one at a time, without holding them all in
     /// memory (snapshots of a large state stream through this).
-    fn export_each(
-        &self,
-        families: &[Family],
-        each: &mut dyn FnMut(Family, &[u8], &[u8]) -> Result<()>,
-    ) -> Result<()>;
+    fn export_each(&self, families: &[Family], each: &mut EntryVisitor<'_>) -> Result<()>;
 
     /// Approximate bytes used, for metrics.
     fn approximate_size_bytes(&self) -> u64;

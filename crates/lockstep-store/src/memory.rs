@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::RwLock;
 
-use crate::{Batch, Durability, Entry, Family, FamilyEntry, Op, Result, Store};
+use crate::{Batch, Durability, Entry, EntryVisitor, Family, FamilyEntry, Op, Result, Store};
 
 type Maps = BTreeMap<Family, BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -108,11 +108,7 @@ impl Store for MemStore {
         Ok(out)
     }
 
-    fn export_each(
-        &self,
-        families: &[Family],
-        each: &mut dyn FnMut(Family, &[u8], &[u8]) -> Result<()>,
-    ) -> Result<()> {
+    fn export_each(&self, families: &[Family], each: &mut EntryVisitor<'_>) -> Result<()> {
         for (family, k, v) in self.export(families)? {
             each(family, &k, &v)?;
         }

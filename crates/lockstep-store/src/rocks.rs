@@ -7,7 +7,9 @@ use rocksdb::{
     WriteOptions,
 };
 
-use crate::{Batch, Durability, Entry, Error, Family, FamilyEntry, Op, Result, Store};
+use crate::{
+    Batch, Durability, Entry, EntryVisitor, Error, Family, FamilyEntry, Op, Result, Store,
+};
 
 /// Tuning knobs with documented defaults.
 #[derive(Clone, Debug)]
@@ -234,11 +236,7 @@ impl Store for RocksStore {
         Ok(out)
     }
 
-    fn export_each(
-        &self,
-        families: &[Family],
-        each: &mut dyn FnMut(Family, &[u8], &[u8]) -> Result<()>,
-    ) -> Result<()> {
+    fn export_each(&self, families: &[Family], each: &mut EntryVisitor<'_>) -> Result<()> {
         let snapshot = self.db.snapshot();
         for family in families {
             let mut ro = ReadOptions::default();
