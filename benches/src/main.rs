@@ -1,10 +1,12 @@
-//! lockstep-bench: load-test a Lockstep cluster.
+//! lockstep-bench: load-test a Lockstep cluster, and etcd beside it.
 //!
 //! It starts a local cluster of durable `lockstepd` processes on loopback (or targets given
-//! endpoints), applies the purchase-order workflow, and runs a closed loop of N concurrent
-//! clients. Each client repeats: create an instance, then take `submit` (two audited,
-//! replicated writes). Latencies go into an HdrHistogram; the report gives throughput and
-//! p50/p90/p99/p99.9/max, as a table and as JSON.
+//! endpoints), applies the purchase-order workflow, and runs a scenario in a closed loop (N
+//! concurrent clients, a sweep over N) or an open loop (a fixed arrival rate, latencies from
+//! the intended send time). Latencies go into HdrHistograms; the report gives throughput and
+//! p50/p90/p99/p99.9/max as a Markdown table, as JSON and as an SVG plot. With `--baseline
+//! etcd` the same sweep then runs against a 3-node etcd cluster, and the report gives the
+//! Lockstep / etcd ratios.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -12,16 +14,36 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Parser;
-use hdrhistogram::Histogram;
-use lockstep_client::{Client, Identity, Options, by_id, pb, request_id};
+use clap::{Parser, ValueEnum};
+use lockstep_client::{Client, Identity, Options, pb, request_id};
 use lockstep_core::ActorKind;
 
-/// Load-test Lockstep: N concurrent clients taking audited transitions.
+use crate::load::{Level, Window, Workload};
+
+mod etcd;
+mod load;
+mod plot;
+mod scenarios;
+mod tasks;
+mod timers;
+
+/// Load-test Lockstep: clients taking audited transitions, reads or events, in a closed loop
+/// (a concurrency sweep) or an open loop (fixed arrival rates), optionally against etcd too.
 ///
-/// Example: lockstep-bench --nodes 3 --concurrency 1,16,64 --duration 10s
+/// Examples:
+///
+///   lockstep-bench --nodes 3 --concurrency 1,16,64 --duration 10s
+///
+///   lockstep-bench --concurrency 1,16,64,256 --duration 5s --baseline etcd --json out/bench.json
+///     (also writes out/bench.svg; etcd is installed from Debian's etcd-server when missing)
+///
+///   lockstep-bench --mode open --rate 100/s,200/s,400/s --duration 5s
+///
+///   lockstep-bench --scenario reads --write-fraction 0.05 --concurrency 16,64
+///
+///   lockstep-bench --scenario events --concurrency 1,16,64
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, verbatim_doc_comment)]
 struct Args {
     /// Start a local cluster of this many nodes (1, 3 or 5); ignored with --endpoints.
     #[arg(long, default_value_t = 3)]
@@ -29,10 +51,23 @@ struct Args {
     /// Target an existing cluster instead (comma separated host:port; dev mode).
     #[arg(long, value_delimiter = ',')]
     endpoints: Vec<String>,
-    /// Concurrent clients; a comma separated list runs a sweep.
+    /// Closed loop: concurrent clients; a comma separated list runs a sweep,
+    /// e.g. `--concurrency 1,16,64,256`.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     concurrency: Vec<usize>,
-    /// Measured time per concurrency level, e.g. 10s.
+    /// `closed`: each client sends its next request when the previous one is answered
+    /// (--concurrency). `open`: requests arrive at a fixed rate whatever the answers (--rate),
+    /// and latency counts from the intended send time, so stalls are not hidden
+    /// (coordinated-omission correct). Example: `--mode open --rate 200/s`.
+    #[arg(long, value_enum, default_value_t = Mode::Closed)]
+    mode: Mode,
+    /// Open loop: arrivals per second (a unit of the scenario: for `transitions` a create plus
+    /// a submit); a comma separated list runs a sweep, e.g. `--rate 100/s,200/s,400/s`.
+    /// At most 4096 units are in flight; an arrival beyond that waits and is counted `late`,
+    /// one still waiting when the window ends is counted `dropped`.
+    #[arg(long, value_delimiter = ',', value_parser = load::parse_rate)]
+    rate: Vec<f64>,
+    /// Measured time per level (concurrency or rate), e.g. 10s.
     #[arg(long, default_value = "10s")]
     duration: String,
     /// Warm-up time per level (not measured).
@@ -41,21 +76,82 @@ struct Args {
     /// The lockstepd binary (defaults to the one next to this binary).
     #[arg(long)]
     lockstepd: Option<PathBuf>,
-    /// Write the JSON report here.
+    /// Write the JSON report here, e.g. `--json out/bench.json`.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// What to measure: `transitions` (create + submit) or `tasks` (poll -> complete round
-    /// trips by N workers, and the latency from a transition to its task's delivery).
-    #[arg(long, default_value = "transitions", value_parser = ["transitions", "tasks", "timers"])]
-    scenario: String,
+    /// Write an SVG plot of throughput and p99 against concurrency (or rate) here; defaults to
+    /// the --json path with `.svg`, e.g. `--json out/bench.json` plots to out/bench.svg.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// What to measure. `transitions`: create + submit of purchase orders (each an audited,
+    /// replicated write). `reads`: get by id and list of purchase orders, with
+    /// --write-fraction creates. `events`: inbound events routed by (workflow, business key)
+    /// to instances, each taking the transition declared with `on:`. `tasks`: poll -> complete
+    /// round trips by N workers, and the latency from a transition to its task's delivery.
+    /// `timers`: arm --timers expiry timers, let them fire under load, kill the leader.
+    #[arg(long, value_enum, default_value_t = Scenario::Transitions)]
+    scenario: Scenario,
+    /// `reads`: the fraction of units that write (create an instance) instead of reading,
+    /// from 0 to 1, e.g. `--write-fraction 0.05`.
+    #[arg(long, default_value_t = 0.1, value_parser = parse_fraction)]
+    write_fraction: f64,
+    /// `reads`: `linearizable` (confirmed with a quorum) or `stale` (the node's replica as
+    /// it is).
+    #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+    read_consistency: Consistency,
     /// `timers` scenario: how many timers to arm (one state-expiry timer per instance).
     #[arg(long, default_value_t = 10_000)]
     timers: usize,
+    /// After the Lockstep sweep, run the same sweep against a 3-node durable etcd cluster on
+    /// loopback (puts of a value as large as the scenario's payload) and report Lockstep/etcd
+    /// ratios of throughput and p99. etcd comes from Debian's etcd-server package, installed
+    /// with apt-get when missing. Works with `transitions` and `events`.
+    /// Example: `--baseline etcd`.
+    #[arg(long, value_enum)]
+    baseline: Option<Baseline>,
+    /// The etcd server binary for --baseline etcd (default: `etcd` on PATH or /usr/bin/etcd,
+    /// else installed with apt-get), e.g. `--etcd /opt/etcd/etcd`.
+    #[arg(long)]
+    etcd: Option<PathBuf>,
 }
 
-mod timers;
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    Closed,
+    Open,
+}
 
-mod tasks;
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Scenario {
+    Transitions,
+    Reads,
+    Events,
+    Tasks,
+    Timers,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Consistency {
+    Linearizable,
+    Stale,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Baseline {
+    Etcd,
+}
+
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "`{text}` is not a fraction: give a number from 0 to 1, e.g. `--write-fraction 0.1` for one write in ten"
+        )),
+    }
+}
 
 pub(crate) struct LocalCluster {
     _dir: tempfile::TempDir,
@@ -122,126 +218,279 @@ pub(crate) fn parse_duration(text: &str) -> anyhow::Result<Duration> {
         .map_err(anyhow::Error::msg)
 }
 
-#[derive(serde::Serialize)]
-struct Level {
-    concurrency: usize,
-    operations: u64,
-    errors: u64,
-    seconds: f64,
-    ops_per_second: f64,
-    p50_us: u64,
-    p90_us: u64,
-    p99_us: u64,
-    p999_us: u64,
-    max_us: u64,
+/// The levels of a sweep: concurrencies (closed loop) or rates (open loop).
+#[derive(Clone, Debug)]
+struct Plan {
+    mode: Mode,
+    concurrency: Vec<usize>,
+    rates: Vec<f64>,
+    window: Window,
 }
 
-async fn run_level(
-    client: Arc<Client>,
+impl Plan {
+    fn levels(&self) -> usize {
+        match self.mode {
+            Mode::Closed => self.concurrency.len(),
+            Mode::Open => self.rates.len(),
+        }
+    }
+}
+
+/// Runs every level of `plan` against `workload`. In open loop, `operations_per_unit` turns
+/// the unit rate into the offered operations per second that the report and plot show.
+async fn sweep<W: Workload>(
+    system: &str,
+    workload: Arc<W>,
+    plan: &Plan,
+    rate_scale: f64,
+    operations_per_unit: f64,
+) -> Vec<Level> {
+    let mut levels = Vec::with_capacity(plan.levels());
+    for i in 0..plan.levels() {
+        let level = match plan.mode {
+            Mode::Closed => {
+                let c = plan.concurrency[i];
+                let bar = load::progress_bar(plan.window, format!("{system}, {c} client(s)"));
+                let level = load::closed(Arc::clone(&workload), c, plan.window, &bar).await;
+                bar.finish_and_clear();
+                level
+            }
+            Mode::Open => {
+                let rate = plan.rates[i] * rate_scale;
+                let bar = load::progress_bar(plan.window, format!("{system}, {rate:.0}/s"));
+                let mut level = load::open(Arc::clone(&workload), rate, plan.window, &bar).await;
+                bar.finish_and_clear();
+                level.offered_per_second = rate * operations_per_unit;
+                level
+            }
+        };
+        levels.push(level);
+    }
+    levels
+}
+
+/// Lockstep / etcd at one level of the sweep.
+#[derive(Debug, serde::Serialize)]
+struct Ratio {
     concurrency: usize,
-    warmup: Duration,
-    duration: Duration,
-    bar: &indicatif::ProgressBar,
-) -> Level {
-    let start = Instant::now();
-    let measure_from = start + warmup;
-    let end = measure_from + duration;
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let client = Arc::clone(&client);
-        tasks.push(tokio::spawn(async move {
-            let mut h =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-            let mut errors = 0u64;
-            while Instant::now() < end {
-                let t0 = Instant::now();
-                let created = client
-                    .create(
-                        &request_id(),
-                        "purchase-order",
-                        None,
-                        &serde_json::json!({"amount": 100, "requester": "alice"}),
-                    )
-                    .await;
-                let t1 = Instant::now();
-                let ok_create = created.is_ok();
-                let mut ok_submit = false;
-                let mut t2 = t1;
-                if let Ok(c) = created {
-                    ok_submit = client
-                        .transition(
-                            &request_id(),
-                            by_id(&c.instance_id),
-                            "submit",
-                            &serde_json::Value::Null,
-                            None,
-                        )
-                        .await
-                        .is_ok();
-                    t2 = Instant::now();
-                }
-                if t0 >= measure_from && t2 <= end {
-                    if ok_create {
-                        h.record((t1 - t0).as_micros() as u64).ok();
-                    } else {
-                        errors += 1;
-                    }
-                    if ok_submit {
-                        h.record((t2 - t1).as_micros() as u64).ok();
-                    } else if ok_create {
-                        errors += 1;
-                    }
-                }
-            }
-            (h, errors)
-        }));
-    }
-    let ticker = {
-        let bar = bar.clone();
-        tokio::spawn(async move {
-            while Instant::now() < end {
-                bar.set_position(start.elapsed().as_millis() as u64);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+    offered_per_second: f64,
+    /// Lockstep operations/s ÷ etcd puts/s: above 1, Lockstep is faster.
+    throughput_ratio: f64,
+    /// Lockstep p50 ÷ etcd p50: below 1, Lockstep is faster.
+    p50_ratio: f64,
+    /// Lockstep p99 ÷ etcd p99: below 1, Lockstep's tail is shorter.
+    p99_ratio: f64,
+}
+
+fn ratios(lockstep: &[Level], etcd: &[Level]) -> Vec<Ratio> {
+    let divide = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    lockstep
+        .iter()
+        .zip(etcd)
+        .map(|(l, e)| Ratio {
+            concurrency: l.concurrency,
+            offered_per_second: l.offered_per_second,
+            throughput_ratio: divide(l.ops_per_second, e.ops_per_second),
+            p50_ratio: divide(l.p50_us as f64, e.p50_us as f64),
+            p99_ratio: divide(l.p99_us as f64, e.p99_us as f64),
         })
+        .collect()
+}
+
+/// The whole run, as written to --json.
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    scenario: Scenario,
+    mode: Mode,
+    /// The Lockstep system under test, e.g. "3 node(s), durable RocksDB, loopback".
+    setup: String,
+    /// What one operation is.
+    operation: String,
+    /// Open loop: most units of work in flight at once.
+    in_flight_max: Option<usize>,
+    lockstep: Vec<Level>,
+    baseline: Option<Baseline>,
+    /// Bytes of each etcd put's value: the size of the scenario's JSON payload.
+    etcd_value_bytes: Option<usize>,
+    etcd: Option<Vec<Level>>,
+    ratios: Option<Vec<Ratio>>,
+}
+
+fn print_levels(system: &str, mode: Mode, levels: &[Level]) {
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!("\n{system}\n");
+    match mode {
+        Mode::Closed => {
+            println!("| clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |");
+            println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        }
+        Mode::Open => {
+            println!(
+                "| offered ops/s | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | late | dropped |"
+            );
+            println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        }
+    }
+    for l in levels {
+        let first = match mode {
+            Mode::Closed => l.concurrency.to_string(),
+            Mode::Open => format!("{:.0}", l.offered_per_second),
+        };
+        let mut row = format!(
+            "| {first} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            l.ops_per_second,
+            ms(l.p50_us),
+            ms(l.p90_us),
+            ms(l.p99_us),
+            ms(l.p999_us),
+            ms(l.max_us),
+            l.errors
+        );
+        if mode == Mode::Open {
+            row.push_str(&format!(" {} | {} |", l.late, l.dropped));
+        }
+        println!("{row}");
+    }
+}
+
+fn print_ratios(mode: Mode, ratios: &[Ratio]) {
+    println!(
+        "\nLockstep / etcd (throughput: above 1 is better for Lockstep; latency: below 1 is better)\n"
+    );
+    let first = match mode {
+        Mode::Closed => "clients",
+        Mode::Open => "offered ops/s",
     };
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-    let mut errors = 0;
-    for t in tasks {
-        let (h, e) = t.await.expect("client task");
-        all.add(h).expect("same bounds");
-        errors += e;
+    println!("| {first} | throughput ratio | p50 ratio | p99 ratio |");
+    println!("|---:|---:|---:|---:|");
+    for r in ratios {
+        let level = match mode {
+            Mode::Closed => r.concurrency.to_string(),
+            Mode::Open => format!("{:.0}", r.offered_per_second),
+        };
+        println!(
+            "| {level} | {:.2} | {:.2} | {:.2} |",
+            r.throughput_ratio, r.p50_ratio, r.p99_ratio
+        );
     }
-    let _ = ticker.await;
-    let seconds = duration.as_secs_f64();
-    Level {
-        concurrency,
-        operations: all.len(),
-        errors,
-        seconds,
-        ops_per_second: all.len() as f64 / seconds,
-        p50_us: all.value_at_quantile(0.50),
-        p90_us: all.value_at_quantile(0.90),
-        p99_us: all.value_at_quantile(0.99),
-        p999_us: all.value_at_quantile(0.999),
-        max_us: all.max(),
+}
+
+/// Writes the report to --json and the plot to --plot (or next to --json).
+fn write_outputs(args: &Args, report: &Report) -> anyhow::Result<()> {
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(report)?)
+            .with_context(|| format!("writing the JSON report to {}", path.display()))?;
+        println!("\nJSON report: {}", path.display());
     }
+    let plot_path = args
+        .plot
+        .clone()
+        .or_else(|| args.json.as_ref().map(|j| j.with_extension("svg")));
+    if let Some(path) = plot_path {
+        let mut series = vec![plot::Series {
+            name: "Lockstep",
+            levels: &report.lockstep,
+        }];
+        if let Some(etcd) = &report.etcd {
+            series.push(plot::Series {
+                name: "etcd (puts)",
+                levels: etcd,
+            });
+        }
+        let x_label = match report.mode {
+            Mode::Closed => "concurrent clients",
+            Mode::Open => "offered operations/s",
+        };
+        let title = format!(
+            "lockstep-bench {}, {} loop: {}",
+            format!("{:?}", report.scenario).to_lowercase(),
+            if report.mode == Mode::Closed {
+                "closed"
+            } else {
+                "open"
+            },
+            report.setup
+        );
+        std::fs::write(&path, plot::svg(&title, x_label, &series))
+            .with_context(|| format!("writing the plot to {}", path.display()))?;
+        println!("plot: {}", path.display());
+    }
+    Ok(())
+}
+
+/// Checks the combination of flags before anything starts.
+fn check(args: &Args) -> anyhow::Result<()> {
+    if args.endpoints.is_empty() && ![1, 3, 5].contains(&args.nodes) {
+        bail!(
+            "--nodes {} is not supported: give 1, 3 or 5 (or target a running cluster with --endpoints)",
+            args.nodes
+        );
+    }
+    match args.mode {
+        Mode::Open if args.rate.is_empty() => {
+            bail!(
+                "--mode open needs the arrival rate: e.g. `--rate 200/s` (or a sweep, `--rate 100/s,200/s`)"
+            )
+        }
+        Mode::Closed if !args.rate.is_empty() => {
+            bail!(
+                "--rate is for the open loop: add `--mode open`, or sweep clients with --concurrency"
+            )
+        }
+        _ => {}
+    }
+    if args.concurrency.contains(&0) {
+        bail!(
+            "--concurrency 0: every level needs at least one client, e.g. `--concurrency 1,16,64`"
+        );
+    }
+    let request_response = matches!(
+        args.scenario,
+        Scenario::Transitions | Scenario::Reads | Scenario::Events
+    );
+    if args.mode == Mode::Open && !request_response {
+        bail!(
+            "--mode open is for the transitions, reads and events scenarios; {:?} paces itself (use --concurrency)",
+            args.scenario
+        );
+    }
+    if args.baseline.is_some() && !matches!(args.scenario, Scenario::Transitions | Scenario::Events)
+    {
+        bail!(
+            "--baseline etcd compares replicated writes with etcd puts: use it with --scenario transitions or events"
+        );
+    }
+    if args.etcd.is_some() && args.baseline.is_none() {
+        bail!("--etcd names the binary of the etcd baseline: add `--baseline etcd`");
+    }
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let duration = parse_duration(&args.duration)?;
-    let warmup = parse_duration(&args.warmup)?;
+    check(&args)?;
+    let window = Window {
+        warmup: parse_duration(&args.warmup)?,
+        duration: parse_duration(&args.duration)?,
+    };
+    // Find (or install) etcd before starting anything, so a missing package fails fast.
+    let etcd_binary = match args.baseline {
+        Some(Baseline::Etcd) => Some(etcd::binary(args.etcd.as_deref())?),
+        None => None,
+    };
     let (mut cluster, endpoints) = if args.endpoints.is_empty() {
-        if ![1, 3, 5].contains(&args.nodes) {
-            bail!("--nodes must be 1, 3 or 5");
-        }
         let binary = args.lockstepd.clone().unwrap_or_else(|| {
             std::env::current_exe()
                 .expect("current exe")
                 .with_file_name("lockstepd")
         });
+        if !binary.is_file() {
+            bail!(
+                "no lockstepd at {}: build it with `cargo build --release --workspace --bins`, pass --lockstepd PATH, or target a running cluster with --endpoints",
+                binary.display()
+            );
+        }
         let (c, e) = start_cluster(args.nodes, &binary)?;
         (Some(c), e)
     } else {
@@ -255,11 +504,134 @@ async fn main() -> anyhow::Result<()> {
         )
         .map_err(anyhow::Error::msg)?,
     );
-    // Wait for a leader, then apply the workflow.
+    apply_purchase_order(&client).await?;
+    match args.scenario {
+        Scenario::Timers => {
+            return timers::run(&endpoints, cluster.as_mut(), args.timers, &args.concurrency).await;
+        }
+        Scenario::Tasks => {
+            return tasks::run(
+                &endpoints,
+                &args.concurrency,
+                window.warmup,
+                window.duration,
+                args.json.as_deref(),
+            )
+            .await;
+        }
+        Scenario::Transitions | Scenario::Reads | Scenario::Events => {}
+    }
+    let plan = Plan {
+        mode: args.mode,
+        concurrency: args.concurrency.clone(),
+        rates: args.rate.clone(),
+        window,
+    };
+    let setup = if args.endpoints.is_empty() {
+        format!("{} node(s), durable RocksDB, loopback", args.nodes)
+    } else {
+        format!("{} endpoint(s)", endpoints.len())
+    };
+    // Each scenario: its workload, what one operation is, operations per unit of work, and
+    // the byte size of its JSON payload (the etcd baseline's value size).
+    let (lockstep, operation, operations_per_unit, payload_bytes) = match args.scenario {
+        Scenario::Transitions => {
+            let w = Arc::new(scenarios::Transitions {
+                client: Arc::clone(&client),
+            });
+            (
+                sweep("lockstep", w, &plan, 1.0, 2.0).await,
+                "one audited, replicated write: a create or a `submit` of a purchase order (a unit of work is both)".to_string(),
+                2.0,
+                scenarios::purchase_order_data().to_string().len(),
+            )
+        }
+        Scenario::Reads => {
+            let consistency = match args.read_consistency {
+                Consistency::Linearizable => pb::ReadConsistency::Linearizable,
+                Consistency::Stale => pb::ReadConsistency::Stale,
+            };
+            let w = Arc::new(
+                scenarios::Reads::new(Arc::clone(&client), args.write_fraction, consistency)
+                    .await?,
+            );
+            (
+                sweep("lockstep", w, &plan, 1.0, 1.0).await,
+                format!(
+                    "one request: a {:?} read (9 gets by id to 1 list of 20) or, for {:.0}% of them, a create",
+                    args.read_consistency,
+                    args.write_fraction * 100.0
+                )
+                .to_lowercase(),
+                1.0,
+                scenarios::purchase_order_data().to_string().len(),
+            )
+        }
+        Scenario::Events => {
+            let w = Arc::new(scenarios::Events::new(&endpoints).await?);
+            (
+                sweep("lockstep", w, &plan, 1.0, 1.0).await,
+                "one inbound event routed by (workflow, business key), taking an audited `on:` transition".to_string(),
+                1.0,
+                serde_json::json!({}).to_string().len(),
+            )
+        }
+        Scenario::Tasks | Scenario::Timers => unreachable!("handled above"),
+    };
+    let mut report = Report {
+        scenario: args.scenario,
+        mode: args.mode,
+        setup,
+        operation,
+        in_flight_max: (args.mode == Mode::Open).then_some(load::IN_FLIGHT_MAX),
+        lockstep,
+        baseline: args.baseline,
+        etcd_value_bytes: None,
+        etcd: None,
+        ratios: None,
+    };
+    if let Some(binary) = etcd_binary {
+        // The two systems never run at once: they would share the same two cores.
+        drop(cluster.take());
+        let etcd_cluster = etcd::start(&binary).await?;
+        let put = Arc::new(etcd::Put::connect(&etcd_cluster, 0)?.with_value_bytes(payload_bytes));
+        // In open loop etcd gets the same offered operations per second as Lockstep.
+        let levels = sweep("etcd", put, &plan, operations_per_unit, 1.0).await;
+        drop(etcd_cluster);
+        report.ratios = Some(ratios(&report.lockstep, &levels));
+        report.etcd = Some(levels);
+        report.etcd_value_bytes = Some(payload_bytes);
+    }
+    println!(
+        "\n{}; {} loop; each operation is {}",
+        report.setup,
+        if args.mode == Mode::Closed {
+            "closed"
+        } else {
+            "open"
+        },
+        report.operation
+    );
+    print_levels("Lockstep", args.mode, &report.lockstep);
+    if let (Some(etcd), Some(ratios)) = (&report.etcd, &report.ratios) {
+        print_levels(
+            &format!(
+                "etcd: 3 node(s), durable (WAL fsync), loopback; each operation is one put of a {payload_bytes}-byte value"
+            ),
+            args.mode,
+            etcd,
+        );
+        print_ratios(args.mode, ratios);
+    }
+    write_outputs(&args, &report)
+}
+
+/// Waits for a leader, then applies examples/workflows/purchase-order.yaml.
+async fn apply_purchase_order(client: &Client) -> anyhow::Result<()> {
     let po = include_str!("../../examples/workflows/purchase-order.yaml");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match client
+        let applied = client
             .apply_definition(
                 &request_id(),
                 po,
@@ -269,70 +641,50 @@ async fn main() -> anyhow::Result<()> {
                     path: "purchase-order.yaml".into(),
                 },
             )
-            .await
-        {
-            Ok(_) => break,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
+            .await;
+        match applied {
+            Ok(_) => return Ok(()),
+            Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(e) => bail!("the cluster did not accept the workflow: {e}"),
+            Err(e) => bail!(
+                "the cluster did not accept the purchase-order workflow within 30 s: {e}; with a local cluster, see the node logs (RUST_LOG=warn) or run lockstepd by hand"
+            ),
         }
     }
-    if args.scenario == "timers" {
-        return timers::run(&endpoints, cluster.as_mut(), args.timers, &args.concurrency).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Args {
+        Args::parse_from(std::iter::once("lockstep-bench").chain(line.split_whitespace()))
     }
-    if args.scenario == "tasks" {
-        return tasks::run(
-            &endpoints,
-            &args.concurrency,
-            warmup,
-            duration,
-            args.json.as_deref(),
-        )
-        .await;
-    }
-    let mut levels = Vec::new();
-    for &c in &args.concurrency {
-        let total = (warmup + duration).as_millis() as u64;
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg:>18} [{bar:40}] {elapsed}/{duration}")
-                .expect("template")
-                .progress_chars("=> "),
-        );
-        bar.set_message(format!("concurrency {c}"));
-        let level = run_level(Arc::clone(&client), c, warmup, duration, &bar).await;
-        bar.finish_and_clear();
-        levels.push(level);
-    }
-    println!(
-        "\n{} node(s), durable RocksDB, loopback; each operation is one audited, replicated write (create or submit)\n",
-        if args.endpoints.is_empty() {
-            args.nodes.to_string()
-        } else {
-            format!("{} endpoint(s)", endpoints.len())
+
+    #[test]
+    fn flag_combinations() {
+        assert!(check(&args("--mode open --rate 200/s")).is_ok());
+        assert!(check(&args("--baseline etcd --concurrency 1,16")).is_ok());
+        assert!(check(&args("--scenario events --baseline etcd")).is_ok());
+        let refused = [
+            "--mode open",
+            "--rate 100/s",
+            "--nodes 2",
+            "--concurrency 0,4",
+            "--scenario tasks --mode open --rate 10/s",
+            "--scenario reads --baseline etcd",
+            "--etcd /usr/bin/etcd",
+        ];
+        for line in refused {
+            assert!(check(&args(line)).is_err(), "{line}");
         }
-    );
-    println!("| clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for l in &levels {
-        let ms = |us: u64| us as f64 / 1000.0;
-        println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
-            l.concurrency,
-            l.ops_per_second,
-            ms(l.p50_us),
-            ms(l.p90_us),
-            ms(l.p99_us),
-            ms(l.p999_us),
-            ms(l.max_us),
-            l.errors
-        );
     }
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&levels)?)?;
-        println!("\nJSON report: {}", path.display());
+
+    #[test]
+    fn fractions_are_checked() {
+        assert_eq!(parse_fraction("0.25"), Ok(0.25));
+        assert!(parse_fraction("1.5").is_err());
+        assert!(parse_fraction("ten").is_err());
     }
-    Ok(())
 }

@@ -1,0 +1,284 @@
+//! The load drivers shared by every request/response scenario and by the etcd baseline.
+//!
+//! A [`Workload`] runs one unit of work (e.g. create + submit, one etcd put, one read) and
+//! returns the latency of each request it made. Two drivers run it:
+//!
+//! - [`closed`]: N clients, each starting its next unit when the previous one ends. Latency is
+//!   measured from the actual send.
+//! - [`open`]: units arrive on a fixed schedule (`rate` per second) whatever the system does.
+//!   Latency is measured from the *intended* send time, so a stall shows up in every request
+//!   it delayed (no coordinated omission). At most [`IN_FLIGHT_MAX`] units run at once; an
+//!   arrival that finds the bound reached waits for a slot (counted `late`, its wait is part of
+//!   its latency), and arrivals still waiting when the measured window ends are `dropped`.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// Most units of work in flight at once in open-loop mode. High enough that a healthy
+/// cluster never reaches it at the rates a 2-core machine sustains; low enough that an
+/// overloaded one is not buried under an unbounded backlog of requests and tasks.
+pub(crate) const IN_FLIGHT_MAX: usize = 4096;
+
+/// Highest latency a histogram records (60 s); slower requests are counted at this value.
+const LATENCY_US_MAX: u64 = 60_000_000;
+
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("histogram bounds")
+}
+
+fn record(h: &mut Histogram<u64>, latency: Duration) {
+    let us = u64::try_from(latency.as_micros()).unwrap_or(LATENCY_US_MAX);
+    h.saturating_record(us.clamp(1, LATENCY_US_MAX));
+}
+
+/// What one unit of work did: the latency of each request that succeeded, and how many
+/// requests failed.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub(crate) latencies: Vec<Duration>,
+    pub(crate) errors: u64,
+}
+
+/// One scenario's unit of work against one system.
+pub(crate) trait Workload: Send + Sync + 'static {
+    /// Runs unit number `sequence`. `start` is when it was meant to start (open loop) or
+    /// started (closed loop); the first request's latency is measured from it.
+    fn run_once(&self, sequence: u64, start: Instant) -> impl Future<Output = Outcome> + Send;
+}
+
+/// The measured figures of one level of a sweep.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Level {
+    /// Closed loop: concurrent clients. Open loop: 0.
+    pub(crate) concurrency: usize,
+    /// Open loop: offered units of work per second. Closed loop: 0.
+    pub(crate) offered_per_second: f64,
+    pub(crate) operations: u64,
+    pub(crate) errors: u64,
+    /// Open loop: arrivals that found IN_FLIGHT_MAX units in flight and waited for a slot.
+    pub(crate) late: u64,
+    /// Open loop: arrivals never sent because the window ended while they waited.
+    pub(crate) dropped: u64,
+    pub(crate) seconds: f64,
+    pub(crate) ops_per_second: f64,
+    pub(crate) p50_us: u64,
+    pub(crate) p90_us: u64,
+    pub(crate) p99_us: u64,
+    pub(crate) p999_us: u64,
+    pub(crate) max_us: u64,
+}
+
+impl Level {
+    fn new(h: &Histogram<u64>, errors: u64, duration: Duration) -> Level {
+        let seconds = duration.as_secs_f64();
+        Level {
+            concurrency: 0,
+            offered_per_second: 0.0,
+            operations: h.len(),
+            errors,
+            late: 0,
+            dropped: 0,
+            seconds,
+            ops_per_second: h.len() as f64 / seconds,
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+/// The measured window of one level: warm-up, then `duration`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub(crate) warmup: Duration,
+    pub(crate) duration: Duration,
+}
+
+/// A progress bar over one level's warm-up and measured time.
+pub(crate) fn progress_bar(window: Window, message: String) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new((window.warmup + window.duration).as_millis() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>24} [{bar:40}] {elapsed}/{duration}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
+}
+
+fn tick(bar: &indicatif::ProgressBar, start: Instant, end: Instant) -> tokio::task::JoinHandle<()> {
+    let bar = bar.clone();
+    tokio::spawn(async move {
+        while Instant::now() < end {
+            bar.set_position(start.elapsed().as_millis() as u64);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// Closed loop: `concurrency` clients each run units back to back. A unit counts when it
+/// started after the warm-up and ended inside the window.
+pub(crate) async fn closed<W: Workload>(
+    workload: Arc<W>,
+    concurrency: usize,
+    window: Window,
+    bar: &indicatif::ProgressBar,
+) -> Level {
+    let start = Instant::now();
+    let measure_from = start + window.warmup;
+    let end = measure_from + window.duration;
+    let mut clients = Vec::with_capacity(concurrency);
+    for client in 0..concurrency {
+        let workload = Arc::clone(&workload);
+        clients.push(tokio::spawn(async move {
+            let (mut h, mut errors) = (histogram(), 0u64);
+            // Sequences interleave across clients, so client c runs c, c + N, c + 2N, ...
+            let mut sequence = client as u64;
+            while Instant::now() < end {
+                let t0 = Instant::now();
+                let outcome = workload.run_once(sequence, t0).await;
+                sequence += concurrency as u64;
+                if t0 >= measure_from && Instant::now() <= end {
+                    for l in outcome.latencies {
+                        record(&mut h, l);
+                    }
+                    errors += outcome.errors;
+                }
+            }
+            (h, errors)
+        }));
+    }
+    let ticker = tick(bar, start, end);
+    let (mut all, mut errors) = (histogram(), 0);
+    for c in clients {
+        let (h, e) = c.await.expect("client task");
+        all.add(h).expect("same bounds");
+        errors += e;
+    }
+    let _ = ticker.await;
+    let mut level = Level::new(&all, errors, window.duration);
+    level.concurrency = concurrency;
+    level
+}
+
+/// Open loop: units arrive every `1 / rate` seconds; each is measured from its intended start.
+pub(crate) async fn open<W: Workload>(
+    workload: Arc<W>,
+    rate: f64,
+    window: Window,
+    bar: &indicatif::ProgressBar,
+) -> Level {
+    assert!(rate > 0.0, "the rate is checked when parsing");
+    let start = Instant::now();
+    let measure_from = start + window.warmup;
+    let end = measure_from + window.duration;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MAX));
+    let measured = Arc::new(Mutex::new((histogram(), 0u64)));
+    let ticker = tick(bar, start, end);
+    let (mut late, mut dropped) = (0u64, 0u64);
+    let mut units = tokio::task::JoinSet::new();
+    let mut sequence = 0u64;
+    loop {
+        let intended = start + interval.mul_f64(sequence as f64);
+        if intended >= end {
+            break;
+        }
+        tokio::time::sleep_until(intended.into()).await;
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if intended >= measure_from {
+                    late += 1;
+                }
+                let wait = Arc::clone(&slots).acquire_owned();
+                match tokio::time::timeout_at(end.into(), wait).await {
+                    Ok(slot) => slot.expect("the semaphore is never closed"),
+                    Err(_) => {
+                        // Every arrival from here to the end of the window is never sent.
+                        let remaining = end.saturating_duration_since(intended);
+                        dropped += (remaining.as_secs_f64() * rate).ceil() as u64;
+                        break;
+                    }
+                }
+            }
+        };
+        let (workload, measured) = (Arc::clone(&workload), Arc::clone(&measured));
+        units.spawn(async move {
+            let outcome = workload.run_once(sequence, intended).await;
+            drop(slot);
+            if intended >= measure_from {
+                let mut m = measured.lock().expect("histogram lock");
+                for l in outcome.latencies {
+                    record(&mut m.0, l);
+                }
+                m.1 += outcome.errors;
+            }
+        });
+        // Reap finished units so the set stays as small as what is in flight.
+        while units.try_join_next().is_some() {}
+        sequence += 1;
+    }
+    // Units that arrived inside the window count even when they finish after it: leaving
+    // them out would hide exactly the slow ones.
+    while units.join_next().await.is_some() {}
+    let _ = ticker.await;
+    let m = measured.lock().expect("histogram lock");
+    let mut level = Level::new(&m.0, m.1, window.duration);
+    level.offered_per_second = rate;
+    level.late = late;
+    level.dropped = dropped;
+    level
+}
+
+/// A cheap, deterministic hash of a unit's sequence number (splitmix64), for choosing an
+/// operation or a target reproducibly without a random number generator.
+pub(crate) fn mix(sequence: u64) -> u64 {
+    let mut z = sequence.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Parses an open-loop rate: `500`, `500/s` or `500/sec`.
+pub(crate) fn parse_rate(text: &str) -> Result<f64, String> {
+    let number = text
+        .trim()
+        .trim_end_matches("/sec")
+        .trim_end_matches("/s")
+        .trim();
+    match number.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1_000_000.0 => Ok(r),
+        _ => Err(format!(
+            "`{text}` is not a rate: give units of work per second between 0 and 1000000, e.g. `--rate 500/s` (a list sweeps: `--rate 100/s,200/s,400/s`)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_with_or_without_unit() {
+        assert_eq!(parse_rate("500/s"), Ok(500.0));
+        assert_eq!(parse_rate("250"), Ok(250.0));
+        assert_eq!(parse_rate("0.5/sec"), Ok(0.5));
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("-3").is_err());
+    }
+
+    #[test]
+    fn mix_spreads_consecutive_sequences() {
+        let buckets = (0..10_000u64)
+            .filter(|s| mix(*s).is_multiple_of(10))
+            .count();
+        assert!((800..1200).contains(&buckets), "{buckets}");
+    }
+}

@@ -1,0 +1,255 @@
+//! The request/response scenarios against Lockstep, as [`Workload`]s for the closed- and
+//! open-loop drivers:
+//!
+//! - `transitions`: create a purchase-order instance, then take `submit` (two audited,
+//!   replicated writes, each recorded as one operation).
+//! - `reads`: a read mix over a pool of purchase orders, `get` by id and `list`, with a
+//!   configurable fraction of writes (creates).
+//! - `events`: inbound events routed by (workflow, business key) to a pool of instances, each
+//!   taking the transition declared with `on:` (as `portal.document_uploaded` does in
+//!   examples/workflows/customer-onboarding.yaml).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use lockstep_client::{Client, Error, Identity, Options, by_id, by_key, pb, request_id};
+use lockstep_core::ActorKind;
+
+use crate::load::{Outcome, Workload, mix};
+
+/// The purchase-order instance data of every create: the Lockstep "payload" whose size the
+/// etcd baseline's values copy.
+pub(crate) fn purchase_order_data() -> serde_json::Value {
+    serde_json::json!({"amount": 100, "requester": "alice"})
+}
+
+/// Instances the `reads` and `events` scenarios spread their requests over.
+const POOL_INSTANCES: usize = 512;
+/// Concurrent creates while filling a pool.
+const POOL_FILL_CLIENTS: usize = 16;
+/// `reads`: one `list` per this many reads; the others are `get` by id.
+const READS_PER_LIST: u64 = 10;
+/// `reads`: instances per `list` page.
+const LIST_PAGE_SIZE: u32 = 20;
+/// Fractions are applied per ten thousand units.
+const FRACTION_SCALE: u64 = 10_000;
+
+fn outcome(results: &[(Instant, Instant, bool)]) -> Outcome {
+    let mut o = Outcome::default();
+    for (from, to, ok) in results {
+        if *ok {
+            o.latencies.push(*to - *from);
+        } else {
+            o.errors += 1;
+        }
+    }
+    o
+}
+
+fn one<T>(start: Instant, result: &Result<T, Error>) -> Outcome {
+    outcome(&[(start, Instant::now(), result.is_ok())])
+}
+
+/// `transitions`: create, then `submit`.
+#[derive(Debug)]
+pub(crate) struct Transitions {
+    pub(crate) client: Arc<Client>,
+}
+
+impl Workload for Transitions {
+    async fn run_once(&self, _sequence: u64, start: Instant) -> Outcome {
+        let created = self
+            .client
+            .create(
+                &request_id(),
+                "purchase-order",
+                None,
+                &purchase_order_data(),
+            )
+            .await;
+        let t1 = Instant::now();
+        let Ok(c) = created else {
+            return outcome(&[(start, t1, false)]);
+        };
+        let submitted = self
+            .client
+            .transition(
+                &request_id(),
+                by_id(&c.instance_id),
+                "submit",
+                &serde_json::Value::Null,
+                None,
+            )
+            .await;
+        outcome(&[(start, t1, true), (t1, Instant::now(), submitted.is_ok())])
+    }
+}
+
+/// Creates `count` instances of `workflow` (keys `<prefix>-<n>` when `prefix` is given) and
+/// returns their ids.
+async fn fill_pool(
+    client: &Arc<Client>,
+    workflow: &'static str,
+    data: serde_json::Value,
+    key_prefix: Option<&'static str>,
+) -> anyhow::Result<Vec<String>> {
+    let mut fillers = tokio::task::JoinSet::new();
+    for filler in 0..POOL_FILL_CLIENTS {
+        let (client, data) = (Arc::clone(client), data.clone());
+        fillers.spawn(async move {
+            let mut ids = Vec::new();
+            for n in (filler..POOL_INSTANCES).step_by(POOL_FILL_CLIENTS) {
+                let key = key_prefix.map(|p| format!("{p}-{n}"));
+                let c = client
+                    .create(&request_id(), workflow, key.as_deref(), &data)
+                    .await?;
+                ids.push(c.instance_id);
+            }
+            Ok::<_, Error>(ids)
+        });
+    }
+    let mut ids = Vec::with_capacity(POOL_INSTANCES);
+    while let Some(joined) = fillers.join_next().await {
+        ids.extend(joined??);
+    }
+    Ok(ids)
+}
+
+/// `reads`: `get` and `list` of purchase orders, with `write_fraction` of units creating one.
+#[derive(Debug)]
+pub(crate) struct Reads {
+    client: Arc<Client>,
+    pool: Vec<String>,
+    writes_per_scale: u64,
+    consistency: pb::ReadConsistency,
+}
+
+impl Reads {
+    pub(crate) async fn new(
+        client: Arc<Client>,
+        write_fraction: f64,
+        consistency: pb::ReadConsistency,
+    ) -> anyhow::Result<Reads> {
+        assert!(
+            (0.0..=1.0).contains(&write_fraction),
+            "checked when parsing"
+        );
+        let pool = fill_pool(&client, "purchase-order", purchase_order_data(), None).await?;
+        Ok(Reads {
+            client,
+            pool,
+            writes_per_scale: (write_fraction * FRACTION_SCALE as f64).round() as u64,
+            consistency,
+        })
+    }
+}
+
+impl Workload for Reads {
+    async fn run_once(&self, sequence: u64, start: Instant) -> Outcome {
+        let choice = mix(sequence);
+        if choice % FRACTION_SCALE < self.writes_per_scale {
+            let created = self
+                .client
+                .create(
+                    &request_id(),
+                    "purchase-order",
+                    None,
+                    &purchase_order_data(),
+                )
+                .await;
+            return one(start, &created);
+        }
+        if (choice >> 32).is_multiple_of(READS_PER_LIST) {
+            let listed = self
+                .client
+                .list(pb::ListInstancesRequest {
+                    workflow: "purchase-order".into(),
+                    page_size: LIST_PAGE_SIZE,
+                    consistency: self.consistency as i32,
+                    ..Default::default()
+                })
+                .await;
+            return one(start, &listed);
+        }
+        let id = &self.pool[((choice >> 16) % self.pool.len() as u64) as usize];
+        let got = self.client.get(by_id(id), self.consistency).await;
+        one(start, &got)
+    }
+}
+
+/// The `events` scenario's workflow: every `bench.delivered` event takes `delivered`, which
+/// stays in `listening`, so one instance receives any number of events. Modeled on
+/// customer-onboarding's `info_uploaded` (`on:` an event, allowed to service actors).
+pub(crate) const EVENTS_WORKFLOW: &str = r#"
+workflow: bench-events
+data: { type: object }
+states:
+  listening: { initial: true }
+  closed: { terminal: true }
+transitions:
+  delivered: { from: listening, to: listening, on: bench.delivered, allow: "actor.kind == 'service'" }
+  close: { from: listening, to: closed, allow: "actor.kind == 'service'" }
+"#;
+const EVENTS_KEY_PREFIX: &str = "bench-key";
+
+/// `events`: each unit sends `bench.delivered` to one instance, addressed by its business key.
+#[derive(Debug)]
+pub(crate) struct Events {
+    client: Arc<Client>,
+    keys: usize,
+}
+
+impl Events {
+    /// Applies the workflow and creates the keyed instances, as a service actor (events come
+    /// from systems, and the workflow allows only service actors to deliver them).
+    pub(crate) async fn new(endpoints: &[String]) -> anyhow::Result<Events> {
+        let client = Arc::new(
+            Client::new(
+                endpoints,
+                Some(Identity::new("bench-feed", ActorKind::Service, &[])),
+                Options::default(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        );
+        client
+            .apply_definition(&request_id(), EVENTS_WORKFLOW, pb::Provenance::default())
+            .await?;
+        // Instances from an earlier run against the same cluster keep their keys: reuse them.
+        let exists = client
+            .get(
+                by_key("bench-events", &format!("{EVENTS_KEY_PREFIX}-0")),
+                pb::ReadConsistency::Linearizable,
+            )
+            .await
+            .is_ok();
+        if !exists {
+            fill_pool(
+                &client,
+                "bench-events",
+                serde_json::json!({}),
+                Some(EVENTS_KEY_PREFIX),
+            )
+            .await?;
+        }
+        Ok(Events {
+            client,
+            keys: POOL_INSTANCES,
+        })
+    }
+}
+
+impl Workload for Events {
+    async fn run_once(&self, sequence: u64, start: Instant) -> Outcome {
+        let key = format!("{EVENTS_KEY_PREFIX}-{}", mix(sequence) % self.keys as u64);
+        let sent = self
+            .client
+            .send_event(
+                &request_id(),
+                by_key("bench-events", &key),
+                "bench.delivered",
+                &serde_json::json!({}),
+            )
+            .await;
+        one(start, &sent)
+    }
+}
