@@ -32,9 +32,7 @@ pub fn libfaketime() -> Option<PathBuf> {
 const SLOWDISK_SO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libslowdisk.so"));
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    lockstep_client::loopback::free_port()
 }
 
 #[derive(Debug)]

@@ -21,11 +21,7 @@ fn lockstepd() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    lockstep_client::loopback::free_port().expect("a free loopback port")
 }
 
 struct Node(Child);

@@ -18,6 +18,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+pub mod loopback;
 pub mod worker;
 
 /// Who the client says it acts as, in the `x-lockstep-actor*` headers. Only a development-mode

@@ -14,11 +14,7 @@ use lockstep_client::{Client, Error, Identity, Options, by_key, pb, request_id};
 use lockstep_core::{ActorKind, RefusalCode};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    lockstep_client::loopback::free_port().expect("a free loopback port")
 }
 
 fn admin() -> Identity {

@@ -37,11 +37,7 @@ fn lockstepd() -> PathBuf {
 
 /// A port nothing listens on (bound, then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    lockstep_client::loopback::free_port().expect("a free loopback port")
 }
 
 /// Kills the node when its stdin (a pipe from the test process) closes, then removes the

@@ -166,11 +166,7 @@ pub fn sign_with(key: &rcgen::KeyPair, claims: &serde_json::Value) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    lockstep_client::loopback::free_port().expect("a free loopback port")
 }
 
 impl Cluster {
