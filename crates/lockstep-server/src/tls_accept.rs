@@ -67,6 +67,8 @@ pub fn incoming(
                 },
                 _ = tx.closed() => return,
             };
+            // No Nagle delay on small responses (tonic sets this only on sockets it accepts).
+            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let node = Arc::clone(&node);

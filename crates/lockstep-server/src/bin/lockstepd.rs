@@ -183,7 +183,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
             shutdown,
         )),
         None => tokio::spawn(server.serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |accepted| {
+                    accepted.inspect(|tcp| {
+                        // tonic sets TCP_NODELAY only for sockets it accepts itself.
+                        let _ = tcp.set_nodelay(true);
+                    })
+                },
+            ),
             shutdown,
         )),
     };
