@@ -168,23 +168,18 @@ fn install_from_file<S: Store>(
         batch.delete_range(family, Vec::new(), vec![0xff; 64]);
     }
     let mut pending = 0usize;
-    let mut failed = None;
     snapshot_file::read_each(BufReader::new(file), |family, k, v| {
         pending += k.len() + v.len();
         batch.put(family, k, v);
         if pending >= INSTALL_BATCH_BYTES {
-            if let Err(e) = store.write(std::mem::take(&mut batch), Durability::Buffered) {
-                failed = Some(e.to_string());
-                return Err(std::io::Error::other("store write failed"));
-            }
+            store
+                .write(std::mem::take(&mut batch), Durability::Buffered)
+                .map_err(std::io::Error::other)?;
             pending = 0;
         }
         Ok(())
     })
-    .map_err(|e| match failed.take() {
-        Some(f) => lockstep_store::Error::Invalid(f),
-        None => invalid(e),
-    })?;
+    .map_err(invalid)?;
     batch.delete(Family::RaftMeta, INSTALLING);
     dir.record(store, stored, batch)?;
     Ok(())
@@ -293,21 +288,16 @@ impl<S: Store> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<S> {
         // describe exactly the state the file holds.
         let view = lockstep_store::MemStore::new();
         let mut metas = Batch::default();
-        let mut write_failed = None;
         self.store
             .export_each(&Family::STATE, &mut |family, k, v| {
                 if family == Family::Meta {
                     metas.put(family, k.to_vec(), v.to_vec());
                 }
-                writer.record(family, k, v).map_err(|e| {
-                    write_failed = Some(e.to_string());
-                    lockstep_store::Error::Invalid(e.to_string())
-                })
+                writer
+                    .record(family, k, v)
+                    .map_err(|e| lockstep_store::Error::Invalid(e.to_string()))
             })
             .map_err(snapshot_write_err)?;
-        if let Some(e) = write_failed {
-            return Err(snapshot_write_err(std::io::Error::other(e)));
-        }
         let (out, bytes) = writer.finish().map_err(snapshot_write_err)?;
         out.into_inner()
             .map_err(|e| snapshot_write_err(e.into_error()))?

@@ -213,6 +213,11 @@ impl Node {
         (id, addr)
     }
 
+    /// The leader named by `id` and `addr`, if both are known and it is another node.
+    fn other_leader(&self, id: Option<NodeId>, addr: Option<String>) -> Option<(NodeId, String)> {
+        id.zip(addr).filter(|(id, _)| *id != self.id)
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
@@ -235,10 +240,7 @@ impl Node {
             match self.raft.client_write(proposal).await {
                 Ok(reply) => return Ok(reply.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    let leader = f
-                        .leader_id
-                        .zip(f.leader_node.map(|n| n.addr))
-                        .filter(|(id, _)| *id != self.id);
+                    let leader = self.other_leader(f.leader_id, f.leader_node.map(|n| n.addr));
                     match (forward, leader) {
                         (false, leader) => {
                             return Err(WriteError::NotLeader {
@@ -430,9 +432,10 @@ impl Node {
             + 'static,
     {
         if !self.is_leader() {
-            let (leader_id, leader_addr) = self.leader();
-            let leader = leader_id.zip(leader_addr).filter(|(id, _)| *id != self.id);
-            return self.forward_membership(forward, request, leader).await;
+            let (id, addr) = self.leader();
+            return self
+                .forward_membership(forward, request, self.other_leader(id, addr))
+                .await;
         }
         let outcome = tokio::spawn(change(self.raft.clone()))
             .await
@@ -440,18 +443,16 @@ impl Node {
         match outcome {
             Ok(()) => Ok(self.members()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let leader = f
-                    .leader_id
-                    .zip(f.leader_node.map(|n| n.addr))
-                    .filter(|(id, _)| *id != self.id);
+                let leader = self.other_leader(f.leader_id, f.leader_node.map(|n| n.addr));
                 self.forward_membership(forward, request, leader).await
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 if !self.is_leader() {
                     // Leadership moved while the change was being checked.
-                    let (leader_id, leader_addr) = self.leader();
-                    let leader = leader_id.zip(leader_addr).filter(|(id, _)| *id != self.id);
-                    return self.forward_membership(forward, request, leader).await;
+                    let (id, addr) = self.leader();
+                    return self
+                        .forward_membership(forward, request, self.other_leader(id, addr))
+                        .await;
                 }
                 match e {
                     ChangeMembershipError::InProgress(p) => Err(WriteError::Busy(format!(
