@@ -88,7 +88,9 @@ struct Args {
     /// --write-fraction creates. `events`: inbound events routed by (workflow, business key)
     /// to instances, each taking the transition declared with `on:`. `tasks`: poll -> complete
     /// round trips by N workers, and the latency from a transition to its task's delivery.
-    /// `timers`: arm --timers expiry timers, let them fire under load, kill the leader.
+    /// `timers`: measure the peak transition rate, arm --timers expiry timers (resident
+    /// memory), measure timer lateness under a load at half the peak (--duration), then let
+    /// every armed timer fall due under that load and kill the leader halfway through.
     #[arg(long, value_enum, default_value_t = Scenario::Transitions)]
     scenario: Scenario,
     /// `reads`: the fraction of units that write (create an instance) instead of reading,
@@ -100,8 +102,15 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
     read_consistency: Consistency,
     /// `timers` scenario: how many timers to arm (one state-expiry timer per instance).
+    /// The largest --concurrency is the number of clients that arm them, and --duration the
+    /// steady lateness phase, e.g. `--timers 1000000 --concurrency 32 --duration 30s`.
     #[arg(long, default_value_t = 10_000)]
     timers: usize,
+    /// `timers` scenario: the concurrent transition load (open loop) while timers fire, in
+    /// transitions per second, e.g. `--load-rate 500/s`. Default: half of the peak rate the
+    /// scenario measures first.
+    #[arg(long, value_parser = load::parse_rate)]
+    load_rate: Option<f64>,
     /// After the Lockstep sweep, run the same sweep against a 3-node durable etcd cluster on
     /// loopback (puts of a value as large as the scenario's payload) and report Lockstep/etcd
     /// ratios of throughput and p99. etcd comes from Debian's etcd-server package, installed
@@ -507,7 +516,14 @@ async fn main() -> anyhow::Result<()> {
     apply_purchase_order(&client).await?;
     match args.scenario {
         Scenario::Timers => {
-            return timers::run(&endpoints, cluster.as_mut(), args.timers, &args.concurrency).await;
+            let run = timers::TimerRun {
+                timers: args.timers,
+                creators: args.concurrency.iter().copied().max().unwrap_or(16),
+                load_rate: args.load_rate,
+                steady: window.duration,
+                json: args.json.clone(),
+            };
+            return timers::run(&endpoints, cluster.as_mut(), run).await;
         }
         Scenario::Tasks => {
             return tasks::run(
