@@ -103,20 +103,20 @@ fn install() -> anyhow::Result<()> {
     )
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Starts a 3-node etcd cluster on loopback and waits until it accepts a put.
 pub(crate) async fn start(binary: &Path) -> anyhow::Result<EtcdCluster> {
     let dir = tempfile::tempdir()?;
     let mut peer_urls = Vec::new();
     let mut client_urls = Vec::new();
     for _ in 0..NODES {
-        peer_urls.push(format!("http://127.0.0.1:{}", free_port()?));
-        client_urls.push(format!("http://127.0.0.1:{}", free_port()?));
+        peer_urls.push(format!(
+            "http://127.0.0.1:{}",
+            lockstep_client::loopback::free_port()?
+        ));
+        client_urls.push(format!(
+            "http://127.0.0.1:{}",
+            lockstep_client::loopback::free_port()?
+        ));
     }
     let initial_cluster = peer_urls
         .iter()

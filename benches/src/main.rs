@@ -178,8 +178,9 @@ impl Drop for LocalCluster {
 
 fn start_cluster(nodes: usize, binary: &PathBuf) -> anyhow::Result<(LocalCluster, Vec<String>)> {
     let dir = tempfile::tempdir()?;
+    // Below the ephemeral range, so no outgoing connection takes a port before its node binds.
     let ports: Vec<u16> = (0..nodes)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().unwrap().port()))
+        .map(|_| lockstep_client::loopback::free_port())
         .collect::<Result<_, _>>()?;
     let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let members = endpoints

@@ -1,7 +1,8 @@
 //! A Rust client for Lockstep.
 //!
 //! It connects to a list of endpoints, sends each call to the node it believes leads (learned
-//! from `NOT_LEADER` answers), and retries calls that may not have happened (`UNAVAILABLE`,
+//! from `NOT_LEADER` answers and from the `x-lockstep-leader` header a follower puts on a
+//! write it forwarded), and retries calls that may not have happened (`UNAVAILABLE`,
 //! deadlines, broken connections) with capped, jittered backoff and the *same* request id, so a
 //! retried write is applied at most once. Refusals come back as [`Error::Refused`] with the
 //! engine's [`RefusalCode`].
@@ -186,6 +187,10 @@ fn retryable(status: &Status) -> bool {
     matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted if status.get_details_error_info().is_none_or(|i| RefusalCode::parse(&i.reason).is_none()))
 }
 
+/// The response header in which a follower that forwarded a write names the leader
+/// (`lockstep_server::leader_hint`).
+const LEADER_HEADER: &str = "x-lockstep-leader";
+
 /// The leader address named in a `NOT_LEADER` answer.
 fn leader_hint(status: &Status) -> Option<String> {
     status
@@ -293,6 +298,11 @@ impl Client {
         })
     }
 
+    /// The endpoint the next call goes to first: the leader, once the client has learned it.
+    pub fn current_endpoint(&self) -> &str {
+        &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()]
+    }
+
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
     }
@@ -322,6 +332,23 @@ impl Client {
         r
     }
 
+    /// A follower that forwarded our write names the leader in `x-lockstep-leader`: when that
+    /// address is one of our endpoints, later requests go there directly (one hop fewer).
+    fn follow_leader_hint(&self, metadata: &tonic::metadata::MetadataMap, index: usize) {
+        let Some(leader) = metadata.get(LEADER_HEADER).and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        if let Some(at) = self.endpoints.iter().position(|e| e == leader)
+            && at != index
+        {
+            tracing::debug!(
+                leader,
+                "a follower forwarded our write; going to the leader"
+            );
+            self.current.store(at, Ordering::Relaxed);
+        }
+    }
+
     /// Runs `call` against the current endpoint, moving to the next (or to the named
     /// leader) and retrying while the failure is retryable.
     async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
@@ -334,7 +361,10 @@ impl Client {
         loop {
             let index = self.current.load(Ordering::Relaxed) % self.channels.len();
             let status = match call(self.channels[index].clone()).await {
-                Ok(response) => return Ok(response.into_inner()),
+                Ok(response) => {
+                    self.follow_leader_hint(response.metadata(), index);
+                    return Ok(response.into_inner());
+                }
                 Err(status) => status,
             };
             if !retryable(&status) {

@@ -153,6 +153,8 @@ impl DefinitionCache {
 struct Overlay {
     writes: BTreeMap<(Family, Vec<u8>), Option<Vec<u8>>>,
     batch: Batch,
+    /// The earliest due time (micros) of the timers this run armed.
+    earliest_armed: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -171,6 +173,12 @@ impl<'a, S: Store> Applier<'a, S> {
             cache,
             overlay: Overlay::default(),
         }
+    }
+
+    /// The earliest due time (micros) of the timers the applied entries armed, if any: the
+    /// timer service's scan of the due index must not start after it ([`crate::ArmedSince`]).
+    pub fn earliest_armed(&self) -> Option<i64> {
+        self.overlay.earliest_armed
     }
 
     /// The batch to write: everything the applied entries changed.
@@ -934,6 +942,9 @@ impl<'a, S: Store> Applier<'a, S> {
         }
         for timer in &change.timers_armed {
             self.cancel_timer(&id, &timer.id)?;
+            let due = timer.due_at.as_micros();
+            self.overlay.earliest_armed =
+                Some(self.overlay.earliest_armed.map_or(due, |e| e.min(due)));
             self.put(
                 Family::TimersDue,
                 key::timer_due(timer.due_at.as_micros(), &timer.id),

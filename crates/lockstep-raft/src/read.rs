@@ -223,21 +223,39 @@ pub fn verify_audit(store: &impl Store) -> Result<std::result::Result<u64, Broke
     Ok(Ok(checked))
 }
 
-/// Armed timers due at or before `until`, in due order.
-pub fn due_timers(store: &impl Store, until: Timestamp, limit: usize) -> Result<Vec<Timer>> {
+/// Where a scan of the due index starts: due at or after `from_micros` (`i64::MIN`: all).
+/// Starting after the timers already fired matters: their deletions stay in RocksDB as
+/// tombstones until compaction, and a scan from the start would step over every one of them.
+fn due_key(from_micros: i64) -> Vec<u8> {
+    if from_micros == i64::MIN {
+        return Vec::new();
+    }
+    let mut start = Vec::new();
+    keys::push_i64(&mut start, from_micros);
+    start
+}
+
+/// Armed timers due at or after `from_micros` and at or before `until`, in due order.
+pub fn due_timers(
+    store: &impl Store,
+    from_micros: i64,
+    until: Timestamp,
+    limit: usize,
+) -> Result<Vec<Timer>> {
     let mut end = Vec::new();
     keys::push_i64(&mut end, until.as_micros().saturating_add(1));
     decode_rows(
         Family::TimersDue,
-        store.range(Family::TimersDue, &[], Some(&end), limit)?,
+        store.range(Family::TimersDue, &due_key(from_micros), Some(&end), limit)?,
     )
 }
 
-/// The next armed timers in due order, whatever their due time.
-pub fn next_timers(store: &impl Store, limit: usize) -> Result<Vec<Timer>> {
+/// The next armed timers due at or after `from_micros`, in due order, whatever their due
+/// time (`i64::MIN`: every armed timer).
+pub fn next_timers(store: &impl Store, from_micros: i64, limit: usize) -> Result<Vec<Timer>> {
     decode_rows(
         Family::TimersDue,
-        store.range(Family::TimersDue, &[], None, limit)?,
+        store.range(Family::TimersDue, &due_key(from_micros), None, limit)?,
     )
 }
 

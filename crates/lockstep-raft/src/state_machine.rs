@@ -218,12 +218,40 @@ impl std::fmt::Debug for ApplyHook {
     }
 }
 
+/// The earliest due time of the timers armed since the timer service last looked, shared
+/// between the state machine (which notes every applied arm, after its batch is written) and
+/// the leader's timer service (which takes it before each scan of the due index). It lets the
+/// service scan from where it left off instead of from the start of the index, and still see
+/// a timer armed with an earlier due time than the ones it has reached.
+#[derive(Clone, Debug)]
+pub struct ArmedSince(Arc<std::sync::atomic::AtomicI64>);
+
+impl Default for ArmedSince {
+    fn default() -> Self {
+        ArmedSince(Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)))
+    }
+}
+
+impl ArmedSince {
+    /// Notes a timer armed with this due time (micros).
+    pub fn note(&self, due_micros: i64) {
+        self.0
+            .fetch_min(due_micros, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The earliest due time noted since the last call (`i64::MAX`: none), and forgets it.
+    pub fn take(&self) -> i64 {
+        self.0.swap(i64::MAX, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// The replicated state machine. Queries read the same store directly (see [`crate::read`]).
 #[derive(Debug)]
 pub struct StateMachine<S: Store> {
     store: Arc<S>,
     cache: DefinitionCache,
     on_apply: Option<ApplyHook>,
+    armed: ArmedSince,
     snapshots: SnapshotDir,
 }
 
@@ -255,8 +283,15 @@ impl<S: Store> StateMachine<S> {
             store,
             cache: DefinitionCache::default(),
             on_apply: None,
+            armed: ArmedSince::default(),
             snapshots,
         })
+    }
+
+    /// Notes the due time of every applied timer arm in `armed` (the timer service's).
+    pub fn with_armed_since(mut self, armed: ArmedSince) -> Self {
+        self.armed = armed;
+        self
     }
 
     /// Calls `hook` with the entry count of every apply call.
@@ -357,6 +392,7 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
             responses.push(applier.apply_entry(&entry).map_err(sm_write)?);
         }
         let count = responses.len();
+        let earliest_armed = applier.earliest_armed();
         let batch = applier.into_batch();
         if !batch.is_empty() {
             // Buffered: the synced Raft log can reproduce this batch after a crash, and the
@@ -364,6 +400,10 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
             self.store
                 .write(batch, Durability::Buffered)
                 .map_err(sm_write)?;
+        }
+        // After the write: a scan that saw the note also sees the timer.
+        if let Some(due) = earliest_armed {
+            self.armed.note(due);
         }
         if let Some(hook) = &self.on_apply {
             (hook.0)(count);

@@ -116,7 +116,7 @@ fn create_and_transition_write_instance_indexes_timers_and_audit() {
             .is_empty()
     );
     // The draft expiry was cancelled, the SLA timers armed.
-    let timers: Vec<String> = read::next_timers(&*node.store, 10)
+    let timers: Vec<String> = read::next_timers(&*node.store, i64::MIN, 10)
         .unwrap()
         .into_iter()
         .map(|t| t.id)
@@ -221,7 +221,9 @@ fn timers_fire_once_through_the_log() {
     let mut node = Node::new();
     define(&mut node);
     let id = create(&mut node, "r1", "PO-1");
-    let due = read::next_timers(&*node.store, 1).unwrap().remove(0);
+    let due = read::next_timers(&*node.store, i64::MIN, 1)
+        .unwrap()
+        .remove(0);
     let fire = Body::FireTimers {
         timers: vec![(id.clone(), due.id.clone())],
     };
@@ -243,7 +245,11 @@ fn timers_fire_once_through_the_log() {
     let last = read::history(&*node.store, &id, 10).unwrap().pop().unwrap();
     let firing = last.record.timer.unwrap();
     assert_eq!(firing.lateness_ms, 5);
-    assert!(read::next_timers(&*node.store, 10).unwrap().is_empty());
+    assert!(
+        read::next_timers(&*node.store, i64::MIN, 10)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -432,7 +438,7 @@ fn key(k: &str) -> Target {
 
 /// The timer index as (instance, timer id, due) triples, and the timers the instances hold.
 fn timer_index_matches_instances(node: &Node, ids: &[&str]) {
-    let mut indexed: Vec<(String, String, i64)> = read::next_timers(&*node.store, 1000)
+    let mut indexed: Vec<(String, String, i64)> = read::next_timers(&*node.store, i64::MIN, 1000)
         .unwrap()
         .into_iter()
         .map(|t| (t.instance_id, t.id, t.due_at.as_micros()))
@@ -549,7 +555,7 @@ fn every_migration_refusal_is_a_result_that_changes_nothing() {
         (
             ids.map(|id| read::instance(&*node.store, id).unwrap()),
             read::audit_head(&*node.store).unwrap(),
-            read::next_timers(&*node.store, 1000).unwrap(),
+            read::next_timers(&*node.store, i64::MIN, 1000).unwrap(),
         )
     };
     let before = snapshot(&node);

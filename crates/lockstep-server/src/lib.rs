@@ -16,6 +16,7 @@ pub mod api;
 pub mod backup;
 pub mod config;
 pub mod dispatch;
+pub mod leader_hint;
 pub mod metrics;
 pub mod network;
 pub mod node;

@@ -12,9 +12,9 @@ use lockstep_proto::v1::internal::RaftMessage;
 use lockstep_proto::v1::internal::raft_client::RaftClient;
 use lockstep_raft::{Member, NodeId, TypeConfig};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -120,14 +120,25 @@ impl Peer {
         };
         let reply = match result {
             Ok(r) => r.into_inner(),
+            // The deadline passed (here, or at the peer, whose tonic cancels the call with
+            // "Timeout expired"): the peer is slow, not gone. Reported as `Unreachable` this
+            // put openraft's replication to it into a 500 ms backoff, so a loaded follower
+            // that once took longer than the heartbeat interval to append stalled commits
+            // (issue 8's tail latencies); a `Timeout` is simply sent again.
             Err(status)
                 if matches!(
                     status.code(),
-                    tonic::Code::Unavailable
-                        | tonic::Code::DeadlineExceeded
-                        | tonic::Code::Cancelled
+                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
                 ) =>
             {
+                return Err(RPCError::Timeout(Timeout {
+                    action: which.rpc_type(),
+                    id: self.my_id,
+                    target: self.target,
+                    timeout: option.hard_ttl(),
+                }));
+            }
+            Err(status) if status.code() == tonic::Code::Unavailable => {
                 return Err(RPCError::Unreachable(Unreachable::new(
                     &std::io::Error::other(format!(
                         "node {} at {}: {}",
@@ -156,6 +167,16 @@ enum Rpc {
     Append,
     Vote,
     Snapshot,
+}
+
+impl Rpc {
+    fn rpc_type(&self) -> RPCTypes {
+        match self {
+            Rpc::Append => RPCTypes::AppendEntries,
+            Rpc::Vote => RPCTypes::Vote,
+            Rpc::Snapshot => RPCTypes::InstallSnapshot,
+        }
+    }
 }
 
 impl RaftNetwork<TypeConfig> for Peer {

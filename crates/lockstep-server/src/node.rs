@@ -104,6 +104,8 @@ pub struct Node {
     pub trust: crate::trust::Trust,
     /// Refused attempts seen by this node (bounded).
     pub security: crate::security_log::SecurityLog,
+    /// Timers armed since the timer service last scanned (see `timers.rs`).
+    pub timers_armed: lockstep_raft::ArmedSince,
 }
 
 impl std::fmt::Debug for Node {
@@ -146,13 +148,15 @@ impl Node {
         };
         let metrics = Arc::new(Metrics::new());
         let apply_metrics = Arc::clone(&metrics);
+        let timers_armed = lockstep_raft::ArmedSince::default();
         let raft = Raft::new(
             config.id,
             raft_config,
             network,
             LogStore::new(Arc::clone(&store)),
             StateMachine::open(Arc::clone(&store), config.snapshot_dir())?
-                .with_apply_hook(ApplyHook::new(move |n| apply_metrics.observe_apply(n))),
+                .with_apply_hook(ApplyHook::new(move |n| apply_metrics.observe_apply(n)))
+                .with_armed_since(timers_armed.clone()),
         )
         .await?;
         let node = Arc::new(Node {
@@ -166,6 +170,7 @@ impl Node {
             tasks_ready: tokio::sync::Notify::new(),
             trust,
             security: crate::security_log::SecurityLog::default(),
+            timers_armed,
         });
         node.bootstrap_if_first().await?;
         Ok(node)
@@ -258,7 +263,11 @@ impl Node {
                             )
                             .await
                         {
-                            Ok(ForwardReply::Written(r)) => return Ok(r),
+                            Ok(ForwardReply::Written(r)) => {
+                                // The answer names the leader, so the client can go there.
+                                crate::leader_hint::note_forwarded(&addr);
+                                return Ok(r);
+                            }
                             Ok(other) => {
                                 return Err(WriteError::Fatal(format!(
                                     "unexpected forward reply {other:?}"

@@ -5,10 +5,14 @@
 //! the local store in due order, at most [`TIMERS_FIRE_BATCH_MAX`] at a time, and proposes one
 //! `FireTimers` command for them, waiting for it to apply before looking again: a fire is never
 //! re-proposed while in flight. Apply fires a timer only if it is still armed, so a stale or
-//! duplicate fire (after a failover) is a no-op. Only the next due time is kept in memory; the
-//! rest stays in RocksDB.
+//! duplicate fire (after a failover) is a no-op. Only the next due time and a scan cursor are
+//! kept in memory; the rest stays in RocksDB. The cursor matters at scale: fired timers leave
+//! tombstones at the start of the due index until RocksDB compacts them, and a scan from the
+//! start would step over all of them for every batch (with a million timers fired, one core
+//! went to that).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use lockstep_raft::{Body, Member, NodeId, read};
@@ -74,23 +78,54 @@ pub async fn while_leading<F, Fut>(
     }
 }
 
+/// Where the next scan of the due index starts (due time in micros): no armed timer is due
+/// before it, except those [`lockstep_raft::ArmedSince`] reports. `i64::MIN` scans from the
+/// start, as a new leader does once.
+#[derive(Debug)]
+struct Cursor(AtomicI64);
+
+impl Cursor {
+    /// The start of this scan: the cursor, lowered to the earliest timer armed since the last
+    /// scan, and kept there until a fire moves it on.
+    fn start(&self, node: &Node) -> i64 {
+        let from = self.0.load(Ordering::SeqCst).min(node.timers_armed.take());
+        self.0.store(from, Ordering::SeqCst);
+        from
+    }
+
+    fn advance(&self, to_micros: i64) {
+        self.0.store(to_micros, Ordering::SeqCst);
+    }
+
+    fn reset(&self) {
+        self.0.store(i64::MIN, Ordering::SeqCst);
+    }
+}
+
 pub async fn run(node: Arc<Node>, shutdown: watch::Receiver<bool>) {
-    let on_follower = || node.metrics.set_timers_due(0);
+    let cursor = Cursor(AtomicI64::new(i64::MIN));
+    let on_follower = || {
+        node.metrics.set_timers_due(0);
+        cursor.reset();
+    };
     while_leading(&node, shutdown, "timers", on_follower, || async {
-        if fire_due(&node).await? {
+        let from = cursor.start(&node);
+        if fire_due(&node, from, &cursor).await? {
             return Ok(None);
         }
-        Ok(Some(until_next_due(&node)))
+        Ok(Some(until_next_due(&node, from, &cursor)))
     })
     .await
 }
 
-/// How long until the next armed timer falls due, at most [`IDLE_MAX`].
-fn until_next_due(node: &Node) -> Duration {
-    match read::next_timers(&*node.store, 1) {
+/// How long until the next armed timer falls due, at most [`IDLE_MAX`]. Nothing is due before
+/// that timer, so the cursor moves to it.
+fn until_next_due(node: &Node, from: i64, cursor: &Cursor) -> Duration {
+    match read::next_timers(&*node.store, from, 1) {
         Ok(next) => next
             .first()
             .map(|t| {
+                cursor.advance(t.due_at.as_micros());
                 Duration::from_micros(
                     t.due_at
                         .as_micros()
@@ -107,15 +142,17 @@ fn until_next_due(node: &Node) -> Duration {
     }
 }
 
-/// Proposes one batch of due timers; true if there was anything to fire.
-async fn fire_due(node: &Node) -> Result<bool, WriteError> {
+/// Proposes one batch of the timers due from `from` on; true if there was anything to fire.
+/// Once the batch applied, every timer in it is fired (or was no longer armed), so the cursor
+/// moves to the last one's due time.
+async fn fire_due(node: &Node, from: i64, cursor: &Cursor) -> Result<bool, WriteError> {
     let now = wall_clock();
-    let due = read::due_timers(&*node.store, now, TIMERS_FIRE_BATCH_MAX)
+    let due = read::due_timers(&*node.store, from, now, TIMERS_FIRE_BATCH_MAX)
         .map_err(|e| WriteError::Fatal(e.to_string()))?;
     node.metrics.set_timers_due(due.len());
-    if due.is_empty() {
+    let Some(last_due) = due.last().map(|t| t.due_at.as_micros()) else {
         return Ok(false);
-    }
+    };
     // Lateness is taken at proposal time and recorded once the fire applied, so a retried
     // proposal counts once, with the lateness of the attempt that went through.
     let lateness: Vec<i64> = due
@@ -125,6 +162,7 @@ async fn fire_due(node: &Node) -> Result<bool, WriteError> {
     let timers: Vec<(String, String)> = due.into_iter().map(|t| (t.instance_id, t.id)).collect();
     let count = timers.len();
     let response = node.write(None, Body::FireTimers { timers }, false).await?;
+    cursor.advance(last_due);
     node.metrics.observe_timers_fired(lateness);
     tracing::debug!(count, ?response, "fired timers");
     Ok(true)

@@ -327,6 +327,45 @@ async fn a_retried_request_id_applies_once_across_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_learns_the_leader_from_a_forwarded_write() {
+    let cluster = Cluster::start(Settings::default());
+    let leader = cluster.leader().await;
+    define(&cluster).await;
+    let follower = (leader + 1) % 3;
+    let (f, l) = (cluster.endpoint(follower), cluster.endpoint(leader));
+    let client = cluster.client_for(&[f.clone(), l.clone()], alice());
+    assert_eq!(client.current_endpoint(), f, "starts at its first endpoint");
+    let created = client
+        .create(&request_id(), "purchase-order", None, &po(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.current_endpoint(),
+        l,
+        "the follower forwarded the write and named the leader"
+    );
+    // The next write goes straight to the leader and applies.
+    let moved = client
+        .transition(
+            &request_id(),
+            by_id(&created.instance_id),
+            "submit",
+            &serde_json::Value::Null,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved.state, "submitted");
+    // A client that knows only the follower keeps working through it.
+    let only_follower = cluster.client_for(std::slice::from_ref(&f), alice());
+    only_follower
+        .create(&request_id(), "purchase-order", None, &po(6))
+        .await
+        .unwrap();
+    assert_eq!(only_follower.current_endpoint(), f);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_add_learner_promote_and_remove() {
     let mut cluster = Cluster::start(Settings::default());
     cluster.leader().await;

@@ -244,3 +244,31 @@ async fn a_frozen_old_leader_cannot_make_a_timer_act_twice() {
     let verify = cluster.admin().verify_audit().await.unwrap();
     assert!(verify.ok, "{verify:?}");
 }
+
+/// The timer service scans the due index from a cursor (the due time it has reached); a
+/// timer armed later with an earlier due time than the cursor must still fire. Here the
+/// service first sees only a timer due in an hour, then one due in 2 s is armed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_armed_due_before_the_scan_cursor_still_fires() {
+    let cluster = Cluster::start(Settings::default());
+    cluster.leader().await;
+    let late = TICKETS
+        .replace("workflow: tickets", "workflow: later")
+        .replace("after: 2s", "after: 1h");
+    client(&cluster)
+        .apply_definition(&request_id(), &late, pb::Provenance::default())
+        .await
+        .unwrap();
+    define(&cluster).await;
+    let hour = client(&cluster)
+        .create(&request_id(), "later", None, &serde_json::json!({}))
+        .await
+        .unwrap()
+        .instance_id;
+    // Long enough for the service to look at the index and park its cursor an hour ahead.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let soon = create(&cluster).await;
+    all_timed_out(&cluster, std::slice::from_ref(&soon)).await;
+    assert_eq!(state(&cluster, &hour).await, "waiting");
+    the_fire(&cluster, &soon).await;
+}

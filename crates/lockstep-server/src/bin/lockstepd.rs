@@ -144,6 +144,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(30))
         .layer(GrpcMetricsLayer::new(Arc::clone(&node.metrics)))
         .layer(lockstep_server::trust::AuthLayer::new(Arc::clone(&node)))
+        .layer(lockstep_server::leader_hint::LeaderHintLayer)
         .add_service(
             lockstep_proto::v1::internal::raft_server::RaftServer::new(RaftService {
                 node: Arc::clone(&node),
