@@ -59,6 +59,20 @@ transitions:
     )
 }
 
+/// A progress bar over `len` timers (armed or fired).
+fn count_bar(len: usize, message: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>14} [{bar:40}] {pos}/{len} {elapsed}/{duration}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -336,15 +350,7 @@ pub async fn run(
             pb::Provenance::default(),
         )
         .await?;
-    let bar = indicatif::ProgressBar::new(timers as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:>14} [{bar:40}] {pos}/{len} {elapsed}/{duration}",
-        )
-        .expect("template")
-        .progress_chars("=> "),
-    );
-    bar.set_message("arming");
+    let bar = count_bar(timers, "arming");
     let armed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let arm_started = Instant::now();
     let mut handles = Vec::new();
@@ -441,13 +447,7 @@ pub async fn run(
         let bar = indicatif::ProgressBar::hidden();
         tokio::spawn(async move { load::open(touch, load_rate, touch_window, &bar).await })
     };
-    let bar = indicatif::ProgressBar::new(timers as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} {elapsed}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    bar.set_message("firing");
+    let bar = count_bar(timers, "firing");
     let armed_fired = || {
         firings
             .lock()

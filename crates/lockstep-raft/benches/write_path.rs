@@ -3,7 +3,7 @@
 //! RocksDB store in one batch (as the state machine does for every apply call), with and
 //! without the fsync that log appends pay.
 //!
-//! `cargo bench -p lockstep-raft --bench write_path -- --warm-up-time 1 --measurement-time 3`
+//! `cargo bench --workspace --bench write_path -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
 

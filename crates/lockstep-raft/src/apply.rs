@@ -176,7 +176,8 @@ impl<'a, S: Store> Applier<'a, S> {
     }
 
     /// The earliest due time (micros) of the timers the applied entries armed, if any: the
-    /// timer service's scan of the due index must not start after it ([`crate::ArmedSince`]).
+    /// timer service's scan of the due index must not start after it
+    /// ([`crate::state_machine::Applied`]).
     pub fn earliest_armed(&self) -> Option<i64> {
         self.overlay.earliest_armed
     }

@@ -16,8 +16,6 @@ pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;
 
-pub use state_machine::ArmedSince;
-
 pub use types::{
     Body, Member, Migrated, MigrationCursor, NodeId, Proposal, Provenance, Response, Selection,
     Target, TaskOp, TypeConfig,

@@ -201,13 +201,23 @@ pub fn applied_state<S: Store>(store: &S) -> lockstep_store::Result<AppliedState
     Ok((applied, membership))
 }
 
-/// Told the number of entries of every apply call once its batch is written (the server's
-/// metrics use it; this crate stays free of any metrics library).
+/// What one apply call did, told to the [`ApplyHook`] once its batch is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Entries applied.
+    pub entries: usize,
+    /// The earliest due time (micros) of the timers they armed, if any: the leader's timer
+    /// service must not start its next scan of the due index after it.
+    pub earliest_armed: Option<i64>,
+}
+
+/// Told what every apply call did once its batch is written (the server's metrics and timer
+/// service use it; this crate stays free of both).
 #[derive(Clone)]
-pub struct ApplyHook(Arc<dyn Fn(usize) + Send + Sync>);
+pub struct ApplyHook(Arc<dyn Fn(Applied) + Send + Sync>);
 
 impl ApplyHook {
-    pub fn new(f: impl Fn(usize) + Send + Sync + 'static) -> Self {
+    pub fn new(f: impl Fn(Applied) + Send + Sync + 'static) -> Self {
         ApplyHook(Arc::new(f))
     }
 }
@@ -218,40 +228,12 @@ impl std::fmt::Debug for ApplyHook {
     }
 }
 
-/// The earliest due time of the timers armed since the timer service last looked, shared
-/// between the state machine (which notes every applied arm, after its batch is written) and
-/// the leader's timer service (which takes it before each scan of the due index). It lets the
-/// service scan from where it left off instead of from the start of the index, and still see
-/// a timer armed with an earlier due time than the ones it has reached.
-#[derive(Clone, Debug)]
-pub struct ArmedSince(Arc<std::sync::atomic::AtomicI64>);
-
-impl Default for ArmedSince {
-    fn default() -> Self {
-        ArmedSince(Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)))
-    }
-}
-
-impl ArmedSince {
-    /// Notes a timer armed with this due time (micros).
-    pub fn note(&self, due_micros: i64) {
-        self.0
-            .fetch_min(due_micros, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// The earliest due time noted since the last call (`i64::MAX`: none), and forgets it.
-    pub fn take(&self) -> i64 {
-        self.0.swap(i64::MAX, std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
 /// The replicated state machine. Queries read the same store directly (see [`crate::read`]).
 #[derive(Debug)]
 pub struct StateMachine<S: Store> {
     store: Arc<S>,
     cache: DefinitionCache,
     on_apply: Option<ApplyHook>,
-    armed: ArmedSince,
     snapshots: SnapshotDir,
 }
 
@@ -283,18 +265,11 @@ impl<S: Store> StateMachine<S> {
             store,
             cache: DefinitionCache::default(),
             on_apply: None,
-            armed: ArmedSince::default(),
             snapshots,
         })
     }
 
-    /// Notes the due time of every applied timer arm in `armed` (the timer service's).
-    pub fn with_armed_since(mut self, armed: ArmedSince) -> Self {
-        self.armed = armed;
-        self
-    }
-
-    /// Calls `hook` with the entry count of every apply call.
+    /// Calls `hook` after every apply call, once its batch is written.
     pub fn with_apply_hook(mut self, hook: ApplyHook) -> Self {
         self.on_apply = Some(hook);
         self
@@ -401,12 +376,12 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
                 .write(batch, Durability::Buffered)
                 .map_err(sm_write)?;
         }
-        // After the write: a scan that saw the note also sees the timer.
-        if let Some(due) = earliest_armed {
-            self.armed.note(due);
-        }
+        // After the write: whoever the hook tells about an armed timer finds it stored.
         if let Some(hook) = &self.on_apply {
-            (hook.0)(count);
+            (hook.0)(Applied {
+                entries: count,
+                earliest_armed,
+            });
         }
         Ok(responses)
     }

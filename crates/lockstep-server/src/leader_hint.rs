@@ -8,8 +8,9 @@
 //! only reach one node (behind a load balancer) keeps working through it.
 
 use std::cell::RefCell;
-use std::pin::Pin;
 use std::task::{Context, Poll};
+
+use crate::metrics::BoxFuture;
 
 /// The response header naming the leader's address, on writes a follower forwarded.
 pub const LEADER_HEADER: &str = "x-lockstep-leader";
@@ -39,8 +40,6 @@ impl<S> tower_layer::Layer<S> for LeaderHintLayer {
 pub struct LeaderHintService<S> {
     inner: S,
 }
-
-type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for LeaderHintService<S>
 where

@@ -411,7 +411,8 @@ pub struct GrpcMetricsService<S> {
     metrics: Arc<Metrics>,
 }
 
-type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+/// The future of a tower service that wraps its inner one (the server's layers).
+pub(crate) type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for GrpcMetricsService<S>
 where

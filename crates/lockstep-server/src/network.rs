@@ -118,48 +118,51 @@ impl Peer {
             Rpc::Vote => client.vote(request).await,
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
-        let reply = match result {
-            Ok(r) => r.into_inner(),
-            // The deadline passed (here, or at the peer, whose tonic cancels the call with
-            // "Timeout expired"): the peer is slow, not gone. Reported as `Unreachable` this
-            // put openraft's replication to it into a 500 ms backoff, so a loaded follower
-            // that once took longer than the heartbeat interval to append stalled commits
-            // (issue 8's tail latencies); a `Timeout` is simply sent again.
-            Err(status)
-                if matches!(
-                    status.code(),
-                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-                ) =>
-            {
-                return Err(RPCError::Timeout(Timeout {
-                    action: which.rpc_type(),
-                    id: self.my_id,
-                    target: self.target,
-                    timeout: option.hard_ttl(),
-                }));
-            }
-            Err(status) if status.code() == tonic::Code::Unavailable => {
-                return Err(RPCError::Unreachable(Unreachable::new(
-                    &std::io::Error::other(format!(
-                        "node {} at {}: {}",
-                        self.target,
-                        self.addr,
-                        status.message()
-                    )),
-                )));
-            }
-            Err(status) => {
-                return Err(RPCError::Network(NetworkError::new(
-                    &std::io::Error::other(format!("node {}: {status}", self.target)),
-                )));
-            }
-        };
+        let reply = result
+            .map_err(|status| self.status_error(&which, option, &status))?
+            .into_inner();
         let decoded: Result<Resp, E> = wire::decode(&reply.payload).map_err(|e| {
             RPCError::Network(NetworkError::new(&std::io::Error::other(
                 e.message().to_string(),
             )))
         })?;
         decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl Peer {
+    /// What a failed call means to openraft.
+    fn status_error<E: std::error::Error>(
+        &self,
+        which: &Rpc,
+        option: &RPCOption,
+        status: &tonic::Status,
+    ) -> RPCError<NodeId, Member, E> {
+        match status.code() {
+            // The deadline passed (here, or at the peer, whose tonic cancels the call with
+            // "Timeout expired"): the peer is slow, not gone. Reported as `Unreachable` this
+            // put openraft's replication to it into a 500 ms backoff, so a loaded follower
+            // that once took longer than the heartbeat interval to append stalled commits
+            // (issue 8's tail latencies); a `Timeout` is simply sent again.
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Timeout(Timeout {
+                action: which.rpc_type(),
+                id: self.my_id,
+                target: self.target,
+                timeout: option.hard_ttl(),
+            }),
+            tonic::Code::Unavailable => {
+                RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
+                    "node {} at {}: {}",
+                    self.target,
+                    self.addr,
+                    status.message()
+                ))))
+            }
+            _ => RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+                "node {}: {status}",
+                self.target
+            )))),
+        }
     }
 }
 
@@ -205,5 +208,44 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         self.call(Rpc::Vote, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> Peer {
+        Peer {
+            my_id: 1,
+            target: 2,
+            addr: "127.0.0.1:1".into(),
+            client: None,
+        }
+    }
+
+    fn error(code: tonic::Code) -> RPCError<NodeId, Member, RaftError<NodeId>> {
+        let option = RPCOption::new(Duration::from_millis(100));
+        peer().status_error(&Rpc::Append, &option, &tonic::Status::new(code, "x"))
+    }
+
+    /// A slow peer is a timeout (sent again at once), not an unreachable one (which openraft
+    /// backs off from for 500 ms); a refused connection is unreachable.
+    #[test]
+    fn a_deadline_is_a_timeout_and_a_refused_connection_is_unreachable() {
+        for code in [tonic::Code::DeadlineExceeded, tonic::Code::Cancelled] {
+            match error(code) {
+                RPCError::Timeout(t) => {
+                    assert_eq!((t.action, t.id, t.target), (RPCTypes::AppendEntries, 1, 2));
+                    assert_eq!(t.timeout, Duration::from_millis(100));
+                }
+                other => panic!("{code:?} gave {other:?}"),
+            }
+        }
+        assert!(matches!(
+            error(tonic::Code::Unavailable),
+            RPCError::Unreachable(_)
+        ));
+        assert!(matches!(error(tonic::Code::Internal), RPCError::Network(_)));
     }
 }

@@ -105,7 +105,7 @@ pub struct Node {
     /// Refused attempts seen by this node (bounded).
     pub security: crate::security_log::SecurityLog,
     /// Timers armed since the timer service last scanned (see `timers.rs`).
-    pub timers_armed: lockstep_raft::ArmedSince,
+    pub timers_armed: crate::timers::ArmedSince,
 }
 
 impl std::fmt::Debug for Node {
@@ -148,15 +148,21 @@ impl Node {
         };
         let metrics = Arc::new(Metrics::new());
         let apply_metrics = Arc::clone(&metrics);
-        let timers_armed = lockstep_raft::ArmedSince::default();
+        let timers_armed = crate::timers::ArmedSince::default();
+        let armed = timers_armed.clone();
         let raft = Raft::new(
             config.id,
             raft_config,
             network,
             LogStore::new(Arc::clone(&store)),
-            StateMachine::open(Arc::clone(&store), config.snapshot_dir())?
-                .with_apply_hook(ApplyHook::new(move |n| apply_metrics.observe_apply(n)))
-                .with_armed_since(timers_armed.clone()),
+            StateMachine::open(Arc::clone(&store), config.snapshot_dir())?.with_apply_hook(
+                ApplyHook::new(move |applied| {
+                    apply_metrics.observe_apply(applied.entries);
+                    if let Some(due) = applied.earliest_armed {
+                        armed.note(due);
+                    }
+                }),
+            ),
         )
         .await?;
         let node = Arc::new(Node {

@@ -78,9 +78,34 @@ pub async fn while_leading<F, Fut>(
     }
 }
 
+/// The earliest due time of the timers armed since the timer service last looked: the state
+/// machine's apply hook notes every applied arm after its batch is written (`Node::start`),
+/// and the service takes it before each scan of the due index. It lets the service scan from
+/// where it left off and still see a timer armed with an earlier due time than it has reached.
+#[derive(Clone, Debug)]
+pub struct ArmedSince(Arc<AtomicI64>);
+
+impl Default for ArmedSince {
+    fn default() -> Self {
+        ArmedSince(Arc::new(AtomicI64::new(i64::MAX)))
+    }
+}
+
+impl ArmedSince {
+    /// Notes a timer armed with this due time (micros).
+    pub fn note(&self, due_micros: i64) {
+        self.0.fetch_min(due_micros, Ordering::SeqCst);
+    }
+
+    /// The earliest due time noted since the last call (`i64::MAX`: none), and forgets it.
+    fn take(&self) -> i64 {
+        self.0.swap(i64::MAX, Ordering::SeqCst)
+    }
+}
+
 /// Where the next scan of the due index starts (due time in micros): no armed timer is due
-/// before it, except those [`lockstep_raft::ArmedSince`] reports. `i64::MIN` scans from the
-/// start, as a new leader does once.
+/// before it, except those [`ArmedSince`] reports. `i64::MIN` scans from the start, as a new
+/// leader does once.
 #[derive(Debug)]
 struct Cursor(AtomicI64);
 
@@ -88,9 +113,13 @@ impl Cursor {
     /// The start of this scan: the cursor, lowered to the earliest timer armed since the last
     /// scan, and kept there until a fire moves it on.
     fn start(&self, node: &Node) -> i64 {
-        let from = self.0.load(Ordering::SeqCst).min(node.timers_armed.take());
+        let from = self.get().min(node.timers_armed.take());
         self.0.store(from, Ordering::SeqCst);
         from
+    }
+
+    fn get(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
     }
 
     fn advance(&self, to_micros: i64) {
@@ -109,19 +138,18 @@ pub async fn run(node: Arc<Node>, shutdown: watch::Receiver<bool>) {
         cursor.reset();
     };
     while_leading(&node, shutdown, "timers", on_follower, || async {
-        let from = cursor.start(&node);
-        if fire_due(&node, from, &cursor).await? {
+        if fire_due(&node, &cursor).await? {
             return Ok(None);
         }
-        Ok(Some(until_next_due(&node, from, &cursor)))
+        Ok(Some(until_next_due(&node, &cursor)))
     })
     .await
 }
 
 /// How long until the next armed timer falls due, at most [`IDLE_MAX`]. Nothing is due before
 /// that timer, so the cursor moves to it.
-fn until_next_due(node: &Node, from: i64, cursor: &Cursor) -> Duration {
-    match read::next_timers(&*node.store, from, 1) {
+fn until_next_due(node: &Node, cursor: &Cursor) -> Duration {
+    match read::next_timers(&*node.store, cursor.get(), 1) {
         Ok(next) => next
             .first()
             .map(|t| {
@@ -142,10 +170,11 @@ fn until_next_due(node: &Node, from: i64, cursor: &Cursor) -> Duration {
     }
 }
 
-/// Proposes one batch of the timers due from `from` on; true if there was anything to fire.
-/// Once the batch applied, every timer in it is fired (or was no longer armed), so the cursor
-/// moves to the last one's due time.
-async fn fire_due(node: &Node, from: i64, cursor: &Cursor) -> Result<bool, WriteError> {
+/// Proposes one batch of the timers due from the cursor on; true if there was anything to
+/// fire. Once the batch applied, every timer in it is fired (or was no longer armed), so the
+/// cursor moves to the last one's due time.
+async fn fire_due(node: &Node, cursor: &Cursor) -> Result<bool, WriteError> {
+    let from = cursor.start(node);
     let now = wall_clock();
     let due = read::due_timers(&*node.store, from, now, TIMERS_FIRE_BATCH_MAX)
         .map_err(|e| WriteError::Fatal(e.to_string()))?;
