@@ -85,7 +85,11 @@ impl Calendar {
         if business_ms == 0 {
             return Some(start);
         }
-        let mut remaining = business_ms;
+        // Counted in microseconds, the resolution of cluster time: an interval that does not
+        // start on a whole millisecond would otherwise drop a fraction at every close.
+        let mut remaining = i64::try_from(business_ms)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
         let mut date = self.local_date(start);
         for _ in 0..self.scan_days_max {
             for (open, close) in self.day_intervals(date) {
@@ -93,9 +97,9 @@ impl Calendar {
                     continue;
                 }
                 let from = open.max(start);
-                let available = close.ms_since(from);
+                let available = close.as_micros() - from.as_micros();
                 if remaining <= available {
-                    return Some(from.add_ms(remaining));
+                    return Some(Timestamp::from_micros(from.as_micros() + remaining));
                 }
                 remaining -= available;
             }
@@ -109,14 +113,15 @@ impl Calendar {
         if to <= from {
             return 0;
         }
-        let mut total = 0;
+        // Summed in microseconds and truncated once, as `add` counts.
+        let mut total: i64 = 0;
         let mut date = self.local_date(from);
         let last = self.local_date(to);
         for _ in 0..self.scan_days_max {
             for (open, close) in self.day_intervals(date) {
                 let a = open.max(from);
                 let b = close.min(to);
-                total += b.ms_since(a);
+                total += (b.as_micros() - a.as_micros()).max(0);
             }
             if date >= last {
                 break;
@@ -126,7 +131,7 @@ impl Calendar {
                 Err(_) => break,
             }
         }
-        total
+        u64::try_from(total / 1000).unwrap_or(0)
     }
 
     /// Whether `at` lies inside working hours.
@@ -255,6 +260,21 @@ mod tests {
             .add(at("2026-11-27T14:00:00Z"), 16 * 3_600_000)
             .unwrap();
         assert_eq!(end, at("2026-12-01T14:00:00Z"));
+    }
+
+    #[test]
+    fn keeps_microseconds_across_a_close() {
+        // 0.4 ms past the hour on Friday 15:00 Berlin; 4 business hours end on Monday 11:00
+        // Berlin, the same 0.4 ms past (not a whole millisecond rounded at Friday's close).
+        let start = at("2026-11-27T14:00:00.0004Z");
+        let end = berlin().add(start, 4 * 3_600_000).unwrap();
+        assert_eq!(end, at("2026-11-30T10:00:00.0004Z"));
+        assert_eq!(berlin().between(start, end), 4 * 3_600_000);
+        assert_eq!(
+            berlin().between(start, at("2026-11-30T10:00:00.0003Z")),
+            4 * 3_600_000 - 1,
+            "a part of a millisecond is not counted"
+        );
     }
 
     #[test]

@@ -423,15 +423,20 @@ fn keep(work: &mut Work, from: &CompiledDefinition, before: &Instance, policy: T
         };
         let (old, new) = (sla_clock(from, name), sla_clock(to, name));
         if clock.status == SlaStatus::Running {
-            // What was consumed so far was measured by the old version's calendar.
-            clock.consumed_ms = clock.consumed_at(old, at);
-            clock.since = at;
+            // What was consumed so far was measured by the old version's calendar, in whole
+            // milliseconds. The clock is settled at the instant those milliseconds end (at
+            // most `at`), not at `at`: the sub-millisecond rest is not dropped, so a kept
+            // deadline stays on the microsecond where it was.
+            let counted = old.elapsed(clock.since, at);
+            let settled = old.advance(clock.since, counted).unwrap_or(at).min(at);
+            clock.consumed_ms = clock.consumed_ms.saturating_add(counted);
+            clock.since = settled;
             let remaining = clock.budget_ms.saturating_sub(clock.consumed_ms);
             if policy == TimerPolicy::KeepDeadline
                 && remaining > 0
-                && let Some(deadline) = old.advance(at, remaining)
+                && let Some(deadline) = old.advance(settled, remaining)
             {
-                clock.budget_ms = clock.consumed_ms + new.elapsed(at, deadline);
+                clock.budget_ms = clock.consumed_ms + new.elapsed(settled, deadline);
             }
         }
         if clock.status != SlaStatus::Stopped {

@@ -267,6 +267,33 @@ fn keep_deadline_rebases_the_sla_so_the_breach_stays_put() {
 }
 
 #[test]
+fn keep_deadline_keeps_the_breach_to_the_microsecond() {
+    // Cluster time is in microseconds; budgets are counted in whole milliseconds. The SLA
+    // starts 0.4 ms into a second and the migration lands 0.9 ms into one, so half a
+    // millisecond of the consumed time does not fit in `consumed_ms`.
+    let (a, b) = (compiled(A), compiled(B));
+    let instance = create(&a, "2026-11-23T13:00:00Z");
+    let instance = take(&a, &instance, "take", "2026-11-23T14:00:00.0004Z");
+    assert_eq!(
+        due(&instance, "breach").as_deref(),
+        Some("2026-11-24T10:00:00.0004Z")
+    );
+    let change = applied(migrate(
+        &a,
+        &b,
+        &instance,
+        &plan(&a, &b, &[("open", "active")], TimerPolicy::KeepDeadline),
+        &operator(),
+        at("2026-11-23T15:00:00.0009Z"),
+    ));
+    assert_eq!(
+        due(&change.instance, "breach").as_deref(),
+        Some("2026-11-24T10:00:00.0004Z")
+    );
+    assert_eq!(change.instance.slas["response"].consumed_ms, 3_600_000);
+}
+
+#[test]
 fn keep_remaining_keeps_the_three_hours_left_in_wall_clock_time() {
     let change = sla_after(TimerPolicy::KeepRemaining);
     let after = &change.instance;
