@@ -297,6 +297,42 @@ impl Node {
         }
     }
 
+    /// Hands a proposal to the local Raft and returns at once with a future of its answer, so
+    /// that proposals submitted one after another enter the log in that order even while
+    /// several are in flight (a leader-only service's batches). Never forwarded: on a node that
+    /// does not lead, the answer is `NotLeader`.
+    pub async fn submit(
+        &self,
+        body: Body,
+    ) -> Result<impl Future<Output = Result<Response, WriteError>> + Send + 'static, WriteError>
+    {
+        let proposal = Proposal {
+            request_id: None,
+            at: wall_clock(),
+            body,
+        };
+        let answer = self
+            .raft
+            .client_write_ff(proposal)
+            .await
+            .map_err(|e| WriteError::Fatal(e.to_string()))?;
+        Ok(async move {
+            match answer.await {
+                Ok(Ok(reply)) => Ok(reply.data),
+                Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(WriteError::NotLeader {
+                    leader_id: f.leader_id,
+                    leader_addr: f.leader_node.map(|n| n.addr),
+                }),
+                Ok(Err(ClientWriteError::ChangeMembershipError(e))) => {
+                    Err(WriteError::Invalid(e.to_string()))
+                }
+                Err(_) => Err(WriteError::Fatal(
+                    "Raft stopped before the proposal was answered".into(),
+                )),
+            }
+        })
+    }
+
     async fn client_for(&self, addr: &str) -> Result<RaftClient<Channel>, WriteError> {
         // `--peer-via`: dial the member with this address where it says.
         let addr = self

@@ -3,14 +3,16 @@
 //! It runs while this node is the leader, and only after the leader has applied an entry of
 //! its own term (so it sees every timer the previous leaders armed). It reads due timers from
 //! the local store in due order, at most [`TIMERS_FIRE_BATCH_MAX`] at a time, and proposes one
-//! `FireTimers` command for them, waiting for it to apply before looking again: a fire is never
-//! re-proposed while in flight. Apply fires a timer only if it is still armed, so a stale or
+//! `FireTimers` command for them; up to [`TIMERS_FIRE_IN_FLIGHT_MAX`] such proposals are in
+//! flight at once, and a scan skips the timers they hold: a fire is never re-proposed while in
+//! flight. Apply fires a timer only if it is still armed, so a stale or
 //! duplicate fire (after a failover) is a no-op. Only the next due time and a scan cursor are
 //! kept in memory; the rest stays in RocksDB. The cursor matters at scale: fired timers leave
 //! tombstones at the start of the due index until RocksDB compacts them, and a scan from the
 //! start would step over all of them for every batch (with a million timers fired, one core
 //! went to that).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -18,11 +20,16 @@ use std::time::Duration;
 use lockstep_raft::{Body, Member, NodeId, read};
 use openraft::ServerState;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::node::{Node, WriteError, wall_clock};
 
 /// Most timers fired by one proposal.
 pub const TIMERS_FIRE_BATCH_MAX: usize = 256;
+/// Most fire proposals in flight at once. With one, firing was capped at one batch per commit
+/// round trip, which a transition load stretches (about 1,200 fires/s on the 2-core bench
+/// machine with a million timers); with a few, a backlog's batches share commits.
+pub const TIMERS_FIRE_IN_FLIGHT_MAX: usize = 4;
 /// Longest sleep between looks at the timer index, so a missed wake-up costs at most this.
 const IDLE_MAX: Duration = Duration::from_millis(500);
 
@@ -126,6 +133,11 @@ impl Cursor {
         self.0.store(to_micros, Ordering::SeqCst);
     }
 
+    /// Moves the cursor back to `to_micros` if it is past it.
+    fn lower(&self, to_micros: i64) {
+        self.0.fetch_min(to_micros, Ordering::SeqCst);
+    }
+
     fn reset(&self) {
         self.0.store(i64::MIN, Ordering::SeqCst);
     }
@@ -133,17 +145,132 @@ impl Cursor {
 
 pub async fn run(node: Arc<Node>, shutdown: watch::Receiver<bool>) {
     let cursor = Cursor(AtomicI64::new(i64::MIN));
+    let flight = tokio::sync::Mutex::new(InFlight::default());
     let on_follower = || {
         node.metrics.set_timers_due(0);
         cursor.reset();
     };
     while_leading(&node, shutdown, "timers", on_follower, || async {
-        if fire_due(&node, &cursor).await? {
-            return Ok(None);
+        let mut flight = flight.lock().await;
+        let mut failed = flight.settle(&cursor);
+        if flight.batches.len() < TIMERS_FIRE_IN_FLIGHT_MAX
+            && propose_due(&node, &cursor, &mut flight).await?
+        {
+            return failed.map_or(Ok(None), Err);
         }
-        Ok(Some(until_next_due(&node, &cursor)))
+        // Nothing more to propose now: wait for a proposal in flight, or for the next due time.
+        if let Some(done) = flight.proposals.join_next_with_id().await {
+            failed = failed.or(flight.resolve(done, &cursor));
+            return failed.map_or(Ok(None), Err);
+        }
+        failed.map_or_else(|| Ok(Some(until_next_due(&node, &cursor))), Err)
     })
     .await
+}
+
+/// A fire proposal not yet answered.
+struct Batch {
+    ids: Vec<String>,
+    first_due: i64,
+}
+
+/// The fire proposals in flight, at most [`TIMERS_FIRE_IN_FLIGHT_MAX`], and the timers in
+/// them: a scan skips those, so no fire is proposed twice while one is in flight. A proposal
+/// outlives a lost leadership (it may still commit); its timers stay skipped until it answers.
+#[derive(Default)]
+struct InFlight {
+    ids: HashSet<String>,
+    batches: HashMap<tokio::task::Id, Batch>,
+    proposals: JoinSet<Result<(), WriteError>>,
+}
+
+impl InFlight {
+    /// Takes in every proposal that has answered; the last failure, if any.
+    fn settle(&mut self, cursor: &Cursor) -> Option<WriteError> {
+        let mut failed = None;
+        while let Some(done) = self.proposals.try_join_next_with_id() {
+            failed = self.resolve(done, cursor).or(failed);
+        }
+        failed
+    }
+
+    /// Forgets an answered proposal. A failed one did not fire its timers (or not for sure):
+    /// the cursor goes back to the first of them, so the next scan proposes them again.
+    fn resolve(
+        &mut self,
+        done: Result<(tokio::task::Id, Result<(), WriteError>), tokio::task::JoinError>,
+        cursor: &Cursor,
+    ) -> Option<WriteError> {
+        let (id, result) = match done {
+            Ok((id, result)) => (id, result),
+            Err(e) => (
+                e.id(),
+                Err(WriteError::Fatal(format!("fire proposal failed: {e}"))),
+            ),
+        };
+        let batch = self.batches.remove(&id)?;
+        for timer in &batch.ids {
+            self.ids.remove(timer);
+        }
+        let error = result.err()?;
+        cursor.lower(batch.first_due);
+        Some(error)
+    }
+}
+
+/// Proposes one batch of the timers due from the cursor on that are not already in flight;
+/// true if there was anything to fire. The proposal runs on its own task. Every armed timer
+/// due before the batch's last is now fired or in flight, so the cursor moves to that due
+/// time (a failed proposal moves it back, see [`InFlight::resolve`]).
+async fn propose_due(
+    node: &Arc<Node>,
+    cursor: &Cursor,
+    flight: &mut InFlight,
+) -> Result<bool, WriteError> {
+    let from = cursor.start(node);
+    let now = wall_clock();
+    // Timers in flight are skipped, so read past them: a scan still finds a full batch.
+    let due = read::due_timers(
+        &*node.store,
+        from,
+        now,
+        TIMERS_FIRE_BATCH_MAX + flight.ids.len(),
+    )
+    .map_err(|e| WriteError::Fatal(e.to_string()))?;
+    let due: Vec<_> = due
+        .into_iter()
+        .filter(|t| !flight.ids.contains(&t.id))
+        .take(TIMERS_FIRE_BATCH_MAX)
+        .collect();
+    node.metrics.set_timers_due(due.len());
+    let (Some(first), Some(last)) = (due.first(), due.last()) else {
+        return Ok(false);
+    };
+    let (first_due, last_due) = (first.due_at.as_micros(), last.due_at.as_micros());
+    // Lateness is taken at proposal time and recorded once the fire applied, so a retried
+    // proposal counts once, with the lateness of the attempt that went through.
+    let lateness: Vec<i64> = due
+        .iter()
+        .map(|t| now.as_micros().saturating_sub(t.due_at.as_micros()))
+        .collect();
+    let ids: Vec<String> = due.iter().map(|t| t.id.clone()).collect();
+    let timers: Vec<(String, String)> = due.into_iter().map(|t| (t.instance_id, t.id)).collect();
+    // Submitted here, in turn, so batches enter the log in due order; answered on a task.
+    let count = timers.len();
+    let answer = node.submit(Body::FireTimers { timers }).await?;
+    let task = {
+        let node = Arc::clone(node);
+        flight.proposals.spawn(async move {
+            let response = answer.await?;
+            node.metrics.observe_timers_fired(lateness);
+            tracing::debug!(count, ?response, "fired timers");
+            Ok(())
+        })
+    };
+    flight.ids.extend(ids.iter().cloned());
+    flight.batches.insert(task.id(), Batch { ids, first_due });
+    cursor.advance(last_due);
+    Ok(true)
 }
 
 /// How long until the next armed timer falls due, at most [`IDLE_MAX`]. Nothing is due before
@@ -168,31 +295,4 @@ fn until_next_due(node: &Node, cursor: &Cursor) -> Duration {
             IDLE_MAX
         }
     }
-}
-
-/// Proposes one batch of the timers due from the cursor on; true if there was anything to
-/// fire. Once the batch applied, every timer in it is fired (or was no longer armed), so the
-/// cursor moves to the last one's due time.
-async fn fire_due(node: &Node, cursor: &Cursor) -> Result<bool, WriteError> {
-    let from = cursor.start(node);
-    let now = wall_clock();
-    let due = read::due_timers(&*node.store, from, now, TIMERS_FIRE_BATCH_MAX)
-        .map_err(|e| WriteError::Fatal(e.to_string()))?;
-    node.metrics.set_timers_due(due.len());
-    let Some(last_due) = due.last().map(|t| t.due_at.as_micros()) else {
-        return Ok(false);
-    };
-    // Lateness is taken at proposal time and recorded once the fire applied, so a retried
-    // proposal counts once, with the lateness of the attempt that went through.
-    let lateness: Vec<i64> = due
-        .iter()
-        .map(|t| now.as_micros().saturating_sub(t.due_at.as_micros()))
-        .collect();
-    let timers: Vec<(String, String)> = due.into_iter().map(|t| (t.instance_id, t.id)).collect();
-    let count = timers.len();
-    let response = node.write(None, Body::FireTimers { timers }, false).await?;
-    cursor.advance(last_due);
-    node.metrics.observe_timers_fired(lateness);
-    tracing::debug!(count, ?response, "fired timers");
-    Ok(true)
 }
