@@ -89,8 +89,9 @@ struct Args {
     /// to instances, each taking the transition declared with `on:`. `tasks`: poll -> complete
     /// round trips by N workers, and the latency from a transition to its task's delivery.
     /// `timers`: measure the peak transition rate, arm --timers expiry timers (resident
-    /// memory), measure timer lateness under a load at half the peak (--duration), then let
-    /// every armed timer fall due under that load and kill the leader halfway through.
+    /// memory), measure the peak again with every timer armed and timer lateness under a load
+    /// at half that peak (--duration), then let every armed timer fall due under that load
+    /// and kill the leader halfway through.
     #[arg(long, value_enum, default_value_t = Scenario::Transitions)]
     scenario: Scenario,
     /// `reads`: the fraction of units that write (create an instance) instead of reading,
@@ -108,7 +109,7 @@ struct Args {
     timers: usize,
     /// `timers` scenario: the concurrent transition load (open loop) while timers fire, in
     /// transitions per second, e.g. `--load-rate 500/s`. Default: half of the peak rate the
-    /// scenario measures first.
+    /// scenario measures with every timer armed.
     #[arg(long, value_parser = load::parse_rate)]
     load_rate: Option<f64>,
     /// After the Lockstep sweep, run the same sweep against a 3-node durable etcd cluster on
