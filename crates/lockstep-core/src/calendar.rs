@@ -108,12 +108,16 @@ impl Calendar {
         None
     }
 
-    /// Business milliseconds in `[from, to)`.
+    /// Business milliseconds in `[from, to)` (a part of a millisecond is not counted).
     pub fn between(&self, from: Timestamp, to: Timestamp) -> u64 {
+        self.between_micros(from, to) / 1000
+    }
+
+    /// Business microseconds in `[from, to)`, the resolution `add` counts in.
+    pub fn between_micros(&self, from: Timestamp, to: Timestamp) -> u64 {
         if to <= from {
             return 0;
         }
-        // Summed in microseconds and truncated once, as `add` counts.
         let mut total: i64 = 0;
         let mut date = self.local_date(from);
         let last = self.local_date(to);
@@ -131,7 +135,7 @@ impl Calendar {
                 Err(_) => break,
             }
         }
-        u64::try_from(total / 1000).unwrap_or(0)
+        u64::try_from(total).unwrap_or(0)
     }
 
     /// Whether `at` lies inside working hours.

@@ -962,6 +962,17 @@ impl Eval<'_> {
                 ),
             ));
         };
+        // Ids are reused when a timer is armed again (an SLA reset, a task's next retry): a
+        // fire proposed for an earlier arming must not fire the new one early.
+        if timer.due_at > self.at {
+            return Err(Refusal::new(
+                RefusalCode::TimerNotArmed,
+                format!(
+                    "timer `{timer_id}` on instance `{}` is armed again, due at {}, after this fire at {}: the fire was for an earlier arming, which already fired or was cancelled",
+                    self.before.id, timer.due_at, self.at
+                ),
+            ));
+        }
         let firing = TimerFiring {
             timer_id: timer.id.clone(),
             due_at: timer.due_at,

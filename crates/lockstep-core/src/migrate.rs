@@ -423,13 +423,14 @@ fn keep(work: &mut Work, from: &CompiledDefinition, before: &Instance, policy: T
         };
         let (old, new) = (sla_clock(from, name), sla_clock(to, name));
         if clock.status == SlaStatus::Running {
-            // What was consumed so far was measured by the old version's calendar, in whole
-            // milliseconds. The clock is settled at the instant those milliseconds end (at
-            // most `at`), not at `at`: the sub-millisecond rest is not dropped, so a kept
-            // deadline stays on the microsecond where it was.
-            let counted = old.elapsed(clock.since, at);
-            let settled = old.advance(clock.since, counted).unwrap_or(at).min(at);
-            clock.consumed_ms = clock.consumed_ms.saturating_add(counted);
+            // What was consumed so far was measured by the old version's calendar; the clock
+            // keeps whole milliseconds. The part of a millisecond left over is not dropped:
+            // the clock is settled that much before `at` (so a kept deadline stays on its
+            // microsecond), never further back (time after a close is not charged again).
+            let counted_us = old.elapsed_micros(clock.since, at);
+            let rest_us = i64::try_from(counted_us % 1000).unwrap_or(0);
+            let settled = Timestamp::from_micros(at.as_micros() - rest_us);
+            clock.consumed_ms = clock.consumed_ms.saturating_add(counted_us / 1000);
             clock.since = settled;
             let remaining = clock.budget_ms.saturating_sub(clock.consumed_ms);
             if policy == TimerPolicy::KeepDeadline

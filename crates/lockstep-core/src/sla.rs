@@ -54,6 +54,14 @@ impl Clock<'_> {
         }
     }
 
+    /// Like [`Clock::elapsed`], in microseconds.
+    pub fn elapsed_micros(self, from: Timestamp, to: Timestamp) -> u64 {
+        match self.0 {
+            Some(calendar) => calendar.between_micros(from, to),
+            None => u64::try_from(to.as_micros().saturating_sub(from.as_micros())).unwrap_or(0),
+        }
+    }
+
     pub fn advance(self, from: Timestamp, ms: u64) -> Option<Timestamp> {
         match self.0 {
             Some(calendar) => calendar.add(from, ms),

@@ -294,6 +294,28 @@ fn keep_deadline_keeps_the_breach_to_the_microsecond() {
 }
 
 #[test]
+fn a_migration_after_hours_does_not_charge_the_evening() {
+    // Started Monday 14:00 (A: office hours), migrated at 20:00: three office hours consumed,
+    // one left. B counts wall-clock time from the migration on, not from Monday's 17:00 close.
+    let (a, b) = (compiled(A), compiled(B));
+    let instance = create(&a, "2026-11-23T13:00:00Z");
+    let instance = take(&a, &instance, "take", "2026-11-23T14:00:00Z");
+    let change = applied(migrate(
+        &a,
+        &b,
+        &instance,
+        &plan(&a, &b, &[("open", "active")], TimerPolicy::KeepRemaining),
+        &operator(),
+        at("2026-11-23T20:00:00Z"),
+    ));
+    assert_eq!(
+        due(&change.instance, "breach").as_deref(),
+        Some("2026-11-23T21:00:00Z")
+    );
+    assert_eq!(change.instance.slas["response"].consumed_ms, 3 * 3_600_000);
+}
+
+#[test]
 fn keep_remaining_keeps_the_three_hours_left_in_wall_clock_time() {
     let change = sla_after(TimerPolicy::KeepRemaining);
     let after = &change.instance;

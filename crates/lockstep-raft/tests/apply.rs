@@ -227,6 +227,11 @@ fn timers_fire_once_through_the_log() {
     let fire = Body::FireTimers {
         timers: vec![(id.clone(), due.id.clone())],
     };
+    assert_eq!(
+        node.apply(None, due.due_at.as_millis() - 1, fire.clone()),
+        Response::TimersFired { fired: 0, stale: 1 },
+        "a fire before the armed due time (one proposed for an earlier arming of the id) is a no-op"
+    );
     let late = due.due_at.as_millis() + 5;
     assert_eq!(
         node.apply(None, late, fire.clone()),

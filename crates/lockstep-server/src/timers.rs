@@ -45,7 +45,7 @@ pub fn leading_with_own_entry(m: &openraft::RaftMetrics<NodeId, Member>) -> bool
 /// `step`, which does one bounded piece of work and answers `None` to be called again at once
 /// or `Some(wait)` to sleep (woken early by any apply or by shutdown). Off leadership it waits
 /// for the Raft metrics to change, after calling `on_follower`. A failed step is retried after
-/// a short pause: its proposal is never re-sent while still in flight, since `step` awaits it.
+/// a short pause; `step` keeps track of its own proposals in flight (see [`InFlight`]).
 pub async fn while_leading<F, Fut>(
     node: &Node,
     mut shutdown: watch::Receiver<bool>,
@@ -168,9 +168,14 @@ pub async fn run(node: Arc<Node>, shutdown: watch::Receiver<bool>) {
     .await
 }
 
+/// A timer as the due index holds it: its id and due time (micros). Ids are reused when a
+/// timer is armed again (a task's retry, an SLA's breach after a reset), so the due time is
+/// part of what a scan skips.
+type Armed = (String, i64);
+
 /// A fire proposal not yet answered.
 struct Batch {
-    ids: Vec<String>,
+    timers: Vec<Armed>,
     first_due: i64,
 }
 
@@ -179,7 +184,7 @@ struct Batch {
 /// outlives a lost leadership (it may still commit); its timers stay skipped until it answers.
 #[derive(Default)]
 struct InFlight {
-    ids: HashSet<String>,
+    timers: HashSet<Armed>,
     batches: HashMap<tokio::task::Id, Batch>,
     proposals: JoinSet<Result<(), WriteError>>,
 }
@@ -194,8 +199,10 @@ impl InFlight {
         failed
     }
 
-    /// Forgets an answered proposal. A failed one did not fire its timers (or not for sure):
-    /// the cursor goes back to the first of them, so the next scan proposes them again.
+    /// Forgets an answered proposal, and moves the cursor back to its first timer: a failed
+    /// one did not fire its timers (or not for sure), so the next scan proposes them again,
+    /// and a timer armed again with the same id and due time while this one was in flight
+    /// was skipped by a scan that has moved the cursor past it.
     fn resolve(
         &mut self,
         done: Result<(tokio::task::Id, Result<(), WriteError>), tokio::task::JoinError>,
@@ -209,12 +216,11 @@ impl InFlight {
             ),
         };
         let batch = self.batches.remove(&id)?;
-        for timer in &batch.ids {
-            self.ids.remove(timer);
+        for timer in &batch.timers {
+            self.timers.remove(timer);
         }
-        let error = result.err()?;
         cursor.lower(batch.first_due);
-        Some(error)
+        result.err()
     }
 }
 
@@ -234,12 +240,16 @@ async fn propose_due(
         &*node.store,
         from,
         now,
-        TIMERS_FIRE_BATCH_MAX + flight.ids.len(),
+        TIMERS_FIRE_BATCH_MAX + flight.timers.len(),
     )
     .map_err(|e| WriteError::Fatal(e.to_string()))?;
     let due: Vec<_> = due
         .into_iter()
-        .filter(|t| !flight.ids.contains(&t.id))
+        .filter(|t| {
+            !flight
+                .timers
+                .contains(&(t.id.clone(), t.due_at.as_micros()))
+        })
         .take(TIMERS_FIRE_BATCH_MAX)
         .collect();
     node.metrics.set_timers_due(due.len());
@@ -253,7 +263,10 @@ async fn propose_due(
         .iter()
         .map(|t| now.as_micros().saturating_sub(t.due_at.as_micros()))
         .collect();
-    let ids: Vec<String> = due.iter().map(|t| t.id.clone()).collect();
+    let armed: Vec<Armed> = due
+        .iter()
+        .map(|t| (t.id.clone(), t.due_at.as_micros()))
+        .collect();
     let timers: Vec<(String, String)> = due.into_iter().map(|t| (t.instance_id, t.id)).collect();
     // Submitted here, in turn, so batches enter the log in due order; answered on a task.
     let count = timers.len();
@@ -267,8 +280,14 @@ async fn propose_due(
             Ok(())
         })
     };
-    flight.ids.extend(ids.iter().cloned());
-    flight.batches.insert(task.id(), Batch { ids, first_due });
+    flight.timers.extend(armed.iter().cloned());
+    flight.batches.insert(
+        task.id(),
+        Batch {
+            timers: armed,
+            first_due,
+        },
+    );
     cursor.advance(last_due);
     Ok(true)
 }
