@@ -5,9 +5,9 @@
 //! the local store in due order, at most [`TIMERS_FIRE_BATCH_MAX`] at a time, and proposes one
 //! `FireTimers` command for them; up to [`TIMERS_FIRE_IN_FLIGHT_MAX`] such proposals are in
 //! flight at once, and a scan skips the timers they hold: a fire is never re-proposed while in
-//! flight. Apply fires a timer only if it is still armed, so a stale or
-//! duplicate fire (after a failover) is a no-op. Only the next due time and a scan cursor are
-//! kept in memory; the rest stays in RocksDB. The cursor matters at scale: fired timers leave
+//! flight. Apply fires a timer only if it is still armed and due at the entry's cluster time,
+//! so a stale or duplicate fire (after a failover, or for an earlier arming of a reused id) is
+//! a no-op. Only the next due time, a scan cursor and the timers in flight are kept in memory; the rest stays in RocksDB. The cursor matters at scale: fired timers leave
 //! tombstones at the start of the due index until RocksDB compacts them, and a scan from the
 //! start would step over all of them for every batch (with a million timers fired, one core
 //! went to that).
