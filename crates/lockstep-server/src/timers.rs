@@ -158,12 +158,17 @@ pub async fn run(node: Arc<Node>, shutdown: watch::Receiver<bool>) {
         {
             return failed.map_or(Ok(None), Err);
         }
-        // Nothing more to propose now: wait for a proposal in flight, or for the next due time.
-        if let Some(done) = flight.proposals.join_next_with_id().await {
-            failed = failed.or(flight.resolve(done, &cursor));
-            return failed.map_or(Ok(None), Err);
+        // Nothing more to propose now: wait for a proposal in flight (at most IDLE_MAX, so a
+        // proposal that is never answered cannot hold off shutdown or a leadership check), or
+        // for the next due time.
+        match tokio::time::timeout(IDLE_MAX, flight.proposals.join_next_with_id()).await {
+            Ok(Some(done)) => {
+                failed = failed.or(flight.resolve(done, &cursor));
+                failed.map_or(Ok(None), Err)
+            }
+            Ok(None) => failed.map_or_else(|| Ok(Some(until_next_due(&node, &cursor))), Err),
+            Err(_still_in_flight) => failed.map_or(Ok(None), Err),
         }
-        failed.map_or_else(|| Ok(Some(until_next_due(&node, &cursor))), Err)
     })
     .await
 }
