@@ -128,9 +128,7 @@ impl Peer {
         })?;
         decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
-}
 
-impl Peer {
     /// What a failed call means to openraft.
     fn status_error<E: std::error::Error>(
         &self,

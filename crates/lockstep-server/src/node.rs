@@ -226,7 +226,7 @@ impl Node {
 
     /// The leader named by `id` and `addr`, if both are known and it is another node.
     fn other_leader(&self, id: Option<NodeId>, addr: Option<String>) -> Option<(NodeId, String)> {
-        id.zip(addr).filter(|(id, _)| *id != self.id)
+        other_leader(self.id, id, addr)
     }
 
     pub fn is_leader(&self) -> bool {
@@ -243,32 +243,15 @@ impl Node {
     ) -> Result<Response, WriteError> {
         let started = Instant::now();
         loop {
-            let proposal = Proposal {
-                request_id: request_id.clone(),
-                at: wall_clock(),
-                body: body.clone(),
-            };
-            match self.raft.client_write(proposal).await {
-                Ok(reply) => return Ok(reply.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    let leader = self.other_leader(f.leader_id, f.leader_node.map(|n| n.addr));
-                    match (forward, leader) {
-                        (false, leader) => {
-                            return Err(WriteError::NotLeader {
-                                leader_id: leader.as_ref().map(|l| l.0),
-                                leader_addr: leader.map(|l| l.1),
-                            });
-                        }
-                        (true, Some((_, addr))) => match self
-                            .forward(
-                                &addr,
-                                ForwardRequest::Write {
-                                    request_id: request_id.clone(),
-                                    body: body.clone(),
-                                },
-                            )
-                            .await
-                        {
+            let answer = self.submit(request_id.clone(), body.clone()).await?.await;
+            match (answer, forward) {
+                (Err(WriteError::NotLeader { leader_addr, .. }), true) => {
+                    if let Some(addr) = leader_addr {
+                        let request = ForwardRequest::Write {
+                            request_id: request_id.clone(),
+                            body: body.clone(),
+                        };
+                        match self.forward(&addr, request).await {
                             Ok(ForwardReply::Written(r)) => {
                                 // The answer names the leader, so the client can go there.
                                 crate::leader_hint::note_forwarded(&addr);
@@ -281,14 +264,10 @@ impl Node {
                             }
                             Err(WriteError::NotLeader { .. }) | Err(WriteError::Timeout(_)) => {}
                             Err(e) => return Err(e),
-                        },
-                        (true, None) => {}
+                        }
                     }
                 }
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    return Err(WriteError::Invalid(e.to_string()));
-                }
-                Err(RaftError::Fatal(e)) => return Err(WriteError::Fatal(e.to_string())),
+                (answer, _) => return answer,
             }
             if started.elapsed() > WRITE_DEADLINE {
                 return Err(WriteError::Timeout(WRITE_DEADLINE));
@@ -299,15 +278,17 @@ impl Node {
 
     /// Hands a proposal to the local Raft and returns at once with a future of its answer, so
     /// that proposals submitted one after another enter the log in that order even while
-    /// several are in flight (a leader-only service's batches). Never forwarded: on a node that
-    /// does not lead, the answer is `NotLeader`.
+    /// several are in flight (a leader-only service's batches). Not forwarded: on a node that
+    /// does not lead, the answer is `NotLeader`, naming the leader when it is another node
+    /// whose address is known.
     pub async fn submit(
         &self,
+        request_id: Option<String>,
         body: Body,
     ) -> Result<impl Future<Output = Result<Response, WriteError>> + Send + 'static, WriteError>
     {
         let proposal = Proposal {
-            request_id: None,
+            request_id,
             at: wall_clock(),
             body,
         };
@@ -316,13 +297,17 @@ impl Node {
             .client_write_ff(proposal)
             .await
             .map_err(|e| WriteError::Fatal(e.to_string()))?;
+        let me = self.id;
         Ok(async move {
             match answer.await {
                 Ok(Ok(reply)) => Ok(reply.data),
-                Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(WriteError::NotLeader {
-                    leader_id: f.leader_id,
-                    leader_addr: f.leader_node.map(|n| n.addr),
-                }),
+                Ok(Err(ClientWriteError::ForwardToLeader(f))) => {
+                    let leader = other_leader(me, f.leader_id, f.leader_node.map(|n| n.addr));
+                    Err(WriteError::NotLeader {
+                        leader_id: leader.as_ref().map(|l| l.0),
+                        leader_addr: leader.map(|l| l.1),
+                    })
+                }
                 Ok(Err(ClientWriteError::ChangeMembershipError(e))) => {
                     Err(WriteError::Invalid(e.to_string()))
                 }
@@ -611,4 +596,9 @@ fn log_id(id: &Option<openraft::LogId<NodeId>>) -> String {
 /// The leader's wall clock, the only clock in the write path (apply never reads one).
 pub fn wall_clock() -> Timestamp {
     Timestamp::from_jiff(jiff::Timestamp::now())
+}
+
+/// The leader named by `id` and `addr`, if both are known and it is not node `me`.
+fn other_leader(me: NodeId, id: Option<NodeId>, addr: Option<String>) -> Option<(NodeId, String)> {
+    id.zip(addr).filter(|(id, _)| *id != me)
 }

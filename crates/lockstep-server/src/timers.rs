@@ -7,10 +7,10 @@
 //! flight at once, and a scan skips the timers they hold: a fire is never re-proposed while in
 //! flight. Apply fires a timer only if it is still armed and due at the entry's cluster time,
 //! so a stale or duplicate fire (after a failover, or for an earlier arming of a reused id) is
-//! a no-op. Only the next due time, a scan cursor and the timers in flight are kept in memory; the rest stays in RocksDB. The cursor matters at scale: fired timers leave
-//! tombstones at the start of the due index until RocksDB compacts them, and a scan from the
-//! start would step over all of them for every batch (with a million timers fired, one core
-//! went to that).
+//! a no-op. Only the next due time, a scan cursor and the timers in flight are kept in memory;
+//! the rest stays in RocksDB. The cursor matters at scale: fired timers leave tombstones at the
+//! start of the due index until RocksDB compacts them, and a scan from the start would step
+//! over all of them for every batch (with a million timers fired, one core went to that).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -153,22 +153,24 @@ pub async fn run(node: Arc<Node>, shutdown: watch::Receiver<bool>) {
     while_leading(&node, shutdown, "timers", on_follower, || async {
         let mut flight = flight.lock().await;
         let mut failed = flight.settle(&cursor);
-        if flight.batches.len() < TIMERS_FIRE_IN_FLIGHT_MAX
-            && propose_due(&node, &cursor, &mut flight).await?
-        {
-            return failed.map_or(Ok(None), Err);
-        }
+        let proposed = flight.batches.len() < TIMERS_FIRE_IN_FLIGHT_MAX
+            && propose_due(&node, &cursor, &mut flight).await?;
         // Nothing more to propose now: wait for a proposal in flight (at most IDLE_MAX, so a
         // proposal that is never answered cannot hold off shutdown or a leadership check), or
-        // for the next due time.
-        match tokio::time::timeout(IDLE_MAX, flight.proposals.join_next_with_id()).await {
-            Ok(Some(done)) => {
-                failed = failed.or(flight.resolve(done, &cursor));
-                failed.map_or(Ok(None), Err)
+        // sleep until the next due time when none is in flight.
+        let wait = if proposed {
+            None
+        } else {
+            match tokio::time::timeout(IDLE_MAX, flight.proposals.join_next_with_id()).await {
+                Ok(Some(done)) => {
+                    failed = failed.or(flight.resolve(done, &cursor));
+                    None
+                }
+                Ok(None) => Some(until_next_due(&node, &cursor)),
+                Err(_still_in_flight) => None,
             }
-            Ok(None) => failed.map_or_else(|| Ok(Some(until_next_due(&node, &cursor))), Err),
-            Err(_still_in_flight) => failed.map_or(Ok(None), Err),
-        }
+        };
+        failed.map_or(Ok(wait), Err)
     })
     .await
 }
@@ -178,11 +180,8 @@ pub async fn run(node: Arc<Node>, shutdown: watch::Receiver<bool>) {
 /// part of what a scan skips.
 type Armed = (String, i64);
 
-/// A fire proposal not yet answered.
-struct Batch {
-    timers: Vec<Armed>,
-    first_due: i64,
-}
+/// A fire proposal not yet answered: its timers, in due order.
+struct Batch(Vec<Armed>);
 
 /// The fire proposals in flight, at most [`TIMERS_FIRE_IN_FLIGHT_MAX`], and the timers in
 /// them: a scan skips those, so no fire is proposed twice while one is in flight. A proposal
@@ -220,11 +219,13 @@ impl InFlight {
                 Err(WriteError::Fatal(format!("fire proposal failed: {e}"))),
             ),
         };
-        let batch = self.batches.remove(&id)?;
-        for timer in &batch.timers {
+        let Batch(timers) = self.batches.remove(&id)?;
+        for timer in &timers {
             self.timers.remove(timer);
         }
-        cursor.lower(batch.first_due);
+        if let Some((_, first_due)) = timers.first() {
+            cursor.lower(*first_due);
+        }
         result.err()
     }
 }
@@ -258,10 +259,9 @@ async fn propose_due(
         .take(TIMERS_FIRE_BATCH_MAX)
         .collect();
     node.metrics.set_timers_due(due.len());
-    let (Some(first), Some(last)) = (due.first(), due.last()) else {
+    let Some(last_due) = due.last().map(|t| t.due_at.as_micros()) else {
         return Ok(false);
     };
-    let (first_due, last_due) = (first.due_at.as_micros(), last.due_at.as_micros());
     // Lateness is taken at proposal time and recorded once the fire applied, so a retried
     // proposal counts once, with the lateness of the attempt that went through.
     let lateness: Vec<i64> = due
@@ -275,7 +275,7 @@ async fn propose_due(
     let timers: Vec<(String, String)> = due.into_iter().map(|t| (t.instance_id, t.id)).collect();
     // Submitted here, in turn, so batches enter the log in due order; answered on a task.
     let count = timers.len();
-    let answer = node.submit(Body::FireTimers { timers }).await?;
+    let answer = node.submit(None, Body::FireTimers { timers }).await?;
     let task = {
         let node = Arc::clone(node);
         flight.proposals.spawn(async move {
@@ -286,13 +286,7 @@ async fn propose_due(
         })
     };
     flight.timers.extend(armed.iter().cloned());
-    flight.batches.insert(
-        task.id(),
-        Batch {
-            timers: armed,
-            first_due,
-        },
-    );
+    flight.batches.insert(task.id(), Batch(armed));
     cursor.advance(last_due);
     Ok(true)
 }
