@@ -222,12 +222,27 @@ fn restart_arms_the_expiry_as_if_the_state_was_just_entered() {
     );
 }
 
+/// An instance created Monday 13:00 whose SLA started at `started` (`take`), migrated from A
+/// to B at `migrated` with `open` mapped to `active`: the instance before, and the change.
+fn migrate_sla(started: &str, migrated: &str, policy: TimerPolicy) -> (Instance, Change) {
+    let (a, b) = (compiled(A), compiled(B));
+    let instance = create(&a, "2026-11-23T13:00:00Z");
+    let instance = take(&a, &instance, "take", started);
+    let change = applied(migrate(
+        &a,
+        &b,
+        &instance,
+        &plan(&a, &b, &[("open", "active")], policy),
+        &operator(),
+        at(migrated),
+    ));
+    (instance, change)
+}
+
 /// An instance whose SLA started Monday 14:00 (A: 4 office hours, breach Tuesday 10:00),
 /// migrated at 15:00 with `open` mapped to `active`.
 fn sla_after(policy: TimerPolicy) -> Change {
-    let (a, b) = (compiled(A), compiled(B));
-    let instance = create(&a, "2026-11-23T13:00:00Z");
-    let instance = take(&a, &instance, "take", "2026-11-23T14:00:00Z");
+    let (instance, change) = migrate_sla("2026-11-23T14:00:00Z", "2026-11-23T15:00:00Z", policy);
     assert_eq!(
         due(&instance, "breach").as_deref(),
         Some("2026-11-24T10:00:00Z")
@@ -236,14 +251,6 @@ fn sla_after(policy: TimerPolicy) -> Change {
         due(&instance, "warn50").as_deref(),
         Some("2026-11-23T16:00:00Z")
     );
-    let change = applied(migrate(
-        &a,
-        &b,
-        &instance,
-        &plan(&a, &b, &[("open", "active")], policy),
-        &operator(),
-        at("2026-11-23T15:00:00Z"),
-    ));
     assert_eq!(change.instance.state, "active");
     assert!(due(&change.instance, "expiry").is_none());
     change
@@ -271,21 +278,15 @@ fn keep_deadline_keeps_the_breach_to_the_microsecond() {
     // Cluster time is in microseconds; budgets are counted in whole milliseconds. The SLA
     // starts 0.4 ms into a second and the migration lands 0.9 ms into one, so half a
     // millisecond of the consumed time does not fit in `consumed_ms`.
-    let (a, b) = (compiled(A), compiled(B));
-    let instance = create(&a, "2026-11-23T13:00:00Z");
-    let instance = take(&a, &instance, "take", "2026-11-23T14:00:00.0004Z");
+    let (instance, change) = migrate_sla(
+        "2026-11-23T14:00:00.0004Z",
+        "2026-11-23T15:00:00.0009Z",
+        TimerPolicy::KeepDeadline,
+    );
     assert_eq!(
         due(&instance, "breach").as_deref(),
         Some("2026-11-24T10:00:00.0004Z")
     );
-    let change = applied(migrate(
-        &a,
-        &b,
-        &instance,
-        &plan(&a, &b, &[("open", "active")], TimerPolicy::KeepDeadline),
-        &operator(),
-        at("2026-11-23T15:00:00.0009Z"),
-    ));
     assert_eq!(
         due(&change.instance, "breach").as_deref(),
         Some("2026-11-24T10:00:00.0004Z")
@@ -297,17 +298,11 @@ fn keep_deadline_keeps_the_breach_to_the_microsecond() {
 fn a_migration_after_hours_does_not_charge_the_evening() {
     // Started Monday 14:00 (A: office hours), migrated at 20:00: three office hours consumed,
     // one left. B counts wall-clock time from the migration on, not from Monday's 17:00 close.
-    let (a, b) = (compiled(A), compiled(B));
-    let instance = create(&a, "2026-11-23T13:00:00Z");
-    let instance = take(&a, &instance, "take", "2026-11-23T14:00:00Z");
-    let change = applied(migrate(
-        &a,
-        &b,
-        &instance,
-        &plan(&a, &b, &[("open", "active")], TimerPolicy::KeepRemaining),
-        &operator(),
-        at("2026-11-23T20:00:00Z"),
-    ));
+    let (_, change) = migrate_sla(
+        "2026-11-23T14:00:00Z",
+        "2026-11-23T20:00:00Z",
+        TimerPolicy::KeepRemaining,
+    );
     assert_eq!(
         due(&change.instance, "breach").as_deref(),
         Some("2026-11-23T21:00:00Z")

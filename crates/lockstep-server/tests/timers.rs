@@ -28,8 +28,16 @@ fn client(cluster: &Cluster) -> Client {
 }
 
 async fn define(cluster: &Cluster) {
+    define_as(cluster, "tickets", "2s").await;
+}
+
+/// `TICKETS` as workflow `name`, whose `waiting` expires after `after` (e.g. `1h`).
+async fn define_as(cluster: &Cluster, name: &str, after: &str) {
+    let source = TICKETS
+        .replace("workflow: tickets", &format!("workflow: {name}"))
+        .replace("after: 2s", &format!("after: {after}"));
     client(cluster)
-        .apply_definition(&request_id(), TICKETS, pb::Provenance::default())
+        .apply_definition(&request_id(), &source, pb::Provenance::default())
         .await
         .unwrap();
 }
@@ -252,13 +260,7 @@ async fn a_frozen_old_leader_cannot_make_a_timer_act_twice() {
 async fn a_timer_armed_due_before_the_scan_cursor_still_fires() {
     let cluster = Cluster::start(Settings::default());
     cluster.leader().await;
-    let late = TICKETS
-        .replace("workflow: tickets", "workflow: later")
-        .replace("after: 2s", "after: 1h");
-    client(&cluster)
-        .apply_definition(&request_id(), &late, pb::Provenance::default())
-        .await
-        .unwrap();
+    define_as(&cluster, "later", "1h").await;
     define(&cluster).await;
     let hour = client(&cluster)
         .create(&request_id(), "later", None, &serde_json::json!({}))
@@ -283,13 +285,8 @@ async fn a_backlog_larger_than_the_fires_in_flight_fires_once_each_in_due_order(
     let expiry = Duration::from_secs(20);
     let mut cluster = Cluster::start(Settings::default());
     cluster.leader().await;
-    let many = TICKETS
-        .replace("workflow: tickets", "workflow: many")
-        .replace("after: 2s", "after: 20s");
+    define_as(&cluster, "many", &format!("{}s", expiry.as_secs())).await;
     let c = std::sync::Arc::new(client(&cluster));
-    c.apply_definition(&request_id(), &many, pb::Provenance::default())
-        .await
-        .unwrap();
     let total = TIMERS_FIRE_BATCH_MAX * (TIMERS_FIRE_IN_FLIGHT_MAX + 2);
     let mut creators = tokio::task::JoinSet::new();
     for _ in 0..CREATORS {
