@@ -337,6 +337,10 @@ pub enum RefusalCode {
     /// A migration's state mapping or selection does not fit the two versions or an
     /// instance (unknown or unmapped state, a terminal state mapped to a live one, ...).
     MigrationInvalid,
+    /// The request id was already used, within the dedup retention, by a different request
+    /// (another kind, target, transition, payload or actor). Last, so that refusals stored in
+    /// the dedup table by earlier versions decode unchanged.
+    RequestIdReused,
 }
 
 impl RefusalCode {
@@ -366,6 +370,7 @@ impl RefusalCode {
             RefusalCode::DefinitionInvalid => "DEFINITION_INVALID",
             RefusalCode::UnknownVersion => "UNKNOWN_VERSION",
             RefusalCode::MigrationInvalid => "MIGRATION_INVALID",
+            RefusalCode::RequestIdReused => "REQUEST_ID_REUSED",
         }
     }
 
@@ -374,7 +379,7 @@ impl RefusalCode {
     }
 }
 
-const ALL_REFUSALS: [RefusalCode; 24] = [
+const ALL_REFUSALS: [RefusalCode; 25] = [
     RefusalCode::NotAllowedFromState,
     RefusalCode::UnknownTransition,
     RefusalCode::GuardFalse,
@@ -399,6 +404,7 @@ const ALL_REFUSALS: [RefusalCode; 24] = [
     RefusalCode::DefinitionInvalid,
     RefusalCode::UnknownVersion,
     RefusalCode::MigrationInvalid,
+    RefusalCode::RequestIdReused,
 ];
 
 /// A refused command: nothing changed.

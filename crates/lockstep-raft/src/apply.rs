@@ -20,6 +20,7 @@ use openraft::{Entry, EntryPayload, LogId, StoredMembership};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::format::{LOG_FORMAT_BATCHES, LogFormat};
 use crate::types::{
     Body, Member, Migrated, MigrationCursor, NodeId, Proposal, Provenance, Response, Selection,
     Target, TaskOp, TypeConfig,
@@ -34,6 +35,66 @@ pub mod meta {
     pub const OUTBOX_SEQ: &[u8] = b"outbox_seq";
     /// The last outbox sequence the leader dispatched and acknowledged.
     pub const OUTBOX_ACKED: &[u8] = b"outbox_acked";
+    /// The replicated log format (`crate::format`); absent means format 1.
+    pub const LOG_FORMAT: &[u8] = b"log_format";
+}
+
+/// A request id's entry in the dedup table (envelope version 2; version 1 stored the
+/// `(Response, Timestamp)` pair alone, which still reads, with no digest to compare).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DedupEntry {
+    pub response: Response,
+    pub at: Timestamp,
+    /// SHA-256 of the request (kind, target, transition or event, payload or data, actor):
+    /// the same id with another request is refused with REQUEST_ID_REUSED.
+    pub digest: [u8; 32],
+    /// The first request's kind and target, for that refusal's message.
+    pub request: String,
+}
+
+/// The digest of what a request asks: its body without cluster time. Deterministic: bincode
+/// of our own types, whose JSON values are encoded as canonical text.
+fn request_digest(body: &Body) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let bytes = bincode::serialize(body).expect("in-memory bincode encoding cannot fail");
+    Sha256::digest(&bytes).into()
+}
+
+fn show_target(target: &Target) -> String {
+    match target {
+        Target::Id(id) => id.clone(),
+        Target::Key { workflow, key } => format!("{workflow}/{key}"),
+    }
+}
+
+/// A request's kind and target in words, for REQUEST_ID_REUSED.
+fn describe_request(body: &Body) -> String {
+    match body {
+        Body::Create { workflow, key, .. } => match key {
+            Some(key) => format!("create of {workflow}/{key}"),
+            None => format!("create of a {workflow} instance"),
+        },
+        Body::Transition {
+            target, transition, ..
+        } => format!("transition `{transition}` of {}", show_target(target)),
+        Body::Event { target, event, .. } => {
+            format!("event `{event}` to {}", show_target(target))
+        }
+        Body::Task {
+            instance_id,
+            task_id,
+            ..
+        } => format!("task operation on {instance_id} task {task_id}"),
+        Body::ResolveIncident {
+            instance_id,
+            incident_id,
+            ..
+        } => format!("resolution of incident {incident_id} of {instance_id}"),
+        Body::ApplyDefinition { provenance, .. } => {
+            format!("definition apply of {}", provenance.path)
+        }
+        other => other.name().replace('_', " "),
+    }
 }
 
 /// How long a request id is remembered, in cluster time. A retry after this is a new request.
@@ -136,6 +197,15 @@ pub mod key {
     }
 }
 
+/// A dedup entry as read, whichever version stored it.
+#[derive(Debug)]
+struct StoredDedup {
+    response: Response,
+    at: Timestamp,
+    digest: Option<[u8; 32]>,
+    request: String,
+}
+
 /// Compiled definitions by (workflow, version); a cache, so bounded and safely discardable.
 #[derive(Debug, Default)]
 pub struct DefinitionCache {
@@ -162,6 +232,11 @@ pub struct Applier<'a, S: Store> {
     store: &'a S,
     cache: &'a mut DefinitionCache,
     overlay: Overlay,
+    /// The position of the request being applied within its entry's batch (0 for an entry
+    /// that is not a batch): with the log index it names what a request creates.
+    position: u32,
+    /// The replicated log format, read once per run and kept current by `SetLogFormat`.
+    format: Option<LogFormat>,
 }
 
 type StoreResult<T> = lockstep_store::Result<T>;
@@ -172,6 +247,8 @@ impl<'a, S: Store> Applier<'a, S> {
             store,
             cache,
             overlay: Overlay::default(),
+            position: 0,
+            format: None,
         }
     }
 
@@ -202,7 +279,11 @@ impl<'a, S: Store> Applier<'a, S> {
     }
 
     fn put<T: Serialize>(&mut self, family: Family, key: Vec<u8>, value: &T) {
-        let bytes = envelope::encode(value);
+        self.put_as(envelope::VERSION, family, key, value)
+    }
+
+    fn put_as<T: Serialize>(&mut self, version: u8, family: Family, key: Vec<u8>, value: &T) {
+        let bytes = envelope::encode_as(version, value);
         self.overlay
             .writes
             .insert((family, key.clone()), Some(bytes.clone()));
@@ -261,6 +342,18 @@ impl<'a, S: Store> Applier<'a, S> {
                 );
                 Response::Empty
             }
+            EntryPayload::Normal(Proposal {
+                body: Body::Batch(requests),
+                ..
+            }) => {
+                let mut responses = Vec::with_capacity(requests.len());
+                for (position, request) in requests.iter().enumerate() {
+                    self.position = u32::try_from(position).unwrap_or(u32::MAX);
+                    responses.push(self.apply_proposal(log_id, request)?);
+                }
+                self.position = 0;
+                Response::Batch(responses)
+            }
             EntryPayload::Normal(proposal) => self.apply_proposal(log_id, proposal)?,
         };
         self.put(Family::Meta, meta::APPLIED.to_vec(), &Some(log_id));
@@ -279,19 +372,42 @@ impl<'a, S: Store> Applier<'a, S> {
             _ => proposal.at,
         };
         self.put(Family::Meta, meta::TIME.to_vec(), &at);
+        let digests = self.format()?.at_least(LOG_FORMAT_BATCHES);
+        let digest = match (&proposal.request_id, digests) {
+            (Some(_), true) => Some(request_digest(&proposal.body)),
+            _ => None,
+        };
         if let Some(request_id) = &proposal.request_id
-            && let Some((first, _)) =
-                self.get::<(Response, Timestamp)>(Family::Dedup, request_id.as_bytes())?
+            && let Some(first) = self.dedup_entry(request_id)?
         {
-            return Ok(first);
+            return Ok(match (first.digest, digest) {
+                (Some(first_digest), Some(digest)) if first_digest != digest => refused(
+                    RefusalCode::RequestIdReused,
+                    format!(
+                        "request id `{request_id}` was already used for the {} at {}; this request differs from it (kind, target, transition, payload or actor), so nothing was done: give every new request a new request id, and reuse one only to retry the same request",
+                        first.request, first.at
+                    ),
+                ),
+                _ => first.response,
+            });
         }
         let response = self.apply_body(log_id, &proposal.body, at)?;
         if let Some(request_id) = &proposal.request_id {
-            self.put(
-                Family::Dedup,
-                request_id.as_bytes().to_vec(),
-                &(response.clone(), at),
-            );
+            let key = request_id.as_bytes().to_vec();
+            match digest {
+                Some(digest) => self.put_as(
+                    2,
+                    Family::Dedup,
+                    key,
+                    &DedupEntry {
+                        response: response.clone(),
+                        at,
+                        digest,
+                        request: describe_request(&proposal.body),
+                    },
+                ),
+                None => self.put(Family::Dedup, key, &(response.clone(), at)),
+            }
             self.put(
                 Family::DedupByTime,
                 key::dedup_by_time(at.as_micros(), request_id),
@@ -300,6 +416,47 @@ impl<'a, S: Store> Applier<'a, S> {
         }
         self.expire_dedup(at)?;
         Ok(response)
+    }
+
+    /// The replicated log format, as this run sees it.
+    fn format(&mut self) -> StoreResult<LogFormat> {
+        if let Some(format) = self.format {
+            return Ok(format);
+        }
+        let format = self
+            .get::<LogFormat>(Family::Meta, meta::LOG_FORMAT)?
+            .unwrap_or_default();
+        self.format = Some(format);
+        Ok(format)
+    }
+
+    /// A request id's dedup entry, in either stored version (a version-1 entry has no digest).
+    fn dedup_entry(&self, request_id: &str) -> StoreResult<Option<StoredDedup>> {
+        let Some(bytes) = self.get_raw(Family::Dedup, request_id.as_bytes())? else {
+            return Ok(None);
+        };
+        let key = request_id.as_bytes();
+        Ok(Some(match envelope::version_of(&bytes) {
+            Some(1) => {
+                let (response, at) =
+                    envelope::decode::<(Response, Timestamp)>(Family::Dedup, key, &bytes)?;
+                StoredDedup {
+                    response,
+                    at,
+                    digest: None,
+                    request: String::new(),
+                }
+            }
+            _ => {
+                let entry = envelope::decode::<DedupEntry>(Family::Dedup, key, &bytes)?;
+                StoredDedup {
+                    response: entry.response,
+                    at: entry.at,
+                    digest: Some(entry.digest),
+                    request: entry.request,
+                }
+            }
+        }))
     }
 
     fn expire_dedup(&mut self, at: Timestamp) -> StoreResult<()> {
@@ -325,6 +482,17 @@ impl<'a, S: Store> Applier<'a, S> {
     ) -> StoreResult<Response> {
         match body {
             Body::Noop => Ok(Response::Empty),
+            // A leader never nests batches; refused deterministically if one ever arrives.
+            Body::Batch(_) => Ok(refused(
+                RefusalCode::PayloadInvalid,
+                "a batch of requests cannot contain another batch".into(),
+            )),
+            Body::SetLogFormat { version } => {
+                let format = LogFormat((*version).max(self.format()?.0));
+                self.put(Family::Meta, meta::LOG_FORMAT.to_vec(), &format);
+                self.format = Some(format);
+                Ok(Response::Empty)
+            }
             Body::Migrate {
                 plan,
                 selection,
@@ -360,7 +528,12 @@ impl<'a, S: Store> Applier<'a, S> {
                         ),
                     ));
                 }
-                let instance_id = format!("i-{}", log_id.index);
+                // The log index names the instance; a request after the first of a batch adds
+                // its position (only format-2 logs have batches, so older ids are unchanged).
+                let instance_id = match self.position {
+                    0 => format!("i-{}", log_id.index),
+                    position => format!("i-{}-{position}", log_id.index),
+                };
                 let command = Command::Create {
                     instance_id,
                     key: key.clone(),

@@ -10,6 +10,7 @@
 //! - [`read`]: queries over the applied state (instances, history, timers, digest).
 
 pub mod apply;
+pub mod format;
 pub mod log_store;
 pub mod read;
 pub mod snapshot_file;

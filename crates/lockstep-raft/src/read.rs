@@ -283,6 +283,11 @@ pub fn ready_tasks(store: &impl Store, queue: &str, limit: usize) -> Result<Vec<
 }
 
 /// The last cluster time applied.
+/// The replicated log format (`crate::format`), as applied on this replica.
+pub fn log_format(store: &impl Store) -> Result<crate::format::LogFormat> {
+    Ok(get(store, Family::Meta, meta::LOG_FORMAT)?.unwrap_or_default())
+}
+
 pub fn cluster_time(store: &impl Store) -> Result<Option<Timestamp>> {
     get(store, Family::Meta, meta::TIME)
 }

@@ -171,6 +171,17 @@ pub enum Body {
         selection: Selection,
         actor: Actor,
     },
+    // The variants below are log format 2 (`crate::format`): they are appended after every
+    // older variant so that bincode's variant indexes of older entries stay the same, and a
+    // leader proposes them only once the whole cluster reads format 2.
+    /// Group commit: many client requests in one log entry, applied in order, each with its
+    /// own request id, dedup entry, outcome, audit record and strictly increasing cluster
+    /// time. The outer proposal has no request id; its `at` is not used.
+    Batch(Vec<Proposal>),
+    /// Raises the cluster's log format (the cluster-version gate, `crate::format`): proposed
+    /// by a leader once every member runs a build that reads `version`. Replicated, so every
+    /// replica switches behaviour at the same entry.
+    SetLogFormat { version: u32 },
 }
 
 impl Body {
@@ -186,6 +197,8 @@ impl Body {
             Body::AckOutbox { .. } => "ack_outbox",
             Body::Noop => "noop",
             Body::Migrate { .. } => "migrate",
+            Body::Batch(_) => "batch",
+            Body::SetLogFormat { .. } => "set_log_format",
         }
     }
 }
@@ -218,4 +231,7 @@ pub enum Response {
         instances: Vec<Migrated>,
         next: Option<MigrationCursor>,
     },
+    /// The responses of a `Body::Batch`, one per request, in order. Last, for the same reason
+    /// as `Body::Batch`.
+    Batch(Vec<Response>),
 }

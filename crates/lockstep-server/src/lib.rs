@@ -2,7 +2,8 @@
 //!
 //! - [`config`]: TOML file, flags and environment, checked with clear errors.
 //! - [`node`]: the Raft node on RocksDB, the write path (stamp cluster time, propose, forward
-//!   to the leader) and linearizable reads.
+//!   to the leader) and linearizable reads; [`batcher`]: group commit of concurrent
+//!   proposals into one entry; [`format_gate`]: the cluster-version gate for log formats.
 //! - [`network`] and [`raft_service`]: Raft messages between nodes over gRPC.
 //! - [`api`]: the public gRPC services, [`status`]: refusals as gRPC statuses.
 //! - [`timers`]: the leader-only timer service; [`dispatch`]: the leader-only outbox dispatcher.
@@ -14,8 +15,10 @@
 
 pub mod api;
 pub mod backup;
+pub mod batcher;
 pub mod config;
 pub mod dispatch;
+pub mod format_gate;
 pub mod leader_hint;
 pub mod metrics;
 pub mod network;

@@ -13,6 +13,8 @@
 //! | `lockstep_grpc_requests_in_flight` | gauge | |
 //! | `lockstep_raft_term`, `_leader_id`, `_is_leader`, `_last_log_index`, `_committed_index`, `_applied_index`, `_snapshot_index`, `_purged_index` | gauge | |
 //! | `lockstep_raft_apply_batch_entries` | histogram | |
+//! | `lockstep_raft_entries_proposed_total`, `lockstep_requests_proposed_total` | counter | |
+//! | `lockstep_requests_per_entry` | histogram | |
 //! | `lockstep_store_sst_files_bytes`, `_live_data_bytes`, `_memtables_bytes`, `_keys_estimate` | gauge | `family` |
 //! | `lockstep_timer_lateness_seconds` | histogram | |
 //! | `lockstep_timers_due` | gauge | |
@@ -80,6 +82,9 @@ pub struct Metrics {
     raft_snapshot_index: U64Gauge,
     raft_purged_index: U64Gauge,
     apply_batch_entries: Histogram,
+    entries_proposed: Counter,
+    requests_proposed: Counter,
+    requests_per_entry: Histogram,
     store_sst_files_bytes: Family<FamilyLabels, U64Gauge>,
     store_live_data_bytes: Family<FamilyLabels, U64Gauge>,
     store_memtables_bytes: Family<FamilyLabels, U64Gauge>,
@@ -113,6 +118,10 @@ impl Metrics {
             raft_purged_index: U64Gauge::default(),
             // 1 to 4096 entries.
             apply_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            entries_proposed: Counter::default(),
+            requests_proposed: Counter::default(),
+            // 1 to 512 requests (the batcher's BATCH_REQUESTS_MAX).
+            requests_per_entry: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             store_sst_files_bytes: Family::default(),
             store_live_data_bytes: Family::default(),
             store_memtables_bytes: Family::default(),
@@ -184,6 +193,21 @@ impl Metrics {
             "Entries per state machine apply call (each call is one RocksDB batch)",
             m.apply_batch_entries.clone(),
         );
+        r.register(
+            "lockstep_raft_entries_proposed",
+            "Raft entries this node proposed (group commit puts many requests in one)",
+            m.entries_proposed.clone(),
+        );
+        r.register(
+            "lockstep_requests_proposed",
+            "Requests this node proposed, in entries of one or in group-commit batches",
+            m.requests_proposed.clone(),
+        );
+        r.register(
+            "lockstep_requests_per_entry",
+            "Requests per proposed Raft entry",
+            m.requests_per_entry.clone(),
+        );
         let families = [
             (
                 "lockstep_store_sst_files_bytes",
@@ -230,6 +254,16 @@ impl Metrics {
     /// Records one apply call of `entries` entries.
     pub fn observe_apply(&self, entries: usize) {
         self.apply_batch_entries.observe(entries as f64);
+    }
+
+    /// Records a group the batcher proposed: `requests` requests in `entries` entries.
+    pub fn observe_proposed(&self, entries: usize, requests: usize) {
+        self.entries_proposed.inc_by(entries as u64);
+        self.requests_proposed.inc_by(requests as u64);
+        let per_entry = requests as f64 / entries.max(1) as f64;
+        for _ in 0..entries.min(requests) {
+            self.requests_per_entry.observe(per_entry);
+        }
     }
 
     /// Records the due timers a scan of the timer index found.

@@ -58,6 +58,9 @@ pub enum ForwardRequest {
     Remove {
         id: NodeId,
     },
+    /// The highest log format the node's build reads (`format_gate.rs`). Last, so that older
+    /// builds, which cannot decode it, refuse it (and so are never counted as ready).
+    LogFormat,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -65,6 +68,7 @@ pub enum ForwardReply {
     Written(Response),
     ReadIndex(u64),
     Membership(Vec<(NodeId, String, bool)>),
+    LogFormat(u32),
 }
 
 /// Why a write or membership change did not produce a response.
@@ -106,6 +110,8 @@ pub struct Node {
     pub security: crate::security_log::SecurityLog,
     /// Timers armed since the timer service last scanned (see `timers.rs`).
     pub timers_armed: crate::timers::ArmedSince,
+    /// Group commit: every proposal of this node goes through it (`batcher.rs`).
+    pub batcher: crate::batcher::Batcher,
 }
 
 impl std::fmt::Debug for Node {
@@ -165,6 +171,10 @@ impl Node {
             ),
         )
         .await?;
+        let proposed_metrics = Arc::clone(&metrics);
+        let batcher = crate::batcher::Batcher::start(raft.clone(), config.id, move |p| {
+            proposed_metrics.observe_proposed(p.entries, p.requests)
+        });
         let node = Arc::new(Node {
             id: config.id,
             config,
@@ -177,8 +187,10 @@ impl Node {
             trust,
             security: crate::security_log::SecurityLog::default(),
             timers_armed,
+            batcher,
         });
         node.bootstrap_if_first().await?;
+        tokio::spawn(crate::format_gate::run(Arc::downgrade(&node)));
         Ok(node)
     }
 
@@ -276,9 +288,10 @@ impl Node {
         }
     }
 
-    /// Hands a proposal to the local Raft and returns at once with a future of its answer, so
-    /// that proposals submitted one after another enter the log in that order even while
-    /// several are in flight (a leader-only service's batches). Not forwarded: on a node that
+    /// Hands a proposal to the local Raft (through the group-commit batcher) and returns at
+    /// once with a future of its answer, so that proposals submitted one after another enter
+    /// the log in that order even while several are in flight (a leader-only service's
+    /// batches). Not forwarded: on a node that
     /// does not lead, the answer is `NotLeader`, naming the leader when it is another node
     /// whose address is known.
     pub async fn submit(
@@ -292,30 +305,7 @@ impl Node {
             at: wall_clock(),
             body,
         };
-        let answer = self
-            .raft
-            .client_write_ff(proposal)
-            .await
-            .map_err(|e| WriteError::Fatal(e.to_string()))?;
-        let me = self.id;
-        Ok(async move {
-            match answer.await {
-                Ok(Ok(reply)) => Ok(reply.data),
-                Ok(Err(ClientWriteError::ForwardToLeader(f))) => {
-                    let leader = other_leader(me, f.leader_id, f.leader_node.map(|n| n.addr));
-                    Err(WriteError::NotLeader {
-                        leader_id: leader.as_ref().map(|l| l.0),
-                        leader_addr: leader.map(|l| l.1),
-                    })
-                }
-                Ok(Err(ClientWriteError::ChangeMembershipError(e))) => {
-                    Err(WriteError::Invalid(e.to_string()))
-                }
-                Err(_) => Err(WriteError::Fatal(
-                    "Raft stopped before the proposal was answered".into(),
-                )),
-            }
-        })
+        self.batcher.submit(proposal).await
     }
 
     async fn client_for(&self, addr: &str) -> Result<RaftClient<Channel>, WriteError> {
@@ -393,6 +383,9 @@ impl Node {
             ForwardRequest::Remove { id } => {
                 self.remove(id, false).await.map(ForwardReply::Membership)
             }
+            ForwardRequest::LogFormat => Ok(ForwardReply::LogFormat(
+                lockstep_raft::format::LOG_FORMAT_CURRENT,
+            )),
         }
     }
 
@@ -436,7 +429,7 @@ impl Node {
         }
     }
 
-    fn members(&self) -> Vec<(NodeId, String, bool)> {
+    pub(crate) fn members(&self) -> Vec<(NodeId, String, bool)> {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -599,6 +592,10 @@ pub fn wall_clock() -> Timestamp {
 }
 
 /// The leader named by `id` and `addr`, if both are known and it is not node `me`.
-fn other_leader(me: NodeId, id: Option<NodeId>, addr: Option<String>) -> Option<(NodeId, String)> {
+pub(crate) fn other_leader(
+    me: NodeId,
+    id: Option<NodeId>,
+    addr: Option<String>,
+) -> Option<(NodeId, String)> {
     id.zip(addr).filter(|(id, _)| *id != me)
 }

@@ -23,7 +23,7 @@ pub fn code_for(refusal: RefusalCode) -> Code {
         UnknownInstance | UnknownWorkflow | UnknownVersion | TaskNotFound | IncidentNotFound => {
             Code::NotFound
         }
-        AlreadyExists => Code::AlreadyExists,
+        AlreadyExists | RequestIdReused => Code::AlreadyExists,
     }
 }
 

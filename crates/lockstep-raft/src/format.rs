@@ -1,0 +1,41 @@
+//! Log formats and the cluster-version gate.
+//!
+//! A log entry is read by every member, including members that still run an older build
+//! during a rolling upgrade. So a new kind of entry, or a new way of applying an old one, is
+//! used only once the whole cluster reads it: every build knows the highest format it reads
+//! ([`LOG_FORMAT_CURRENT`]); the leader asks every member for theirs and, once all of them
+//! read a higher format than the replicated one, proposes [`crate::Body::SetLogFormat`].
+//! Applying that entry raises the replicated format (family `Meta`, key
+//! [`crate::apply::meta::LOG_FORMAT`]) on every replica at the same log index, so behaviour
+//! that depends on it stays deterministic. Later format changes reuse the same gate: add a
+//! constant, raise [`LOG_FORMAT_CURRENT`], and make the new behaviour conditional on
+//! [`LogFormat::at_least`].
+//!
+//! Downgrades are not supported: once the format is raised, a build that does not read it
+//! refuses the log with an envelope-version error naming the upgrade.
+
+use serde::{Deserialize, Serialize};
+
+/// The format of commit 4410ace and earlier: one request per entry.
+pub const LOG_FORMAT_INITIAL: u32 = 1;
+/// Group commit (`Body::Batch`), request digests in dedup entries (`REQUEST_ID_REUSED`), and
+/// instance ids with the request's position in its batch (`i-<index>-<position>`).
+pub const LOG_FORMAT_BATCHES: u32 = 2;
+/// The highest log format this build reads and writes.
+pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_BATCHES;
+
+/// A replicated log format, as applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LogFormat(pub u32);
+
+impl Default for LogFormat {
+    fn default() -> Self {
+        LogFormat(LOG_FORMAT_INITIAL)
+    }
+}
+
+impl LogFormat {
+    pub fn at_least(self, version: u32) -> bool {
+        self.0 >= version
+    }
+}
