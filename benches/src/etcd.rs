@@ -46,6 +46,13 @@ impl Drop for EtcdCluster {
     }
 }
 
+impl EtcdCluster {
+    /// The node processes' ids, for the cost per operation.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+}
+
 /// Finds the etcd binary: `explicit` if given, else `etcd` on PATH or in /usr/bin, else
 /// installs Debian's `etcd-server` with apt-get.
 pub(crate) fn binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {

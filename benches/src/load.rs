@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::cost::{Cost, Probe, Sample};
+
 /// Most units of work in flight at once in open-loop mode. High enough that a healthy
 /// cluster never reaches it at the rates a 2-core machine sustains; low enough that an
 /// overloaded one is not buried under an unbounded backlog of requests and tasks.
@@ -69,6 +71,9 @@ pub(crate) struct Level {
     pub(crate) p99_us: u64,
     pub(crate) p999_us: u64,
     pub(crate) max_us: u64,
+    /// Cost per operation over the measured window, when the driver was given a probe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cost: Option<Cost>,
 }
 
 impl Level {
@@ -88,6 +93,7 @@ impl Level {
             p99_us: h.value_at_quantile(0.99),
             p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),
+            cost: None,
         }
     }
 }
@@ -122,12 +128,14 @@ fn tick(bar: &indicatif::ProgressBar, start: Instant, end: Instant) -> tokio::ta
 }
 
 /// Closed loop: `concurrency` clients each run units back to back. A unit counts when it
-/// started after the warm-up and ended inside the window.
+/// started after the warm-up and ended inside the window. With a `probe`, its counters are
+/// sampled when the warm-up ends and when the window does, for the cost per operation.
 pub(crate) async fn closed<W: Workload>(
     workload: Arc<W>,
     concurrency: usize,
     window: Window,
     bar: &indicatif::ProgressBar,
+    probe: Option<&Probe>,
 ) -> Level {
     let start = Instant::now();
     let measure_from = start + window.warmup;
@@ -154,6 +162,15 @@ pub(crate) async fn closed<W: Workload>(
         }));
     }
     let ticker = tick(bar, start, end);
+    let samples = match probe {
+        Some(p) => {
+            tokio::time::sleep_until(measure_from.into()).await;
+            let before = Sample::take(p).await;
+            tokio::time::sleep_until(end.into()).await;
+            Some((before, Sample::take(p).await))
+        }
+        None => None,
+    };
     let (mut all, mut errors) = (histogram(), 0);
     for c in clients {
         let (h, e) = c.await.expect("client task");
@@ -163,15 +180,20 @@ pub(crate) async fn closed<W: Workload>(
     let _ = ticker.await;
     let mut level = Level::new(&all, errors, window.duration);
     level.concurrency = concurrency;
+    level.cost = samples.map(|(before, after)| Cost::between(&before, &after, level.operations));
     level
 }
 
 /// Open loop: units arrive every `1 / rate` seconds; each is measured from its intended start.
+/// With a `probe`, its counters are sampled when the warm-up ends and when the last unit that
+/// arrived inside the window has finished (those units are counted), for the cost per
+/// operation.
 pub(crate) async fn open<W: Workload>(
     workload: Arc<W>,
     rate: f64,
     window: Window,
     bar: &indicatif::ProgressBar,
+    probe: Option<&Probe>,
 ) -> Level {
     assert!(rate > 0.0, "the rate is checked when parsing");
     let start = Instant::now();
@@ -181,6 +203,13 @@ pub(crate) async fn open<W: Workload>(
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MAX));
     let measured = Arc::new(Mutex::new((histogram(), 0u64)));
     let ticker = tick(bar, start, end);
+    // The first sample is taken aside, so that the arrival schedule does not wait for it.
+    let before = probe.cloned().map(|p| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            Sample::take(&p).await
+        })
+    });
     let (mut late, mut dropped) = (0u64, 0u64);
     let mut units = tokio::task::JoinSet::new();
     let mut sequence = 0u64;
@@ -227,12 +256,23 @@ pub(crate) async fn open<W: Workload>(
     // Units that arrived inside the window count even when they finish after it: leaving
     // them out would hide exactly the slow ones.
     while units.join_next().await.is_some() {}
+    let after = match probe {
+        Some(p) => Some(Sample::take(p).await),
+        None => None,
+    };
+    let before = match before {
+        Some(handle) => handle.await.ok(),
+        None => None,
+    };
     let _ = ticker.await;
     let m = measured.lock().expect("histogram lock");
     let mut level = Level::new(&m.0, m.1, window.duration);
     level.offered_per_second = rate;
     level.late = late;
     level.dropped = dropped;
+    level.cost = before
+        .zip(after)
+        .map(|(before, after)| Cost::between(&before, &after, level.operations));
     level
 }
 

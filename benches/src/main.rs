@@ -4,10 +4,12 @@
 //! endpoints), applies the purchase-order workflow, and runs a scenario in a closed loop (N
 //! concurrent clients, a sweep over N) or an open loop (a fixed arrival rate, latencies from
 //! the intended send time). Latencies go into HdrHistograms; the report gives throughput and
-//! p50/p90/p99/p99.9/max as a Markdown table, as JSON and as an SVG plot. With `--baseline
-//! etcd` the same sweep then runs against a 3-node etcd cluster, and the report gives the
-//! Lockstep / etcd ratios.
+//! p50/p90/p99/p99.9/max as a Markdown table, as JSON and as an SVG plot, with each level's
+//! cost per operation (CPU time, context switches, fsyncs, Raft entries and AppendEntries
+//! RPCs; see `cost`). With `--baseline etcd` the same sweep then runs against a 3-node etcd
+//! cluster, and the report gives the Lockstep / etcd ratios.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use lockstep_core::ActorKind;
 
 use crate::load::{Level, Window, Workload};
 
+mod cost;
 mod etcd;
 mod load;
 mod plot;
@@ -166,6 +169,25 @@ fn parse_fraction(text: &str) -> Result<f64, String> {
 pub(crate) struct LocalCluster {
     _dir: tempfile::TempDir,
     pub(crate) children: Vec<Child>,
+    /// Each node's `--metrics-listen` address, in the order of `children`.
+    metrics: Vec<SocketAddr>,
+}
+
+impl LocalCluster {
+    /// The node processes and their metrics endpoints, for the cost per operation.
+    fn probe(&self) -> cost::Probe {
+        cost::Probe {
+            nodes: self
+                .children
+                .iter()
+                .zip(&self.metrics)
+                .map(|(child, metrics)| cost::Target {
+                    pid: Some(child.id()),
+                    metrics: Some(*metrics),
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Drop for LocalCluster {
@@ -184,6 +206,13 @@ fn start_cluster(nodes: usize, binary: &PathBuf) -> anyhow::Result<(LocalCluster
         .map(|_| lockstep_client::loopback::free_port())
         .collect::<Result<_, _>>()?;
     let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    // Every node serves /metrics, whose counters give the fsyncs, Raft entries and
+    // AppendEntries RPCs per operation.
+    let metrics: Vec<SocketAddr> = (0..nodes)
+        .map(|_| {
+            lockstep_client::loopback::free_port().map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+        })
+        .collect::<Result<_, _>>()?;
     let members = endpoints
         .iter()
         .enumerate()
@@ -204,6 +233,8 @@ fn start_cluster(nodes: usize, binary: &PathBuf) -> anyhow::Result<(LocalCluster
                     &members,
                     "--dev",
                 ])
+                .arg("--metrics-listen")
+                .arg(metrics[i].to_string())
                 .arg("--data-dir")
                 .arg(dir.path().join(format!("node{}", i + 1)))
                 .env("RUST_LOG", "warn")
@@ -218,6 +249,7 @@ fn start_cluster(nodes: usize, binary: &PathBuf) -> anyhow::Result<(LocalCluster
         LocalCluster {
             _dir: dir,
             children,
+            metrics,
         },
         endpoints,
     ))
@@ -249,12 +281,15 @@ impl Plan {
 
 /// Runs every level of `plan` against `workload`. In open loop, `operations_per_unit` turns
 /// the unit rate into the offered operations per second that the report and plot show.
+/// `probe` names the processes and metrics endpoints whose counters give each level's cost
+/// per operation.
 async fn sweep<W: Workload>(
     system: &str,
     workload: Arc<W>,
     plan: &Plan,
     rate_scale: f64,
     operations_per_unit: f64,
+    probe: &cost::Probe,
 ) -> Vec<Level> {
     let mut levels = Vec::with_capacity(plan.levels());
     for i in 0..plan.levels() {
@@ -262,14 +297,16 @@ async fn sweep<W: Workload>(
             Mode::Closed => {
                 let c = plan.concurrency[i];
                 let bar = load::progress_bar(plan.window, format!("{system}, {c} client(s)"));
-                let level = load::closed(Arc::clone(&workload), c, plan.window, &bar).await;
+                let level =
+                    load::closed(Arc::clone(&workload), c, plan.window, &bar, Some(probe)).await;
                 bar.finish_and_clear();
                 level
             }
             Mode::Open => {
                 let rate = plan.rates[i] * rate_scale;
                 let bar = load::progress_bar(plan.window, format!("{system}, {rate:.0}/s"));
-                let mut level = load::open(Arc::clone(&workload), rate, plan.window, &bar).await;
+                let mut level =
+                    load::open(Arc::clone(&workload), rate, plan.window, &bar, Some(probe)).await;
                 bar.finish_and_clear();
                 level.offered_per_second = rate * operations_per_unit;
                 level
@@ -332,14 +369,24 @@ fn print_levels(system: &str, mode: Mode, levels: &[Level]) {
     println!("\n{system}\n");
     match mode {
         Mode::Closed => {
-            println!("| clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |");
-            println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+            println!(
+                "| clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |{}",
+                cost::TABLE_HEADER
+            );
+            println!(
+                "|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+                cost::TABLE_ALIGN
+            );
         }
         Mode::Open => {
             println!(
-                "| offered ops/s | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | late | dropped |"
+                "| offered ops/s | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | late | dropped |{}",
+                cost::TABLE_HEADER
             );
-            println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            println!(
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+                cost::TABLE_ALIGN
+            );
         }
     }
     for l in levels {
@@ -360,6 +407,7 @@ fn print_levels(system: &str, mode: Mode, levels: &[Level]) {
         if mode == Mode::Open {
             row.push_str(&format!(" {} | {} |", l.late, l.dropped));
         }
+        row.push_str(&cost::table_cells(l.cost.as_ref()));
         println!("{row}");
     }
 }
@@ -545,6 +593,12 @@ async fn main() -> anyhow::Result<()> {
         rates: args.rate.clone(),
         window,
     };
+    // Remote nodes are neither processes here nor known metrics endpoints: only the bench
+    // itself is probed then.
+    let probe = cluster
+        .as_ref()
+        .map(LocalCluster::probe)
+        .unwrap_or_default();
     let setup = if args.endpoints.is_empty() {
         format!("{} node(s), durable RocksDB, loopback", args.nodes)
     } else {
@@ -558,7 +612,7 @@ async fn main() -> anyhow::Result<()> {
                 client: Arc::clone(&client),
             });
             (
-                sweep("lockstep", w, &plan, 1.0, 2.0).await,
+                sweep("lockstep", w, &plan, 1.0, 2.0, &probe).await,
                 "one audited, replicated write: a create or a `submit` of a purchase order (a unit of work is both)".to_string(),
                 2.0,
                 scenarios::purchase_order_data().to_string().len(),
@@ -574,7 +628,7 @@ async fn main() -> anyhow::Result<()> {
                     .await?,
             );
             (
-                sweep("lockstep", w, &plan, 1.0, 1.0).await,
+                sweep("lockstep", w, &plan, 1.0, 1.0, &probe).await,
                 format!(
                     "one request: a {:?} read (9 gets by id to 1 list of 20) or, for {:.0}% of them, a create",
                     args.read_consistency,
@@ -588,7 +642,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Events => {
             let w = Arc::new(scenarios::Events::new(&endpoints).await?);
             (
-                sweep("lockstep", w, &plan, 1.0, 1.0).await,
+                sweep("lockstep", w, &plan, 1.0, 1.0, &probe).await,
                 "one inbound event routed by (workflow, business key), taking an audited `on:` transition".to_string(),
                 1.0,
                 serde_json::json!({}).to_string().len(),
@@ -614,7 +668,18 @@ async fn main() -> anyhow::Result<()> {
         let etcd_cluster = etcd::start(&binary).await?;
         let put = Arc::new(etcd::Put::connect(&etcd_cluster, 0)?.with_value_bytes(payload_bytes));
         // In open loop etcd gets the same offered operations per second as Lockstep.
-        let levels = sweep("etcd", put, &plan, operations_per_unit, 1.0).await;
+        // etcd's nodes are probed through /proc only: its metrics are not Lockstep's counters.
+        let etcd_probe = cost::Probe {
+            nodes: etcd_cluster
+                .pids()
+                .into_iter()
+                .map(|pid| cost::Target {
+                    pid: Some(pid),
+                    metrics: None,
+                })
+                .collect(),
+        };
+        let levels = sweep("etcd", put, &plan, operations_per_unit, 1.0, &etcd_probe).await;
         drop(etcd_cluster);
         report.ratios = Some(ratios(&report.lockstep, &levels));
         report.etcd = Some(levels);

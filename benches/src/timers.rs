@@ -234,7 +234,7 @@ async fn probe_peak(touch: &Arc<TouchLoad>, creators: usize, what: &str) -> f64 
         duration: PEAK_PROBE,
     };
     let bar = load::progress_bar(window, format!("{what}, {creators} clients"));
-    let peak = load::closed(Arc::clone(touch), creators, window, &bar).await;
+    let peak = load::closed(Arc::clone(touch), creators, window, &bar, None).await;
     bar.finish_and_clear();
     peak.ops_per_second
 }
@@ -436,7 +436,7 @@ pub async fn run(
         duration: steady,
     };
     let bar = load::progress_bar(window, format!("steady, {load_rate:.0}/s"));
-    let steady_level = load::open(mixed, unit_rate, window, &bar).await;
+    let steady_level = load::open(mixed, unit_rate, window, &bar, None).await;
     bar.finish_and_clear();
     tokio::time::sleep(Duration::from_secs(SHORT_EXPIRY_S + 2)).await;
     report.steady_lateness = lateness(
@@ -458,7 +458,7 @@ pub async fn run(
     let touch_load = {
         let touch = Arc::clone(&touch);
         let bar = indicatif::ProgressBar::hidden();
-        tokio::spawn(async move { load::open(touch, load_rate, touch_window, &bar).await })
+        tokio::spawn(async move { load::open(touch, load_rate, touch_window, &bar, None).await })
     };
     let bar = count_bar(timers, "firing");
     let armed_fired = || {

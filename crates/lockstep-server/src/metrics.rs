@@ -15,6 +15,7 @@
 //! | `lockstep_raft_apply_batch_entries` | histogram | |
 //! | `lockstep_raft_entries_proposed_total`, `lockstep_requests_proposed_total` | counter | |
 //! | `lockstep_requests_per_entry` | histogram | |
+//! | `lockstep_store_synced_writes_total` (each one WAL fsync), `lockstep_raft_append_entries_sent_total` | counter | |
 //! | `lockstep_store_sst_files_bytes`, `_live_data_bytes`, `_memtables_bytes`, `_keys_estimate` | gauge | `family` |
 //! | `lockstep_timer_lateness_seconds` | histogram | |
 //! | `lockstep_timers_due` | gauge | |
@@ -85,6 +86,8 @@ pub struct Metrics {
     entries_proposed: Counter,
     requests_proposed: Counter,
     requests_per_entry: Histogram,
+    store_synced_writes: Counter,
+    append_entries_sent: Counter,
     store_sst_files_bytes: Family<FamilyLabels, U64Gauge>,
     store_live_data_bytes: Family<FamilyLabels, U64Gauge>,
     store_memtables_bytes: Family<FamilyLabels, U64Gauge>,
@@ -122,6 +125,8 @@ impl Metrics {
             requests_proposed: Counter::default(),
             // 1 to 512 requests (the batcher's BATCH_REQUESTS_MAX).
             requests_per_entry: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            store_synced_writes: Counter::default(),
+            append_entries_sent: Counter::default(),
             store_sst_files_bytes: Family::default(),
             store_live_data_bytes: Family::default(),
             store_memtables_bytes: Family::default(),
@@ -202,6 +207,16 @@ impl Metrics {
             "lockstep_requests_proposed",
             "Requests this node proposed, in entries of one or in group-commit batches",
             m.requests_proposed.clone(),
+        );
+        r.register(
+            "lockstep_store_synced_writes",
+            "Synced RocksDB writes (each one WAL fsync): log appends, votes, purges",
+            m.store_synced_writes.clone(),
+        );
+        r.register(
+            "lockstep_raft_append_entries_sent",
+            "AppendEntries RPCs this node sent, heartbeats included",
+            m.append_entries_sent.clone(),
         );
         r.register(
             "lockstep_requests_per_entry",
@@ -318,6 +333,15 @@ impl Metrics {
             self.raft_purged_index
                 .set(raft.purged.map(|l| l.index).unwrap_or(0));
         }
+        // Counters kept elsewhere, copied in at scrape time.
+        self.store_synced_writes.inner().store(
+            node.store.synced_writes(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.append_entries_sent.inner().store(
+            crate::network::APPEND_ENTRIES_SENT.load(std::sync::atomic::Ordering::Relaxed),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         match lockstep_raft::log_store::committed(&*node.store) {
             Ok(committed) => {
                 self.raft_committed_index

@@ -25,6 +25,10 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::wire;
 
+/// AppendEntries RPCs this process sent (heartbeats included), for `GET /metrics`: with the
+/// entries proposed, it shows how many requests one replication round carries.
+pub static APPEND_ENTRIES_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Builds channels to peers: https with the node's certificate as client identity, or plain
 /// http in development mode (`tls: None`).
 #[derive(Clone, Debug)]
@@ -186,6 +190,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        APPEND_ENTRIES_SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.call(Rpc::Append, &rpc, &option).await
     }
 

@@ -46,9 +46,17 @@ pub struct FamilySizes {
 pub struct RocksStore {
     db: DB,
     path: PathBuf,
+    /// Writes made with `Durability::Sync` since open: each is one WAL fsync (metrics, bench).
+    synced_writes: std::sync::atomic::AtomicU64,
 }
 
 impl RocksStore {
+    /// Synced writes (WAL fsyncs) since the store was opened.
+    pub fn synced_writes(&self) -> u64 {
+        self.synced_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path, options: &RocksOptions) -> Result<RocksStore> {
         let mut db_opts = Options::default();
@@ -79,6 +87,7 @@ impl RocksStore {
         Ok(RocksStore {
             db,
             path: path.to_path_buf(),
+            synced_writes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -112,6 +121,7 @@ impl RocksStore {
         Ok(RocksStore {
             db,
             path: path.to_path_buf(),
+            synced_writes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -224,6 +234,10 @@ impl Store for RocksStore {
         let mut wo = WriteOptions::default();
         wo.set_sync(durability == Durability::Sync);
         self.db.write_opt(wb, &wo)?;
+        if durability == Durability::Sync {
+            self.synced_writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(())
     }
 

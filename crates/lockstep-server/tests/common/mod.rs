@@ -38,6 +38,8 @@ pub struct Cluster {
     /// Secure mode (TLS, mTLS between nodes, JWT clients): the test's CA and JWT issuer.
     /// `None`: development mode (`--dev`, header actors).
     pub pki: Option<Pki>,
+    /// The `lockstepd` each node runs (this build's unless a test says otherwise).
+    binaries: Vec<PathBuf>,
 }
 
 /// The `iss` and `aud` of the tokens a secure test cluster accepts.
@@ -175,6 +177,17 @@ impl Cluster {
         Cluster::launch(settings, false, None)
     }
 
+    /// A development-mode cluster whose nodes all run the `lockstepd` at `binary` (an older
+    /// build, for upgrade tests).
+    pub fn start_with_binary(settings: Settings, binary: PathBuf) -> Cluster {
+        Cluster::launch_with(settings, false, None, Some(binary))
+    }
+
+    /// The `lockstepd` node i runs from its next (re)start; `None`: this build's.
+    pub fn set_binary(&mut self, i: usize, binary: Option<PathBuf>) {
+        self.binaries[i] = binary.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lockstepd")));
+    }
+
     /// A secure cluster: TLS with certificates from a CA the test makes, mTLS between the
     /// nodes, clients authenticated by JWTs, and the cluster policy `policy` (TOML) if given.
     pub fn start_secure(settings: Settings, policy: Option<&str>) -> Cluster {
@@ -182,6 +195,16 @@ impl Cluster {
     }
 
     fn launch(settings: Settings, secure: bool, policy: Option<&str>) -> Cluster {
+        Cluster::launch_with(settings, secure, policy, None)
+    }
+
+    fn launch_with(
+        settings: Settings,
+        secure: bool,
+        policy: Option<&str>,
+        binary: Option<PathBuf>,
+    ) -> Cluster {
+        let binary = binary.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lockstepd")));
         let ports: Vec<u16> = (0..settings.nodes).map(|_| free_port()).collect();
         let metrics_ports: Vec<u16> = (0..settings.nodes).map(|_| free_port()).collect();
         let dir = tempfile::tempdir().unwrap();
@@ -194,6 +217,7 @@ impl Cluster {
             ports,
             metrics_ports,
             children: Vec::new(),
+            binaries: vec![binary; settings.nodes],
             settings,
             pki,
         };
@@ -229,7 +253,7 @@ impl Cluster {
             .append(true)
             .open(self.log_path(i))
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lockstepd"));
+        let mut command = Command::new(&self.binaries[i]);
         match &self.pki {
             None => {
                 command.arg("--dev");
@@ -316,6 +340,8 @@ impl Cluster {
         self.ports.push(port);
         self.metrics_ports.push(free_port());
         let i = self.ports.len() - 1;
+        self.binaries
+            .push(PathBuf::from(env!("CARGO_BIN_EXE_lockstepd")));
         let child = self.spawn(i);
         self.children.push(Some(child));
         i
