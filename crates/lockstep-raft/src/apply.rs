@@ -46,8 +46,9 @@ pub struct DedupEntry {
     pub response: Response,
     pub at: Timestamp,
     /// SHA-256 of the request (kind, target, transition or event, payload or data, actor):
-    /// the same id with another request is refused with REQUEST_ID_REUSED.
-    pub digest: [u8; 32],
+    /// the same id with another request is refused with REQUEST_ID_REUSED. `None` only for
+    /// an entry read from version 1, which stored none.
+    pub digest: Option<[u8; 32]>,
     /// The first request's kind and target, for that refusal's message.
     pub request: String,
 }
@@ -195,15 +196,6 @@ pub mod key {
         keys::push_str(&mut k, request_id);
         k
     }
-}
-
-/// A dedup entry as read, whichever version stored it.
-#[derive(Debug)]
-struct StoredDedup {
-    response: Response,
-    at: Timestamp,
-    digest: Option<[u8; 32]>,
-    request: String,
 }
 
 /// Compiled definitions by (workflow, version); a cache, so bounded and safely discardable.
@@ -402,7 +394,7 @@ impl<'a, S: Store> Applier<'a, S> {
                     &DedupEntry {
                         response: response.clone(),
                         at,
-                        digest,
+                        digest: Some(digest),
                         request: describe_request(&proposal.body),
                     },
                 ),
@@ -431,7 +423,7 @@ impl<'a, S: Store> Applier<'a, S> {
     }
 
     /// A request id's dedup entry, in either stored version (a version-1 entry has no digest).
-    fn dedup_entry(&self, request_id: &str) -> StoreResult<Option<StoredDedup>> {
+    fn dedup_entry(&self, request_id: &str) -> StoreResult<Option<DedupEntry>> {
         let Some(bytes) = self.get_raw(Family::Dedup, request_id.as_bytes())? else {
             return Ok(None);
         };
@@ -440,22 +432,14 @@ impl<'a, S: Store> Applier<'a, S> {
             Some(1) => {
                 let (response, at) =
                     envelope::decode::<(Response, Timestamp)>(Family::Dedup, key, &bytes)?;
-                StoredDedup {
+                DedupEntry {
                     response,
                     at,
                     digest: None,
                     request: String::new(),
                 }
             }
-            _ => {
-                let entry = envelope::decode::<DedupEntry>(Family::Dedup, key, &bytes)?;
-                StoredDedup {
-                    response: entry.response,
-                    at: entry.at,
-                    digest: Some(entry.digest),
-                    request: entry.request,
-                }
-            }
+            _ => envelope::decode::<DedupEntry>(Family::Dedup, key, &bytes)?,
         }))
     }
 

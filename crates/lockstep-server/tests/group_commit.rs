@@ -4,27 +4,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Cluster, PO, Settings, alice};
+use common::{Cluster, Settings, alice};
 use lockstep_client::{by_key, pb, request_id};
 use lockstep_core::RefusalCode;
-
-async fn define(cluster: &Cluster) {
-    cluster
-        .admin()
-        .apply_definition(
-            &request_id(),
-            PO,
-            pb::Provenance {
-                repository: "test".into(),
-                commit: "c0ffee".into(),
-                path: "purchase-order.yaml".into(),
-            },
-        )
-        .await
-        .unwrap();
-}
 
 fn po(requester: &str) -> serde_json::Value {
     serde_json::json!({"amount": 100, "requester": requester})
@@ -37,24 +21,12 @@ fn counter(body: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in\n{body}"))
 }
 
-/// Waits until every node says the replicated log format allows group commit.
-async fn wait_for_format_2(cluster: &Cluster) {
-    let started = Instant::now();
-    while !(0..3).all(|i| cluster.log(i).contains("log format allows group commit")) {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the log format was not raised within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_share_entries_and_each_gets_its_own_outcome() {
     let cluster = Cluster::start(Settings::default());
     let leader = cluster.leader().await;
-    define(&cluster).await;
-    wait_for_format_2(&cluster).await;
+    cluster.define_po().await;
+    cluster.wait_for_group_commit(Duration::from_secs(20)).await;
     let (_, before) = cluster.scrape(leader).await;
     let client = std::sync::Arc::new(cluster.client(alice()));
     let writes = (0..200).map(|n| {
@@ -104,8 +76,8 @@ async fn concurrent_writes_share_entries_and_each_gets_its_own_outcome() {
 async fn a_request_id_reused_for_another_request_is_refused_on_any_node() {
     let cluster = Cluster::start(Settings::default());
     cluster.leader().await;
-    define(&cluster).await;
-    wait_for_format_2(&cluster).await;
+    cluster.define_po().await;
+    cluster.wait_for_group_commit(Duration::from_secs(20)).await;
     let node = |i: usize| cluster.client_for(&[cluster.endpoint(i)], alice());
     let first = node(0)
         .create("fixed-1", "purchase-order", Some("K1"), &po("alice"))

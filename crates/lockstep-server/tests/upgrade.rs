@@ -14,11 +14,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, PO, Settings, alice};
+use common::{Cluster, GROUP_COMMIT_ON, Settings, alice};
 use lockstep_client::{Client, by_key, pb};
 
 const OLD_COMMIT: &str = "4410ace";
-const GATE_OPEN: &str = "log format allows group commit";
 
 fn old_lockstepd() -> PathBuf {
     let path = std::env::var_os("LOCKSTEP_OLD_LOCKSTEPD")
@@ -125,19 +124,7 @@ async fn progress(load: &Load, more: usize) {
 async fn a_rolling_upgrade_from_4410ace_under_load_loses_nothing() {
     let mut cluster = Cluster::start_with_binary(Settings::default(), old_lockstepd());
     let leader = cluster.leader().await;
-    cluster
-        .admin()
-        .apply_definition(
-            "upgrade-define",
-            PO,
-            pb::Provenance {
-                repository: "test".into(),
-                commit: "c0ffee".into(),
-                path: "purchase-order.yaml".into(),
-            },
-        )
-        .await
-        .unwrap();
+    cluster.define_po().await;
     let load = Load::start(cluster.client(alice()), 8);
     progress(&load, 100).await;
     // The leader first, then the others.
@@ -152,7 +139,7 @@ async fn a_rolling_upgrade_from_4410ace_under_load_loses_nothing() {
             // An old node remains: the gate must stay closed everywhere.
             for j in 0..3 {
                 assert!(
-                    !cluster.log(j).contains(GATE_OPEN),
+                    !cluster.log(j).contains(GROUP_COMMIT_ON),
                     "node {} opened the log-format gate while node(s) ran the old build",
                     j + 1
                 );
@@ -160,14 +147,7 @@ async fn a_rolling_upgrade_from_4410ace_under_load_loses_nothing() {
         }
     }
     // Every node now runs this build: the gate opens and writes are batched.
-    let started = Instant::now();
-    while !(0..3).all(|j| cluster.log(j).contains(GATE_OPEN)) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the log-format gate did not open within 30 s of the last upgrade"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    cluster.wait_for_group_commit(Duration::from_secs(30)).await;
     progress(&load, 300).await;
     let acknowledged = load.stop().await;
     let client = cluster.client(alice());

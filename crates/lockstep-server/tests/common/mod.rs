@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use lockstep_client::{Client, Credentials, Identity, Options, Tls, pb};
 use lockstep_core::ActorKind;
 
+/// What a node logs once the replicated log format allows group commit.
+pub const GROUP_COMMIT_ON: &str = "log format allows group commit";
+
 pub const PO: &str = include_str!("../../../../examples/workflows/purchase-order.yaml");
 
 pub struct Settings {
@@ -486,6 +489,41 @@ impl Cluster {
             body.to_string()
         };
         (head.to_string(), body)
+    }
+
+    /// Applies the example purchase-order workflow as the admin.
+    pub async fn define_po(&self) {
+        let r = self
+            .admin()
+            .apply_definition(
+                &lockstep_client::request_id(),
+                PO,
+                pb::Provenance {
+                    repository: "test".into(),
+                    commit: "c0ffee".into(),
+                    path: "purchase-order.yaml".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.workflow, "purchase-order");
+    }
+
+    /// Waits until every running node's log says the replicated log format allows group
+    /// commit (`format_gate.rs`), at most `within`.
+    pub async fn wait_for_group_commit(&self, within: Duration) {
+        let started = Instant::now();
+        while !self
+            .running()
+            .into_iter()
+            .all(|i| self.log(i).contains(GROUP_COMMIT_ON))
+        {
+            assert!(
+                started.elapsed() < within,
+                "the log format was not raised within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub fn log(&self, i: usize) -> String {
