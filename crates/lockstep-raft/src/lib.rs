@@ -13,6 +13,7 @@ pub mod apply;
 pub mod format;
 pub mod log_store;
 pub mod read;
+pub mod snapshot_data;
 pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;

@@ -14,6 +14,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use lockstep_store::{Batch, Durability, Family, Store, envelope, keys};
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -32,16 +33,18 @@ const LAST_PURGED: &[u8] = b"last_purged";
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
-/// The log store. Cheap to clone; clones share the underlying store.
+/// The log store. Cheap to clone; clones share the underlying store and the byte counter.
 #[derive(Debug)]
 pub struct LogStore<S: Store> {
     store: Arc<S>,
+    appended: Arc<AtomicU64>,
 }
 
 impl<S: Store> Clone for LogStore<S> {
     fn clone(&self) -> Self {
         LogStore {
             store: Arc::clone(&self.store),
+            appended: Arc::clone(&self.appended),
         }
     }
 }
@@ -85,7 +88,16 @@ pub fn encode_entry(entry: &Entry<TypeConfig>) -> Vec<u8> {
 
 impl<S: Store> LogStore<S> {
     pub fn new(store: Arc<S>) -> Self {
-        LogStore { store }
+        LogStore {
+            store,
+            appended: Arc::default(),
+        }
+    }
+
+    /// Bytes of encoded entries appended since this store was made (the server's snapshot
+    /// policy builds a snapshot once enough log has been written since the last one).
+    pub fn appended_bytes(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.appended)
     }
 
     fn meta<T: DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
@@ -199,13 +211,13 @@ impl<S: Store> RaftLogStorage<TypeConfig> for LogStore<S> {
         I::IntoIter: OptionalSend,
     {
         let mut batch = Batch::default();
+        let mut bytes = 0u64;
         for entry in entries {
-            batch.put(
-                Family::RaftLog,
-                keys::u64_key(entry.log_id.index),
-                encode_entry(&entry),
-            );
+            let value = encode_entry(&entry);
+            bytes += value.len() as u64;
+            batch.put(Family::RaftLog, keys::u64_key(entry.log_id.index), value);
         }
+        self.appended.fetch_add(bytes, Ordering::Relaxed);
         // Synced before the callback: openraft counts the entries as durable when it fires.
         let result = self.store.write(batch, Durability::Sync);
         match result {

@@ -1,18 +1,22 @@
 //! openraft's state machine on a [`Store`]: apply, snapshots and the applied state.
 //!
-//! Snapshots are files (`snapshot_file`): a consistent export of the state families (a
-//! RocksDB snapshot underneath) streamed to `<data dir>/snapshots`, so a state of any size is
-//! built, sent (openraft reads it in chunks of `snapshot_max_chunk_size`) and installed
-//! without being held in memory. Installing one writes the state in bounded batches under a
-//! synced marker; a node that crashes mid-install finishes the install from the file when it
-//! opens ([`StateMachine::open`]), so it never starts on half a snapshot.
+//! A snapshot is a checkpoint of the store ([`Store::checkpoint`]: RocksDB flushes its
+//! memtables and hard-links its files into `<data dir>/snapshots/<id>.checkpoint`), so
+//! building one costs what changed since the last, not the size of the state, and leaves
+//! every write before it durable; openraft purges the log only behind it. Its applied id and
+//! membership are read from the checkpoint itself. The state families are exported to a
+//! snapshot file (`snapshot_file`, `<id>.snap`) only when a follower needs the snapshot, on
+//! a blocking thread ([`SnapshotData::ready`]), once per snapshot. Snapshot I/O never runs on
+//! the Raft core or a tokio worker. Installing a received file writes the state in bounded
+//! batches under a synced marker; a node that crashes mid-install finishes the install from
+//! the file when it opens ([`StateMachine::open`]), so it never starts on half a snapshot.
 
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lockstep_store::{Batch, Durability, Family, Store, envelope};
+use lockstep_store::{Batch, Durability, Family, MemStore, Store, envelope};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, Entry, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
@@ -21,6 +25,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use crate::apply::{Applier, DefinitionCache, meta};
+use crate::snapshot_data::SnapshotData;
 use crate::snapshot_file;
 use crate::types::{Member, NodeId, Response, TypeConfig};
 
@@ -60,15 +65,26 @@ fn snapshot_write_err(e: impl std::error::Error + 'static) -> StorageError<NodeI
     }
 }
 
-/// A snapshot on disk: its metadata and its file's name in the snapshot directory.
+/// A snapshot on disk: its metadata and its name in the snapshot directory, either a
+/// snapshot file (`<id>.snap`: received from a leader, or written by an older version) or a
+/// checkpoint directory (`<id>.checkpoint`, exported on demand to `<id>.snap` beside it).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, Member>,
     file: String,
 }
 
+const FILE_SUFFIX: &str = ".snap";
+const CHECKPOINT_SUFFIX: &str = ".checkpoint";
+
+/// `x` of `x.snap` or `x.checkpoint`: a checkpoint and its export share it.
+fn stem(name: &str) -> Option<&str> {
+    name.strip_suffix(FILE_SUFFIX)
+        .or_else(|| name.strip_suffix(CHECKPOINT_SUFFIX))
+}
+
 /// The snapshot directory, shared by the state machine and its builders; the lock orders
-/// recording a snapshot and removing the files no longer recorded.
+/// recording a snapshot, exporting one and removing what is no longer recorded.
 #[derive(Clone, Debug)]
 struct SnapshotDir {
     path: PathBuf,
@@ -86,7 +102,15 @@ fn unique(prefix: &str) -> String {
 /// A snapshot id as a file name (ids are made by [`SnapshotBuilder`], but one received from a
 /// leader is not trusted to be a plain name).
 fn file_name(snapshot_id: &str) -> String {
-    let clean: String = snapshot_id
+    format!("{}{FILE_SUFFIX}", clean_id(snapshot_id))
+}
+
+fn checkpoint_name(snapshot_id: &str) -> String {
+    format!("{}{CHECKPOINT_SUFFIX}", clean_id(snapshot_id))
+}
+
+fn clean_id(snapshot_id: &str) -> String {
+    snapshot_id
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' {
@@ -95,8 +119,7 @@ fn file_name(snapshot_id: &str) -> String {
                 '_'
             }
         })
-        .collect();
-    format!("{clean}.snap")
+        .collect()
 }
 
 impl SnapshotDir {
@@ -115,15 +138,20 @@ impl SnapshotDir {
         }
     }
 
+    fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Records `stored` as the current snapshot unless a newer one is recorded, then removes
-    /// every snapshot file but the current one. Returns whether `stored` is now current.
+    /// every snapshot file and checkpoint but the current one (and its export). Returns
+    /// whether `stored` is now current.
     fn record<S: Store>(
         &self,
         store: &S,
         stored: &StoredSnapshot,
         mut batch: Batch,
     ) -> lockstep_store::Result<bool> {
-        let _guard = self.lock.lock().expect("snapshot dir lock");
+        let _guard = self.hold();
         let newer = Self::current(store)?
             .filter(|c| c.meta.last_log_id > stored.meta.last_log_id && c.file != stored.file);
         let current = match &newer {
@@ -135,16 +163,127 @@ impl SnapshotDir {
             }
         };
         store.write(batch, Durability::Sync)?;
+        let keep = stem(&current).map(str::to_string);
         if let Ok(entries) = std::fs::read_dir(&self.path) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
-                if name.ends_with(".snap") && name != current {
-                    let _ = std::fs::remove_file(entry.path());
+                if stem(&name).is_some() && stem(&name) != keep.as_deref() {
+                    remove_entry(&entry.path());
                 }
             }
         }
         Ok(newer.is_none())
     }
+
+    /// Checkpoints `store` and records the checkpoint as the current snapshot (synced), with
+    /// the applied id and membership read from the checkpoint itself, so that they describe
+    /// exactly the state it holds however far apply has moved on meanwhile.
+    fn checkpoint<S: Store>(&self, store: &S) -> lockstep_store::Result<StoredSnapshot> {
+        let io = |what: &str, e: std::io::Error| {
+            lockstep_store::Error::Invalid(format!(
+                "snapshot {what} in {}: {e}",
+                self.path.display()
+            ))
+        };
+        let building = self.file(&unique("building"));
+        store.checkpoint(&building)?;
+        let mut metas = Batch::default();
+        S::read_checkpoint(&building, &[Family::Meta], &mut |family, k, v| {
+            metas.put(family, k.to_vec(), v.to_vec());
+            Ok(())
+        })?;
+        let view = MemStore::new();
+        view.write(metas, Durability::Buffered)?;
+        let (last_log_id, last_membership) = applied_state(&view)?;
+        // Unique even when two snapshots hold the same applied id (their states are equal,
+        // but their directories must not collide).
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let snapshot_id = match last_log_id {
+            Some(id) => format!("{}-{}-{nanos:x}", id.leader_id.term, id.index),
+            None => format!("empty-{nanos:x}"),
+        };
+        let name = checkpoint_name(&snapshot_id);
+        std::fs::rename(&building, self.file(&name)).map_err(|e| io("rename", e))?;
+        sync_dir(&self.path).map_err(|e| io("directory sync", e))?;
+        let stored = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id,
+                last_membership,
+                snapshot_id,
+            },
+            file: name,
+        };
+        self.record(store, &stored, Batch::default())?;
+        Ok(stored)
+    }
+
+    /// Exports the state families of checkpoint `name` to its snapshot file (synced, then
+    /// renamed into place), unless an earlier call did; returns the file's path.
+    fn export<S: Store>(&self, name: &str) -> std::io::Result<PathBuf> {
+        let _guard = self.hold();
+        let stem = stem(name).unwrap_or(name);
+        let out = self.file(&format!("{stem}{FILE_SUFFIX}"));
+        if out.is_file() {
+            return Ok(out);
+        }
+        let started = std::time::Instant::now();
+        let temp = self.file(&unique("exporting"));
+        let mut writer = snapshot_file::Writer::new(BufWriter::new(std::fs::File::create(&temp)?))?;
+        S::read_checkpoint(&self.file(name), &Family::STATE, &mut |family, k, v| {
+            writer
+                .record(family, k, v)
+                .map_err(|e| lockstep_store::Error::Invalid(e.to_string()))
+        })
+        .map_err(std::io::Error::other)?;
+        let (file, records) = writer.finish()?;
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&temp, &out)?;
+        sync_dir(&self.path)?;
+        tracing::info!(
+            checkpoint = name,
+            records,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "exported a snapshot for a follower"
+        );
+        Ok(out)
+    }
+
+    /// The data of `stored`: its file, or its checkpoint's export once there is one, or the
+    /// checkpoint to export when it is first read.
+    async fn data<S: Store>(&self, stored: &StoredSnapshot) -> std::io::Result<SnapshotData> {
+        if stored.file.ends_with(CHECKPOINT_SUFFIX) {
+            let exported = self.file(&file_name(stem(&stored.file).unwrap_or_default()));
+            match tokio::fs::File::open(&exported).await {
+                Ok(file) => return Ok(SnapshotData::from_file(file)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            tokio::fs::metadata(self.file(&stored.file)).await?;
+            let dir = self.clone();
+            let name = stored.file.clone();
+            return Ok(SnapshotData::from_checkpoint(Arc::new(move || {
+                dir.export::<S>(&name)
+            })));
+        }
+        // Opened before anything else can be recorded, so that a newer snapshot recorded
+        // meanwhile cannot remove it first; an open file outlives its name.
+        Ok(SnapshotData::from_file(
+            tokio::fs::File::open(self.file(&stored.file)).await?,
+        ))
+    }
+}
+
+/// Removes a snapshot file or checkpoint directory; what cannot be removed now is removed
+/// by a later call.
+fn remove_entry(path: &Path) {
+    let _ = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
 }
 
 fn sync_dir(path: &Path) -> std::io::Result<()> {
@@ -249,7 +388,7 @@ impl<S: Store> StateMachine<S> {
         std::fs::create_dir_all(&path).map_err(io)?;
         for entry in std::fs::read_dir(&path).map_err(io)?.flatten() {
             if entry.file_name().to_string_lossy().ends_with(".tmp") {
-                let _ = std::fs::remove_file(entry.path());
+                remove_entry(&entry.path());
             }
         }
         let snapshots = SnapshotDir {
@@ -280,7 +419,7 @@ impl<S: Store> StateMachine<S> {
     }
 }
 
-/// Builds snapshots by streaming a consistent export of the state families to a file.
+/// Builds snapshots: a checkpoint of the store, on a blocking thread.
 #[derive(Debug)]
 pub struct SnapshotBuilder<S: Store> {
     store: Arc<S>,
@@ -289,59 +428,20 @@ pub struct SnapshotBuilder<S: Store> {
 
 impl<S: Store> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<S> {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let dir = &self.snapshots;
-        let building = dir.file(&unique("building"));
-        let file = std::fs::File::create(&building).map_err(snapshot_write_err)?;
-        let mut writer =
-            snapshot_file::Writer::new(BufWriter::new(file)).map_err(snapshot_write_err)?;
-        // The applied id and membership come from the same export (the Meta family), so they
-        // describe exactly the state the file holds.
-        let view = lockstep_store::MemStore::new();
-        let mut metas = Batch::default();
-        self.store
-            .export_each(&Family::STATE, &mut |family, k, v| {
-                if family == Family::Meta {
-                    metas.put(family, k.to_vec(), v.to_vec());
-                }
-                writer
-                    .record(family, k, v)
-                    .map_err(|e| lockstep_store::Error::Invalid(e.to_string()))
-            })
+        let store = Arc::clone(&self.store);
+        let dir = self.snapshots.clone();
+        let stored = tokio::task::spawn_blocking(move || dir.checkpoint(&*store))
+            .await
+            .map_err(|e| snapshot_write_err(std::io::Error::other(e)))?
             .map_err(snapshot_write_err)?;
-        let (out, bytes) = writer.finish().map_err(snapshot_write_err)?;
-        out.into_inner()
-            .map_err(|e| snapshot_write_err(e.into_error()))?
-            .sync_all()
-            .map_err(snapshot_write_err)?;
-        view.write(metas, Durability::Buffered)
-            .map_err(snapshot_err)?;
-        let (last_log_id, last_membership) = applied_state(&view).map_err(snapshot_err)?;
-        let snapshot_id = match last_log_id {
-            Some(id) => format!("{}-{}-{bytes}", id.leader_id.term, id.index),
-            None => format!("empty-{bytes}"),
-        };
-        let name = file_name(&snapshot_id);
-        std::fs::rename(&building, dir.file(&name)).map_err(snapshot_write_err)?;
-        sync_dir(&dir.path).map_err(snapshot_write_err)?;
-        // Opened before recording, so that a newer snapshot recorded meanwhile cannot remove
-        // it first; an open file outlives its name.
-        let file = tokio::fs::File::open(dir.file(&name))
+        let data = self
+            .snapshots
+            .data::<S>(&stored)
             .await
             .map_err(snapshot_err)?;
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
-            snapshot_id,
-        };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            file: name,
-        };
-        dir.record(&*self.store, &stored, Batch::default())
-            .map_err(sm_write)?;
         Ok(Snapshot {
-            meta,
-            snapshot: Box::new(file),
+            meta: stored.meta,
+            snapshot: Box::new(data),
         })
     }
 }
@@ -393,7 +493,7 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<tokio::fs::File>> {
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<SnapshotData>> {
         let path = self.snapshots.file(&unique("incoming"));
         let file = tokio::fs::OpenOptions::new()
             .read(true)
@@ -402,15 +502,21 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
             .open(&path)
             .await
             .map_err(snapshot_write_err)?;
-        Ok(Box::new(file))
+        Ok(Box::new(SnapshotData::from_file(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Member>,
-        mut snapshot: Box<tokio::fs::File>,
+        mut snapshot: Box<SnapshotData>,
     ) -> StorageResult<()> {
         use tokio::io::AsyncSeekExt;
+        // Received data is a file already; a checkpoint (a local one, handed over directly)
+        // is exported first.
+        snapshot.ready().await.map_err(snapshot_err)?;
+        let mut snapshot = snapshot
+            .into_file()
+            .ok_or_else(|| snapshot_err(std::io::Error::other("snapshot data has no file")))?;
         // The received data is in an unnamed `incoming-*.tmp` handle: copy it under the
         // snapshot's name, synced, before the state is touched.
         let name = file_name(&meta.snapshot_id);
@@ -422,32 +528,43 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
         let mut out = tokio::fs::File::create(&target)
             .await
             .map_err(snapshot_write_err)?;
-        tokio::io::copy(&mut *snapshot, &mut out)
+        tokio::io::copy(&mut snapshot, &mut out)
             .await
             .map_err(snapshot_write_err)?;
         out.sync_all().await.map_err(snapshot_write_err)?;
         drop(out);
-        sync_dir(&self.snapshots.path).map_err(snapshot_write_err)?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             file: name,
         };
-        // From here a crash is finished at the next open, from the file.
-        let mut marker = Batch::default();
-        marker.put(Family::RaftMeta, INSTALLING, envelope::encode(&stored));
-        self.store
-            .write(marker, Durability::Sync)
-            .map_err(sm_write)?;
-        install_from_file(&*self.store, &self.snapshots, &stored).map_err(sm_write)?;
-        // openraft trusts `meta`; the installed Meta family carries the same applied id.
-        self.cache.clear();
-        if let Ok(entries) = std::fs::read_dir(&self.snapshots.path) {
-            for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with("incoming-") {
-                    let _ = std::fs::remove_file(entry.path());
+        let store = Arc::clone(&self.store);
+        let dir = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || {
+            sync_dir(&dir.path).map_err(|e| {
+                lockstep_store::Error::Invalid(format!(
+                    "snapshot directory {}: {e}",
+                    dir.path.display()
+                ))
+            })?;
+            // From here a crash is finished at the next open, from the file.
+            let mut marker = Batch::default();
+            marker.put(Family::RaftMeta, INSTALLING, envelope::encode(&stored));
+            store.write(marker, Durability::Sync)?;
+            install_from_file(&*store, &dir, &stored)?;
+            if let Ok(entries) = std::fs::read_dir(&dir.path) {
+                for entry in entries.flatten() {
+                    if entry.file_name().to_string_lossy().starts_with("incoming-") {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
                 }
             }
-        }
+            Ok::<(), lockstep_store::Error>(())
+        })
+        .await
+        .map_err(|e| sm_write(std::io::Error::other(e)))?
+        .map_err(sm_write)?;
+        // openraft trusts `meta`; the installed Meta family carries the same applied id.
+        self.cache.clear();
         Ok(())
     }
 
@@ -455,15 +572,15 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
         let Some(stored) = SnapshotDir::current(&*self.store).map_err(sm_read)? else {
             return Ok(None);
         };
-        match tokio::fs::File::open(self.snapshots.file(&stored.file)).await {
-            Ok(file) => Ok(Some(Snapshot {
+        match self.snapshots.data::<S>(&stored).await {
+            Ok(data) => Ok(Some(Snapshot {
                 meta: stored.meta,
-                snapshot: Box::new(file),
+                snapshot: Box::new(data),
             })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Removed by hand, or a restored data directory without its snapshots: a new
                 // one is built when one is needed.
-                tracing::warn!(file = %stored.file, "the recorded snapshot file is missing");
+                tracing::warn!(file = %stored.file, "the recorded snapshot is missing");
                 Ok(None)
             }
             Err(e) => Err(snapshot_err(e)),
@@ -507,9 +624,73 @@ mod tests {
     async fn bytes_of(snapshot: Snapshot<TypeConfig>) -> Vec<u8> {
         use tokio::io::AsyncReadExt;
         let mut file = snapshot.snapshot;
+        file.ready().await.unwrap();
         let mut data = Vec::new();
         file.read_to_end(&mut data).await.unwrap();
         data
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Building a snapshot checkpoints the store and exports nothing; the state families are
+    /// exported when the snapshot is first read, as they were at the checkpoint (not as they
+    /// are by then), once; the next snapshot removes the checkpoint and its export.
+    #[tokio::test]
+    async fn a_snapshot_is_a_checkpoint_exported_once_when_first_read() {
+        let dirs = tempfile::tempdir().unwrap();
+        let store = seeded(200);
+        let at_checkpoint = state(&store);
+        let mut sm = StateMachine::open(Arc::clone(&store), dirs.path()).unwrap();
+        let built = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert!(!built.snapshot.is_file(), "nothing exported at build");
+        let id = built.meta.snapshot_id.clone();
+        assert_eq!(names(dirs.path()), [checkpoint_name(&id)]);
+
+        let mut later = Batch::default();
+        later.put(Family::Instances, "i-later", b"written after".to_vec());
+        later.delete(Family::Instances, "i-00000");
+        store.write(later, Durability::Buffered).unwrap();
+
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, built.meta);
+        let data = bytes_of(current).await;
+        let mut exported = Vec::new();
+        snapshot_file::read_each(&data[..], |f, k, v| {
+            exported.push((f, k, v));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            exported, at_checkpoint,
+            "the export is the state at the checkpoint"
+        );
+        assert_eq!(names(dirs.path()), [checkpoint_name(&id), file_name(&id)]);
+        let again = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert!(again.snapshot.is_file(), "the export is reused");
+
+        let next = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(
+            names(dirs.path()),
+            [checkpoint_name(&next.meta.snapshot_id)],
+            "the older checkpoint and its export are removed"
+        );
     }
 
     /// A leader's snapshot file, received through openraft's calls, replaces the follower's

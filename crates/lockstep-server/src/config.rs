@@ -67,8 +67,18 @@ pub struct Flags {
     /// Lower bound of the election timeout in milliseconds (the upper bound is twice this).
     #[arg(long, env = "LOCKSTEP_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
-    /// Build a snapshot after this many applied entries since the last one.
-    #[arg(long, env = "LOCKSTEP_SNAPSHOT_EVERY")]
+    /// Build a snapshot once this many MiB of log were written since the last one (default
+    /// 64). A snapshot is a checkpoint of the store: it costs what changed since the last one,
+    /// and lets the log be purged behind it.
+    #[arg(long, env = "LOCKSTEP_SNAPSHOT_LOG_MIB", value_name = "MIB")]
+    pub snapshot_log_mib: Option<u64>,
+    /// Also build a snapshot when this long has passed since the last one and entries were
+    /// applied since (default 1h; e.g. 30m, 6h).
+    #[arg(long, env = "LOCKSTEP_SNAPSHOT_INTERVAL", value_name = "DURATION")]
+    pub snapshot_interval: Option<String>,
+    /// Also build a snapshot after this many applied entries since the last one (off by
+    /// default: the log size and the interval decide; tests set it to exercise snapshots).
+    #[arg(long, env = "LOCKSTEP_SNAPSHOT_EVERY", value_name = "ENTRIES")]
     pub snapshot_every: Option<u64>,
     /// Keep this many applied entries in the log after a snapshot (so slow followers can catch
     /// up by log rather than snapshot).
@@ -141,6 +151,8 @@ struct FileConfig {
     initial_members: Option<String>,
     heartbeat_ms: Option<u64>,
     election_timeout_ms: Option<u64>,
+    snapshot_log_mib: Option<u64>,
+    snapshot_interval: Option<String>,
     snapshot_every: Option<u64>,
     logs_to_keep: Option<u64>,
     dev: Option<bool>,
@@ -168,7 +180,8 @@ pub struct Config {
     pub initial_members: BTreeMap<u64, String>,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
-    pub snapshot_every: u64,
+    /// When this node builds a snapshot (`snapshot_policy.rs`).
+    pub snapshots: SnapshotSettings,
     pub logs_to_keep: u64,
     pub dev: bool,
     pub log_format: LogFormat,
@@ -182,6 +195,17 @@ pub struct Config {
     pub jwt: Option<JwtSettings>,
     /// The cluster policy file, if any.
     pub policy: Option<PathBuf>,
+}
+
+/// When a node builds a snapshot: whichever comes first.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct SnapshotSettings {
+    /// Bytes of log written since the last snapshot.
+    pub log_bytes: u64,
+    /// Time since the last snapshot, when entries were applied since.
+    pub interval: std::time::Duration,
+    /// Entries applied since the last snapshot (`None`: not counted).
+    pub entries: Option<u64>,
 }
 
 /// The node's certificate, key and the cluster CA (PEM files).
@@ -354,6 +378,37 @@ impl Config {
             }
             _ => BTreeMap::new(),
         };
+        let log_mib = flags
+            .snapshot_log_mib
+            .or(file.snapshot_log_mib)
+            .unwrap_or(64);
+        if log_mib == 0 || log_mib > 1 << 20 {
+            return Err(format!(
+                "--snapshot-log-mib {log_mib} is out of range: give between 1 and 1048576 MiB of log between snapshots (default 64)"
+            ));
+        }
+        let interval = match flags.snapshot_interval.or(file.snapshot_interval) {
+            None => std::time::Duration::from_secs(3600),
+            Some(text) => {
+                let d = lockstep_core::duration::Duration::parse(&text)
+                    .map_err(|e| format!("--snapshot-interval `{text}`: {e}"))?;
+                if d.as_ms() < 1000 {
+                    return Err(format!(
+                        "--snapshot-interval `{text}` is shorter than 1s; write e.g. 30m or 1h"
+                    ));
+                }
+                std::time::Duration::from_millis(d.as_ms())
+            }
+        };
+        let entries = flags.snapshot_every.or(file.snapshot_every);
+        if entries == Some(0) {
+            return Err("--snapshot-every 0 would snapshot after every entry; give a positive number of entries, or leave it out".into());
+        }
+        let snapshots = SnapshotSettings {
+            log_bytes: log_mib << 20,
+            interval,
+            entries,
+        };
         Ok(Config {
             id,
             data_dir,
@@ -362,10 +417,7 @@ impl Config {
             initial_members,
             heartbeat_ms,
             election_timeout_ms,
-            snapshot_every: flags
-                .snapshot_every
-                .or(file.snapshot_every)
-                .unwrap_or(10_000),
+            snapshots,
             logs_to_keep: flags.logs_to_keep.or(file.logs_to_keep).unwrap_or(1_000),
             dev,
             log_format,

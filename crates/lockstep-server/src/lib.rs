@@ -26,6 +26,7 @@ pub mod node;
 pub mod policy;
 pub mod raft_service;
 pub mod security_log;
+pub mod snapshot_policy;
 pub mod status;
 pub mod tasks;
 pub mod timers;

@@ -11,7 +11,7 @@
 //! | `lockstep_grpc_requests_total` | counter | `rpc` (full method path), `code` (gRPC status code name) |
 //! | `lockstep_grpc_request_duration_seconds` | histogram | `rpc` |
 //! | `lockstep_grpc_requests_in_flight` | gauge | |
-//! | `lockstep_raft_term`, `_leader_id`, `_is_leader`, `_last_log_index`, `_committed_index`, `_applied_index`, `_snapshot_index`, `_purged_index` | gauge | |
+//! | `lockstep_raft_term`, `_leader_id`, `_is_leader`, `_last_log_index`, `_committed_index`, `_applied_index`, `_snapshot_index`, `_purged_index`, `_log_bytes_since_snapshot` | gauge | |
 //! | `lockstep_raft_apply_batch_entries` | histogram | |
 //! | `lockstep_raft_entries_proposed_total`, `lockstep_requests_proposed_total` | counter | |
 //! | `lockstep_requests_per_entry` | histogram | |
@@ -82,6 +82,7 @@ pub struct Metrics {
     raft_applied_index: U64Gauge,
     raft_snapshot_index: U64Gauge,
     raft_purged_index: U64Gauge,
+    raft_log_bytes_since_snapshot: U64Gauge,
     apply_batch_entries: Histogram,
     entries_proposed: Counter,
     requests_proposed: Counter,
@@ -119,6 +120,7 @@ impl Metrics {
             raft_applied_index: U64Gauge::default(),
             raft_snapshot_index: U64Gauge::default(),
             raft_purged_index: U64Gauge::default(),
+            raft_log_bytes_since_snapshot: U64Gauge::default(),
             // 1 to 4096 entries.
             apply_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             entries_proposed: Counter::default(),
@@ -188,6 +190,11 @@ impl Metrics {
                 "lockstep_raft_purged_index",
                 "Last log index purged from this node's log",
                 &m.raft_purged_index,
+            ),
+            (
+                "lockstep_raft_log_bytes_since_snapshot",
+                "Bytes of log this node appended since its last snapshot (since start if none since)",
+                &m.raft_log_bytes_since_snapshot,
             ),
         ];
         for (name, help, gauge) in gauges {
@@ -269,6 +276,11 @@ impl Metrics {
     /// Records one apply call of `entries` entries.
     pub fn observe_apply(&self, entries: usize) {
         self.apply_batch_entries.observe(entries as f64);
+    }
+
+    /// Records the log bytes appended since this node's last snapshot (`snapshot_policy.rs`).
+    pub fn observe_log_bytes_since_snapshot(&self, bytes: u64) {
+        self.raft_log_bytes_since_snapshot.set(bytes);
     }
 
     /// Records a group the batcher proposed: `requests` requests in `entries` entries.

@@ -11,14 +11,19 @@ use std::time::Duration;
 use lockstep_proto::v1::internal::RaftMessage;
 use lockstep_proto::v1::internal::raft_client::RaftClient;
 use lockstep_raft::{Member, NodeId, TypeConfig};
+use std::future::Future;
+
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Timeout, Unreachable,
 };
+use openraft::network::snapshot_transport::{Chunked, SnapshotTransport};
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::{OptionalSend, Snapshot, Vote};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -203,6 +208,24 @@ impl RaftNetwork<TypeConfig> for Peer {
         RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
     > {
         self.call(Rpc::Snapshot, &rpc, &option).await
+    }
+
+    /// Exports the snapshot if it is still a checkpoint (on a blocking thread, once per
+    /// snapshot), then sends it in chunks as openraft's default does.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        mut snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        if let Err(e) = snapshot.snapshot.ready().await {
+            // Not a storage error: openraft treats that as fatal and stops the leader. The
+            // follower is tried again after a back-off, with the then current snapshot.
+            tracing::warn!(target = self.target, error = %e, "cannot export the snapshot a follower needs");
+            return Err(StreamingError::Unreachable(Unreachable::new(&e)));
+        }
+        Chunked::send_snapshot(self, vote, snapshot, cancel, option).await
     }
 
     async fn vote(

@@ -136,7 +136,8 @@ impl Node {
             heartbeat_interval: config.heartbeat_ms,
             election_timeout_min: config.election_timeout_ms,
             election_timeout_max: config.election_timeout_ms * 2,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            // `snapshot_policy.rs` decides, by log bytes and time rather than entries.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: config.logs_to_keep,
             snapshot_max_chunk_size: 1 << 20,
             install_snapshot_timeout: 2_000,
@@ -156,11 +157,13 @@ impl Node {
         let apply_metrics = Arc::clone(&metrics);
         let timers_armed = crate::timers::ArmedSince::default();
         let armed = timers_armed.clone();
+        let log_store = LogStore::new(Arc::clone(&store));
+        let appended_bytes = log_store.appended_bytes();
         let raft = Raft::new(
             config.id,
             raft_config,
             network,
-            LogStore::new(Arc::clone(&store)),
+            log_store,
             StateMachine::open(Arc::clone(&store), config.snapshot_dir())?.with_apply_hook(
                 ApplyHook::new(move |applied| {
                     apply_metrics.observe_apply(applied.entries);
@@ -191,6 +194,12 @@ impl Node {
         });
         node.bootstrap_if_first().await?;
         tokio::spawn(crate::format_gate::run(Arc::downgrade(&node)));
+        tokio::spawn(crate::snapshot_policy::run(
+            node.raft.clone(),
+            appended_bytes,
+            node.config.snapshots,
+            Arc::clone(&node.metrics),
+        ));
         Ok(node)
     }
 

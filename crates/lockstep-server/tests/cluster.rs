@@ -155,9 +155,19 @@ async fn follower_behind_the_purge_point_catches_up_by_snapshot() {
             .await
             .unwrap();
     }
-    // The leader snapshotted and purged its log behind the snapshot.
-    let s = cluster.status(leader, false).await.unwrap();
-    assert!(s.snapshot_index >= 40, "{s:?}");
+    // The leader snapshots (its policy looks once a second) and purges its log behind it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let s = cluster.status(leader, false).await.unwrap();
+        if s.snapshot_index >= 40 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot past 40 within 15 s: {s:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     cluster.restart(follower);
     let digests = cluster.converged_digests().await;
     assert_eq!(digests.len(), 3);

@@ -93,6 +93,28 @@ fn bad_values_are_named() {
         "{}",
         stderr(&o)
     );
+    for (flag, value, expected) in [
+        ("--snapshot-interval", "soon", "--snapshot-interval `soon`"),
+        ("--snapshot-interval", "10ms", "is shorter than 1s"),
+        (
+            "--snapshot-log-mib",
+            "0",
+            "--snapshot-log-mib 0 is out of range",
+        ),
+        (
+            "--snapshot-every",
+            "0",
+            "--snapshot-every 0 would snapshot after every entry",
+        ),
+    ] {
+        let o = lockstepd(&["--id", "1", "--data-dir", "/tmp/x", flag, value, "--dev"]);
+        assert!(
+            stderr(&o).contains(expected),
+            "{flag} {value}: {}",
+            stderr(&o)
+        );
+        assert!(!o.status.success());
+    }
 }
 
 #[test]

@@ -1,15 +1,19 @@
 //! One conformance suite that every [`Store`] implementation passes.
 
-use crate::{Batch, Durability, Family, Store};
+use std::path::Path;
 
-/// Runs every check against stores made by `make` (a fresh, empty store per check).
-pub fn run_all<S: Store>(make: impl Fn() -> S) {
+use crate::{Batch, Durability, Family, FamilyEntry, Store};
+
+/// Runs every check against stores made by `make` (a fresh, empty store per check);
+/// `scratch` is an empty directory the checks may write into.
+pub fn run_all<S: Store>(make: impl Fn() -> S, scratch: &Path) {
     get_put_delete(&make());
     ranges_are_ordered_and_bounded(&make());
     last_finds_the_greatest_key(&make());
     batches_are_atomic_across_families(&make());
     delete_range_removes_exactly_the_range(&make());
     export_is_ordered_by_family_then_key(&make());
+    a_checkpoint_is_a_point_in_time_copy(&make(), scratch);
 }
 
 fn put(store: &impl Store, family: Family, key: &[u8], value: &[u8]) {
@@ -148,5 +152,42 @@ fn export_is_ordered_by_family_then_key(store: &impl Store) {
             (Family::Meta, &b"a"[..]),
             (Family::Meta, &b"b"[..])
         ]
+    );
+}
+
+fn a_checkpoint_is_a_point_in_time_copy<S: Store>(store: &S, scratch: &Path) {
+    put(store, Family::Meta, b"applied", b"7");
+    put(store, Family::Instances, b"i1", b"before");
+    put(store, Family::RaftLog, b"l1", b"log");
+    let dir = scratch.join("checkpoint");
+    store.checkpoint(&dir).unwrap();
+    put(store, Family::Instances, b"i1", b"after");
+    put(store, Family::Instances, b"i2", b"new");
+    let mut b = Batch::default();
+    b.delete(Family::Meta, b"applied");
+    store.write(b, Durability::Buffered).unwrap();
+
+    let mut seen: Vec<FamilyEntry> = Vec::new();
+    S::read_checkpoint(&dir, &[Family::Instances, Family::Meta], &mut |f, k, v| {
+        seen.push((f, k.to_vec(), v.to_vec()));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        [
+            (Family::Instances, b"i1".to_vec(), b"before".to_vec()),
+            (Family::Meta, b"applied".to_vec(), b"7".to_vec()),
+        ],
+        "the copy holds the state at the checkpoint, only the families asked for"
+    );
+    assert_eq!(
+        store.get(Family::Instances, b"i1").unwrap().as_deref(),
+        Some(&b"after"[..]),
+        "the store moved on"
+    );
+    assert!(
+        store.checkpoint(&dir).is_err(),
+        "a checkpoint never overwrites an existing directory"
     );
 }

@@ -261,4 +261,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Approximate bytes used, for metrics.
     fn approximate_size_bytes(&self) -> u64;
+
+    /// Writes a consistent point-in-time copy of the whole store into the new directory
+    /// `dir`, and leaves every write made before the call durable in the store itself. It
+    /// costs what changed since the last one, not the size of the state (RocksDB flushes its
+    /// memtables and hard-links its files). Read the copy with [`Store::read_checkpoint`]
+    /// while the store moves on. The copy holds every family: readers choose theirs.
+    fn checkpoint(&self, dir: &std::path::Path) -> Result<()>;
+
+    /// Calls `each` for every entry of `families` in the copy at `dir` made by
+    /// [`Store::checkpoint`], in family order then key order, without writing to it.
+    fn read_checkpoint(
+        dir: &std::path::Path,
+        families: &[Family],
+        each: &mut EntryVisitor<'_>,
+    ) -> Result<()>
+    where
+        Self: Sized;
 }

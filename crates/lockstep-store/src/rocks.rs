@@ -131,13 +131,6 @@ impl RocksStore {
             .expect("every family's column family is created at open")
     }
 
-    /// Writes a consistent checkpoint of the whole database to `dir` (for backups).
-    pub fn checkpoint(&self, dir: &Path) -> Result<()> {
-        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
-        checkpoint.create_checkpoint(dir)?;
-        Ok(())
-    }
-
     /// Sizes of every column family, from RocksDB's own estimates (for metrics). A property
     /// RocksDB cannot answer counts as 0.
     pub fn family_sizes(&self) -> Vec<(Family, FamilySizes)> {
@@ -266,6 +259,22 @@ impl Store for RocksStore {
             }
         }
         Ok(())
+    }
+
+    fn checkpoint(&self, dir: &Path) -> Result<()> {
+        // Synced first, so that the writes before this call are durable even where the
+        // checkpoint takes them from the write-ahead log rather than from flushed files.
+        self.db.flush_wal(true)?;
+        self.synced_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Flushes the memtables (synced SST files) and hard-links every live file into `dir`.
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
+        checkpoint.create_checkpoint(dir)?;
+        Ok(())
+    }
+
+    fn read_checkpoint(dir: &Path, families: &[Family], each: &mut EntryVisitor<'_>) -> Result<()> {
+        RocksStore::open_read_only(dir)?.export_each(families, each)
     }
 
     fn approximate_size_bytes(&self) -> u64 {

@@ -4,18 +4,23 @@ use lockstep_store::{MemStore, RocksOptions, RocksStore, conformance};
 
 #[test]
 fn memory_store_conforms() {
-    conformance::run_all(MemStore::new);
+    let scratch = tempfile::tempdir().unwrap();
+    conformance::run_all(MemStore::new, scratch.path());
 }
 
 #[test]
 fn rocksdb_store_conforms() {
     let dirs = std::sync::Mutex::new(Vec::new());
-    conformance::run_all(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RocksStore::open(dir.path(), &RocksOptions::default()).unwrap();
-        dirs.lock().unwrap().push(dir);
-        store
-    });
+    let scratch = tempfile::tempdir().unwrap();
+    conformance::run_all(
+        || {
+            let dir = tempfile::tempdir().unwrap();
+            let store = RocksStore::open(dir.path(), &RocksOptions::default()).unwrap();
+            dirs.lock().unwrap().push(dir);
+            store
+        },
+        scratch.path(),
+    );
 }
 
 #[test]
