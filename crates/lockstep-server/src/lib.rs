@@ -25,6 +25,7 @@ pub mod network;
 pub mod node;
 pub mod policy;
 pub mod raft_service;
+pub mod read_index;
 pub mod security_log;
 pub mod snapshot_policy;
 pub mod status;

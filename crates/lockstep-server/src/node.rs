@@ -112,6 +112,22 @@ pub struct Node {
     pub timers_armed: crate::timers::ArmedSince,
     /// Group commit: every proposal of this node goes through it (`batcher.rs`).
     pub batcher: crate::batcher::Batcher,
+    /// Concurrent linearizable reads share quorum rounds (`read_index.rs`).
+    pub read_index: crate::read_index::SharedReadIndex<WriteError>,
+}
+
+/// The leader `raft` knows of, if any, with its address.
+fn leader_of(raft: &Raft<TypeConfig>) -> (Option<NodeId>, Option<String>) {
+    let metrics = raft.metrics().borrow().clone();
+    let id = metrics.current_leader;
+    let addr = id.and_then(|id| {
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|m| m.addr.clone())
+    });
+    (id, addr)
 }
 
 impl std::fmt::Debug for Node {
@@ -191,6 +207,7 @@ impl Node {
             security: crate::security_log::SecurityLog::default(),
             timers_armed,
             batcher,
+            read_index: Default::default(),
         });
         node.bootstrap_if_first().await?;
         tokio::spawn(crate::format_gate::run(Arc::downgrade(&node)));
@@ -233,16 +250,7 @@ impl Node {
 
     /// The current leader, if known, with its address.
     pub fn leader(&self) -> (Option<NodeId>, Option<String>) {
-        let metrics = self.raft.metrics().borrow().clone();
-        let id = metrics.current_leader;
-        let addr = id.and_then(|id| {
-            metrics
-                .membership_config
-                .membership()
-                .get_node(&id)
-                .map(|m| m.addr.clone())
-        });
-        (id, addr)
+        leader_of(&self.raft)
     }
 
     /// The leader named by `id` and `addr`, if both are known and it is another node.
@@ -369,19 +377,31 @@ impl Node {
                 .write(request_id, body, false)
                 .await
                 .map(ForwardReply::Written),
-            ForwardRequest::ReadIndex => match self.raft.ensure_linearizable().await {
-                Ok(log_id) => Ok(ForwardReply::ReadIndex(
-                    log_id.map(|l| l.index).unwrap_or(0),
-                )),
-                Err(e) => {
-                    let (leader_id, leader_addr) = self.leader();
-                    tracing::debug!(error = %e, "read index refused");
-                    Err(WriteError::NotLeader {
-                        leader_id,
-                        leader_addr,
-                    })
-                }
-            },
+            ForwardRequest::ReadIndex => {
+                // One quorum round answers every read that arrived before it started.
+                let raft = self.raft.clone();
+                let round = move || {
+                    let raft = raft.clone();
+                    async move {
+                        match raft.ensure_linearizable().await {
+                            Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
+                            Err(e) => {
+                                let (leader_id, leader_addr) = leader_of(&raft);
+                                tracing::debug!(error = %e, "read index refused");
+                                Err(WriteError::NotLeader {
+                                    leader_id,
+                                    leader_addr,
+                                })
+                            }
+                        }
+                    }
+                };
+                let gone = WriteError::Fatal("the node is shutting down".into());
+                self.read_index
+                    .get(round, gone)
+                    .await
+                    .map(ForwardReply::ReadIndex)
+            }
             ForwardRequest::AddLearner { id, addr } => self
                 .add_learner(id, addr, false)
                 .await
@@ -434,6 +454,27 @@ impl Node {
                     tokio::time::sleep(NO_LEADER_BACKOFF).await
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits until this node has applied audit record `global_seq` (one a write of this
+    /// node's caller produced): its state then holds that write. A follower that forwarded
+    /// the write waits for its own apply, without the quorum round of a read barrier.
+    pub async fn wait_for_audit_seq(&self, global_seq: u64) -> Result<(), WriteError> {
+        let mut applied = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + WRITE_DEADLINE;
+        loop {
+            applied.borrow_and_update();
+            let head = lockstep_raft::read::audit_head(&*self.store)
+                .map_err(|e| WriteError::Fatal(format!("cannot read the audit head: {e}")))?;
+            if head.seq >= global_seq {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(WriteError::Fatal("Raft stopped".into())),
+                Err(_) => return Err(WriteError::Timeout(WRITE_DEADLINE)),
             }
         }
     }

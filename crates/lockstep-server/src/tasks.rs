@@ -62,10 +62,11 @@ impl Api {
         queue: &str,
         worker: &Actor,
         max: usize,
-    ) -> Result<Vec<(String, String)>, Status> {
+    ) -> Result<(Vec<(String, String)>, u64), Status> {
         let candidates =
             read::ready_tasks(&*self.node.store, queue, max * 4).map_err(status::store_error)?;
         let mut leased = Vec::new();
+        let mut last_seq = 0;
         for (task_id, instance_id) in candidates {
             if leased.len() == max {
                 break;
@@ -79,7 +80,10 @@ impl Api {
             };
             let request_id = lease_request_id(self.node.id, &task_id);
             match self.write(metadata, &request_id, body).await? {
-                Applied::Applied { .. } => leased.push((instance_id, task_id)),
+                Applied::Applied { global_seq, .. } => {
+                    last_seq = last_seq.max(global_seq);
+                    leased.push((instance_id, task_id));
+                }
                 // The worker holds as many leases as it may: stop here, or say so.
                 Applied::Refused(r) if r.code == lockstep_core::RefusalCode::LimitExceeded => {
                     if leased.is_empty() {
@@ -92,19 +96,22 @@ impl Api {
                 other => return Err(Status::internal(format!("unexpected response {other:?}"))),
             }
         }
-        Ok(leased)
+        Ok((leased, last_seq))
     }
 
-    /// Reads leased tasks back (after a read barrier, so a follower sees its own leases).
+    /// Reads leased tasks back once this node has applied the lease writes (up to audit
+    /// record `seq`): a follower that forwarded them waits for its own apply, without a
+    /// second quorum round; the leader applied them before it answered.
     async fn leased_view(
         &self,
         leased: &[(String, String)],
+        seq: u64,
     ) -> Result<Vec<pb::LeasedTask>, Status> {
         if leased.is_empty() {
             return Ok(Vec::new());
         }
         self.node
-            .read_barrier()
+            .wait_for_audit_seq(seq)
             .await
             .map_err(status::write_error)?;
         let mut out = Vec::with_capacity(leased.len());
@@ -196,11 +203,11 @@ impl pb::tasks_server::Tasks for Api {
         loop {
             // Register for the dispatcher's wake-up before looking, so none is missed.
             let ready = self.node.tasks_ready.notified();
-            let leased = self
+            let (leased, seq) = self
                 .lease_ready(&metadata, &req.queue, &worker, max)
                 .await?;
             if !leased.is_empty() {
-                let tasks = self.leased_view(&leased).await?;
+                let tasks = self.leased_view(&leased, seq).await?;
                 return Ok(Response::new(pb::PollTasksResponse { tasks }));
             }
             let now = Instant::now();
@@ -227,12 +234,12 @@ impl pb::tasks_server::Tasks for Api {
             task_id: task_id.clone(),
             op: TaskOp::Heartbeat { token, worker },
         };
-        match self.write(&metadata, &req.request_id, body).await? {
-            Applied::Applied { .. } => {}
+        let seq = match self.write(&metadata, &req.request_id, body).await? {
+            Applied::Applied { global_seq, .. } => global_seq,
             Applied::Refused(r) => return Err(status::refusal(&r)),
             other => return Err(Status::internal(format!("unexpected response {other:?}"))),
-        }
-        let view = self.leased_view(&[(instance_id, task_id)]).await?;
+        };
+        let view = self.leased_view(&[(instance_id, task_id)], seq).await?;
         Ok(Response::new(pb::HeartbeatTaskResponse {
             lease_expires_at: view
                 .into_iter()
