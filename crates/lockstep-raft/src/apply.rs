@@ -217,6 +217,8 @@ struct Overlay {
     batch: Batch,
     /// The earliest due time (micros) of the timers this run armed.
     earliest_armed: Option<i64>,
+    /// Whether this run wrote outbox items (the leader's dispatcher has work).
+    queued_outbox: bool,
 }
 
 #[derive(Debug)]
@@ -249,6 +251,11 @@ impl<'a, S: Store> Applier<'a, S> {
     /// ([`crate::state_machine::Applied`]).
     pub fn earliest_armed(&self) -> Option<i64> {
         self.overlay.earliest_armed
+    }
+
+    /// Whether the applied entries wrote outbox items.
+    pub fn queued_outbox(&self) -> bool {
+        self.overlay.queued_outbox
     }
 
     /// The batch to write: everything the applied entries changed.
@@ -1134,6 +1141,7 @@ impl<'a, S: Store> Applier<'a, S> {
                 audit_seq,
             };
             self.put(Family::Outbox, keys::u64_key(seq), &item);
+            self.overlay.queued_outbox = true;
         }
         Ok(Response::Applied {
             instance_id: id,

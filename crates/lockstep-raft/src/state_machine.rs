@@ -348,6 +348,8 @@ pub struct Applied {
     /// The earliest due time (micros) of the timers they armed, if any: the leader's timer
     /// service must not start its next scan of the due index after it.
     pub earliest_armed: Option<i64>,
+    /// Whether they wrote outbox items: the leader's dispatcher has work.
+    pub queued_outbox: bool,
 }
 
 /// Told what every apply call did once its batch is written (the server's metrics and timer
@@ -468,6 +470,7 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
         }
         let count = responses.len();
         let earliest_armed = applier.earliest_armed();
+        let queued_outbox = applier.queued_outbox();
         let batch = applier.into_batch();
         if !batch.is_empty() {
             // Buffered: the synced Raft log can reproduce this batch after a crash, and the
@@ -481,6 +484,7 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
             (hook.0)(Applied {
                 entries: count,
                 earliest_armed,
+                queued_outbox,
             });
         }
         Ok(responses)

@@ -33,6 +33,7 @@ pub async fn run(node: Arc<Node>, shutdown: watch::Receiver<bool>) {
         &node,
         shutdown,
         "outbox",
+        &node.outbox_wake,
         || {},
         || async { Ok((!dispatch_batch(&node).await?).then_some(IDLE_MAX)) },
     )

@@ -112,6 +112,10 @@ pub struct Node {
     pub timers_armed: crate::timers::ArmedSince,
     /// Group commit: every proposal of this node goes through it (`batcher.rs`).
     pub batcher: crate::batcher::Batcher,
+    /// Woken (one permit) when an apply armed a timer: the timer service's sleep ends.
+    pub timers_wake: Arc<tokio::sync::Notify>,
+    /// Woken (one permit) when an apply wrote outbox items: the dispatcher's sleep ends.
+    pub outbox_wake: Arc<tokio::sync::Notify>,
     /// Concurrent linearizable reads share quorum rounds (`read_index.rs`).
     pub read_index: crate::read_index::SharedReadIndex<WriteError>,
 }
@@ -173,6 +177,9 @@ impl Node {
         let apply_metrics = Arc::clone(&metrics);
         let timers_armed = crate::timers::ArmedSince::default();
         let armed = timers_armed.clone();
+        let timers_wake = Arc::new(tokio::sync::Notify::new());
+        let outbox_wake = Arc::new(tokio::sync::Notify::new());
+        let (wake_timers, wake_outbox) = (Arc::clone(&timers_wake), Arc::clone(&outbox_wake));
         let log_store = LogStore::new(Arc::clone(&store));
         let appended_bytes = log_store.appended_bytes();
         let raft = Raft::new(
@@ -183,8 +190,14 @@ impl Node {
             StateMachine::open(Arc::clone(&store), config.snapshot_dir())?.with_apply_hook(
                 ApplyHook::new(move |applied| {
                     apply_metrics.observe_apply(applied.entries);
+                    // Leader services wake only for work an apply gave them, not on every
+                    // change of the Raft metrics (each replication response is one).
                     if let Some(due) = applied.earliest_armed {
                         armed.note(due);
+                        wake_timers.notify_one();
+                    }
+                    if applied.queued_outbox {
+                        wake_outbox.notify_one();
                     }
                 }),
             ),
@@ -208,6 +221,8 @@ impl Node {
             timers_armed,
             batcher,
             read_index: Default::default(),
+            timers_wake,
+            outbox_wake,
         });
         node.bootstrap_if_first().await?;
         tokio::spawn(crate::format_gate::run(Arc::downgrade(&node)));

@@ -43,13 +43,15 @@ pub fn leading_with_own_entry(m: &openraft::RaftMetrics<NodeId, Member>) -> bool
 
 /// Drives a leader-only service: while this node leads with an entry of its own term, calls
 /// `step`, which does one bounded piece of work and answers `None` to be called again at once
-/// or `Some(wait)` to sleep (woken early by any apply or by shutdown). Off leadership it waits
-/// for the Raft metrics to change, after calling `on_follower`. A failed step is retried after
-/// a short pause; `step` keeps track of its own proposals in flight (see [`InFlight`]).
+/// or `Some(wait)` to sleep (woken early by `wake`, which the apply hook signals when an apply
+/// gave this service work, or by shutdown). Off leadership it waits for the Raft metrics to
+/// change, after calling `on_follower`. A failed step is retried after a short pause; `step`
+/// keeps track of its own proposals in flight (see [`InFlight`]).
 pub async fn while_leading<F, Fut>(
     node: &Node,
     mut shutdown: watch::Receiver<bool>,
     what: &'static str,
+    wake: &tokio::sync::Notify,
     on_follower: impl Fn(),
     mut step: F,
 ) where
@@ -79,9 +81,11 @@ pub async fn while_leading<F, Fut>(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = metrics.changed() => {}
+            _ = wake.notified() => {}
             _ = shutdown.changed() => {}
         }
+        // Leadership is looked at again above; changes seen while sleeping are not news.
+        metrics.borrow_and_update();
     }
 }
 
@@ -150,28 +154,35 @@ pub async fn run(node: Arc<Node>, shutdown: watch::Receiver<bool>) {
         node.metrics.set_timers_due(0);
         cursor.reset();
     };
-    while_leading(&node, shutdown, "timers", on_follower, || async {
-        let mut flight = flight.lock().await;
-        let mut failed = flight.settle(&cursor);
-        let proposed = flight.batches.len() < TIMERS_FIRE_IN_FLIGHT_MAX
-            && propose_due(&node, &cursor, &mut flight).await?;
-        // Nothing more to propose now: wait for a proposal in flight (at most IDLE_MAX, so a
-        // proposal that is never answered cannot hold off shutdown or a leadership check), or
-        // sleep until the next due time when none is in flight.
-        let wait = if proposed {
-            None
-        } else {
-            match tokio::time::timeout(IDLE_MAX, flight.proposals.join_next_with_id()).await {
-                Ok(Some(done)) => {
-                    failed = failed.or(flight.resolve(done, &cursor));
-                    None
+    while_leading(
+        &node,
+        shutdown,
+        "timers",
+        &node.timers_wake,
+        on_follower,
+        || async {
+            let mut flight = flight.lock().await;
+            let mut failed = flight.settle(&cursor);
+            let proposed = flight.batches.len() < TIMERS_FIRE_IN_FLIGHT_MAX
+                && propose_due(&node, &cursor, &mut flight).await?;
+            // Nothing more to propose now: wait for a proposal in flight (at most IDLE_MAX, so a
+            // proposal that is never answered cannot hold off shutdown or a leadership check), or
+            // sleep until the next due time when none is in flight.
+            let wait = if proposed {
+                None
+            } else {
+                match tokio::time::timeout(IDLE_MAX, flight.proposals.join_next_with_id()).await {
+                    Ok(Some(done)) => {
+                        failed = failed.or(flight.resolve(done, &cursor));
+                        None
+                    }
+                    Ok(None) => Some(until_next_due(&node, &cursor)),
+                    Err(_still_in_flight) => None,
                 }
-                Ok(None) => Some(until_next_due(&node, &cursor)),
-                Err(_still_in_flight) => None,
-            }
-        };
-        failed.map_or(Ok(wait), Err)
-    })
+            };
+            failed.map_or(Ok(wait), Err)
+        },
+    )
     .await
 }
 
