@@ -340,6 +340,26 @@ pub fn applied_state<S: Store>(store: &S) -> lockstep_store::Result<AppliedState
     Ok((applied, membership))
 }
 
+/// Fault injection for tests (like `--peer-via`, never for production): when the
+/// environment variable names a file and that file exists, the process removes it and aborts
+/// in `apply`, after the entries are committed (so synced in a majority's logs) and before
+/// their batch is written: the crash between log sync and apply. Read once; nothing is
+/// checked when it is unset.
+pub const CRASH_IN_APPLY_ENV: &str = "LOCKSTEP_FAULT_CRASH_IN_APPLY";
+
+fn crash_here_if_asked() {
+    static FILE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let file = FILE.get_or_init(|| std::env::var_os(CRASH_IN_APPLY_ENV).map(PathBuf::from));
+    if let Some(file) = file
+        && std::fs::remove_file(file).is_ok()
+    {
+        eprintln!(
+            "fault injection ({CRASH_IN_APPLY_ENV}): aborting in apply, before the batch is written"
+        );
+        std::process::abort();
+    }
+}
+
 /// What one apply call did, told to the [`ApplyHook`] once its batch is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Applied {
@@ -472,6 +492,7 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
         let earliest_armed = applier.earliest_armed();
         let queued_outbox = applier.queued_outbox();
         let batch = applier.into_batch();
+        crash_here_if_asked();
         if !batch.is_empty() {
             // Buffered: the synced Raft log can reproduce this batch after a crash, and the
             // applied id is in the same batch, so replay resumes exactly where this stopped.

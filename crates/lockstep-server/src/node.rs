@@ -151,6 +151,15 @@ impl Node {
             &config.store_dir(),
             &RocksOptions::default(),
         )?);
+        // Where apply stopped before this start: after a process crash, exactly the last
+        // entry applied (apply's buffered writes are in RocksDB's log, which outlives the
+        // process); after a power cut, a prefix, and openraft re-applies the rest from the
+        // synced Raft log.
+        let (applied, _) = lockstep_raft::state_machine::applied_state(&*store)?;
+        tracing::info!(
+            applied_index = applied.map(|l| l.index).unwrap_or(0),
+            "store opened"
+        );
         let raft_config = openraft::Config {
             cluster_name: "lockstep".into(),
             heartbeat_interval: config.heartbeat_ms,

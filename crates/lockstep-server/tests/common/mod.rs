@@ -300,6 +300,10 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("node{}", i + 1)))
             .env("RUST_LOG", "info,openraft=warn")
+            .env(
+                lockstep_raft::state_machine::CRASH_IN_APPLY_ENV,
+                self.crash_file(i),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -528,6 +532,32 @@ impl Cluster {
 
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+
+    /// While this file exists, node i aborts at its next apply, after the entries are
+    /// committed and before their batch is written (and removes the file first).
+    pub fn crash_file(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("node{}.crash-in-apply", i + 1))
+    }
+
+    /// Waits for node i's process to exit by itself, and forgets it (so it can be restarted).
+    pub async fn wait_for_exit(&mut self, i: usize, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            let child = self.children[i].as_mut().expect("node is running");
+            if let Some(status) = child.try_wait().unwrap() {
+                self.children[i] = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not exit within {within:?}",
+                i + 1
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
