@@ -213,8 +213,10 @@ impl DefinitionCache {
 /// Writes pending in this apply run, visible to later reads of the same run.
 #[derive(Debug, Default)]
 struct Overlay {
-    writes: BTreeMap<(Family, Vec<u8>), Option<Vec<u8>>>,
-    batch: Batch,
+    /// The last value written to each key in this run (`None`: deleted). The batch is made
+    /// from it at the end, so a key written by every request of a group (the applied id,
+    /// cluster time, audit head) is written once, and nothing is held twice.
+    writes: BTreeMap<Family, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     /// The earliest due time (micros) of the timers this run armed.
     earliest_armed: Option<i64>,
     /// Whether this run wrote outbox items (the leader's dispatcher has work).
@@ -260,20 +262,38 @@ impl<'a, S: Store> Applier<'a, S> {
 
     /// The batch to write: everything the applied entries changed.
     pub fn into_batch(self) -> Batch {
-        self.overlay.batch
+        let mut batch = Batch::default();
+        for (family, writes) in self.overlay.writes {
+            for (key, value) in writes {
+                match value {
+                    Some(value) => batch.put(family, key, value),
+                    None => batch.delete(family, key),
+                }
+            }
+        }
+        batch
+    }
+
+    /// This run's pending write of `key`, if any: `Some(None)` is a pending delete.
+    fn pending(&self, family: Family, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.overlay.writes.get(&family)?.get(key)
     }
 
     fn get_raw(&self, family: Family, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
-        match self.overlay.writes.get(&(family, key.to_vec())) {
+        match self.pending(family, key) {
             Some(pending) => Ok(pending.clone()),
             None => self.store.get(family, key),
         }
     }
 
     fn get<T: DeserializeOwned>(&self, family: Family, key: &[u8]) -> StoreResult<Option<T>> {
-        match self.get_raw(family, key)? {
-            None => Ok(None),
-            Some(bytes) => envelope::decode(family, key, &bytes).map(Some),
+        match self.pending(family, key) {
+            Some(Some(bytes)) => envelope::decode(family, key, bytes).map(Some),
+            Some(None) => Ok(None),
+            None => match self.store.get(family, key)? {
+                None => Ok(None),
+                Some(bytes) => envelope::decode(family, key, &bytes).map(Some),
+            },
         }
     }
 
@@ -285,13 +305,17 @@ impl<'a, S: Store> Applier<'a, S> {
         let bytes = envelope::encode_as(version, value);
         self.overlay
             .writes
-            .insert((family, key.clone()), Some(bytes.clone()));
-        self.overlay.batch.put(family, key, bytes);
+            .entry(family)
+            .or_default()
+            .insert(key, Some(bytes));
     }
 
     fn delete(&mut self, family: Family, key: Vec<u8>) {
-        self.overlay.writes.insert((family, key.clone()), None);
-        self.overlay.batch.delete(family, key);
+        self.overlay
+            .writes
+            .entry(family)
+            .or_default()
+            .insert(key, None);
     }
 
     /// The first `limit` entries of `family` in `[start, end)` as this run sees them: the
@@ -309,10 +333,17 @@ impl<'a, S: Store> Applier<'a, S> {
         let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
             .overlay
             .writes
-            .range((family, start.to_vec())..)
-            .take_while(|((f, k), _)| *f == family && in_range(k))
-            .map(|((_, k), v)| (k, v))
-            .collect();
+            .get(&family)
+            .map(|writes| {
+                writes
+                    .range::<[u8], _>((
+                        std::ops::Bound::Included(start),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .take_while(|(k, _)| in_range(k))
+                    .collect()
+            })
+            .unwrap_or_default();
         // Pending deletes hide at most `pending.len()` stored entries.
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self
             .store
