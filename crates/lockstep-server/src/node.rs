@@ -384,6 +384,10 @@ impl Node {
                 wire::decode::<Result<ForwardReply, WriteError>>(&reply.into_inner().payload)
                     .map_err(|e| WriteError::Fatal(e.message().to_string()))?
             }
+            // The peer could not decode the request: a build that does not know it.
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                Err(WriteError::Invalid(status.message().to_string()))
+            }
             Err(status) => {
                 tracing::debug!(%addr, %status, "forwarding failed");
                 Err(WriteError::Timeout(WRITE_DEADLINE))
@@ -596,6 +600,9 @@ impl Node {
         addr: String,
         forward: bool,
     ) -> Result<Vec<(NodeId, String, bool)>, WriteError> {
+        if self.is_leader() {
+            self.check_joiner_reads_the_log(id, &addr).await?;
+        }
         let request = ForwardRequest::AddLearner {
             id,
             addr: addr.clone(),
@@ -606,6 +613,37 @@ impl Node {
                 .map(|_| ())
         })
         .await
+    }
+
+    /// Refuses to add a node whose build cannot read the replicated log format: it would stop
+    /// at the first entry it cannot decode. Any build reads format 1, so nothing is asked
+    /// then; otherwise the joiner is asked over `Forward`, which a build older than the
+    /// cluster-version gate cannot even decode.
+    async fn check_joiner_reads_the_log(&self, id: NodeId, addr: &str) -> Result<(), WriteError> {
+        let format = lockstep_raft::read::log_format(&*self.store)
+            .map_err(|e| WriteError::Fatal(format!("cannot read the log format: {e}")))?;
+        if !format.at_least(lockstep_raft::format::LOG_FORMAT_BATCHES) {
+            return Ok(());
+        }
+        match self.forward(addr, ForwardRequest::LogFormat).await {
+            Ok(ForwardReply::LogFormat(reads)) if reads >= format.0 => Ok(()),
+            Ok(ForwardReply::LogFormat(reads)) => Err(WriteError::Invalid(format!(
+                "node {id} at {addr} reads log formats up to {reads}, but this cluster's log is in format {}: upgrade its lockstepd to this cluster's release, then add it",
+                format.0
+            ))),
+            Ok(other) => Err(WriteError::Invalid(format!(
+                "node {id} at {addr} gave an unexpected answer ({other:?}) when asked which log format it reads"
+            ))),
+            Err(WriteError::Fatal(e)) | Err(WriteError::Invalid(e)) => {
+                Err(WriteError::Invalid(format!(
+                    "node {id} at {addr} cannot say which log format it reads ({e}): it runs a build older than this cluster's log format {}; upgrade its lockstepd, then add it",
+                    format.0
+                )))
+            }
+            Err(e) => Err(WriteError::Busy(format!(
+                "cannot reach node {id} at {addr} to check which log format it reads ({e}): start it with --initial-members of this cluster, then retry"
+            ))),
+        }
     }
 
     pub async fn promote(

@@ -168,3 +168,28 @@ async fn a_rolling_upgrade_from_4410ace_under_load_loses_nothing() {
     let verified = client.verify_audit().await.unwrap();
     assert!(verified.ok, "{verified:?}");
 }
+
+/// Once the log is in format 2, a node running the old build is refused as a learner, with
+/// what to do, instead of joining and stopping at the first entry it cannot decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_build_cannot_read_the_log_is_not_added() {
+    let mut cluster = Cluster::start(Settings::default());
+    cluster.leader().await;
+    cluster.define_po().await;
+    cluster.wait_for_group_commit(Duration::from_secs(30)).await;
+    let joiner = cluster.spawn_joiner_with(Some(old_lockstepd()));
+    let admin = cluster.admin();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        match admin.add_learner(4, &cluster.endpoint(joiner)).await {
+            Err(e) if e.to_string().contains("upgrade its lockstepd") => break e,
+            Err(e) if e.to_string().contains("cannot reach") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            other => panic!("an old build was not refused as it should be: {other:?}"),
+        }
+    };
+    assert!(refused.to_string().contains("node 4"), "{refused}");
+    let status = cluster.status(0, false).await.unwrap();
+    assert_eq!(status.members.len(), 3, "{status:?}");
+}

@@ -343,12 +343,17 @@ impl Cluster {
     /// Starts one more node that joins later: it knows the existing members (so it does not
     /// bootstrap a cluster of its own) and waits to be added as a learner.
     pub fn spawn_joiner(&mut self) -> usize {
+        self.spawn_joiner_with(None)
+    }
+
+    /// [`Cluster::spawn_joiner`] running the `lockstepd` at `binary` (`None`: this build's).
+    pub fn spawn_joiner_with(&mut self, binary: Option<PathBuf>) -> usize {
         let port = free_port();
         self.ports.push(port);
         self.metrics_ports.push(free_port());
         let i = self.ports.len() - 1;
         self.binaries
-            .push(PathBuf::from(env!("CARGO_BIN_EXE_lockstepd")));
+            .push(binary.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lockstepd"))));
         let child = self.spawn(i);
         self.children.push(Some(child));
         i
