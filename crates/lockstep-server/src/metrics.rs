@@ -15,7 +15,7 @@
 //! | `lockstep_raft_apply_batch_entries` | histogram | |
 //! | `lockstep_raft_entries_proposed_total`, `lockstep_requests_proposed_total` | counter | |
 //! | `lockstep_requests_per_entry` | histogram | |
-//! | `lockstep_store_synced_writes_total` (each one WAL fsync), `lockstep_raft_append_entries_sent_total` | counter | |
+//! | `lockstep_store_synced_writes_total` (each one WAL fsync), `lockstep_raft_append_entries_sent_total`, `lockstep_read_index_rounds_total`, `lockstep_read_index_reads_total` | counter | |
 //! | `lockstep_store_sst_files_bytes`, `_live_data_bytes`, `_memtables_bytes`, `_keys_estimate` | gauge | `family` |
 //! | `lockstep_timer_lateness_seconds` | histogram | |
 //! | `lockstep_timers_due` | gauge | |
@@ -89,6 +89,8 @@ pub struct Metrics {
     requests_per_entry: Histogram,
     store_synced_writes: Counter,
     append_entries_sent: Counter,
+    read_index_rounds: Counter,
+    read_index_reads: Counter,
     store_sst_files_bytes: Family<FamilyLabels, U64Gauge>,
     store_live_data_bytes: Family<FamilyLabels, U64Gauge>,
     store_memtables_bytes: Family<FamilyLabels, U64Gauge>,
@@ -129,6 +131,8 @@ impl Metrics {
             requests_per_entry: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             store_synced_writes: Counter::default(),
             append_entries_sent: Counter::default(),
+            read_index_rounds: Counter::default(),
+            read_index_reads: Counter::default(),
             store_sst_files_bytes: Family::default(),
             store_live_data_bytes: Family::default(),
             store_memtables_bytes: Family::default(),
@@ -224,6 +228,16 @@ impl Metrics {
             "lockstep_raft_append_entries_sent",
             "AppendEntries RPCs this node sent, heartbeats included",
             m.append_entries_sent.clone(),
+        );
+        r.register(
+            "lockstep_read_index_rounds",
+            "Quorum rounds this leader ran for linearizable reads (shared by concurrent reads)",
+            m.read_index_rounds.clone(),
+        );
+        r.register(
+            "lockstep_read_index_reads",
+            "Linearizable reads (local and forwarded) this leader answered with a read index",
+            m.read_index_reads.clone(),
         );
         r.register(
             "lockstep_requests_per_entry",
@@ -352,6 +366,15 @@ impl Metrics {
         );
         self.append_entries_sent.inner().store(
             crate::network::APPEND_ENTRIES_SENT.load(std::sync::atomic::Ordering::Relaxed),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let stats = &node.read_index.stats;
+        self.read_index_rounds.inner().store(
+            stats.rounds.load(std::sync::atomic::Ordering::Relaxed),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.read_index_reads.inner().store(
+            stats.reads.load(std::sync::atomic::Ordering::Relaxed),
             std::sync::atomic::Ordering::Relaxed,
         );
         match lockstep_raft::log_store::committed(&*node.store) {
