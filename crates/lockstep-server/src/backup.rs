@@ -277,9 +277,11 @@ pub fn restore(from: &Path, data_dir: &Path, id: NodeId, addr: &str) -> Result<R
         cluster: format!("{id}={addr}"),
     };
     let identity_file = staging.join("node.toml");
-    std::fs::write(
+    crate::config::write_durably(
         &identity_file,
-        toml::to_string(&identity).map_err(|e| e.to_string())?,
+        toml::to_string(&identity)
+            .map_err(|e| e.to_string())?
+            .as_bytes(),
     )
     .map_err(|e| format!("cannot write {}: {e}", identity_file.display()))?;
     // The store first, the identity file last: lockstepd starts only on a complete store.

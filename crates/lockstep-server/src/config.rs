@@ -527,5 +527,21 @@ pub fn check_identity(config: &Config) -> Result<(), String> {
 
 fn write_identity(path: &Path, identity: &Identity) -> Result<(), String> {
     let text = toml::to_string(identity).map_err(|e| e.to_string())?;
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    write_durably(path, text.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Writes `bytes` to `path` so that a power cut leaves either no file or all of it: a
+/// synced temporary file renamed into place, then the directory synced. (A plain write left
+/// an empty `node.toml` after a power cut, and the node refused to start.)
+pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod lossy_fs;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,6 +45,9 @@ pub struct Cluster {
     pub pki: Option<Pki>,
     /// The `lockstepd` each node runs (this build's unless a test says otherwise).
     binaries: Vec<PathBuf>,
+    /// Each node's data directory as a disk that loses unsynced writes at a power cut
+    /// ([`Cluster::start_on_lossy_disks`]); empty for other clusters.
+    disks: Vec<Option<lossy_fs::LossyDisk>>,
 }
 
 /// The `iss` and `aud` of the tokens a secure test cluster accepts.
@@ -201,7 +206,70 @@ impl Cluster {
         Cluster::launch_with(settings, secure, policy, None)
     }
 
+    /// A development-mode cluster whose nodes keep their data directories on disks that lose
+    /// every write not fsynced when their power is cut ([`Cluster::power_cut`]).
+    pub fn start_on_lossy_disks(settings: Settings) -> Cluster {
+        let mut cluster = Cluster::prepare(settings, false, None, None);
+        for i in 0..cluster.settings.nodes {
+            let disk = cluster.mount_disk(i);
+            cluster.disks.push(Some(disk));
+        }
+        cluster.spawn_all();
+        cluster
+    }
+
+    fn mount_disk(&self, i: usize) -> lossy_fs::LossyDisk {
+        let backing = self.dir.path().join(format!("disk{}", i + 1));
+        std::fs::create_dir_all(&backing).unwrap();
+        std::fs::create_dir_all(self.data_dir(i)).unwrap();
+        lossy_fs::LossyDisk::mount(&backing, &self.data_dir(i)).unwrap_or_else(|e| {
+            panic!(
+                "cannot mount the lossy disk of node {} (FUSE: /dev/fuse and root are needed): {e}",
+                i + 1
+            )
+        })
+    }
+
+    /// Power cut of node i: the process dies, its disk loses every write it had not
+    /// fsynced, and the machine boots (the disk is mounted again); restart it with
+    /// [`Cluster::restart`].
+    pub fn power_cut(&mut self, i: usize) {
+        self.kill9(i);
+        let disk = self.disks[i].take().expect("node i runs on a lossy disk");
+        disk.power_cut().unwrap();
+        let disk = self.mount_disk(i);
+        self.disks[i] = Some(disk);
+    }
+
+    /// Bytes node i has written and not yet fsynced (what a power cut would lose now).
+    pub fn unsynced_bytes(&self, i: usize) -> u64 {
+        self.disks[i].as_ref().map_or(0, |d| d.unsynced_bytes())
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{}", i + 1))
+    }
+
     fn launch_with(
+        settings: Settings,
+        secure: bool,
+        policy: Option<&str>,
+        binary: Option<PathBuf>,
+    ) -> Cluster {
+        let mut cluster = Cluster::prepare(settings, secure, policy, binary);
+        cluster.spawn_all();
+        cluster
+    }
+
+    fn spawn_all(&mut self) {
+        for i in 0..self.settings.nodes {
+            let child = self.spawn(i);
+            self.children.push(Some(child));
+        }
+    }
+
+    /// A cluster with its ports, directories and credentials, and no node started yet.
+    fn prepare(
         settings: Settings,
         secure: bool,
         policy: Option<&str>,
@@ -215,7 +283,7 @@ impl Cluster {
         if let (Some(pki), Some(policy)) = (&pki, policy) {
             std::fs::write(pki.dir.join("policy.toml"), policy).unwrap();
         }
-        let mut cluster = Cluster {
+        Cluster {
             dir,
             ports,
             metrics_ports,
@@ -223,12 +291,8 @@ impl Cluster {
             binaries: vec![binary; settings.nodes],
             settings,
             pki,
-        };
-        for i in 0..cluster.settings.nodes {
-            let child = cluster.spawn(i);
-            cluster.children.push(Some(child));
+            disks: Vec::new(),
         }
-        cluster
     }
 
     pub fn endpoint(&self, i: usize) -> String {
@@ -298,7 +362,7 @@ impl Cluster {
                 &self.settings.logs_to_keep.to_string(),
             ])
             .arg("--data-dir")
-            .arg(self.dir.path().join(format!("node{}", i + 1)))
+            .arg(self.data_dir(i))
             .env("RUST_LOG", "info,openraft=warn")
             .env(
                 lockstep_raft::state_machine::CRASH_IN_APPLY_ENV,
@@ -572,6 +636,8 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Unmounted before the temporary directory holding their backing files goes.
+        self.disks.clear();
         if std::thread::panicking() {
             for i in 0..self.ports.len() {
                 eprintln!(
