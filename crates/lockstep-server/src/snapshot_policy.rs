@@ -164,10 +164,12 @@ mod tests {
         assert_eq!(p.decide(look(50_002, 0, 5000), t0), None, "already asked");
         let later = t0 + BUILD_PATIENCE;
         assert_eq!(p.decide(look(50_003, 0, 5000), later), Some("log size"));
-        // The snapshot at 50_003 lands: bytes count again from 5000.
+        // The snapshot at 50_003 shows up with 5500 bytes appended by then: bytes count
+        // again from there.
         assert_eq!(p.decide(look(50_010, 50_003, 5500), later), None);
+        assert_eq!(p.decide(look(50_020, 50_003, 6400), later), None);
         assert_eq!(
-            p.decide(look(50_020, 50_003, 6000), later),
+            p.decide(look(50_030, 50_003, 6500), later),
             Some("log size")
         );
     }
