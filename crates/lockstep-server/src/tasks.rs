@@ -30,6 +30,38 @@ const POLL_RECHECK: Duration = Duration::from_millis(250);
 /// Largest error text a failing worker may attach.
 pub const TASK_ERROR_BYTES_MAX: usize = 4096;
 
+/// Ready tasks a poll looks at per task it may lease (the oldest first).
+const LEASE_WINDOW: usize = 16;
+
+/// Polls being served by this node (any queue): how many workers contend for the oldest
+/// ready tasks.
+static POLLS_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts a poll in [`POLLS_IN_FLIGHT`] while it lives.
+struct PollInFlight;
+
+impl PollInFlight {
+    fn enter() -> PollInFlight {
+        POLLS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        PollInFlight
+    }
+}
+
+impl Drop for PollInFlight {
+    fn drop(&mut self) {
+        POLLS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A stable hash of a worker's id: workers polling at once start at different places.
+fn spread(worker: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same worker starts at the same place on every node.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    worker.hash(&mut h);
+    h.finish() as usize
+}
+
 /// Makes request ids for the leases a poll proposes (unique per node and process).
 static LEASE_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -63,8 +95,18 @@ impl Api {
         worker: &Actor,
         max: usize,
     ) -> Result<(Vec<(String, String)>, u64), Status> {
-        let candidates =
-            read::ready_tasks(&*self.node.store, queue, max * 4).map_err(status::store_error)?;
+        let mut candidates = read::ready_tasks(&*self.node.store, queue, max * LEASE_WINDOW)
+            .map_err(status::store_error)?;
+        // Workers polling at once start at different places among the oldest ready tasks,
+        // so they rarely propose leases for the same task (only one of which can win): one
+        // of as many places as there are polls in flight on this node, varying from poll to
+        // poll, and oldest first from there. A lone worker takes the oldest task.
+        let contenders = POLLS_IN_FLIGHT.load(Ordering::Relaxed).max(1);
+        let places = contenders.min(candidates.len());
+        if places > 1 {
+            let turn = LEASE_SEQ.load(Ordering::Relaxed) as usize;
+            candidates.rotate_left(spread(&worker.id).wrapping_add(turn) % places);
+        }
         let mut leased = Vec::new();
         let mut last_seq = 0;
         for (task_id, instance_id) in candidates {
@@ -198,6 +240,7 @@ impl pb::tasks_server::Tasks for Api {
             )));
         }
         let max = req.max_tasks.max(1) as usize;
+        let _in_flight = PollInFlight::enter();
         let deadline = Instant::now() + Duration::from_millis(u64::from(req.wait_ms));
         let mut applied = self.node.raft.metrics();
         loop {
