@@ -97,15 +97,16 @@ impl Api {
     ) -> Result<(Vec<(String, String)>, u64), Status> {
         let mut candidates = read::ready_tasks(&*self.node.store, queue, max * LEASE_WINDOW)
             .map_err(status::store_error)?;
-        // Workers polling at once start at different places among the oldest ready tasks,
-        // so they rarely propose leases for the same task (only one of which can win): one
-        // of as many places as there are polls in flight on this node, varying from poll to
-        // poll, and oldest first from there. A lone worker takes the oldest task.
+        // Workers polling at once try different tasks first, so they rarely propose leases
+        // for the same task (only one of which can win): one of as many of the oldest as
+        // there are polls in flight on this node, varying from poll to poll; then the rest
+        // oldest first. A lone worker takes the oldest task.
         let contenders = POLLS_IN_FLIGHT.load(Ordering::Relaxed).max(1);
         let places = contenders.min(candidates.len());
         if places > 1 {
             let turn = LEASE_SEQ.load(Ordering::Relaxed) as usize;
-            candidates.rotate_left(spread(&worker.id).wrapping_add(turn) % places);
+            let first = candidates.remove(spread(&worker.id).wrapping_add(turn) % places);
+            candidates.insert(0, first);
         }
         let mut leased = Vec::new();
         let mut last_seq = 0;
