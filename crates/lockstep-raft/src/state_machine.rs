@@ -746,11 +746,10 @@ mod tests {
         let current = follower.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta.snapshot_id, meta.snapshot_id);
         assert_eq!(bytes_of(current).await, data);
-        let names: Vec<String> = std::fs::read_dir(dirs.path().join("b"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-            .collect();
-        assert_eq!(names, [file_name(&meta.snapshot_id)]);
+        assert_eq!(
+            names(&dirs.path().join("b")),
+            [file_name(&meta.snapshot_id)]
+        );
     }
 
     /// A crash in the middle of an install (marker written, state half replaced) is finished

@@ -5,25 +5,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Cluster, PO, Settings, alice, bob};
+use common::{Cluster, Settings, alice, bob, counter};
 use lockstep_client::{by_id, by_key, pb, request_id};
-
-async fn define(cluster: &Cluster) {
-    let r = cluster
-        .admin()
-        .apply_definition(
-            &request_id(),
-            PO,
-            pb::Provenance {
-                repository: "test".into(),
-                commit: "c0ffee".into(),
-                path: "purchase-order.yaml".into(),
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.workflow, "purchase-order");
-}
 
 fn po(amount: u32) -> serde_json::Value {
     serde_json::json!({"amount": amount, "requester": "alice"})
@@ -33,7 +16,7 @@ fn po(amount: u32) -> serde_json::Value {
 async fn three_nodes_elect_replicate_and_agree() {
     let cluster = Cluster::start(Settings::default());
     let leader = cluster.leader().await;
-    define(&cluster).await;
+    cluster.define_po().await;
     // Write through a follower: it forwards to the leader.
     let follower = (leader + 1) % 3;
     let via_follower = cluster.client_for(&[cluster.endpoint(follower)], alice());
@@ -110,7 +93,7 @@ async fn three_nodes_elect_replicate_and_agree() {
 async fn follower_killed_and_restarted_catches_up_by_log() {
     let mut cluster = Cluster::start(Settings::default());
     let leader = cluster.leader().await;
-    define(&cluster).await;
+    cluster.define_po().await;
     let follower = (leader + 1) % 3;
     cluster.kill9(follower);
     let client = cluster.client(alice());
@@ -140,7 +123,7 @@ async fn follower_behind_the_purge_point_catches_up_by_snapshot() {
         logs_to_keep: 5,
     });
     let leader = cluster.leader().await;
-    define(&cluster).await;
+    cluster.define_po().await;
     let follower = (leader + 1) % 3;
     cluster.kill9(follower);
     let client = cluster.client(alice());
@@ -161,10 +144,7 @@ async fn follower_behind_the_purge_point_catches_up_by_snapshot() {
     loop {
         let s = cluster.status(leader, false).await.unwrap();
         let (_, metrics) = cluster.scrape(leader).await;
-        let purged: u64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("lockstep_raft_purged_index ")?.parse().ok())
-            .unwrap_or(0);
+        let purged = counter(&metrics, "lockstep_raft_purged_index");
         if s.snapshot_index >= 40 && purged >= 30 {
             break;
         }
@@ -197,7 +177,7 @@ async fn follower_behind_the_purge_point_catches_up_by_snapshot() {
 async fn leader_killed_with_writes_in_flight_loses_no_acknowledged_write() {
     let mut cluster = Cluster::start(Settings::default());
     let leader = cluster.leader().await;
-    define(&cluster).await;
+    cluster.define_po().await;
     let client = Arc::new(cluster.client(alice()));
     let mut writers = Vec::new();
     for w in 0..4 {
@@ -254,7 +234,7 @@ async fn leader_killed_with_writes_in_flight_loses_no_acknowledged_write() {
 async fn full_cluster_restart_keeps_everything() {
     let mut cluster = Cluster::start(Settings::default());
     cluster.leader().await;
-    define(&cluster).await;
+    cluster.define_po().await;
     let client = cluster.client(alice());
     let created = client
         .create(&request_id(), "purchase-order", Some("PO-1"), &po(1))
@@ -298,7 +278,7 @@ async fn five_nodes_survive_two_failures() {
         ..Settings::default()
     });
     let leader = cluster.leader().await;
-    define(&cluster).await;
+    cluster.define_po().await;
     cluster.kill9((leader + 1) % 5);
     cluster.kill9((leader + 2) % 5);
     let c = cluster
@@ -315,7 +295,7 @@ async fn five_nodes_survive_two_failures() {
 async fn a_retried_request_id_applies_once_across_nodes() {
     let cluster = Cluster::start(Settings::default());
     cluster.leader().await;
-    define(&cluster).await;
+    cluster.define_po().await;
     let id = request_id();
     let a = cluster
         .client_for(&[cluster.endpoint(0)], alice())
@@ -346,7 +326,7 @@ async fn a_retried_request_id_applies_once_across_nodes() {
 async fn a_client_learns_the_leader_from_a_forwarded_write() {
     let cluster = Cluster::start(Settings::default());
     let leader = cluster.leader().await;
-    define(&cluster).await;
+    cluster.define_po().await;
     let follower = (leader + 1) % 3;
     let (f, l) = (cluster.endpoint(follower), cluster.endpoint(leader));
     let client = cluster.client_for(&[f.clone(), l.clone()], alice());
@@ -385,7 +365,7 @@ async fn a_client_learns_the_leader_from_a_forwarded_write() {
 async fn membership_add_learner_promote_and_remove() {
     let mut cluster = Cluster::start(Settings::default());
     cluster.leader().await;
-    define(&cluster).await;
+    cluster.define_po().await;
     cluster
         .admin()
         .create(&request_id(), "purchase-order", Some("PO-1"), &po(1))
@@ -433,7 +413,7 @@ async fn membership_add_learner_promote_and_remove() {
 async fn a_removed_node_that_keeps_running_can_be_added_back_through_itself() {
     let cluster = Cluster::start(Settings::default());
     let leader = cluster.leader().await;
-    define(&cluster).await;
+    cluster.define_po().await;
     let f = (leader + 1) % 3;
     let id = f as u64 + 1;
     let admin = cluster.admin();
@@ -483,7 +463,7 @@ async fn a_removed_node_that_keeps_running_can_be_added_back_through_itself() {
 async fn an_isolated_follower_serves_stale_reads_marked_stale_but_not_default_reads() {
     let cluster = Cluster::start(Settings::default());
     let leader = cluster.leader().await;
-    define(&cluster).await;
+    cluster.define_po().await;
     let created = cluster
         .client(alice())
         .create(&request_id(), "purchase-order", Some("PO-1"), &po(1))
@@ -539,7 +519,7 @@ async fn an_isolated_follower_serves_stale_reads_marked_stale_but_not_default_re
 async fn listing_pages_through_every_instance_once() {
     let cluster = Cluster::start(Settings::default());
     cluster.leader().await;
-    define(&cluster).await;
+    cluster.define_po().await;
     let client = cluster.client(alice());
     for n in 0..7 {
         client
@@ -605,20 +585,13 @@ async fn listing_pages_through_every_instance_once() {
     );
 }
 
-/// The value of an unlabelled counter in a Prometheus text body.
-fn counter(body: &str, name: &str) -> u64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{body}"))
-}
-
 /// Concurrent linearizable reads share the leader's quorum rounds, through every node, and
 /// still see every write acknowledged before them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_linearizable_reads_share_quorum_rounds() {
     let cluster = Cluster::start(Settings::default());
     let leader = cluster.leader().await;
-    define(&cluster).await;
+    cluster.define_po().await;
     let created = cluster
         .admin()
         .create(&request_id(), "purchase-order", Some("PO-R"), &po(5))

@@ -6,19 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, Settings, alice};
+use common::{Cluster, Settings, alice, counter};
 use lockstep_client::{by_key, pb, request_id};
 use lockstep_core::RefusalCode;
 
 fn po(requester: &str) -> serde_json::Value {
     serde_json::json!({"amount": 100, "requester": requester})
-}
-
-/// The value of an unlabelled counter in a Prometheus text body.
-fn counter(body: &str, name: &str) -> u64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{body}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

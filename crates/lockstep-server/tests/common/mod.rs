@@ -675,6 +675,32 @@ fn dechunk(mut body: &str) -> String {
     }
 }
 
+/// Creates a purchase order `key` under one request id, retrying failures (a crashed or
+/// powerless node, an election) with the same id until `within` has passed; the instance id
+/// it was acknowledged with. A refusal fails the test.
+pub async fn create_with_retries(client: &Client, key: &str, within: Duration) -> String {
+    let id = lockstep_client::request_id();
+    let data = serde_json::json!({"amount": 100, "requester": "alice"});
+    let deadline = Instant::now() + within;
+    loop {
+        match client.create(&id, "purchase-order", Some(key), &data).await {
+            Ok(change) => return change.instance_id,
+            Err(e) => {
+                assert!(e.refusal_code().is_none(), "{key} refused: {e}");
+                assert!(Instant::now() < deadline, "{key} not acknowledged: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The value of an unlabelled counter or gauge in a Prometheus text body.
+pub fn counter(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+}
+
 pub fn admin_identity() -> Identity {
     Identity::new("admin", ActorKind::Human, &["admin"])
 }
