@@ -90,7 +90,7 @@ impl Api {
         let attempt = trust_relevant(&body);
         let applied = self
             .node
-            .write(Some(request_id.to_string()), body, Self::forward(metadata))
+            .client_write(request_id.to_string(), body, Self::forward(metadata))
             .await
             .map_err(status::write_error)?;
         if let (Applied::Refused(refusal), Some((method, actor))) = (&applied, attempt)

@@ -80,6 +80,20 @@ pub struct Flags {
     /// default: the log size and the interval decide; tests set it to exercise snapshots).
     #[arg(long, env = "LOCKSTEP_SNAPSHOT_EVERY", value_name = "ENTRIES")]
     pub snapshot_every: Option<u64>,
+    /// Admission control: the adaptive limit on client writes this node has admitted and not
+    /// yet answered never goes below this (default 32). Writes beyond the limit are refused at
+    /// once with RESOURCE_EXHAUSTED / OVERLOADED and a retry-after hint.
+    #[arg(long, env = "LOCKSTEP_ADMISSION_LIMIT_MIN", value_name = "WRITES")]
+    pub admission_limit_min: Option<usize>,
+    /// Admission control: the adaptive limit never goes above this (default 1024); it starts
+    /// halfway between the bounds and follows commit latency. Set both bounds equal for a
+    /// fixed limit.
+    #[arg(long, env = "LOCKSTEP_ADMISSION_LIMIT_MAX", value_name = "WRITES")]
+    pub admission_limit_max: Option<usize>,
+    /// Most linearizable reads waiting for a read index on this node at once (default 4096);
+    /// more are refused with RESOURCE_EXHAUSTED / OVERLOADED (stale reads are not bounded).
+    #[arg(long, env = "LOCKSTEP_READS_IN_FLIGHT_MAX", value_name = "READS")]
+    pub reads_in_flight_max: Option<usize>,
     /// Keep this many applied entries in the log after a snapshot (so slow followers can catch
     /// up by log rather than snapshot).
     #[arg(long, env = "LOCKSTEP_LOGS_TO_KEEP")]
@@ -155,6 +169,9 @@ struct FileConfig {
     snapshot_interval: Option<String>,
     snapshot_every: Option<u64>,
     logs_to_keep: Option<u64>,
+    admission_limit_min: Option<usize>,
+    admission_limit_max: Option<usize>,
+    reads_in_flight_max: Option<usize>,
     dev: Option<bool>,
     log_format: Option<String>,
     peer_via: Option<String>,
@@ -183,6 +200,8 @@ pub struct Config {
     /// When this node builds a snapshot (`snapshot_policy.rs`).
     pub snapshots: SnapshotSettings,
     pub logs_to_keep: u64,
+    /// Admission control of client writes and linearizable reads (`admission.rs`).
+    pub admission: crate::admission::AdmissionSettings,
     pub dev: bool,
     pub log_format: LogFormat,
     /// Addresses to dial peers at instead of their member addresses (`--peer-via`).
@@ -243,6 +262,7 @@ impl Config {
             }
             None => FileConfig::default(),
         };
+        let admission = admission_settings(&flags, &file)?;
         let id = flags
             .id
             .or(file.id)
@@ -419,6 +439,7 @@ impl Config {
             election_timeout_ms,
             snapshots,
             logs_to_keep: flags.logs_to_keep.or(file.logs_to_keep).unwrap_or(1_000),
+            admission,
             dev,
             log_format,
             peer_via,
@@ -441,6 +462,49 @@ impl Config {
     pub fn identity_file(&self) -> PathBuf {
         self.data_dir.join("node.toml")
     }
+}
+
+/// Most writes or reads in flight any admission bound may allow.
+const ADMISSION_BOUND_MAX: usize = 1_000_000;
+
+fn admission_settings(
+    flags: &Flags,
+    file: &FileConfig,
+) -> Result<crate::admission::AdmissionSettings, String> {
+    let defaults = crate::admission::AdmissionSettings::default();
+    let min = flags
+        .admission_limit_min
+        .or(file.admission_limit_min)
+        .unwrap_or(defaults.min);
+    let max = flags
+        .admission_limit_max
+        .or(file.admission_limit_max)
+        .unwrap_or(defaults.max.max(min));
+    let reads_max = flags
+        .reads_in_flight_max
+        .or(file.reads_in_flight_max)
+        .unwrap_or(defaults.reads_max);
+    for (name, value) in [
+        ("--admission-limit-min", min),
+        ("--admission-limit-max", max),
+        ("--reads-in-flight-max", reads_max),
+    ] {
+        if value == 0 || value > ADMISSION_BOUND_MAX {
+            return Err(format!(
+                "{name} {value} is out of range: give between 1 and {ADMISSION_BOUND_MAX}"
+            ));
+        }
+    }
+    if min > max {
+        return Err(format!(
+            "--admission-limit-min {min} is above --admission-limit-max {max}: the adaptive limit moves between them, so give a min at most the max (equal for a fixed limit)"
+        ));
+    }
+    Ok(crate::admission::AdmissionSettings {
+        min,
+        max,
+        reads_max,
+    })
 }
 
 /// Parses `1=host:port,2=host:port`.

@@ -77,7 +77,12 @@ async fn dispatch_batch(node: &Node) -> Result<bool, WriteError> {
     if woke {
         node.tasks_ready.notify_waiters();
     }
-    node.write(None, Body::AckOutbox { through: last }, false)
+    node.write(
+        None,
+        Body::AckOutbox { through: last },
+        false,
+        crate::batcher::Lane::Engine,
+    )
         .await?;
     Ok(true)
 }

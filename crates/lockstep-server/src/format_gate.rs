@@ -76,7 +76,9 @@ async fn check(node: &Node) {
     let raise = Body::SetLogFormat {
         version: LOG_FORMAT_CURRENT,
     };
-    if let Err(e) = node.write(None, raise, false).await {
+    if let Err(e) = node
+        .write(None, raise, false, crate::batcher::Lane::Engine)
+        .await {
         tracing::warn!(error = %e, "raising the log format failed; retrying");
     }
 }

@@ -3,7 +3,8 @@
 //! - [`config`]: TOML file, flags and environment, checked with clear errors.
 //! - [`node`]: the Raft node on RocksDB, the write path (stamp cluster time, propose, forward
 //!   to the leader) and linearizable reads; [`batcher`]: group commit of concurrent
-//!   proposals into one entry; [`format_gate`]: the cluster-version gate for log formats.
+//!   proposals into one entry, with a lane for the engine's own work; [`admission`]: the
+//!   adaptive limit on client work a node admits; [`format_gate`]: the cluster-version gate for log formats.
 //! - [`network`] and [`raft_service`]: Raft messages between nodes over gRPC.
 //! - [`api`]: the public gRPC services, [`status`]: refusals as gRPC statuses.
 //! - [`timers`]: the leader-only timer service; [`dispatch`]: the leader-only outbox dispatcher.
@@ -13,6 +14,7 @@
 //!   admits public calls; [`policy`]: the cluster policy; [`security_log`]: refused attempts.
 //! - [`backup`]: online and offline checkpoints, and restoring one as a new one-node cluster.
 
+pub mod admission;
 pub mod api;
 pub mod backup;
 pub mod batcher;

@@ -20,6 +20,8 @@
 //! | `lockstep_timer_lateness_seconds` | histogram | |
 //! | `lockstep_timers_due` | gauge | |
 //! | `lockstep_timers_fired_total` | counter | |
+//! | `lockstep_admission_limit`, `lockstep_admission_in_flight` (client writes), `lockstep_admission_usual_latency_seconds` | gauge | |
+//! | `lockstep_overload_refusals_total` (refused with OVERLOADED before anything was done) | counter | `what` (writes, reads, polls) |
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -53,6 +55,11 @@ struct RpcCodeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
     rpc: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhatLabels {
+    what: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,6 +105,10 @@ pub struct Metrics {
     timer_lateness: Histogram,
     timers_due: U64Gauge,
     timers_fired: Counter,
+    admission_limit: U64Gauge,
+    admission_in_flight: U64Gauge,
+    admission_usual_latency: Gauge<f64, std::sync::atomic::AtomicU64>,
+    overload_refusals: Family<WhatLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -133,6 +144,10 @@ impl Metrics {
             append_entries_sent: Counter::default(),
             read_index_rounds: Counter::default(),
             read_index_reads: Counter::default(),
+            admission_limit: U64Gauge::default(),
+            admission_in_flight: U64Gauge::default(),
+            admission_usual_latency: Gauge::default(),
+            overload_refusals: Family::default(),
             store_sst_files_bytes: Family::default(),
             store_live_data_bytes: Family::default(),
             store_memtables_bytes: Family::default(),
@@ -235,6 +250,26 @@ impl Metrics {
             m.read_index_rounds.clone(),
         );
         r.register(
+            "lockstep_admission_limit",
+            "The adaptive limit on client writes admitted and not yet answered on this node",
+            m.admission_limit.clone(),
+        );
+        r.register(
+            "lockstep_admission_in_flight",
+            "Client writes admitted and not yet answered on this node",
+            m.admission_in_flight.clone(),
+        );
+        r.register(
+            "lockstep_admission_usual_latency_seconds",
+            "The long-term write latency admission control compares recent latency with",
+            m.admission_usual_latency.clone(),
+        );
+        r.register(
+            "lockstep_overload_refusals",
+            "Requests refused with OVERLOADED before anything was proposed or waited for",
+            m.overload_refusals.clone(),
+        );
+        r.register(
             "lockstep_read_index_reads",
             "Linearizable reads (local and forwarded) this leader answered with a read index",
             m.read_index_reads.clone(),
@@ -298,6 +333,13 @@ impl Metrics {
     }
 
     /// Records a group the batcher proposed: `requests` requests in `entries` entries.
+    /// A request refused with OVERLOADED: `what` is writes, reads or polls.
+    pub fn observe_overloaded(&self, what: &'static str) {
+        self.overload_refusals
+            .get_or_create(&WhatLabels { what })
+            .inc();
+    }
+
     pub fn observe_proposed(&self, entries: usize, requests: usize) {
         self.entries_proposed.inc_by(entries as u64);
         self.requests_proposed.inc_by(requests as u64);
@@ -368,6 +410,11 @@ impl Metrics {
             crate::network::APPEND_ENTRIES_SENT.load(std::sync::atomic::Ordering::Relaxed),
             std::sync::atomic::Ordering::Relaxed,
         );
+        let admission = node.admission.stats();
+        self.admission_limit.set(admission.limit as u64);
+        self.admission_in_flight.set(admission.in_flight as u64);
+        self.admission_usual_latency
+            .set(admission.usual_latency_seconds);
         let stats = &node.read_index.stats;
         self.read_index_rounds.inner().store(
             stats.rounds.load(std::sync::atomic::Ordering::Relaxed),

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
+use crate::batcher::Lane;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::network::{Network, PeerConnector};
@@ -91,6 +92,23 @@ pub enum WriteError {
     /// forwarding wire encoding of the older variants stays the same across versions.
     #[error("{0}")]
     Busy(String),
+    /// Refused before it was proposed because the node is at its admission limit
+    /// (`admission.rs`): nothing changed; retry after the hint with the same request id.
+    #[error("{message}")]
+    Overloaded { message: String, retry_after_ms: u64 },
+}
+
+impl From<crate::admission::Overloaded> for WriteError {
+    fn from(o: crate::admission::Overloaded) -> WriteError {
+        let retry_after_ms = u64::try_from(o.retry_after.as_millis()).unwrap_or(u64::MAX);
+        WriteError::Overloaded {
+            message: format!(
+                "this node is at its limit of {} client writes in flight and took nothing on; retry after {retry_after_ms} ms with the same request id (the limit follows commit latency: see lockstep_admission_limit)",
+                o.limit
+            ),
+            retry_after_ms,
+        }
+    }
 }
 
 pub struct Node {
@@ -118,6 +136,10 @@ pub struct Node {
     pub outbox_wake: Arc<tokio::sync::Notify>,
     /// Concurrent linearizable reads share quorum rounds (`read_index.rs`).
     pub read_index: crate::read_index::SharedReadIndex<WriteError>,
+    /// The adaptive limit on client writes in flight on this node (`admission.rs`).
+    pub admission: crate::admission::Admission,
+    /// Places for linearizable reads waiting for a read index (`--reads-in-flight-max`).
+    reads_in_flight: tokio::sync::Semaphore,
 }
 
 /// The leader `raft` knows of, if any, with its address.
@@ -216,6 +238,8 @@ impl Node {
         let batcher = crate::batcher::Batcher::start(raft.clone(), config.id, move |p| {
             proposed_metrics.observe_proposed(p.entries, p.requests)
         });
+        let admission = crate::admission::Admission::new(config.admission);
+        let reads_in_flight = tokio::sync::Semaphore::new(config.admission.reads_max);
         let node = Arc::new(Node {
             id: config.id,
             config,
@@ -230,6 +254,8 @@ impl Node {
             timers_armed,
             batcher,
             read_index: Default::default(),
+            admission,
+            reads_in_flight,
             timers_wake,
             outbox_wake,
         });
@@ -286,17 +312,44 @@ impl Node {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
-    /// Proposes a command and returns its applied response, forwarding to the leader when
-    /// this node is a follower and `forward` is set.
+    /// A client's write: admitted (or refused with `Overloaded` before anything is
+    /// proposed) by this node's admission control, then proposed in the client lane (or
+    /// forwarded to the leader, whose admission control decides again).
+    pub async fn client_write(
+        &self,
+        request_id: String,
+        body: Body,
+        forward: bool,
+    ) -> Result<Response, WriteError> {
+        let permit = self.admission.try_admit().inspect_err(|_| {
+            self.metrics.observe_overloaded("writes");
+        })?;
+        let answer = self
+            .write(Some(request_id), body, forward, Lane::Client)
+            .await;
+        // Answered by the log, or so slow it timed out: either tells of commit latency.
+        if matches!(answer, Ok(_) | Err(WriteError::Timeout(_))) {
+            permit.sample();
+        }
+        answer
+    }
+
+    /// Proposes a command in `lane` and returns its applied response, forwarding to the
+    /// leader when this node is a follower and `forward` is set. Client writes go through
+    /// [`Node::client_write`]; the engine's own work calls this with [`Lane::Engine`].
     pub async fn write(
         &self,
         request_id: Option<String>,
         body: Body,
         forward: bool,
+        lane: Lane,
     ) -> Result<Response, WriteError> {
         let started = Instant::now();
         loop {
-            let answer = self.submit(request_id.clone(), body.clone()).await?.await;
+            let answer = self
+                .submit(request_id.clone(), body.clone(), lane)
+                .await?
+                .await;
             match (answer, forward) {
                 (Err(WriteError::NotLeader { leader_addr, .. }), true) => {
                     if let Some(addr) = leader_addr {
@@ -339,6 +392,7 @@ impl Node {
         &self,
         request_id: Option<String>,
         body: Body,
+        lane: Lane,
     ) -> Result<impl Future<Output = Result<Response, WriteError>> + Send + 'static, WriteError>
     {
         let proposal = Proposal {
@@ -346,7 +400,7 @@ impl Node {
             at: wall_clock(),
             body,
         };
-        self.batcher.submit(proposal).await
+        self.batcher.submit(proposal, lane).await
     }
 
     async fn client_for(&self, addr: &str) -> Result<RaftClient<Channel>, WriteError> {
@@ -401,8 +455,19 @@ impl Node {
         request: ForwardRequest,
     ) -> Result<ForwardReply, WriteError> {
         match request {
-            ForwardRequest::Write { request_id, body } => self
-                .write(request_id, body, false)
+            // A follower's client write: this node's admission control decides too.
+            ForwardRequest::Write {
+                request_id: Some(request_id),
+                body,
+            } => self
+                .client_write(request_id, body, false)
+                .await
+                .map(ForwardReply::Written),
+            ForwardRequest::Write {
+                request_id: None,
+                body,
+            } => self
+                .write(None, body, false, Lane::Engine)
                 .await
                 .map(ForwardReply::Written),
             ForwardRequest::ReadIndex => {
@@ -447,7 +512,18 @@ impl Node {
     }
 
     /// Waits until this replica may serve a linearizable read; returns the read index.
+    /// Refused with `Overloaded` when `--reads-in-flight-max` reads already wait here.
     pub async fn read_barrier(&self) -> Result<u64, WriteError> {
+        let Ok(_place) = self.reads_in_flight.try_acquire() else {
+            self.metrics.observe_overloaded("reads");
+            return Err(WriteError::Overloaded {
+                message: format!(
+                    "this node already has {} linearizable reads waiting for a read index and took nothing on; retry shortly, or read with consistency STALE",
+                    self.config.admission.reads_max
+                ),
+                retry_after_ms: 10,
+            });
+        };
         let started = Instant::now();
         loop {
             let index = if self.is_leader() {

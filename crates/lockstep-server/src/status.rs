@@ -79,7 +79,32 @@ pub fn write_error(e: WriteError) -> Status {
             m,
             ErrorDetails::with_error_info("BUSY", DOMAIN, std::collections::HashMap::new()),
         ),
+        WriteError::Overloaded {
+            message,
+            retry_after_ms,
+        } => overloaded(OVERLOADED, message, retry_after_ms, None),
     }
+}
+
+/// The reason of a refusal by admission control: the node is at its limit.
+pub const OVERLOADED: &str = "OVERLOADED";
+
+/// `RESOURCE_EXHAUSTED` with `reason` (OVERLOADED, QUOTA_EXCEEDED), the hint as ErrorInfo
+/// metadata `retry_after_ms` and as `google.rpc.RetryInfo`, and a `quota` named, if any.
+pub fn overloaded(
+    reason: &str,
+    message: String,
+    retry_after_ms: u64,
+    quota: Option<&str>,
+) -> Status {
+    let mut metadata = std::collections::HashMap::new();
+    metadata.insert("retry_after_ms".to_string(), retry_after_ms.to_string());
+    if let Some(q) = quota {
+        metadata.insert("quota".to_string(), q.to_string());
+    }
+    let mut details = ErrorDetails::with_error_info(reason, DOMAIN, metadata);
+    details.set_retry_info(Some(std::time::Duration::from_millis(retry_after_ms)));
+    Status::with_error_details(Code::ResourceExhausted, message, details)
 }
 
 pub fn store_error(e: lockstep_store::Error) -> Status {

@@ -286,7 +286,13 @@ async fn propose_due(
     let timers: Vec<(String, String)> = due.into_iter().map(|t| (t.instance_id, t.id)).collect();
     // Submitted here, in turn, so batches enter the log in due order; answered on a task.
     let count = timers.len();
-    let answer = node.submit(None, Body::FireTimers { timers }).await?;
+    let answer = node
+        .submit(
+            None,
+            Body::FireTimers { timers },
+            crate::batcher::Lane::Engine,
+        )
+        .await?;
     let task = {
         let node = Arc::clone(node);
         flight.proposals.spawn(async move {
