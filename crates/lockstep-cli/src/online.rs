@@ -174,7 +174,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         return exit::UNAVAILABLE;
     }
     match e.downcast_ref::<Error>() {
-        Some(Error::Unavailable(..)) => exit::UNAVAILABLE,
+        // Overloaded or over quota for as long as --timeout: a transient condition.
+        Some(Error::Unavailable(..) | Error::Overloaded { .. }) => exit::UNAVAILABLE,
         Some(Error::NotFound(_)) => exit::NOT_FOUND,
         Some(Error::Refused(r))
             if matches!(

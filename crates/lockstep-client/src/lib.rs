@@ -54,6 +54,11 @@ pub struct Options {
     /// Let followers forward writes to the leader (default). When false, the client itself
     /// goes to the leader named in `NOT_LEADER` answers.
     pub forward: bool,
+    /// Retry writes the cluster refused with `RESOURCE_EXHAUSTED` / `OVERLOADED` or
+    /// `QUOTA_EXCEEDED` (nothing was done), after the hint it gave and a jittered backoff,
+    /// with the same request id, until `total_timeout` (default). When false, such a refusal
+    /// is returned at once as [`Error::Overloaded`] (load generators count them).
+    pub retry_overloaded: bool,
 }
 
 /// How a client proves who it is to a secure cluster ([`Client::with_credentials`]). The
@@ -117,6 +122,7 @@ impl Default for Options {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             forward: true,
+            retry_overloaded: true,
         }
     }
 }
@@ -146,8 +152,48 @@ pub enum Error {
         "no node answered within {0:?} (last error: {1}); a write may or may not have been applied, retry it with the same request id"
     )]
     Unavailable(Duration, String),
+    /// Refused before anything was done: the node was at its admission limit (`OVERLOADED`)
+    /// or the caller over its quota (`QUOTA_EXCEEDED`). Retry after `retry_after` with the
+    /// same request id.
+    #[error("{reason}: {message}")]
+    Overloaded {
+        reason: String,
+        message: String,
+        retry_after: Option<Duration>,
+        /// The quota that was exceeded, if any.
+        quota: Option<String>,
+    },
     #[error("{0}")]
     Other(Status),
+}
+
+/// The reasons of refusals by admission control and quotas (`RESOURCE_EXHAUSTED`).
+pub const OVERLOADED: &str = "OVERLOADED";
+pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
+
+/// The reason and retry-after hint of an `OVERLOADED` or `QUOTA_EXCEEDED` refusal.
+fn overloaded(status: &Status) -> Option<(String, Option<Duration>, Option<String>)> {
+    if status.code() != Code::ResourceExhausted {
+        return None;
+    }
+    let info = status.get_details_error_info()?;
+    if info.reason != OVERLOADED && info.reason != QUOTA_EXCEEDED {
+        return None;
+    }
+    let retry_after = status
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .or_else(|| {
+            info.metadata
+                .get("retry_after_ms")
+                .and_then(|ms| ms.parse().ok())
+                .map(Duration::from_millis)
+        });
+    Some((
+        info.reason,
+        retry_after,
+        info.metadata.get("quota").cloned(),
+    ))
 }
 
 impl Error {
@@ -159,6 +205,14 @@ impl Error {
     }
 
     fn from_status(status: Status) -> Error {
+        if let Some((reason, retry_after, quota)) = overloaded(&status) {
+            return Error::Overloaded {
+                reason,
+                message: status.message().to_string(),
+                retry_after,
+                quota,
+            };
+        }
         if let Some(info) = status.get_details_error_info()
             && let Some(code) = RefusalCode::parse(&info.reason)
         {
@@ -367,6 +421,22 @@ impl Client {
                 }
                 Err(status) => status,
             };
+            let hint = overloaded(&status);
+            if let Some((_, retry_after, _)) = &hint {
+                // Nothing was done: wait at least the hint, on the same node.
+                if !self.options.retry_overloaded || started.elapsed() >= self.options.total_timeout
+                {
+                    return Err(Error::from_status(status));
+                }
+                let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64);
+                let wait = retry_after.unwrap_or_default().max(Duration::from_millis(
+                    backoff.as_millis() as u64 / 2 + jitter / 2,
+                ));
+                tracing::debug!(endpoint = %self.endpoints[index], ?wait, message = status.message(), "overloaded; retrying");
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(self.options.backoff_max);
+                continue;
+            }
             if !retryable(&status) {
                 return Err(Error::from_status(status));
             }

@@ -44,6 +44,8 @@ type CompiledByVersion = HashMap<(String, String), Arc<CompiledDefinition>>;
 pub struct Api {
     pub node: Arc<Node>,
     definitions: Arc<Mutex<CompiledByVersion>>,
+    /// The polls this node serves, within their bounds (`tasks.rs`).
+    pub(crate) polls: Arc<crate::tasks::PollPlaces>,
 }
 
 impl Api {
@@ -51,6 +53,7 @@ impl Api {
         Api {
             node,
             definitions: Arc::new(Mutex::new(HashMap::new())),
+            polls: Arc::default(),
         }
     }
 

@@ -259,10 +259,14 @@ impl Run {
                 return;
             };
             if carried.is_none() {
-                carried = group.fill(&mut engine, Lane::Engine).map(|q| (q, Lane::Engine));
+                carried = group
+                    .fill(&mut engine, Lane::Engine)
+                    .map(|q| (q, Lane::Engine));
             }
             if carried.is_none() {
-                carried = group.fill(&mut client, Lane::Client).map(|q| (q, Lane::Client));
+                carried = group
+                    .fill(&mut client, Lane::Client)
+                    .map(|q| (q, Lane::Client));
             }
             self.propose(group.into_queued(), permit).await;
         }

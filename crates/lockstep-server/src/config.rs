@@ -479,7 +479,7 @@ fn admission_settings(
     let max = flags
         .admission_limit_max
         .or(file.admission_limit_max)
-        .unwrap_or(defaults.max.max(min));
+        .unwrap_or(defaults.max);
     let reads_max = flags
         .reads_in_flight_max
         .or(file.reads_in_flight_max)

@@ -83,6 +83,6 @@ async fn dispatch_batch(node: &Node) -> Result<bool, WriteError> {
         false,
         crate::batcher::Lane::Engine,
     )
-        .await?;
+    .await?;
     Ok(true)
 }

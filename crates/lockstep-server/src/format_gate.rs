@@ -78,7 +78,8 @@ async fn check(node: &Node) {
     };
     if let Err(e) = node
         .write(None, raise, false, crate::batcher::Lane::Engine)
-        .await {
+        .await
+    {
         tracing::warn!(error = %e, "raising the log format failed; retrying");
     }
 }

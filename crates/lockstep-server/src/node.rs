@@ -95,7 +95,10 @@ pub enum WriteError {
     /// Refused before it was proposed because the node is at its admission limit
     /// (`admission.rs`): nothing changed; retry after the hint with the same request id.
     #[error("{message}")]
-    Overloaded { message: String, retry_after_ms: u64 },
+    Overloaded {
+        message: String,
+        retry_after_ms: u64,
+    },
 }
 
 impl From<crate::admission::Overloaded> for WriteError {

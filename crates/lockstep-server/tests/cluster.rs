@@ -121,6 +121,7 @@ async fn follower_behind_the_purge_point_catches_up_by_snapshot() {
         nodes: 3,
         snapshot_every: 20,
         logs_to_keep: 5,
+        ..Settings::default()
     });
     let leader = cluster.leader().await;
     cluster.define_po().await;

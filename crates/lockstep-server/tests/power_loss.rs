@@ -61,6 +61,7 @@ async fn power_cuts_of_the_leader_and_of_the_whole_cluster_lose_no_acknowledged_
         nodes: 3,
         snapshot_every: 50,
         logs_to_keep: 20,
+        ..Settings::default()
     });
     let leader = cluster.leader().await;
     cluster.define_po().await;

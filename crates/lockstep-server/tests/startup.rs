@@ -106,6 +106,21 @@ fn bad_values_are_named() {
             "0",
             "--snapshot-every 0 would snapshot after every entry",
         ),
+        (
+            "--admission-limit-max",
+            "0",
+            "--admission-limit-max 0 is out of range",
+        ),
+        (
+            "--admission-limit-min",
+            "2000",
+            "--admission-limit-min 2000 is above --admission-limit-max 1024",
+        ),
+        (
+            "--reads-in-flight-max",
+            "0",
+            "--reads-in-flight-max 0 is out of range",
+        ),
     ] {
         let o = lockstepd(&["--id", "1", "--data-dir", "/tmp/x", flag, value, "--dev"]);
         assert!(

@@ -21,6 +21,8 @@ pub struct Settings {
     pub nodes: usize,
     pub snapshot_every: u64,
     pub logs_to_keep: u64,
+    /// More `lockstepd` flags for every node.
+    pub node_args: Vec<String>,
 }
 
 impl Default for Settings {
@@ -29,6 +31,7 @@ impl Default for Settings {
             nodes: 3,
             snapshot_every: 10_000,
             logs_to_keep: 1_000,
+            node_args: Vec::new(),
         }
     }
 }
@@ -361,6 +364,7 @@ impl Cluster {
                 "--logs-to-keep",
                 &self.settings.logs_to_keep.to_string(),
             ])
+            .args(&self.settings.node_args)
             .arg("--data-dir")
             .arg(self.data_dir(i))
             .env("RUST_LOG", "info,openraft=warn")
