@@ -4,7 +4,8 @@
 //! - [`node`]: the Raft node on RocksDB, the write path (stamp cluster time, propose, forward
 //!   to the leader) and linearizable reads; [`batcher`]: group commit of concurrent
 //!   proposals into one entry, with a lane for the engine's own work; [`admission`]: the
-//!   adaptive limit on client work a node admits; [`format_gate`]: the cluster-version gate for log formats.
+//!   adaptive limit on client work a node admits; [`quota`]: per-actor and per-role rates;
+//!   [`format_gate`]: the cluster-version gate for log formats.
 //! - [`network`] and [`raft_service`]: Raft messages between nodes over gRPC.
 //! - [`api`]: the public gRPC services, [`status`]: refusals as gRPC statuses.
 //! - [`timers`]: the leader-only timer service; [`dispatch`]: the leader-only outbox dispatcher.
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod policy;
+pub mod quota;
 pub mod raft_service;
 pub mod read_index;
 pub mod security_log;

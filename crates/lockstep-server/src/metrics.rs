@@ -22,6 +22,7 @@
 //! | `lockstep_timers_fired_total` | counter | |
 //! | `lockstep_admission_limit`, `lockstep_admission_in_flight` (client writes), `lockstep_admission_usual_latency_seconds` | gauge | |
 //! | `lockstep_overload_refusals_total` (refused with OVERLOADED before anything was done) | counter | `what` (writes, reads, polls) |
+//! | `lockstep_quota_refusals_total` (refused with QUOTA_EXCEEDED) | counter | `quota` (`actor:ID`, `role:NAME`; at most [`QUOTA_LABELS_MAX`], then `other`) |
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -43,6 +44,9 @@ use crate::node::Node;
 /// methods) are counted under `rpc="other"`, so a caller cannot grow the series without bound.
 pub const RPC_LABELS_MAX: usize = 128;
 
+/// Distinct `quota` label values kept (quota names come from the policy file).
+pub const QUOTA_LABELS_MAX: usize = 256;
+
 type U64Gauge = Gauge<u64, AtomicU64>;
 type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
 
@@ -55,6 +59,11 @@ struct RpcCodeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
     rpc: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabels {
+    quota: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -109,6 +118,9 @@ pub struct Metrics {
     admission_in_flight: U64Gauge,
     admission_usual_latency: Gauge<f64, std::sync::atomic::AtomicU64>,
     overload_refusals: Family<WhatLabels, Counter>,
+    quota_refusals: Family<QuotaLabels, Counter>,
+    /// The `quota` label values in use (at most [`QUOTA_LABELS_MAX`]).
+    quota_labels: Mutex<HashSet<String>>,
 }
 
 impl Default for Metrics {
@@ -148,6 +160,8 @@ impl Metrics {
             admission_in_flight: U64Gauge::default(),
             admission_usual_latency: Gauge::default(),
             overload_refusals: Family::default(),
+            quota_refusals: Family::default(),
+            quota_labels: Mutex::new(HashSet::new()),
             store_sst_files_bytes: Family::default(),
             store_live_data_bytes: Family::default(),
             store_memtables_bytes: Family::default(),
@@ -270,6 +284,11 @@ impl Metrics {
             m.overload_refusals.clone(),
         );
         r.register(
+            "lockstep_quota_refusals",
+            "Requests refused with QUOTA_EXCEEDED, by the quota of the cluster policy",
+            m.quota_refusals.clone(),
+        );
+        r.register(
             "lockstep_read_index_reads",
             "Linearizable reads (local and forwarded) this leader answered with a read index",
             m.read_index_reads.clone(),
@@ -337,6 +356,22 @@ impl Metrics {
     pub fn observe_overloaded(&self, what: &'static str) {
         self.overload_refusals
             .get_or_create(&WhatLabels { what })
+            .inc();
+    }
+
+    /// A request refused by `quota`.
+    pub fn observe_over_quota(&self, quota: &str) {
+        let label = {
+            let mut labels = self.quota_labels.lock().expect("quota labels lock");
+            if labels.contains(quota) || labels.len() < QUOTA_LABELS_MAX {
+                labels.insert(quota.to_string());
+                quota.to_string()
+            } else {
+                "other".to_string()
+            }
+        };
+        self.quota_refusals
+            .get_or_create(&QuotaLabels { quota: label })
             .inc();
     }
 

@@ -99,6 +99,13 @@ pub enum WriteError {
         message: String,
         retry_after_ms: u64,
     },
+    /// Refused before it was proposed because the caller is over its quota (`quota.rs`).
+    #[error("{message}")]
+    QuotaExceeded {
+        message: String,
+        retry_after_ms: u64,
+        quota: String,
+    },
 }
 
 impl From<crate::admission::Overloaded> for WriteError {
@@ -143,6 +150,8 @@ pub struct Node {
     pub admission: crate::admission::Admission,
     /// Places for linearizable reads waiting for a read index (`--reads-in-flight-max`).
     reads_in_flight: tokio::sync::Semaphore,
+    /// The token buckets of the policy's quotas (`quota.rs`).
+    pub quotas: crate::quota::QuotaBuckets,
 }
 
 /// The leader `raft` knows of, if any, with its address.
@@ -259,6 +268,7 @@ impl Node {
             read_index: Default::default(),
             admission,
             reads_in_flight,
+            quotas: Default::default(),
             timers_wake,
             outbox_wake,
         });
@@ -324,6 +334,25 @@ impl Node {
         body: Body,
         forward: bool,
     ) -> Result<Response, WriteError> {
+        // Quotas are counted where writes enter the log: on the leader (a follower forwards).
+        if self.is_leader()
+            && let Some(actor) = actor_of(&body)
+        {
+            let policy = self.trust.policy.current();
+            if let Err(over) = self
+                .quotas
+                .take(&policy.quotas, actor, crate::quota::Kind::Writes)
+            {
+                self.metrics.observe_over_quota(&over.quota);
+                return Err(WriteError::QuotaExceeded {
+                    message: over.message(&actor.id),
+                    retry_after_ms: u64::try_from(over.retry_after.as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1),
+                    quota: over.quota,
+                });
+            }
+        }
         let permit = self.admission.try_admit().inspect_err(|_| {
             self.metrics.observe_overloaded("writes");
         })?;
@@ -775,6 +804,25 @@ impl Node {
 
 fn log_id(id: &Option<openraft::LogId<NodeId>>) -> String {
     id.map_or_else(|| "none".to_string(), |l| l.to_string())
+}
+
+/// Who a client's command is from, for quotas.
+fn actor_of(body: &Body) -> Option<&lockstep_core::Actor> {
+    match body {
+        Body::ApplyDefinition { actor, .. }
+        | Body::Create { actor, .. }
+        | Body::Transition { actor, .. }
+        | Body::Event { actor, .. }
+        | Body::ResolveIncident { actor, .. }
+        | Body::Migrate { actor, .. } => Some(actor),
+        Body::Task { op, .. } => Some(match op {
+            lockstep_raft::TaskOp::Lease { worker }
+            | lockstep_raft::TaskOp::Heartbeat { worker, .. }
+            | lockstep_raft::TaskOp::Complete { worker, .. }
+            | lockstep_raft::TaskOp::Fail { worker, .. } => worker,
+        }),
+        _ => None,
+    }
 }
 
 /// The leader's wall clock, the only clock in the write path (apply never reads one).

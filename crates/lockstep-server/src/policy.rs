@@ -23,6 +23,9 @@
 //! roles = ["operator"]
 //! ```
 //!
+//! The file may also set quotas (`[quotas.actors.ID]`, `[quotas.roles.NAME]`: rates and bursts
+//! of writes and polls; see `quota.rs`); without them nobody has a quota.
+//!
 //! A permission the file leaves out keeps its default (the values above, minus the example
 //! actor). A secure node without `--policy` uses the defaults; a development node without
 //! `--policy` allows every caller, as it always did. The node re-reads the file when its
@@ -130,10 +133,11 @@ struct PolicyFile {
     read_audit: Option<Rule>,
     change_membership: Option<Rule>,
     resolve_incidents: Option<Rule>,
+    quotas: Option<crate::quota::Quotas>,
 }
 
 /// A complete policy: one rule per permission.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     /// Development mode without a policy file: everything is allowed.
     pub allow_all: bool,
@@ -142,6 +146,8 @@ pub struct Policy {
     pub read_audit: Rule,
     pub change_membership: Rule,
     pub resolve_incidents: Rule,
+    /// Rates of writes and polls per actor and role (`quota.rs`).
+    pub quotas: crate::quota::Quotas,
 }
 
 impl Default for Policy {
@@ -154,6 +160,7 @@ impl Default for Policy {
             read_audit: Rule::roles(&["admin", "auditor"]),
             change_membership: Rule::roles(&["admin"]),
             resolve_incidents: Rule::roles(&["operator"]),
+            quotas: crate::quota::Quotas::default(),
         }
     }
 }
@@ -162,6 +169,8 @@ impl Policy {
     pub fn parse(text: &str) -> Result<Policy, String> {
         let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
         let defaults = Policy::default();
+        let quotas = file.quotas.unwrap_or_default();
+        quotas.check()?;
         Ok(Policy {
             allow_all: false,
             apply_definitions: file.apply_definitions.unwrap_or(defaults.apply_definitions),
@@ -169,6 +178,7 @@ impl Policy {
             read_audit: file.read_audit.unwrap_or(defaults.read_audit),
             change_membership: file.change_membership.unwrap_or(defaults.change_membership),
             resolve_incidents: file.resolve_incidents.unwrap_or(defaults.resolve_incidents),
+            quotas,
         })
     }
 

@@ -83,11 +83,18 @@ pub fn write_error(e: WriteError) -> Status {
             message,
             retry_after_ms,
         } => overloaded(OVERLOADED, message, retry_after_ms, None),
+        WriteError::QuotaExceeded {
+            message,
+            retry_after_ms,
+            quota,
+        } => overloaded(QUOTA_EXCEEDED, message, retry_after_ms, Some(&quota)),
     }
 }
 
 /// The reason of a refusal by admission control: the node is at its limit.
 pub const OVERLOADED: &str = "OVERLOADED";
+/// The reason of a refusal by a quota of the cluster policy.
+pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
 
 /// `RESOURCE_EXHAUSTED` with `reason` (OVERLOADED, QUOTA_EXCEEDED), the hint as ErrorInfo
 /// metadata `retry_after_ms` and as `google.rpc.RetryInfo`, and a `quota` named, if any.

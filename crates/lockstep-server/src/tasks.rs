@@ -319,6 +319,23 @@ impl pb::tasks_server::Tasks for Api {
             )));
         }
         let max = req.max_tasks.max(1) as usize;
+        let policy = self.node.trust.policy.current();
+        if let Err(over) = self
+            .node
+            .quotas
+            .take(&policy.quotas, &worker, crate::quota::Kind::Polls)
+        {
+            self.node.metrics.observe_over_quota(&over.quota);
+            let retry_after_ms = u64::try_from(over.retry_after.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            return Err(status::overloaded(
+                status::QUOTA_EXCEEDED,
+                over.message(&worker.id),
+                retry_after_ms,
+                Some(&over.quota),
+            ));
+        }
         let _place = self
             .polls
             .enter(&req.queue, &worker.id)
