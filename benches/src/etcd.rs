@@ -241,11 +241,11 @@ impl Workload for Put {
         match self.put(key.as_bytes()).await {
             Ok(()) => Outcome {
                 latencies: vec![start.elapsed()],
-                errors: 0,
+                ..Outcome::default()
             },
             Err(_) => Outcome {
-                latencies: Vec::new(),
                 errors: 1,
+                ..Outcome::default()
             },
         }
     }

@@ -36,12 +36,47 @@ fn record(h: &mut Histogram<u64>, latency: Duration) {
     h.saturating_record(us.clamp(1, LATENCY_US_MAX));
 }
 
-/// What one unit of work did: the latency of each request that succeeded, and how many
-/// requests failed.
+/// What one unit of work did: the latency of each request that succeeded, of each that was
+/// refused by admission control or a quota (`OVERLOADED`, `QUOTA_EXCEEDED`: counted apart
+/// from errors, since nothing was done and the answer came at once), and how many failed.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
     pub(crate) latencies: Vec<Duration>,
+    pub(crate) refusals: Vec<Duration>,
     pub(crate) errors: u64,
+}
+
+/// What a level measured: successes, refusals and errors.
+struct Measured {
+    ok: Histogram<u64>,
+    refused: Histogram<u64>,
+    errors: u64,
+}
+
+impl Measured {
+    fn new() -> Measured {
+        Measured {
+            ok: histogram(),
+            refused: histogram(),
+            errors: 0,
+        }
+    }
+
+    fn add(&mut self, outcome: Outcome) {
+        for l in outcome.latencies {
+            record(&mut self.ok, l);
+        }
+        for l in outcome.refusals {
+            record(&mut self.refused, l);
+        }
+        self.errors += outcome.errors;
+    }
+
+    fn merge(&mut self, other: Measured) {
+        self.ok.add(other.ok).expect("same bounds");
+        self.refused.add(other.refused).expect("same bounds");
+        self.errors += other.errors;
+    }
 }
 
 /// One scenario's unit of work against one system.
@@ -60,6 +95,11 @@ pub(crate) struct Level {
     pub(crate) offered_per_second: f64,
     pub(crate) operations: u64,
     pub(crate) errors: u64,
+    /// Requests refused with OVERLOADED or QUOTA_EXCEEDED (not in `operations`).
+    pub(crate) refused: u64,
+    /// How fast refusals were answered.
+    pub(crate) refused_p50_us: u64,
+    pub(crate) refused_p99_us: u64,
     /// Open loop: arrivals that found IN_FLIGHT_MAX units in flight and waited for a slot.
     pub(crate) late: u64,
     /// Open loop: arrivals never sent because the window ended while they waited.
@@ -77,13 +117,25 @@ pub(crate) struct Level {
 }
 
 impl Level {
-    fn new(h: &Histogram<u64>, errors: u64, duration: Duration) -> Level {
+    fn new(m: &Measured, duration: Duration) -> Level {
         let seconds = duration.as_secs_f64();
+        let (h, errors) = (&m.ok, m.errors);
+        let refused = m.refused.len();
+        let refused_at = |q| {
+            if refused == 0 {
+                0
+            } else {
+                m.refused.value_at_quantile(q)
+            }
+        };
         Level {
             concurrency: 0,
             offered_per_second: 0.0,
             operations: h.len(),
             errors,
+            refused,
+            refused_p50_us: refused_at(0.50),
+            refused_p99_us: refused_at(0.99),
             late: 0,
             dropped: 0,
             seconds,
@@ -144,7 +196,7 @@ pub(crate) async fn closed<W: Workload>(
     for client in 0..concurrency {
         let workload = Arc::clone(&workload);
         clients.push(tokio::spawn(async move {
-            let (mut h, mut errors) = (histogram(), 0u64);
+            let mut m = Measured::new();
             // Sequences interleave across clients, so client c runs c, c + N, c + 2N, ...
             let mut sequence = client as u64;
             while Instant::now() < end {
@@ -152,13 +204,10 @@ pub(crate) async fn closed<W: Workload>(
                 let outcome = workload.run_once(sequence, t0).await;
                 sequence += concurrency as u64;
                 if t0 >= measure_from && Instant::now() <= end {
-                    for l in outcome.latencies {
-                        record(&mut h, l);
-                    }
-                    errors += outcome.errors;
+                    m.add(outcome);
                 }
             }
-            (h, errors)
+            m
         }));
     }
     let ticker = tick(bar, start, end);
@@ -171,14 +220,12 @@ pub(crate) async fn closed<W: Workload>(
         }
         None => None,
     };
-    let (mut all, mut errors) = (histogram(), 0);
+    let mut all = Measured::new();
     for c in clients {
-        let (h, e) = c.await.expect("client task");
-        all.add(h).expect("same bounds");
-        errors += e;
+        all.merge(c.await.expect("client task"));
     }
     let _ = ticker.await;
-    let mut level = Level::new(&all, errors, window.duration);
+    let mut level = Level::new(&all, window.duration);
     level.concurrency = concurrency;
     level.cost = samples.map(|(before, after)| Cost::between(&before, &after, level.operations));
     level
@@ -201,7 +248,7 @@ pub(crate) async fn open<W: Workload>(
     let end = measure_from + window.duration;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MAX));
-    let measured = Arc::new(Mutex::new((histogram(), 0u64)));
+    let measured = Arc::new(Mutex::new(Measured::new()));
     let ticker = tick(bar, start, end);
     // The first sample is taken aside, so that the arrival schedule does not wait for it.
     let before = probe.cloned().map(|p| {
@@ -242,11 +289,7 @@ pub(crate) async fn open<W: Workload>(
             let outcome = workload.run_once(sequence, intended).await;
             drop(slot);
             if intended >= measure_from {
-                let mut m = measured.lock().expect("histogram lock");
-                for l in outcome.latencies {
-                    record(&mut m.0, l);
-                }
-                m.1 += outcome.errors;
+                measured.lock().expect("histogram lock").add(outcome);
             }
         });
         // Reap finished units so the set stays as small as what is in flight.
@@ -266,7 +309,7 @@ pub(crate) async fn open<W: Workload>(
     };
     let _ = ticker.await;
     let m = measured.lock().expect("histogram lock");
-    let mut level = Level::new(&m.0, m.1, window.duration);
+    let mut level = Level::new(&m, window.duration);
     level.offered_per_second = rate;
     level.late = late;
     level.dropped = dropped;

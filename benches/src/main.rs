@@ -370,21 +370,21 @@ fn print_levels(system: &str, mode: Mode, levels: &[Level]) {
     match mode {
         Mode::Closed => {
             println!(
-                "| clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |{}",
+                "| clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | refused | refusal p50/p99 ms |{}",
                 cost::TABLE_HEADER
             );
             println!(
-                "|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
                 cost::TABLE_ALIGN
             );
         }
         Mode::Open => {
             println!(
-                "| offered ops/s | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | late | dropped |{}",
+                "| offered ops/s | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | refused | refusal p50/p99 ms | late | dropped |{}",
                 cost::TABLE_HEADER
             );
             println!(
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
                 cost::TABLE_ALIGN
             );
         }
@@ -404,6 +404,12 @@ fn print_levels(system: &str, mode: Mode, levels: &[Level]) {
             ms(l.max_us),
             l.errors
         );
+        row.push_str(&format!(
+            " {} | {:.2}/{:.2} |",
+            l.refused,
+            ms(l.refused_p50_us),
+            ms(l.refused_p99_us)
+        ));
         if mode == Mode::Open {
             row.push_str(&format!(" {} | {} |", l.late, l.dropped));
         }
@@ -559,7 +565,12 @@ async fn main() -> anyhow::Result<()> {
         Client::new(
             &endpoints,
             Some(Identity::new("alice", ActorKind::Human, &["requester"])),
-            Options::default(),
+            // Refusals by admission control are counted, not retried: a retry would hide
+            // them in the latency of the request.
+            Options {
+                retry_overloaded: false,
+                ..Options::default()
+            },
         )
         .map_err(anyhow::Error::msg)?,
     );

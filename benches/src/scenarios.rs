@@ -34,20 +34,37 @@ const LIST_PAGE_SIZE: u32 = 20;
 /// Fractions are applied per ten thousand units.
 const FRACTION_SCALE: u64 = 10_000;
 
-fn outcome(results: &[(Instant, Instant, bool)]) -> Outcome {
+/// How a request ended, for counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    Ok,
+    /// Refused by admission control or a quota (nothing was done): counted apart.
+    Refused,
+    Failed,
+}
+
+fn ended<T>(result: &Result<T, Error>) -> Ended {
+    match result {
+        Ok(_) => Ended::Ok,
+        Err(Error::Overloaded { .. }) => Ended::Refused,
+        Err(_) => Ended::Failed,
+    }
+}
+
+fn outcome(results: &[(Instant, Instant, Ended)]) -> Outcome {
     let mut o = Outcome::default();
-    for (from, to, ok) in results {
-        if *ok {
-            o.latencies.push(*to - *from);
-        } else {
-            o.errors += 1;
+    for (from, to, how) in results {
+        match how {
+            Ended::Ok => o.latencies.push(*to - *from),
+            Ended::Refused => o.refusals.push(*to - *from),
+            Ended::Failed => o.errors += 1,
         }
     }
     o
 }
 
 fn one<T>(start: Instant, result: &Result<T, Error>) -> Outcome {
-    outcome(&[(start, Instant::now(), result.is_ok())])
+    outcome(&[(start, Instant::now(), ended(result))])
 }
 
 /// `transitions`: create, then `submit`.
@@ -68,8 +85,9 @@ impl Workload for Transitions {
             )
             .await;
         let t1 = Instant::now();
-        let Ok(c) = created else {
-            return outcome(&[(start, t1, false)]);
+        let c = match created {
+            Ok(c) => c,
+            Err(e) => return outcome(&[(start, t1, ended::<()>(&Err(e)))]),
         };
         let submitted = self
             .client
@@ -81,7 +99,10 @@ impl Workload for Transitions {
                 None,
             )
             .await;
-        outcome(&[(start, t1, true), (t1, Instant::now(), submitted.is_ok())])
+        outcome(&[
+            (start, t1, Ended::Ok),
+            (t1, Instant::now(), ended(&submitted)),
+        ])
     }
 }
 

@@ -141,6 +141,7 @@ impl Workload for TouchLoad {
         let mut o = Outcome::default();
         match result {
             Ok(_) => o.latencies.push(start.elapsed()),
+            Err(lockstep_client::Error::Overloaded { .. }) => o.refusals.push(start.elapsed()),
             Err(_) => o.errors += 1,
         }
         o
