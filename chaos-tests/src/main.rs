@@ -39,6 +39,11 @@ struct Cli {
     /// Never skew clocks (even if libfaketime is installed).
     #[arg(long, global = true)]
     no_skew: bool,
+    /// Overload bursts: about 3 in 10 faults also get a burst of client writes far above
+    /// capacity (256 writers), drawn from the seed. Off by default: see the README of
+    /// chaos-tests for what they find today.
+    #[arg(long, global = true)]
+    bursts: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -301,7 +306,10 @@ async fn main() -> ExitCode {
             nodes,
             duration,
         } => {
-            let s = Schedule::generate(*seed, *nodes, *duration, skew);
+            let mut s = Schedule::generate(*seed, *nodes, *duration, skew);
+            if cli.bursts {
+                s.add_bursts();
+            }
             let config = RunConfig {
                 lockstepd: cli.lockstepd.clone().unwrap_or_else(default_lockstepd),
                 results: cli.results.clone(),

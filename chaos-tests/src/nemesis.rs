@@ -162,6 +162,76 @@ async fn readd(cluster: &Cluster, f: usize) -> anyhow::Result<()> {
     anyhow::bail!("node {id} could not be added back within 60 s: {last}")
 }
 
+/// Concurrent writers of an overload burst: far above what the cluster commits, so admission
+/// control must refuse most of them.
+pub const BURST_WRITERS: usize = 256;
+
+/// A running burst: writers creating `chaos-burst` instances back to back, coming back 50 ms
+/// after a refusal or failure, until stopped.
+struct Burst {
+    stop: tokio::sync::watch::Sender<bool>,
+    writers: tokio::task::JoinSet<(u64, u64, u64)>,
+}
+
+impl Burst {
+    fn start(cluster: &Cluster, pick: usize) -> Burst {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let options = Options {
+            retry_overloaded: false,
+            ..crate::workload::client_options()
+        };
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..BURST_WRITERS {
+            let client = cluster.client(
+                pick + w,
+                Identity::new("chaos-burst", ActorKind::Service, &[]),
+                options.clone(),
+            );
+            let stopped = stopped.clone();
+            writers.spawn(async move {
+                let (mut ok, mut refused, mut failed) = (0, 0, 0);
+                while !*stopped.borrow() {
+                    let created = client
+                        .create(
+                            &lockstep_client::request_id(),
+                            crate::workflow::BURST_NAME,
+                            None,
+                            &serde_json::json!({}),
+                        )
+                        .await;
+                    match created {
+                        Ok(_) => ok += 1,
+                        Err(lockstep_client::Error::Overloaded { .. }) => {
+                            refused += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(_) => {
+                            failed += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                (ok, refused, failed)
+            });
+        }
+        Burst { stop, writers }
+    }
+
+    /// Stops the writers; says what they did.
+    async fn stop(mut self) -> String {
+        let _ = self.stop.send(true);
+        let (mut ok, mut refused, mut failed) = (0, 0, 0);
+        while let Some(Ok((o, r, f))) = self.writers.join_next().await {
+            ok += o;
+            refused += r;
+            failed += f;
+        }
+        format!(
+            ", with a burst of {BURST_WRITERS} writers: {ok} committed, {refused} refused OVERLOADED, {failed} failed otherwise"
+        )
+    }
+}
+
 /// Runs every step at its time (relative to `start`) and heals it after its hold time.
 pub async fn run(
     cluster: &mut Cluster,
@@ -186,8 +256,17 @@ pub async fn run(
                 Err(e) => format!("removing node {} failed: {e}", f + 1),
             };
         }
+        let burst = step
+            .burst
+            .then(|| Burst::start(cluster, step.pick as usize));
+        if burst.is_some() {
+            detail.push_str(", under a burst of writes");
+        }
         on_step(&format!("{}: {detail}", step.fault.name()));
         tokio::time::sleep(Duration::from_millis(step.hold_ms)).await;
+        if let Some(burst) = burst {
+            detail.push_str(&burst.stop().await);
+        }
         cluster.heal()?;
         if let Some(f) = removed {
             // A node that cannot rejoin is a finding, not a harness error: the run goes on and

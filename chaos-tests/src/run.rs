@@ -72,21 +72,24 @@ async fn apply_definition(cluster: &Cluster) -> anyhow::Result<()> {
         .await
         .context("no leader within 30 s of start")?;
     let client = admin(cluster);
-    let id = request_id();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match client
-            .apply_definition(&id, workflow::SOURCE, pb::Provenance::default())
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(300)).await;
+    for source in [workflow::SOURCE, workflow::BURST_SOURCE] {
+        let id = request_id();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match client
+                .apply_definition(&id, source, pb::Provenance::default())
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => anyhow::bail!("applying the workflow: {e}"),
             }
-            Err(e) => anyhow::bail!("applying the workflow: {e}"),
         }
     }
+    Ok(())
 }
 
 /// Waits until every node answers with the same applied index and digest.

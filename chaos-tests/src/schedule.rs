@@ -60,6 +60,11 @@ pub struct Step {
     pub hold_ms: u64,
     /// Picks the node(s) among candidates at run time.
     pub pick: u64,
+    /// While the fault holds, a burst of client writes far above capacity
+    /// (`nemesis::BURST_WRITERS` writers): admission control must refuse the excess while the
+    /// checkers still hold and timers stay on time.
+    #[serde(default)]
+    pub burst: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +129,7 @@ impl Schedule {
                 fault,
                 hold_ms,
                 pick: rng.random(),
+                burst: false,
             });
             t += hold_ms + rng.random_range(1_000..=3_000);
         }
@@ -133,6 +139,15 @@ impl Schedule {
             skews,
             duration_ms,
             steps,
+        }
+    }
+
+    /// Gives about 3 in 10 steps a burst of client writes, from a stream of the seed's own
+    /// (so the faults stay as they were).
+    pub fn add_bursts(&mut self) {
+        let mut bursts = StdRng::seed_from_u64(self.seed ^ 0x6275_7273_7473);
+        for step in &mut self.steps {
+            step.burst = bursts.random_bool(0.3);
         }
     }
 
@@ -149,8 +164,9 @@ impl Schedule {
             .iter()
             .map(|st| {
                 format!(
-                    "{}@{:.1}s/{:.1}s",
+                    "{}{}@{:.1}s/{:.1}s",
                     st.fault.name(),
+                    if st.burst { "+burst" } else { "" },
                     st.at_ms as f64 / 1e3,
                     st.hold_ms as f64 / 1e3
                 )
@@ -215,6 +231,17 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 14, "{seen:?}");
+        let plain = Schedule::generate(7, None, 30_000, true);
+        assert!(plain.steps.iter().all(|st| !st.burst), "bursts are opt-in");
+        let bursts = (0..100)
+            .flat_map(|seed| {
+                let mut s = Schedule::generate(seed, None, 30_000, true);
+                s.add_bursts();
+                s.steps
+            })
+            .filter(|st| st.burst)
+            .count();
+        assert!(bursts > 0, "some faults come with a burst of writes");
         assert_eq!(Fault::KillLeader.name(), "kill-leader");
         assert_eq!(Fault::Delay(30).name(), "delay-30ms");
         assert_eq!(Fault::SlowDisk(40).name(), "slow-disk-40ms");

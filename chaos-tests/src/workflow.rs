@@ -63,6 +63,20 @@ pub fn from_states(transition: &str) -> &'static [&'static str] {
     }
 }
 
+/// The workflow of the overload bursts (`nemesis::BURST_WRITERS`): instances apart from the
+/// checked workload's, one audited write each.
+pub const BURST_NAME: &str = "chaos-burst";
+
+pub const BURST_SOURCE: &str = r#"
+workflow: chaos-burst
+data: { type: object }
+states:
+  created: { initial: true }
+  closed: { terminal: true }
+transitions:
+  close: { from: created, to: closed, allow: "true" }
+"#;
+
 #[cfg(test)]
 mod tests {
     #[test]

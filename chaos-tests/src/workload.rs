@@ -74,6 +74,14 @@ fn outcome<T>(op: &mut Op, result: &Result<T, Error>, ok: impl FnOnce(&T, &mut O
             op.outcome = Outcome::Fail;
             op.code = Some(r.code.as_str().to_string());
         }
+        // Refused by admission control before anything was proposed: it did not happen.
+        Err(Error::Overloaded {
+            reason, message, ..
+        }) => {
+            op.outcome = Outcome::Fail;
+            op.code = Some(reason.clone());
+            op.error = Some(message.clone());
+        }
         Err(Error::NotFound(m)) => {
             op.outcome = Outcome::Fail;
             op.code = Some("NOT_FOUND".into());
