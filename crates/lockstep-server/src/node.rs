@@ -110,7 +110,7 @@ pub enum WriteError {
 
 impl From<crate::admission::Overloaded> for WriteError {
     fn from(o: crate::admission::Overloaded) -> WriteError {
-        let retry_after_ms = u64::try_from(o.retry_after.as_millis()).unwrap_or(u64::MAX);
+        let retry_after_ms = millis(o.retry_after);
         WriteError::Overloaded {
             message: format!(
                 "this node is at its limit of {} client writes in flight and took nothing on; retry after {retry_after_ms} ms with the same request id (the limit follows commit latency: see lockstep_admission_limit)",
@@ -338,20 +338,7 @@ impl Node {
         if self.is_leader()
             && let Some(actor) = actor_of(&body)
         {
-            let policy = self.trust.policy.current();
-            if let Err(over) = self
-                .quotas
-                .take(&policy.quotas, actor, crate::quota::Kind::Writes)
-            {
-                self.metrics.observe_over_quota(&over.quota);
-                return Err(WriteError::QuotaExceeded {
-                    message: over.message(&actor.id),
-                    retry_after_ms: u64::try_from(over.retry_after.as_millis())
-                        .unwrap_or(u64::MAX)
-                        .max(1),
-                    quota: over.quota,
-                });
-            }
+            self.take_quota(actor, crate::quota::Kind::Writes)?;
         }
         let permit = self.admission.try_admit().inspect_err(|_| {
             self.metrics.observe_overloaded("writes");
@@ -364,6 +351,26 @@ impl Node {
             permit.sample();
         }
         answer
+    }
+
+    /// Takes a token of `actor`'s quota for `kind`, if the cluster policy gives it one;
+    /// refused with `QuotaExceeded` (counted per quota) when the bucket is empty.
+    pub fn take_quota(
+        &self,
+        actor: &lockstep_core::Actor,
+        kind: crate::quota::Kind,
+    ) -> Result<(), WriteError> {
+        let policy = self.trust.policy.current();
+        self.quotas
+            .take(&policy.quotas, actor, kind)
+            .map_err(|over| {
+                self.metrics.observe_over_quota(&over.quota);
+                WriteError::QuotaExceeded {
+                    message: over.message(&actor.id),
+                    retry_after_ms: millis(over.retry_after).max(1),
+                    quota: over.quota,
+                }
+            })
     }
 
     /// Proposes a command in `lane` and returns its applied response, forwarding to the
@@ -804,6 +811,11 @@ impl Node {
 
 fn log_id(id: &Option<openraft::LogId<NodeId>>) -> String {
     id.map_or_else(|| "none".to_string(), |l| l.to_string())
+}
+
+/// A retry-after hint in whole milliseconds.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Who a client's command is from, for quotas.

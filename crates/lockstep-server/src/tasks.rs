@@ -64,6 +64,12 @@ pub struct PollPlace<'a> {
 }
 
 impl PollPlaces {
+    /// Polls this node serves now (any queue): how many workers contend for the oldest
+    /// ready tasks.
+    pub fn serving(&self) -> usize {
+        self.counts.lock().expect("poll places lock").total
+    }
+
     /// Takes a place for a poll of `queue` by `worker`, or says which bound it would pass.
     pub fn enter<'a>(&'a self, queue: &str, worker: &str) -> Result<PollPlace<'a>, String> {
         let mut c = self.counts.lock().expect("poll places lock");
@@ -108,26 +114,6 @@ impl Drop for PollPlace<'_> {
                 }
             }
         }
-    }
-}
-
-/// Polls being served by this node (any queue): how many workers contend for the oldest
-/// ready tasks.
-static POLLS_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Counts a poll in [`POLLS_IN_FLIGHT`] while it lives.
-struct PollInFlight;
-
-impl PollInFlight {
-    fn enter() -> PollInFlight {
-        POLLS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
-        PollInFlight
-    }
-}
-
-impl Drop for PollInFlight {
-    fn drop(&mut self) {
-        POLLS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -179,7 +165,7 @@ impl Api {
         // for the same task (only one of which can win): one of as many of the oldest as
         // there are polls in flight on this node, varying from poll to poll; then the rest
         // oldest first. A lone worker takes the oldest task.
-        let contenders = POLLS_IN_FLIGHT.load(Ordering::Relaxed).max(1);
+        let contenders = self.polls.serving().max(1);
         let places = contenders.min(candidates.len());
         if places > 1 {
             let turn = LEASE_SEQ.load(Ordering::Relaxed) as usize;
@@ -319,23 +305,9 @@ impl pb::tasks_server::Tasks for Api {
             )));
         }
         let max = req.max_tasks.max(1) as usize;
-        let policy = self.node.trust.policy.current();
-        if let Err(over) = self
-            .node
-            .quotas
-            .take(&policy.quotas, &worker, crate::quota::Kind::Polls)
-        {
-            self.node.metrics.observe_over_quota(&over.quota);
-            let retry_after_ms = u64::try_from(over.retry_after.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            return Err(status::overloaded(
-                status::QUOTA_EXCEEDED,
-                over.message(&worker.id),
-                retry_after_ms,
-                Some(&over.quota),
-            ));
-        }
+        self.node
+            .take_quota(&worker, crate::quota::Kind::Polls)
+            .map_err(status::write_error)?;
         let _place = self
             .polls
             .enter(&req.queue, &worker.id)
@@ -343,7 +315,6 @@ impl pb::tasks_server::Tasks for Api {
                 self.node.metrics.observe_overloaded("polls");
                 status::overloaded(status::OVERLOADED, message, 100, None)
             })?;
-        let _in_flight = PollInFlight::enter();
         let deadline = Instant::now() + Duration::from_millis(u64::from(req.wait_ms));
         let mut applied = self.node.raft.metrics();
         loop {
