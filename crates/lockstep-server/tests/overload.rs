@@ -9,28 +9,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, Settings, counter};
-use lockstep_client::{
-    Client, Credentials, Error, Identity, OVERLOADED, Options, by_id, pb, request_id,
-};
+use lockstep_client::{Client, Error, Identity, OVERLOADED, Options, by_id, pb, request_id};
 use lockstep_core::{ActorKind, Timestamp};
 
 fn alice() -> Identity {
     Identity::new("alice", ActorKind::Human, &[])
 }
 
-/// A client that returns OVERLOADED refusals instead of retrying them.
-fn impatient(cluster: &Cluster, identity: Identity) -> Client {
+/// A client of `endpoints` that returns OVERLOADED refusals instead of retrying them.
+fn impatient_at(cluster: &Cluster, endpoints: &[String], identity: Identity) -> Client {
     let options = Options {
         retry_overloaded: false,
         ..Options::default()
     };
-    Client::with_credentials(
-        &cluster.endpoints(),
-        Some(identity),
-        options,
-        Credentials::default(),
-    )
-    .unwrap()
+    cluster.client_with(endpoints, identity, options)
+}
+
+fn impatient(cluster: &Cluster, identity: Identity) -> Client {
+    impatient_at(cluster, &cluster.endpoints(), identity)
 }
 
 fn settings(args: &[&str]) -> Settings {
@@ -235,18 +231,7 @@ async fn a_worker_may_have_only_so_many_polls_waiting() {
     let cluster = Cluster::start(settings(&[]));
     cluster.leader().await;
     let worker = Identity::new("w-1", ActorKind::Worker, &[]);
-    let client = Arc::new(
-        Client::with_credentials(
-            &[cluster.endpoint(0)],
-            Some(worker.clone()),
-            Options {
-                retry_overloaded: false,
-                ..Options::default()
-            },
-            Credentials::default(),
-        )
-        .unwrap(),
-    );
+    let client = Arc::new(impatient_at(&cluster, &[cluster.endpoint(0)], worker));
     let max = lockstep_server::tasks::POLLS_PER_WORKER_MAX;
     // `max` long polls of an empty queue wait on node 1...
     let mut waiting = tokio::task::JoinSet::new();
@@ -272,13 +257,10 @@ async fn a_worker_may_have_only_so_many_polls_waiting() {
     assert_overloaded(&e);
     assert!(e.to_string().contains(&format!("{max} polls")), "{e}");
     // Another worker still polls.
-    let other = Client::with_credentials(
+    let other = cluster.client_for(
         &[cluster.endpoint(0)],
-        Some(Identity::new("w-2", ActorKind::Worker, &[])),
-        Options::default(),
-        Credentials::default(),
-    )
-    .unwrap();
+        Identity::new("w-2", ActorKind::Worker, &[]),
+    );
     let tasks = other
         .poll_tasks("nothing-here", 1, Duration::from_millis(100))
         .await
@@ -365,13 +347,7 @@ async fn timers_fire_on_time_under_a_flood_of_client_writes() {
     // Each fires within BOUND of its due time, while the flood goes on: watched with stale
     // reads of the leader's replica, which wait for nothing.
     const BOUND: Duration = Duration::from_millis(1500);
-    let watcher = Client::with_credentials(
-        &[cluster.endpoint(leader)],
-        Some(alice()),
-        Options::default(),
-        Credentials::default(),
-    )
-    .unwrap();
+    let watcher = cluster.client_for(&[cluster.endpoint(leader)], alice());
     for (id, armed_at) in &tickets {
         let due = armed_at.as_micros() + 2_000_000;
         loop {

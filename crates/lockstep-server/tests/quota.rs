@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Cluster, Settings};
-use lockstep_client::{Client, Credentials, Error, Identity, Options, QUOTA_EXCEEDED, request_id};
+use lockstep_client::{Client, Error, Identity, Options, QUOTA_EXCEEDED, request_id};
 use lockstep_core::ActorKind;
 
 const POLICY: &str = r#"
@@ -30,22 +30,13 @@ polls_burst = 1
 /// A client of `identity` that returns quota refusals instead of retrying them, whose first
 /// endpoint is node `first`.
 fn impatient(cluster: &Cluster, identity: Identity, first: usize) -> Client {
-    let pki = cluster.pki.as_ref().expect("a secure cluster");
     let mut endpoints = cluster.endpoints();
     endpoints.rotate_left(first);
-    Client::with_credentials(
-        &endpoints,
-        Some(identity.clone()),
-        Options {
-            retry_overloaded: false,
-            ..Options::default()
-        },
-        Credentials {
-            tls: Some(pki.tls(None)),
-            token: Some(pki.token(&identity)),
-        },
-    )
-    .unwrap()
+    let options = Options {
+        retry_overloaded: false,
+        ..Options::default()
+    };
+    cluster.client_with(&endpoints, identity, options)
 }
 
 async fn create(client: &Client) -> Result<String, Error> {

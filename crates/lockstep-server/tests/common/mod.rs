@@ -455,6 +455,16 @@ impl Cluster {
     /// A client acting as `identity`: by headers in development mode, by a JWT for it over
     /// TLS in secure mode.
     pub fn client_for(&self, endpoints: &[String], identity: Identity) -> Client {
+        self.client_with(endpoints, identity, Options::default())
+    }
+
+    /// [`Cluster::client_for`] with client `options` (e.g. not retrying OVERLOADED).
+    pub fn client_with(
+        &self,
+        endpoints: &[String],
+        identity: Identity,
+        options: Options,
+    ) -> Client {
         let credentials = match &self.pki {
             None => Credentials::default(),
             Some(pki) => Credentials {
@@ -462,8 +472,7 @@ impl Cluster {
                 token: Some(pki.token(&identity)),
             },
         };
-        Client::with_credentials(endpoints, Some(identity), Options::default(), credentials)
-            .unwrap()
+        Client::with_credentials(endpoints, Some(identity), options, credentials).unwrap()
     }
 
     pub fn admin(&self) -> Client {
