@@ -40,8 +40,8 @@ struct Cli {
     #[arg(long, global = true)]
     no_skew: bool,
     /// Overload bursts: about 3 in 10 faults also get a burst of client writes far above
-    /// capacity (256 writers), drawn from the seed. Off by default: see the README of
-    /// chaos-tests for what they find today.
+    /// capacity (256 writers), drawn from the seed; the checkers must hold all the same.
+    /// The CI smoke suite runs with them (`scripts/test`).
     #[arg(long, global = true)]
     bursts: bool,
     #[command(subcommand)]

@@ -31,6 +31,10 @@ pub struct AuditEntry {
     pub seq: u64,
     pub hash: String,
     pub instance_id: String,
+    /// The instance's workflow (empty for records that name none, and in observations saved
+    /// before it was recorded, which held the checked workflow only).
+    #[serde(default)]
+    pub workflow: String,
     /// The instance version after the change.
     pub version: u64,
     /// `created`, `transition`, `timer_fired`, `sla_breach`, `task_leased`, …
@@ -55,6 +59,7 @@ impl AuditEntry {
             seq: c.global_seq,
             hash: c.hash.clone(),
             instance_id: rec.instance_id.clone(),
+            workflow: rec.workflow.clone(),
             version: rec.instance_version,
             kind: r.kind.clone(),
             transition: rec.transition.clone(),
@@ -113,11 +118,14 @@ pub struct Observation {
 }
 
 impl Observation {
-    /// Audit records by instance id, in order.
+    /// Audit records of the checked workflow's instances ([`crate::workflow::NAME`]) by
+    /// instance id, in order. Instances of other workflows (the overload bursts') have none
+    /// of its timers, SLAs or tasks.
     pub fn by_instance(&self) -> BTreeMap<&str, Vec<&AuditEntry>> {
         let mut out: BTreeMap<&str, Vec<&AuditEntry>> = BTreeMap::new();
         for r in &self.audit {
-            if !r.instance_id.is_empty() {
+            let checked = r.workflow.is_empty() || r.workflow == crate::workflow::NAME;
+            if !r.instance_id.is_empty() && checked {
                 out.entry(r.instance_id.as_str()).or_default().push(r);
             }
         }
@@ -254,6 +262,7 @@ pub(crate) mod testkit {
             seq,
             hash: format!("h{seq}"),
             instance_id: instance.into(),
+            workflow: crate::workflow::NAME.into(),
             version,
             kind: kind.into(),
             transition: transition.map(Into::into),
