@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use lockstep_client::{Client, Identity, Options, pb, request_id};
-use lockstep_core::ActorKind;
+use lockstep_client::{Client, pb, request_id};
 
 use crate::load::{Level, Window, Workload};
 
@@ -26,6 +25,7 @@ mod cost;
 mod etcd;
 mod load;
 mod plot;
+mod quota;
 mod scenarios;
 mod tasks;
 mod timers;
@@ -45,6 +45,8 @@ mod timers;
 ///   lockstep-bench --scenario reads --write-fraction 0.05 --concurrency 16,64
 ///
 ///   lockstep-bench --scenario events --concurrency 1,16,64
+///
+///   lockstep-bench --scenario quota --mode open --rate 200/s --quota-rate 50/s --rounds 3
 #[derive(Debug, Parser)]
 #[command(version, verbatim_doc_comment)]
 struct Args {
@@ -94,9 +96,28 @@ struct Args {
     /// `timers`: measure the peak transition rate, arm --timers expiry timers (resident
     /// memory), measure the peak again with every timer armed and timer lateness under a load
     /// at half that peak (--duration), then let every armed timer fall due under that load
-    /// and kill the leader halfway through.
+    /// and kill the leader halfway through. `quota`: a victim actor at --rate, alone and
+    /// beside a greedy actor offered 10x its write quota (--quota-rate), in alternating
+    /// phases over --rounds rounds (open loop only).
     #[arg(long, value_enum, default_value_t = Scenario::Transitions)]
     scenario: Scenario,
+    /// Client connections (HTTP/2, to every endpoint) that the units are spread over. One
+    /// connection carries at most 256 concurrent requests to a `lockstepd`, so a run far
+    /// above capacity needs several for the excess to reach the server's admission control
+    /// rather than queue in the bench. From 1 to 256.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// `transitions` and `reads`: distinct requester actors the units are spread over
+    /// (`alice` for one, else `alice-0` ... `alice-N`), each with its own quota buckets.
+    /// From 1 to 10000.
+    #[arg(long, default_value_t = 1)]
+    actors: usize,
+    /// `quota`: the greedy actor's write quota, e.g. `--quota-rate 50/s`; it is offered 10x.
+    #[arg(long, default_value = "50/s", value_parser = load::parse_rate)]
+    quota_rate: f64,
+    /// `quota`: how many alone/greedy rounds to run (medians are taken over them).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// `reads`: the fraction of units that write (create an instance) instead of reading,
     /// from 0 to 1, e.g. `--write-fraction 0.05`.
     #[arg(long, default_value_t = 0.1, value_parser = parse_fraction)]
@@ -143,6 +164,7 @@ enum Scenario {
     Events,
     Tasks,
     Timers,
+    Quota,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -199,8 +221,22 @@ impl Drop for LocalCluster {
     }
 }
 
-fn start_cluster(nodes: usize, binary: &PathBuf) -> anyhow::Result<(LocalCluster, Vec<String>)> {
+/// Starts `nodes` durable development nodes on loopback, with `policy` (TOML) as their
+/// cluster policy when given.
+fn start_cluster(
+    nodes: usize,
+    binary: &PathBuf,
+    policy: Option<&str>,
+) -> anyhow::Result<(LocalCluster, Vec<String>)> {
     let dir = tempfile::tempdir()?;
+    let policy_file = match policy {
+        Some(text) => {
+            let path = dir.path().join("policy.toml");
+            std::fs::write(&path, text)?;
+            Some(path)
+        }
+        None => None,
+    };
     // Below the ephemeral range, so no outgoing connection takes a port before its node binds.
     let ports: Vec<u16> = (0..nodes)
         .map(|_| lockstep_client::loopback::free_port())
@@ -222,8 +258,12 @@ fn start_cluster(nodes: usize, binary: &PathBuf) -> anyhow::Result<(LocalCluster
     let mut children = Vec::new();
     for (i, e) in endpoints.iter().enumerate() {
         let log = std::fs::File::create(dir.path().join(format!("node{}.log", i + 1)))?;
+        let mut command = Command::new(binary);
+        if let Some(path) = &policy_file {
+            command.arg("--policy").arg(path);
+        }
         children.push(
-            Command::new(binary)
+            command
                 .args([
                     "--id",
                     &(i + 1).to_string(),
@@ -511,8 +551,27 @@ fn check(args: &Args) -> anyhow::Result<()> {
     }
     let request_response = matches!(
         args.scenario,
-        Scenario::Transitions | Scenario::Reads | Scenario::Events
+        Scenario::Transitions | Scenario::Reads | Scenario::Events | Scenario::Quota
     );
+    if args.scenario == Scenario::Quota && (args.mode != Mode::Open || args.rate.len() != 1) {
+        bail!(
+            "--scenario quota runs the victim open-loop at one rate: add `--mode open --rate 200/s`"
+        );
+    }
+    if !(1..=scenarios::CONNECTIONS_MAX).contains(&args.connections) {
+        bail!(
+            "--connections {} is out of range: give 1 to {}, e.g. `--connections 8`",
+            args.connections,
+            scenarios::CONNECTIONS_MAX
+        );
+    }
+    if !(1..=scenarios::ACTORS_MAX).contains(&args.actors) {
+        bail!(
+            "--actors {} is out of range: give 1 to {}, e.g. `--actors 16`",
+            args.actors,
+            scenarios::ACTORS_MAX
+        );
+    }
     if args.mode == Mode::Open && !request_response {
         bail!(
             "--mode open is for the transitions, reads and events scenarios; {:?} paces itself (use --concurrency)",
@@ -556,30 +615,37 @@ async fn main() -> anyhow::Result<()> {
                 binary.display()
             );
         }
-        let (c, e) = start_cluster(args.nodes, &binary)?;
+        let policy = (args.scenario == Scenario::Quota).then(|| quota::policy(args.quota_rate));
+        let (c, e) = start_cluster(args.nodes, &binary, policy.as_deref())?;
         (Some(c), e)
     } else {
         (None, args.endpoints.clone())
     };
-    let client = Arc::new(
-        Client::new(
-            &endpoints,
-            Some(Identity::new("alice", ActorKind::Human, &["requester"])),
-            // Refusals by admission control are counted, not retried: a retry would hide
-            // them in the latency of the request.
-            Options {
-                retry_overloaded: false,
-                ..Options::default()
-            },
-        )
-        .map_err(anyhow::Error::msg)?,
-    );
-    apply_purchase_order(&client).await?;
+    let clients = scenarios::Clients::new(&endpoints, "alice", args.actors, args.connections)?;
+    apply_purchase_order(clients.first()).await?;
     match args.scenario {
+        Scenario::Quota => {
+            let run = quota::QuotaRun {
+                victim_rate: args.rate[0],
+                quota_per_second: args.quota_rate,
+                rounds: args.rounds,
+                connections: args.connections,
+                window,
+            };
+            let report = quota::run(&endpoints, run).await?;
+            quota::print(&report);
+            if let Some(path) = &args.json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing the JSON report to {}", path.display()))?;
+                println!("\nJSON report: {}", path.display());
+            }
+            return Ok(());
+        }
         Scenario::Timers => {
             let run = timers::TimerRun {
                 timers: args.timers,
                 creators: args.concurrency.iter().copied().max().unwrap_or(16),
+                connections: args.connections,
                 load_rate: args.load_rate,
                 steady: window.duration,
                 json: args.json.clone(),
@@ -620,7 +686,7 @@ async fn main() -> anyhow::Result<()> {
     let (lockstep, operation, operations_per_unit, payload_bytes) = match args.scenario {
         Scenario::Transitions => {
             let w = Arc::new(scenarios::Transitions {
-                client: Arc::clone(&client),
+                clients: clients.clone(),
             });
             (
                 sweep("lockstep", w, &plan, 1.0, 2.0, &probe).await,
@@ -635,8 +701,7 @@ async fn main() -> anyhow::Result<()> {
                 Consistency::Stale => pb::ReadConsistency::Stale,
             };
             let w = Arc::new(
-                scenarios::Reads::new(Arc::clone(&client), args.write_fraction, consistency)
-                    .await?,
+                scenarios::Reads::new(clients.clone(), args.write_fraction, consistency).await?,
             );
             (
                 sweep("lockstep", w, &plan, 1.0, 1.0, &probe).await,
@@ -651,7 +716,7 @@ async fn main() -> anyhow::Result<()> {
             )
         }
         Scenario::Events => {
-            let w = Arc::new(scenarios::Events::new(&endpoints).await?);
+            let w = Arc::new(scenarios::Events::new(&endpoints, args.connections).await?);
             (
                 sweep("lockstep", w, &plan, 1.0, 1.0, &probe).await,
                 "one inbound event routed by (workflow, business key), taking an audited `on:` transition".to_string(),
@@ -659,7 +724,7 @@ async fn main() -> anyhow::Result<()> {
                 serde_json::json!({}).to_string().len(),
             )
         }
-        Scenario::Tasks | Scenario::Timers => unreachable!("handled above"),
+        Scenario::Tasks | Scenario::Timers | Scenario::Quota => unreachable!("handled above"),
     };
     let mut report = Report {
         scenario: args.scenario,
@@ -761,6 +826,13 @@ mod tests {
         assert!(check(&args("--mode open --rate 200/s")).is_ok());
         assert!(check(&args("--baseline etcd --concurrency 1,16")).is_ok());
         assert!(check(&args("--scenario events --baseline etcd")).is_ok());
+        assert!(check(&args("--scenario quota --mode open --rate 100/s")).is_ok());
+        assert!(
+            check(&args(
+                "--mode open --rate 9000/s --connections 32 --actors 8"
+            ))
+            .is_ok()
+        );
         let refused = [
             "--mode open",
             "--rate 100/s",
@@ -769,6 +841,11 @@ mod tests {
             "--scenario tasks --mode open --rate 10/s",
             "--scenario reads --baseline etcd",
             "--etcd /usr/bin/etcd",
+            "--scenario quota",
+            "--scenario quota --mode open --rate 100/s,200/s",
+            "--connections 0",
+            "--connections 257",
+            "--actors 0",
         ];
         for line in refused {
             assert!(check(&args(line)).is_err(), "{line}");

@@ -20,7 +20,74 @@ use crate::load::{Outcome, Workload, mix};
 /// The purchase-order instance data of every create: the Lockstep "payload" whose size the
 /// etcd baseline's values copy.
 pub(crate) fn purchase_order_data() -> serde_json::Value {
-    serde_json::json!({"amount": 100, "requester": "alice"})
+    order_of("alice")
+}
+
+/// A purchase order requested by `actor`, who may then `submit` it.
+fn order_of(actor: &str) -> serde_json::Value {
+    serde_json::json!({"amount": 100, "requester": actor})
+}
+
+/// Most client connections the bench opens per endpoint.
+pub(crate) const CONNECTIONS_MAX: usize = 256;
+/// Most distinct actors the bench drives.
+pub(crate) const ACTORS_MAX: usize = 10_000;
+
+/// The bench's clients: `connections` of them, each with its own HTTP/2 connection to every
+/// endpoint, spread over `actors` requester identities (client `i` acts as actor `i % actors`).
+/// One connection carries at most the server's streams per connection (256 in `lockstepd`),
+/// so an open-loop run far above capacity through one connection queues in the client and
+/// never reaches the server's admission control; several actors spread quota buckets.
+#[derive(Clone, Debug)]
+pub(crate) struct Clients(Arc<[(Arc<Client>, String)]>);
+
+impl Clients {
+    /// `actors` requesters named `<prefix>` (one actor) or `<prefix>-<n>`, over `connections`
+    /// clients (at least one per actor). Refusals by admission control or quotas are returned,
+    /// not retried: a retry would hide them in the latency of the request.
+    pub(crate) fn new(
+        endpoints: &[String],
+        prefix: &str,
+        actors: usize,
+        connections: usize,
+    ) -> anyhow::Result<Clients> {
+        anyhow::ensure!(
+            (1..=ACTORS_MAX).contains(&actors),
+            "--actors must be from 1 to {ACTORS_MAX}, not {actors}"
+        );
+        anyhow::ensure!(
+            (1..=CONNECTIONS_MAX).contains(&connections),
+            "--connections must be from 1 to {CONNECTIONS_MAX}, not {connections}"
+        );
+        let options = Options {
+            retry_overloaded: false,
+            ..Options::default()
+        };
+        let clients = (0..connections.max(actors))
+            .map(|i| {
+                let actor = if actors == 1 {
+                    prefix.to_string()
+                } else {
+                    format!("{prefix}-{}", i % actors)
+                };
+                let identity = Identity::new(&actor, ActorKind::Human, &["requester"]);
+                Client::new(endpoints, Some(identity), options.clone())
+                    .map(|c| (Arc::new(c), actor))
+                    .map_err(anyhow::Error::msg)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Clients(clients.into()))
+    }
+
+    /// The client of unit `sequence` and the actor it acts as.
+    pub(crate) fn pick(&self, sequence: u64) -> (&Client, &str) {
+        let (client, actor) = &self.0[(sequence % self.0.len() as u64) as usize];
+        (client, actor)
+    }
+
+    pub(crate) fn first(&self) -> &Arc<Client> {
+        &self.0[0].0
+    }
 }
 
 /// Instances the `reads` and `events` scenarios spread their requests over.
@@ -70,27 +137,21 @@ fn one<T>(start: Instant, result: &Result<T, Error>) -> Outcome {
 /// `transitions`: create, then `submit`.
 #[derive(Debug)]
 pub(crate) struct Transitions {
-    pub(crate) client: Arc<Client>,
+    pub(crate) clients: Clients,
 }
 
 impl Workload for Transitions {
-    async fn run_once(&self, _sequence: u64, start: Instant) -> Outcome {
-        let created = self
-            .client
-            .create(
-                &request_id(),
-                "purchase-order",
-                None,
-                &purchase_order_data(),
-            )
+    async fn run_once(&self, sequence: u64, start: Instant) -> Outcome {
+        let (client, actor) = self.clients.pick(sequence);
+        let created = client
+            .create(&request_id(), "purchase-order", None, &order_of(actor))
             .await;
         let t1 = Instant::now();
         let c = match created {
             Ok(c) => c,
             Err(e) => return outcome(&[(start, t1, ended::<()>(&Err(e)))]),
         };
-        let submitted = self
-            .client
+        let submitted = client
             .transition(
                 &request_id(),
                 by_id(&c.instance_id),
@@ -136,10 +197,26 @@ async fn fill_pool(
     Ok(ids)
 }
 
+/// Creates only: one purchase order per unit (the quota scenario's greedy actor).
+#[derive(Debug)]
+pub(crate) struct Creates {
+    pub(crate) clients: Clients,
+}
+
+impl Workload for Creates {
+    async fn run_once(&self, sequence: u64, start: Instant) -> Outcome {
+        let (client, actor) = self.clients.pick(sequence);
+        let created = client
+            .create(&request_id(), "purchase-order", None, &order_of(actor))
+            .await;
+        one(start, &created)
+    }
+}
+
 /// `reads`: `get` and `list` of purchase orders, with `write_fraction` of units creating one.
 #[derive(Debug)]
 pub(crate) struct Reads {
-    client: Arc<Client>,
+    clients: Clients,
     pool: Vec<String>,
     writes_per_scale: u64,
     consistency: pb::ReadConsistency,
@@ -147,7 +224,7 @@ pub(crate) struct Reads {
 
 impl Reads {
     pub(crate) async fn new(
-        client: Arc<Client>,
+        clients: Clients,
         write_fraction: f64,
         consistency: pb::ReadConsistency,
     ) -> anyhow::Result<Reads> {
@@ -155,9 +232,15 @@ impl Reads {
             (0.0..=1.0).contains(&write_fraction),
             "checked when parsing"
         );
-        let pool = fill_pool(&client, "purchase-order", purchase_order_data(), None).await?;
+        let pool = fill_pool(
+            clients.first(),
+            "purchase-order",
+            purchase_order_data(),
+            None,
+        )
+        .await?;
         Ok(Reads {
-            client,
+            clients,
             pool,
             writes_per_scale: (write_fraction * FRACTION_SCALE as f64).round() as u64,
             consistency,
@@ -168,21 +251,15 @@ impl Reads {
 impl Workload for Reads {
     async fn run_once(&self, sequence: u64, start: Instant) -> Outcome {
         let choice = mix(sequence);
+        let (client, actor) = self.clients.pick(sequence);
         if choice % FRACTION_SCALE < self.writes_per_scale {
-            let created = self
-                .client
-                .create(
-                    &request_id(),
-                    "purchase-order",
-                    None,
-                    &purchase_order_data(),
-                )
+            let created = client
+                .create(&request_id(), "purchase-order", None, &order_of(actor))
                 .await;
             return one(start, &created);
         }
         if (choice >> 32).is_multiple_of(READS_PER_LIST) {
-            let listed = self
-                .client
+            let listed = client
                 .list(pb::ListInstancesRequest {
                     workflow: "purchase-order".into(),
                     page_size: LIST_PAGE_SIZE,
@@ -193,7 +270,7 @@ impl Workload for Reads {
             return one(start, &listed);
         }
         let id = &self.pool[((choice >> 16) % self.pool.len() as u64) as usize];
-        let got = self.client.get(by_id(id), self.consistency).await;
+        let got = client.get(by_id(id), self.consistency).await;
         one(start, &got)
     }
 }
@@ -216,22 +293,27 @@ const EVENTS_KEY_PREFIX: &str = "bench-key";
 /// `events`: each unit sends `bench.delivered` to one instance, addressed by its business key.
 #[derive(Debug)]
 pub(crate) struct Events {
-    client: Arc<Client>,
+    clients: Vec<Client>,
     keys: usize,
 }
 
 impl Events {
     /// Applies the workflow and creates the keyed instances, as a service actor (events come
     /// from systems, and the workflow allows only service actors to deliver them).
-    pub(crate) async fn new(endpoints: &[String]) -> anyhow::Result<Events> {
-        let client = Arc::new(
+    pub(crate) async fn new(endpoints: &[String], connections: usize) -> anyhow::Result<Events> {
+        let options = Options {
+            retry_overloaded: false,
+            ..Options::default()
+        };
+        let connect = || {
             Client::new(
                 endpoints,
                 Some(Identity::new("bench-feed", ActorKind::Service, &[])),
-                Options::default(),
+                options.clone(),
             )
-            .map_err(anyhow::Error::msg)?,
-        );
+            .map_err(anyhow::Error::msg)
+        };
+        let client = Arc::new(connect()?);
         client
             .apply_definition(&request_id(), EVENTS_WORKFLOW, pb::Provenance::default())
             .await?;
@@ -253,7 +335,9 @@ impl Events {
             .await?;
         }
         Ok(Events {
-            client,
+            clients: (0..connections.max(1))
+                .map(|_| connect())
+                .collect::<anyhow::Result<_>>()?,
             keys: POOL_INSTANCES,
         })
     }
@@ -262,8 +346,8 @@ impl Events {
 impl Workload for Events {
     async fn run_once(&self, sequence: u64, start: Instant) -> Outcome {
         let key = format!("{EVENTS_KEY_PREFIX}-{}", mix(sequence) % self.keys as u64);
-        let sent = self
-            .client
+        let client = &self.clients[(sequence % self.clients.len() as u64) as usize];
+        let sent = client
             .send_event(
                 &request_id(),
                 by_key("bench-events", &key),

@@ -114,21 +114,53 @@ async fn leader_index(endpoints: &[String], skip: Option<usize>) -> Option<usize
 
 /// The concurrent transition load: `touch` on instances parked in `busy`, and (when `short`)
 /// one unit in [`SHORT_EVERY`] the create of a `bench-short` instance instead.
+/// Its units are spread over several connections, and refusals by admission control are
+/// counted, not retried, so that a load above capacity reaches the server as offered.
 struct TouchLoad {
-    client: Arc<Client>,
+    clients: Vec<Client>,
     busy: Vec<String>,
     short: bool,
 }
 
+impl TouchLoad {
+    fn new(
+        endpoints: &[String],
+        connections: usize,
+        busy: &[String],
+        short: bool,
+    ) -> anyhow::Result<TouchLoad> {
+        let options = Options {
+            retry_overloaded: false,
+            ..Options::default()
+        };
+        let clients = (0..connections.max(1))
+            .map(|_| {
+                Client::new(
+                    endpoints,
+                    Some(Identity::new("bench", ActorKind::Service, &[])),
+                    options.clone(),
+                )
+                .map_err(anyhow::Error::msg)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(TouchLoad {
+            clients,
+            busy: busy.to_vec(),
+            short,
+        })
+    }
+}
+
 impl Workload for TouchLoad {
     async fn run_once(&self, sequence: u64, start: Instant) -> Outcome {
+        let client = &self.clients[(sequence % self.clients.len() as u64) as usize];
         let result = if self.short && sequence.is_multiple_of(SHORT_EVERY) {
-            self.client
+            client
                 .create(&request_id(), SHORT, None, &serde_json::json!({}))
                 .await
         } else {
             let id = &self.busy[(load::mix(sequence) % self.busy.len() as u64) as usize];
-            self.client
+            client
                 .transition(
                     &request_id(),
                     by_id(id),
@@ -277,6 +309,8 @@ struct Report {
 pub struct TimerRun {
     pub timers: usize,
     pub creators: usize,
+    /// Client connections the transition load is spread over.
+    pub connections: usize,
     pub load_rate: Option<f64>,
     pub steady: Duration,
     pub json: Option<std::path::PathBuf>,
@@ -290,6 +324,7 @@ pub async fn run(
     let TimerRun {
         timers,
         creators,
+        connections,
         load_rate,
         steady,
         json,
@@ -336,11 +371,7 @@ pub async fn run(
     }
 
     // 1. Peak transition rate.
-    let touch = Arc::new(TouchLoad {
-        client: Arc::clone(&client),
-        busy: busy.clone(),
-        short: false,
-    });
+    let touch = Arc::new(TouchLoad::new(endpoints, connections, &busy, false)?);
     let peak = probe_peak(&touch, creators, "peak, fresh").await;
     report.peak_fresh_transitions_per_second = peak;
 
@@ -427,11 +458,7 @@ pub async fn run(
     report.steady_seconds = steady.as_secs_f64();
     let steady_started = micros_now();
     let unit_rate = load_rate / (1.0 + 1.0 / SHORT_EVERY as f64);
-    let mixed = Arc::new(TouchLoad {
-        client: Arc::clone(&client),
-        busy: busy.clone(),
-        short: true,
-    });
+    let mixed = Arc::new(TouchLoad::new(endpoints, connections, &busy, true)?);
     let window = Window {
         warmup: Duration::from_secs(0),
         duration: steady,
