@@ -490,11 +490,49 @@ fn with_task(mut change: Change, task_id: &str) -> Change {
     change
 }
 
+/// Rules of evaluation that changed after commands were already in replicated logs.
+///
+/// A replica must decide an old log entry as the build that proposed it did, or replicas of
+/// different builds (a rolling upgrade) and a replica replaying its log would diverge. So a
+/// rule that refuses what was accepted before is switched on by the replicated log format
+/// (`lockstep_raft::format`), at the same log index on every replica; [`Rules::CURRENT`] is
+/// everything this build decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rules {
+    /// Heartbeat, Complete and Fail with a lease token whose lease expired at the command's
+    /// cluster time are refused `STALE_LEASE`, whether or not the lease-expiry timer fired
+    /// (without it, a late worker's completion was accepted until the timer fired).
+    pub lease_expiry_guard: bool,
+}
+
+impl Rules {
+    /// Every rule of this build.
+    pub const CURRENT: Rules = Rules {
+        lease_expiry_guard: true,
+    };
+    /// The rules of commit 5e60e31 and earlier (log formats 1 and 2).
+    pub const BEFORE_LEASE_GUARD: Rules = Rules {
+        lease_expiry_guard: false,
+    };
+}
+
+/// Evaluates `command` under every rule of this build ([`Rules::CURRENT`]).
 pub fn evaluate(
     definition: &CompiledDefinition,
     instance: Option<&Instance>,
     command: &Command,
     at: Timestamp,
+) -> Outcome {
+    evaluate_under(definition, instance, command, at, Rules::CURRENT)
+}
+
+/// Evaluates `command` under `rules` (as the replicated log format decides them).
+pub fn evaluate_under(
+    definition: &CompiledDefinition,
+    instance: Option<&Instance>,
+    command: &Command,
+    at: Timestamp,
+    rules: Rules,
 ) -> Outcome {
     let result = match (command, instance) {
         (
@@ -533,6 +571,7 @@ pub fn evaluate(
         (command, Some(instance)) => Eval {
             definition,
             at,
+            rules,
             before: instance,
         }
         .run(command),
@@ -732,6 +771,7 @@ pub(crate) fn join_notes(notes: Vec<String>) -> Option<String> {
 struct Eval<'a> {
     definition: &'a CompiledDefinition,
     at: Timestamp,
+    rules: Rules,
     before: &'a Instance,
 }
 
@@ -1157,6 +1197,22 @@ impl Eval<'_> {
                     "task `{task_id}` is leased to worker `{}`, not `{}`: only the lease holder may heartbeat, complete or fail it",
                     task.worker.as_deref().unwrap_or("?"),
                     worker.id
+                ),
+            ));
+        }
+        if self.rules.lease_expiry_guard
+            && let Some(expired) = task.lease_expires_at.filter(|e| *e <= self.at)
+        {
+            return Err(Refusal::new(
+                RefusalCode::StaleLease,
+                format!(
+                    "the lease of worker `{}` on task `{task_id}` (term {} attempt {}) expired at {expired}, {} before this command at {}; the task goes back to its queue: poll for a new task, and heartbeat more often than the task's timeout ({})",
+                    worker.id,
+                    token.term,
+                    token.attempt,
+                    crate::time::human_ms(self.at.ms_since(expired)),
+                    self.at,
+                    crate::time::human_ms(task.timeout_ms)
                 ),
             ));
         }

@@ -30,8 +30,8 @@ pub use audit::{AuditKind, AuditRecord, PredicateTrace};
 pub use definition::Definition;
 pub use diagnostic::{Code, Diagnostic, Severity};
 pub use engine::{
-    Actor, ActorKind, Change, Command, Effect, Instance, Outcome, Refusal, RefusalCode, Timer,
-    TimerKind, evaluate,
+    Actor, ActorKind, Change, Command, Effect, Instance, Outcome, Refusal, RefusalCode, Rules,
+    Timer, TimerKind, evaluate, evaluate_under,
 };
 pub use limits::Limits;
 pub use migrate::{Migration, TimerPolicy, migrate};

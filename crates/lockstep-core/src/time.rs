@@ -71,3 +71,50 @@ impl fmt::Display for Timestamp {
         write!(f, "{}", self.to_jiff())
     }
 }
+
+/// A duration for people, in the units definitions are written in: `250ms`, `30s`, `1m 30s`,
+/// `16h`, `2d 4h` (the two largest non-zero units; smaller ones are dropped).
+pub fn human_ms(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let units = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1000, "s"),
+    ];
+    let mut rest = ms;
+    let mut parts = Vec::new();
+    for (size, name) in units {
+        if rest >= size {
+            parts.push(format!("{}{name}", rest / size));
+            rest %= size;
+        } else if !parts.is_empty() {
+            // A zero unit between two non-zero ones still counts as one of the two.
+            parts.push(String::new());
+        }
+        if parts.len() == 2 {
+            break;
+        }
+    }
+    parts.retain(|p| !p.is_empty());
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod human_tests {
+    use super::human_ms;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(human_ms(0), "0ms");
+        assert_eq!(human_ms(250), "250ms");
+        assert_eq!(human_ms(30_000), "30s");
+        assert_eq!(human_ms(30_999), "30s");
+        assert_eq!(human_ms(90_000), "1m 30s");
+        assert_eq!(human_ms(57_600_000), "16h");
+        assert_eq!(human_ms(3_600_000 + 5_000), "1h");
+        assert_eq!(human_ms(2 * 86_400_000 + 4 * 3_600_000 + 60_000), "2d 4h");
+    }
+}

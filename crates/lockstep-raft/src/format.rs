@@ -21,8 +21,12 @@ pub const LOG_FORMAT_INITIAL: u32 = 1;
 /// Group commit (`Body::Batch`), request digests in dedup entries (`REQUEST_ID_REUSED`), and
 /// instance ids with the request's position in its batch (`i-<index>-<position>`).
 pub const LOG_FORMAT_BATCHES: u32 = 2;
+/// The lease-expiry guard (`lockstep_core::Rules::lease_expiry_guard`): a task command whose
+/// lease expired at its cluster time is refused `STALE_LEASE` even before the lease-expiry
+/// timer fired. Entries before it are decided as format 2 decided them.
+pub const LOG_FORMAT_LEASE_GUARD: u32 = 3;
 /// The highest log format this build reads and writes.
-pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_BATCHES;
+pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_LEASE_GUARD;
 
 /// A replicated log format, as applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -1,11 +1,12 @@
-//! Log format 2 at the apply level: group-commit batches and request digests, both switched
-//! on by the replicated `SetLogFormat` entry (the cluster-version gate), and format-1 logs
-//! applied exactly as before.
+//! Log formats 2 and 3 at the apply level: group-commit batches and request digests (format
+//! 2) and the lease-expiry guard (format 3), each switched on by the replicated
+//! `SetLogFormat` entry (the cluster-version gate), and older logs applied exactly as before.
 
+use lockstep_core::engine::LeaseToken;
 use lockstep_core::{Actor, ActorKind, RefusalCode, Timestamp};
 use lockstep_raft::apply::{Applier, DefinitionCache};
-use lockstep_raft::format::{LOG_FORMAT_BATCHES, LOG_FORMAT_INITIAL};
-use lockstep_raft::{Body, Proposal, Provenance, Response, Target, TypeConfig, read};
+use lockstep_raft::format::{LOG_FORMAT_BATCHES, LOG_FORMAT_INITIAL, LOG_FORMAT_LEASE_GUARD};
+use lockstep_raft::{Body, Proposal, Provenance, Response, Target, TaskOp, TypeConfig, read};
 use lockstep_store::{Durability, MemStore, Store};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 
@@ -52,11 +53,13 @@ impl Replica {
     }
 
     fn raise_format(&mut self) {
-        let raise = Body::SetLogFormat {
-            version: LOG_FORMAT_BATCHES,
-        };
-        assert_eq!(self.apply(proposal(None, 1_500, raise)), Response::Empty);
-        assert_eq!(read::log_format(&self.store).unwrap().0, LOG_FORMAT_BATCHES);
+        self.raise_format_to(LOG_FORMAT_BATCHES, 1_500);
+    }
+
+    fn raise_format_to(&mut self, version: u32, at_ms: i64) {
+        let raise = Body::SetLogFormat { version };
+        assert_eq!(self.apply(proposal(None, at_ms, raise)), Response::Empty);
+        assert_eq!(read::log_format(&self.store).unwrap().0, version);
     }
 }
 
@@ -279,4 +282,84 @@ fn format_2_entries_are_written_in_envelope_version_2_and_older_ones_in_version_
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Creates, submits and approves `key` (approval starts the `erp` task, timeout 30 s) and has
+/// worker `w1` lease the task at `at_ms`: the task's id and the lease token.
+fn leased_task(replica: &mut Replica, key: &str, at_ms: i64) -> (String, String, LeaseToken) {
+    let (id, _, _) = applied(&replica.apply(proposal(None, at_ms - 30, create(key))));
+    applied(&replica.apply(proposal(None, at_ms - 20, submit(key))));
+    let approve = Body::Transition {
+        target: Target::Id(id.clone()),
+        transition: "approve".into(),
+        payload: serde_json::Value::Null,
+        actor: Actor::new("bob", ActorKind::Human, &["approver"]),
+        expected_version: None,
+    };
+    applied(&replica.apply(proposal(None, at_ms - 10, approve)));
+    let instance = read::instance(&replica.store, &id).unwrap().unwrap();
+    let task_id = instance
+        .tasks
+        .keys()
+        .next()
+        .expect("approve starts a task")
+        .clone();
+    let lease = Body::Task {
+        instance_id: id.clone(),
+        task_id: task_id.clone(),
+        op: TaskOp::Lease { worker: worker() },
+    };
+    applied(&replica.apply(proposal(None, at_ms, lease)));
+    let instance = read::instance(&replica.store, &id).unwrap().unwrap();
+    let token = instance.tasks[&task_id].lease.clone().expect("leased");
+    (id, task_id, token)
+}
+
+fn worker() -> Actor {
+    Actor::new("w1", ActorKind::Worker, &[] as &[&str])
+}
+
+fn complete(instance_id: &str, task_id: &str, token: &LeaseToken) -> Body {
+    Body::Task {
+        instance_id: instance_id.into(),
+        task_id: task_id.into(),
+        op: TaskOp::Complete {
+            token: token.clone(),
+            result: serde_json::json!({"po_number": "PO-1"}),
+            worker: worker(),
+        },
+    }
+}
+
+/// Format 3 refuses a completion whose lease expired at its cluster time, though the
+/// lease-expiry timer has not fired; a format-2 log, replayed by this build, still accepts
+/// it as the build that wrote it did, so replicas of both builds agree.
+#[test]
+fn the_lease_expiry_guard_holds_from_format_3_and_older_logs_keep_their_decisions() {
+    let mut replica = Replica::new();
+    replica.raise_format();
+    // Format 2: leased at 10 s, the 30 s lease expires at 40 s; completed at 41 s.
+    let (old, old_task, old_token) = leased_task(&mut replica, "K-OLD", 10_000);
+    let late = replica.apply(proposal(
+        None,
+        41_000,
+        complete(&old, &old_task, &old_token),
+    ));
+    assert_eq!(applied(&late).0, old, "format 2 accepted a late completion");
+    replica.raise_format_to(LOG_FORMAT_LEASE_GUARD, 41_500);
+    // Format 3: leased at 50 s, expires at 80 s.
+    let (id, task, token) = leased_task(&mut replica, "K-NEW", 50_000);
+    let before = read::instance(&replica.store, &id).unwrap().unwrap();
+    let (code, message) =
+        refusal(&replica.apply(proposal(None, 80_000, complete(&id, &task, &token))));
+    assert_eq!(code, RefusalCode::StaleLease, "{message}");
+    assert!(message.contains("expired at"), "{message}");
+    assert!(message.contains("timeout (30s)"), "{message}");
+    // A refusal changes nothing: same version, still leased.
+    let after = read::instance(&replica.store, &id).unwrap().unwrap();
+    assert_eq!(after, before);
+    // Within its lease the holder still completes (a fresh task, leased at 90 s).
+    let (id, task, token) = leased_task(&mut replica, "K-IN-TIME", 90_000);
+    let done = replica.apply(proposal(None, 119_999, complete(&id, &task, &token)));
+    assert_eq!(applied(&done).0, id);
 }

@@ -460,3 +460,47 @@ async fn a_change_feed_consumer_resumes_on_another_node_with_no_gap_and_no_dupli
         assert_eq!(hashes[..ours.len()], ours[..], "node {}", node + 1);
     }
 }
+
+/// A completion sent the moment its lease expires (by the lease expiry the poll answered) is
+/// refused `STALE_LEASE`, whether the leader's lease-expiry timer fired first or not: the
+/// engine compares the lease with the command's cluster time (log format 3), so a late
+/// worker never wins the race with the timer. Several jobs, so that some completions reach
+/// the leader before its timer fire would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_at_the_lease_expiry_is_refused_whoever_wins_the_race() {
+    let cluster = Cluster::start(Settings::default());
+    let leader = cluster.leader().await;
+    define(&cluster).await;
+    // The lease-expiry guard is on once the cluster-version gate raised the log format.
+    cluster.wait_for_group_commit(Duration::from_secs(30)).await;
+    let w = worker(&cluster, "late", leader);
+    let mut refusals = Vec::new();
+    for _ in 0..6 {
+        let id = start_job(&cluster, "ship").await;
+        let leased = w
+            .poll_tasks("shipping", 1, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(leased.len(), 1);
+        let expires: jiff::Timestamp = leased[0].lease_expires_at.parse().unwrap();
+        let wait = expires.duration_since(jiff::Timestamp::now());
+        if let Ok(wait) = Duration::try_from(wait) {
+            tokio::time::sleep(wait).await;
+        }
+        let late = w
+            .complete_task(
+                &request_id(),
+                leased[0].lease.as_ref().unwrap(),
+                &serde_json::json!({}),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(late.refusal_code(), Some(RefusalCode::StaleLease), "{late}");
+        assert_ne!(instance(&cluster, &id).await.state, "shipped");
+        refusals.push(late.to_string());
+    }
+    // Each refusal names why: the lease expired at a time, or it is no longer the lease.
+    for r in &refusals {
+        assert!(r.contains("expired at") || r.contains("is stale"), "{r}");
+    }
+}
