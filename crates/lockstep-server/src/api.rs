@@ -21,7 +21,8 @@ use lockstep_raft::{
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::node::{Node, wall_clock};
+use crate::cluster::wall_clock;
+use crate::node::Node;
 use crate::security_log::{RefusalKind, SECURITY_LOG_ENTRIES_MAX, SecurityEvent};
 use crate::status;
 use crate::trust::Authenticated;
@@ -91,11 +92,16 @@ impl Api {
             return Err(status::bad_request("request_id is longer than 128 bytes"));
         }
         let attempt = trust_relevant(&body);
-        let applied = self
+        let written = self
             .node
             .client_write(request_id.to_string(), body, Self::forward(metadata))
             .await
             .map_err(status::write_error)?;
+        // A follower forwarded it: the answer names the leader, so the client can go there.
+        if let Some(leader) = &written.forwarded_to {
+            crate::leader_hint::note_forwarded(leader);
+        }
+        let applied = written.response;
         if let (Applied::Refused(refusal), Some((method, actor))) = (&applied, attempt)
             && matches!(
                 refusal.code,

@@ -21,7 +21,8 @@ use lockstep_core::engine::Effect;
 use lockstep_raft::{Body, read};
 use tokio::sync::watch;
 
-use crate::node::{Node, WriteError};
+use crate::cluster::WriteError;
+use crate::node::Node;
 
 /// Most outbox items dispatched and acknowledged by one proposal.
 pub const OUTBOX_DISPATCH_BATCH_MAX: usize = 256;
@@ -81,7 +82,7 @@ async fn dispatch_batch(node: &Node) -> Result<bool, WriteError> {
         None,
         Body::AckOutbox { through: last },
         false,
-        crate::batcher::Lane::Engine,
+        crate::cluster::Lane::Engine,
     )
     .await?;
     Ok(true)

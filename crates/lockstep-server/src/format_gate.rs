@@ -16,7 +16,8 @@ use std::time::Duration;
 use lockstep_raft::Body;
 use lockstep_raft::format::{LOG_FORMAT_BATCHES, LOG_FORMAT_CURRENT};
 
-use crate::node::{ForwardReply, ForwardRequest, Node};
+use crate::cluster::{ForwardReply, ForwardRequest};
+use crate::node::Node;
 
 /// How often the gate is checked.
 pub const GATE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -77,7 +78,7 @@ async fn check(node: &Node) {
         version: LOG_FORMAT_CURRENT,
     };
     if let Err(e) = node
-        .write(None, raise, false, crate::batcher::Lane::Engine)
+        .write(None, raise, false, crate::cluster::Lane::Engine)
         .await
     {
         tracing::warn!(error = %e, "raising the log format failed; retrying");

@@ -1,6 +1,7 @@
 //! Tells clients where the leader is, so their writes stop taking the follower's detour.
 //!
-//! A follower that forwarded a write to the leader (`Node::write`) notes the leader's address;
+//! When a follower forwarded a write to the leader, the write's answer names the leader
+//! (`cluster::Written::forwarded_to`) and the API notes it ([`note_forwarded`]);
 //! [`LeaderHintLayer`] then puts it in the answer's `x-lockstep-leader` header. A client that
 //! has that address among its endpoints sends its next requests there directly
 //! (`lockstep_client` does), which saves the follower a proposal attempt, a forwarding round
@@ -10,7 +11,8 @@
 use std::cell::RefCell;
 use std::task::{Context, Poll};
 
-use crate::metrics::BoxFuture;
+/// A boxed, sendable future (the layer's answer).
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// The response header naming the leader's address, on writes a follower forwarded.
 pub const LEADER_HEADER: &str = "x-lockstep-leader";

@@ -1,9 +1,11 @@
 //! `lockstepd`: one node of a Lockstep cluster.
 //!
 //! - [`config`]: TOML file, flags and environment, checked with clear errors.
-//! - [`node`]: the Raft node on RocksDB, the write path (stamp cluster time, propose, forward
-//!   to the leader) and linearizable reads; [`batcher`]: group commit of concurrent
-//!   proposals into one entry, with a lane for the engine's own work; [`admission`]: the
+//! - [`cluster`]: the write path's vocabulary (`WriteError`, forwarding messages, the
+//!   leader's wall clock), [`cluster::batcher`] (group commit of concurrent proposals into
+//!   one entry, with a lane for the engine's own work) and [`cluster::read_index`]; it
+//!   imports nothing above it. [`node`]: the Raft node on RocksDB, the write path (stamp
+//!   cluster time, propose, forward to the leader) and linearizable reads; [`admission`]: the
 //!   adaptive limit on client work a node admits; [`quota`]: per-actor and per-role rates;
 //!   [`format_gate`]: the cluster-version gate for log formats.
 //! - [`network`] and [`raft_service`]: Raft messages between nodes over gRPC.
@@ -18,7 +20,7 @@
 pub mod admission;
 pub mod api;
 pub mod backup;
-pub mod batcher;
+pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod format_gate;
@@ -29,7 +31,6 @@ pub mod node;
 pub mod policy;
 pub mod quota;
 pub mod raft_service;
-pub mod read_index;
 pub mod security_log;
 pub mod snapshot_policy;
 pub mod status;

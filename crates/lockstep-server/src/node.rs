@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockstep_core::Timestamp;
 use lockstep_proto::v1::internal::RaftMessage;
 use lockstep_proto::v1::internal::raft_client::RaftClient;
 use lockstep_raft::log_store::LogStore;
@@ -23,90 +22,19 @@ use lockstep_raft::{Body, Member, NodeId, Proposal, Response, TypeConfig};
 use lockstep_store::{RocksOptions, RocksStore};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
-use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
-use crate::batcher::Lane;
+use crate::cluster::batcher::{Batcher, Lane};
+use crate::cluster::read_index::SharedReadIndex;
+use crate::cluster::{
+    ForwardReply, ForwardRequest, NO_LEADER_BACKOFF, WRITE_DEADLINE, WriteError, Written,
+    other_leader, wall_clock,
+};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::network::{Network, PeerConnector};
 use crate::wire;
-
-/// How long a write may take, retries and forwarding included, before the caller is told the
-/// outcome is unknown (and should retry with the same request id).
-pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
-/// Pause between attempts while no leader is known.
-const NO_LEADER_BACKOFF: Duration = Duration::from_millis(50);
-
-/// What a follower asks of the leader.
-// Built once per forwarded call and serialized at once: the size of `Write` costs nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ForwardRequest {
-    Write {
-        request_id: Option<String>,
-        body: Body,
-    },
-    ReadIndex,
-    AddLearner {
-        id: NodeId,
-        addr: String,
-    },
-    Promote {
-        ids: Vec<NodeId>,
-    },
-    Remove {
-        id: NodeId,
-    },
-    /// The highest log format the node's build reads (`format_gate.rs`). Last, so that older
-    /// builds, which cannot decode it, refuse it (and so are never counted as ready).
-    LogFormat,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ForwardReply {
-    Written(Response),
-    ReadIndex(u64),
-    Membership(Vec<(NodeId, String, bool)>),
-    LogFormat(u32),
-}
-
-/// Why a write or membership change did not produce a response.
-#[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error)]
-pub enum WriteError {
-    #[error("this node is not the leader (leader: {leader_id:?} at {leader_addr:?})")]
-    NotLeader {
-        leader_id: Option<NodeId>,
-        leader_addr: Option<String>,
-    },
-    #[error(
-        "no leader could be reached within {0:?}; the write may or may not have been applied: retry with the same request id"
-    )]
-    Timeout(Duration),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("the node is shutting down or failed: {0}")]
-    Fatal(String),
-    /// Refused for now by a condition that clears by itself (retry later). Last, so the
-    /// forwarding wire encoding of the older variants stays the same across versions.
-    #[error("{0}")]
-    Busy(String),
-    /// Refused before it was proposed because the node is at its admission limit
-    /// (`admission.rs`): nothing changed; retry after the hint with the same request id.
-    #[error("{message}")]
-    Overloaded {
-        message: String,
-        retry_after_ms: u64,
-    },
-    /// Refused before it was proposed because the caller is over its quota (`quota.rs`).
-    #[error("{message}")]
-    QuotaExceeded {
-        message: String,
-        retry_after_ms: u64,
-        quota: String,
-    },
-}
 
 impl From<crate::admission::Overloaded> for WriteError {
     fn from(o: crate::admission::Overloaded) -> WriteError {
@@ -139,13 +67,13 @@ pub struct Node {
     /// Timers armed since the timer service last scanned (see `timers.rs`).
     pub timers_armed: crate::timers::ArmedSince,
     /// Group commit: every proposal of this node goes through it (`batcher.rs`).
-    pub batcher: crate::batcher::Batcher,
+    pub batcher: Batcher,
     /// Woken (one permit) when an apply armed a timer: the timer service's sleep ends.
     pub timers_wake: Arc<tokio::sync::Notify>,
     /// Woken (one permit) when an apply wrote outbox items: the dispatcher's sleep ends.
     pub outbox_wake: Arc<tokio::sync::Notify>,
     /// Concurrent linearizable reads share quorum rounds (`read_index.rs`).
-    pub read_index: crate::read_index::SharedReadIndex<WriteError>,
+    pub read_index: SharedReadIndex<WriteError>,
     /// The adaptive limit on client writes in flight on this node (`admission.rs`).
     pub admission: crate::admission::Admission,
     /// Places for linearizable reads waiting for a read index (`--reads-in-flight-max`).
@@ -247,7 +175,7 @@ impl Node {
         )
         .await?;
         let proposed_metrics = Arc::clone(&metrics);
-        let batcher = crate::batcher::Batcher::start(raft.clone(), config.id, move |p| {
+        let batcher = Batcher::start(raft.clone(), config.id, move |p| {
             proposed_metrics.observe_proposed(p.entries, p.requests)
         });
         let admission = crate::admission::Admission::new(config.admission);
@@ -333,7 +261,7 @@ impl Node {
         request_id: String,
         body: Body,
         forward: bool,
-    ) -> Result<Response, WriteError> {
+    ) -> Result<Written, WriteError> {
         // Quotas are counted where writes enter the log: on the leader (a follower forwards).
         if self.is_leader()
             && let Some(actor) = actor_of(&body)
@@ -374,15 +302,16 @@ impl Node {
     }
 
     /// Proposes a command in `lane` and returns its applied response, forwarding to the
-    /// leader when this node is a follower and `forward` is set. Client writes go through
-    /// [`Node::client_write`]; the engine's own work calls this with [`Lane::Engine`].
+    /// leader when this node is a follower and `forward` is set (the answer then names the
+    /// leader). Client writes go through [`Node::client_write`]; the engine's own work calls
+    /// this with [`Lane::Engine`].
     pub async fn write(
         &self,
         request_id: Option<String>,
         body: Body,
         forward: bool,
         lane: Lane,
-    ) -> Result<Response, WriteError> {
+    ) -> Result<Written, WriteError> {
         let started = Instant::now();
         loop {
             let answer = self
@@ -397,10 +326,12 @@ impl Node {
                             body: body.clone(),
                         };
                         match self.forward(&addr, request).await {
-                            Ok(ForwardReply::Written(r)) => {
+                            Ok(ForwardReply::Written(response)) => {
                                 // The answer names the leader, so the client can go there.
-                                crate::leader_hint::note_forwarded(&addr);
-                                return Ok(r);
+                                return Ok(Written {
+                                    response,
+                                    forwarded_to: Some(addr),
+                                });
                             }
                             Ok(other) => {
                                 return Err(WriteError::Fatal(format!(
@@ -412,7 +343,12 @@ impl Node {
                         }
                     }
                 }
-                (answer, _) => return answer,
+                (answer, _) => {
+                    return answer.map(|response| Written {
+                        response,
+                        forwarded_to: None,
+                    });
+                }
             }
             if started.elapsed() > WRITE_DEADLINE {
                 return Err(WriteError::Timeout(WRITE_DEADLINE));
@@ -501,14 +437,14 @@ impl Node {
             } => self
                 .client_write(request_id, body, false)
                 .await
-                .map(ForwardReply::Written),
+                .map(|w| ForwardReply::Written(w.response)),
             ForwardRequest::Write {
                 request_id: None,
                 body,
             } => self
                 .write(None, body, false, Lane::Engine)
                 .await
-                .map(ForwardReply::Written),
+                .map(|w| ForwardReply::Written(w.response)),
             ForwardRequest::ReadIndex => {
                 // One quorum round answers every read that arrived before it started.
                 let raft = self.raft.clone();
@@ -835,18 +771,4 @@ fn actor_of(body: &Body) -> Option<&lockstep_core::Actor> {
         }),
         _ => None,
     }
-}
-
-/// The leader's wall clock, the only clock in the write path (apply never reads one).
-pub fn wall_clock() -> Timestamp {
-    Timestamp::from_jiff(jiff::Timestamp::now())
-}
-
-/// The leader named by `id` and `addr`, if both are known and it is not node `me`.
-pub(crate) fn other_leader(
-    me: NodeId,
-    id: Option<NodeId>,
-    addr: Option<String>,
-) -> Option<(NodeId, String)> {
-    id.zip(addr).filter(|(id, _)| *id != me)
 }

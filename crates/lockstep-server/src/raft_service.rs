@@ -6,7 +6,8 @@ use lockstep_proto::v1::internal::RaftMessage;
 use lockstep_proto::v1::internal::raft_server::Raft as RaftRpc;
 use tonic::{Request, Response, Status};
 
-use crate::node::{ForwardRequest, Node};
+use crate::cluster::ForwardRequest;
+use crate::node::Node;
 use crate::security_log::RefusalKind;
 use crate::{trust, wire};
 

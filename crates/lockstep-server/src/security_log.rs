@@ -22,7 +22,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::node::wall_clock;
+use crate::cluster::wall_clock;
 
 /// Most entries a node keeps; older ones are dropped first.
 pub const SECURITY_LOG_ENTRIES_MAX: usize = 1024;

@@ -4,7 +4,7 @@ use lockstep_core::{Refusal, RefusalCode};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::node::WriteError;
+use crate::cluster::WriteError;
 
 /// The ErrorInfo domain of every Lockstep error.
 pub const DOMAIN: &str = "lockstep.dev";

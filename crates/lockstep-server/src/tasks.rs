@@ -18,7 +18,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::api::{Api, change, json};
-use crate::node::wall_clock;
+use crate::cluster::wall_clock;
 use crate::status;
 
 /// Most tasks one poll may lease.

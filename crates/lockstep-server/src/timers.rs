@@ -22,7 +22,8 @@ use openraft::ServerState;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::node::{Node, WriteError, wall_clock};
+use crate::cluster::{WriteError, wall_clock};
+use crate::node::Node;
 
 /// Most timers fired by one proposal.
 pub const TIMERS_FIRE_BATCH_MAX: usize = 256;
@@ -290,7 +291,7 @@ async fn propose_due(
         .submit(
             None,
             Body::FireTimers { timers },
-            crate::batcher::Lane::Engine,
+            crate::cluster::Lane::Engine,
         )
         .await?;
     let task = {

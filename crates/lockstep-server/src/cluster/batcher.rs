@@ -36,7 +36,7 @@ use openraft::error::ClientWriteError;
 use openraft::raft::ClientWriteResponse;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use crate::node::{WriteError, other_leader, wall_clock};
+use crate::cluster::{WriteError, other_leader, wall_clock};
 
 /// Most requests in one log entry.
 pub const BATCH_REQUESTS_MAX: usize = 512;
