@@ -20,10 +20,7 @@
 //!
 //! While writes wait no longer than `TOLERANCE` times the usual, the limit grows (but only
 //! when at least half of it is in use: an idle node learns nothing about its capacity);
-//! when they wait longer, queueing has set in and the limit shrinks until it is gone. A
-//! window in which writes were refused measures the node at its limit, so it moves `long`
-//! ten times less ([`LONG_WEIGHT_AT_LIMIT`]): under sustained overload the usual latency does
-//! not follow the queue up. The
+//! when they wait longer, queueing has set in and the limit shrinks until it is gone. The
 //! bounds `min` and `max` are settings (`--admission-limit-min`, `--admission-limit-max`).
 //!
 //! Only client writes are admitted here. The engine's own proposals (timer fires, lease
@@ -45,13 +42,6 @@ const WINDOW_SAMPLES_MIN: u32 = 8;
 /// Weight of each window's average in the long-term latency (about 100 windows: ~5 s and
 /// more under load).
 const LONG_WEIGHT: f64 = 0.01;
-/// The same weight for a window in which writes were refused (about 1000 windows: ~50 s).
-/// Such a window measures the node at its limit, not its usual latency: learning from it at
-/// the full weight let the usual latency follow the queue under sustained overload, so the
-/// limit crept up to its maximum (2x the peak measured p99 2.7x that at 1x, 2026-12-02). It
-/// still learns a little, so a node whose latency really grew (a slower disk) is not held
-/// at its minimum for as long as the overload lasts.
-const LONG_WEIGHT_AT_LIMIT: f64 = 0.001;
 /// Shortest and longest retry-after hint given with a refusal.
 const RETRY_AFTER_MIN: Duration = Duration::from_millis(10);
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(2);
@@ -108,8 +98,6 @@ struct Limiter {
     window_started: Instant,
     window_sum: Duration,
     window_samples: u32,
-    /// Whether a write was refused during the current window.
-    window_refused: bool,
     /// Long-term average latency (seconds); `None` until the first window closes.
     long: Option<f64>,
     /// The last window's average latency (seconds).
@@ -126,7 +114,6 @@ impl Limiter {
             window_started: now,
             window_sum: Duration::ZERO,
             window_samples: 0,
-            window_refused: false,
             long: None,
             short: None,
         }
@@ -138,7 +125,6 @@ impl Limiter {
 
     fn try_admit(&mut self) -> Result<(), Overloaded> {
         if self.in_flight >= self.limit() {
-            self.window_refused = true;
             return Err(Overloaded {
                 retry_after: self.retry_after(),
                 limit: self.limit(),
@@ -171,7 +157,6 @@ impl Limiter {
             self.window_started = now;
             self.window_sum = Duration::ZERO;
             self.window_samples = 0;
-            self.window_refused = false;
             self.in_flight_peak = self.in_flight;
         }
     }
@@ -180,12 +165,7 @@ impl Limiter {
         let long = match self.long {
             None => short,
             Some(long) => {
-                let weight = if self.window_refused {
-                    LONG_WEIGHT_AT_LIMIT
-                } else {
-                    LONG_WEIGHT
-                };
-                let mut long = long * (1.0 - weight) + short * weight;
+                let mut long = long * (1.0 - LONG_WEIGHT) + short * LONG_WEIGHT;
                 // Coming back from a slow spell: forget it faster than it was learned.
                 if long > 2.0 * short {
                     long *= 0.95;
@@ -357,33 +337,6 @@ mod tests {
         let mut fast = Limiter::new(settings(8, 64), now);
         run(&mut fast, &mut now, 400, 2000, 1);
         assert_eq!(fast.limit(), 64, "never above max");
-    }
-
-    /// Offered far more than it commits, a node's queue grows its latency window by window;
-    /// the usual latency must not follow it (windows with refusals barely count), so the
-    /// limit comes down instead of creeping up to its maximum.
-    #[test]
-    fn sustained_overload_does_not_become_the_usual_latency() {
-        let mut now = Instant::now();
-        let mut l = Limiter::new(settings(8, 1000), now);
-        // Not at the limit: 5 ms is the usual latency.
-        run(&mut l, &mut now, 100, 100, 5);
-        let usual = l.long.expect("learned");
-        assert!((usual - 0.005).abs() < 1e-4, "{usual}");
-        let before = l.limit();
-        // Overloaded for 200 windows (10 s), answered in 7 ms: within tolerance, so the
-        // limit grows, but the usual latency stays near 5 ms.
-        run(&mut l, &mut now, 200, 2000, 7);
-        let drifted = l.long.expect("learned");
-        assert!(
-            drifted < 0.0055,
-            "the usual latency followed the queue: {drifted}"
-        );
-        assert!(l.limit() > before, "{} after {before}", l.limit());
-        // At 9 ms (1.8x the usual) the limit comes down.
-        let grown = l.limit();
-        run(&mut l, &mut now, 40, 2000, 9);
-        assert!(l.limit() < grown, "{} after {grown}", l.limit());
     }
 
     #[test]
