@@ -61,7 +61,11 @@ impl Default for AdmissionSettings {
     fn default() -> Self {
         AdmissionSettings {
             min: 32,
-            max: 1024,
+            // A gradient limiter lets its limit creep up under sustained overload (the usual
+            // latency follows the queue), so the maximum is what bounds queueing then: 1024
+            // gave p99 at 2x the peak 2.0-2.7x that at 1x, 256 gave 2.0-2.3x with the same
+            // goodput (release, 3 nodes, 2 cores, 2026-12-02; benches/README.md).
+            max: 256,
             reads_max: 4096,
         }
     }

@@ -85,7 +85,7 @@ pub struct Flags {
     /// once with RESOURCE_EXHAUSTED / OVERLOADED and a retry-after hint.
     #[arg(long, env = "LOCKSTEP_ADMISSION_LIMIT_MIN", value_name = "WRITES")]
     pub admission_limit_min: Option<usize>,
-    /// Admission control: the adaptive limit never goes above this (default 1024); it starts
+    /// Admission control: the adaptive limit never goes above this (default 256); it starts
     /// halfway between the bounds and follows commit latency. Set both bounds equal for a
     /// fixed limit.
     #[arg(long, env = "LOCKSTEP_ADMISSION_LIMIT_MAX", value_name = "WRITES")]

@@ -114,7 +114,7 @@ fn bad_values_are_named() {
         (
             "--admission-limit-min",
             "2000",
-            "--admission-limit-min 2000 is above --admission-limit-max 1024",
+            "--admission-limit-min 2000 is above --admission-limit-max 256",
         ),
         (
             "--reads-in-flight-max",
