@@ -69,7 +69,7 @@ fn leased() -> (CompiledDefinition, Instance, String, LeaseToken) {
         &lease,
         at(LEASED_AT_MS),
     ));
-    let token = instance.tasks[&task_id].lease.clone().expect("leased");
+    let token = instance.tasks[&task_id].lease.expect("leased");
     (definition, instance, task_id, token)
 }
 
@@ -79,7 +79,7 @@ fn commands(task_id: &str, token: &LeaseToken) -> [(&'static str, Command); 3] {
             "heartbeat",
             Command::HeartbeatTask {
                 task_id: task_id.into(),
-                token: token.clone(),
+                token: *token,
                 worker: worker(),
             },
         ),
@@ -87,7 +87,7 @@ fn commands(task_id: &str, token: &LeaseToken) -> [(&'static str, Command); 3] {
             "complete",
             Command::CompleteTask {
                 task_id: task_id.into(),
-                token: token.clone(),
+                token: *token,
                 result: json!({"po_number": "PO-7"}),
                 worker: worker(),
             },
@@ -96,7 +96,7 @@ fn commands(task_id: &str, token: &LeaseToken) -> [(&'static str, Command); 3] {
             "fail",
             Command::FailTask {
                 task_id: task_id.into(),
-                token: token.clone(),
+                token: *token,
                 error: "ERP down".into(),
                 retryable: true,
                 worker: worker(),

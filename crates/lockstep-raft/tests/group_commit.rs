@@ -311,7 +311,7 @@ fn leased_task(replica: &mut Replica, key: &str, at_ms: i64) -> (String, String,
     };
     applied(&replica.apply(proposal(None, at_ms, lease)));
     let instance = read::instance(&replica.store, &id).unwrap().unwrap();
-    let token = instance.tasks[&task_id].lease.clone().expect("leased");
+    let token = instance.tasks[&task_id].lease.expect("leased");
     (id, task_id, token)
 }
 
@@ -324,7 +324,7 @@ fn complete(instance_id: &str, task_id: &str, token: &LeaseToken) -> Body {
         instance_id: instance_id.into(),
         task_id: task_id.into(),
         op: TaskOp::Complete {
-            token: token.clone(),
+            token: *token,
             result: serde_json::json!({"po_number": "PO-1"}),
             worker: worker(),
         },
