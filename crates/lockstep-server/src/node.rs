@@ -61,9 +61,9 @@ pub struct Node {
     /// Woken by the outbox dispatcher when tasks became ready, so long polls answer at once.
     pub tasks_ready: tokio::sync::Notify,
     /// TLS material, client authentication and the cluster policy.
-    pub trust: crate::trust::Trust,
+    pub trust: Arc<crate::trust::Trust>,
     /// Refused attempts seen by this node (bounded).
-    pub security: crate::security_log::SecurityLog,
+    pub security: Arc<crate::security_log::SecurityLog>,
     /// Timers armed since the timer service last scanned (see `timers.rs`).
     pub timers_armed: crate::timers::ArmedSince,
     /// Group commit: every proposal of this node goes through it (`batcher.rs`).
@@ -189,8 +189,8 @@ impl Node {
             connector,
             leaders: Mutex::new(HashMap::new()),
             tasks_ready: tokio::sync::Notify::new(),
-            trust,
-            security: crate::security_log::SecurityLog::default(),
+            trust: Arc::new(trust),
+            security: Arc::default(),
             timers_armed,
             batcher,
             read_index: Default::default(),

@@ -20,8 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::node::Node;
-use crate::security_log::RefusalKind;
+use crate::security_log::{RefusalKind, SecurityLog};
 
 /// Handshakes in progress at once; further connections wait in the listen backlog.
 pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 256;
@@ -46,7 +45,7 @@ fn refusal(error: &io::Error) -> Option<(&'static str, String)> {
 pub fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    node: Arc<Node>,
+    security: Arc<SecurityLog>,
 ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
     tokio::spawn(async move {
@@ -71,7 +70,7 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
-            let node = Arc::clone(&node);
+            let security = Arc::clone(&security);
             tokio::spawn(async move {
                 let _permit = permit;
                 let remote = remote.to_string();
@@ -97,7 +96,7 @@ pub fn incoming(
                         format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
                     ),
                 };
-                node.security.record(
+                security.record(
                     RefusalKind::Tls,
                     "TLS handshake",
                     "",

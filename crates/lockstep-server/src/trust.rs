@@ -39,9 +39,8 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::config::{Config, JwtSettings, TlsFiles};
-use crate::node::Node;
 use crate::policy::{Permission, PolicySource};
-use crate::security_log::RefusalKind;
+use crate::security_log::{RefusalKind, SecurityLog};
 
 /// What an unauthenticated caller is told.
 pub const HOW_TO_AUTHENTICATE: &str = "no credentials: send `authorization: Bearer <JWT>` with a token from the cluster's issuer (lockstep --token or LOCKSTEP_TOKEN), or connect with a client certificate from the cluster CA (lockstep --tls-cert and --tls-key)";
@@ -596,7 +595,7 @@ impl Trust {
     /// Authenticates and authorizes one public call; every refusal goes to the security log.
     fn admit(
         &self,
-        node: &Node,
+        security: &SecurityLog,
         method: &str,
         headers: &http::HeaderMap,
         peer_certs: Option<&[tonic::transport::CertificateDer<'static>]>,
@@ -605,7 +604,7 @@ impl Trust {
         let actor = self
             .authenticate(headers, peer_certs)
             .inspect_err(|status| {
-                node.security.record(
+                security.record(
                     RefusalKind::Authentication,
                     method,
                     "",
@@ -627,7 +626,7 @@ impl Trust {
             };
             if let Err(reason) = checked {
                 let status = Status::permission_denied(reason);
-                node.security.record(
+                security.record(
                     RefusalKind::Authorization,
                     method,
                     actor.as_ref().map(|a| a.id.as_str()).unwrap_or_default(),
@@ -719,12 +718,15 @@ pub fn connection_of<B>(request: &http::Request<B>) -> (PeerCerts, String) {
 /// to the handlers as [`Authenticated`].
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
-    node: Arc<Node>,
+    trust: Arc<Trust>,
+    security: Arc<SecurityLog>,
 }
 
 impl AuthLayer {
-    pub fn new(node: Arc<Node>) -> AuthLayer {
-        AuthLayer { node }
+    /// Admits calls with `trust` (credentials and the cluster policy) and records every
+    /// refusal in `security`.
+    pub fn new(trust: Arc<Trust>, security: Arc<SecurityLog>) -> AuthLayer {
+        AuthLayer { trust, security }
     }
 }
 
@@ -734,7 +736,8 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> AuthService<S> {
         AuthService {
             inner,
-            node: Arc::clone(&self.node),
+            trust: Arc::clone(&self.trust),
+            security: Arc::clone(&self.security),
         }
     }
 }
@@ -742,7 +745,8 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
 #[derive(Clone, Debug)]
 pub struct AuthService<S> {
     inner: S,
-    node: Arc<Node>,
+    trust: Arc<Trust>,
+    security: Arc<SecurityLog>,
 }
 
 impl<S, ReqBody> tower_service::Service<http::Request<ReqBody>> for AuthService<S>
@@ -763,8 +767,8 @@ where
             return Either::Left(self.inner.call(request));
         }
         let (certs, remote) = connection_of(&request);
-        match self.node.trust.admit(
-            &self.node,
+        match self.trust.admit(
+            &self.security,
             &method,
             request.headers(),
             certs.as_deref().map(Vec::as_slice),

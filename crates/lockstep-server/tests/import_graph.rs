@@ -17,7 +17,6 @@ const TANGLED: &[&str] = &[
     "node",
     "snapshot_policy",
     "timers",
-    "trust",
     "api",
     "tasks",
 ];

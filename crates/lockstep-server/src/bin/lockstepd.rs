@@ -143,7 +143,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
         .timeout(Duration::from_secs(30))
         .layer(GrpcMetricsLayer::new(Arc::clone(&node.metrics)))
-        .layer(lockstep_server::trust::AuthLayer::new(Arc::clone(&node)))
+        .layer(lockstep_server::trust::AuthLayer::new(
+            Arc::clone(&node.trust),
+            Arc::clone(&node.security),
+        ))
         .layer(lockstep_server::leader_hint::LeaderHintLayer)
         .add_service(
             lockstep_proto::v1::internal::raft_server::RaftServer::new(RaftService {
@@ -180,7 +183,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // With TLS the node runs the handshakes itself, so failed ones reach the security log.
     let server = match acceptor {
         Some(acceptor) => tokio::spawn(server.serve_with_incoming_shutdown(
-            lockstep_server::tls_accept::incoming(listener, acceptor, Arc::clone(&node)),
+            lockstep_server::tls_accept::incoming(listener, acceptor, Arc::clone(&node.security)),
             shutdown,
         )),
         None => tokio::spawn(server.serve_with_incoming_shutdown(
