@@ -38,7 +38,32 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::node::Node;
+use lockstep_raft::{Member, NodeId};
+use lockstep_store::RocksStore;
+
+use crate::admission::AdmissionStats;
+use crate::cluster::read_index::RoundStats;
+
+/// What [`Metrics::render`] reads at scrape time from the node it describes (handed in, so
+/// that metrics depend on the values, not on the node).
+pub struct Scrape<'a> {
+    pub raft: openraft::RaftMetrics<NodeId, Member>,
+    pub store: &'a RocksStore,
+    pub admission: AdmissionStats,
+    pub read_index: &'a RoundStats,
+}
+
+impl std::fmt::Debug for Scrape<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scrape")
+            .field("raft", &self.raft)
+            .field("admission", &self.admission)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Renders the node's metrics as Prometheus text; what `GET /metrics` calls.
+pub type Render = Arc<dyn Fn() -> Result<String, std::fmt::Error> + Send + Sync>;
 
 /// Distinct `rpc` label values kept; calls to further paths (e.g. a client probing unknown
 /// methods) are counted under `rpc="other"`, so a caller cannot grow the series without bound.
@@ -418,11 +443,11 @@ impl Metrics {
             .inc();
     }
 
-    /// Reads the scrape-time values (Raft, RocksDB) from `node` and encodes every metric in the
-    /// Prometheus text format.
-    pub fn render(&self, node: &Node) -> Result<String, std::fmt::Error> {
+    /// Sets the scrape-time values (Raft, RocksDB, admission, read index) from `scrape` and
+    /// encodes every metric in the Prometheus text format.
+    pub fn render(&self, scrape: Scrape<'_>) -> Result<String, std::fmt::Error> {
         {
-            let raft = node.raft.metrics().borrow().clone();
+            let raft = scrape.raft;
             self.raft_term.set(raft.current_term);
             self.raft_leader_id.set(raft.current_leader.unwrap_or(0));
             self.raft_is_leader
@@ -438,19 +463,19 @@ impl Metrics {
         }
         // Counters kept elsewhere, copied in at scrape time.
         self.store_synced_writes.inner().store(
-            node.store.synced_writes(),
+            scrape.store.synced_writes(),
             std::sync::atomic::Ordering::Relaxed,
         );
         self.append_entries_sent.inner().store(
             crate::network::APPEND_ENTRIES_SENT.load(std::sync::atomic::Ordering::Relaxed),
             std::sync::atomic::Ordering::Relaxed,
         );
-        let admission = node.admission.stats();
+        let admission = scrape.admission;
         self.admission_limit.set(admission.limit as u64);
         self.admission_in_flight.set(admission.in_flight as u64);
         self.admission_usual_latency
             .set(admission.usual_latency_seconds);
-        let stats = &node.read_index.stats;
+        let stats = scrape.read_index;
         self.read_index_rounds.inner().store(
             stats.rounds.load(std::sync::atomic::Ordering::Relaxed),
             std::sync::atomic::Ordering::Relaxed,
@@ -459,14 +484,14 @@ impl Metrics {
             stats.reads.load(std::sync::atomic::Ordering::Relaxed),
             std::sync::atomic::Ordering::Relaxed,
         );
-        match lockstep_raft::log_store::committed(&*node.store) {
+        match lockstep_raft::log_store::committed(scrape.store) {
             Ok(committed) => {
                 self.raft_committed_index
                     .set(committed.map(|l| l.index).unwrap_or(0));
             }
             Err(e) => tracing::warn!(error = %e, "metrics: cannot read the committed log id"),
         }
-        for (family, sizes) in node.store.family_sizes() {
+        for (family, sizes) in scrape.store.family_sizes() {
             let labels = FamilyLabels {
                 family: family.name(),
             };
@@ -489,25 +514,26 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` completes.
+/// Serves `GET /metrics` on `listener`, each scrape answered by `render`, until `shutdown`
+/// completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    node: Arc<Node>,
+    render: Render,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
-        .with_state(node);
+        .with_state(render);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
 
 async fn scrape(
-    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    axum::extract::State(render): axum::extract::State<Render>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match node.metrics.render(&node) {
+    match render() {
         Ok(text) => (
             [(
                 http::header::CONTENT_TYPE,

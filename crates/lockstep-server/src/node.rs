@@ -249,6 +249,17 @@ impl Node {
         other_leader(self.id, id, addr)
     }
 
+    /// This node's metrics in the Prometheus text format, with the scrape-time values read
+    /// now.
+    pub fn render_metrics(&self) -> Result<String, std::fmt::Error> {
+        self.metrics.render(crate::metrics::Scrape {
+            raft: self.raft.metrics().borrow().clone(),
+            store: &self.store,
+            admission: self.admission.stats(),
+            read_index: &self.read_index.stats,
+        })
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }

@@ -91,9 +91,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let metrics_server = metrics_listener.map(|listener| {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics at /metrics");
         let mut shutdown = shutdown_rx.clone();
+        let scraped = Arc::clone(&node);
         tokio::spawn(lockstep_server::metrics::serve(
             listener,
-            Arc::clone(&node),
+            Arc::new(move || scraped.render_metrics()),
             async move {
                 let _ = shutdown.changed().await;
             },
