@@ -65,7 +65,7 @@ pub struct Node {
     /// Refused attempts seen by this node (bounded).
     pub security: Arc<crate::security_log::SecurityLog>,
     /// Timers armed since the timer service last scanned (see `timers.rs`).
-    pub timers_armed: crate::timers::ArmedSince,
+    pub timers_armed: crate::cluster::ArmedSince,
     /// Group commit: every proposal of this node goes through it (`batcher.rs`).
     pub batcher: Batcher,
     /// Woken (one permit) when an apply armed a timer: the timer service's sleep ends.
@@ -146,7 +146,7 @@ impl Node {
         };
         let metrics = Arc::new(Metrics::new());
         let apply_metrics = Arc::clone(&metrics);
-        let timers_armed = crate::timers::ArmedSince::default();
+        let timers_armed = crate::cluster::ArmedSince::default();
         let armed = timers_armed.clone();
         let timers_wake = Arc::new(tokio::sync::Notify::new());
         let outbox_wake = Arc::new(tokio::sync::Notify::new());

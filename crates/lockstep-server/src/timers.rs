@@ -90,31 +90,6 @@ pub async fn while_leading<F, Fut>(
     }
 }
 
-/// The earliest due time of the timers armed since the timer service last looked: the state
-/// machine's apply hook notes every applied arm after its batch is written (`Node::start`),
-/// and the service takes it before each scan of the due index. It lets the service scan from
-/// where it left off and still see a timer armed with an earlier due time than it has reached.
-#[derive(Clone, Debug)]
-pub struct ArmedSince(Arc<AtomicI64>);
-
-impl Default for ArmedSince {
-    fn default() -> Self {
-        ArmedSince(Arc::new(AtomicI64::new(i64::MAX)))
-    }
-}
-
-impl ArmedSince {
-    /// Notes a timer armed with this due time (micros).
-    pub fn note(&self, due_micros: i64) {
-        self.0.fetch_min(due_micros, Ordering::SeqCst);
-    }
-
-    /// The earliest due time noted since the last call (`i64::MAX`: none), and forgets it.
-    fn take(&self) -> i64 {
-        self.0.swap(i64::MAX, Ordering::SeqCst)
-    }
-}
-
 /// Where the next scan of the due index starts (due time in micros): no armed timer is due
 /// before it, except those [`ArmedSince`] reports. `i64::MIN` scans from the start, as a new
 /// leader does once.
