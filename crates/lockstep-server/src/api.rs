@@ -46,7 +46,7 @@ pub struct Api {
     pub node: Arc<Node>,
     definitions: Arc<Mutex<CompiledByVersion>>,
     /// The polls this node serves, within their bounds (`tasks.rs`).
-    pub(crate) polls: Arc<crate::tasks::PollPlaces>,
+    pub(crate) polls: Arc<crate::polls::PollPlaces>,
 }
 
 impl Api {

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod policy;
+pub mod polls;
 pub mod quota;
 pub mod raft_service;
 pub mod security_log;

@@ -201,7 +201,6 @@ impl Node {
             outbox_wake,
         });
         node.bootstrap_if_first().await?;
-        tokio::spawn(crate::format_gate::run(Arc::downgrade(&node)));
         tokio::spawn(crate::snapshot_policy::run(
             node.raft.clone(),
             appended_bytes,

@@ -21,8 +21,8 @@ use crate::api::{Api, change, json};
 use crate::cluster::wall_clock;
 use crate::status;
 
-/// Most tasks one poll may lease.
-pub const POLL_TASKS_MAX: u32 = 32;
+pub use crate::polls::{POLL_TASKS_MAX, POLLS_MAX, POLLS_PER_QUEUE_MAX, POLLS_PER_WORKER_MAX};
+
 /// Longest a poll may wait for a task.
 pub const POLL_WAIT_MAX_MS: u32 = 30_000;
 /// Longest a waiting poll goes without looking at its queue again, should a wake-up be missed.
@@ -32,90 +32,6 @@ pub const TASK_ERROR_BYTES_MAX: usize = 4096;
 
 /// Ready tasks a poll looks at per task it may lease (the oldest first).
 const LEASE_WINDOW: usize = 16;
-
-/// Most polls one node serves at once, over all queues.
-pub const POLLS_MAX: usize = 16_384;
-/// Most polls one node serves at once for one queue.
-pub const POLLS_PER_QUEUE_MAX: usize = 1_024;
-/// Most polls one node serves at once for one worker (by actor id).
-pub const POLLS_PER_WORKER_MAX: usize = 8;
-
-/// The polls a node is serving, per queue and per worker, within [`POLLS_MAX`],
-/// [`POLLS_PER_QUEUE_MAX`] and [`POLLS_PER_WORKER_MAX`]. A count that falls to zero is
-/// removed, so the maps hold at most as many keys as there are polls.
-#[derive(Debug, Default)]
-pub struct PollPlaces {
-    counts: std::sync::Mutex<PollCounts>,
-}
-
-#[derive(Debug, Default)]
-struct PollCounts {
-    total: usize,
-    queues: std::collections::HashMap<String, usize>,
-    workers: std::collections::HashMap<String, usize>,
-}
-
-/// A poll's place; given back when dropped.
-#[derive(Debug)]
-pub struct PollPlace<'a> {
-    places: &'a PollPlaces,
-    queue: String,
-    worker: String,
-}
-
-impl PollPlaces {
-    /// Polls this node serves now (any queue): how many workers contend for the oldest
-    /// ready tasks.
-    pub fn serving(&self) -> usize {
-        self.counts.lock().expect("poll places lock").total
-    }
-
-    /// Takes a place for a poll of `queue` by `worker`, or says which bound it would pass.
-    pub fn enter<'a>(&'a self, queue: &str, worker: &str) -> Result<PollPlace<'a>, String> {
-        let mut c = self.counts.lock().expect("poll places lock");
-        let on_queue = c.queues.get(queue).copied().unwrap_or(0);
-        let of_worker = c.workers.get(worker).copied().unwrap_or(0);
-        if of_worker >= POLLS_PER_WORKER_MAX {
-            return Err(format!(
-                "worker `{worker}` already has {POLLS_PER_WORKER_MAX} polls waiting on this node, the most one worker may: retry once one of them has answered (one poll may lease up to {POLL_TASKS_MAX} tasks)"
-            ));
-        }
-        if on_queue >= POLLS_PER_QUEUE_MAX {
-            return Err(format!(
-                "queue `{queue}` already has {POLLS_PER_QUEUE_MAX} polls waiting on this node; retry shortly or poll another node"
-            ));
-        }
-        if c.total >= POLLS_MAX {
-            return Err(format!(
-                "this node already serves {POLLS_MAX} polls; retry shortly or poll another node"
-            ));
-        }
-        c.total += 1;
-        *c.queues.entry(queue.to_string()).or_default() += 1;
-        *c.workers.entry(worker.to_string()).or_default() += 1;
-        Ok(PollPlace {
-            places: self,
-            queue: queue.to_string(),
-            worker: worker.to_string(),
-        })
-    }
-}
-
-impl Drop for PollPlace<'_> {
-    fn drop(&mut self) {
-        let mut guard = self.places.counts.lock().expect("poll places lock");
-        let c = &mut *guard;
-        c.total = c.total.saturating_sub(1);
-        for (map, key) in [(&mut c.queues, &self.queue), (&mut c.workers, &self.worker)] {
-            if let Some(n) = map.get_mut(key) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(key);
-                }
-            }
-        }
-    }
-}
 
 /// A stable hash of a worker's id: workers polling at once start at different places.
 fn spread(worker: &str) -> usize {

@@ -85,6 +85,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     let node = Node::start(config.clone()).await?;
+    // The cluster-version gate, a service on the node (it would otherwise tie node and
+    // format_gate into an import circle).
+    tokio::spawn(lockstep_server::format_gate::run(Arc::downgrade(&node)));
     tracing::info!(id = node.id, listen = %config.listen, data_dir = %config.data_dir.display(), "lockstepd started");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
