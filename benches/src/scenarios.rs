@@ -28,6 +28,35 @@ fn order_of(actor: &str) -> serde_json::Value {
     serde_json::json!({"amount": 100, "requester": actor})
 }
 
+/// A client of `identity` with its own HTTP/2 connection to every endpoint. Refusals by
+/// admission control or quotas are returned, not retried: a retry would hide them in the
+/// latency of the request.
+pub(crate) fn bench_client(endpoints: &[String], identity: Identity) -> anyhow::Result<Client> {
+    let options = Options {
+        retry_overloaded: false,
+        ..Options::default()
+    };
+    Client::new(endpoints, Some(identity), options).map_err(anyhow::Error::msg)
+}
+
+/// `count` (at least one) [`bench_client`]s of `identity`.
+pub(crate) fn bench_clients(
+    endpoints: &[String],
+    identity: &Identity,
+    count: usize,
+) -> anyhow::Result<Vec<Client>> {
+    (0..count.max(1))
+        .map(|_| bench_client(endpoints, identity.clone()))
+        .collect()
+}
+
+/// Creates a purchase order requested by `actor`.
+async fn create_order(client: &Client, actor: &str) -> Result<pb::InstanceChange, Error> {
+    client
+        .create(&request_id(), "purchase-order", None, &order_of(actor))
+        .await
+}
+
 /// Most client connections the bench opens per endpoint.
 pub(crate) const CONNECTIONS_MAX: usize = 256;
 /// Most distinct actors the bench drives.
@@ -43,8 +72,7 @@ pub(crate) struct Clients(Arc<[(Arc<Client>, String)]>);
 
 impl Clients {
     /// `actors` requesters named `<prefix>` (one actor) or `<prefix>-<n>`, over `connections`
-    /// clients (at least one per actor). Refusals by admission control or quotas are returned,
-    /// not retried: a retry would hide them in the latency of the request.
+    /// clients (at least one per actor), each a [`bench_client`].
     pub(crate) fn new(
         endpoints: &[String],
         prefix: &str,
@@ -59,10 +87,6 @@ impl Clients {
             (1..=CONNECTIONS_MAX).contains(&connections),
             "--connections must be from 1 to {CONNECTIONS_MAX}, not {connections}"
         );
-        let options = Options {
-            retry_overloaded: false,
-            ..Options::default()
-        };
         let clients = (0..connections.max(actors))
             .map(|i| {
                 let actor = if actors == 1 {
@@ -71,9 +95,7 @@ impl Clients {
                     format!("{prefix}-{}", i % actors)
                 };
                 let identity = Identity::new(&actor, ActorKind::Human, &["requester"]);
-                Client::new(endpoints, Some(identity), options.clone())
-                    .map(|c| (Arc::new(c), actor))
-                    .map_err(anyhow::Error::msg)
+                Ok((Arc::new(bench_client(endpoints, identity)?), actor))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Clients(clients.into()))
@@ -143,9 +165,7 @@ pub(crate) struct Transitions {
 impl Workload for Transitions {
     async fn run_once(&self, sequence: u64, start: Instant) -> Outcome {
         let (client, actor) = self.clients.pick(sequence);
-        let created = client
-            .create(&request_id(), "purchase-order", None, &order_of(actor))
-            .await;
+        let created = create_order(client, actor).await;
         let t1 = Instant::now();
         let c = match created {
             Ok(c) => c,
@@ -206,10 +226,7 @@ pub(crate) struct Creates {
 impl Workload for Creates {
     async fn run_once(&self, sequence: u64, start: Instant) -> Outcome {
         let (client, actor) = self.clients.pick(sequence);
-        let created = client
-            .create(&request_id(), "purchase-order", None, &order_of(actor))
-            .await;
-        one(start, &created)
+        one(start, &create_order(client, actor).await)
     }
 }
 
@@ -253,10 +270,7 @@ impl Workload for Reads {
         let choice = mix(sequence);
         let (client, actor) = self.clients.pick(sequence);
         if choice % FRACTION_SCALE < self.writes_per_scale {
-            let created = client
-                .create(&request_id(), "purchase-order", None, &order_of(actor))
-                .await;
-            return one(start, &created);
+            return one(start, &create_order(client, actor).await);
         }
         if (choice >> 32).is_multiple_of(READS_PER_LIST) {
             let listed = client
@@ -301,19 +315,8 @@ impl Events {
     /// Applies the workflow and creates the keyed instances, as a service actor (events come
     /// from systems, and the workflow allows only service actors to deliver them).
     pub(crate) async fn new(endpoints: &[String], connections: usize) -> anyhow::Result<Events> {
-        let options = Options {
-            retry_overloaded: false,
-            ..Options::default()
-        };
-        let connect = || {
-            Client::new(
-                endpoints,
-                Some(Identity::new("bench-feed", ActorKind::Service, &[])),
-                options.clone(),
-            )
-            .map_err(anyhow::Error::msg)
-        };
-        let client = Arc::new(connect()?);
+        let feed = Identity::new("bench-feed", ActorKind::Service, &[]);
+        let client = Arc::new(bench_client(endpoints, feed.clone())?);
         client
             .apply_definition(&request_id(), EVENTS_WORKFLOW, pb::Provenance::default())
             .await?;
@@ -335,9 +338,7 @@ impl Events {
             .await?;
         }
         Ok(Events {
-            clients: (0..connections.max(1))
-                .map(|_| connect())
-                .collect::<anyhow::Result<_>>()?,
+            clients: bench_clients(endpoints, &feed, connections)?,
             keys: POOL_INSTANCES,
         })
     }

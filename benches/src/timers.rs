@@ -129,20 +129,8 @@ impl TouchLoad {
         busy: &[String],
         short: bool,
     ) -> anyhow::Result<TouchLoad> {
-        let options = Options {
-            retry_overloaded: false,
-            ..Options::default()
-        };
-        let clients = (0..connections.max(1))
-            .map(|_| {
-                Client::new(
-                    endpoints,
-                    Some(Identity::new("bench", ActorKind::Service, &[])),
-                    options.clone(),
-                )
-                .map_err(anyhow::Error::msg)
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let bench = Identity::new("bench", ActorKind::Service, &[]);
+        let clients = crate::scenarios::bench_clients(endpoints, &bench, connections)?;
         Ok(TouchLoad {
             clients,
             busy: busy.to_vec(),
