@@ -12,7 +12,7 @@ use lockstep_core::audit::{ActorRecord, ChainedRecord};
 use lockstep_core::engine::{Command, Effect, Instance, Outcome, TaskStatus};
 use lockstep_core::validate::{CompiledDefinition, compile};
 use lockstep_core::{
-    Actor, AuditKind, AuditRecord, Limits, Migration, Refusal, RefusalCode, Rules, Timestamp,
+    Actor, AuditKind, AuditRecord, Limits, Migration, Refusal, RefusalCode, Timestamp,
     evaluate_under, migrate,
 };
 use lockstep_store::{Batch, Family, Store, envelope, keys};
@@ -20,7 +20,7 @@ use openraft::{Entry, EntryPayload, LogId, StoredMembership};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::format::{LOG_FORMAT_BATCHES, LOG_FORMAT_LEASE_GUARD, LogFormat};
+use crate::format::{LOG_FORMAT_BATCHES, LogFormat};
 use crate::types::{
     Body, Member, Migrated, MigrationCursor, NodeId, Proposal, Provenance, Response, Selection,
     Target, TaskOp, TypeConfig,
@@ -449,15 +449,6 @@ impl<'a, S: Store> Applier<'a, S> {
     }
 
     /// The replicated log format, as this run sees it.
-    /// The engine's rules at this log position: those the replicated format has switched on.
-    fn rules(&mut self) -> StoreResult<Rules> {
-        Ok(if self.format()?.at_least(LOG_FORMAT_LEASE_GUARD) {
-            Rules::CURRENT
-        } else {
-            Rules::BEFORE_LEASE_GUARD
-        })
-    }
-
     fn format(&mut self) -> StoreResult<LogFormat> {
         if let Some(format) = self.format {
             return Ok(format);
@@ -571,7 +562,7 @@ impl<'a, S: Store> Applier<'a, S> {
                     data: data.clone(),
                     actor: actor.clone(),
                 };
-                let rules = self.rules()?;
+                let rules = self.format()?.rules();
                 let outcome = evaluate_under(&definition, None, &command, at, rules);
                 self.commit(log_id, None, outcome)
             }
@@ -741,7 +732,7 @@ impl<'a, S: Store> Applier<'a, S> {
                 reason: format!("instance {instance_id} pins a definition that is not stored"),
             });
         };
-        let rules = self.rules()?;
+        let rules = self.format()?.rules();
         let outcome = evaluate_under(&definition, Some(&instance), &command, at, rules);
         self.commit(log_id, Some(&instance), outcome)
     }

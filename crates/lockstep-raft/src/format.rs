@@ -42,4 +42,13 @@ impl LogFormat {
     pub fn at_least(self, version: u32) -> bool {
         self.0 >= version
     }
+
+    /// The engine's rules from this format on: those it has switched on.
+    pub fn rules(self) -> lockstep_core::Rules {
+        if self.at_least(LOG_FORMAT_LEASE_GUARD) {
+            lockstep_core::Rules::CURRENT
+        } else {
+            lockstep_core::Rules::BEFORE_LEASE_GUARD
+        }
+    }
 }

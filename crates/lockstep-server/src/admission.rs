@@ -25,7 +25,7 @@
 //!
 //! Only client writes are admitted here. The engine's own proposals (timer fires, lease
 //! expiries, outbox acknowledgements, the format gate) never are: they have their own lane in
-//! the batcher (`batcher.rs`), so overload cannot delay an SLA breach.
+//! the batcher (`cluster/batcher.rs`), so overload cannot delay an SLA breach.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -66,13 +66,13 @@ pub struct Node {
     pub security: Arc<crate::security_log::SecurityLog>,
     /// Timers armed since the timer service last scanned (see `timers.rs`).
     pub timers_armed: crate::cluster::ArmedSince,
-    /// Group commit: every proposal of this node goes through it (`batcher.rs`).
+    /// Group commit: every proposal of this node goes through it (`cluster/batcher.rs`).
     pub batcher: Batcher,
     /// Woken (one permit) when an apply armed a timer: the timer service's sleep ends.
     pub timers_wake: Arc<tokio::sync::Notify>,
     /// Woken (one permit) when an apply wrote outbox items: the dispatcher's sleep ends.
     pub outbox_wake: Arc<tokio::sync::Notify>,
-    /// Concurrent linearizable reads share quorum rounds (`read_index.rs`).
+    /// Concurrent linearizable reads share quorum rounds (`cluster/read_index.rs`).
     pub read_index: SharedReadIndex<WriteError>,
     /// The adaptive limit on client writes in flight on this node (`admission.rs`).
     pub admission: crate::admission::Admission,
