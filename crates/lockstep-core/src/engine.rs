@@ -503,16 +503,21 @@ pub struct Rules {
     /// cluster time are refused `STALE_LEASE`, whether or not the lease-expiry timer fired
     /// (without it, a late worker's completion was accepted until the timer fired).
     pub lease_expiry_guard: bool,
+    /// A deliberate bug for the mutation smoke ([`crate::mutation`]); `None` everywhere but
+    /// in a debug build of `lockstepd` run with `LOCKSTEP_MUTATION`.
+    pub mutation: Option<crate::mutation::Mutation>,
 }
 
 impl Rules {
     /// Every rule of this build.
     pub const CURRENT: Rules = Rules {
         lease_expiry_guard: true,
+        mutation: None,
     };
     /// The rules of commit 5e60e31 and earlier (log formats 1 and 2).
     pub const BEFORE_LEASE_GUARD: Rules = Rules {
         lease_expiry_guard: false,
+        mutation: None,
     };
 }
 
@@ -1035,10 +1040,19 @@ impl Eval<'_> {
             predicates: Vec::new(),
             notes: Vec::new(),
         };
+        let mut fires_again = false;
         let (kind, actor, transition, sla, task_id) = match &timer.kind {
             TimerKind::StateExpiry { transition, .. } => {
                 let actor = Actor::system("timer");
                 let taken = work.engine_transition(transition, &actor);
+                if taken.is_some()
+                    && self.rules.mutation == Some(crate::mutation::Mutation::TimerFiresTwice)
+                {
+                    // The bug: the fired timer stays armed, and fires once more (then, the
+                    // instance being out of its state, nothing is taken and it is removed).
+                    work.instance.timers.insert(timer.id.clone(), timer.clone());
+                    fires_again = true;
+                }
                 (AuditKind::TimerFired, actor, taken, None, None)
             }
             TimerKind::SlaWarning { sla, percent } => {
@@ -1127,7 +1141,7 @@ impl Eval<'_> {
         )?;
         change.audit.sla = sla;
         change.audit.task_id = task_id;
-        if !change.timers_cancelled.iter().any(|id| id == timer_id) {
+        if !fires_again && !change.timers_cancelled.iter().any(|id| id == timer_id) {
             change.timers_cancelled.push(timer_id.to_string());
         }
         Ok(change)
@@ -1175,7 +1189,12 @@ impl Eval<'_> {
         worker: &Actor,
     ) -> Result<(), Refusal> {
         let task = self.task(task_id)?;
-        if task.status != TaskStatus::Leased || task.lease.as_ref() != Some(token) {
+        let holds = if self.rules.mutation == Some(crate::mutation::Mutation::LeaseTermOnly) {
+            task.lease.as_ref().map(|l| l.term) == Some(token.term)
+        } else {
+            task.lease.as_ref() == Some(token)
+        };
+        if task.status != TaskStatus::Leased || !holds {
             let current = match (&task.status, &task.lease) {
                 (TaskStatus::Leased, Some(l)) => {
                     format!("the current lease is term {} attempt {}", l.term, l.attempt)

@@ -18,6 +18,7 @@ pub mod graph;
 pub mod json_field;
 pub mod limits;
 pub mod migrate;
+pub mod mutation;
 pub mod retry;
 pub mod scenario;
 pub mod schema;

@@ -44,11 +44,16 @@ impl LogFormat {
     }
 
     /// The engine's rules from this format on: those it has switched on.
+    /// A debug build run with `LOCKSTEP_MUTATION` adds its deliberate bug ([`crate::mutation`]).
     pub fn rules(self) -> lockstep_core::Rules {
-        if self.at_least(LOG_FORMAT_LEASE_GUARD) {
+        let rules = if self.at_least(LOG_FORMAT_LEASE_GUARD) {
             lockstep_core::Rules::CURRENT
         } else {
             lockstep_core::Rules::BEFORE_LEASE_GUARD
+        };
+        lockstep_core::Rules {
+            mutation: crate::mutation::active(),
+            ..rules
         }
     }
 }

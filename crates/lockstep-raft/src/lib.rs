@@ -12,6 +12,7 @@
 pub mod apply;
 pub mod format;
 pub mod log_store;
+pub mod mutation;
 pub mod read;
 pub mod snapshot_data;
 pub mod snapshot_file;

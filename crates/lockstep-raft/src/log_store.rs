@@ -219,7 +219,12 @@ impl<S: Store> RaftLogStorage<TypeConfig> for LogStore<S> {
         }
         self.appended.fetch_add(bytes, Ordering::Relaxed);
         // Synced before the callback: openraft counts the entries as durable when it fires.
-        let result = self.store.write(batch, Durability::Sync);
+        let durability = if crate::mutation::is(crate::mutation::Mutation::UnsyncedLogAppend) {
+            Durability::Buffered
+        } else {
+            Durability::Sync
+        };
+        let result = self.store.write(batch, durability);
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

@@ -32,6 +32,18 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.log_format);
+    match lockstep_raft::mutation::from_env() {
+        Ok(None) => {}
+        Ok(Some(m)) => tracing::warn!(
+            mutation = %m,
+            "MUTATION RUN: this node runs with a deliberate bug ({}={m}) for the test harness; never serve real work with it",
+            lockstep_raft::mutation::ENV
+        ),
+        Err(e) => {
+            eprintln!("lockstepd: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
