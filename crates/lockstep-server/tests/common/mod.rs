@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-pub mod lossy_fs;
+pub use lockstep_lossydisk as lossy_fs;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -23,6 +23,8 @@ pub struct Settings {
     pub logs_to_keep: u64,
     /// More `lockstepd` flags for every node.
     pub node_args: Vec<String>,
+    /// More environment variables for every node (e.g. `LOCKSTEP_MUTATION`).
+    pub node_env: Vec<(String, String)>,
 }
 
 impl Default for Settings {
@@ -32,6 +34,7 @@ impl Default for Settings {
             snapshot_every: 10_000,
             logs_to_keep: 1_000,
             node_args: Vec::new(),
+            node_env: Vec::new(),
         }
     }
 }
@@ -368,6 +371,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.data_dir(i))
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.settings.node_env.iter().map(|(k, v)| (k, v)))
             .env(
                 lockstep_raft::state_machine::CRASH_IN_APPLY_ENV,
                 self.crash_file(i),
@@ -516,12 +520,28 @@ impl Cluster {
 
     /// Waits until every running node has applied the same index, then returns their digests.
     pub async fn converged_digests(&self) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.try_converged_digests(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`Cluster::converged_digests`], waiting at most `within`; the error says what each
+    /// node last answered.
+    pub async fn try_converged_digests(&self, within: Duration) -> Result<Vec<String>, String> {
+        let deadline = Instant::now() + within;
         loop {
             let mut statuses = Vec::new();
             for i in self.running() {
                 statuses.push(self.status(i, true).await);
             }
+            let last = statuses
+                .iter()
+                .map(|s| match s {
+                    Some(s) => format!("node {} applied {}", s.node_id, s.applied_index),
+                    None => "a node did not answer".into(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
             let all: Option<Vec<pb::ClusterStatus>> = statuses.into_iter().collect();
             if let Some(all) = all {
                 let first = all[0].applied_index;
@@ -529,15 +549,16 @@ impl Cluster {
                     let digests: Vec<String> = all.iter().map(|s| s.digest.clone()).collect();
                     // The digest was read after the index; re-check that nothing moved.
                     if digests.iter().all(|d| *d == digests[0]) {
-                        return digests;
+                        return Ok(digests);
                     }
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "replicas did not converge within 60 s; logs in {}",
-                self.dir.path().display()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "replicas did not converge within {within:?} ({last}); logs in {}",
+                    self.dir.path().display()
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

@@ -224,6 +224,15 @@ impl LossyDisk {
     }
 }
 
+impl std::fmt::Debug for LossyDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LossyDisk")
+            .field("mountpoint", &self.mountpoint)
+            .field("unsynced_bytes", &self.unsynced_bytes())
+            .finish()
+    }
+}
+
 impl Drop for LossyDisk {
     fn drop(&mut self) {
         let _ = self.cut();
