@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lockstep_client::{Client, Identity, Options, pb};
 use lockstep_core::ActorKind;
+use lockstep_lossydisk::LossyDisk;
 
 use crate::proxy::{LinkMode, Proxy};
 
@@ -48,6 +49,23 @@ pub struct Cluster {
     faketime: Option<PathBuf>,
     /// The slow-disk shim, written into `dir`.
     slowdisk: PathBuf,
+    /// Each node's lossy disk (its data directory, mounted over `dir/diskN`), when the
+    /// schedule cuts power; `None` while the node's power is off, and for other schedules.
+    disks: Vec<Option<LossyDisk>>,
+    lossy: bool,
+    /// `LOCKSTEP_MUTATION` for every node (the mutation smoke), if any.
+    mutation: Option<String>,
+}
+
+/// How the nodes of a [`Cluster`] run.
+#[derive(Clone, Debug, Default)]
+pub struct NodeSetup {
+    /// Clock offset of each node in seconds (libfaketime), empty or 0 for none.
+    pub skews: Vec<i64>,
+    /// Data directories on lossy disks, so that [`Cluster::power_cut`] can cut power.
+    pub lossy_disks: bool,
+    /// The deliberate bug every node runs with (`LOCKSTEP_MUTATION`).
+    pub mutation: Option<String>,
 }
 
 impl Cluster {
@@ -56,8 +74,13 @@ impl Cluster {
         lockstepd: &Path,
         dir: &Path,
         nodes: usize,
-        skews: Vec<i64>,
+        setup: NodeSetup,
     ) -> anyhow::Result<Cluster> {
+        let NodeSetup {
+            skews,
+            lossy_disks,
+            mutation,
+        } = setup;
         std::fs::create_dir_all(dir)?;
         let mut ports = Vec::new();
         for _ in 0..nodes {
@@ -94,7 +117,18 @@ impl Cluster {
             lockstepd: lockstepd.to_path_buf(),
             faketime,
             slowdisk,
+            disks: Vec::new(),
+            lossy: lossy_disks,
+            mutation,
         };
+        for i in 0..nodes {
+            let disk = if lossy_disks {
+                Some(cluster.mount_disk(i)?)
+            } else {
+                None
+            };
+            cluster.disks.push(disk);
+        }
         for i in 0..nodes {
             cluster.slow_disk(i, 0)?;
             let child = cluster.spawn(i)?;
@@ -123,6 +157,46 @@ impl Cluster {
         self.dir.join(format!("node{}.log", i + 1))
     }
 
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("node{}", i + 1))
+    }
+
+    /// Mounts node `i`'s lossy disk: its data directory, backed by `dir/diskN`.
+    fn mount_disk(&self, i: usize) -> anyhow::Result<LossyDisk> {
+        let backing = self.dir.join(format!("disk{}", i + 1));
+        std::fs::create_dir_all(&backing)?;
+        std::fs::create_dir_all(self.data_dir(i))?;
+        LossyDisk::mount(&backing, &self.data_dir(i)).with_context(|| {
+            format!(
+                "mounting the lossy disk of node {} for a power cut (FUSE: needs /dev/fuse and root, or fusermount3)",
+                i + 1
+            )
+        })
+    }
+
+    /// Power cut of node `i`: the process dies and its disk loses every write it had not
+    /// fsynced; the disk is mounted again at once (the machine boots) and the node restarts
+    /// when the fault heals ([`Cluster::restart`]). Says how many unsynced bytes were lost.
+    pub fn power_cut(&mut self, i: usize) -> anyhow::Result<u64> {
+        anyhow::ensure!(
+            self.lossy,
+            "node {} has no lossy disk: power cuts need NodeSetup::lossy_disks",
+            i + 1
+        );
+        self.kill9(i);
+        let lost = match self.disks[i].take() {
+            Some(disk) => {
+                let lost = disk.unsynced_bytes();
+                disk.power_cut()
+                    .with_context(|| format!("cutting the power of node {}", i + 1))?;
+                lost
+            }
+            None => 0,
+        };
+        self.disks[i] = Some(self.mount_disk(i)?);
+        Ok(lost)
+    }
+
     fn spawn(&self, i: usize) -> anyhow::Result<Child> {
         let members = (0..self.len())
             .map(|j| format!("{}={}", j + 1, self.endpoint(j)))
@@ -145,7 +219,7 @@ impl Cluster {
             // faults are going on.
             .args(["--snapshot-every", "300", "--logs-to-keep", "100"])
             .arg("--data-dir")
-            .arg(self.dir.join(format!("node{}", i + 1)))
+            .arg(self.data_dir(i))
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -161,6 +235,9 @@ impl Cluster {
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
         cmd.env("LD_PRELOAD", preload);
+        if let Some(m) = &self.mutation {
+            cmd.env("LOCKSTEP_MUTATION", m);
+        }
         cmd.spawn()
             .with_context(|| format!("spawn {}", self.lockstepd.display()))
     }
@@ -323,6 +400,8 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
+        // Unmounted only once no node uses them (dropping a disk cuts its power).
+        self.disks.clear();
     }
 }
 

@@ -46,6 +46,9 @@ pub struct Op {
     pub tag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
+    /// The lease token a task operation (Complete) presented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Token>,
     /// The instance id, when the client knew it (workers know only the id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
@@ -63,6 +66,13 @@ pub struct Op {
     pub code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A lease token: the Raft term the lease was granted in and its attempt (from 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    pub term: u64,
+    pub attempt: u32,
 }
 
 impl Op {
@@ -148,6 +158,7 @@ mod tests {
             transition: Some("start".into()),
             tag: Some("t1".into()),
             task_id: None,
+            token: None,
             instance: None,
             invoke_us: 10,
             complete_us: 20,

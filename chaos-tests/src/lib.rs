@@ -4,6 +4,7 @@
 pub mod checks;
 pub mod cluster;
 pub mod history;
+pub mod mutations;
 pub mod nemesis;
 pub mod proxy;
 pub mod report;

@@ -9,14 +9,10 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use lockstep_chaos::checks::{self, Observation};
 use lockstep_chaos::cluster::libfaketime;
+use lockstep_chaos::mutations;
 use lockstep_chaos::run::{RunConfig, RunSummary, default_lockstepd, run};
-use lockstep_chaos::schedule::Schedule;
+use lockstep_chaos::schedule::{SMOKE_SEEDS, Schedule};
 use lockstep_chaos::{parse_duration_ms, report};
-
-/// Seeds of the smoke suite (run by scripts/test): together they apply every fault kind
-/// (kill -9 of leader, follower and majority, pause, every partition, delay, whole-cluster
-/// restart, seed 27's membership change and seed 5's slow disks), without clock skew.
-const SMOKE_SEEDS: [u64; 7] = [10, 28, 19, 25, 11, 27, 5];
 
 #[derive(Debug, Parser)]
 #[command(name = "lockstep-chaos", version, about)]
@@ -60,7 +56,8 @@ enum Command {
         #[arg(long, default_value = "20s", value_parser = parse_duration_ms)]
         duration: u64,
     },
-    /// The CI suite: six fixed 3-node schedules without clock skew (under 3 minutes).
+    /// The CI suite: eight fixed 3-node schedules without clock skew that together apply
+    /// every fault kind (about 3 minutes).
     Smoke {
         #[arg(long, default_value = "14s", value_parser = parse_duration_ms)]
         duration: u64,
@@ -76,6 +73,14 @@ enum Command {
         /// Stop starting new schedules after this long (e.g. 10m); the table covers those run.
         #[arg(long, value_parser = parse_duration_ms)]
         budget: Option<u64>,
+    },
+    /// The mutation smoke: one short run per deliberate bug (a debug lockstepd with
+    /// LOCKSTEP_MUTATION), each of which a checker named for it must catch; exit 0 only if
+    /// every mutation was caught (about 2 minutes).
+    Mutations {
+        /// Run only these mutations (by name; repeatable).
+        #[arg(long)]
+        only: Vec<String>,
     },
     /// Re-run the checkers on a run folder's observation.json.
     Check { folder: PathBuf },
@@ -260,6 +265,85 @@ fn table(runs: &[RunSummary]) -> String {
     out
 }
 
+/// Runs every mutation's schedule; exit 0 only if each was caught by one of its checkers.
+async fn mutation_smoke(cli: &Cli, only: &[String]) -> ExitCode {
+    for name in only {
+        if let Err(e) = lockstep_core::mutation::Mutation::parse(name) {
+            eprintln!("--only: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let config = RunConfig {
+        lockstepd: cli.lockstepd.clone().unwrap_or_else(default_lockstepd),
+        results: cli.results.join("mutations"),
+        clients: cli.clients,
+        workers: cli.workers,
+        keep: cli.keep,
+    };
+    let mut missed = Vec::new();
+    let mut rows = Vec::new();
+    for m in mutations::runs() {
+        let name = m.mutation.name();
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
+        println!("mutation {name}: {}", m.why);
+        let bar = spinner();
+        bar.set_prefix(name.to_string());
+        let summary = run(&config, &m.schedule, |msg| bar.set_message(msg.to_string())).await;
+        bar.finish_and_clear();
+        let failed: Vec<&str> = summary
+            .checks
+            .iter()
+            .filter(|c| !c.ok())
+            .map(|c| c.name.as_str())
+            .collect();
+        let caught = failed.iter().any(|c| m.caught_by.contains(c));
+        let verdict = match (&summary.error, caught) {
+            (Some(e), _) => format!("NOT CAUGHT: the run could not be carried out: {e}"),
+            (None, true) => format!("caught by {}", failed.join(", ")),
+            (None, false) if failed.is_empty() => "NOT CAUGHT: every check passed".to_string(),
+            (None, false) => format!(
+                "NOT CAUGHT by {} (only by {})",
+                m.caught_by.join(" or "),
+                failed.join(", ")
+            ),
+        };
+        for c in summary.checks.iter().filter(|c| !c.ok()) {
+            for p in c.problems.iter().take(2) {
+                println!("    {}: {p}", c.name);
+            }
+        }
+        println!(
+            "  → {verdict} ({} ops, {:.1}s)",
+            summary.ops, summary.seconds
+        );
+        if summary.error.is_some() || !caught {
+            missed.push(name);
+        }
+        rows.push((name, verdict));
+    }
+    println!();
+    for (name, verdict) in &rows {
+        println!("{name:<24} {verdict}");
+    }
+    if missed.is_empty() {
+        println!(
+            "every mutation was caught ({} of {})",
+            rows.len(),
+            rows.len()
+        );
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "the harness missed {}: a checker has a blind spot (run folders under {})",
+            missed.join(", "),
+            config.results.display()
+        );
+        ExitCode::FAILURE
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -340,6 +424,7 @@ async fn main() -> ExitCode {
             }
             vec![summary]
         }
+        Command::Mutations { only } => return mutation_smoke(&cli, only).await,
         Command::Smoke { duration } => {
             let schedules = SMOKE_SEEDS
                 .iter()

@@ -120,6 +120,27 @@ pub fn apply(cluster: &mut Cluster, step: &Step, leader: Option<usize>) -> Strin
             }
             "kill -9 every node".into()
         }
+        Fault::PowerCutLeader => match cluster.power_cut(l) {
+            Ok(lost) => format!(
+                "power cut of {} ({known}): {lost} unsynced bytes lost",
+                nodes(&[l])
+            ),
+            Err(e) => format!("POWER CUT FAILED: {e:#}"),
+        },
+        Fault::PowerCutAll => {
+            // Killed first, all of them, so that no node sees another's disk die first.
+            for i in 0..n {
+                cluster.kill9(i);
+            }
+            let mut lost = 0;
+            for i in 0..n {
+                match cluster.power_cut(i) {
+                    Ok(bytes) => lost += bytes,
+                    Err(e) => return format!("POWER CUT FAILED: {e:#}"),
+                }
+            }
+            format!("power cut of every node: {lost} unsynced bytes lost")
+        }
         // Asynchronous: see `change_membership`.
         Fault::Membership => (f + 1).to_string(),
     }
@@ -271,6 +292,11 @@ pub async fn run(
         let leader = cluster.leader(Duration::from_millis(1_500)).await;
         let began = start.elapsed();
         let mut detail = apply(cluster, step, leader);
+        anyhow::ensure!(
+            !detail.starts_with("POWER CUT FAILED"),
+            "{}: {detail}",
+            step.fault.name()
+        );
         let mut removed = None;
         if step.fault == Fault::Membership {
             let f: usize = detail.parse::<usize>().unwrap_or(1) - 1;

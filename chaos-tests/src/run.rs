@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::checks::{self, AuditEntry, CheckReport, FinalInstance, Observation, Replica};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, NodeSetup};
 use crate::history::{self, FaultWindow, Op, Outcome};
 use crate::schedule::Schedule;
 use crate::workload::{self, Keys, Recorder, client_options};
@@ -234,6 +234,7 @@ pub async fn run(
         if !config.keep {
             for i in 1..=schedule.nodes {
                 let _ = std::fs::remove_dir_all(folder.join(format!("node{i}")));
+                let _ = std::fs::remove_dir_all(folder.join(format!("disk{i}")));
             }
         }
         summary.folder = Some(folder);
@@ -254,7 +255,11 @@ async fn run_inner(
         &config.lockstepd,
         folder,
         schedule.nodes,
-        schedule.skews.clone(),
+        NodeSetup {
+            skews: schedule.skews.clone(),
+            lossy_disks: schedule.has_power_cut(),
+            mutation: schedule.mutation.clone(),
+        },
     )
     .await?;
     apply_definition(&cluster).await?;
@@ -268,14 +273,19 @@ async fn run_inner(
     let received = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = tokio::task::JoinSet::new();
     for p in 0..config.clients {
-        let client = cluster.client(
-            p as usize,
-            Identity::new(&format!("client-{p}"), ActorKind::Human, &[]),
-            client_options(),
-        );
+        let identity = Identity::new(&format!("client-{p}"), ActorKind::Human, &[]);
+        let client = cluster.client(p as usize, identity.clone(), client_options());
+        let readers = cluster
+            .endpoints()
+            .iter()
+            .map(|e| {
+                cluster.client_for(std::slice::from_ref(e), identity.clone(), client_options())
+            })
+            .collect();
         tasks.spawn(workload::client(
             p,
             client,
+            readers,
             Arc::clone(&rec),
             Arc::clone(&keys),
             schedule.process_seed(p as u64),
@@ -286,7 +296,9 @@ async fn run_inner(
         let p = 100 + w;
         let client = cluster.client(
             (w + 1) as usize,
-            Identity::new(&format!("worker-{w}"), ActorKind::Worker, &[]),
+            // One identity for every worker process, as the pods of one worker deployment
+            // share a service account: only the lease token fences one from another.
+            Identity::new(workload::WORKER_ID, ActorKind::Worker, &[]),
             client_options(),
         );
         tasks.spawn(workload::worker(

@@ -36,9 +36,54 @@ pub enum Fault {
     /// A follower removed from the voters under load, added back as a learner and promoted
     /// when the fault heals.
     Membership,
+    /// The leader loses power: killed, and its disk loses every write it had not fsynced;
+    /// it boots again when the fault heals. Nodes run on lossy disks (`lockstep-lossydisk`)
+    /// in every schedule with a power cut.
+    PowerCutLeader,
+    /// Every node loses power at once (as `PowerCutLeader`, all of them).
+    PowerCutAll,
 }
 
+/// The seeds of the CI smoke suite (`lockstep-chaos smoke`, run by scripts/test), 3 nodes and
+/// no clock skew: together they apply every fault kind
+/// (`the_smoke_seeds_together_apply_every_fault_kind`).
+pub const SMOKE_SEEDS: [u64; 8] = [10, 28, 19, 25, 11, 27, 5, 20];
+
+/// Every fault kind, by the name the summary table counts it under.
+pub const FAULT_KINDS: [&str; 16] = [
+    "partition-follower",
+    "partition-leader-minority",
+    "isolate-leader",
+    "asymmetric-leader",
+    "bridge-leader",
+    "delay",
+    "slow-disk",
+    "kill-leader",
+    "kill-follower",
+    "kill-majority",
+    "pause-leader",
+    "pause-follower",
+    "restart-all",
+    "membership",
+    "power-cut-leader",
+    "power-cut-all",
+];
+
 impl Fault {
+    /// The kind, as [`FAULT_KINDS`] names it (`delay`, not `delay-30ms`).
+    pub fn kind(&self) -> String {
+        match self {
+            Fault::Delay(_) => "delay".into(),
+            Fault::SlowDisk(_) => "slow-disk".into(),
+            other => other.name(),
+        }
+    }
+
+    /// Whether the fault cuts a node's power (its nodes then run on lossy disks).
+    pub fn is_power_cut(&self) -> bool {
+        matches!(self, Fault::PowerCutLeader | Fault::PowerCutAll)
+    }
+
     pub fn name(&self) -> String {
         match self {
             Fault::Delay(ms) => format!("delay-{ms}ms"),
@@ -75,6 +120,10 @@ pub struct Schedule {
     pub skews: Vec<i64>,
     pub duration_ms: u64,
     pub steps: Vec<Step>,
+    /// The deliberate bug every node runs with (`LOCKSTEP_MUTATION`; the mutation smoke
+    /// only, `lockstep-chaos mutations`); `None` for a real run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutation: Option<String>,
 }
 
 impl Schedule {
@@ -100,6 +149,9 @@ impl Schedule {
         // stream so that the rest of the schedule stays as it was before this fault existed.
         let mut membership = StdRng::seed_from_u64(seed ^ 0x6D65_6D62_6572_7368);
         let mut disk = StdRng::seed_from_u64(seed ^ 0x736C_6F77_6469_736B);
+        // A third of the leader kills and of the whole-cluster restarts become power cuts,
+        // from a stream of their own (the rest of the schedule stays as it was).
+        let mut power = StdRng::seed_from_u64(seed ^ 0x706F_7765_7263_7574);
         let mut steps = Vec::new();
         let mut t = 1_000 + rng.random_range(0..1_000);
         while t + 2_500 < duration_ms {
@@ -115,12 +167,14 @@ impl Schedule {
                     ms if disk.random_bool(0.5) => Fault::SlowDisk(ms),
                     ms => Fault::Delay(ms),
                 },
+                6 if power.random_bool(1.0 / 3.0) => Fault::PowerCutLeader,
                 6 => Fault::KillLeader,
                 7 => Fault::KillFollower,
                 8 => Fault::KillMajority,
                 9 => Fault::PauseLeader,
                 10 => Fault::PauseFollower,
                 _ if membership.random_bool(0.5) => Fault::Membership,
+                _ if power.random_bool(1.0 / 3.0) => Fault::PowerCutAll,
                 _ => Fault::RestartAll,
             };
             let hold_ms = rng.random_range(1_500..=5_000).min(duration_ms - t - 1_000);
@@ -139,7 +193,13 @@ impl Schedule {
             skews,
             duration_ms,
             steps,
+            mutation: None,
         }
+    }
+
+    /// Whether any step cuts power (the nodes then run on lossy disks).
+    pub fn has_power_cut(&self) -> bool {
+        self.steps.iter().any(|s| s.fault.is_power_cut())
     }
 
     /// Gives about 3 in 10 steps a burst of client writes, from a stream of the seed's own
@@ -154,6 +214,9 @@ impl Schedule {
     /// A one-line description: `3 nodes, skew [0,+2,-1]: kill-leader@1.2s/3.1s, …`.
     pub fn describe(&self) -> String {
         let mut s = format!("{} nodes", self.nodes);
+        if let Some(m) = &self.mutation {
+            s.push_str(&format!(", MUTATION {m}"));
+        }
         if self.skews.iter().any(|x| *x != 0) {
             let offsets: Vec<String> = self.skews.iter().map(|x| format!("{x:+}s")).collect();
             s.push_str(&format!(", clocks [{}]", offsets.join(",")));
@@ -223,14 +286,12 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         for seed in 0..100 {
             for st in Schedule::generate(seed, None, 30_000, true).steps {
-                seen.insert(match st.fault {
-                    Fault::Delay(_) => "delay".to_string(),
-                    Fault::SlowDisk(_) => "slow-disk".to_string(),
-                    f => f.name(),
-                });
+                seen.insert(st.fault.kind());
             }
         }
-        assert_eq!(seen.len(), 14, "{seen:?}");
+        let all: std::collections::BTreeSet<String> =
+            FAULT_KINDS.iter().map(|k| k.to_string()).collect();
+        assert_eq!(seen, all);
         let plain = Schedule::generate(7, None, 30_000, true);
         assert!(plain.steps.iter().all(|st| !st.burst), "bursts are opt-in");
         let bursts = (0..100)
@@ -245,5 +306,23 @@ mod tests {
         assert_eq!(Fault::KillLeader.name(), "kill-leader");
         assert_eq!(Fault::Delay(30).name(), "delay-30ms");
         assert_eq!(Fault::SlowDisk(40).name(), "slow-disk-40ms");
+        assert_eq!(Fault::PowerCutAll.name(), "power-cut-all");
+    }
+
+    /// The smoke suite's seeds, as `lockstep-chaos smoke` runs them (3 nodes, 14 s, no
+    /// skew), apply every fault kind between them.
+    #[test]
+    fn the_smoke_seeds_together_apply_every_fault_kind() {
+        let seen: std::collections::BTreeSet<String> = SMOKE_SEEDS
+            .iter()
+            .flat_map(|seed| Schedule::generate(*seed, Some(3), 14_000, false).steps)
+            .map(|st| st.fault.kind())
+            .collect();
+        let missing: Vec<&str> = FAULT_KINDS
+            .iter()
+            .copied()
+            .filter(|k| !seen.contains(*k))
+            .collect();
+        assert!(missing.is_empty(), "no smoke seed applies {missing:?}");
     }
 }

@@ -16,6 +16,9 @@ pub const EXPIRES_MS: i64 = 3_000;
 pub const SLA_WITHIN_MS: i64 = 2_000;
 /// The task queue.
 pub const QUEUE: &str = "chaos";
+/// A task lease's timeout (`timeout: 2s`): without a heartbeat it expires this long after
+/// it was granted.
+pub const LEASE_TIMEOUT_MS: i64 = 2_000;
 
 pub const SOURCE: &str = r#"
 workflow: chaos

@@ -111,6 +111,7 @@ fn blank(rec: &Recorder, process: u32, kind: OpKind, key: &str) -> Op {
         transition: None,
         tag: (kind != OpKind::Read).then(|| format!("p{process}-{id}")),
         task_id: None,
+        token: None,
         instance: None,
         invoke_us: rec.now_us(),
         complete_us: 0,
@@ -152,10 +153,14 @@ impl Keys {
     }
 }
 
-/// A client process: one operation at a time until `stop`.
+/// A client process: one operation at a time until `stop`. Writes and half of the reads go
+/// through `client`, which follows the leader; the other half of the reads go to a node picked
+/// at random through `readers` (one client per node, pinned to it, as callers behind a load
+/// balancer reach any node), so that followers serve linearizable reads too.
 pub async fn client(
     process: u32,
     client: Client,
+    readers: Vec<Client>,
     rec: Arc<Recorder>,
     keys: Arc<Keys>,
     seed: u64,
@@ -200,7 +205,12 @@ pub async fn client(
             }
             (_, Some(key)) => {
                 let mut op = blank(&rec, process, OpKind::Read, &key);
-                let r = client
+                let via = if !readers.is_empty() && rng.random_bool(0.5) {
+                    &readers[rng.random_range(0..readers.len())]
+                } else {
+                    &client
+                };
+                let r = via
                     .get(
                         by_key(workflow::NAME, &key),
                         pb::ReadConsistency::Linearizable,
@@ -223,6 +233,9 @@ pub async fn client(
         }
     }
 }
+
+/// The identity every worker process acts as.
+pub const WORKER_ID: &str = "chaos-workers";
 
 /// A worker process: leases tasks and completes them, sometimes too late (after its lease
 /// expired, so the task was leased again: the late completion must be refused).
@@ -257,6 +270,10 @@ pub async fn worker(
             // The key is filled in from the instance id after the run.
             let mut op = blank(&rec, process, OpKind::Complete, "");
             op.task_id = Some(lease.task_id.clone());
+            op.token = lease.token.as_ref().map(|t| crate::history::Token {
+                term: t.term,
+                attempt: t.attempt,
+            });
             op.instance = Some(lease.instance_id.clone());
             let result = tag_payload(op.tag.as_deref().unwrap_or_default());
             let r = client.complete_task(&request_id(), &lease, &result).await;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::history::Op;
 
+pub mod chain;
 pub mod convergence;
 pub mod feed;
 pub mod linear;
@@ -30,6 +31,24 @@ pub struct TimerFire {
 pub struct AuditEntry {
     pub seq: u64,
     pub hash: String,
+    /// The Raft term of the entry that wrote it (a lease's term, for `task_leased`).
+    #[serde(default)]
+    pub raft_term: u64,
+    /// The chain links as the record carries them (hex): the previous record's hash in the
+    /// global chain, its place and the previous hash in its instance's chain, and its own
+    /// instance hash.
+    #[serde(default)]
+    pub prev_hash: String,
+    #[serde(default)]
+    pub instance_seq: u64,
+    #[serde(default)]
+    pub instance_prev_hash: String,
+    #[serde(default)]
+    pub instance_hash: String,
+    /// Whether hashing the record's own content again (by the harness, not the server) gives
+    /// the hashes it carries.
+    #[serde(default = "yes")]
+    pub rehashed_ok: bool,
     pub instance_id: String,
     /// The instance's workflow (empty for records that name none, and in observations saved
     /// before it was recorded, which held the checked workflow only).
@@ -50,14 +69,40 @@ pub struct AuditEntry {
     pub sla: Option<String>,
 }
 
+fn yes() -> bool {
+    true
+}
+
 impl AuditEntry {
     pub fn from_pb(r: &pb::AuditRecord) -> Result<AuditEntry, String> {
         let c: ChainedRecord = serde_json::from_str(&r.record_json)
             .map_err(|e| format!("audit record {}: {e}", r.global_seq))?;
         let rec = &c.record;
+        let hash = |h: &str| lockstep_core::audit::decode_hash(h);
+        let rehashed_ok = match (hash(&c.prev_hash), hash(&c.instance_prev_hash)) {
+            (Some(prev), Some(instance_prev)) => {
+                let again = ChainedRecord::link(
+                    c.record.clone(),
+                    c.global_seq,
+                    c.instance_seq,
+                    c.raft_term,
+                    c.raft_index,
+                    prev,
+                    instance_prev,
+                );
+                again.hash == c.hash && again.instance_hash == c.instance_hash
+            }
+            _ => false,
+        };
         Ok(AuditEntry {
             seq: c.global_seq,
             hash: c.hash.clone(),
+            raft_term: c.raft_term,
+            prev_hash: c.prev_hash.clone(),
+            instance_seq: c.instance_seq,
+            instance_prev_hash: c.instance_prev_hash.clone(),
+            instance_hash: c.instance_hash.clone(),
+            rehashed_ok,
             instance_id: rec.instance_id.clone(),
             workflow: rec.workflow.clone(),
             version: rec.instance_version,
@@ -174,6 +219,7 @@ pub fn run_all(obs: &Observation) -> Vec<CheckReport> {
         timers::check(obs),
         tasks::check(obs),
         feed::check(obs),
+        chain::check(obs),
     ]
 }
 
@@ -202,6 +248,7 @@ pub(crate) mod testkit {
                 Some(format!("t{id}"))
             },
             task_id: None,
+            token: None,
             instance: None,
             invoke_us: t.0,
             complete_us: t.1,
@@ -261,6 +308,12 @@ pub(crate) mod testkit {
         AuditEntry {
             seq,
             hash: format!("h{seq}"),
+            raft_term: 1,
+            prev_hash: String::new(),
+            instance_seq: 0,
+            instance_prev_hash: String::new(),
+            instance_hash: String::new(),
+            rehashed_ok: true,
             instance_id: instance.into(),
             workflow: crate::workflow::NAME.into(),
             version,

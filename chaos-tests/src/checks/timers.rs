@@ -15,8 +15,10 @@ use crate::workflow::{EXPIRES_MS, SLA_WITHIN_MS};
 pub const RACE_SLACK_US: i64 = 10_000_000;
 pub const END_SLACK_US: i64 = 3_000_000;
 
+/// A fire of the state expiry: the engine records it as `timer_fired` whether or not it took
+/// the `expire` transition (one that took none acted on an instance no longer `open`).
 fn is_expiry(r: &AuditEntry) -> bool {
-    r.timer.is_some() && r.transition.as_deref() == Some("expire")
+    r.timer.is_some() && r.kind == "timer_fired"
 }
 
 fn is_breach(r: &AuditEntry) -> bool {
@@ -245,6 +247,25 @@ mod tests {
             r.problems
                 .iter()
                 .any(|p| p.contains("after the instance had left open"))
+        );
+    }
+
+    /// Found by the `timer-fires-twice` mutation: a second fire of the expiry takes no
+    /// transition (the instance is no longer open), and the checker used to find expiries by
+    /// their `expire` transition only.
+    #[test]
+    fn a_second_fire_that_took_no_transition_fails() {
+        let mut obs = expired();
+        let mut again = expiry(3, 3, 3_200, "expired");
+        again.transition = None;
+        again.from = None;
+        again.to = None;
+        obs.audit.push(again);
+        let r = check(&obs);
+        assert!(
+            r.problems.iter().any(|p| p.contains("double timer fire")),
+            "{:?}",
+            r.problems
         );
     }
 
