@@ -127,6 +127,21 @@ async fn converge(cluster: &Cluster, within: Duration) -> anyhow::Result<Vec<pb:
     }
 }
 
+/// A create of the burst workflow (no timers, no tasks), retried for up to 30 s; a failure is
+/// left to the checkers (the timers checker then sees the end as of the last write).
+async fn sentinel(admin: &Client) {
+    let id = request_id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admin
+        .create(&id, workflow::BURST_NAME, None, &serde_json::json!({}))
+        .await
+        .is_err()
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// Reads every replica's digest and audit verification (whatever state they are in).
 async fn replicas(cluster: &Cluster) -> Vec<Replica> {
     let mut out = Vec::new();
@@ -265,6 +280,9 @@ async fn run_inner(
     apply_definition(&cluster).await?;
 
     let start = Instant::now();
+    let start_wall_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
     let rec = Arc::new(Recorder::new(start));
     let keys = Arc::new(Keys::default());
     let (stop_clients, clients_stopped) = watch::channel(false);
@@ -330,19 +348,41 @@ async fn run_inner(
     while tasks.join_next().await.is_some() {}
 
     progress("converging");
-    let statuses = converge(&cluster, Duration::from_secs(60)).await;
     let admin = admin(&cluster);
+    // The sentinel: one write after everything settled moves cluster time to now, so the
+    // timers checker can tell that nothing armed is overdue at the end.
+    sentinel(&admin).await;
+    // Timers armed by the last operations (a lease left behind by a refused late completion
+    // expires 2 s later, its retry 300 ms after that) may still fire while the harness reads
+    // the cluster back: read again until the replicas, the feed and the final reads all saw
+    // the same applied index (at most three times; then the checkers judge what was read).
     let key_list = keys.all().await;
-    let finals_raw = workload::final_reads(&admin, &key_list).await?;
-    let feed = workload::read_feed(&admin).await?;
-    let audit: Vec<AuditEntry> = feed
-        .iter()
-        .map(AuditEntry::from_pb)
-        .collect::<Result<_, _>>()
-        .map_err(anyhow::Error::msg)?;
+    let mut reads = 0;
+    let (statuses, finals_raw, audit, replicas) = loop {
+        reads += 1;
+        let statuses = converge(&cluster, Duration::from_secs(60)).await;
+        let finals_raw = workload::final_reads(&admin, &key_list).await?;
+        let feed = workload::read_feed(&admin).await?;
+        let audit: Vec<AuditEntry> = feed
+            .iter()
+            .map(AuditEntry::from_pb)
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
+        let replicas = replicas(&cluster).await;
+        let still = match &statuses {
+            Ok(all) => replicas.iter().all(|r| {
+                r.applied_index == all[0].applied_index && r.head_seq == audit.len() as u64
+            }),
+            Err(_) => true,
+        };
+        if still || reads == 3 {
+            break (statuses, finals_raw, audit, replicas);
+        }
+        progress("the cluster moved while it was read back; reading again");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
     let _ = feed_until.send(Some(audit.len() as u64));
     let _ = (&mut consumer.0).await;
-    let replicas = replicas(&cluster).await;
     let end_cluster_us = match &statuses {
         Ok(all) => all
             .iter()
@@ -369,6 +409,16 @@ async fn run_inner(
                     state: i.state,
                     version: i.version,
                     sla,
+                    timers: i
+                        .timers
+                        .iter()
+                        .map(|t| {
+                            let due =
+                                Timestamp::parse_rfc3339(&t.due_at).map_or(0, |d| d.as_micros());
+                            (t.id.clone(), due)
+                        })
+                        .collect(),
+                    tasks: workload::task_statuses(&i.tasks_json),
                 },
             );
         }
@@ -393,6 +443,9 @@ async fn run_inner(
         replicas,
         feed: received.lock().expect("not poisoned").clone(),
         end_cluster_us,
+        faults: faults_out.clone(),
+        start_wall_us,
+        clock_offset_us: schedule.skews.iter().map(|s| s.abs()).max().unwrap_or(0) * 1_000_000,
     };
     let silent = cluster.silent_nodes();
     anyhow::ensure!(

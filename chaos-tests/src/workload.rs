@@ -234,6 +234,20 @@ pub async fn client(
     }
 }
 
+/// (id, status) of each task in an instance's `tasks_json` (the engine's tasks by id).
+pub fn task_statuses(tasks_json: &str) -> Vec<(String, String)> {
+    let Ok(serde_json::Value::Object(tasks)) = serde_json::from_str(tasks_json) else {
+        return Vec::new();
+    };
+    tasks
+        .into_iter()
+        .map(|(id, t)| {
+            let status = t["status"].as_str().unwrap_or("?").to_string();
+            (id, status)
+        })
+        .collect()
+}
+
 /// The identity every worker process acts as.
 pub const WORKER_ID: &str = "chaos-workers";
 

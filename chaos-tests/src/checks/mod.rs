@@ -132,6 +132,12 @@ pub struct FinalInstance {
     pub version: u64,
     /// The `work` SLA: (breached, consumed ms), if the instance has one.
     pub sla: Option<(bool, u64)>,
+    /// Its armed timers: (id, due µs).
+    #[serde(default)]
+    pub timers: Vec<(String, i64)>,
+    /// Its tasks: (id, status as the engine names it: `ready`, `leased`, `backoff`, …).
+    #[serde(default)]
+    pub tasks: Vec<(String, String)>,
 }
 
 /// One replica after healing.
@@ -160,6 +166,41 @@ pub struct Observation {
     pub feed: Vec<(u64, String)>,
     /// Cluster time at the end (µs).
     pub end_cluster_us: i64,
+    /// The fault windows (µs since the run started), to tell when the cluster was healthy.
+    #[serde(default)]
+    pub faults: Vec<crate::history::FaultWindow>,
+    /// Wall-clock time (µs since the epoch) at which the run started, mapping cluster times
+    /// to the fault windows; 0 in observations saved before it was recorded.
+    #[serde(default)]
+    pub start_wall_us: i64,
+    /// The largest clock offset of any node (µs): cluster time may be that far off the
+    /// harness's clock.
+    #[serde(default)]
+    pub clock_offset_us: i64,
+}
+
+/// How long after a fault heals the cluster may still be recovering (elections, restarts,
+/// a log replayed after a power cut) before it counts as healthy again.
+pub const RECOVERY_US: i64 = 3_000_000;
+
+impl Observation {
+    /// Whether the cluster was healthy (no fault, nor within [`RECOVERY_US`] after one) all
+    /// through `[from, to]` (cluster time, µs); `None` when the run did not record the
+    /// mapping of cluster time to its fault windows.
+    pub fn healthy_between(&self, from_us: i64, to_us: i64) -> Option<bool> {
+        if self.start_wall_us == 0 {
+            return None;
+        }
+        let margin = self.clock_offset_us;
+        let (from, to) = (
+            from_us - self.start_wall_us - margin,
+            to_us - self.start_wall_us + margin,
+        );
+        Some(self.faults.iter().all(|f| {
+            let (start, end) = (f.start_us as i64, f.end_us as i64 + RECOVERY_US);
+            to < start || from > end
+        }))
+    }
 }
 
 impl Observation {
@@ -336,6 +377,8 @@ pub(crate) mod testkit {
             state: state.into(),
             version,
             sla: None,
+            timers: Vec::new(),
+            tasks: Vec::new(),
         }
     }
 
@@ -395,6 +438,7 @@ pub(crate) mod testkit {
             finals,
             replicas,
             end_cluster_us: T0 + 1_000_000,
+            ..Observation::default()
         }
     }
 }

@@ -5,15 +5,34 @@
 //!
 //! A timer and a client command can race: a `start` proposed after the expiry fell due but
 //! before the timer service proposed the fire wins, and the timer is then correctly stale.
-//! Such races are notes, unless the timer service was late by more than [`RACE_SLACK_US`],
-//! which would mean it stopped firing. At the end (after a quiet, healed period) nothing may
-//! be overdue by more than [`END_SLACK_US`].
+//! Such races are notes, unless the timer service was late by more than [`BOUND_US`] while the
+//! cluster was healthy (or [`RACE_SLACK_US`] during faults), which would mean it stopped
+//! firing.
+//!
+//! Every timer-driven record (state expiry, SLA, task lease expiry, task retry) carries its
+//! due and fire times: none fired early, and once the cluster is healthy (no fault, nor within
+//! [`super::RECOVERY_US`] after one, all through `[due, due + BOUND_US]`) every one fired
+//! within [`BOUND_US`] of its due time: a correctness bound with a wide margin, not a speed
+//! target. At the end, after a sentinel write and a quiet, healed period, no armed timer is
+//! overdue by more than [`END_SLACK_US`], and every leased task has its lease-expiry timer and
+//! every task in backoff its retry timer.
 
 use super::{AuditEntry, CheckReport, Observation, fmt_time};
 use crate::workflow::{EXPIRES_MS, SLA_WITHIN_MS};
 
 pub const RACE_SLACK_US: i64 = 10_000_000;
 pub const END_SLACK_US: i64 = 3_000_000;
+/// Once the cluster is healthy, a timer fires within this long of its due time.
+pub const BOUND_US: i64 = 5_000_000;
+
+/// How long after its due time a timer may still be unfired: [`BOUND_US`] while the cluster
+/// was healthy, [`RACE_SLACK_US`] during or just after a fault.
+fn slack_us(obs: &Observation, due_us: i64) -> i64 {
+    match obs.healthy_between(due_us, due_us + BOUND_US) {
+        Some(true) => BOUND_US,
+        _ => RACE_SLACK_US,
+    }
+}
 
 /// A fire of the state expiry: the engine records it as `timer_fired` whether or not it took
 /// the `expire` transition (one that took none acted on an instance no longer `open`).
@@ -131,7 +150,7 @@ pub fn check(obs: &Observation) -> CheckReport {
                         fmt_time(obs.end_cluster_us)
                     ));
                 }
-                Some(t) if t > due + RACE_SLACK_US => report.problems.push(format!(
+                Some(t) if t > due + slack_us(obs, due) => report.problems.push(format!(
                     "{name}: state expiry due at {} had not fired when the instance left open at {}",
                     fmt_time(due),
                     fmt_time(t)
@@ -151,7 +170,7 @@ pub fn check(obs: &Observation) -> CheckReport {
                             fmt_time(obs.end_cluster_us)
                         ));
                     }
-                    Some(l) if l > sla_due + RACE_SLACK_US => report.problems.push(format!(
+                    Some(l) if l > sla_due + slack_us(obs, sla_due) => report.problems.push(format!(
                         "{name}: SLA due at {} had not breached when the instance left working at {}",
                         fmt_time(sla_due),
                         fmt_time(l)
@@ -170,8 +189,11 @@ pub fn check(obs: &Observation) -> CheckReport {
             }
         }
     }
+    let (bounded, task_timers) = every_timer_on_time(obs, &mut report);
+    overdue_at_the_end(obs, &mut report);
     report.notes.push(format!(
-        "{fired} expiries fired, {breached} SLA breaches; {raced_expiry} expiries and {raced_sla} SLA timers lost a race with a client command proposed after they fell due"
+        "{fired} expiries fired, {breached} SLA breaches, {task_timers} task lease expiries and retries; {raced_expiry} expiries and {raced_sla} SLA timers lost a race with a client command proposed after they fell due; {bounded} fires due while the cluster was healthy, each within {} s",
+        BOUND_US / 1_000_000
     ));
     if !lateness.is_empty() {
         lateness.sort_unstable();
@@ -184,6 +206,83 @@ pub fn check(obs: &Observation) -> CheckReport {
         ));
     }
     report
+}
+
+/// Every timer-driven record of the checked workflow: never early; within [`BOUND_US`] when
+/// the cluster was healthy. Returns how many fell in healthy periods and how many were task
+/// timers (lease expiries, retries).
+fn every_timer_on_time(obs: &Observation, report: &mut CheckReport) -> (u64, u64) {
+    let keys = obs.key_of();
+    let (mut bounded, mut task_timers) = (0, 0);
+    for records in obs.by_instance().values() {
+        for r in records {
+            let Some(t) = &r.timer else { continue };
+            if r.kind.starts_with("task_") {
+                task_timers += 1;
+            }
+            let name = keys
+                .get(r.instance_id.as_str())
+                .map_or(r.instance_id.clone(), |k| {
+                    format!("{k} ({})", r.instance_id)
+                });
+            // Expiries have their own early check above.
+            if !is_expiry(r) && (t.fired_us < t.due_us || r.at_us < t.due_us) {
+                report.problems.push(format!(
+                    "{name}: timer {} ({}) fired early: at {} before its due time {}",
+                    t.timer_id,
+                    r.kind,
+                    fmt_time(r.at_us),
+                    fmt_time(t.due_us)
+                ));
+            }
+            if obs.healthy_between(t.due_us, t.due_us + BOUND_US) == Some(true) {
+                bounded += 1;
+                let late = r.at_us - t.due_us;
+                if late > BOUND_US {
+                    report.problems.push(format!(
+                        "{name}: timer {} ({}) fired {:.1} s after its due time {} while the cluster was healthy (bound {} s)",
+                        t.timer_id,
+                        r.kind,
+                        late as f64 / 1e6,
+                        fmt_time(t.due_us),
+                        BOUND_US / 1_000_000
+                    ));
+                }
+            }
+        }
+    }
+    (bounded, task_timers)
+}
+
+/// After the final heal and the sentinel write: no armed timer overdue, and no task that
+/// waits on a timer without one.
+fn overdue_at_the_end(obs: &Observation, report: &mut CheckReport) {
+    for f in obs.finals.values() {
+        for (id, due) in &f.timers {
+            if *due < obs.end_cluster_us - END_SLACK_US {
+                report.problems.push(format!(
+                    "{} ({}): timer {id} due at {} is still armed at the end ({})",
+                    f.key,
+                    f.id,
+                    fmt_time(*due),
+                    fmt_time(obs.end_cluster_us)
+                ));
+            }
+        }
+        for (task, status) in &f.tasks {
+            let needs = match status.as_str() {
+                "leased" => format!("{task}:lease"),
+                "backoff" => format!("{task}:retry"),
+                _ => continue,
+            };
+            if !f.timers.iter().any(|(id, _)| *id == needs) {
+                report.problems.push(format!(
+                    "{} ({}): task {task} is {status} but timer {needs} is not armed: it would wait forever",
+                    f.key, f.id
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -267,6 +366,97 @@ mod tests {
             "{:?}",
             r.problems
         );
+    }
+
+    /// A task lease expiry of k1 (i1), due at `due_ms`, fired at `at_ms`.
+    fn lease_expiry(seq: u64, due_ms: i64, at_ms: i64) -> AuditEntry {
+        let mut r = record(
+            seq,
+            "i1",
+            seq,
+            "task_failed",
+            None,
+            (None, None),
+            at_ms,
+            None,
+        );
+        r.task_id = Some("i1/2/0".into());
+        r.timer = Some(TimerFire {
+            timer_id: "i1/2/0:lease".into(),
+            due_us: T0 + due_ms * 1000,
+            fired_us: T0 + at_ms * 1000,
+        });
+        r
+    }
+
+    #[test]
+    fn a_task_timer_late_while_the_cluster_was_healthy_fails() {
+        let mut obs = good();
+        obs.start_wall_us = T0;
+        obs.audit.push(lease_expiry(3, 1_000, 7_000));
+        let r = check(&obs);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("fired 6.0 s after its due time") && p.contains("healthy")),
+            "{:?}",
+            r.problems
+        );
+        // The same lateness while a node was down is not the timer service's fault.
+        obs.faults.push(crate::history::FaultWindow {
+            name: "kill-leader".into(),
+            detail: String::new(),
+            start_us: 500_000,
+            end_us: 4_000_000,
+        });
+        assert!(check(&obs).ok(), "{:?}", check(&obs).problems);
+        // And an early one fails whatever the faults.
+        obs.audit[2] = lease_expiry(3, 1_000, 900);
+        assert!(check(&obs).problems[0].contains("fired early"));
+    }
+
+    #[test]
+    fn an_expiry_that_lost_a_race_long_after_its_due_time_while_healthy_fails() {
+        let mut obs = good();
+        obs.end_cluster_us = T0 + 12_000_000;
+        obs.start_wall_us = T0;
+        // Created at 5 ms, due at 3.005 s, started at 25 ms in good(): move the start late.
+        obs.audit[1].at_us = T0 + 9_000_000;
+        let r = check(&obs);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("had not fired when the instance left open")),
+            "{:?}",
+            r.problems
+        );
+        // Without the fault map (an old observation) the 10 s race slack applies.
+        obs.start_wall_us = 0;
+        assert!(check(&obs).ok(), "{:?}", check(&obs).problems);
+    }
+
+    #[test]
+    fn an_armed_timer_overdue_at_the_end_fails() {
+        let mut obs = expired();
+        let f = obs.finals.get_mut("k1").unwrap();
+        f.timers
+            .push(("i1:sla:work:breach".into(), T0 + 10_000_000));
+        assert!(check(&obs).problems[0].contains("is still armed at the end"));
+        let f = obs.finals.get_mut("k1").unwrap();
+        f.timers[0].1 = T0 + 18_000_000;
+        assert!(check(&obs).ok(), "{:?}", check(&obs).problems);
+    }
+
+    #[test]
+    fn a_leased_task_without_its_lease_timer_fails() {
+        let mut obs = expired();
+        let f = obs.finals.get_mut("k1").unwrap();
+        f.tasks.push(("i1/2/0".into(), "leased".into()));
+        assert!(check(&obs).problems[0].contains("timer i1/2/0:lease is not armed"));
+        let f = obs.finals.get_mut("k1").unwrap();
+        f.timers.push(("i1/2/0:lease".into(), T0 + 19_000_000));
+        f.tasks.push(("i1/3/0".into(), "ready".into()));
+        assert!(check(&obs).ok(), "{:?}", check(&obs).problems);
     }
 
     #[test]
