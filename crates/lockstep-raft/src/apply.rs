@@ -1099,8 +1099,8 @@ impl<'a, S: Store> Applier<'a, S> {
                 &(seq, instance_hash),
             );
         }
-        let skipped =
-            seq % 50 == 0 && crate::mutation::is(crate::mutation::Mutation::AuditPutSkipped);
+        let skipped = seq.is_multiple_of(50)
+            && crate::mutation::is(crate::mutation::Mutation::AuditPutSkipped);
         if !skipped {
             self.put(Family::Audit, keys::u64_key(seq), &chained);
         }
