@@ -275,9 +275,28 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Recompute the global and per-instance hash chains on every endpoint; exit 1 if any is
-    /// broken, 3 if none is but some endpoint did not answer.
-    Verify,
+    /// Recompute the global and per-instance hash chains on every endpoint, then compare the
+    /// nodes' chain hashes at the highest record every one of them has; exit 1 if a chain is
+    /// broken, the nodes differ or the anchor does not match, 3 if none of that but some
+    /// endpoint did not answer.
+    ///
+    /// A node whose audit log was edited, reordered or cut short on its own disk fails its own
+    /// check or differs from the others; a rewrite of every node's history is caught by an
+    /// anchor printed earlier by `lockstep audit anchor` and kept elsewhere.
+    ///
+    /// Example: lockstep audit verify --anchor 1042:3f9c…e1
+    Verify {
+        /// A checkpoint `SEQ:HASH` from `lockstep audit anchor`: every node's chain must hold
+        /// record SEQ with that hash.
+        #[arg(long, value_parser = online::parse_anchor)]
+        anchor: Option<(u64, String)>,
+    },
+    /// Print a checkpoint of the audit chain, `SEQ:HASH` (the head record's sequence and
+    /// global chain hash, from a node whose chain verifies), to keep outside the cluster and
+    /// check later with `lockstep audit verify --anchor`.
+    ///
+    /// Example: lockstep audit anchor >> audit-anchors.txt
+    Anchor,
     /// Print audit records from a global sequence, oldest first (a table, or one JSON
     /// record per line with --output json); --follow keeps streaming.
     ///
@@ -477,7 +496,10 @@ fn online_main(cli: Cli) -> ExitCode {
             Command::History { instance } => online::history(&conn, output, &instance)
                 .await
                 .map(|_| true),
-            Command::Audit(AuditCommand::Verify) => online::audit_verify(&conn, output).await,
+            Command::Audit(AuditCommand::Verify { anchor }) => {
+                online::audit_verify(&conn, output, anchor).await
+            }
+            Command::Audit(AuditCommand::Anchor) => online::audit_anchor(&conn, output).await,
             Command::Audit(AuditCommand::Security { after, limit }) => {
                 online::audit_security(&conn, output, after, limit).await
             }

@@ -708,13 +708,46 @@ pub async fn history(conn: &Connection, output: Output, instance: &str) -> anyho
     Ok(())
 }
 
-/// Ok(false) if a chain is broken on some endpoint; [`Unreachable`] if none is broken but
+/// `SEQ:HASH`, as `lockstep audit anchor` prints it.
+pub fn parse_anchor(text: &str) -> Result<(u64, String), String> {
+    let (seq, hash) = text.trim().split_once(':').ok_or_else(|| {
+        format!("`{text}` is not an anchor: expected SEQ:HASH as `lockstep audit anchor` prints it, e.g. 1042:3f9c…")
+    })?;
+    let seq: u64 = seq
+        .parse()
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("`{seq}` in the anchor is not a record sequence (1 or more)"))?;
+    let hash = hash.to_ascii_lowercase();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "`{hash}` in the anchor is not a chain hash: expected 64 hex digits"
+        ));
+    }
+    Ok((seq, hash))
+}
+
+/// One endpoint's answers to `audit verify`.
+struct NodeChain {
+    endpoint: String,
+    verified: pb::VerifyAuditResponse,
+    /// Its chain hash at the common sequence (and at the anchor's), once asked.
+    at_common: String,
+    at_anchor: String,
+}
+
+/// Ok(false) if a chain is broken on some endpoint, two nodes' chains differ at the highest
+/// record all of them have, or the anchor does not match; [`Unreachable`] if none of that but
 /// some endpoint did not answer.
-pub async fn audit_verify(conn: &Connection, output: Output) -> anyhow::Result<bool> {
+pub async fn audit_verify(
+    conn: &Connection,
+    output: Output,
+    anchor: Option<(u64, String)>,
+) -> anyhow::Result<bool> {
     let client = conn.client()?;
-    let mut all_ok = true;
     let mut unreachable = Vec::new();
-    let mut rows = Vec::new();
+    let mut nodes = Vec::new();
+    let mut singles = Vec::new();
     for endpoint in client.endpoints() {
         // Verify runs on the node that answers: ask each endpoint in turn.
         let single = Client::with_credentials(
@@ -726,40 +759,192 @@ pub async fn audit_verify(conn: &Connection, output: Output) -> anyhow::Result<b
         .map_err(anyhow::Error::msg)?;
         match single.verify_audit().await {
             Ok(v) => {
-                all_ok &= v.ok;
-                if output == Output::Table {
-                    if v.ok {
-                        println!(
-                            "{endpoint}: ok, {} records, head {} {}",
-                            v.records_checked,
-                            v.head_seq,
-                            &v.head_hash[..16.min(v.head_hash.len())]
-                        );
-                    } else {
-                        println!(
-                            "{endpoint}: BROKEN at record {}: {}",
-                            v.broken_seq, v.reason
-                        );
-                    }
-                }
-                rows.push(serde_json::json!({"endpoint": endpoint, "ok": v.ok, "records_checked": v.records_checked, "broken_seq": v.broken_seq, "reason": v.reason, "head_seq": v.head_seq, "head_hash": v.head_hash}));
+                nodes.push(NodeChain {
+                    endpoint: endpoint.clone(),
+                    verified: v,
+                    at_common: String::new(),
+                    at_anchor: String::new(),
+                });
+                singles.push(single);
             }
             Err(e) => {
-                unreachable.push(endpoint.clone());
                 if output == Output::Table {
                     println!("{endpoint}: unreachable: {e}");
                 }
-                rows.push(serde_json::json!({"endpoint": endpoint, "error": e.to_string()}));
+                unreachable.push((endpoint.clone(), e.to_string()));
             }
         }
     }
-    if output == Output::Json {
-        println!("{}", serde_json::Value::Array(rows));
+    // The highest record every node with a sound chain has: their hashes there must agree.
+    let common = nodes
+        .iter()
+        .filter(|n| n.verified.ok)
+        .map(|n| n.verified.head_seq)
+        .min()
+        .unwrap_or(0);
+    for (n, single) in nodes.iter_mut().zip(&singles) {
+        if !n.verified.ok {
+            continue;
+        }
+        if common > 0 {
+            n.at_common = at_hash(single, common).await;
+        }
+        if let Some((seq, _)) = &anchor {
+            n.at_anchor = at_hash(single, *seq).await;
+        }
     }
-    if all_ok && !unreachable.is_empty() {
-        return Err(Unreachable(unreachable).into());
+    let mut problems = Vec::new();
+    for n in &nodes {
+        let v = &n.verified;
+        if !v.ok {
+            problems.push(format!(
+                "{}: BROKEN at record {}: {}",
+                n.endpoint, v.broken_seq, v.reason
+            ));
+        }
     }
-    Ok(all_ok)
+    let sound: Vec<&NodeChain> = nodes.iter().filter(|n| n.verified.ok).collect();
+    if let Some(first) = sound.first()
+        && common > 0
+    {
+        for n in &sound[1..] {
+            if n.at_common != first.at_common {
+                problems.push(format!(
+                    "{} and {} differ at record {common}, the highest every node has: {} against {}",
+                    n.endpoint,
+                    first.endpoint,
+                    short_hash(&n.at_common),
+                    short_hash(&first.at_common)
+                ));
+            }
+        }
+    }
+    if let Some((seq, hash)) = &anchor {
+        for n in &sound {
+            if n.verified.head_seq < *seq {
+                problems.push(format!(
+                    "{}: its chain ends at record {}, before the anchor's record {seq}: records were removed",
+                    n.endpoint, n.verified.head_seq
+                ));
+            } else if n.at_anchor != *hash {
+                problems.push(format!(
+                    "{}: record {seq} hashes to {}, the anchor says {}: the history was rewritten",
+                    n.endpoint,
+                    short_hash(&n.at_anchor),
+                    short_hash(hash)
+                ));
+            }
+        }
+    }
+    match output {
+        Output::Table => {
+            for n in &nodes {
+                let v = &n.verified;
+                if v.ok {
+                    println!(
+                        "{}: ok, {} records, head {} {}",
+                        n.endpoint,
+                        v.records_checked,
+                        v.head_seq,
+                        short_hash(&v.head_hash)
+                    );
+                }
+            }
+            if common > 0 && !sound.is_empty() {
+                println!(
+                    "record {common}, the highest every node has: {}",
+                    if sound.iter().all(|n| n.at_common == sound[0].at_common) {
+                        format!(
+                            "the same hash on every node, {}",
+                            short_hash(&sound[0].at_common)
+                        )
+                    } else {
+                        "DIFFERENT hashes".to_string()
+                    }
+                );
+            }
+            if let Some((seq, _)) = &anchor
+                && problems.iter().all(|p| !p.contains("anchor"))
+            {
+                println!("anchor {seq}: matches on every node");
+            }
+            for p in &problems {
+                println!("{p}");
+            }
+        }
+        Output::Json => {
+            let rows: Vec<serde_json::Value> = nodes
+                .iter()
+                .map(|n| {
+                    let v = &n.verified;
+                    serde_json::json!({"endpoint": n.endpoint, "ok": v.ok, "records_checked": v.records_checked, "broken_seq": v.broken_seq, "reason": v.reason, "head_seq": v.head_seq, "head_hash": v.head_hash, "hash_at_common": n.at_common, "hash_at_anchor": n.at_anchor})
+                })
+                .chain(unreachable.iter().map(|(e, err)| serde_json::json!({"endpoint": e, "error": err})))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"ok": problems.is_empty(), "common_seq": common, "problems": problems, "nodes": rows})
+            );
+        }
+    }
+    if problems.is_empty() && !unreachable.is_empty() {
+        return Err(Unreachable(unreachable.into_iter().map(|(e, _)| e).collect()).into());
+    }
+    Ok(problems.is_empty())
+}
+
+/// The node's chain hash at `seq` (empty if its chain does not verify through it, or it did
+/// not answer).
+async fn at_hash(single: &Client, seq: u64) -> String {
+    single
+        .verify_audit_at(seq)
+        .await
+        .map(|v| v.at_hash)
+        .unwrap_or_default()
+}
+
+fn short_hash(h: &str) -> &str {
+    if h.is_empty() {
+        "(none)"
+    } else {
+        &h[..16.min(h.len())]
+    }
+}
+
+/// Prints `SEQ:HASH` of the chain head from the first endpoint whose chain verifies.
+pub async fn audit_anchor(conn: &Connection, output: Output) -> anyhow::Result<bool> {
+    let client = conn.client()?;
+    let mut last_error = String::new();
+    for endpoint in client.endpoints() {
+        let single = Client::with_credentials(
+            std::slice::from_ref(endpoint),
+            None,
+            conn.options(),
+            conn.credentials()?,
+        )
+        .map_err(anyhow::Error::msg)?;
+        match single.verify_audit().await {
+            Ok(v) if v.ok && v.head_seq > 0 => {
+                match output {
+                    Output::Table => println!("{}:{}", v.head_seq, v.head_hash),
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::json!({"seq": v.head_seq, "hash": v.head_hash, "endpoint": endpoint, "anchor": format!("{}:{}", v.head_seq, v.head_hash)})
+                    ),
+                }
+                return Ok(true);
+            }
+            Ok(v) if v.ok => last_error = format!("{endpoint}: the audit log is empty"),
+            Ok(v) => {
+                last_error = format!(
+                    "{endpoint}: its chain is BROKEN at record {}: {}",
+                    v.broken_seq, v.reason
+                )
+            }
+            Err(e) => last_error = format!("{endpoint}: {e}"),
+        }
+    }
+    anyhow::bail!("no endpoint gave an anchor (a head of a chain that verifies): {last_error}")
 }
 
 /// Each endpoint's security log (a per-node question, like `audit verify`).

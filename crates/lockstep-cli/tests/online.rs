@@ -674,8 +674,10 @@ fn audit_tail_prints_records_from_a_sequence() {
 fn audit_verify_checks_every_endpoint() {
     let c = cluster();
     submitted_po("PO-VERIFY");
-    let rows = c.run(&["audit", "verify", "-o", "json"]).ok().json();
-    let rows = rows.as_array().expect("one row per endpoint");
+    let answer = c.run(&["audit", "verify", "-o", "json"]).ok().json();
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert!(answer["common_seq"].as_u64().unwrap() >= 2, "{answer}");
+    let rows = answer["nodes"].as_array().expect("one row per endpoint");
     assert_eq!(rows.len(), 3);
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row["endpoint"], c.endpoint(i), "{row}");
@@ -683,6 +685,7 @@ fn audit_verify_checks_every_endpoint() {
         assert!(row["records_checked"].as_u64().unwrap() >= 2, "{row}");
         assert!(row["head_seq"].as_u64().unwrap() >= 2, "{row}");
         assert!(is_hex_sha256(&row["head_hash"]), "{row}");
+        assert!(is_hex_sha256(&row["hash_at_common"]), "{row}");
     }
 
     let table = c.run(&["audit", "verify"]);
@@ -691,6 +694,25 @@ fn audit_verify_checks_every_endpoint() {
         let line = format!("{}: ok, ", c.endpoint(i));
         table.stdout_has(&[&line, " records, head "]);
     }
+    table.stdout_has(&["the highest every node has: the same hash on every node"]);
+
+    // An anchor of the head checks out on every node; a made-up one does not.
+    let anchor = c.run(&["audit", "anchor"]);
+    anchor.ok();
+    let text = anchor.stdout.trim().to_string();
+    let (seq, hash) = text.split_once(':').expect("SEQ:HASH");
+    assert!(seq.parse::<u64>().unwrap() >= 2, "{text}");
+    assert!(is_hex_sha256(&serde_json::json!(hash)), "{text}");
+    c.run(&["audit", "verify", "--anchor", &text])
+        .ok()
+        .stdout_has(&[&format!("anchor {seq}: matches on every node")]);
+    let forged = format!("{seq}:{}", "0".repeat(64));
+    c.run(&["audit", "verify", "--anchor", &forged])
+        .code(1)
+        .stdout_has(&["the anchor says", "the history was rewritten"]);
+    c.run(&["audit", "verify", "--anchor", "seven"])
+        .code(2)
+        .stderr_has(&["is not an anchor: expected SEQ:HASH"]);
 }
 
 /// `cluster status --output json`, once the three nodes agree on one leader.

@@ -653,8 +653,14 @@ impl Client {
     }
 
     pub async fn verify_audit(&self) -> Result<pb::VerifyAuditResponse, Error> {
+        self.verify_audit_at(0).await
+    }
+
+    /// As [`Client::verify_audit`], and the chain hash of record `at_seq` (`at_hash`, empty
+    /// when the node's chain does not verify through it).
+    pub async fn verify_audit_at(&self, at_seq: u64) -> Result<pb::VerifyAuditResponse, Error> {
         self.call(|ch| {
-            let r = self.request(pb::VerifyAuditRequest {});
+            let r = self.request(pb::VerifyAuditRequest { at_seq });
             async move { pb::audit_client::AuditClient::new(ch).verify(r).await }
         })
         .await

@@ -155,6 +155,30 @@ pub struct Broken {
 /// Recomputes the global chain and every instance chain; returns the number of records
 /// checked, or the first broken record.
 pub fn verify_audit(store: &impl Store) -> Result<std::result::Result<u64, Broken>> {
+    Ok(verify_audit_at(store, 0)?.0)
+}
+
+/// As [`verify_audit`], and the global chain hash of record `at_seq` (what a checkpoint of
+/// the chain at that record names: `lockstep audit anchor`), when the chain verified through
+/// it; `None` for `at_seq` 0, beyond the head, or at or after a broken record.
+pub fn verify_audit_at(
+    store: &impl Store,
+    at_seq: u64,
+) -> Result<(std::result::Result<u64, Broken>, Option<[u8; 32]>)> {
+    let mut at_hash = None;
+    let result = walk_audit_chain(store, |seq, hash| {
+        if seq == at_seq {
+            at_hash = Some(hash);
+        }
+    })?;
+    Ok((result, at_hash))
+}
+
+/// Walks the chain in order, calling `each(seq, hash)` for every record that verified.
+fn walk_audit_chain(
+    store: &impl Store,
+    mut each: impl FnMut(u64, [u8; 32]),
+) -> Result<std::result::Result<u64, Broken>> {
     let mut prev = [0u8; 32];
     let mut instance_heads: std::collections::HashMap<String, [u8; 32]> =
         std::collections::HashMap::new();
@@ -200,6 +224,7 @@ pub fn verify_audit(store: &impl Store) -> Result<std::result::Result<u64, Broke
                 }));
             }
             prev = decode_hash(&record.hash).unwrap_or([0; 32]);
+            each(seq, prev);
             if !record.record.instance_id.is_empty() {
                 instance_heads.insert(
                     record.record.instance_id.clone(),

@@ -911,10 +911,12 @@ impl pb::audit_server::Audit for Api {
 
     async fn verify(
         &self,
-        _request: Request<pb::VerifyAuditRequest>,
+        request: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
+        let at_seq = request.into_inner().at_seq;
         let head = read::audit_head(&*self.node.store).map_err(status::store_error)?;
-        let result = read::verify_audit(&*self.node.store).map_err(status::store_error)?;
+        let (result, at_hash) =
+            read::verify_audit_at(&*self.node.store, at_seq).map_err(status::store_error)?;
         let (ok, records_checked, broken_seq, reason) = match result {
             Ok(n) => (true, n, 0, String::new()),
             Err(b) => (
@@ -931,6 +933,8 @@ impl pb::audit_server::Audit for Api {
             reason,
             head_seq: head.seq,
             head_hash: hex_hash(&head.hash),
+            at_seq,
+            at_hash: at_hash.map(|h| hex_hash(&h)).unwrap_or_default(),
         }))
     }
 
