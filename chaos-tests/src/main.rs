@@ -11,7 +11,7 @@ use lockstep_chaos::checks::{self, Observation};
 use lockstep_chaos::cluster::libfaketime;
 use lockstep_chaos::mutations;
 use lockstep_chaos::run::{RunConfig, RunSummary, default_lockstepd, run};
-use lockstep_chaos::schedule::{SMOKE_SEEDS, Schedule};
+use lockstep_chaos::schedule::{Schedule, smoke_schedules};
 use lockstep_chaos::{parse_duration_ms, report};
 
 #[derive(Debug, Parser)]
@@ -57,7 +57,7 @@ enum Command {
         duration: u64,
     },
     /// The CI suite: eight fixed 3-node schedules without clock skew that together apply
-    /// every fault kind (about 3 minutes).
+    /// every fault kind, one 5-node and one skewed schedule (about 4 minutes).
     Smoke {
         #[arg(long, default_value = "14s", value_parser = parse_duration_ms)]
         duration: u64,
@@ -425,13 +425,7 @@ async fn main() -> ExitCode {
             vec![summary]
         }
         Command::Mutations { only } => return mutation_smoke(&cli, only).await,
-        Command::Smoke { duration } => {
-            let schedules = SMOKE_SEEDS
-                .iter()
-                .map(|seed| Schedule::generate(*seed, Some(3), *duration, false))
-                .collect();
-            run_many(&cli, schedules, None).await
-        }
+        Command::Smoke { duration } => run_many(&cli, smoke_schedules(*duration), None).await,
         Command::Long {
             schedules,
             first_seed,

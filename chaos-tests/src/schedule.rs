@@ -48,6 +48,33 @@ pub enum Fault {
 /// no clock skew: together they apply every fault kind
 /// (`the_smoke_seeds_together_apply_every_fault_kind`).
 pub const SMOKE_SEEDS: [u64; 8] = [10, 28, 19, 25, 11, 27, 5, 20];
+/// The smoke suite's 5-node schedule (kill-follower, bridge-leader, partition-leader-minority).
+pub const SMOKE_FIVE_NODE_SEED: u64 = 6;
+/// The smoke suite's skewed schedule: 3 nodes at -4 s, +0 s and +5 s (libfaketime, which
+/// scripts/prereqs installs), kill-follower and delay.
+pub const SMOKE_SKEWED_SEED: u64 = 22;
+
+/// The schedules of the smoke suite: [`SMOKE_SEEDS`] on 3 nodes without skew, then
+/// [`SMOKE_FIVE_NODE_SEED`] on the 5 nodes it draws and [`SMOKE_SKEWED_SEED`] with its clocks.
+pub fn smoke_schedules(duration_ms: u64) -> Vec<Schedule> {
+    let mut out: Vec<Schedule> = SMOKE_SEEDS
+        .iter()
+        .map(|seed| Schedule::generate(*seed, Some(3), duration_ms, false))
+        .collect();
+    out.push(Schedule::generate(
+        SMOKE_FIVE_NODE_SEED,
+        None,
+        duration_ms,
+        false,
+    ));
+    out.push(Schedule::generate(
+        SMOKE_SKEWED_SEED,
+        Some(3),
+        duration_ms,
+        true,
+    ));
+    out
+}
 
 /// Every fault kind, by the name the summary table counts it under.
 pub const FAULT_KINDS: [&str; 16] = [
@@ -310,7 +337,8 @@ mod tests {
     }
 
     /// The smoke suite's seeds, as `lockstep-chaos smoke` runs them (3 nodes, 14 s, no
-    /// skew), apply every fault kind between them.
+    /// skew), apply every fault kind between them; the suite also runs a 5-node and a
+    /// skewed schedule.
     #[test]
     fn the_smoke_seeds_together_apply_every_fault_kind() {
         let seen: std::collections::BTreeSet<String> = SMOKE_SEEDS
@@ -318,6 +346,16 @@ mod tests {
             .flat_map(|seed| Schedule::generate(*seed, Some(3), 14_000, false).steps)
             .map(|st| st.fault.kind())
             .collect();
+        let smoke = smoke_schedules(14_000);
+        assert_eq!(smoke.len(), SMOKE_SEEDS.len() + 2);
+        assert!(
+            smoke.iter().any(|s| s.nodes == 5),
+            "no 5-node smoke schedule"
+        );
+        assert!(
+            smoke.iter().any(|s| s.skews.iter().any(|x| *x != 0)),
+            "no skewed smoke schedule"
+        );
         let missing: Vec<&str> = FAULT_KINDS
             .iter()
             .copied()
