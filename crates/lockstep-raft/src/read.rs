@@ -152,19 +152,20 @@ pub struct Broken {
     pub reason: String,
 }
 
+/// What a walk of the audit chains found: the number of records checked, or the first
+/// broken record.
+pub type Verified = std::result::Result<u64, Broken>;
+
 /// Recomputes the global chain and every instance chain; returns the number of records
 /// checked, or the first broken record.
-pub fn verify_audit(store: &impl Store) -> Result<std::result::Result<u64, Broken>> {
+pub fn verify_audit(store: &impl Store) -> Result<Verified> {
     Ok(verify_audit_at(store, 0)?.0)
 }
 
 /// As [`verify_audit`], and the global chain hash of record `at_seq` (what a checkpoint of
 /// the chain at that record names: `lockstep audit anchor`), when the chain verified through
 /// it; `None` for `at_seq` 0, beyond the head, or at or after a broken record.
-pub fn verify_audit_at(
-    store: &impl Store,
-    at_seq: u64,
-) -> Result<(std::result::Result<u64, Broken>, Option<[u8; 32]>)> {
+pub fn verify_audit_at(store: &impl Store, at_seq: u64) -> Result<(Verified, Option<[u8; 32]>)> {
     let mut at_hash = None;
     let result = walk_audit_chain(store, |seq, hash| {
         if seq == at_seq {
@@ -175,10 +176,7 @@ pub fn verify_audit_at(
 }
 
 /// Walks the chain in order, calling `each(seq, hash)` for every record that verified.
-fn walk_audit_chain(
-    store: &impl Store,
-    mut each: impl FnMut(u64, [u8; 32]),
-) -> Result<std::result::Result<u64, Broken>> {
+fn walk_audit_chain(store: &impl Store, mut each: impl FnMut(u64, [u8; 32])) -> Result<Verified> {
     let mut prev = [0u8; 32];
     let mut instance_heads: std::collections::HashMap<String, [u8; 32]> =
         std::collections::HashMap::new();
