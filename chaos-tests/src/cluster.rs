@@ -291,15 +291,18 @@ impl Cluster {
         }
     }
 
-    /// Only links inside one of `components` pass (a node may be in several: a bridge).
+    /// Only links inside one of `components` pass (a node may be in several: a bridge); the
+    /// others drop everything.
     pub fn partition(&self, components: &[Vec<usize>]) {
+        self.partition_with(components, LinkMode::Drop);
+    }
+
+    /// As [`Cluster::partition`], the links between components in mode `cut` (`Drop`, or
+    /// `Reset` for a partition that closes connections).
+    pub fn partition_with(&self, components: &[Vec<usize>], cut: LinkMode) {
         for (&(i, j), p) in &self.proxies {
             let together = components.iter().any(|c| c.contains(&i) && c.contains(&j));
-            p.set(if together {
-                LinkMode::Pass
-            } else {
-                LinkMode::Drop
-            });
+            p.set(if together { LinkMode::Pass } else { cut });
         }
     }
 

@@ -40,8 +40,8 @@ pub fn runs() -> Vec<MutationRun> {
                     Mutation::UnsyncedLogAppend => (
                         9_000,
                         vec![step(5_000, Fault::PowerCutAll, 1_500)],
-                        &["writes", "linearizable"],
-                        "every node loses power at once: what the log did not sync is gone, acknowledged writes with it",
+                        &["writes", "linearizable", "convergence", "audit chain"],
+                        "every node loses power at once: what the log did not sync is gone, acknowledged writes with it, or replicas keep state their logs no longer hold and diverge",
                     ),
                     Mutation::LocalLinearizableRead => (
                         14_000,

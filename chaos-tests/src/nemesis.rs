@@ -50,6 +50,10 @@ pub fn apply(cluster: &mut Cluster, step: &Step, leader: Option<usize>) -> Strin
             cluster.partition(&[vec![l], others.clone()]);
             format!("{} ({known}) isolated", nodes(&[l]))
         }
+        Fault::ResetLeader => {
+            cluster.partition_with(&[vec![l], others.clone()], LinkMode::Reset);
+            format!("{} ({known}) isolated, its connections reset", nodes(&[l]))
+        }
         Fault::AsymmetricLeader => {
             for j in &others {
                 cluster.set_link(l, *j, LinkMode::Drop);

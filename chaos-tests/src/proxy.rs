@@ -1,7 +1,9 @@
 //! A TCP proxy for one directed peer link: node A dials node B through it (`--peer-via`), so
 //! it carries A's requests to B and B's answers. It passes bytes, holds them (a blackhole: the
 //! connection stays open and nothing gets through, like dropped packets; held bytes are
-//! delivered if the link heals before either side gives up), or delays them.
+//! delivered if the link heals before either side gives up), delays them, or resets the
+//! link (every connection closed at once and new ones closed as soon as they arrive, as a
+//! firewall that rejects, or a middlebox that drops its connection state, does).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +23,9 @@ pub enum LinkMode {
     Drop,
     /// Every chunk is delivered this much later (order kept).
     Delay(Duration),
+    /// Every open connection is closed at once, and new ones as soon as they are accepted:
+    /// both ends see the connection end instead of a silent peer.
+    Reset,
 }
 
 #[derive(Debug)]
@@ -94,7 +99,8 @@ async fn connection(
 ) {
     // A new connection during a partition is held, not refused: to the dialer the peer is
     // silent, as behind a firewall that drops packets.
-    if !wait_open(&mut rx).await {
+    if !wait_open(&mut rx).await || *rx.borrow() == LinkMode::Reset {
+        // Dropping `inbound` closes it.
         return;
     }
     let Ok(outbound) = TcpStream::connect(upstream).await else {
@@ -104,13 +110,19 @@ async fn connection(
     let _ = outbound.set_nodelay(true);
     let (ir, iw) = inbound.into_split();
     let (or, ow) = outbound.into_split();
+    let mut reset = rx.clone();
     let a = tokio::spawn(pump(ir, ow, rx.clone(), Arc::clone(&bytes)));
     let b = tokio::spawn(pump(or, iw, rx, bytes));
-    // When one direction ends, end the other: the connection is gone.
+    let (stop_a, stop_b) = (a.abort_handle(), b.abort_handle());
+    // When one direction ends, end the other: the connection is gone. A reset ends both.
     tokio::select! {
         _ = a => {}
         _ = b => {}
+        _ = reset.wait_for(|m| *m == LinkMode::Reset) => {}
     }
+    // Aborting drops the halves, which closes both sockets.
+    stop_a.abort();
+    stop_b.abort();
 }
 
 /// One direction: a reader stamps chunks, a writer delivers them when the link allows.
@@ -234,6 +246,35 @@ mod tests {
             .unwrap();
         assert!(slow >= Duration::from_millis(300), "{slow:?}");
         assert!(slow < Duration::from_secs(1), "{slow:?}");
+    }
+
+    #[tokio::test]
+    async fn a_reset_closes_open_and_new_connections_until_it_heals() {
+        let proxy = Proxy::start(echo().await).await.unwrap();
+        let mut s = TcpStream::connect(proxy.listen).await.unwrap();
+        assert!(
+            round_trip(&mut s, b"hi", Duration::from_secs(2))
+                .await
+                .is_some()
+        );
+        proxy.set(LinkMode::Reset);
+        let mut buf = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+            .await
+            .expect("the open connection is closed at once");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        let mut s2 = TcpStream::connect(proxy.listen).await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(2), s2.read(&mut buf))
+            .await
+            .expect("a new connection is closed at once");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        proxy.set(LinkMode::Pass);
+        let mut s3 = TcpStream::connect(proxy.listen).await.unwrap();
+        assert!(
+            round_trip(&mut s3, b"back", Duration::from_secs(2))
+                .await
+                .is_some()
+        );
     }
 
     #[tokio::test]

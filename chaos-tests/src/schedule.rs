@@ -16,6 +16,9 @@ pub enum Fault {
     PartitionLeaderMinority,
     /// The leader alone.
     IsolateLeader,
+    /// The leader alone, its links resetting: every connection to or from it is closed at
+    /// once and new ones as soon as they arrive (instead of a silent blackhole).
+    ResetLeader,
     /// The leader cannot reach the others; they can reach it.
     AsymmetricLeader,
     /// Two halves that cannot talk to each other, and one node (the leader) talking to both.
@@ -45,11 +48,11 @@ pub enum Fault {
 }
 
 /// The seeds of the CI smoke suite (`lockstep-chaos smoke`, run by scripts/test), 3 nodes and
-/// no clock skew: together they apply every fault kind
+/// no clock skew: with the 5-node and the skewed one below they apply every fault kind
 /// (`the_smoke_seeds_together_apply_every_fault_kind`).
 pub const SMOKE_SEEDS: [u64; 8] = [10, 28, 19, 25, 11, 27, 5, 20];
-/// The smoke suite's 5-node schedule (kill-follower, bridge-leader, partition-leader-minority).
-pub const SMOKE_FIVE_NODE_SEED: u64 = 6;
+/// The smoke suite's 5-node schedule (pause-follower, reset-leader, kill-follower).
+pub const SMOKE_FIVE_NODE_SEED: u64 = 42;
 /// The smoke suite's skewed schedule: 3 nodes at -4 s, +0 s and +5 s (libfaketime, which
 /// scripts/prereqs installs), kill-follower and delay.
 pub const SMOKE_SKEWED_SEED: u64 = 22;
@@ -77,10 +80,11 @@ pub fn smoke_schedules(duration_ms: u64) -> Vec<Schedule> {
 }
 
 /// Every fault kind, by the name the summary table counts it under.
-pub const FAULT_KINDS: [&str; 16] = [
+pub const FAULT_KINDS: [&str; 17] = [
     "partition-follower",
     "partition-leader-minority",
     "isolate-leader",
+    "reset-leader",
     "asymmetric-leader",
     "bridge-leader",
     "delay",
@@ -179,12 +183,15 @@ impl Schedule {
         // A third of the leader kills and of the whole-cluster restarts become power cuts,
         // from a stream of their own (the rest of the schedule stays as it was).
         let mut power = StdRng::seed_from_u64(seed ^ 0x706F_7765_7263_7574);
+        // Half of the leader isolations reset connections instead of holding them.
+        let mut reset = StdRng::seed_from_u64(seed ^ 0x7265_7365_7473);
         let mut steps = Vec::new();
         let mut t = 1_000 + rng.random_range(0..1_000);
         while t + 2_500 < duration_ms {
             let fault = match rng.random_range(0..12) {
                 0 => Fault::PartitionFollower,
                 1 => Fault::PartitionLeaderMinority,
+                2 if reset.random_bool(0.5) => Fault::ResetLeader,
                 2 => Fault::IsolateLeader,
                 3 => Fault::AsymmetricLeader,
                 4 => Fault::BridgeLeader,
@@ -341,12 +348,12 @@ mod tests {
     /// skewed schedule.
     #[test]
     fn the_smoke_seeds_together_apply_every_fault_kind() {
-        let seen: std::collections::BTreeSet<String> = SMOKE_SEEDS
+        let smoke = smoke_schedules(14_000);
+        let seen: std::collections::BTreeSet<String> = smoke
             .iter()
-            .flat_map(|seed| Schedule::generate(*seed, Some(3), 14_000, false).steps)
+            .flat_map(|s| &s.steps)
             .map(|st| st.fault.kind())
             .collect();
-        let smoke = smoke_schedules(14_000);
         assert_eq!(smoke.len(), SMOKE_SEEDS.len() + 2);
         assert!(
             smoke.iter().any(|s| s.nodes == 5),
