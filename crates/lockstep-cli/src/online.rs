@@ -729,6 +729,8 @@ pub fn parse_anchor(text: &str) -> Result<(u64, String), String> {
 
 /// One endpoint's answers to `audit verify`.
 struct NodeChain {
+    /// Its index in the client's endpoint list.
+    index: usize,
     endpoint: String,
     verified: pb::VerifyAuditResponse,
     /// Its chain hash at the common sequence (and at the anchor's), once asked.
@@ -747,26 +749,16 @@ pub async fn audit_verify(
     let client = conn.client()?;
     let mut unreachable = Vec::new();
     let mut nodes = Vec::new();
-    let mut singles = Vec::new();
-    for endpoint in client.endpoints() {
-        // Verify runs on the node that answers: ask each endpoint in turn.
-        let single = Client::with_credentials(
-            std::slice::from_ref(endpoint),
-            None,
-            conn.options(),
-            conn.credentials()?,
-        )
-        .map_err(anyhow::Error::msg)?;
-        match single.verify_audit().await {
-            Ok(v) => {
-                nodes.push(NodeChain {
-                    endpoint: endpoint.clone(),
-                    verified: v,
-                    at_common: String::new(),
-                    at_anchor: String::new(),
-                });
-                singles.push(single);
-            }
+    // Verify runs on the node that answers: ask each endpoint in turn.
+    for (index, endpoint) in client.endpoints().iter().enumerate() {
+        match client.verify_audit_of(index, 0).await {
+            Ok(verified) => nodes.push(NodeChain {
+                index,
+                endpoint: endpoint.clone(),
+                verified,
+                at_common: String::new(),
+                at_anchor: String::new(),
+            }),
             Err(e) => {
                 if output == Output::Table {
                     println!("{endpoint}: unreachable: {e}");
@@ -782,15 +774,12 @@ pub async fn audit_verify(
         .map(|n| n.verified.head_seq)
         .min()
         .unwrap_or(0);
-    for (n, single) in nodes.iter_mut().zip(&singles) {
-        if !n.verified.ok {
-            continue;
-        }
+    for n in nodes.iter_mut().filter(|n| n.verified.ok) {
         if common > 0 {
-            n.at_common = at_hash(single, common).await;
+            n.at_common = at_hash(&client, n.index, common).await;
         }
         if let Some((seq, _)) = &anchor {
-            n.at_anchor = at_hash(single, *seq).await;
+            n.at_anchor = at_hash(&client, n.index, *seq).await;
         }
     }
     let mut problems = Vec::new();
@@ -893,11 +882,11 @@ pub async fn audit_verify(
     Ok(problems.is_empty())
 }
 
-/// The node's chain hash at `seq` (empty if its chain does not verify through it, or it did
-/// not answer).
-async fn at_hash(single: &Client, seq: u64) -> String {
-    single
-        .verify_audit_at(seq)
+/// Endpoint #`index`'s chain hash at `seq` (empty if its chain does not verify through it,
+/// or it did not answer).
+async fn at_hash(client: &Client, index: usize, seq: u64) -> String {
+    client
+        .verify_audit_of(index, seq)
         .await
         .map(|v| v.at_hash)
         .unwrap_or_default()
@@ -915,15 +904,8 @@ fn short_hash(h: &str) -> &str {
 pub async fn audit_anchor(conn: &Connection, output: Output) -> anyhow::Result<bool> {
     let client = conn.client()?;
     let mut last_error = String::new();
-    for endpoint in client.endpoints() {
-        let single = Client::with_credentials(
-            std::slice::from_ref(endpoint),
-            None,
-            conn.options(),
-            conn.credentials()?,
-        )
-        .map_err(anyhow::Error::msg)?;
-        match single.verify_audit().await {
+    for (index, endpoint) in client.endpoints().iter().enumerate() {
+        match client.verify_audit_of(index, 0).await {
             Ok(v) if v.ok && v.head_seq > 0 => {
                 match output {
                     Output::Table => println!("{}:{}", v.head_seq, v.head_hash),

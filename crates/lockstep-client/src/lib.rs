@@ -653,17 +653,34 @@ impl Client {
     }
 
     pub async fn verify_audit(&self) -> Result<pb::VerifyAuditResponse, Error> {
-        self.verify_audit_at(0).await
-    }
-
-    /// As [`Client::verify_audit`], and the chain hash of record `at_seq` (`at_hash`, empty
-    /// when the node's chain does not verify through it).
-    pub async fn verify_audit_at(&self, at_seq: u64) -> Result<pb::VerifyAuditResponse, Error> {
         self.call(|ch| {
-            let r = self.request(pb::VerifyAuditRequest { at_seq });
+            let r = self.request(pb::VerifyAuditRequest { at_seq: 0 });
             async move { pb::audit_client::AuditClient::new(ch).verify(r).await }
         })
         .await
+    }
+
+    /// The audit chains verified by the node at `endpoint` (an index into the endpoint list),
+    /// and its chain hash of record `at_seq` (`at_hash`, empty when its chain does not verify
+    /// through it; 0 asks for none). Per node, so not retried elsewhere.
+    pub async fn verify_audit_of(
+        &self,
+        endpoint: usize,
+        at_seq: u64,
+    ) -> Result<pb::VerifyAuditResponse, Error> {
+        pb::audit_client::AuditClient::new(self.channel_of(endpoint)?)
+            .verify(self.request(pb::VerifyAuditRequest { at_seq }))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(Error::from_status)
+    }
+
+    /// The channel of endpoint #`endpoint`, for a question to that one node.
+    fn channel_of(&self, endpoint: usize) -> Result<Channel, Error> {
+        self.channels
+            .get(endpoint)
+            .cloned()
+            .ok_or_else(|| Error::InvalidArgument(format!("no endpoint #{endpoint}")))
     }
 
     /// The security log of the node at `endpoint` (an index into the endpoint list): refused
@@ -675,12 +692,7 @@ impl Client {
         after_seq: u64,
         limit: u32,
     ) -> Result<pb::SecurityLogResponse, Error> {
-        let channel = self
-            .channels
-            .get(endpoint)
-            .cloned()
-            .ok_or_else(|| Error::InvalidArgument(format!("no endpoint #{endpoint}")))?;
-        pb::audit_client::AuditClient::new(channel)
+        pb::audit_client::AuditClient::new(self.channel_of(endpoint)?)
             .max_decoding_message_size(16 << 20)
             .security_log(self.request(pb::SecurityLogRequest { after_seq, limit }))
             .await
@@ -822,12 +834,7 @@ impl Client {
         endpoint: usize,
         include_digest: bool,
     ) -> Result<pb::ClusterStatus, Error> {
-        let channel = self
-            .channels
-            .get(endpoint)
-            .cloned()
-            .ok_or_else(|| Error::InvalidArgument(format!("no endpoint #{endpoint}")))?;
-        pb::cluster_client::ClusterClient::new(channel)
+        pb::cluster_client::ClusterClient::new(self.channel_of(endpoint)?)
             .status(self.request(pb::ClusterStatusRequest { include_digest }))
             .await
             .map(|r| r.into_inner())
