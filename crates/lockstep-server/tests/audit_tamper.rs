@@ -80,6 +80,15 @@ async fn tampered(cluster: &mut Cluster, i: usize, tamper: impl FnOnce(&RocksSto
     cluster.leader().await;
 }
 
+/// Swaps the stored records 2 and 3 (doing it twice puts them back).
+fn swap_records_2_and_3(store: &RocksStore) {
+    let (a, b) = (record(store, 2), record(store, 3));
+    let mut batch = Batch::default();
+    batch.put(Family::Audit, keys::u64_key(2), b);
+    batch.put(Family::Audit, keys::u64_key(3), a);
+    store.write(batch, Durability::Sync).unwrap();
+}
+
 /// Deletes the last record and points the head at the one before it: a history cut short
 /// that is still a valid chain.
 fn cut_the_last_record(store: &RocksStore) {
@@ -122,28 +131,14 @@ async fn a_node_whose_audit_log_was_edited_or_cut_short_is_named_and_an_anchor_c
     let node3 = cluster.endpoint(2);
 
     // Two records swapped on node 3: its own chain breaks.
-    tampered(&mut cluster, 2, |store| {
-        let (a, b) = (record(store, 2), record(store, 3));
-        let mut batch = Batch::default();
-        batch.put(Family::Audit, keys::u64_key(2), b);
-        batch.put(Family::Audit, keys::u64_key(3), a);
-        store.write(batch, Durability::Sync).unwrap();
-    })
-    .await;
+    tampered(&mut cluster, 2, swap_records_2_and_3).await;
     let (code, out) = cli(&cluster, &["audit", "verify"]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(&format!("{node3}: BROKEN at record 2")),
         "{out}"
     );
-    tampered(&mut cluster, 2, |store| {
-        let (a, b) = (record(store, 2), record(store, 3));
-        let mut batch = Batch::default();
-        batch.put(Family::Audit, keys::u64_key(2), b);
-        batch.put(Family::Audit, keys::u64_key(3), a);
-        store.write(batch, Durability::Sync).unwrap();
-    })
-    .await;
+    tampered(&mut cluster, 2, swap_records_2_and_3).await;
     let (code, out) = cli(&cluster, &["audit", "verify"]);
     assert_eq!(code, 0, "swapped back: {out}");
 

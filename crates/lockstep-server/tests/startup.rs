@@ -232,3 +232,29 @@ fn config_file_and_environment_are_read_and_checked() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// `LOCKSTEP_MUTATION` (the mutation smoke's deliberate bugs) with a name no mutation has is
+/// refused before anything starts, listing the names there are. (A release build refuses
+/// any name; the tests run the debug build, so that branch is shown by its message only.)
+#[test]
+fn an_unknown_mutation_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_lockstepd"))
+        .args(["--id", "1", "--dev", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env(lockstep_raft::mutation::ENV, "lease-by-term")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("unknown mutation `lease-by-term`")
+            && stderr(&o).contains("lease-term-only"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing was written to the data directory"
+    );
+}
