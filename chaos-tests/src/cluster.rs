@@ -49,10 +49,9 @@ pub struct Cluster {
     faketime: Option<PathBuf>,
     /// The slow-disk shim, written into `dir`.
     slowdisk: PathBuf,
-    /// Each node's lossy disk (its data directory, mounted over `dir/diskN`), when the
-    /// schedule cuts power; `None` while the node's power is off, and for other schedules.
+    /// Each node's lossy disk (its data directory, mounted over `dir/diskN`) when the
+    /// schedule cuts power (`None` during a cut); empty for other schedules.
     disks: Vec<Option<LossyDisk>>,
-    lossy: bool,
     /// `LOCKSTEP_MUTATION` for every node (the mutation smoke), if any.
     mutation: Option<String>,
 }
@@ -118,16 +117,13 @@ impl Cluster {
             faketime,
             slowdisk,
             disks: Vec::new(),
-            lossy: lossy_disks,
             mutation,
         };
-        for i in 0..nodes {
-            let disk = if lossy_disks {
-                Some(cluster.mount_disk(i)?)
-            } else {
-                None
-            };
-            cluster.disks.push(disk);
+        if lossy_disks {
+            for i in 0..nodes {
+                let disk = cluster.mount_disk(i)?;
+                cluster.disks.push(Some(disk));
+            }
         }
         for i in 0..nodes {
             cluster.slow_disk(i, 0)?;
@@ -179,7 +175,7 @@ impl Cluster {
     /// when the fault heals ([`Cluster::restart`]). Says how many unsynced bytes were lost.
     pub fn power_cut(&mut self, i: usize) -> anyhow::Result<u64> {
         anyhow::ensure!(
-            self.lossy,
+            !self.disks.is_empty(),
             "node {} has no lossy disk: power cuts need NodeSetup::lossy_disks",
             i + 1
         );

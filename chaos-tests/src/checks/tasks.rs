@@ -29,18 +29,12 @@ struct Lease {
     expires_us: i64,
 }
 
-/// What held a task just before one of its records.
-#[derive(Clone, Copy, Debug)]
-struct Before {
-    lease: Option<Lease>,
-}
-
 pub fn check(obs: &Observation) -> CheckReport {
     let mut report = CheckReport::new("tasks");
     let mut completed: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     let mut leases: BTreeMap<&str, (u32, Option<Lease>)> = BTreeMap::new();
     // The lease that was current just before each task record, by the record's sequence.
-    let mut before: BTreeMap<u64, Before> = BTreeMap::new();
+    let mut before: BTreeMap<u64, Option<Lease>> = BTreeMap::new();
     let mut granted = 0u64;
     for r in &obs.audit {
         if !r.kind.starts_with("task_") {
@@ -48,7 +42,7 @@ pub fn check(obs: &Observation) -> CheckReport {
         }
         let t = r.task_id.as_deref().unwrap_or(r.instance_id.as_str());
         let (count, current) = leases.entry(t).or_default();
-        before.insert(r.seq, Before { lease: *current });
+        before.insert(r.seq, *current);
         match r.kind.as_str() {
             "task_leased" => {
                 *count += 1;
@@ -106,7 +100,7 @@ pub fn check(obs: &Observation) -> CheckReport {
             continue;
         };
         fenced += 1;
-        let held = before.get(&record.seq).and_then(|b| b.lease);
+        let held = before.get(&record.seq).copied().flatten();
         match (op.token, held) {
             (None, _) => report.problems.push(format!(
                 "op {}: an acknowledged completion of task {t} recorded no lease token",
