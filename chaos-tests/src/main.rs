@@ -105,7 +105,14 @@ fn spinner() -> ProgressBar {
     bar
 }
 
-async fn run_many(cli: &Cli, schedules: Vec<Schedule>, budget: Option<u64>) -> Vec<RunSummary> {
+/// Runs `schedules` one after another; with `--bursts`, each gets its overload bursts (as
+/// `run` does).
+async fn run_many(cli: &Cli, mut schedules: Vec<Schedule>, budget: Option<u64>) -> Vec<RunSummary> {
+    if cli.bursts {
+        for s in &mut schedules {
+            s.add_bursts();
+        }
+    }
     let config = RunConfig {
         lockstepd: cli.lockstepd.clone().unwrap_or_else(default_lockstepd),
         results: cli.results.clone(),
