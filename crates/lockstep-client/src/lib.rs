@@ -154,7 +154,9 @@ pub enum Error {
     Unavailable(Duration, String),
     /// Refused before anything was done: the node was at its admission limit (`OVERLOADED`)
     /// or the caller over its quota (`QUOTA_EXCEEDED`). Retry after `retry_after` with the
-    /// same request id.
+    /// same request id. Returned only when no earlier attempt of the call may have taken
+    /// effect; after a timeout or a lost connection the call ends in
+    /// [`Error::Unavailable`] instead (outcome unknown).
     #[error("{reason}: {message}")]
     Overloaded {
         reason: String,
@@ -412,6 +414,9 @@ impl Client {
     {
         let started = Instant::now();
         let mut backoff = self.options.backoff_initial;
+        // Whether an earlier attempt failed in a way that may have taken effect (a timeout,
+        // a lost connection): a later OVERLOADED refusal then says nothing about the request.
+        let mut maybe_applied = false;
         loop {
             let index = self.current.load(Ordering::Relaxed) % self.channels.len();
             let status = match call(self.channels[index].clone()).await {
@@ -426,6 +431,18 @@ impl Client {
                 // Nothing was done: wait at least the hint, on the same node.
                 if !self.options.retry_overloaded || started.elapsed() >= self.options.total_timeout
                 {
+                    if maybe_applied {
+                        // Refused now, but an earlier attempt with this request id may have
+                        // been applied: the outcome is unknown, not "nothing was done".
+                        return Err(Error::Unavailable(
+                            self.options.total_timeout,
+                            format!(
+                                "{}: {} (an earlier attempt may have been applied: retry with the same request id)",
+                                self.endpoints[index],
+                                status.message()
+                            ),
+                        ));
+                    }
                     return Err(Error::from_status(status));
                 }
                 let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64);
@@ -440,6 +457,7 @@ impl Client {
             if !retryable(&status) {
                 return Err(Error::from_status(status));
             }
+            maybe_applied = true;
             if started.elapsed() >= self.options.total_timeout {
                 return Err(Error::Unavailable(
                     self.options.total_timeout,
