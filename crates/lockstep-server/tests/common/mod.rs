@@ -4,12 +4,14 @@
 #![allow(dead_code)]
 
 pub use lockstep_lossydisk as lossy_fs;
+#[allow(unused_imports)] // each test binary uses some of them
+pub use lockstep_testpki::{JWT_AUDIENCE, JWT_ISSUER, Pki, sign_with};
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lockstep_client::{Client, Credentials, Identity, Options, Tls, pb};
+use lockstep_client::{Client, Credentials, Identity, Options, pb};
 use lockstep_core::ActorKind;
 
 /// What a node logs once the replicated log format allows group commit.
@@ -25,6 +27,9 @@ pub struct Settings {
     pub node_args: Vec<String>,
     /// More environment variables for every node (e.g. `LOCKSTEP_MUTATION`).
     pub node_env: Vec<(String, String)>,
+    /// Each node's wall-clock offset in seconds (libfaketime; the monotonic clock stays
+    /// true); empty or 0: none.
+    pub skews: Vec<i64>,
 }
 
 impl Default for Settings {
@@ -35,6 +40,7 @@ impl Default for Settings {
             logs_to_keep: 1_000,
             node_args: Vec::new(),
             node_env: Vec::new(),
+            skews: Vec::new(),
         }
     }
 }
@@ -54,131 +60,6 @@ pub struct Cluster {
     /// Each node's data directory as a disk that loses unsynced writes at a power cut
     /// ([`Cluster::start_on_lossy_disks`]); empty for other clusters.
     disks: Vec<Option<lossy_fs::LossyDisk>>,
-}
-
-/// The `iss` and `aud` of the tokens a secure test cluster accepts.
-pub const JWT_ISSUER: &str = "https://issuer.lockstep.test";
-pub const JWT_AUDIENCE: &str = "lockstep-test";
-
-/// A CA and a JWT signing key made with rcgen for one test, with the PEM files a secure
-/// cluster needs in `dir`.
-pub struct Pki {
-    pub dir: PathBuf,
-    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pub ca_pem: String,
-    jwt_key: rcgen::KeyPair,
-}
-
-impl Pki {
-    pub fn new(dir: PathBuf) -> Pki {
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "test CA");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let ca_pem = params.self_signed(&key).unwrap().pem();
-        std::fs::write(dir.join("ca.pem"), &ca_pem).unwrap();
-        let jwt_key = rcgen::KeyPair::generate().unwrap();
-        std::fs::write(dir.join("jwt.pem"), jwt_key.public_key_pem()).unwrap();
-        Pki {
-            dir,
-            ca: rcgen::Issuer::new(params, key),
-            ca_pem,
-            jwt_key,
-        }
-    }
-
-    /// A certificate from this CA for `cn` (with `kind:…`/`role:…` entries), written as `<file>.pem` and
-    /// `<file>-key.pem`; returns the PEM texts (certificate, key).
-    pub fn issue(&self, file: &str, cn: &str, ous: &[&str], server: bool) -> (String, String) {
-        let names = if server {
-            vec!["127.0.0.1".to_string(), "localhost".to_string()]
-        } else {
-            Vec::new()
-        };
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        // Kind and roles as URI SANs (`lockstep:kind:…`, `lockstep:role:…`), as `lockstep
-        // certs` writes them: rcgen keeps one OU per subject.
-        for entry in ous {
-            params.subject_alt_names.push(rcgen::SanType::URI(
-                format!("lockstep:{entry}").try_into().unwrap(),
-            ));
-        }
-        params.extended_key_usages = if server {
-            vec![
-                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-            ]
-        } else {
-            vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth]
-        };
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap().pem();
-        let key = key.serialize_pem();
-        std::fs::write(self.dir.join(format!("{file}.pem")), &cert).unwrap();
-        std::fs::write(self.dir.join(format!("{file}-key.pem")), &key).unwrap();
-        (cert, key)
-    }
-
-    /// The certificate and key files of node `id` (made on first use).
-    pub fn node_files(&self, id: u64) -> (PathBuf, PathBuf) {
-        let cert = self.dir.join(format!("node-{id}.pem"));
-        if !cert.exists() {
-            self.issue(&format!("node-{id}"), &format!("node-{id}"), &[], true);
-        }
-        (cert, self.dir.join(format!("node-{id}-key.pem")))
-    }
-
-    /// A token signed by the cluster's issuer key with these claims.
-    pub fn sign(&self, claims: &serde_json::Value) -> String {
-        sign_with(&self.jwt_key, claims)
-    }
-
-    /// The claims of a valid token for `identity`, expiring in `exp_in` seconds.
-    pub fn claims(identity: &Identity, exp_in: i64) -> serde_json::Value {
-        let now = jiff::Timestamp::now().as_second();
-        serde_json::json!({
-            "sub": identity.actor,
-            "roles": identity.roles,
-            "lockstep_kind": identity.kind.as_str(),
-            "iss": JWT_ISSUER,
-            "aud": JWT_AUDIENCE,
-            "iat": now,
-            "exp": now + exp_in,
-        })
-    }
-
-    pub fn token(&self, identity: &Identity) -> String {
-        self.sign(&Pki::claims(identity, 600))
-    }
-
-    /// Client TLS settings: the CA, and optionally a client certificate.
-    pub fn tls(&self, identity: Option<(String, String)>) -> Tls {
-        Tls {
-            ca_pem: self.ca_pem.clone().into_bytes(),
-            identity: identity.map(|(c, k)| (c.into_bytes(), k.into_bytes())),
-            domain: None,
-        }
-    }
-}
-
-/// A JWT (ES256) signed with `key`.
-pub fn sign_with(key: &rcgen::KeyPair, claims: &serde_json::Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
-        claims,
-        &jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
-    )
-    .unwrap()
 }
 
 fn free_port() -> u16 {
@@ -378,9 +259,17 @@ impl Cluster {
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn lockstepd")
+            .stderr(log);
+        if let Some(skew) = self.settings.skews.get(i).filter(|s| **s != 0) {
+            let lib = libfaketime().expect(
+                "a skewed node needs libfaketime (Debian's faketime package; scripts/prereqs installs it)",
+            );
+            command
+                .env("LD_PRELOAD", lib)
+                .env("FAKETIME", format!("{skew:+}"))
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        command.spawn().expect("spawn lockstepd")
     }
 
     /// SIGKILL: no chance to flush or say goodbye.
@@ -729,6 +618,15 @@ pub async fn create_with_retries(client: &Client, key: &str, within: Duration) -
 }
 
 /// The value of an unlabelled counter or gauge in a Prometheus text body.
+/// libfaketime, if installed (`/usr/lib/<arch>/faketime/libfaketime.so.1`).
+pub fn libfaketime() -> Option<PathBuf> {
+    std::fs::read_dir("/usr/lib")
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+}
+
 pub fn counter(body: &str, name: &str) -> u64 {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
