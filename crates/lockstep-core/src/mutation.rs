@@ -25,15 +25,19 @@ pub enum Mutation {
     /// Every 50th audit record is not written, though the chain head moves past it
     /// (caught by the chain, feed and writes checkers).
     AuditPutSkipped,
+    /// The clock offset guard measures and warns but never holds a node back, so a leader
+    /// whose clock jumped stamps with it (caught by the stamps checker).
+    ClockGuardOff,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 5] = [
+    pub const ALL: [Mutation; 6] = [
         Mutation::UnsyncedLogAppend,
         Mutation::LocalLinearizableRead,
         Mutation::TimerFiresTwice,
         Mutation::LeaseTermOnly,
         Mutation::AuditPutSkipped,
+        Mutation::ClockGuardOff,
     ];
 
     /// The name `LOCKSTEP_MUTATION` takes.
@@ -44,6 +48,7 @@ impl Mutation {
             Mutation::TimerFiresTwice => "timer-fires-twice",
             Mutation::LeaseTermOnly => "lease-term-only",
             Mutation::AuditPutSkipped => "audit-put-skipped",
+            Mutation::ClockGuardOff => "clock-guard-off",
         }
     }
 

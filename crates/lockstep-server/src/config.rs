@@ -94,6 +94,14 @@ pub struct Flags {
     /// more are refused with RESOURCE_EXHAUSTED / OVERLOADED (stale reads are not bounded).
     #[arg(long, env = "LOCKSTEP_READS_IN_FLIGHT_MAX", value_name = "READS")]
     pub reads_in_flight_max: Option<usize>,
+    /// The clock offset guard: this node campaigns, leads and stamps cluster time only while
+    /// the wall clocks of a quorum of voters (itself included) are within this of its own
+    /// (default 500ms; e.g. 250ms, 2s). Offsets are measured over the internal service every
+    /// 500ms and exported as lockstep_clock_offset_seconds; a peer past half of it is warned of.
+    /// `off` measures and warns without holding the node back (for clusters whose clocks
+    /// cannot be kept close; cluster time then freezes after a fast leader, see README).
+    #[arg(long, env = "LOCKSTEP_MAX_CLOCK_OFFSET", value_name = "DURATION|off")]
+    pub max_clock_offset: Option<String>,
     /// Keep this many applied entries in the log after a snapshot (so slow followers can catch
     /// up by log rather than snapshot).
     #[arg(long, env = "LOCKSTEP_LOGS_TO_KEEP")]
@@ -172,6 +180,7 @@ struct FileConfig {
     admission_limit_min: Option<usize>,
     admission_limit_max: Option<usize>,
     reads_in_flight_max: Option<usize>,
+    max_clock_offset: Option<String>,
     dev: Option<bool>,
     log_format: Option<String>,
     peer_via: Option<String>,
@@ -202,6 +211,8 @@ pub struct Config {
     pub logs_to_keep: u64,
     /// Admission control of client writes and linearizable reads (`admission.rs`).
     pub admission: crate::admission::AdmissionSettings,
+    /// The clock offset guard (`clock.rs`).
+    pub clock: crate::clock::ClockSettings,
     pub dev: bool,
     pub log_format: LogFormat,
     /// Addresses to dial peers at instead of their member addresses (`--peer-via`).
@@ -424,6 +435,10 @@ impl Config {
         if entries == Some(0) {
             return Err("--snapshot-every 0 would snapshot after every entry; give a positive number of entries, or leave it out".into());
         }
+        let clock = match flags.max_clock_offset.or(file.max_clock_offset) {
+            None => crate::clock::ClockSettings::default(),
+            Some(text) => crate::clock::ClockSettings::parse(&text)?,
+        };
         let snapshots = SnapshotSettings {
             log_bytes: log_mib << 20,
             interval,
@@ -440,6 +455,7 @@ impl Config {
             snapshots,
             logs_to_keep: flags.logs_to_keep.or(file.logs_to_keep).unwrap_or(1_000),
             admission,
+            clock,
             dev,
             log_format,
             peer_via,

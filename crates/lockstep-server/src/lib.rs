@@ -7,7 +7,8 @@
 //!   imports nothing above it. [`node`]: the Raft node on RocksDB, the write path (stamp
 //!   cluster time, propose, forward to the leader) and linearizable reads; [`admission`]: the
 //!   adaptive limit on client work a node admits; [`quota`]: per-actor and per-role rates;
-//!   [`format_gate`]: the cluster-version gate for log formats.
+//!   [`format_gate`]: the cluster-version gate for log formats; [`clock`]: the clock offset
+//!   guard (a node whose wall clock disagrees with a quorum's does not lead).
 //! - [`network`] and [`raft_service`]: Raft messages between nodes over gRPC.
 //! - [`api`]: the public gRPC services, [`status`]: refusals as gRPC statuses.
 //! - [`timers`]: the leader-only timer service; [`dispatch`]: the leader-only outbox dispatcher.
@@ -20,6 +21,7 @@
 pub mod admission;
 pub mod api;
 pub mod backup;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod dispatch;

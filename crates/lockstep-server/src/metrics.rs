@@ -22,6 +22,8 @@
 //! | `lockstep_timers_fired_total` | counter | |
 //! | `lockstep_admission_limit`, `lockstep_admission_in_flight` (client writes), `lockstep_admission_usual_latency_seconds` | gauge | |
 //! | `lockstep_overload_refusals_total` (refused with OVERLOADED before anything was done) | counter | `what` (writes, reads, polls) |
+//! | `lockstep_clock_offset_seconds` (the peer's wall clock minus this node's, measured in the last 10 s) | gauge | `peer` |
+//! | `lockstep_clock_within_max_offset` (1: a quorum of voters' clocks agree with this node's, so it may lead) | gauge | |
 //! | `lockstep_quota_refusals_total` (refused with QUOTA_EXCEEDED) | counter | `quota` (`actor:ID`, `role:NAME`; at most [`QUOTA_LABELS_MAX`], then `other`) |
 
 use std::collections::HashSet;
@@ -51,6 +53,7 @@ pub struct Scrape<'a> {
     pub store: &'a RocksStore,
     pub admission: AdmissionStats,
     pub read_index: &'a RoundStats,
+    pub clock: &'a crate::clock::ClockMonitor,
 }
 
 impl std::fmt::Debug for Scrape<'_> {
@@ -94,6 +97,11 @@ struct QuotaLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WhatLabels {
     what: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,6 +150,8 @@ pub struct Metrics {
     admission_limit: U64Gauge,
     admission_in_flight: U64Gauge,
     admission_usual_latency: Gauge<f64, std::sync::atomic::AtomicU64>,
+    clock_offset: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    clock_within: U64Gauge,
     overload_refusals: Family<WhatLabels, Counter>,
     quota_refusals: Family<QuotaLabels, Counter>,
     /// The `quota` label values in use (at most [`QUOTA_LABELS_MAX`]).
@@ -184,6 +194,8 @@ impl Metrics {
             admission_limit: U64Gauge::default(),
             admission_in_flight: U64Gauge::default(),
             admission_usual_latency: Gauge::default(),
+            clock_offset: Family::default(),
+            clock_within: U64Gauge::default(),
             overload_refusals: Family::default(),
             quota_refusals: Family::default(),
             quota_labels: Mutex::new(HashSet::new()),
@@ -302,6 +314,16 @@ impl Metrics {
             "lockstep_admission_usual_latency_seconds",
             "The long-term write latency admission control compares recent latency with",
             m.admission_usual_latency.clone(),
+        );
+        r.register(
+            "lockstep_clock_offset_seconds",
+            "Each peer's wall clock minus this node's, measured over the internal service in the last 10 s",
+            m.clock_offset.clone(),
+        );
+        r.register(
+            "lockstep_clock_within_max_offset",
+            "1 when the clocks of a quorum of voters (this node included) are within max_clock_offset of this node's, so it may lead",
+            m.clock_within.clone(),
         );
         r.register(
             "lockstep_overload_refusals",
@@ -475,6 +497,16 @@ impl Metrics {
         self.admission_in_flight.set(admission.in_flight as u64);
         self.admission_usual_latency
             .set(admission.usual_latency_seconds);
+        // Peers removed from the membership drop out rather than keep their last value.
+        self.clock_offset.clear();
+        for (peer, offset) in scrape.clock.offsets() {
+            self.clock_offset
+                .get_or_create(&PeerLabels {
+                    peer: peer.to_string(),
+                })
+                .set(offset);
+        }
+        self.clock_within.set(u64::from(scrape.clock.within()));
         let stats = scrape.read_index;
         self.read_index_rounds.inner().store(
             stats.rounds.load(std::sync::atomic::Ordering::Relaxed),

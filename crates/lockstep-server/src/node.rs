@@ -80,6 +80,15 @@ pub struct Node {
     reads_in_flight: tokio::sync::Semaphore,
     /// The token buckets of the policy's quotas (`quota.rs`).
     pub quotas: crate::quota::QuotaBuckets,
+    /// Peers' clock offsets and whether this node may lead (`clock.rs`).
+    pub clock: crate::clock::ClockMonitor,
+}
+
+/// The voters of `raft`'s membership (`None` before it has one).
+fn voters_of(raft: &Raft<TypeConfig>) -> Option<BTreeSet<NodeId>> {
+    let metrics = raft.metrics().borrow().clone();
+    let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+    (!voters.is_empty()).then_some(voters)
 }
 
 /// The leader `raft` knows of, if any, with its address.
@@ -180,6 +189,16 @@ impl Node {
         });
         let admission = crate::admission::Admission::new(config.admission);
         let reads_in_flight = tokio::sync::Semaphore::new(config.admission.reads_max);
+        let mut clock_settings = config.clock;
+        if lockstep_raft::mutation::is(lockstep_raft::mutation::Mutation::ClockGuardOff) {
+            // The bug: the guard measures and warns, and holds nothing back.
+            clock_settings.guard = false;
+        }
+        let clock = crate::clock::ClockMonitor::new(
+            clock_settings,
+            config.id,
+            &voters_of(&raft).unwrap_or_else(|| config.initial_members.keys().copied().collect()),
+        );
         let node = Arc::new(Node {
             id: config.id,
             config,
@@ -199,7 +218,15 @@ impl Node {
             quotas: Default::default(),
             timers_wake,
             outbox_wake,
+            clock,
         });
+        // Until its clock is judged, a node of a larger cluster neither campaigns nor sends
+        // heartbeats (`guard_clock`).
+        if node.clock.settings.guard && !node.clock.may_stamp() {
+            node.raft.runtime_config().elect(false);
+            node.raft.runtime_config().heartbeat(false);
+        }
+        tokio::spawn(Arc::clone(&node).guard_clock());
         node.bootstrap_if_first().await?;
         tokio::spawn(crate::snapshot_policy::run(
             node.raft.clone(),
@@ -238,6 +265,109 @@ impl Node {
         }
     }
 
+    /// The clock offset guard's loop (`clock.rs`): asks every other member for its wall clock,
+    /// judges this node's standing, and lets it campaign, send heartbeats as leader, and
+    /// stamp proposals only while it is `Within`.
+    async fn guard_clock(self: Arc<Self>) {
+        let mut allowed = self.clock.may_stamp();
+        loop {
+            let peers: Vec<(NodeId, String)> = self
+                .members()
+                .into_iter()
+                .filter(|(id, _, _)| *id != self.id)
+                .map(|(id, addr, _)| (id, addr))
+                .collect();
+            let node: &Node = &self;
+            let pings = peers.iter().map(|(id, addr)| async move {
+                let sent = Instant::now();
+                let sent_wall = wall_clock().as_micros();
+                let answer = tokio::time::timeout(
+                    crate::clock::PING_TIMEOUT,
+                    node.forward(addr, ForwardRequest::Clock),
+                )
+                .await;
+                match answer {
+                    Ok(Ok(ForwardReply::Clock(peer_wall))) => Some((
+                        *id,
+                        crate::clock::Sample::of_ping(
+                            sent_wall,
+                            peer_wall,
+                            sent.elapsed(),
+                            Instant::now(),
+                        ),
+                    )),
+                    // Unreachable, slow, or a build that cannot tell its clock.
+                    _ => None,
+                }
+            });
+            for (peer, sample) in futures::future::join_all(pings).await.into_iter().flatten() {
+                if let Some(warning) = self.clock.record(peer, sample) {
+                    tracing::warn!(peer, "{warning}");
+                }
+            }
+            if let Some(moved) = self.clock.jumped_us() {
+                tracing::warn!(
+                    "this node's wall clock jumped {} {} against its monotonic clock: it stamps nothing until it has measured its peers again",
+                    crate::clock::human_offset(moved),
+                    if moved > 0 { "forward" } else { "back" }
+                );
+            }
+            let voters = voters_of(&self.raft)
+                .unwrap_or_else(|| self.config.initial_members.keys().copied().collect());
+            let (judgement, changed) = self.clock.rejudge(self.id, &voters);
+            let may = self.clock.may_stamp();
+            if changed {
+                let median = crate::clock::human_offset(judgement.median_offset_us);
+                let side = if judgement.median_offset_us <= 0 {
+                    "ahead of"
+                } else {
+                    "behind"
+                };
+                match judgement.standing {
+                    crate::clock::Standing::Within => tracing::info!(
+                        agreeing = judgement.agreeing,
+                        voters = judgement.voters,
+                        "clock within max_clock_offset of a quorum of voters: this node may lead"
+                    ),
+                    crate::clock::Standing::Unknown => tracing::info!(
+                        agreeing = judgement.agreeing,
+                        voters = judgement.voters,
+                        "clock offset to a quorum of voters not known yet (peers unreachable or too old to answer): this node does not campaign"
+                    ),
+                    crate::clock::Standing::Off => tracing::warn!(
+                        disagreeing = judgement.disagreeing,
+                        voters = judgement.voters,
+                        guard = self.clock.settings.guard,
+                        "this node's wall clock is {median} {side} the median of its voters, more than max_clock_offset ({}) from a quorum: {}; fix its time source (NTP)",
+                        lockstep_core::time::human_ms(
+                            self.config.clock.max_offset.as_millis() as u64
+                        ),
+                        if self.clock.settings.guard {
+                            if self.is_leader() {
+                                "stepping down (no proposals, no heartbeats) and not campaigning"
+                            } else {
+                                "it does not campaign"
+                            }
+                        } else {
+                            "the guard is off (--max-clock-offset off), so it may still lead"
+                        }
+                    ),
+                }
+            }
+            if may != allowed {
+                self.raft.runtime_config().elect(may);
+                self.raft.runtime_config().heartbeat(may);
+                allowed = may;
+            }
+            let pause = if judgement.standing == crate::clock::Standing::Unknown {
+                crate::clock::PING_INTERVAL_UNKNOWN
+            } else {
+                crate::clock::PING_INTERVAL
+            };
+            tokio::time::sleep(pause).await;
+        }
+    }
+
     /// The current leader, if known, with its address.
     pub fn leader(&self) -> (Option<NodeId>, Option<String>) {
         leader_of(&self.raft)
@@ -256,6 +386,7 @@ impl Node {
             store: &self.store,
             admission: self.admission.stats(),
             read_index: &self.read_index.stats,
+            clock: &self.clock,
         })
     }
 
@@ -380,6 +511,14 @@ impl Node {
         lane: Lane,
     ) -> Result<impl Future<Output = Result<Response, WriteError>> + Send + 'static, WriteError>
     {
+        // The clock offset guard: a leader whose clock is off (or not yet judged) stamps
+        // nothing; it is stepping down, so the caller waits for the next leader as for none.
+        if !self.clock.may_stamp() && self.is_leader() {
+            return Err(WriteError::NotLeader {
+                leader_id: None,
+                leader_addr: None,
+            });
+        }
         let proposal = Proposal {
             request_id,
             at: wall_clock(),
@@ -493,6 +632,7 @@ impl Node {
             ForwardRequest::LogFormat => Ok(ForwardReply::LogFormat(
                 lockstep_raft::format::LOG_FORMAT_CURRENT,
             )),
+            ForwardRequest::Clock => Ok(ForwardReply::Clock(wall_clock().as_micros())),
         }
     }
 

@@ -48,6 +48,9 @@ pub enum ForwardRequest {
     /// The highest log format the node's build reads (`format_gate.rs`). Last, so that older
     /// builds, which cannot decode it, refuse it (and so are never counted as ready).
     LogFormat,
+    /// The node's wall clock now, in microseconds (the clock offset guard, `clock.rs`). After
+    /// `LogFormat`, for the same reason: builds that cannot answer it refuse to decode it.
+    Clock,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,6 +59,7 @@ pub enum ForwardReply {
     ReadIndex(u64),
     Membership(Vec<(NodeId, String, bool)>),
     LogFormat(u32),
+    Clock(i64),
 }
 
 /// Why a write or membership change did not produce a response.
