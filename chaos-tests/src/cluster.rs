@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use lockstep_client::{Client, Identity, Options, pb};
+use lockstep_client::{Client, Credentials, Identity, Options, pb};
 use lockstep_core::ActorKind;
 use lockstep_lossydisk::LossyDisk;
 
@@ -54,6 +54,11 @@ pub struct Cluster {
     disks: Vec<Option<LossyDisk>>,
     /// `LOCKSTEP_MUTATION` for every node (the mutation smoke), if any.
     mutation: Option<String>,
+    /// The CA and JWT issuer of a secure cluster (files under `<dir>/pki`); `None`:
+    /// development mode (`--dev`).
+    pki: Option<lockstep_testpki::Pki>,
+    /// Whether every node reads its clock offset from `nodeN.faketime` (clock jumps).
+    clock_files: bool,
 }
 
 /// How the nodes of a [`Cluster`] run.
@@ -65,6 +70,11 @@ pub struct NodeSetup {
     pub lossy_disks: bool,
     /// The deliberate bug every node runs with (`LOCKSTEP_MUTATION`).
     pub mutation: Option<String>,
+    /// TLS, mutual TLS between nodes, JWT clients (default: `--dev`).
+    pub secure: bool,
+    /// Every node's wall clock offset read from a file, so that [`Cluster::jump_clock`] can
+    /// move it while the node runs.
+    pub clock_files: bool,
 }
 
 impl Cluster {
@@ -79,6 +89,8 @@ impl Cluster {
             skews,
             lossy_disks,
             mutation,
+            secure,
+            clock_files,
         } = setup;
         std::fs::create_dir_all(dir)?;
         let mut ports = Vec::new();
@@ -94,7 +106,7 @@ impl Cluster {
                 }
             }
         }
-        let faketime = if skews.iter().any(|s| *s != 0) {
+        let faketime = if clock_files || skews.iter().any(|s| *s != 0) {
             Some(libfaketime().context("clock skew needs libfaketime (apt-get install faketime)")?)
         } else {
             None
@@ -118,6 +130,8 @@ impl Cluster {
             slowdisk,
             disks: Vec::new(),
             mutation,
+            pki: secure.then(|| lockstep_testpki::Pki::new(dir.join("pki"))),
+            clock_files,
         };
         if lossy_disks {
             for i in 0..nodes {
@@ -193,6 +207,39 @@ impl Cluster {
         Ok(lost)
     }
 
+    /// `--dev`, or a secure node's certificate, CA and JWT issuer (the default cluster policy:
+    /// role admin applies and changes membership, admin or auditor reads audit).
+    fn security_args(&self, i: usize) -> Vec<String> {
+        let Some(pki) = &self.pki else {
+            return vec!["--dev".into()];
+        };
+        let (cert, key) = pki.node_files(i as u64 + 1);
+        let path = |p: PathBuf| p.display().to_string();
+        vec![
+            "--tls-cert".into(),
+            path(cert),
+            "--tls-key".into(),
+            path(key),
+            "--tls-ca".into(),
+            path(pki.dir.join("ca.pem")),
+            "--jwt-keys".into(),
+            path(pki.dir.join("jwt.pem")),
+            "--jwt-issuer".into(),
+            lockstep_testpki::JWT_ISSUER.into(),
+            "--jwt-audience".into(),
+            lockstep_testpki::JWT_AUDIENCE.into(),
+        ]
+    }
+
+    /// `--max-clock-offset` for a skewed cluster: the spread of its offsets plus 2 s.
+    fn max_clock_offset(&self) -> Option<String> {
+        let (lo, hi) = (
+            self.skews.iter().copied().min().unwrap_or(0),
+            self.skews.iter().copied().max().unwrap_or(0),
+        );
+        (hi != lo).then(|| format!("{}s", hi - lo + 2))
+    }
+
     fn spawn(&self, i: usize) -> anyhow::Result<Child> {
         let members = (0..self.len())
             .map(|j| format!("{}={}", j + 1, self.endpoint(j)))
@@ -209,11 +256,19 @@ impl Cluster {
             .open(self.log_path(i))?;
         let mut cmd = Command::new(&self.lockstepd);
         cmd.args(["--id", &(i + 1).to_string(), "--listen", &self.endpoint(i)])
-            .args(["--initial-members", &members, "--peer-via", &via, "--dev"])
+            .args(["--initial-members", &members, "--peer-via", &via])
+            .args(self.security_args(i))
             .args(["--heartbeat-ms", "100", "--election-timeout-ms", "600"])
             // Small snapshots and a short log: snapshots are built, sent and installed while
             // faults are going on.
             .args(["--snapshot-every", "300", "--logs-to-keep", "100"])
+            // Skewed schedules test a cluster whose operator accepts loose clocks: the clock
+            // offset guard's bound is raised above the spread of the offsets, or no node of
+            // a -4 s / +5 s schedule would agree with a quorum and none would lead.
+            .args(
+                self.max_clock_offset()
+                    .map(|m| format!("--max-clock-offset={m}")),
+            )
             .arg("--data-dir")
             .arg(self.data_dir(i))
             .env("RUST_LOG", "info,openraft=warn")
@@ -223,12 +278,21 @@ impl Cluster {
         let mut preload = self.slowdisk.display().to_string();
         cmd.env("LOCKSTEP_SLOWDISK_FILE", self.slowdisk_file(i));
         if let (Some(lib), skew) = (&self.faketime, self.skews[i])
-            && skew != 0
+            && (skew != 0 || self.clock_files)
         {
             // Only the wall clock moves; timeouts and intervals (monotonic) stay true.
             preload = format!("{preload} {}", lib.display());
-            cmd.env("FAKETIME", format!("{skew:+}"))
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            cmd.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            if self.clock_files {
+                // Re-read at most a second after it changes (`jump_clock`).
+                let file = self.clock_file(i);
+                std::fs::write(&file, format!("{skew:+}"))
+                    .with_context(|| format!("writing {}", file.display()))?;
+                cmd.env("FAKETIME_TIMESTAMP_FILE", file)
+                    .env("FAKETIME_CACHE_DURATION", "1");
+            } else {
+                cmd.env("FAKETIME", format!("{skew:+}"));
+            }
         }
         cmd.env("LD_PRELOAD", preload);
         if let Some(m) = &self.mutation {
@@ -236,6 +300,22 @@ impl Cluster {
         }
         cmd.spawn()
             .with_context(|| format!("spawn {}", self.lockstepd.display()))
+    }
+
+    fn clock_file(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("node{}.faketime", i + 1))
+    }
+
+    /// Moves node `i`'s wall clock to `by` seconds from its skew (0: back to it); the node
+    /// sees it within a second (libfaketime's cache). Needs `NodeSetup::clock_files`.
+    pub fn jump_clock(&self, i: usize, by: i64) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.clock_files && self.faketime.is_some(),
+            "clock jumps need libfaketime and a cluster started with clock files"
+        );
+        let file = self.clock_file(i);
+        std::fs::write(&file, format!("{:+}", self.skews[i] + by))
+            .with_context(|| format!("writing {}", file.display()))
     }
 
     fn slowdisk_file(&self, i: usize) -> PathBuf {
@@ -321,11 +401,14 @@ impl Cluster {
         }
     }
 
-    /// Every link passes, every node runs and none is paused.
+    /// Every link passes, every node runs and none is paused, every clock is back at its skew.
     pub fn heal(&mut self) -> anyhow::Result<()> {
         self.all_links(LinkMode::Pass);
         for i in 0..self.len() {
             self.slow_disk(i, 0)?;
+            if self.clock_files {
+                self.jump_clock(i, 0)?;
+            }
             if self.paused[i] {
                 self.pause(i, false);
             }
@@ -334,8 +417,18 @@ impl Cluster {
         Ok(())
     }
 
+    /// A client of `endpoints` acting as `identity`: named in a header in development mode,
+    /// over TLS with a bearer JWT for it on a secure cluster.
     pub fn client_for(&self, endpoints: &[String], identity: Identity, options: Options) -> Client {
-        Client::new(endpoints, Some(identity), options).expect("loopback endpoints are valid")
+        let credentials = match &self.pki {
+            None => Credentials::default(),
+            Some(pki) => Credentials {
+                tls: Some(pki.tls(None)),
+                token: Some(pki.token(&identity)),
+            },
+        };
+        Client::with_credentials(endpoints, Some(identity), options, credentials)
+            .expect("loopback endpoints are valid")
     }
 
     /// A client whose endpoint list starts at node `first`.

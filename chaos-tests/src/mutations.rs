@@ -26,6 +26,7 @@ fn step(at_ms: u64, fault: Fault, hold_ms: u64) -> Step {
         hold_ms,
         pick: 0,
         burst: false,
+        also: None,
     }
 }
 
@@ -73,6 +74,12 @@ pub fn runs() -> Vec<MutationRun> {
                         &["audit chain", "convergence", "change feed", "writes"],
                         "every 50th audit record is missing from every replica",
                     ),
+                    Mutation::ClockGuardOff => (
+                        10_000,
+                        vec![step(2_000, Fault::ClockJump(30), 4_000)],
+                        &["stamps"],
+                        "the leader's wall clock jumps 30 s forward and it goes on leading and stamping with it",
+                    ),
                 };
             MutationRun {
                 mutation,
@@ -83,6 +90,7 @@ pub fn runs() -> Vec<MutationRun> {
                     duration_ms,
                     steps,
                     mutation: Some(mutation.name().to_string()),
+                    secure: false,
                 },
                 caught_by,
                 why,

@@ -145,8 +145,13 @@ pub fn apply(cluster: &mut Cluster, step: &Step, leader: Option<usize>) -> anyho
             }
             format!("power cut of every node: {lost} unsynced bytes lost")
         }
+        Fault::ClockJump(by) => {
+            cluster.jump_clock(l, by)?;
+            format!("the wall clock of {} ({known}) jumps {by:+} s", nodes(&[l]))
+        }
         // Asynchronous: see `change_membership`.
         Fault::Membership => (f + 1).to_string(),
+        Fault::RemoveLeader => (l + 1).to_string(),
     })
 }
 
@@ -298,7 +303,7 @@ pub async fn run(
         let mut detail = apply(cluster, step, leader)
             .with_context(|| format!("applying {}", step.fault.name()))?;
         let mut removed = None;
-        if step.fault == Fault::Membership {
+        if matches!(step.fault, Fault::Membership | Fault::RemoveLeader) {
             let f: usize = detail.parse::<usize>().unwrap_or(1) - 1;
             detail = match remove(cluster, f).await {
                 Ok(()) => {
@@ -307,6 +312,19 @@ pub async fn run(
                 }
                 Err(e) => format!("removing node {} failed: {e}", f + 1),
             };
+        }
+        if let Some(second) = step.also {
+            // The second fault picks its follower from a rotated pick, so that it is not
+            // always the first fault's.
+            let also = Step {
+                fault: second,
+                pick: step.pick.rotate_left(17),
+                ..step.clone()
+            };
+            let more = apply(cluster, &also, leader).with_context(|| {
+                format!("applying {} with {}", second.name(), step.fault.name())
+            })?;
+            detail.push_str(&format!(", and at once {}: {more}", second.name()));
         }
         let burst = step
             .burst
@@ -332,7 +350,10 @@ pub async fn run(
             }
         }
         windows.push(FaultWindow {
-            name: step.fault.name(),
+            name: match step.also {
+                Some(second) => format!("{}&{}", step.fault.name(), second.name()),
+                None => step.fault.name(),
+            },
             detail,
             start_us: began.as_micros() as u64,
             end_us: start.elapsed().as_micros() as u64,

@@ -274,6 +274,8 @@ async fn run_inner(
             skews: schedule.skews.clone(),
             lossy_disks: schedule.has_power_cut(),
             mutation: schedule.mutation.clone(),
+            secure: schedule.secure,
+            clock_files: schedule.has_clock_jump(),
         },
     )
     .await?;
@@ -327,8 +329,19 @@ async fn run_inner(
             workers_stopped.clone(),
         ));
     }
+    let feed_clients = cluster
+        .endpoints()
+        .iter()
+        .map(|e| {
+            cluster.client_for(
+                std::slice::from_ref(e),
+                Identity::new("chaos-feed", ActorKind::Service, &["auditor"]),
+                client_options(),
+            )
+        })
+        .collect();
     let mut consumer = AbortOnDrop(tokio::spawn(workload::consumer(
-        cluster.endpoints(),
+        feed_clients,
         schedule.process_seed(999),
         Arc::clone(&received),
         feed_target,

@@ -39,18 +39,25 @@ pub enum Fault {
     /// A follower removed from the voters under load, added back as a learner and promoted
     /// when the fault heals.
     Membership,
+    /// The leader removes itself from the voters under load (it leads until the change
+    /// commits, then steps down); added back as a learner and promoted when the fault heals.
+    RemoveLeader,
     /// The leader loses power: killed, and its disk loses every write it had not fsynced;
     /// it boots again when the fault heals. Nodes run on lossy disks (`lockstep-lossydisk`)
     /// in every schedule with a power cut.
     PowerCutLeader,
     /// Every node loses power at once (as `PowerCutLeader`, all of them).
     PowerCutAll,
+    /// The leader's wall clock jumps this many seconds forward (libfaketime's timestamp file;
+    /// the monotonic clock stays true), and back when the fault heals: the clock offset guard
+    /// must keep the jump out of every stamped time.
+    ClockJump(i64),
 }
 
 /// The seeds of the CI smoke suite (`lockstep-chaos smoke`, run by scripts/test), 3 nodes and
 /// no clock skew: with the 5-node and the skewed one below they apply every fault kind
 /// (`the_smoke_seeds_together_apply_every_fault_kind`).
-pub const SMOKE_SEEDS: [u64; 8] = [10, 28, 19, 25, 11, 27, 5, 20];
+pub const SMOKE_SEEDS: [u64; 9] = [10, 28, 19, 25, 11, 27, 5, 20, 105];
 /// The smoke suite's 5-node schedule (pause-follower, reset-leader, kill-follower).
 pub const SMOKE_FIVE_NODE_SEED: u64 = 42;
 /// The smoke suite's skewed schedule: 3 nodes at -4 s, +0 s and +5 s (libfaketime, which
@@ -64,12 +71,11 @@ pub fn smoke_schedules(duration_ms: u64) -> Vec<Schedule> {
         .iter()
         .map(|seed| Schedule::generate(*seed, Some(3), duration_ms, false))
         .collect();
-    out.push(Schedule::generate(
-        SMOKE_FIVE_NODE_SEED,
-        None,
-        duration_ms,
-        false,
-    ));
+    // The 5-node schedule also runs secure, so that the smoke suite has a secure cluster.
+    out.push(Schedule {
+        secure: true,
+        ..Schedule::generate(SMOKE_FIVE_NODE_SEED, None, duration_ms, false)
+    });
     out.push(Schedule::generate(
         SMOKE_SKEWED_SEED,
         Some(3),
@@ -80,7 +86,7 @@ pub fn smoke_schedules(duration_ms: u64) -> Vec<Schedule> {
 }
 
 /// Every fault kind, by the name the summary table counts it under.
-pub const FAULT_KINDS: [&str; 17] = [
+pub const FAULT_KINDS: [&str; 19] = [
     "partition-follower",
     "partition-leader-minority",
     "isolate-leader",
@@ -96,8 +102,10 @@ pub const FAULT_KINDS: [&str; 17] = [
     "pause-follower",
     "restart-all",
     "membership",
+    "remove-leader",
     "power-cut-leader",
     "power-cut-all",
+    "clock-jump",
 ];
 
 impl Fault {
@@ -106,8 +114,27 @@ impl Fault {
         match self {
             Fault::Delay(_) => "delay".into(),
             Fault::SlowDisk(_) => "slow-disk".into(),
+            Fault::ClockJump(_) => "clock-jump".into(),
             other => other.name(),
         }
+    }
+
+    /// Whether a compound step may add a follower fault to this one: not to faults that
+    /// already take followers down (kills and pauses of several nodes, restarts, power cuts)
+    /// or change membership.
+    pub fn takes_a_second(&self) -> bool {
+        matches!(
+            self,
+            Fault::PartitionLeaderMinority
+                | Fault::IsolateLeader
+                | Fault::ResetLeader
+                | Fault::AsymmetricLeader
+                | Fault::BridgeLeader
+                | Fault::Delay(_)
+                | Fault::SlowDisk(_)
+                | Fault::KillLeader
+                | Fault::PauseLeader
+        )
     }
 
     /// Whether the fault cuts a node's power (its nodes then run on lossy disks).
@@ -119,6 +146,7 @@ impl Fault {
         match self {
             Fault::Delay(ms) => format!("delay-{ms}ms"),
             Fault::SlowDisk(ms) => format!("slow-disk-{ms}ms"),
+            Fault::ClockJump(s) => format!("clock-jump-{s:+}s"),
             other => serde_json::to_value(other)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
@@ -141,6 +169,10 @@ pub struct Step {
     /// checkers still hold and timers stay on time.
     #[serde(default)]
     pub burst: bool,
+    /// A second fault at the same time, healed with the first (a compound fault): a follower
+    /// killed, paused, cut off, or its disk slowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub also: Option<Fault>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +187,10 @@ pub struct Schedule {
     /// only, `lockstep-chaos mutations`); `None` for a real run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mutation: Option<String>,
+    /// A secure cluster: TLS with mutual TLS between nodes (through the fault proxies), and
+    /// every client with a bearer JWT (`lockstep-testpki`).
+    #[serde(default)]
+    pub secure: bool,
 }
 
 impl Schedule {
@@ -183,6 +219,16 @@ impl Schedule {
         // A third of the leader kills and of the whole-cluster restarts become power cuts,
         // from a stream of their own (the rest of the schedule stays as it was).
         let mut power = StdRng::seed_from_u64(seed ^ 0x706F_7765_7263_7574);
+        // Half of the membership changes remove the leader rather than a follower, from a
+        // stream of their own too.
+        let mut leaving = StdRng::seed_from_u64(seed ^ 0x6C65_6176_696E_6721);
+        // A fifth of the steps whose fault leaves the followers alone get a second fault on a
+        // follower at the same time, from a stream of their own as well.
+        let mut compound = StdRng::seed_from_u64(seed ^ 0x636F_6D70_6F75_6E64);
+        // A third of the leader pauses become clock jumps in schedules without skew (with a
+        // skew the guard's bound is raised, see `Cluster::max_clock_offset`), from their own
+        // stream.
+        let mut jump = StdRng::seed_from_u64(seed ^ 0x6A75_6D70_6A75_6D70);
         // Half of the leader isolations reset connections instead of holding them.
         let mut reset = StdRng::seed_from_u64(seed ^ 0x7265_7365_7473);
         let mut steps = Vec::new();
@@ -205,22 +251,42 @@ impl Schedule {
                 6 => Fault::KillLeader,
                 7 => Fault::KillFollower,
                 8 => Fault::KillMajority,
+                9 if jump.random_bool(1.0 / 3.0) && !skewed => {
+                    Fault::ClockJump(jump.random_range(20..=40))
+                }
                 9 => Fault::PauseLeader,
                 10 => Fault::PauseFollower,
-                _ if membership.random_bool(0.5) => Fault::Membership,
+                _ if membership.random_bool(0.5) => {
+                    if leaving.random_bool(0.5) {
+                        Fault::RemoveLeader
+                    } else {
+                        Fault::Membership
+                    }
+                }
                 _ if power.random_bool(1.0 / 3.0) => Fault::PowerCutAll,
                 _ => Fault::RestartAll,
             };
             let hold_ms = rng.random_range(1_500..=5_000).min(duration_ms - t - 1_000);
+            let second = compound.random_range(0..4);
+            let also =
+                (fault.takes_a_second() && compound.random_bool(0.2)).then(|| match second {
+                    0 => Fault::KillFollower,
+                    1 => Fault::PauseFollower,
+                    2 => Fault::PartitionFollower,
+                    _ => Fault::SlowDisk(compound.random_range(20..=200)),
+                });
             steps.push(Step {
                 at_ms: t,
                 fault,
                 hold_ms,
                 pick: rng.random(),
                 burst: false,
+                also,
             });
             t += hold_ms + rng.random_range(1_000..=3_000);
         }
+        // A quarter of the schedules run a secure cluster, from a stream of their own.
+        let secure = StdRng::seed_from_u64(seed ^ 0x7365_6375_7265).random_bool(0.25);
         Schedule {
             seed,
             nodes,
@@ -228,7 +294,15 @@ impl Schedule {
             duration_ms,
             steps,
             mutation: None,
+            secure,
         }
+    }
+
+    /// Whether any step jumps a clock (every node then reads its offset from a file).
+    pub fn has_clock_jump(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s.fault, Fault::ClockJump(_)))
     }
 
     /// Whether any step cuts power (the nodes then run on lossy disks).
@@ -251,6 +325,9 @@ impl Schedule {
         if let Some(m) = &self.mutation {
             s.push_str(&format!(", MUTATION {m}"));
         }
+        if self.secure {
+            s.push_str(", secure (mTLS, JWT)");
+        }
         if self.skews.iter().any(|x| *x != 0) {
             let offsets: Vec<String> = self.skews.iter().map(|x| format!("{x:+}s")).collect();
             s.push_str(&format!(", clocks [{}]", offsets.join(",")));
@@ -261,8 +338,11 @@ impl Schedule {
             .iter()
             .map(|st| {
                 format!(
-                    "{}{}@{:.1}s/{:.1}s",
+                    "{}{}{}@{:.1}s/{:.1}s",
                     st.fault.name(),
+                    st.also
+                        .map(|a| format!("&{}", a.name()))
+                        .unwrap_or_default(),
                     if st.burst { "+burst" } else { "" },
                     st.at_ms as f64 / 1e3,
                     st.hold_ms as f64 / 1e3
@@ -362,6 +442,14 @@ mod tests {
         assert!(
             smoke.iter().any(|s| s.skews.iter().any(|x| *x != 0)),
             "no skewed smoke schedule"
+        );
+        assert!(smoke.iter().any(|s| s.secure), "no secure smoke schedule");
+        assert!(
+            smoke
+                .iter()
+                .flat_map(|s| &s.steps)
+                .any(|st| st.also.is_some()),
+            "no compound fault in the smoke suite"
         );
         let missing: Vec<&str> = FAULT_KINDS
             .iter()

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lockstep_client::{Client, Error, Identity, Options, by_key, pb, request_id};
-use lockstep_core::ActorKind;
+use lockstep_client::{Client, Error, Options, by_key, pb, request_id};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{Mutex, watch};
@@ -303,27 +302,12 @@ pub async fn worker(
 /// from `last seq + 1`. Stops when `stop` is set and it has reached `until` (or `stop` has
 /// been set for 20 s).
 pub async fn consumer(
-    endpoints: Vec<String>,
+    clients: Vec<Client>,
     seed: u64,
     received: Arc<std::sync::Mutex<Vec<(u64, String)>>>,
     mut until: watch::Receiver<Option<u64>>,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let clients: Vec<Client> = endpoints
-        .iter()
-        .map(|e| {
-            Client::new(
-                std::slice::from_ref(e),
-                Some(Identity::new(
-                    "chaos-feed",
-                    ActorKind::Service,
-                    &["auditor"],
-                )),
-                client_options(),
-            )
-            .expect("loopback endpoint")
-        })
-        .collect();
     let mut node = 0;
     let mut last = 0u64;
     let mut stop_at: Option<Instant> = None;

@@ -14,6 +14,7 @@ pub mod chain;
 pub mod convergence;
 pub mod feed;
 pub mod linear;
+pub mod stamps;
 pub mod tasks;
 pub mod timers;
 pub mod writes;
@@ -261,6 +262,7 @@ pub fn run_all(obs: &Observation) -> Vec<CheckReport> {
         tasks::check(obs),
         feed::check(obs),
         chain::check(obs),
+        stamps::check(obs),
     ]
 }
 
