@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Settings};
-use lockstep_client::{Client, Identity, by_id, pb, request_id};
+use common::{Cluster, Settings, TICKETS_DUE, gauge};
+use lockstep_client::Identity;
 use lockstep_core::ActorKind;
 
 /// How far node 1's wall clock runs ahead.
@@ -27,16 +27,7 @@ const LEADS_AT_MOST: Duration = Duration::from_secs(5);
 /// bound with a wide margin, as the chaos timers checker's).
 const FIRES_WITHIN: Duration = Duration::from_secs(5);
 
-const TICKETS: &str = r#"
-workflow: tickets
-data: { type: object }
-states:
-  waiting: { initial: true, expires: { after: 2s, transition: time_out } }
-  timed_out: { terminal: true }
-transitions:
-  time_out: { from: waiting, to: timed_out, system: true }
-"#;
-const DUE: Duration = Duration::from_secs(2);
+const DUE: Duration = TICKETS_DUE;
 
 fn settings(args: &[&str]) -> Settings {
     Settings {
@@ -44,35 +35,6 @@ fn settings(args: &[&str]) -> Settings {
         node_args: args.iter().map(|a| a.to_string()).collect(),
         ..Settings::default()
     }
-}
-
-fn client(cluster: &Cluster) -> Client {
-    cluster.client(Identity::new("alice", ActorKind::Human, &[]))
-}
-
-async fn define(cluster: &Cluster) {
-    client(cluster)
-        .apply_definition(&request_id(), TICKETS, pb::Provenance::default())
-        .await
-        .unwrap();
-}
-
-async fn create(cluster: &Cluster) -> String {
-    client(cluster)
-        .create(&request_id(), "tickets", None, &serde_json::json!({}))
-        .await
-        .unwrap()
-        .instance_id
-}
-
-async fn state(cluster: &Cluster, id: &str) -> String {
-    client(cluster)
-        .get(by_id(id), pb::ReadConsistency::Linearizable)
-        .await
-        .unwrap()
-        .instance
-        .unwrap()
-        .state
 }
 
 /// How far the cluster time node i has applied is ahead of this process's clock, in seconds
@@ -145,9 +107,9 @@ impl Drop for LeaderWatch {
 /// due time (real time) that was seen.
 async fn expiry_lateness(cluster: &Cluster) -> Duration {
     let created = Instant::now();
-    let id = create(cluster).await;
+    let id = cluster.create_ticket().await;
     loop {
-        if state(cluster, &id).await == "timed_out" {
+        if cluster.state_of(&id).await == "timed_out" {
             return created.elapsed().saturating_sub(DUE);
         }
         assert!(
@@ -160,13 +122,6 @@ async fn expiry_lateness(cluster: &Cluster) -> Duration {
     }
 }
 
-/// A gauge line of `/metrics`, e.g. `lockstep_clock_offset_seconds{peer="1"}`.
-fn gauge(body: &str, name: &str) -> f64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{body}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_a_minute_ahead_never_leads_long_and_time_keeps_real_time() {
     if common::libfaketime().is_none() {
@@ -175,7 +130,7 @@ async fn a_node_a_minute_ahead_never_leads_long_and_time_keeps_real_time() {
     let mut cluster = Cluster::start(settings(&[]));
     let watch = LeaderWatch::start(&cluster);
     let leader = cluster.leader().await;
-    define(&cluster).await;
+    cluster.define_tickets("tickets", "2s").await;
     let first = expiry_lateness(&cluster).await;
     for i in 1..3 {
         let ahead = cluster_time_ahead_s(&cluster, i).await;
@@ -245,9 +200,9 @@ async fn without_the_guard_a_fast_leader_freezes_cluster_time_after_it_dies() {
         leader = cluster.leader().await;
     }
     assert_eq!(leader, 0, "node 1 never led");
-    define(&cluster).await;
+    cluster.define_tickets("tickets", "2s").await;
     // Node 1 stamps times a minute ahead; its timer service, on the same clock, fires on time.
-    create(&cluster).await;
+    cluster.create_ticket().await;
     let ahead = cluster_time_ahead_s(&cluster, 0).await;
     assert!(
         ahead > (AHEAD_S - 5) as f64,
@@ -257,10 +212,10 @@ async fn without_the_guard_a_fast_leader_freezes_cluster_time_after_it_dies() {
     // frozen and an expiry due in 2 s has not fired well after.
     cluster.kill9(0);
     cluster.leader().await;
-    let id = create(&cluster).await;
+    let id = cluster.create_ticket().await;
     tokio::time::sleep(DUE + FIRES_WITHIN + Duration::from_secs(1)).await;
     assert_eq!(
-        state(&cluster, &id).await,
+        cluster.state_of(&id).await,
         "waiting",
         "the expiry fired: cluster time was not frozen"
     );

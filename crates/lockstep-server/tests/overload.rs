@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Settings, counter};
+use common::{Cluster, Settings, TICKETS, counter};
 use lockstep_client::{Client, Error, Identity, OVERLOADED, Options, by_id, pb, request_id};
 use lockstep_core::{ActorKind, Timestamp};
 
@@ -268,17 +268,6 @@ async fn a_worker_may_have_only_so_many_polls_waiting() {
     assert!(tasks.is_empty());
     waiting.abort_all();
 }
-
-/// `waiting` expires after 2 s.
-const TICKETS: &str = r#"
-workflow: tickets
-data: { type: object }
-states:
-  waiting: { initial: true, expires: { after: 2s, transition: time_out } }
-  timed_out: { terminal: true }
-transitions:
-  time_out: { from: waiting, to: timed_out, system: true }
-"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn timers_fire_on_time_under_a_flood_of_client_writes() {

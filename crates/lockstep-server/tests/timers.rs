@@ -5,63 +5,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, Settings};
+use common::{Cluster, Settings, TICKETS_DUE};
 use lockstep_client::{Client, Identity, by_id, pb, request_id};
 use lockstep_core::{ActorKind, Timestamp};
 
-/// `waiting` expires after `DUE`; `leave` moves on before that.
-const TICKETS: &str = r#"
-workflow: tickets
-data: { type: object }
-states:
-  waiting: { initial: true, expires: { after: 2s, transition: time_out } }
-  handled: { terminal: true }
-  timed_out: { terminal: true }
-transitions:
-  leave: { from: waiting, to: handled, allow: "true" }
-  time_out: { from: waiting, to: timed_out, system: true }
-"#;
-const DUE: Duration = Duration::from_secs(2);
+const DUE: Duration = TICKETS_DUE;
 
 fn client(cluster: &Cluster) -> Client {
-    cluster.client(Identity::new("alice", ActorKind::Human, &[]))
-}
-
-async fn define(cluster: &Cluster) {
-    define_as(cluster, "tickets", "2s").await;
-}
-
-/// `TICKETS` as workflow `name`, whose `waiting` expires after `after` (e.g. `1h`).
-async fn define_as(cluster: &Cluster, name: &str, after: &str) {
-    let source = TICKETS
-        .replace("workflow: tickets", &format!("workflow: {name}"))
-        .replace("after: 2s", &format!("after: {after}"));
-    client(cluster)
-        .apply_definition(&request_id(), &source, pb::Provenance::default())
-        .await
-        .unwrap();
-}
-
-async fn create(cluster: &Cluster) -> String {
-    client(cluster)
-        .create(&request_id(), "tickets", None, &serde_json::json!({}))
-        .await
-        .unwrap()
-        .instance_id
+    cluster.ticket_client()
 }
 
 async fn history(cluster: &Cluster, id: &str) -> Vec<pb::AuditRecord> {
     client(cluster).history(by_id(id), 0).await.unwrap().records
-}
-
-async fn state(cluster: &Cluster, id: &str) -> String {
-    client(cluster)
-        .get(by_id(id), pb::ReadConsistency::Linearizable)
-        .await
-        .unwrap()
-        .instance
-        .unwrap()
-        .state
 }
 
 /// Waits until every id has timed out (or panics after 30 s).
@@ -69,7 +24,7 @@ async fn all_timed_out(cluster: &Cluster, ids: &[String]) {
     for _ in 0..300 {
         let mut all = true;
         for id in ids {
-            all &= state(cluster, id).await == "timed_out";
+            all &= cluster.state_of(id).await == "timed_out";
         }
         if all {
             return;
@@ -101,8 +56,8 @@ async fn the_fire(cluster: &Cluster, id: &str) -> serde_json::Value {
 async fn a_timer_due_during_a_leader_kill_fires_exactly_once_after_failover() {
     let mut cluster = Cluster::start(Settings::default());
     cluster.leader().await;
-    define(&cluster).await;
-    let ids = vec![create(&cluster).await, create(&cluster).await];
+    cluster.define_tickets("tickets", "2s").await;
+    let ids = vec![cluster.create_ticket().await, cluster.create_ticket().await];
     // Kill the leader before the timers fall due; they fall due while the cluster elects.
     tokio::time::sleep(DUE - Duration::from_millis(300)).await;
     let leader = cluster.leader().await;
@@ -133,8 +88,8 @@ async fn a_timer_due_during_a_leader_kill_fires_exactly_once_after_failover() {
 async fn a_timer_whose_instance_left_the_state_never_acts() {
     let cluster = Cluster::start(Settings::default());
     cluster.leader().await;
-    define(&cluster).await;
-    let id = create(&cluster).await;
+    cluster.define_tickets("tickets", "2s").await;
+    let id = cluster.create_ticket().await;
     client(&cluster)
         .transition(
             &request_id(),
@@ -146,7 +101,7 @@ async fn a_timer_whose_instance_left_the_state_never_acts() {
         .await
         .unwrap();
     tokio::time::sleep(DUE + Duration::from_secs(1)).await;
-    assert_eq!(state(&cluster, &id).await, "handled");
+    assert_eq!(cluster.state_of(&id).await, "handled");
     let kinds: Vec<String> = history(&cluster, &id)
         .await
         .into_iter()
@@ -174,11 +129,11 @@ async fn a_timer_whose_instance_left_the_state_never_acts() {
 async fn timers_due_during_a_full_cluster_stop_all_fire_once_in_due_order() {
     let mut cluster = Cluster::start(Settings::default());
     cluster.leader().await;
-    define(&cluster).await;
+    cluster.define_tickets("tickets", "2s").await;
     // Staggered due times, 150 ms apart.
     let mut ids = Vec::new();
     for _ in 0..8 {
-        ids.push(create(&cluster).await);
+        ids.push(cluster.create_ticket().await);
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     for i in 0..3 {
@@ -209,8 +164,8 @@ async fn timers_due_during_a_full_cluster_stop_all_fire_once_in_due_order() {
 async fn a_frozen_old_leader_cannot_make_a_timer_act_twice() {
     let cluster = Cluster::start(Settings::default());
     let old = cluster.leader().await;
-    define(&cluster).await;
-    let ids = vec![create(&cluster).await, create(&cluster).await];
+    cluster.define_tickets("tickets", "2s").await;
+    let ids = vec![cluster.create_ticket().await, cluster.create_ticket().await];
     // Freeze the leader (it keeps its sockets and still believes it leads) before the timers
     // fall due; the others elect a new leader, which fires them.
     tokio::time::sleep(DUE - Duration::from_millis(500)).await;
@@ -260,8 +215,8 @@ async fn a_frozen_old_leader_cannot_make_a_timer_act_twice() {
 async fn a_timer_armed_due_before_the_scan_cursor_still_fires() {
     let cluster = Cluster::start(Settings::default());
     cluster.leader().await;
-    define_as(&cluster, "later", "1h").await;
-    define(&cluster).await;
+    cluster.define_tickets("later", "1h").await;
+    cluster.define_tickets("tickets", "2s").await;
     let hour = client(&cluster)
         .create(&request_id(), "later", None, &serde_json::json!({}))
         .await
@@ -269,9 +224,9 @@ async fn a_timer_armed_due_before_the_scan_cursor_still_fires() {
         .instance_id;
     // Long enough for the service to look at the index and park its cursor an hour ahead.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let soon = create(&cluster).await;
+    let soon = cluster.create_ticket().await;
     all_timed_out(&cluster, std::slice::from_ref(&soon)).await;
-    assert_eq!(state(&cluster, &hour).await, "waiting");
+    assert_eq!(cluster.state_of(&hour).await, "waiting");
     the_fire(&cluster, &soon).await;
 }
 
@@ -285,7 +240,9 @@ async fn a_backlog_larger_than_the_fires_in_flight_fires_once_each_in_due_order(
     let expiry = Duration::from_secs(20);
     let mut cluster = Cluster::start(Settings::default());
     cluster.leader().await;
-    define_as(&cluster, "many", &format!("{}s", expiry.as_secs())).await;
+    cluster
+        .define_tickets("many", &format!("{}s", expiry.as_secs()))
+        .await;
     let c = std::sync::Arc::new(client(&cluster));
     let total = TIMERS_FIRE_BATCH_MAX * (TIMERS_FIRE_IN_FLIGHT_MAX + 2);
     let mut creators = tokio::task::JoinSet::new();

@@ -19,6 +19,22 @@ pub const GROUP_COMMIT_ON: &str = "log format allows group commit";
 
 pub const PO: &str = include_str!("../../../../examples/workflows/purchase-order.yaml");
 
+/// A workflow whose `waiting` state expires after 2 s ([`TICKETS_DUE`]); `leave` moves on
+/// before that. The timer tests' workflow ([`Cluster::define_tickets`]).
+pub const TICKETS: &str = r#"
+workflow: tickets
+data: { type: object }
+states:
+  waiting: { initial: true, expires: { after: 2s, transition: time_out } }
+  handled: { terminal: true }
+  timed_out: { terminal: true }
+transitions:
+  leave: { from: waiting, to: handled, allow: "true" }
+  time_out: { from: waiting, to: timed_out, system: true }
+"#;
+/// When a `tickets` instance's `waiting` expires.
+pub const TICKETS_DUE: Duration = Duration::from_secs(2);
+
 pub struct Settings {
     pub nodes: usize,
     pub snapshot_every: u64,
@@ -487,6 +503,55 @@ impl Cluster {
         (head.to_string(), body)
     }
 
+    /// The client the ticket helpers act with (a human without roles: `tickets` allows all).
+    pub fn ticket_client(&self) -> Client {
+        self.client(Identity::new("alice", ActorKind::Human, &[]))
+    }
+
+    /// Applies [`TICKETS`] as workflow `name`, whose `waiting` expires after `after`
+    /// (e.g. `2s`, `1h`).
+    pub async fn define_tickets(&self, name: &str, after: &str) {
+        let source = TICKETS
+            .replace("workflow: tickets", &format!("workflow: {name}"))
+            .replace("after: 2s", &format!("after: {after}"));
+        self.ticket_client()
+            .apply_definition(
+                &lockstep_client::request_id(),
+                &source,
+                pb::Provenance::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Creates an instance of `tickets`; returns its id.
+    pub async fn create_ticket(&self) -> String {
+        self.ticket_client()
+            .create(
+                &lockstep_client::request_id(),
+                "tickets",
+                None,
+                &serde_json::json!({}),
+            )
+            .await
+            .unwrap()
+            .instance_id
+    }
+
+    /// Instance `id`'s state, read linearizably.
+    pub async fn state_of(&self, id: &str) -> String {
+        self.ticket_client()
+            .get(
+                lockstep_client::by_id(id),
+                pb::ReadConsistency::Linearizable,
+            )
+            .await
+            .unwrap()
+            .instance
+            .unwrap()
+            .state
+    }
+
     /// Applies the example purchase-order workflow as the admin.
     pub async fn define_po(&self) {
         let r = self
@@ -628,6 +693,15 @@ pub fn libfaketime() -> Option<PathBuf> {
 }
 
 pub fn counter(body: &str, name: &str) -> u64 {
+    metric(body, name)
+}
+
+/// The value of a gauge line of `/metrics`, e.g. `lockstep_clock_offset_seconds{peer="1"}`.
+pub fn gauge(body: &str, name: &str) -> f64 {
+    metric(body, name)
+}
+
+fn metric<T: std::str::FromStr>(body: &str, name: &str) -> T {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in\n{body}"))
