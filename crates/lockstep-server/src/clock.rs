@@ -40,7 +40,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use lockstep_raft::NodeId;
@@ -179,9 +179,9 @@ pub fn judge(
             disagreeing += 1;
         }
     }
-    // A node outside the voters (a learner) leads nothing; count it among them for the
-    // arithmetic so that a one-node cluster is Within at once.
-    let n = voters.len().max(1) + usize::from(!voters.contains(&me) && !voters.is_empty());
+    // This node counts among the voters even when it is not one (a learner, or a node
+    // before it knows its membership), so a lone node is Within at once.
+    let n = voters.len() + usize::from(!voters.contains(&me));
     let quorum = n / 2 + 1;
     let standing = if agreeing >= quorum {
         Standing::Within
@@ -201,16 +201,18 @@ pub fn judge(
 }
 
 /// The samples and standing of one node: written by its clock loop, read by the write path
-/// (one atomic load and a look at both clocks per proposal) and by `/metrics`.
+/// (two atomic loads and a look at both clocks per proposal) and by `/metrics`.
 #[derive(Debug)]
 pub struct ClockMonitor {
     pub settings: ClockSettings,
     /// Whether this node may stamp proposals now (always true with the guard off).
     may_stamp: AtomicBool,
-    /// This node's wall clock (micros) and monotonic clock at the last judgement: a wall
-    /// clock that has since moved more than half of `max_clock_offset` away from the
-    /// monotonic one jumped, and stamps nothing until the next judgement has looked at it.
-    judged_at: Mutex<(i64, Instant)>,
+    /// The monotonic clock's origin for [`ClockMonitor::wall_minus_mono_us`].
+    origin: Instant,
+    /// The wall clock minus the monotonic clock (micros) at the last judgement: a wall clock
+    /// that has since moved more than half of `max_clock_offset` away from the monotonic
+    /// one jumped, and stamps nothing until the next judgement has looked at it.
+    judged_wall_minus_mono_us: AtomicI64,
     state: Mutex<MonitorState>,
 }
 
@@ -235,7 +237,8 @@ impl ClockMonitor {
         ClockMonitor {
             settings,
             may_stamp: AtomicBool::new(!settings.guard || first.standing == Standing::Within),
-            judged_at: Mutex::new((wall_micros(), Instant::now())),
+            origin: Instant::now(),
+            judged_wall_minus_mono_us: AtomicI64::new(wall_micros()),
             state: Mutex::new(MonitorState {
                 samples: BTreeMap::new(),
                 judgement: Some(first),
@@ -258,10 +261,13 @@ impl ClockMonitor {
     /// How far this node's wall clock moved against its monotonic clock since the last
     /// judgement, if more than half of `max_clock_offset`.
     pub fn jumped_us(&self) -> Option<i64> {
-        let (wall, mono) = *self.judged_at.lock().expect("clock monitor lock");
-        let expected = wall.saturating_add(mono.elapsed().as_micros() as i64);
-        let moved = wall_micros().saturating_sub(expected);
+        let moved =
+            self.wall_minus_mono_us() - self.judged_wall_minus_mono_us.load(Ordering::Acquire);
         (moved.unsigned_abs() > (self.settings.max_offset.as_micros() / 2) as u64).then_some(moved)
+    }
+
+    fn wall_minus_mono_us(&self) -> i64 {
+        wall_micros() - self.origin.elapsed().as_micros() as i64
     }
 
     /// Keeps a sample of `peer`, unless its round trip is too long to trust (its error would
@@ -304,7 +310,8 @@ impl ClockMonitor {
     /// the next round measures its peers again.
     pub fn rejudge(&self, me: NodeId, voters: &BTreeSet<NodeId>) -> (Judgement, bool) {
         let jumped = self.jumped_us().is_some();
-        *self.judged_at.lock().expect("clock monitor lock") = (wall_micros(), Instant::now());
+        self.judged_wall_minus_mono_us
+            .store(self.wall_minus_mono_us(), Ordering::Release);
         let mut state = self.state.lock().expect("clock monitor lock");
         if jumped {
             state.samples.clear();
@@ -523,6 +530,21 @@ mod tests {
         assert_eq!((j.standing, changed), (Standing::Within, true));
         assert!(monitor.may_stamp() && monitor.within());
         assert_eq!(monitor.jumped_us(), None);
+        // A wall clock that moved 30 s against the monotonic one since the judgement: no
+        // stamping until the next judgement, which also drops the samples taken before it.
+        monitor
+            .judged_wall_minus_mono_us
+            .fetch_sub(30_000_000, Ordering::AcqRel);
+        let moved = monitor.jumped_us().expect("a jump");
+        assert!((moved - 30_000_000).abs() < 1_000_000, "{moved}");
+        assert!(!monitor.may_stamp());
+        let (j, _) = monitor.rejudge(me, &v);
+        assert_eq!(
+            j.standing,
+            Standing::Unknown,
+            "samples from before the jump dropped"
+        );
+        assert!(monitor.offsets().is_empty());
         // With the guard off the node always stamps, and still says where it stands.
         let off = ClockMonitor::new(ClockSettings::parse("off").unwrap(), me, &v);
         assert!(off.may_stamp() && !off.within());

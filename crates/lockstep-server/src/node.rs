@@ -340,7 +340,7 @@ impl Node {
                         guard = self.clock.settings.guard,
                         "this node's wall clock is {median} {side} the median of its voters, more than max_clock_offset ({}) from a quorum: {}; fix its time source (NTP)",
                         lockstep_core::time::human_ms(
-                            self.config.clock.max_offset.as_millis() as u64
+                            self.clock.settings.max_offset.as_millis() as u64
                         ),
                         if self.clock.settings.guard {
                             if self.is_leader() {
