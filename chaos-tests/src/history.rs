@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What a client asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OpKind {
     /// Create the instance with the op's key (data `{"op": tag}`).
@@ -15,6 +15,10 @@ pub enum OpKind {
     Read,
     /// A worker completing a leased task (result `{"op": tag}`).
     Complete,
+    /// A worker extending its lease (found in the audit log by the sequence the answer names).
+    Heartbeat,
+    /// A worker reporting a retryable failure of its task (found by the sequence too).
+    Fail,
 }
 
 /// How an operation ended, as the client saw it.
@@ -46,7 +50,7 @@ pub struct Op {
     pub tag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
-    /// The lease token a task operation (Complete) presented.
+    /// The lease token a task operation (Complete, Heartbeat, Fail) presented.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<Token>,
     /// The instance id, when the client knew it (workers know only the id).
@@ -61,6 +65,10 @@ pub struct Op {
     pub state: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    /// The global sequence of the audit record an acknowledged heartbeat or failure wrote,
+    /// as its answer named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     /// Refusal code (`NOT_ALLOWED_FROM_STATE`, …) or `NOT_FOUND`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
@@ -80,7 +88,7 @@ impl Op {
         self.complete_us.saturating_sub(self.invoke_us)
     }
 
-    /// Whether the operation asks for a change (create, transition, complete).
+    /// Whether the operation asks for a change (create, transition, or a task operation).
     pub fn is_write(&self) -> bool {
         !matches!(self.kind, OpKind::Read)
     }
@@ -165,6 +173,7 @@ mod tests {
             outcome: Outcome::Unknown,
             state: None,
             version: None,
+            seq: None,
             code: None,
             error: Some("deadline".into()),
         };

@@ -15,8 +15,13 @@ fn describe(op: &Op) -> String {
         OpKind::Create => format!("create {}", op.key),
         OpKind::Transition => format!("{} {}", op.transition.as_deref().unwrap_or("?"), op.key),
         OpKind::Read => format!("read {}", op.key),
-        OpKind::Complete => format!(
-            "complete task {} of {}",
+        OpKind::Complete | OpKind::Heartbeat | OpKind::Fail => format!(
+            "{} task {} of {}",
+            match op.kind {
+                OpKind::Complete => "complete",
+                OpKind::Heartbeat => "heartbeat",
+                _ => "fail",
+            },
             op.task_id.as_deref().unwrap_or("?"),
             if op.key.is_empty() {
                 op.instance.as_deref().unwrap_or("?")

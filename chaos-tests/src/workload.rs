@@ -108,7 +108,10 @@ fn blank(rec: &Recorder, process: u32, kind: OpKind, key: &str) -> Op {
         kind,
         key: key.into(),
         transition: None,
-        tag: (kind != OpKind::Read).then(|| format!("p{process}-{id}")),
+        // Heartbeats and failures carry no payload: they are found by the sequence their
+        // answer names.
+        tag: matches!(kind, OpKind::Create | OpKind::Transition | OpKind::Complete)
+            .then(|| format!("p{process}-{id}")),
         task_id: None,
         token: None,
         instance: None,
@@ -117,6 +120,7 @@ fn blank(rec: &Recorder, process: u32, kind: OpKind, key: &str) -> Op {
         outcome: Outcome::Unknown,
         state: None,
         version: None,
+        seq: None,
         code: None,
         error: None,
     }
@@ -250,8 +254,27 @@ pub fn task_statuses(tasks_json: &str) -> Vec<(String, String)> {
 /// The identity every worker process acts as.
 pub const WORKER_ID: &str = "chaos-workers";
 
-/// A worker process: leases tasks and completes them, sometimes too late (after its lease
-/// expired, so the task was leased again: the late completion must be refused).
+/// What a worker does with one leased task (drawn per task from the worker's seed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    /// Works past its 2 s lease without a heartbeat: the lease expires, the task is leased
+    /// again, and the late heartbeat and completion must be refused.
+    Overrun,
+    /// Works as long, heartbeating every [`HEARTBEAT_EVERY_MS`]: the lease holds.
+    Heartbeat,
+    /// Works briefly and reports a retryable failure: a retry timer offers it again.
+    Fail,
+    /// Works briefly and completes.
+    Complete,
+}
+
+/// How often a [`Plan::Heartbeat`] worker extends its lease.
+const HEARTBEAT_EVERY_MS: u64 = 900;
+
+/// A worker process: leases tasks and, per task, completes it, fails it, heartbeats through
+/// long work, or overruns its lease (so that the task is leased again and the late heartbeat
+/// and completion must be refused). Every heartbeat, failure and completion is recorded with
+/// the token it presented.
 pub async fn worker(
     process: u32,
     client: Client,
@@ -273,21 +296,49 @@ pub async fn worker(
             let Some(lease) = task.lease.clone() else {
                 continue;
             };
-            // One in eight outlives its 2 s lease.
-            let work = if rng.random_range(0..8) == 0 {
-                rng.random_range(2_200..3_000)
-            } else {
-                rng.random_range(0..300)
+            let plan = match rng.random_range(0..16) {
+                0 | 1 => Plan::Overrun,
+                2 | 3 => Plan::Heartbeat,
+                4 | 5 => Plan::Fail,
+                _ => Plan::Complete,
             };
-            tokio::time::sleep(Duration::from_millis(work)).await;
-            // The key is filled in from the instance id after the run.
-            let mut op = blank(&rec, process, OpKind::Complete, "");
-            op.task_id = Some(lease.task_id.clone());
-            op.token = lease.token.as_ref().map(|t| crate::history::Token {
-                term: t.term,
-                attempt: t.attempt,
-            });
-            op.instance = Some(lease.instance_id.clone());
+            let work = match plan {
+                Plan::Overrun | Plan::Heartbeat => rng.random_range(2_200..3_000),
+                Plan::Fail | Plan::Complete => rng.random_range(0..300),
+            };
+            let beat = match plan {
+                Plan::Heartbeat => HEARTBEAT_EVERY_MS,
+                // The overrunning worker heartbeats once, too late.
+                Plan::Overrun => work - 100,
+                _ => work,
+            };
+            let mut done = 0;
+            while done < work {
+                let step = beat.min(work - done);
+                tokio::time::sleep(Duration::from_millis(step)).await;
+                done += step;
+                if done < work {
+                    let mut op = task_op(&rec, process, OpKind::Heartbeat, &lease);
+                    let r = client.heartbeat_task(&request_id(), &lease).await;
+                    op.complete_us = rec.now_us();
+                    outcome(&mut op, &r, |h, op| op.seq = Some(h.audit_seq));
+                    rec.push(op);
+                }
+            }
+            if plan == Plan::Fail {
+                let mut op = task_op(&rec, process, OpKind::Fail, &lease);
+                let r = client
+                    .fail_task(&request_id(), &lease, "chaos: a retryable failure", true)
+                    .await;
+                op.complete_us = rec.now_us();
+                outcome(&mut op, &r, |c, op| {
+                    change(c, op);
+                    op.seq = Some(c.audit_seq);
+                });
+                rec.push(op);
+                continue;
+            }
+            let mut op = task_op(&rec, process, OpKind::Complete, &lease);
             let result = tag_payload(op.tag.as_deref().unwrap_or_default());
             let r = client.complete_task(&request_id(), &lease, &result).await;
             op.complete_us = rec.now_us();
@@ -295,6 +346,19 @@ pub async fn worker(
             rec.push(op);
         }
     }
+}
+
+/// A task operation on `lease`, its token recorded; the key is filled in from the instance id
+/// after the run.
+fn task_op(rec: &Recorder, process: u32, kind: OpKind, lease: &pb::TaskLease) -> Op {
+    let mut op = blank(rec, process, kind, "");
+    op.task_id = Some(lease.task_id.clone());
+    op.token = lease.token.as_ref().map(|t| crate::history::Token {
+        term: t.term,
+        attempt: t.attempt,
+    });
+    op.instance = Some(lease.instance_id.clone());
+    op
 }
 
 /// A change-feed consumer: follows the feed on one node, and on any error, stall (no record

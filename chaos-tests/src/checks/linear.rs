@@ -133,10 +133,12 @@ pub fn entries(obs: &Observation) -> BTreeMap<String, Vec<Entry<Step>>> {
             let what = describe(op);
             if op.is_write() {
                 let digest = op.tag.as_deref().map(tag_digest);
+                // Heartbeats and failures carry no payload: their answer named the record.
                 let found = digest
                     .as_deref()
                     .and_then(|d| by_digest.get(d))
-                    .and_then(|v| v.first().copied());
+                    .and_then(|v| v.first().copied())
+                    .or_else(|| op.seq.and_then(|s| records.iter().position(|r| r.seq == s)));
                 if let Some(i) = found {
                     claimed[i] = true;
                     let r = records[i];
@@ -160,6 +162,9 @@ pub fn entries(obs: &Observation) -> BTreeMap<String, Vec<Entry<Step>>> {
                     continue;
                 }
                 match op.outcome {
+                    // An acknowledged heartbeat or failure whose record is missing is the
+                    // tasks checker's finding; its answer gave no version to place it by.
+                    Outcome::Ok if matches!(op.kind, OpKind::Heartbeat | OpKind::Fail) => {}
                     Outcome::Ok => list.push(Entry {
                         // Acknowledged but absent from the log: place it as acknowledged.
                         call: op.invoke_us,

@@ -298,6 +298,7 @@ pub(crate) mod testkit {
             outcome,
             state: None,
             version: None,
+            seq: None,
             code: None,
             error: None,
         }

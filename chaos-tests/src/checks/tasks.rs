@@ -12,8 +12,8 @@
 //!   completion after the lease expired, fails the run even if nothing completes twice);
 //! - a run in which workers completed no task fails: it would prove nothing about fencing.
 //!
-//! The chaos workers only lease and complete (no heartbeats, no explicit failures), so those
-//! are the operations checked; heartbeat records extend the lease all the same.
+//! The same fencing holds for every acknowledged heartbeat and failure, found by the audit
+//! sequence its answer named (a missing or mismatched record fails the run too).
 
 use std::collections::BTreeMap;
 
@@ -83,51 +83,71 @@ pub fn check(obs: &Observation) -> CheckReport {
         .filter(|r| r.kind.starts_with("task_"))
         .filter_map(|r| r.payload_digest.as_deref().map(|d| (d, r)))
         .collect();
+    let by_seq: BTreeMap<u64, &super::AuditEntry> = obs.audit.iter().map(|r| (r.seq, r)).collect();
     let mut acked: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    let mut fenced = 0u64;
+    let mut fenced = BTreeMap::<OpKind, u64>::new();
     for op in &obs.ops {
-        if op.kind != OpKind::Complete || op.outcome != Outcome::Ok {
+        if op.outcome != Outcome::Ok {
             continue;
         }
         let Some(t) = &op.task_id else { continue };
-        acked.entry(t).or_default().push(op.id);
-        // A completion missing from the log is the writes checker's finding.
-        let Some(record) = op
-            .tag
-            .as_deref()
-            .and_then(|tag| by_digest.get(tag_digest(tag).as_str()))
-        else {
-            continue;
+        let record = match op.kind {
+            OpKind::Complete => {
+                acked.entry(t).or_default().push(op.id);
+                // A completion missing from the log is the writes checker's finding.
+                match op
+                    .tag
+                    .as_deref()
+                    .and_then(|tag| by_digest.get(tag_digest(tag).as_str()))
+                {
+                    Some(r) => *r,
+                    None => continue,
+                }
+            }
+            OpKind::Heartbeat | OpKind::Fail => {
+                let kind = if op.kind == OpKind::Heartbeat {
+                    "task_heartbeat"
+                } else {
+                    "task_failed"
+                };
+                let Some(seq) = op.seq else {
+                    report.problems.push(format!(
+                        "op {}: an acknowledged {kind} of task {t} named no audit record",
+                        op.id
+                    ));
+                    continue;
+                };
+                match by_seq.get(&seq) {
+                    Some(r)
+                        if r.kind == kind
+                            && r.task_id.as_deref().unwrap_or(&r.instance_id) == t =>
+                    {
+                        *r
+                    }
+                    Some(r) => {
+                        report.problems.push(format!(
+                            "op {}: the acknowledged {kind} of task {t} names audit record {seq}, which is a {} of {}",
+                            op.id,
+                            r.kind,
+                            r.task_id.as_deref().unwrap_or(&r.instance_id)
+                        ));
+                        continue;
+                    }
+                    None => {
+                        report.problems.push(format!(
+                            "op {}: the acknowledged {kind} of task {t} (audit record {seq}) is not in the log after healing: a lost write",
+                            op.id
+                        ));
+                        continue;
+                    }
+                }
+            }
+            OpKind::Create | OpKind::Transition | OpKind::Read => continue,
         };
-        fenced += 1;
+        *fenced.entry(op.kind).or_default() += 1;
         let held = before.get(&record.seq).copied().flatten();
-        match (op.token, held) {
-            (None, _) => report.problems.push(format!(
-                "op {}: an acknowledged completion of task {t} recorded no lease token",
-                op.id
-            )),
-            (Some(token), None) => report.problems.push(format!(
-                "op {}: the completion of task {t} with token term {} attempt {} was accepted (audit record {}) while nobody held a lease on it",
-                op.id, token.term, token.attempt, record.seq
-            )),
-            (Some(token), Some(lease)) if token != lease.token => {
-                report.problems.push(format!(
-                    "op {}: the completion of task {t} with the stale token term {} attempt {} was accepted (audit record {}), though the current lease was term {} attempt {}",
-                    op.id, token.term, token.attempt, record.seq, lease.token.term, lease.token.attempt
-                ))
-            }
-            (Some(token), Some(lease)) if record.at_us >= lease.expires_us => {
-                report.problems.push(format!(
-                    "op {}: the completion of task {t} (term {} attempt {}) was accepted at {} (audit record {}), after its lease expired at {}",
-                    op.id,
-                    token.term,
-                    token.attempt,
-                    fmt_time(record.at_us),
-                    record.seq,
-                    fmt_time(lease.expires_us)
-                ))
-            }
-            _ => {}
+        if let Some(problem) = unfenced(op, t, record, held) {
+            report.problems.push(problem);
         }
     }
     for (task, ops) in &acked {
@@ -138,20 +158,64 @@ pub fn check(obs: &Observation) -> CheckReport {
             ));
         }
     }
-    if granted == 0 || fenced == 0 {
+    let count = |k: OpKind| fenced.get(&k).copied().unwrap_or(0);
+    if granted == 0 || count(OpKind::Complete) == 0 {
         report.problems.insert(
             0,
             format!(
-                "no task work to check: {granted} leases granted, {fenced} acknowledged completions found in the log; a run without task work proves nothing about fencing"
+                "no task work to check: {granted} leases granted, {} acknowledged completions found in the log; a run without task work proves nothing about fencing",
+                count(OpKind::Complete)
             ),
         );
     }
     report.notes.push(format!(
-        "{} tasks, {granted} leases, {} completed, {fenced} acknowledged completions fenced",
+        "{} tasks, {granted} leases, {} completed; fenced: {} acknowledged completions, {} heartbeats, {} failures",
         leases.len(),
-        completed.len()
+        completed.len(),
+        count(OpKind::Complete),
+        count(OpKind::Heartbeat),
+        count(OpKind::Fail)
     ));
     report
+}
+
+/// Why the acknowledged task operation `op` on task `t`, written as `record`, was not fenced
+/// by `held` (the lease current just before the record), if it was not.
+fn unfenced(
+    op: &crate::history::Op,
+    t: &str,
+    record: &super::AuditEntry,
+    held: Option<Lease>,
+) -> Option<String> {
+    let what = match op.kind {
+        OpKind::Heartbeat => "heartbeat",
+        OpKind::Fail => "failure",
+        _ => "completion",
+    };
+    match (op.token, held) {
+        (None, _) => Some(format!(
+            "op {}: an acknowledged {what} of task {t} recorded no lease token",
+            op.id
+        )),
+        (Some(token), None) => Some(format!(
+            "op {}: the {what} of task {t} with token term {} attempt {} was accepted (audit record {}) while nobody held a lease on it",
+            op.id, token.term, token.attempt, record.seq
+        )),
+        (Some(token), Some(lease)) if token != lease.token => Some(format!(
+            "op {}: the {what} of task {t} with the stale token term {} attempt {} was accepted (audit record {}), though the current lease was term {} attempt {}",
+            op.id, token.term, token.attempt, record.seq, lease.token.term, lease.token.attempt
+        )),
+        (Some(token), Some(lease)) if record.at_us >= lease.expires_us => Some(format!(
+            "op {}: the {what} of task {t} (term {} attempt {}) was accepted at {} (audit record {}), after its lease expired at {}",
+            op.id,
+            token.term,
+            token.attempt,
+            fmt_time(record.at_us),
+            record.seq,
+            fmt_time(lease.expires_us)
+        )),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -320,6 +384,116 @@ mod tests {
         let r = check(&good());
         assert!(
             r.problems[0].contains("no task work to check"),
+            "{:?}",
+            r.problems
+        );
+    }
+
+    /// An acknowledged heartbeat of task-1 (op 8, token term 1 attempt `attempt`) that wrote
+    /// audit record 5 at `at_ms`, between the lease at 30 ms and the completion.
+    fn with_heartbeat(at_ms: i64, attempt: u32) -> Observation {
+        let mut obs = with_task();
+        let mut beat = record(
+            5,
+            "i1",
+            4,
+            "task_heartbeat",
+            None,
+            (None, None),
+            at_ms,
+            None,
+        );
+        beat.task_id = Some("task-1".into());
+        obs.audit.insert(3, beat);
+        let mut op = completion(8, (32, 38), attempt);
+        op.kind = OpKind::Heartbeat;
+        op.tag = None;
+        op.seq = Some(5);
+        obs.ops.push(op);
+        obs
+    }
+
+    #[test]
+    fn an_acknowledged_heartbeat_under_the_current_lease_passes() {
+        let r = check(&with_heartbeat(35, 1));
+        assert!(r.ok(), "{:?}", r.problems);
+        assert!(r.notes[0].contains("1 heartbeats"), "{:?}", r.notes);
+    }
+
+    #[test]
+    fn an_acknowledged_heartbeat_with_a_stale_token_or_after_expiry_fails() {
+        let r = check(&with_heartbeat(35, 2));
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("the heartbeat of task task-1 with the stale token")),
+            "{:?}",
+            r.problems
+        );
+        let r = check(&with_heartbeat(2_100, 1));
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("heartbeat") && p.contains("after its lease expired")),
+            "{:?}",
+            r.problems
+        );
+    }
+
+    #[test]
+    fn an_acknowledged_heartbeat_whose_record_is_missing_or_another_fails() {
+        let mut obs = with_heartbeat(35, 1);
+        obs.audit.remove(3);
+        let r = check(&obs);
+        assert!(
+            r.problems.iter().any(|p| p.contains("a lost write")),
+            "{:?}",
+            r.problems
+        );
+        let mut obs = with_heartbeat(35, 1);
+        obs.ops.last_mut().unwrap().seq = Some(3);
+        let r = check(&obs);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("names audit record 3, which is a task_leased")),
+            "{:?}",
+            r.problems
+        );
+        obs.ops.last_mut().unwrap().seq = None;
+        assert!(check(&obs).problems[0].contains("named no audit record"));
+    }
+
+    /// A failure accepted from a worker whose lease had already gone to another: the stale
+    /// token fails the run even though the task later completes once.
+    #[test]
+    fn an_acknowledged_failure_with_a_stale_token_fails() {
+        let mut obs = with_task();
+        let mut failed = record(5, "i1", 4, "task_failed", None, (None, None), 35, None);
+        failed.task_id = Some("task-1".into());
+        obs.audit.insert(3, failed);
+        let mut op = completion(8, (32, 38), 1);
+        op.kind = OpKind::Fail;
+        op.tag = None;
+        op.seq = Some(5);
+        obs.ops.push(op);
+        // Under the lease it held, the failure passes (the completion after it is then the
+        // one accepted while nobody held a lease).
+        let r = check(&obs);
+        assert!(
+            !r.problems.iter().any(|p| p.contains("failure")),
+            "{:?}",
+            r.problems
+        );
+        obs.ops.last_mut().unwrap().token = Some(Token {
+            term: 3,
+            attempt: 1,
+        });
+        let r = check(&obs);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("the failure of task task-1 with the stale token term 3")),
             "{:?}",
             r.problems
         );

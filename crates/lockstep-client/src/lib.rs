@@ -764,23 +764,22 @@ impl Client {
         Ok(answer.tasks)
     }
 
-    /// Extends a lease; returns the new expiry (RFC 3339 cluster time).
+    /// Extends a lease; returns the new expiry (RFC 3339 cluster time) and the sequence of
+    /// the `task_heartbeat` audit record it wrote.
     pub async fn heartbeat_task(
         &self,
         request_id: &str,
         lease: &pb::TaskLease,
-    ) -> Result<String, Error> {
+    ) -> Result<pb::HeartbeatTaskResponse, Error> {
         let msg = pb::HeartbeatTaskRequest {
             request_id: request_id.into(),
             lease: Some(lease.clone()),
         };
-        let answer = self
-            .call(|ch| {
-                let r = self.request(msg.clone());
-                async move { pb::tasks_client::TasksClient::new(ch).heartbeat(r).await }
-            })
-            .await?;
-        Ok(answer.lease_expires_at)
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move { pb::tasks_client::TasksClient::new(ch).heartbeat(r).await }
+        })
+        .await
     }
 
     pub async fn complete_task(

@@ -279,6 +279,7 @@ impl pb::tasks_server::Tasks for Api {
                 .next()
                 .map(|t| t.lease_expires_at)
                 .unwrap_or_default(),
+            audit_seq: seq,
         }))
     }
 
