@@ -36,10 +36,22 @@ fn free_port() -> std::io::Result<u16> {
     lockstep_client::loopback::free_port()
 }
 
+/// How many times the node in one slot may be replaced by a fresh one in a run
+/// ([`Cluster::replace`]). The ids of every replacement are known from the start (slot `i`'s
+/// `r`-th replacement is node `i + 1 + r × nodes`), so that every node dials them through
+/// its proxies (`--peer-via`) without a restart.
+pub const REPLACEMENTS_PER_SLOT: u64 = 4;
+
+/// The nodes of a cluster sit in slots: slot `i` has a fixed address and fixed proxies, and
+/// runs node `ids[i]` (node `i + 1` until [`Cluster::replace`] puts a fresh node in it).
 #[derive(Debug)]
 pub struct Cluster {
     pub dir: PathBuf,
     pub ports: Vec<u16>,
+    /// The node id running in each slot.
+    ids: Vec<u64>,
+    /// How many times each slot's node was replaced.
+    replaced: Vec<u64>,
     pub children: Vec<Option<Child>>,
     pub paused: Vec<bool>,
     /// Clock offset of each node in seconds (libfaketime), 0 for none.
@@ -117,6 +129,8 @@ impl Cluster {
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
             ports,
+            ids: (1..=nodes as u64).collect(),
+            replaced: vec![0; nodes],
             children: Vec::new(),
             paused: vec![false; nodes],
             skews: if skews.is_empty() {
@@ -161,6 +175,78 @@ impl Cluster {
 
     pub fn endpoints(&self) -> Vec<String> {
         (0..self.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    /// The id of the node in slot `i`.
+    pub fn id(&self, i: usize) -> u64 {
+        self.ids[i]
+    }
+
+    /// The slot whose node has this id, if one has.
+    pub fn slot_of(&self, id: u64) -> Option<usize> {
+        self.ids.iter().position(|x| *x == id)
+    }
+
+    /// Every id the node in slot `j` may have in this run: its first and every replacement's.
+    fn ids_of_slot(&self, j: usize) -> impl Iterator<Item = u64> + '_ {
+        (0..=REPLACEMENTS_PER_SLOT).map(move |r| j as u64 + 1 + r * self.len() as u64)
+    }
+
+    /// `--initial-members` of the node in slot `i`: the first members, and a replacement
+    /// itself (a node must be among its initial members; being neither the lowest id nor
+    /// initialized, it does not bootstrap, and waits to be added).
+    fn initial_members(&self, i: usize) -> String {
+        let mut members: Vec<String> = (0..self.len())
+            .map(|j| format!("{}={}", j + 1, self.endpoint(j)))
+            .collect();
+        if self.replaced[i] > 0 {
+            members.push(format!("{}={}", self.ids[i], self.endpoint(i)));
+        }
+        members.join(",")
+    }
+
+    /// Puts a fresh node in slot `i`, whose node must be stopped (and removed from the
+    /// voters): its data directory is emptied and its next start is as a new node with the
+    /// next id of the slot, at the same address, which a caller then adds as a learner and
+    /// promotes. Returns the new id.
+    pub fn replace(&mut self, i: usize) -> anyhow::Result<u64> {
+        anyhow::ensure!(
+            !self.is_running(i),
+            "node {} still runs: stop it before replacing it",
+            self.ids[i]
+        );
+        anyhow::ensure!(
+            self.replaced[i] < REPLACEMENTS_PER_SLOT,
+            "slot {} was replaced {REPLACEMENTS_PER_SLOT} times already (REPLACEMENTS_PER_SLOT)",
+            i + 1
+        );
+        // Emptied in place: on a lossy disk the directory is its mount point.
+        let dir = self.data_dir(i);
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            }
+            .with_context(|| format!("removing {}", path.display()))?;
+        }
+        let old = self.ids[i];
+        self.replaced[i] += 1;
+        self.ids[i] = i as u64 + 1 + self.replaced[i] * self.len() as u64;
+        use std::io::Write;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))?;
+        writeln!(
+            log,
+            "==== lockstep-chaos: node {old} is gone; node {} starts here, on an empty data directory ====",
+            self.ids[i]
+        )?;
+        Ok(self.ids[i])
     }
 
     pub fn log_path(&self, i: usize) -> PathBuf {
@@ -213,7 +299,7 @@ impl Cluster {
         let Some(pki) = &self.pki else {
             return vec!["--dev".into()];
         };
-        let (cert, key) = pki.node_files(i as u64 + 1);
+        let (cert, key) = pki.node_files(self.ids[i]);
         let path = |p: PathBuf| p.display().to_string();
         vec![
             "--tls-cert".into(),
@@ -241,13 +327,14 @@ impl Cluster {
     }
 
     fn spawn(&self, i: usize) -> anyhow::Result<Child> {
-        let members = (0..self.len())
-            .map(|j| format!("{}={}", j + 1, self.endpoint(j)))
-            .collect::<Vec<_>>()
-            .join(",");
+        let members = self.initial_members(i);
+        // Every id slot `j` may have, dialled through the proxy to slot `j`.
         let via = (0..self.len())
             .filter(|j| *j != i)
-            .map(|j| format!("{}={}", j + 1, self.proxies[&(i, j)].listen))
+            .flat_map(|j| {
+                let proxy = self.proxies[&(i, j)].listen;
+                self.ids_of_slot(j).map(move |id| format!("{id}={proxy}"))
+            })
             .collect::<Vec<_>>()
             .join(",");
         let log = std::fs::OpenOptions::new()
@@ -255,26 +342,31 @@ impl Cluster {
             .append(true)
             .open(self.log_path(i))?;
         let mut cmd = Command::new(&self.lockstepd);
-        cmd.args(["--id", &(i + 1).to_string(), "--listen", &self.endpoint(i)])
-            .args(["--initial-members", &members, "--peer-via", &via])
-            .args(self.security_args(i))
-            .args(["--heartbeat-ms", "100", "--election-timeout-ms", "600"])
-            // Small snapshots and a short log: snapshots are built, sent and installed while
-            // faults are going on.
-            .args(["--snapshot-every", "300", "--logs-to-keep", "100"])
-            // Skewed schedules test a cluster whose operator accepts loose clocks: the clock
-            // offset guard's bound is raised above the spread of the offsets, or no node of
-            // a -4 s / +5 s schedule would agree with a quorum and none would lead.
-            .args(
-                self.max_clock_offset()
-                    .map(|m| format!("--max-clock-offset={m}")),
-            )
-            .arg("--data-dir")
-            .arg(self.data_dir(i))
-            .env("RUST_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        cmd.args([
+            "--id",
+            &self.ids[i].to_string(),
+            "--listen",
+            &self.endpoint(i),
+        ])
+        .args(["--initial-members", &members, "--peer-via", &via])
+        .args(self.security_args(i))
+        .args(["--heartbeat-ms", "100", "--election-timeout-ms", "600"])
+        // Small snapshots and a short log: snapshots are built, sent and installed while
+        // faults are going on.
+        .args(["--snapshot-every", "300", "--logs-to-keep", "100"])
+        // Skewed schedules test a cluster whose operator accepts loose clocks: the clock
+        // offset guard's bound is raised above the spread of the offsets, or no node of
+        // a -4 s / +5 s schedule would agree with a quorum and none would lead.
+        .args(
+            self.max_clock_offset()
+                .map(|m| format!("--max-clock-offset={m}")),
+        )
+        .arg("--data-dir")
+        .arg(self.data_dir(i))
+        .env("RUST_LOG", "info,openraft=warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
         let mut preload = self.slowdisk.display().to_string();
         cmd.env("LOCKSTEP_SLOWDISK_FILE", self.slowdisk_file(i));
         if let (Some(lib), skew) = (&self.faketime, self.skews[i])
@@ -456,15 +548,16 @@ impl Cluster {
             .ok()
     }
 
-    /// The node a majority of running nodes report as leader, waiting up to `within`.
+    /// The slot of the first running node that reports itself leader, waiting up to `within`.
     pub async fn leader(&self, within: Duration) -> Option<usize> {
         let deadline = Instant::now() + within;
         loop {
             for i in 0..self.len() {
                 if let Some(s) = self.status(i, false).await
                     && s.role == "Leader"
+                    && let Some(slot) = self.slot_of(s.node_id)
                 {
-                    return Some((s.node_id - 1) as usize);
+                    return Some(slot);
                 }
             }
             if Instant::now() >= deadline {

@@ -149,8 +149,12 @@ pub fn apply(cluster: &mut Cluster, step: &Step, leader: Option<usize>) -> anyho
             cluster.jump_clock(l, by)?;
             format!("the wall clock of {} ({known}) jumps {by:+} s", nodes(&[l]))
         }
-        // Asynchronous: see `change_membership`.
+        // Asynchronous: see `run`.
         Fault::Membership => (f + 1).to_string(),
+        Fault::ReplaceNode => {
+            cluster.kill9(f);
+            (f + 1).to_string()
+        }
         Fault::RemoveLeader => (l + 1).to_string(),
     })
 }
@@ -163,20 +167,21 @@ fn admin(cluster: &Cluster) -> Client {
     )
 }
 
-/// Removes node `f` from the voters (it keeps running, outside the cluster).
+/// Removes the node in slot `f` from the voters (if it runs, it keeps running, outside the
+/// cluster).
 async fn remove(cluster: &Cluster, f: usize) -> Result<(), String> {
     admin(cluster)
-        .remove(f as u64 + 1)
+        .remove(cluster.id(f))
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
 
-/// Adds node `f` back as a learner (which waits until it caught up) and promotes it, retrying
-/// for up to 60 s.
+/// Adds the node in slot `f` (back) as a learner (which waits until it caught up) and
+/// promotes it, retrying for up to 60 s.
 async fn readd(cluster: &Cluster, f: usize) -> anyhow::Result<()> {
     let client = admin(cluster);
-    let id = f as u64 + 1;
+    let id = cluster.id(f);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -303,14 +308,23 @@ pub async fn run(
         let mut detail = apply(cluster, step, leader)
             .with_context(|| format!("applying {}", step.fault.name()))?;
         let mut removed = None;
-        if matches!(step.fault, Fault::Membership | Fault::RemoveLeader) {
+        if matches!(
+            step.fault,
+            Fault::Membership | Fault::RemoveLeader | Fault::ReplaceNode
+        ) {
             let f: usize = detail.parse::<usize>().unwrap_or(1) - 1;
+            let id = cluster.id(f);
+            let killed = if step.fault == Fault::ReplaceNode {
+                "killed (kill -9) and "
+            } else {
+                ""
+            };
             detail = match remove(cluster, f).await {
                 Ok(()) => {
                     removed = Some(f);
-                    format!("node {} removed from the voters", f + 1)
+                    format!("node {id} {killed}removed from the voters")
                 }
-                Err(e) => format!("removing node {} failed: {e}", f + 1),
+                Err(e) => format!("node {id} {killed}not removed: {e}"),
             };
         }
         if let Some(second) = step.also {
@@ -337,11 +351,20 @@ pub async fn run(
         if let Some(burst) = burst {
             detail.push_str(&burst.stop().await);
         }
+        if let Some(f) = removed.filter(|_| step.fault == Fault::ReplaceNode) {
+            let id = cluster.replace(f)?;
+            detail.push_str(&format!(
+                "; a fresh node {id} (empty data directory) took its place"
+            ));
+        }
         cluster.heal()?;
         if let Some(f) = removed {
             // A node that cannot rejoin is a finding, not a harness error: the run goes on and
             // the convergence checker reports the replica that was left behind.
             match readd(cluster, f).await {
+                Ok(()) if step.fault == Fault::ReplaceNode => {
+                    detail.push_str(", added as a learner (caught up) and promoted")
+                }
                 Ok(()) => detail.push_str(", then added back and promoted"),
                 Err(e) => {
                     detail.push_str(&format!("; ADDING IT BACK FAILED: {e:#}"));

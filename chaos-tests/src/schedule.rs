@@ -39,6 +39,10 @@ pub enum Fault {
     /// A follower removed from the voters under load, added back as a learner and promoted
     /// when the fault heals.
     Membership,
+    /// A follower dies for good (kill -9) and is removed from the voters; a fresh node under a
+    /// new id, on an empty data directory at its address, is added as a learner (it catches
+    /// up from a snapshot) and promoted when the fault heals.
+    ReplaceNode,
     /// The leader removes itself from the voters under load (it leads until the change
     /// commits, then steps down); added back as a learner and promoted when the fault heals.
     RemoveLeader,
@@ -57,7 +61,9 @@ pub enum Fault {
 /// The seeds of the CI smoke suite (`lockstep-chaos smoke`, run by scripts/test), 3 nodes and
 /// no clock skew: with the 5-node and the skewed one below they apply every fault kind
 /// (`the_smoke_seeds_together_apply_every_fault_kind`).
-pub const SMOKE_SEEDS: [u64; 9] = [10, 28, 19, 25, 11, 27, 5, 20, 105];
+/// (Seed 993 brings `replace-node`; `lockstep-chaos run --seed 885` replaces one on a secure
+/// cluster.)
+pub const SMOKE_SEEDS: [u64; 9] = [10, 993, 19, 25, 11, 27, 5, 20, 105];
 /// The smoke suite's 5-node schedule (pause-follower, reset-leader, kill-follower).
 pub const SMOKE_FIVE_NODE_SEED: u64 = 42;
 /// The smoke suite's skewed schedule: 3 nodes at -4 s, +0 s and +5 s (libfaketime, which
@@ -86,7 +92,7 @@ pub fn smoke_schedules(duration_ms: u64) -> Vec<Schedule> {
 }
 
 /// Every fault kind, by the name the summary table counts it under.
-pub const FAULT_KINDS: [&str; 19] = [
+pub const FAULT_KINDS: [&str; 20] = [
     "partition-follower",
     "partition-leader-minority",
     "isolate-leader",
@@ -103,6 +109,7 @@ pub const FAULT_KINDS: [&str; 19] = [
     "restart-all",
     "membership",
     "remove-leader",
+    "replace-node",
     "power-cut-leader",
     "power-cut-all",
     "clock-jump",
@@ -229,6 +236,8 @@ impl Schedule {
         // skew the guard's bound is raised, see `Cluster::max_clock_offset`), from their own
         // stream.
         let mut jump = StdRng::seed_from_u64(seed ^ 0x6A75_6D70_6A75_6D70);
+        // A third of the follower removals replace the follower by a fresh node instead.
+        let mut replace = StdRng::seed_from_u64(seed ^ 0x7265_706C_6163_6521);
         // Half of the leader isolations reset connections instead of holding them.
         let mut reset = StdRng::seed_from_u64(seed ^ 0x7265_7365_7473);
         let mut steps = Vec::new();
@@ -259,6 +268,8 @@ impl Schedule {
                 _ if membership.random_bool(0.5) => {
                     if leaving.random_bool(0.5) {
                         Fault::RemoveLeader
+                    } else if replace.random_bool(1.0 / 3.0) {
+                        Fault::ReplaceNode
                     } else {
                         Fault::Membership
                     }

@@ -190,6 +190,13 @@ pub fn entries(obs: &Observation) -> BTreeMap<String, Vec<Entry<Step>>> {
                             ret: op.complete_us,
                             op: Step::Exists { what },
                         }),
+                        // Refused because the instance does not exist: it saw no instance,
+                        // so after an acknowledged create it is a violation.
+                        (_, Some("UNKNOWN_INSTANCE" | "NOT_FOUND")) => list.push(Entry {
+                            call: op.invoke_us,
+                            ret: op.complete_us,
+                            op: Step::Read { value: None, what },
+                        }),
                         _ => {}
                     },
                     Outcome::Unknown => {}
@@ -204,7 +211,7 @@ pub fn entries(obs: &Observation) -> BTreeMap<String, Vec<Entry<Step>>> {
                             what,
                         },
                     }),
-                    (Outcome::Fail, Some("NOT_FOUND")) => list.push(Entry {
+                    (Outcome::Fail, Some("NOT_FOUND" | "UNKNOWN_INSTANCE")) => list.push(Entry {
                         call: op.invoke_us,
                         ret: op.complete_us,
                         op: Step::Read { value: None, what },
@@ -377,5 +384,21 @@ mod tests {
         // But the fire cannot go back in time.
         obs.ops.push(read(4, "k1", (60, 70), "open", 1));
         assert!(!check(&obs).ok());
+    }
+
+    /// An instance that a client saw created, refused later as unknown: a violation.
+    #[test]
+    fn unknown_instance_after_an_acknowledged_create_fails() {
+        let mut obs = good();
+        let mut t = transition(4, "k1", "cancel", (60, 70), Outcome::Fail, None);
+        t.code = Some("UNKNOWN_INSTANCE".into());
+        obs.ops.push(t);
+        assert!(!check(&obs).ok());
+        // Before the create was acknowledged, it may not have existed yet.
+        let mut obs = good();
+        let mut t = transition(4, "k1", "cancel", (1, 3), Outcome::Fail, None);
+        t.code = Some("UNKNOWN_INSTANCE".into());
+        obs.ops.push(t);
+        assert!(check(&obs).ok(), "{:?}", check(&obs).problems);
     }
 }

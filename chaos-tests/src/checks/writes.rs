@@ -3,11 +3,17 @@
 //!
 //! A write is found in the audit log by the digest of its tagged payload (creation data,
 //! transition payload, task result): every client write carries a unique tag.
+//!
+//! The other way round, nothing in the log goes unexplained: every record of the checked
+//! workflow that carries a payload was sent by some operation (else it is a write nobody
+//! asked for), and each instance's records make versions 1, 2, 3, … in log order (a repeated
+//! or missing version is a fork or a lost record, not something to skip).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{CheckReport, Observation};
 use crate::history::{OpKind, Outcome, tag_digest};
+use crate::workflow;
 
 pub fn check(obs: &Observation) -> CheckReport {
     let mut report = CheckReport::new("writes");
@@ -88,12 +94,61 @@ pub fn check(obs: &Observation) -> CheckReport {
             (Outcome::Unknown, None) => unknown_absent += 1,
         }
     }
+    unclaimed(obs, &mut report);
     if unknown_applied + unknown_absent > 0 {
         report.notes.push(format!(
             "{unknown_applied} writes with unknown outcome took effect, {unknown_absent} did not"
         ));
     }
     report
+}
+
+/// Records that no operation claims, and instance versions that do not go up by one.
+fn unclaimed(obs: &Observation, report: &mut CheckReport) {
+    let sent: HashSet<String> = obs
+        .ops
+        .iter()
+        .filter_map(|o| o.tag.as_deref().map(tag_digest))
+        .collect();
+    let mut last: HashMap<&str, (u64, u64)> = HashMap::new();
+    for r in &obs.audit {
+        // Definition records belong to no instance.
+        if r.instance_id.is_empty() {
+            continue;
+        }
+        let checked = r.workflow.is_empty() || r.workflow == workflow::NAME;
+        if checked
+            && let Some(d) = &r.payload_digest
+            && !sent.contains(d)
+        {
+            report.problems.push(format!(
+                "audit record #{} ({}{} on instance {}, v{}) carries a payload that no client operation sent: a write nobody asked for",
+                r.seq,
+                r.kind,
+                r.transition
+                    .as_ref()
+                    .map(|t| format!(" {t}"))
+                    .unwrap_or_default(),
+                r.instance_id,
+                r.version
+            ));
+        }
+        let (seq, version) = last.get(r.instance_id.as_str()).copied().unwrap_or((0, 0));
+        if r.version != version + 1 {
+            report.problems.push(format!(
+                "audit record #{} makes instance {} v{}, but its previous record{} made v{version}: versions must go up by one",
+                r.seq,
+                r.instance_id,
+                r.version,
+                if seq == 0 {
+                    " (none)".to_string()
+                } else {
+                    format!(" #{seq}")
+                }
+            ));
+        }
+        last.insert(&r.instance_id, (r.seq, r.version));
+    }
 }
 
 #[cfg(test)]
@@ -178,6 +233,53 @@ mod tests {
         assert_eq!(
             r.notes,
             vec!["1 writes with unknown outcome took effect, 1 did not"]
+        );
+    }
+
+    #[test]
+    fn a_record_no_operation_sent_fails() {
+        let mut obs = good();
+        obs.ops.remove(1);
+        obs.ops.pop();
+        let r = check(&obs);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("audit record #2 (transition start")
+                    && p.contains("no client operation sent")),
+            "{:?}",
+            r.problems
+        );
+        // Records of other workflows (the bursts, the sentinel) are not the workload's.
+        let mut obs = good();
+        obs.ops.remove(1);
+        obs.audit[1].workflow = crate::workflow::BURST_NAME.into();
+        obs.audit[1].instance_id = "b1".into();
+        obs.audit[1].version = 1;
+        assert!(check(&obs).ok(), "{:?}", check(&obs).problems);
+    }
+
+    #[test]
+    fn instance_versions_that_do_not_go_up_by_one_fail() {
+        let mut obs = good();
+        obs.audit[1].version = 1;
+        let r = check(&obs);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("#2 makes instance i1 v1, but its previous record #1 made v1")),
+            "{:?}",
+            r.problems
+        );
+        let mut obs = good();
+        obs.audit.remove(0);
+        let r = check(&obs);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("v2, but its previous record (none) made v0")),
+            "{:?}",
+            r.problems
         );
     }
 }
