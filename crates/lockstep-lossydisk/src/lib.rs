@@ -79,6 +79,24 @@ const TTL: Duration = Duration::from_secs(1);
 
 type Res<T> = Result<T, Errno>;
 
+/// How a failing disk answers writes ([`LossyDisk::fail_writes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskFault {
+    /// `ENOSPC`: the disk is full.
+    Full,
+    /// `EIO`: the disk is dying.
+    Failing,
+}
+
+impl DiskFault {
+    pub fn errno(self) -> i32 {
+        match self {
+            DiskFault::Full => libc::ENOSPC,
+            DiskFault::Failing => libc::EIO,
+        }
+    }
+}
+
 /// A directory `backing` seen through a FUSE mount at `mountpoint`, where
 /// file data reaches `backing` only when the file is fsynced/fdatasynced.
 ///
@@ -126,6 +144,7 @@ impl LossyDisk {
             next_fh: 1,
             unsynced: 0,
             dead: false,
+            fail: None,
         }));
         let mut config = Config::default();
         config.mount_options = vec![
@@ -159,6 +178,14 @@ impl LossyDisk {
     /// again to "boot" the machine.
     pub fn power_cut(mut self) -> io::Result<()> {
         self.cut()
+    }
+
+    /// Makes the disk fail (`Some(fault)`) or work again (`None`): while it
+    /// fails, every data write, truncation, allocation and fsync answers the
+    /// fault's errno and changes nothing (pending writes stay pending); reads,
+    /// lookups and metadata changes keep working.
+    pub fn fail_writes(&self, fault: Option<DiskFault>) {
+        lock(&self.state).fail = fault.map(DiskFault::errno);
     }
 
     /// Bytes of file data written but not yet durable (overwrites of the same
@@ -302,6 +329,9 @@ struct State {
     unsynced: u64,
     /// Set by the power cut: every request fails from then on.
     dead: bool,
+    /// A failing disk ([`LossyDisk::fail_writes`]): every data write, truncation,
+    /// allocation and fsync fails with this errno until cleared.
+    fail: Option<i32>,
 }
 
 impl State {
@@ -434,7 +464,13 @@ impl State {
         }
     }
 
+    /// The failing disk's answer to a data operation, if it fails.
+    fn failing(&self) -> Res<()> {
+        self.fail.map_or(Ok(()), |e| Err(Errno::from_i32(e)))
+    }
+
     fn write(&mut self, ino: u64, fh: u64, off: u64, data: &[u8]) -> Res<()> {
+        self.failing()?;
         if self.unsynced + data.len() as u64 > MAX_PENDING_BYTES {
             return Err(Errno::ENOSPC);
         }
@@ -450,6 +486,7 @@ impl State {
     }
 
     fn truncate(&mut self, ino: u64, fh: Option<u64>, len: u64) -> Res<()> {
+        self.failing()?;
         if !self.pending.contains_key(&ino) && self.metadata(ino, fh)?.size() == len {
             return Ok(()); // no change (RocksDB ftruncates to the size on close)
         }
@@ -479,6 +516,7 @@ impl State {
 
     /// Makes `ino` durable: applies its ops to the backing file and syncs it.
     fn fsync(&mut self, ino: u64, fh: u64) -> Res<()> {
+        self.failing()?;
         let file = &self.files.get(&fh).ok_or(Errno::EBADF)?.1;
         let Some(p) = self.pending.remove(&ino) else {
             return Ok(());
@@ -552,6 +590,7 @@ impl State {
     }
 
     fn fallocate(&mut self, ino: u64, fh: u64, off: u64, len: u64, mode: i32) -> Res<()> {
+        self.failing()?;
         let end = off + len;
         let cur = self.volatile_len(ino, Some(fh))?;
         match mode {

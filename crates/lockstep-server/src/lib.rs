@@ -17,6 +17,8 @@
 //! - [`trust`]: TLS, peer and client authentication (certificates, JWTs), the layer that
 //!   admits public calls; [`policy`]: the cluster policy; [`security_log`]: refused attempts.
 //! - [`backup`]: online and offline checkpoints, and restoring one as a new one-node cluster.
+//! - [`failstop`]: when storage fails, NOT_SERVING, `UNAVAILABLE` answers, and an exit for the
+//!   supervisor to restart the node.
 
 pub mod admission;
 pub mod api;
@@ -25,6 +27,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod dispatch;
+pub mod failstop;
 pub mod format_gate;
 pub mod leader_hint;
 pub mod metrics;

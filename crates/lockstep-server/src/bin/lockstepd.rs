@@ -137,6 +137,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
+    // Storage that fails stops the Raft core for good: stop serving, then exit.
+    let failstop = Arc::new(lockstep_server::failstop::FailStop::default());
+    let mut storage_failed = tokio::spawn(lockstep_server::failstop::watch(
+        Arc::clone(&node),
+        Arc::clone(&failstop),
+    ));
+
     let api = Api::new(Arc::clone(&node));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -159,6 +166,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
         .timeout(Duration::from_secs(30))
         .layer(GrpcMetricsLayer::new(Arc::clone(&node.metrics)))
+        .layer(lockstep_server::failstop::FailStopLayer::new(Arc::clone(
+            &failstop,
+        )))
         .layer(lockstep_server::trust::AuthLayer::new(
             Arc::clone(&node.trust),
             Arc::clone(&node.security),
@@ -216,7 +226,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
         )),
     };
 
-    wait_for_signal().await;
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        Ok(answer) = &mut storage_failed => {
+            use lockstep_server::failstop::{EXIT_GRACE, EXIT_STORAGE_FAILED};
+            tracing::error!(
+                exit_in = ?EXIT_GRACE,
+                status = EXIT_STORAGE_FAILED,
+                "{answer}"
+            );
+            health_reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            health_reporter
+                .set_not_serving::<pb::instances_server::InstancesServer<Api>>()
+                .await;
+            tokio::time::sleep(EXIT_GRACE).await;
+            std::process::exit(EXIT_STORAGE_FAILED);
+        }
+    }
     tracing::info!("shutting down: draining requests");
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;

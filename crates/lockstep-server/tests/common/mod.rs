@@ -144,6 +144,14 @@ impl Cluster {
         self.disks[i] = Some(disk);
     }
 
+    /// Makes node i's lossy disk fail every write and sync (`Some`) or work again (`None`).
+    pub fn fail_disk(&self, i: usize, fault: Option<lossy_fs::DiskFault>) {
+        self.disks[i]
+            .as_ref()
+            .expect("node i runs on a lossy disk")
+            .fail_writes(fault);
+    }
+
     /// Bytes node i has written and not yet fsynced (what a power cut would lose now).
     pub fn unsynced_bytes(&self, i: usize) -> u64 {
         self.disks[i].as_ref().map_or(0, |d| d.unsynced_bytes())
