@@ -107,7 +107,7 @@ pub struct FaultWindow {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    Op(Op),
+    Op(Box<Op>),
     Fault(FaultWindow),
 }
 
@@ -130,7 +130,9 @@ pub fn to_jsonl(ops: &[Op], faults: &[FaultWindow]) -> String {
         out.push('\n');
     }
     for o in ops {
-        out.push_str(&serde_json::to_string(&Event::Op(o.clone())).expect("serializable"));
+        out.push_str(
+            &serde_json::to_string(&Event::Op(Box::new(o.clone()))).expect("serializable"),
+        );
         out.push('\n');
     }
     out
@@ -145,7 +147,7 @@ pub fn from_jsonl(text: &str) -> Result<(Vec<Op>, Vec<FaultWindow>), String> {
             continue;
         }
         match serde_json::from_str::<Event>(line).map_err(|e| format!("line {}: {e}", n + 1))? {
-            Event::Op(o) => ops.push(o),
+            Event::Op(o) => ops.push(*o),
             Event::Fault(f) => faults.push(f),
         }
     }

@@ -54,8 +54,8 @@ pub struct Options {
     /// Let followers forward writes to the leader (default). When false, the client itself
     /// goes to the leader named in `NOT_LEADER` answers.
     pub forward: bool,
-    /// Retry writes the cluster refused with `RESOURCE_EXHAUSTED` / `OVERLOADED` or
-    /// `QUOTA_EXCEEDED` (nothing was done), after the hint it gave and a jittered backoff,
+    /// Retry writes the cluster refused with `RESOURCE_EXHAUSTED` / `OVERLOADED`,
+    /// `QUOTA_EXCEEDED` or `NO_SPACE` (nothing was done), after the hint it gave and a jittered backoff,
     /// with the same request id, until `total_timeout` (default). When false, such a refusal
     /// is returned at once as [`Error::Overloaded`] (load generators count them).
     pub retry_overloaded: bool,
@@ -169,17 +169,20 @@ pub enum Error {
     Other(Status),
 }
 
-/// The reasons of refusals by admission control and quotas (`RESOURCE_EXHAUSTED`).
+/// The reasons of refusals by admission control, quotas and the space alarm
+/// (`RESOURCE_EXHAUSTED`): nothing was done.
 pub const OVERLOADED: &str = "OVERLOADED";
 pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
+/// The node is short of disk space (`lockstepd --min-free-space`, `--store-quota`).
+pub const NO_SPACE: &str = "NO_SPACE";
 
-/// The reason and retry-after hint of an `OVERLOADED` or `QUOTA_EXCEEDED` refusal.
+/// The reason and retry-after hint of an `OVERLOADED`, `QUOTA_EXCEEDED` or `NO_SPACE` refusal.
 fn overloaded(status: &Status) -> Option<(String, Option<Duration>, Option<String>)> {
     if status.code() != Code::ResourceExhausted {
         return None;
     }
     let info = status.get_details_error_info()?;
-    if info.reason != OVERLOADED && info.reason != QUOTA_EXCEEDED {
+    if info.reason != OVERLOADED && info.reason != QUOTA_EXCEEDED && info.reason != NO_SPACE {
         return None;
     }
     let retry_after = status

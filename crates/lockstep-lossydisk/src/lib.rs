@@ -145,6 +145,7 @@ impl LossyDisk {
             unsynced: 0,
             dead: false,
             fail: None,
+            free_bytes: None,
         }));
         let mut config = Config::default();
         config.mount_options = vec![
@@ -186,6 +187,14 @@ impl LossyDisk {
     /// lookups and metadata changes keep working.
     pub fn fail_writes(&self, fault: Option<DiskFault>) {
         lock(&self.state).fail = fault.map(DiskFault::errno);
+    }
+
+    /// Makes `statfs` (`df`, `statvfs(3)`) report this many bytes free and
+    /// available (`Some`), or the backing file system's figures again (`None`):
+    /// a disk that looks nearly full to the programs using it, without filling
+    /// one. Writes are not limited by it.
+    pub fn report_free_bytes(&self, free: Option<u64>) {
+        lock(&self.state).free_bytes = free;
     }
 
     /// Bytes of file data written but not yet durable (overwrites of the same
@@ -332,6 +341,9 @@ struct State {
     /// A failing disk ([`LossyDisk::fail_writes`]): every data write, truncation,
     /// allocation and fsync fails with this errno until cleared.
     fail: Option<i32>,
+    /// Bytes `statfs` reports free and available instead of the backing file
+    /// system's ([`LossyDisk::report_free_bytes`]).
+    free_bytes: Option<u64>,
 }
 
 impl State {
@@ -1004,13 +1016,15 @@ impl Filesystem for LossyFs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let r = self.with(|s| {
             nix::sys::statvfs::statvfs(&s.root)
+                .map(|st| (st, s.free_bytes))
                 .map_err(|errno| io::Error::from_raw_os_error(errno as i32).into())
         });
         match r {
-            Ok(st) => reply.statfs(
+            Ok((st, free)) => reply.statfs(
                 st.blocks(),
-                st.blocks_free(),
-                st.blocks_available(),
+                // In fragments, the unit of the block counts.
+                free.map_or(st.blocks_free(), |f| f / st.fragment_size().max(1)),
+                free.map_or(st.blocks_available(), |f| f / st.fragment_size().max(1)),
                 st.files(),
                 st.files_free(),
                 st.block_size() as u32,

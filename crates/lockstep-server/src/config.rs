@@ -102,6 +102,16 @@ pub struct Flags {
     /// cannot be kept close; cluster time then freezes after a fast leader, see README).
     #[arg(long, env = "LOCKSTEP_MAX_CLOCK_OFFSET", value_name = "DURATION|off")]
     pub max_clock_offset: Option<String>,
+    /// The space alarm: with less than this free on the data directory's file system, refuse
+    /// new client writes (RESOURCE_EXHAUSTED, reason NO_SPACE) before the disk is full, while
+    /// reads, timers and membership go on; checked every second, cleared by itself when space
+    /// returns (default 256MiB; e.g. 2GiB, 10GiB, off).
+    #[arg(long, env = "LOCKSTEP_MIN_FREE_SPACE", value_name = "SIZE|off")]
+    pub min_free_space: Option<String>,
+    /// The space alarm's other bound: refuse new client writes while the store holds more than
+    /// this (default 64GiB; e.g. 8GiB, off).
+    #[arg(long, env = "LOCKSTEP_STORE_QUOTA", value_name = "SIZE|off")]
+    pub store_quota: Option<String>,
     /// Keep this many applied entries in the log after a snapshot (so slow followers can catch
     /// up by log rather than snapshot).
     #[arg(long, env = "LOCKSTEP_LOGS_TO_KEEP")]
@@ -181,6 +191,8 @@ struct FileConfig {
     admission_limit_max: Option<usize>,
     reads_in_flight_max: Option<usize>,
     max_clock_offset: Option<String>,
+    min_free_space: Option<String>,
+    store_quota: Option<String>,
     dev: Option<bool>,
     log_format: Option<String>,
     peer_via: Option<String>,
@@ -213,6 +225,8 @@ pub struct Config {
     pub admission: crate::admission::AdmissionSettings,
     /// The clock offset guard (`clock.rs`).
     pub clock: crate::clock::ClockSettings,
+    /// The space alarm's bounds (`space.rs`).
+    pub space: crate::space::SpaceSettings,
     pub dev: bool,
     pub log_format: LogFormat,
     /// Addresses to dial peers at instead of their member addresses (`--peer-via`).
@@ -439,6 +453,22 @@ impl Config {
             None => crate::clock::ClockSettings::default(),
             Some(text) => crate::clock::ClockSettings::parse(&text)?,
         };
+        let defaults = crate::space::SpaceSettings::default();
+        let size = |flag: &str, text: Option<String>, default: u64| {
+            text.map_or(Ok(default), |t| crate::space::parse_size(flag, &t))
+        };
+        let space = crate::space::SpaceSettings {
+            min_free_bytes: size(
+                "--min-free-space",
+                flags.min_free_space.or(file.min_free_space),
+                defaults.min_free_bytes,
+            )?,
+            store_quota_bytes: size(
+                "--store-quota",
+                flags.store_quota.or(file.store_quota),
+                defaults.store_quota_bytes,
+            )?,
+        };
         let snapshots = SnapshotSettings {
             log_bytes: log_mib << 20,
             interval,
@@ -456,6 +486,7 @@ impl Config {
             logs_to_keep: flags.logs_to_keep.or(file.logs_to_keep).unwrap_or(1_000),
             admission,
             clock,
+            space,
             dev,
             log_format,
             peer_via,

@@ -17,6 +17,7 @@
 //! - [`trust`]: TLS, peer and client authentication (certificates, JWTs), the layer that
 //!   admits public calls; [`policy`]: the cluster policy; [`security_log`]: refused attempts.
 //! - [`backup`]: online and offline checkpoints, and restoring one as a new one-node cluster.
+//! - [`space`]: the space alarm (client writes refused with `NO_SPACE` before the disk is full).
 //! - [`failstop`]: when storage fails, NOT_SERVING, `UNAVAILABLE` answers, and an exit for the
 //!   supervisor to restart the node.
 
@@ -39,6 +40,7 @@ pub mod quota;
 pub mod raft_service;
 pub mod security_log;
 pub mod snapshot_policy;
+pub mod space;
 pub mod status;
 pub mod tasks;
 pub mod timers;

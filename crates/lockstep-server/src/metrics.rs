@@ -24,6 +24,8 @@
 //! | `lockstep_overload_refusals_total` (refused with OVERLOADED before anything was done) | counter | `what` (writes, reads, polls) |
 //! | `lockstep_clock_offset_seconds` (the peer's wall clock minus this node's, measured in the last 10 s) | gauge | `peer` |
 //! | `lockstep_clock_within_max_offset` (1: a quorum of voters' clocks agree with this node's, so it may lead) | gauge | |
+//! | `lockstep_space_alarm` (1: short of disk space, client writes refused with NO_SPACE), `lockstep_data_dir_free_bytes`, `lockstep_store_bytes` | gauge | |
+//! | `lockstep_no_space_refusals_total` | counter | |
 //! | `lockstep_quota_refusals_total` (refused with QUOTA_EXCEEDED) | counter | `quota` (`actor:ID`, `role:NAME`; at most [`QUOTA_LABELS_MAX`], then `other`) |
 
 use std::collections::HashSet;
@@ -54,6 +56,7 @@ pub struct Scrape<'a> {
     pub admission: AdmissionStats,
     pub read_index: &'a RoundStats,
     pub clock: &'a crate::clock::ClockMonitor,
+    pub space: &'a crate::space::SpaceAlarm,
 }
 
 impl std::fmt::Debug for Scrape<'_> {
@@ -152,6 +155,10 @@ pub struct Metrics {
     admission_usual_latency: Gauge<f64, std::sync::atomic::AtomicU64>,
     clock_offset: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     clock_within: U64Gauge,
+    space_alarm: U64Gauge,
+    data_dir_free_bytes: U64Gauge,
+    store_bytes: U64Gauge,
+    no_space_refusals: Counter,
     overload_refusals: Family<WhatLabels, Counter>,
     quota_refusals: Family<QuotaLabels, Counter>,
     /// The `quota` label values in use (at most [`QUOTA_LABELS_MAX`]).
@@ -196,6 +203,10 @@ impl Metrics {
             admission_usual_latency: Gauge::default(),
             clock_offset: Family::default(),
             clock_within: U64Gauge::default(),
+            space_alarm: U64Gauge::default(),
+            data_dir_free_bytes: U64Gauge::default(),
+            store_bytes: U64Gauge::default(),
+            no_space_refusals: Counter::default(),
             overload_refusals: Family::default(),
             quota_refusals: Family::default(),
             quota_labels: Mutex::new(HashSet::new()),
@@ -326,6 +337,26 @@ impl Metrics {
             m.clock_within.clone(),
         );
         r.register(
+            "lockstep_space_alarm",
+            "1 while this node is short of disk space (under --min-free-space free, or its store over --store-quota) and refuses client writes with NO_SPACE",
+            m.space_alarm.clone(),
+        );
+        r.register(
+            "lockstep_data_dir_free_bytes",
+            "Bytes free on the file system of this node's data directory, at the last check",
+            m.data_dir_free_bytes.clone(),
+        );
+        r.register(
+            "lockstep_store_bytes",
+            "Bytes this node's store holds (SST files and memtables), at the last check",
+            m.store_bytes.clone(),
+        );
+        r.register(
+            "lockstep_no_space_refusals",
+            "Client writes refused with NO_SPACE before anything was proposed",
+            m.no_space_refusals.clone(),
+        );
+        r.register(
             "lockstep_overload_refusals",
             "Requests refused with OVERLOADED before anything was proposed or waited for",
             m.overload_refusals.clone(),
@@ -400,6 +431,11 @@ impl Metrics {
 
     /// Records a group the batcher proposed: `requests` requests in `entries` entries.
     /// A request refused with OVERLOADED: `what` is writes, reads or polls.
+    /// A client write refused with NO_SPACE.
+    pub fn observe_no_space(&self) {
+        self.no_space_refusals.inc();
+    }
+
     pub fn observe_overloaded(&self, what: &'static str) {
         self.overload_refusals
             .get_or_create(&WhatLabels { what })
@@ -507,6 +543,10 @@ impl Metrics {
                 .set(offset);
         }
         self.clock_within.set(u64::from(scrape.clock.within()));
+        self.space_alarm.set(u64::from(scrape.space.raised()));
+        let space = scrape.space.last();
+        self.data_dir_free_bytes.set(space.free_bytes);
+        self.store_bytes.set(space.store_bytes);
         let stats = scrape.read_index;
         self.read_index_rounds.inner().store(
             stats.rounds.load(std::sync::atomic::Ordering::Relaxed),

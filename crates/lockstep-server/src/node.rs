@@ -82,6 +82,8 @@ pub struct Node {
     pub quotas: crate::quota::QuotaBuckets,
     /// Peers' clock offsets and whether this node may lead (`clock.rs`).
     pub clock: crate::clock::ClockMonitor,
+    /// Whether this node is short of disk space and refuses client writes (`space.rs`).
+    pub space: Arc<crate::space::SpaceAlarm>,
 }
 
 /// The voters of `raft`'s membership (`None` before it has one).
@@ -199,6 +201,7 @@ impl Node {
             config.id,
             &voters_of(&raft).unwrap_or_else(|| config.initial_members.keys().copied().collect()),
         );
+        let space = config.space;
         let node = Arc::new(Node {
             id: config.id,
             config,
@@ -219,6 +222,7 @@ impl Node {
             timers_wake,
             outbox_wake,
             clock,
+            space: Arc::new(crate::space::SpaceAlarm::new(space)),
         });
         // Until its clock is judged, a node of a larger cluster neither campaigns nor sends
         // heartbeats (`guard_clock`).
@@ -387,6 +391,7 @@ impl Node {
             admission: self.admission.stats(),
             read_index: &self.read_index.stats,
             clock: &self.clock,
+            space: &self.space,
         })
     }
 
@@ -403,6 +408,14 @@ impl Node {
         body: Body,
         forward: bool,
     ) -> Result<Written, WriteError> {
+        // Short of space: refused before anything is proposed, here and on the leader.
+        if let Some(message) = self.space.refusal() {
+            self.metrics.observe_no_space();
+            return Err(WriteError::NoSpace {
+                message,
+                retry_after_ms: crate::space::RETRY_AFTER_MS,
+            });
+        }
         // Quotas are counted where writes enter the log: on the leader (a follower forwards).
         if self.is_leader()
             && let Some(actor) = actor_of(&body)

@@ -88,6 +88,10 @@ pub fn write_error(e: WriteError) -> Status {
             retry_after_ms,
             quota,
         } => overloaded(QUOTA_EXCEEDED, message, retry_after_ms, Some(&quota)),
+        WriteError::NoSpace {
+            message,
+            retry_after_ms,
+        } => overloaded(NO_SPACE, message, retry_after_ms, None),
     }
 }
 
@@ -95,8 +99,10 @@ pub fn write_error(e: WriteError) -> Status {
 pub const OVERLOADED: &str = "OVERLOADED";
 /// The reason of a refusal by a quota of the cluster policy.
 pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
+/// The reason of a refusal by the space alarm: the node is short of disk space.
+pub const NO_SPACE: &str = "NO_SPACE";
 
-/// `RESOURCE_EXHAUSTED` with `reason` (OVERLOADED, QUOTA_EXCEEDED), the hint as ErrorInfo
+/// `RESOURCE_EXHAUSTED` with `reason` (OVERLOADED, QUOTA_EXCEEDED, NO_SPACE), the hint as ErrorInfo
 /// metadata `retry_after_ms` and as `google.rpc.RetryInfo`, and a `quota` named, if any.
 pub fn overloaded(
     reason: &str,

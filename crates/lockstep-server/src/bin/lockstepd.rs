@@ -100,6 +100,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // The cluster-version gate, a service on the node (it would otherwise tie node and
     // format_gate into an import circle).
     tokio::spawn(lockstep_server::format_gate::run(Arc::downgrade(&node)));
+    tokio::spawn(lockstep_server::space::run(
+        Arc::clone(&node.space),
+        Arc::downgrade(&node.store),
+        node.id,
+        node.config.data_dir.clone(),
+    ));
     tracing::info!(id = node.id, listen = %config.listen, data_dir = %config.data_dir.display(), "lockstepd started");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -96,6 +96,13 @@ pub enum WriteError {
         retry_after_ms: u64,
         quota: String,
     },
+    /// Refused before it was proposed because the node is short of disk space (`space.rs`):
+    /// nothing changed; retry once space returns, with the same request id.
+    #[error("{message}")]
+    NoSpace {
+        message: String,
+        retry_after_ms: u64,
+    },
 }
 
 /// What a write was answered: the applied response and, when a follower forwarded it, the

@@ -152,6 +152,14 @@ impl Cluster {
             .fail_writes(fault);
     }
 
+    /// Makes node i's lossy disk report `free` bytes free (`None`: the real figure again).
+    pub fn report_free_bytes(&self, i: usize, free: Option<u64>) {
+        self.disks[i]
+            .as_ref()
+            .expect("node i runs on a lossy disk")
+            .report_free_bytes(free);
+    }
+
     /// Bytes node i has written and not yet fsynced (what a power cut would lose now).
     pub fn unsynced_bytes(&self, i: usize) -> u64 {
         self.disks[i].as_ref().map_or(0, |d| d.unsynced_bytes())
