@@ -1067,8 +1067,11 @@ pub async fn cluster_status(conn: &Connection, output: Output, digest: bool) -> 
                         s.applied_index,
                         last
                     );
+                    if !s.space_alarm.is_empty() {
+                        println!("{:<22} SPACE ALARM: {}", "", s.space_alarm);
+                    }
                 }
-                rows.push(serde_json::json!({"endpoint": endpoint, "node_id": s.node_id, "role": s.role, "term": s.term, "leader_id": s.leader_id, "leader_addr": s.leader_addr, "last_log_index": s.last_log_index, "applied_index": s.applied_index, "digest": s.digest, "snapshot_index": s.snapshot_index, "cluster_time": s.cluster_time, "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>()}));
+                rows.push(serde_json::json!({"endpoint": endpoint, "node_id": s.node_id, "role": s.role, "term": s.term, "leader_id": s.leader_id, "leader_addr": s.leader_addr, "last_log_index": s.last_log_index, "applied_index": s.applied_index, "digest": s.digest, "snapshot_index": s.snapshot_index, "cluster_time": s.cluster_time, "space_alarm": s.space_alarm, "data_dir_free_bytes": s.data_dir_free_bytes, "store_bytes": s.store_bytes, "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>()}));
             }
             Err(e) => {
                 unreachable.push(endpoint.clone());

@@ -1014,6 +1014,9 @@ impl pb::cluster_server::Cluster for Api {
             role: format!("{:?}", m.state),
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             cluster_time,
+            space_alarm: self.node.space.refusal().unwrap_or_default(),
+            data_dir_free_bytes: self.node.space.last().free_bytes,
+            store_bytes: self.node.space.last().store_bytes,
         }))
     }
 

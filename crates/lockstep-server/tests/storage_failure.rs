@@ -174,6 +174,12 @@ async fn short_of_space_client_writes_are_refused_while_reads_and_timers_go_on_u
     // before the alarm fires.
     tokio::time::sleep(TICKETS_DUE + Duration::from_secs(1)).await;
     assert_eq!(cluster.state_of(&before).await, "timed_out");
+    // `cluster status` shows it too.
+    let status = cluster.status(0, false).await.unwrap();
+    assert!(
+        status.space_alarm.contains("is short of space") && status.data_dir_free_bytes == 100 << 20,
+        "{status:?}"
+    );
     for i in 0..3 {
         let (_, body) = cluster.scrape(i).await;
         assert_eq!(
@@ -202,6 +208,7 @@ async fn short_of_space_client_writes_are_refused_while_reads_and_timers_go_on_u
         }
     };
     assert_eq!(created.version, 1);
+    assert_eq!(cluster.status(0, false).await.unwrap().space_alarm, "");
     assert_eq!(
         cluster
             .ticket_client()
