@@ -52,6 +52,8 @@ pub struct Cluster {
     ids: Vec<u64>,
     /// How many times each slot's node was replaced.
     replaced: Vec<u64>,
+    /// Whether each slot's disk fails writes ([`Cluster::fail_disk`]).
+    failing: Vec<bool>,
     pub children: Vec<Option<Child>>,
     pub paused: Vec<bool>,
     /// Clock offset of each node in seconds (libfaketime), 0 for none.
@@ -131,6 +133,7 @@ impl Cluster {
             ports,
             ids: (1..=nodes as u64).collect(),
             replaced: vec![0; nodes],
+            failing: vec![false; nodes],
             children: Vec::new(),
             paused: vec![false; nodes],
             skews: if skews.is_empty() {
@@ -291,6 +294,51 @@ impl Cluster {
         };
         self.disks[i] = Some(self.mount_disk(i)?);
         Ok(lost)
+    }
+
+    /// Makes node `i`'s lossy disk fail every write and sync (`Some`) or work again (`None`).
+    pub fn fail_disk(
+        &mut self,
+        i: usize,
+        fault: Option<lockstep_lossydisk::DiskFault>,
+    ) -> anyhow::Result<()> {
+        match self.disks.get(i) {
+            Some(Some(disk)) => {
+                disk.fail_writes(fault);
+                self.failing[i] = fault.is_some();
+                Ok(())
+            }
+            _ => anyhow::bail!(
+                "node {} has no lossy disk: failing disks need NodeSetup::lossy_disks",
+                self.ids[i]
+            ),
+        }
+    }
+
+    /// The slots whose disks fail ([`Cluster::fail_disk`]).
+    pub fn failing_disks(&self) -> Vec<usize> {
+        (0..self.len()).filter(|i| self.failing[*i]).collect()
+    }
+
+    /// Waits up to `within` for node `i`'s process to exit by itself; its exit status, and
+    /// the node is then stopped (restarted by [`Cluster::heal`]). `None`: still running.
+    pub async fn wait_exit(
+        &mut self,
+        i: usize,
+        within: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            let child = self.children[i].as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.children[i] = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// `--dev`, or a secure node's certificate, CA and JWT issuer (the default cluster policy:
@@ -493,11 +541,16 @@ impl Cluster {
         }
     }
 
-    /// Every link passes, every node runs and none is paused, every clock is back at its skew.
+    /// Every link passes, every disk works, every node runs and none is paused, every clock
+    /// is back at its skew.
     pub fn heal(&mut self) -> anyhow::Result<()> {
         self.all_links(LinkMode::Pass);
         for i in 0..self.len() {
             self.slow_disk(i, 0)?;
+            if let Some(Some(disk)) = self.disks.get(i) {
+                disk.fail_writes(None);
+            }
+            self.failing[i] = false;
             if self.clock_files {
                 self.jump_clock(i, 0)?;
             }

@@ -122,7 +122,7 @@ mod tests {
             .find(|r| r.mutation == Mutation::UnsyncedLogAppend)
             .unwrap();
         assert!(
-            power.schedule.has_power_cut(),
+            power.schedule.needs_lossy_disks(),
             "only a power cut shows an unsynced log"
         );
     }

@@ -155,6 +155,20 @@ pub fn apply(cluster: &mut Cluster, step: &Step, leader: Option<usize>) -> anyho
             cluster.kill9(f);
             (f + 1).to_string()
         }
+        Fault::DiskFailure(full) => {
+            use lockstep_lossydisk::DiskFault;
+            let fault = if full {
+                DiskFault::Full
+            } else {
+                DiskFault::Failing
+            };
+            cluster.fail_disk(f, Some(fault))?;
+            format!(
+                "the disk of {} fails every write and sync with {}",
+                nodes(&[f]),
+                if full { "ENOSPC" } else { "EIO" }
+            )
+        }
         Fault::RemoveLeader => (l + 1).to_string(),
     })
 }
@@ -197,6 +211,10 @@ async fn readd(cluster: &Cluster, f: usize) -> anyhow::Result<()> {
     }
     anyhow::bail!("node {id} could not be added back within 60 s: {last}")
 }
+
+/// How long after a disk-failure fault ends its node may take to exit: its storage failed at
+/// its first write under the workload, and it exits `failstop::EXIT_GRACE` (3 s) later.
+pub const DISK_FAILURE_EXIT_WITHIN: Duration = Duration::from_secs(6);
 
 /// Concurrent writers of an overload burst: far above what the cluster commits, so admission
 /// control must refuse most of them.
@@ -350,6 +368,20 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(step.hold_ms)).await;
         if let Some(burst) = burst {
             detail.push_str(&burst.stop().await);
+        }
+        // A node whose disk failed must fail stop: NOT_SERVING, then exit with status 74
+        // after its 3 s grace (waited for here, so that the heal restarts it).
+        for d in cluster.failing_disks() {
+            let id = cluster.id(d);
+            match cluster.wait_exit(d, DISK_FAILURE_EXIT_WITHIN).await {
+                Some(status) => detail.push_str(&format!("; node {id} exited ({status})")),
+                None => {
+                    cluster.kill9(d);
+                    detail.push_str(&format!(
+                        "; node {id} DID NOT EXIT within {DISK_FAILURE_EXIT_WITHIN:?} of the fault's end (killed)"
+                    ));
+                }
+            }
         }
         if let Some(f) = removed.filter(|_| step.fault == Fault::ReplaceNode) {
             let id = cluster.replace(f)?;

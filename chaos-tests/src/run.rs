@@ -272,7 +272,7 @@ async fn run_inner(
         schedule.nodes,
         NodeSetup {
             skews: schedule.skews.clone(),
-            lossy_disks: schedule.has_power_cut(),
+            lossy_disks: schedule.needs_lossy_disks(),
             mutation: schedule.mutation.clone(),
             secure: schedule.secure,
             clock_files: schedule.has_clock_jump(),

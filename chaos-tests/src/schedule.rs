@@ -52,6 +52,10 @@ pub enum Fault {
     PowerCutLeader,
     /// Every node loses power at once (as `PowerCutLeader`, all of them).
     PowerCutAll,
+    /// A follower's disk starts answering every write and sync with an error (ENOSPC when
+    /// the value is true, EIO otherwise): the node must stop serving and exit (status 74);
+    /// when the fault heals the disk works again and the node restarts and catches up.
+    DiskFailure(bool),
     /// The leader's wall clock jumps this many seconds forward (libfaketime's timestamp file;
     /// the monotonic clock stays true), and back when the fault heals: the clock offset guard
     /// must keep the jump out of every stamped time.
@@ -61,9 +65,9 @@ pub enum Fault {
 /// The seeds of the CI smoke suite (`lockstep-chaos smoke`, run by scripts/test), 3 nodes and
 /// no clock skew: with the 5-node and the skewed one below they apply every fault kind
 /// (`the_smoke_seeds_together_apply_every_fault_kind`).
-/// (Seed 993 brings `replace-node`; `lockstep-chaos run --seed 885` replaces one on a secure
+/// (Seed 993 brings `replace-node`, 142 `disk-failure`; `lockstep-chaos run --seed 885` replaces one on a secure
 /// cluster.)
-pub const SMOKE_SEEDS: [u64; 9] = [10, 993, 19, 25, 11, 27, 5, 20, 105];
+pub const SMOKE_SEEDS: [u64; 9] = [10, 993, 19, 25, 11, 27, 5, 142, 105];
 /// The smoke suite's 5-node schedule (pause-follower, reset-leader, kill-follower).
 pub const SMOKE_FIVE_NODE_SEED: u64 = 42;
 /// The smoke suite's skewed schedule: 3 nodes at -4 s, +0 s and +5 s (libfaketime, which
@@ -92,7 +96,7 @@ pub fn smoke_schedules(duration_ms: u64) -> Vec<Schedule> {
 }
 
 /// Every fault kind, by the name the summary table counts it under.
-pub const FAULT_KINDS: [&str; 20] = [
+pub const FAULT_KINDS: [&str; 21] = [
     "partition-follower",
     "partition-leader-minority",
     "isolate-leader",
@@ -103,6 +107,7 @@ pub const FAULT_KINDS: [&str; 20] = [
     "slow-disk",
     "kill-leader",
     "kill-follower",
+    "disk-failure",
     "kill-majority",
     "pause-leader",
     "pause-follower",
@@ -122,6 +127,7 @@ impl Fault {
             Fault::Delay(_) => "delay".into(),
             Fault::SlowDisk(_) => "slow-disk".into(),
             Fault::ClockJump(_) => "clock-jump".into(),
+            Fault::DiskFailure(_) => "disk-failure".into(),
             other => other.name(),
         }
     }
@@ -144,9 +150,12 @@ impl Fault {
         )
     }
 
-    /// Whether the fault cuts a node's power (its nodes then run on lossy disks).
-    pub fn is_power_cut(&self) -> bool {
-        matches!(self, Fault::PowerCutLeader | Fault::PowerCutAll)
+    /// Whether the fault needs the nodes on lossy disks (power cuts, failing disks).
+    pub fn needs_lossy_disks(&self) -> bool {
+        matches!(
+            self,
+            Fault::PowerCutLeader | Fault::PowerCutAll | Fault::DiskFailure(_)
+        )
     }
 
     pub fn name(&self) -> String {
@@ -154,6 +163,8 @@ impl Fault {
             Fault::Delay(ms) => format!("delay-{ms}ms"),
             Fault::SlowDisk(ms) => format!("slow-disk-{ms}ms"),
             Fault::ClockJump(s) => format!("clock-jump-{s:+}s"),
+            Fault::DiskFailure(true) => "disk-failure-enospc".into(),
+            Fault::DiskFailure(false) => "disk-failure-eio".into(),
             other => serde_json::to_value(other)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
@@ -238,6 +249,8 @@ impl Schedule {
         let mut jump = StdRng::seed_from_u64(seed ^ 0x6A75_6D70_6A75_6D70);
         // A third of the follower removals replace the follower by a fresh node instead.
         let mut replace = StdRng::seed_from_u64(seed ^ 0x7265_706C_6163_6521);
+        // A quarter of the follower kills become failing disks, from their own stream too.
+        let mut failing = StdRng::seed_from_u64(seed ^ 0x6469_736B_6661_696C);
         // Half of the leader isolations reset connections instead of holding them.
         let mut reset = StdRng::seed_from_u64(seed ^ 0x7265_7365_7473);
         let mut steps = Vec::new();
@@ -258,6 +271,7 @@ impl Schedule {
                 },
                 6 if power.random_bool(1.0 / 3.0) => Fault::PowerCutLeader,
                 6 => Fault::KillLeader,
+                7 if failing.random_bool(0.25) => Fault::DiskFailure(failing.random_bool(0.5)),
                 7 => Fault::KillFollower,
                 8 => Fault::KillMajority,
                 9 if jump.random_bool(1.0 / 3.0) && !skewed => {
@@ -316,9 +330,9 @@ impl Schedule {
             .any(|s| matches!(s.fault, Fault::ClockJump(_)))
     }
 
-    /// Whether any step cuts power (the nodes then run on lossy disks).
-    pub fn has_power_cut(&self) -> bool {
-        self.steps.iter().any(|s| s.fault.is_power_cut())
+    /// Whether the nodes run on lossy disks: some step cuts power or fails a disk.
+    pub fn needs_lossy_disks(&self) -> bool {
+        self.steps.iter().any(|s| s.fault.needs_lossy_disks())
     }
 
     /// Gives about 3 in 10 steps a burst of client writes, from a stream of the seed's own
