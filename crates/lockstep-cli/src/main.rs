@@ -260,7 +260,9 @@ enum Command {
     /// Ask nodes for their grpc.health.v1 status; exit 0 when every one is SERVING.
     ///
     /// For container health checks and probes: exit 1 when a node answers anything but
-    /// SERVING, 3 when one does not answer within --timeout.
+    /// SERVING, 3 when one does not answer within --timeout. A node whose space alarm is
+    /// raised still serves reads, so it stays SERVING, and its alarm is printed under it
+    /// (`space_alarm` with --output json): it refuses client writes with NO_SPACE.
     ///
     /// Example: lockstep health --endpoint 127.0.0.1:7101 --timeout 3s
     Health {

@@ -1159,10 +1159,20 @@ pub async fn health(
         match client.health_of(i, service).await {
             Ok(status) => {
                 all_serving &= status == lockstep_client::HealthStatus::Serving;
+                // A node short of space still serves reads (so it stays SERVING for probes),
+                // but refuses client writes: say so. Best effort: a caller that may not read
+                // the cluster status just does not see it.
+                let alarm = match client.status_of(i, false).await {
+                    Ok(s) => s.space_alarm,
+                    Err(_) => String::new(),
+                };
                 if output == Output::Table {
                     println!("{endpoint:<22} {}", status.as_str());
+                    if !alarm.is_empty() {
+                        println!("{:<22} SPACE ALARM: {alarm}", "");
+                    }
                 }
-                rows.push(serde_json::json!({"endpoint": endpoint, "status": status.as_str()}));
+                rows.push(serde_json::json!({"endpoint": endpoint, "status": status.as_str(), "space_alarm": alarm}));
             }
             Err(e @ Error::NotFound(_)) => return Err(e.into()),
             Err(e) => {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{cluster, free_port, lockstep};
+use common::{clear_lockstep_env, cluster, free_port, lockstep, lockstepd};
 
 #[test]
 fn health_is_serving_on_every_node() {
@@ -27,6 +27,66 @@ fn health_is_serving_on_every_node() {
         "lockstep.v1.Instances",
     ])
     .ok();
+}
+
+/// A node of its own whose space alarm is up from the start (`--min-free-space` above any
+/// disk): it serves reads, so it stays SERVING, and `health` prints its alarm.
+#[test]
+fn health_shows_a_nodes_space_alarm_and_it_stays_serving() {
+    /// Killed on drop; its data directory goes after it.
+    struct Node {
+        child: std::process::Child,
+        _dir: tempfile::TempDir,
+    }
+    impl Drop for Node {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("127.0.0.1:{}", free_port());
+    let mut command = std::process::Command::new(lockstepd());
+    command
+        .args(["--id", "1", "--listen", &endpoint, "--dev"])
+        .args(["--initial-members", &format!("1={endpoint}")])
+        .args(["--min-free-space", "1000TiB"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    clear_lockstep_env(&mut command);
+    let _node = Node {
+        child: command.spawn().expect("start lockstepd"),
+        _dir: dir,
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let run = loop {
+        let run = lockstep(&["health", "--endpoint", &endpoint, "--timeout", "2s"]);
+        if run.code == Some(0) && run.stdout.contains("SPACE ALARM") {
+            break run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no space alarm shown within 60 s: {run}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    run.stdout_has(&[
+        "SERVING",
+        "is short of space",
+        "under --min-free-space 1000 TiB",
+    ]);
+    let rows = lockstep(&["health", "--endpoint", &endpoint, "--output", "json"])
+        .ok()
+        .json();
+    let alarm = rows[0]["space_alarm"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(rows[0]["status"], "SERVING", "{rows}");
+    assert!(alarm.contains("is short of space"), "{rows}");
 }
 
 #[test]

@@ -112,6 +112,16 @@ pub struct Flags {
     /// this (default 64GiB; e.g. 8GiB, off).
     #[arg(long, env = "LOCKSTEP_STORE_QUOTA", value_name = "SIZE|off")]
     pub store_quota: Option<String>,
+    /// The background scrub: read the whole store back with block checksums verified once at
+    /// start and then this often, so that corruption is found before a read needs the block
+    /// (default 1d; at least 1m; e.g. 12h, 7d, off). A corrupt block stops the node until it
+    /// is re-seeded (deploy/README.md, "A node whose store is corrupt").
+    #[arg(long, env = "LOCKSTEP_SCRUB_EVERY", value_name = "DURATION|off")]
+    pub scrub_every: Option<String>,
+    /// The scrub reads at most this many bytes a second, so that it never crowds out the
+    /// write path (default 32MiB; e.g. 8MiB, off for no bound).
+    #[arg(long, env = "LOCKSTEP_SCRUB_RATE", value_name = "SIZE|off")]
+    pub scrub_rate: Option<String>,
     /// Keep this many applied entries in the log after a snapshot (so slow followers can catch
     /// up by log rather than snapshot).
     #[arg(long, env = "LOCKSTEP_LOGS_TO_KEEP")]
@@ -193,6 +203,8 @@ struct FileConfig {
     max_clock_offset: Option<String>,
     min_free_space: Option<String>,
     store_quota: Option<String>,
+    scrub_every: Option<String>,
+    scrub_rate: Option<String>,
     dev: Option<bool>,
     log_format: Option<String>,
     peer_via: Option<String>,
@@ -227,6 +239,8 @@ pub struct Config {
     pub clock: crate::clock::ClockSettings,
     /// The space alarm's bounds (`space.rs`).
     pub space: crate::space::SpaceSettings,
+    /// The background scrub's schedule and pace (`scrub.rs`).
+    pub scrub: crate::scrub::ScrubSettings,
     pub dev: bool,
     pub log_format: LogFormat,
     /// Addresses to dial peers at instead of their member addresses (`--peer-via`).
@@ -469,6 +483,10 @@ impl Config {
                 defaults.store_quota_bytes,
             )?,
         };
+        let scrub = crate::scrub::ScrubSettings::parse(
+            flags.scrub_every.or(file.scrub_every).as_deref(),
+            flags.scrub_rate.or(file.scrub_rate).as_deref(),
+        )?;
         let snapshots = SnapshotSettings {
             log_bytes: log_mib << 20,
             interval,
@@ -487,6 +505,7 @@ impl Config {
             admission,
             clock,
             space,
+            scrub,
             dev,
             log_format,
             peer_via,

@@ -1,4 +1,4 @@
-//! Fail-stop when storage fails.
+//! Fail-stop when storage fails or is found corrupt.
 //!
 //! openraft stops its core for good on a `StorageError`: a log append, a commit record or an
 //! apply that the disk refused (ENOSPC, EIO, a file system remounted read-only). Before this
@@ -11,8 +11,20 @@
 //! supervisor (compose `restart`, Kubernetes) restarts it. On restart RocksDB recovers to
 //! what was synced, and the node catches up from the others (or refuses to start, saying
 //! why, if its storage still fails).
+//!
+//! Corruption is the other way a store fails: a block whose checksum does not match, met by
+//! any read (RocksDB verifies block checksums on every read, so corrupt bytes are never
+//! returned) or by the background scrub (`scrub.rs`). [`watch`] sees it noted on the store
+//! (`RocksStore::corruption`), shuts the Raft core down (no vote, no answers from its state),
+//! writes [`CORRUPT_MARKER`] into the data directory and exits with [`EXIT_CORRUPT`]. A
+//! restart does not bring such a node back: [`refuse_if_marked`] makes it refuse to start,
+//! naming the bad file, until an operator re-seeds it from the cluster (remove, wipe, add,
+//! promote: the runbook that [`reseed_steps`] spells out). Repairing in place is not
+//! attempted: the node cannot tell which of its writes the bad block held, and a voter
+//! that forgot what it acknowledged could help elect a leader without committed writes.
 
 use std::future::{Ready, ready};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,6 +36,17 @@ use crate::node::Node;
 /// The exit status of a node whose storage failed (sysexits' `EX_IOERR`): distinct from a
 /// bad configuration (1) and from a signal, so an operator and a supervisor can tell.
 pub const EXIT_STORAGE_FAILED: i32 = 74;
+
+/// The exit status of a node whose store is corrupt (sysexits' `EX_DATAERR`), at run time and
+/// when it refuses to start; a supervisor's restart gets the same status until it is re-seeded.
+pub const EXIT_CORRUPT: i32 = 65;
+
+/// The file in the data directory that records a corruption found: while it is there the
+/// node refuses to start. It goes with the data directory when the node is re-seeded.
+pub const CORRUPT_MARKER: &str = "CORRUPT";
+
+/// How often [`watch`] looks for a corruption noted on the store.
+pub const CORRUPTION_CHECK_EVERY: Duration = Duration::from_millis(200);
 
 /// How long a failed node stays up, answering NOT_SERVING and `UNAVAILABLE`, before it exits:
 /// long enough for health checks and clients to see why, short enough that its supervisor
@@ -43,16 +66,88 @@ impl FailStop {
     }
 }
 
-/// Waits until the Raft core stops with an error (or its metrics end), records the answer
-/// calls get from now on in `state`, and returns it.
-pub async fn watch(node: Arc<Node>, state: Arc<FailStop>) -> String {
+/// How a node stopped: the answer calls get and the status it exits with.
+#[derive(Clone, Debug)]
+pub struct Stopped {
+    pub answer: String,
+    pub status: i32,
+}
+
+/// A node that must not start: its store is corrupt. `lockstepd` exits with [`EXIT_CORRUPT`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Corrupt(pub String);
+
+/// What an operator does to re-seed node `id` from the cluster (deploy/README.md, "A node
+/// whose store is corrupt").
+pub fn reseed_steps(id: u64, data_dir: &Path, advertise: &str) -> String {
+    format!(
+        "re-seed it from the cluster: `lockstep cluster remove {id}` on a healthy node, delete the data directory {} (everything in it), start node {id} again (empty, it waits to be added), `lockstep cluster add {id} {advertise}`, and once its applied index reaches the leader's, `lockstep cluster promote {id}` (deploy/README.md, \"A node whose store is corrupt\")",
+        data_dir.display()
+    )
+}
+
+/// Refuses to start a node whose store was found corrupt before ([`CORRUPT_MARKER`]), saying
+/// what was found and how to re-seed it.
+pub fn refuse_if_marked(id: u64, data_dir: &Path, advertise: &str) -> Result<(), Corrupt> {
+    let marker = data_dir.join(CORRUPT_MARKER);
+    match std::fs::read_to_string(&marker) {
+        Ok(found) => Err(Corrupt(format!(
+            "node {id} refuses to start: its store was found corrupt ({}); {} ({} records the finding and goes with the data directory)",
+            found.trim(),
+            reseed_steps(id, data_dir, advertise),
+            marker.display()
+        ))),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Records a corruption found in `data_dir`'s [`CORRUPT_MARKER`], so that the node refuses
+/// to start until it is re-seeded.
+fn mark(data_dir: &Path, found: &str) {
+    let marker = data_dir.join(CORRUPT_MARKER);
+    if let Err(e) = std::fs::write(&marker, format!("{found}\n")) {
+        tracing::error!(marker = %marker.display(), error = %e, "cannot write the corruption marker; the node may start again on its corrupt store");
+    }
+}
+
+/// The refusal of a node whose store RocksDB would not open for corruption (marked, as one
+/// found at run time is).
+pub fn corrupt_at_open(id: u64, data_dir: &Path, advertise: &str, error: &str) -> Corrupt {
+    mark(data_dir, error);
+    Corrupt(format!(
+        "node {id} refuses to start: its store is corrupt ({error}); {}",
+        reseed_steps(id, data_dir, advertise)
+    ))
+}
+
+/// Waits until the Raft core stops with an error (or its metrics end) or a read meets a
+/// corrupt block, records the answer calls get from now on in `state`, and returns it with
+/// the status to exit with. A corrupt node's Raft core is shut down here and the
+/// [`CORRUPT_MARKER`] written.
+pub async fn watch(node: Arc<Node>, state: Arc<FailStop>) -> Stopped {
     let mut metrics = node.raft.metrics();
-    let error = loop {
-        if let Err(fatal) = &metrics.borrow_and_update().running_state {
-            break fatal.to_string();
+    let mut tick = tokio::time::interval(CORRUPTION_CHECK_EVERY);
+    let cause = loop {
+        if let Some(found) = node.store.corruption() {
+            break Err(found.to_string());
         }
-        if metrics.changed().await.is_err() {
-            break "the Raft core stopped".to_string();
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            let text = fatal.to_string();
+            // A write that met a corrupt block (a compaction reading one) stops the core too.
+            break match node.store.corruption() {
+                Some(found) => Err(found.to_string()),
+                None if text.contains("Corruption") => Err(text),
+                None => Ok(text),
+            };
+        }
+        tokio::select! {
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    break Ok("the Raft core stopped".to_string());
+                }
+            }
+            _ = tick.tick() => {}
         }
     };
     let others: Vec<String> = node
@@ -61,18 +156,39 @@ pub async fn watch(node: Arc<Node>, state: Arc<FailStop>) -> String {
         .filter(|(id, _, _)| *id != node.id)
         .map(|(id, addr, _)| format!("node {id} at {addr}"))
         .collect();
-    let answer = format!(
-        "node {} cannot serve: its storage failed ({error}); the cluster goes on without it, so call another node ({}); this node exits with status {EXIT_STORAGE_FAILED} for its supervisor to restart it, and an operator should check its data directory {} (disk full, I/O errors, read-only file system)",
-        node.id,
-        if others.is_empty() {
-            "none is known".to_string()
-        } else {
-            others.join(", ")
+    let others = if others.is_empty() {
+        "none is known".to_string()
+    } else {
+        others.join(", ")
+    };
+    let data_dir = &node.config.data_dir;
+    let stopped = match cause {
+        Ok(error) => Stopped {
+            answer: format!(
+                "node {} cannot serve: its storage failed ({error}); the cluster goes on without it, so call another node ({others}); this node exits with status {EXIT_STORAGE_FAILED} for its supervisor to restart it, and an operator should check its data directory {} (disk full, I/O errors, read-only file system)",
+                node.id,
+                data_dir.display()
+            ),
+            status: EXIT_STORAGE_FAILED,
         },
-        node.config.data_dir.display()
-    );
-    let _ = state.reason.set(answer.clone());
-    answer
+        Err(found) => {
+            mark(data_dir, &found);
+            Stopped {
+                answer: format!(
+                    "node {} cannot serve: its store is corrupt ({found}); it answers nothing from it and takes no part in elections, and the cluster goes on without it, so call another node ({others}); this node exits with status {EXIT_CORRUPT} and refuses to start again; {}",
+                    node.id,
+                    reseed_steps(node.id, data_dir, &node.config.advertise)
+                ),
+                status: EXIT_CORRUPT,
+            }
+        }
+    };
+    let _ = state.reason.set(stopped.answer.clone());
+    if stopped.status == EXIT_CORRUPT {
+        // No vote, no campaign, no answer from this state while the node lingers.
+        let _ = node.raft.shutdown().await;
+    }
+    stopped
 }
 
 /// Answers every call `UNAVAILABLE` once storage failed, except the gRPC health service

@@ -19,7 +19,8 @@
 //! - [`backup`]: online and offline checkpoints, and restoring one as a new one-node cluster.
 //! - [`space`]: the space alarm (client writes refused with `NO_SPACE` before the disk is full).
 //! - [`failstop`]: when storage fails, NOT_SERVING, `UNAVAILABLE` answers, and an exit for the
-//!   supervisor to restart the node.
+//!   supervisor to restart the node; a store found corrupt stops the node until it is
+//!   re-seeded. [`scrub`]: the background scrub that finds latent corruption.
 
 pub mod admission;
 pub mod api;
@@ -38,6 +39,7 @@ pub mod policy;
 pub mod polls;
 pub mod quota;
 pub mod raft_service;
+pub mod scrub;
 pub mod security_log;
 pub mod snapshot_policy;
 pub mod space;

@@ -26,6 +26,9 @@
 //! | `lockstep_clock_within_max_offset` (1: a quorum of voters' clocks agree with this node's, so it may lead) | gauge | |
 //! | `lockstep_space_alarm` (1: short of disk space, client writes refused with NO_SPACE), `lockstep_data_dir_free_bytes`, `lockstep_store_bytes` | gauge | |
 //! | `lockstep_no_space_refusals_total` | counter | |
+//! | `lockstep_store_corrupt` (1: a read or the scrub met a corrupt block; the node stops) | gauge | |
+//! | `lockstep_scrub_passes_total`, `lockstep_scrub_bytes_total` (whole passes of the background scrub and the bytes they read back with valid checksums) | counter | |
+//! | `lockstep_scrub_last_pass_timestamp_seconds` (Unix time the last whole pass ended; 0: none since start) | gauge | |
 //! | `lockstep_quota_refusals_total` (refused with QUOTA_EXCEEDED) | counter | `quota` (`actor:ID`, `role:NAME`; at most [`QUOTA_LABELS_MAX`], then `other`) |
 
 use std::collections::HashSet;
@@ -159,6 +162,10 @@ pub struct Metrics {
     data_dir_free_bytes: U64Gauge,
     store_bytes: U64Gauge,
     no_space_refusals: Counter,
+    store_corrupt: U64Gauge,
+    scrub_passes: Counter,
+    scrub_bytes: Counter,
+    scrub_last_pass: U64Gauge,
     overload_refusals: Family<WhatLabels, Counter>,
     quota_refusals: Family<QuotaLabels, Counter>,
     /// The `quota` label values in use (at most [`QUOTA_LABELS_MAX`]).
@@ -207,6 +214,10 @@ impl Metrics {
             data_dir_free_bytes: U64Gauge::default(),
             store_bytes: U64Gauge::default(),
             no_space_refusals: Counter::default(),
+            store_corrupt: U64Gauge::default(),
+            scrub_passes: Counter::default(),
+            scrub_bytes: Counter::default(),
+            scrub_last_pass: U64Gauge::default(),
             overload_refusals: Family::default(),
             quota_refusals: Family::default(),
             quota_labels: Mutex::new(HashSet::new()),
@@ -355,6 +366,26 @@ impl Metrics {
             "lockstep_no_space_refusals",
             "Client writes refused with NO_SPACE before anything was proposed",
             m.no_space_refusals.clone(),
+        );
+        r.register(
+            "lockstep_store_corrupt",
+            "1 once a read or the background scrub met a corrupt block in this node's store: the node stops serving and must be re-seeded (deploy/README.md)",
+            m.store_corrupt.clone(),
+        );
+        r.register(
+            "lockstep_scrub_passes",
+            "Whole passes of the background scrub (every block of the store read back with its checksum verified) since start",
+            m.scrub_passes.clone(),
+        );
+        r.register(
+            "lockstep_scrub_bytes",
+            "Bytes of keys and values the background scrub's whole passes read back since start",
+            m.scrub_bytes.clone(),
+        );
+        r.register(
+            "lockstep_scrub_last_pass_timestamp_seconds",
+            "Unix time at which the last whole pass of the background scrub ended; 0: none since start",
+            m.scrub_last_pass.clone(),
         );
         r.register(
             "lockstep_overload_refusals",
@@ -547,6 +578,22 @@ impl Metrics {
         let space = scrape.space.last();
         self.data_dir_free_bytes.set(space.free_bytes);
         self.store_bytes.set(space.store_bytes);
+        self.store_corrupt
+            .set(u64::from(scrape.store.corruption().is_some()));
+        let scrubs = scrape.store.scrubs();
+        self.scrub_passes.inner().store(
+            scrubs.passes.load(std::sync::atomic::Ordering::Relaxed),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.scrub_bytes.inner().store(
+            scrubs.bytes.load(std::sync::atomic::Ordering::Relaxed),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.scrub_last_pass.set(
+            scrubs
+                .last_pass_unix_seconds
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         let stats = scrape.read_index;
         self.read_index_rounds.inner().store(
             stats.rounds.load(std::sync::atomic::Ordering::Relaxed),

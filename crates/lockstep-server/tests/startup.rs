@@ -121,6 +121,17 @@ fn bad_values_are_named() {
             "0",
             "--reads-in-flight-max 0 is out of range",
         ),
+        (
+            "--scrub-every",
+            "10s",
+            "--scrub-every `10s` is shorter than 1m",
+        ),
+        ("--scrub-every", "daily", "--scrub-every `daily`"),
+        (
+            "--scrub-rate",
+            "fast",
+            "--scrub-rate \"fast\" is not a size",
+        ),
     ] {
         let o = lockstepd(&["--id", "1", "--data-dir", "/tmp/x", flag, value, "--dev"]);
         assert!(

@@ -10,6 +10,12 @@
 //! catches up: equal digests, and every acknowledged create is on it.
 
 //!
+//! A corrupt store: bytes flipped in a stopped follower's largest SST file, in a block that
+//! no read asks for. At its restart the background scrub reads it: the node stops (no vote,
+//! `UNAVAILABLE` answers) and exits with status 65 naming the file, and it refuses every later
+//! start until an operator re-seeds it (remove, wipe, start, add, promote), after which its
+//! digest equals the others' and every acknowledged create is on it.
+//!
 //! Short of space: every node's disk reports 100 MiB free, under `--min-free-space` (256 MiB by
 //! default). Client writes are refused `RESOURCE_EXHAUSTED` / `NO_SPACE` before they are
 //! proposed (the same request id succeeds later), while reads are served, expiries fire and
@@ -223,4 +229,113 @@ async fn short_of_space_client_writes_are_refused_while_reads_and_timers_go_on_u
             .state,
         "waiting"
     );
+}
+
+/// `EXIT_CORRUPT` (sysexits' EX_DATAERR): a corrupt store, at run time or at a start refused.
+const EXIT_CORRUPT: i32 = 65;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_store_is_corrupt_stops_refuses_to_start_and_is_re_seeded() {
+    let mut cluster = Cluster::start(Settings::default());
+    let leader = cluster.leader().await;
+    cluster.define_po().await;
+    // Not node 1: with an empty data directory the lowest initial member bootstraps
+    // (deploy/README.md, "Replacing a dead node").
+    let victim = (1..3).find(|i| *i != leader).unwrap();
+    let id = victim as u64 + 1;
+    let client = cluster.client(alice());
+    let mut acked = Vec::new();
+    for i in 0..60 {
+        let key = format!("SC-{i}");
+        let instance = create_with_retries(&client, &key, Duration::from_secs(30)).await;
+        acked.push((key, instance));
+    }
+    cluster.converged_digests().await;
+    // The scrub ran at every node's start, and found nothing.
+    let (_, body) = cluster.scrape(leader).await;
+    assert!(common::counter(&body, "lockstep_scrub_passes_total") >= 1);
+    assert_eq!(common::gauge(&body, "lockstep_store_corrupt"), 0.0);
+    // A snapshot is a checkpoint: it flushes the victim's memtables into SST files.
+    cluster.admin().snapshot_on(victim).await.unwrap();
+    cluster.stop(victim);
+    let store = cluster.data_dir(victim).join("rocksdb");
+    let sst = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sst"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("the victim's store has SST files after a snapshot");
+    let mut bytes = std::fs::read(&sst).unwrap();
+    // Inside the first data block: the index, filter and footer are at the end of the file,
+    // so opening the store does not notice; only a read of that block (or the scrub) does.
+    for b in &mut bytes[100..116] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&sst, &bytes).unwrap();
+    let file = sst.file_name().unwrap().to_string_lossy().to_string();
+
+    cluster.restart(victim);
+    let status = cluster.wait_for_exit(victim, Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(EXIT_CORRUPT), "{status}");
+    let log = cluster.log(victim);
+    assert!(
+        log.contains(&format!("node {id} cannot serve: its store is corrupt"))
+            && log.contains(&file)
+            && log.contains(&format!("lockstep cluster remove {id}")),
+        "the node says what is corrupt and how to re-seed it:\n{log}"
+    );
+    // The cluster goes on without it.
+    for i in 60..65 {
+        let key = format!("SC-{i}");
+        let instance = create_with_retries(&client, &key, Duration::from_secs(30)).await;
+        acked.push((key, instance));
+    }
+    // A supervisor's restart is refused, with the same status and the finding.
+    cluster.restart(victim);
+    let status = cluster.wait_for_exit(victim, Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(EXIT_CORRUPT), "{status}");
+    let log = cluster.log(victim);
+    assert!(
+        log.contains(&format!(
+            "node {id} refuses to start: its store was found corrupt"
+        )),
+        "{log}"
+    );
+
+    // Re-seeded as the runbook says: remove, wipe, start empty, add, promote.
+    let admin = cluster.admin();
+    admin.remove(id).await.unwrap();
+    std::fs::remove_dir_all(cluster.data_dir(victim)).unwrap();
+    std::fs::create_dir_all(cluster.data_dir(victim)).unwrap();
+    cluster.restart(victim);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match admin.add_learner(id, &cluster.endpoint(victim)).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {id} could not be added back within 30 s: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let digests = cluster.converged_digests().await;
+    assert_eq!(digests.len(), 3);
+    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+    let members = admin.promote(vec![id]).await.unwrap();
+    assert_eq!(
+        members.members.iter().filter(|m| m.voter).count(),
+        3,
+        "{members:?}"
+    );
+    let on_victim = cluster.client_for(&[cluster.endpoint(victim)], alice());
+    for (key, instance) in &acked {
+        let got = on_victim
+            .get(by_key("purchase-order", key), pb::ReadConsistency::Stale)
+            .await
+            .unwrap_or_else(|e| panic!("{key} is not on the re-seeded node: {e}"));
+        assert_eq!(&got.instance.unwrap().id, instance, "{key}");
+    }
 }

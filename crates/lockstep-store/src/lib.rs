@@ -139,11 +139,18 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(String),
+    /// RocksDB met data that fails its checksums or a damaged file (its `Corruption`
+    /// status): the store cannot be trusted and must be re-seeded from the cluster.
+    #[error("RocksDB: {0}")]
+    Corruption(String),
 }
 
 impl From<rocksdb::Error> for Error {
     fn from(e: rocksdb::Error) -> Self {
-        Error::Rocks(e.into_string())
+        match e.kind() {
+            rocksdb::ErrorKind::Corruption => Error::Corruption(e.into_string()),
+            _ => Error::Rocks(e.into_string()),
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The RocksDB store: one database per node, one column family per [`Family`].
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::{
     ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
@@ -45,12 +46,28 @@ pub struct FamilySizes {
     pub keys_estimate: u64,
 }
 
+/// Entries the scrub reads between two calls of its pace ([`RocksStore::scrub`]).
+pub const SCRUB_CHUNK: u64 = 4_096;
+
 #[derive(Debug)]
 pub struct RocksStore {
     db: DB,
     path: PathBuf,
     /// Writes made with `Durability::Sync` since open: each is one WAL fsync (metrics, bench).
     synced_writes: std::sync::atomic::AtomicU64,
+    /// The first corruption any read met (RocksDB's text, naming the file where it can).
+    corruption: std::sync::OnceLock<String>,
+    /// Passes of [`RocksStore::scrub`] completed, and bytes they read, since open.
+    scrubs: ScrubCounters,
+}
+
+/// What the scrub did since the store was opened (metrics).
+#[derive(Debug, Default)]
+pub struct ScrubCounters {
+    pub passes: AtomicU64,
+    pub bytes: AtomicU64,
+    /// When the last pass completed, in seconds since the Unix epoch; 0: none yet.
+    pub last_pass_unix_seconds: AtomicU64,
 }
 
 impl RocksStore {
@@ -85,12 +102,14 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(f.name(), cf_opts)
         });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| {
-            let text = e.into_string();
+            let text = e.clone().into_string();
             if text.contains("lock") {
                 Error::Rocks(format!(
                     "{text}: another lockstepd already uses the data directory {}",
                     path.display()
                 ))
+            } else if e.kind() == rocksdb::ErrorKind::Corruption {
+                Error::Corruption(format!("cannot open RocksDB at {}: {text}", path.display()))
             } else {
                 Error::Rocks(format!("cannot open RocksDB at {}: {text}", path.display()))
             }
@@ -99,6 +118,8 @@ impl RocksStore {
             db,
             path: path.to_path_buf(),
             synced_writes: std::sync::atomic::AtomicU64::new(0),
+            corruption: std::sync::OnceLock::new(),
+            scrubs: ScrubCounters::default(),
         })
     }
 
@@ -133,6 +154,8 @@ impl RocksStore {
             db,
             path: path.to_path_buf(),
             synced_writes: std::sync::atomic::AtomicU64::new(0),
+            corruption: std::sync::OnceLock::new(),
+            scrubs: ScrubCounters::default(),
         })
     }
 
@@ -166,6 +189,63 @@ impl RocksStore {
             .collect()
     }
 
+    /// The first corruption a read of this store met (a block checksum mismatch, a damaged
+    /// file: RocksDB's text, which names the file where it can), if any. Reads verify block
+    /// checksums, so corrupt data is never returned; the caller decides what the node does.
+    pub fn corruption(&self) -> Option<&str> {
+        self.corruption.get().map(String::as_str)
+    }
+
+    /// What [`RocksStore::scrub`] has done since open.
+    pub fn scrubs(&self) -> &ScrubCounters {
+        &self.scrubs
+    }
+
+    /// Turns a RocksDB error into the store's, noting a corruption for [`Self::corruption`].
+    fn noted(&self, e: rocksdb::Error) -> Error {
+        let error = Error::from(e);
+        if let Error::Corruption(text) = &error {
+            let _ = self.corruption.set(text.clone());
+        }
+        error
+    }
+
+    /// The scrub: reads every key and value of every family with block checksums verified
+    /// and without filling the block cache, calling `pace` with the bytes read so far after
+    /// every [`SCRUB_CHUNK`] entries (a caller that sleeps there bounds the scrub's I/O; one
+    /// that answers `false` ends the pass early, and `Ok(None)` says so). Returns the bytes
+    /// read by a whole pass; the first error ends it (a corruption is also noted for
+    /// [`Self::corruption`]).
+    pub fn scrub(&self, mut pace: impl FnMut(u64) -> bool) -> Result<Option<u64>> {
+        let mut bytes = 0u64;
+        let mut entries = 0u64;
+        for family in Family::ALL {
+            let mut ro = ReadOptions::default();
+            ro.set_verify_checksums(true);
+            ro.fill_cache(false);
+            for item in self
+                .db
+                .iterator_cf_opt(self.cf(family), ro, IteratorMode::Start)
+            {
+                let (k, v) = item.map_err(|e| self.noted(e))?;
+                bytes += (k.len() + v.len()) as u64;
+                entries += 1;
+                if entries.is_multiple_of(SCRUB_CHUNK) && !pace(bytes) {
+                    return Ok(None);
+                }
+            }
+        }
+        self.scrubs.passes.fetch_add(1, Ordering::Relaxed);
+        self.scrubs.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.scrubs
+            .last_pass_unix_seconds
+            .store(now, Ordering::Relaxed);
+        Ok(Some(bytes))
+    }
+
     fn read_options(start: &[u8], end: Option<&[u8]>) -> ReadOptions {
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(start.to_vec());
@@ -178,7 +258,9 @@ impl RocksStore {
 
 impl Store for RocksStore {
     fn get(&self, family: Family, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get_cf(self.cf(family), key)?)
+        self.db
+            .get_cf(self.cf(family), key)
+            .map_err(|e| self.noted(e))
     }
 
     fn range(
@@ -198,7 +280,7 @@ impl Store for RocksStore {
         );
         let mut out = Vec::new();
         for item in iter.take(limit) {
-            let (k, v) = item?;
+            let (k, v) = item.map_err(|e| self.noted(e))?;
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
@@ -215,7 +297,7 @@ impl Store for RocksStore {
         );
         match iter.next() {
             Some(item) => {
-                let (k, v) = item?;
+                let (k, v) = item.map_err(|e| self.noted(e))?;
                 Ok(Some((k.to_vec(), v.to_vec())))
             }
             None => Ok(None),
@@ -265,7 +347,7 @@ impl Store for RocksStore {
                 .db
                 .iterator_cf_opt(self.cf(*family), ro, IteratorMode::Start)
             {
-                let (k, v) = item?;
+                let (k, v) = item.map_err(|e| self.noted(e))?;
                 each(*family, &k, &v)?;
             }
         }

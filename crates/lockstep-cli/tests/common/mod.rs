@@ -23,7 +23,7 @@ pub fn root() -> PathBuf {
 
 /// `lockstepd` is a binary of another crate of the workspace; a workspace build puts it next
 /// to `lockstep`.
-fn lockstepd() -> PathBuf {
+pub fn lockstepd() -> PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_lockstep")).with_file_name("lockstepd");
     assert!(
         path.is_file(),
@@ -207,7 +207,7 @@ pub fn cluster() -> &'static Cluster {
 }
 
 /// The tests must not depend on the caller's `LOCKSTEP_*` settings (endpoints, actor, config).
-fn clear_lockstep_env(command: &mut Command) {
+pub fn clear_lockstep_env(command: &mut Command) {
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("LOCKSTEP_") {
             command.env_remove(name);

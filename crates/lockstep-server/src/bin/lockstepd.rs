@@ -50,6 +50,11 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<lockstep_server::failstop::Corrupt>() => {
+            tracing::error!("{e}");
+            eprintln!("lockstepd: {e}");
+            ExitCode::from(lockstep_server::failstop::EXIT_CORRUPT as u8)
+        }
         Err(e) => {
             eprintln!("lockstepd: {e:#}");
             ExitCode::from(1)
@@ -96,7 +101,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "DEVELOPMENT MODE: no TLS, no peer authentication, and callers name themselves with the x-lockstep-actor header (anyone who reaches this port can act as anyone). Loopback only; never use this in production."
         );
     }
-    let node = Node::start(config.clone()).await?;
+    // A store found corrupt before stays out until it is re-seeded (failstop.rs).
+    lockstep_server::failstop::refuse_if_marked(config.id, &config.data_dir, &config.advertise)?;
+    let node = Node::start(config.clone()).await.map_err(|e| {
+        match e.downcast_ref::<lockstep_store::Error>() {
+            Some(lockstep_store::Error::Corruption(text)) => {
+                lockstep_server::failstop::corrupt_at_open(
+                    config.id,
+                    &config.data_dir,
+                    &config.advertise,
+                    text,
+                )
+                .into()
+            }
+            _ => e,
+        }
+    })?;
     // The cluster-version gate, a service on the node (it would otherwise tie node and
     // format_gate into an import circle).
     tokio::spawn(lockstep_server::format_gate::run(Arc::downgrade(&node)));
@@ -109,6 +129,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(id = node.id, listen = %config.listen, data_dir = %config.data_dir.display(), "lockstepd started");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // The background scrub; a corruption it meets is seen by the fail-stop watch below.
+    tokio::spawn(lockstep_server::scrub::run(
+        Arc::downgrade(&node.store),
+        config.scrub,
+        shutdown_rx.clone(),
+    ));
     let metrics_server = metrics_listener.map(|listener| {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics at /metrics");
         let mut shutdown = shutdown_rx.clone();
@@ -143,7 +169,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    // Storage that fails stops the Raft core for good: stop serving, then exit.
+    // Storage that fails stops the Raft core for good, and a corrupt store must not serve:
+    // stop serving, then exit.
     let failstop = Arc::new(lockstep_server::failstop::FailStop::default());
     let mut storage_failed = tokio::spawn(lockstep_server::failstop::watch(
         Arc::clone(&node),
@@ -234,12 +261,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     tokio::select! {
         _ = wait_for_signal() => {}
-        Ok(answer) = &mut storage_failed => {
-            use lockstep_server::failstop::{EXIT_GRACE, EXIT_STORAGE_FAILED};
+        Ok(stopped) = &mut storage_failed => {
+            use lockstep_server::failstop::EXIT_GRACE;
             tracing::error!(
                 exit_in = ?EXIT_GRACE,
-                status = EXIT_STORAGE_FAILED,
-                "{answer}"
+                status = stopped.status,
+                "{}",
+                stopped.answer
             );
             health_reporter
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -248,7 +276,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 .set_not_serving::<pb::instances_server::InstancesServer<Api>>()
                 .await;
             tokio::time::sleep(EXIT_GRACE).await;
-            std::process::exit(EXIT_STORAGE_FAILED);
+            std::process::exit(stopped.status);
         }
     }
     tracing::info!("shutting down: draining requests");
