@@ -252,6 +252,45 @@ impl Cluster {
         Ok(self.ids[i])
     }
 
+    /// Flips 16 bytes inside the first data block of the largest SST file of node `i`'s store
+    /// (it must be stopped): the index, filter and footer are at the end of the file, so the
+    /// store still opens and only a read of that block, or the scrub, meets the corruption.
+    /// Returns the file's name.
+    pub fn corrupt_largest_sst(&self, i: usize) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            !self.is_running(i),
+            "node {} still runs: stop it before corrupting its store",
+            self.ids[i]
+        );
+        let store = self.data_dir(i).join("rocksdb");
+        let mut largest: Option<(u64, PathBuf)> = None;
+        for entry in
+            std::fs::read_dir(&store).with_context(|| format!("reading {}", store.display()))?
+        {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "sst") {
+                let len = std::fs::metadata(&path)?.len();
+                if largest.as_ref().is_none_or(|(l, _)| len > *l) {
+                    largest = Some((len, path));
+                }
+            }
+        }
+        let Some((len, sst)) = largest.filter(|(len, _)| *len > 4_096) else {
+            anyhow::bail!(
+                "node {} has no SST file over 4 KiB in {} to corrupt",
+                self.ids[i],
+                store.display()
+            );
+        };
+        let mut bytes = std::fs::read(&sst)?;
+        for b in &mut bytes[100..116] {
+            *b ^= 0xff;
+        }
+        std::fs::write(&sst, &bytes).with_context(|| format!("writing {}", sst.display()))?;
+        let name = sst.file_name().unwrap_or_default().to_string_lossy();
+        Ok(format!("{name} ({len} bytes)"))
+    }
+
     pub fn log_path(&self, i: usize) -> PathBuf {
         self.dir.join(format!("node{}.log", i + 1))
     }

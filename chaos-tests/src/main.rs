@@ -56,7 +56,7 @@ enum Command {
         #[arg(long, default_value = "20s", value_parser = parse_duration_ms)]
         duration: u64,
     },
-    /// The CI suite: nine fixed 3-node schedules without clock skew that together apply
+    /// The CI suite: ten fixed 3-node schedules without clock skew that together apply
     /// every fault kind, one 5-node and one skewed schedule (about 4 minutes).
     Smoke {
         #[arg(long, default_value = "14s", value_parser = parse_duration_ms)]

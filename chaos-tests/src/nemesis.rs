@@ -14,6 +14,16 @@ use crate::history::FaultWindow;
 use crate::proxy::LinkMode;
 use crate::schedule::{Fault, Schedule, Step};
 
+/// The leader (without a known leader, a node picked by the seed stands in for it) and the
+/// others, rotated by the pick: the first of them is the follower a fault takes.
+fn picks(n: usize, pick: usize, leader: Option<usize>) -> (usize, Vec<usize>) {
+    let l = leader.unwrap_or(pick % n);
+    let mut others: Vec<usize> = (0..n).filter(|i| *i != l).collect();
+    let count = others.len().max(1);
+    others.rotate_left(pick % count);
+    (l, others)
+}
+
 fn nodes(list: &[usize]) -> String {
     let names: Vec<String> = list.iter().map(|i| (i + 1).to_string()).collect();
     format!("node {}", names.join(","))
@@ -24,16 +34,12 @@ fn nodes(list: &[usize]) -> String {
 pub fn apply(cluster: &mut Cluster, step: &Step, leader: Option<usize>) -> anyhow::Result<String> {
     let n = cluster.len();
     let pick = step.pick as usize;
-    // Without a known leader, a node picked by the seed stands in for it.
-    let l = leader.unwrap_or(pick % n);
+    let (l, others) = picks(n, pick, leader);
     let known = if leader.is_some() {
         "leader"
     } else {
         "no leader known; picked"
     };
-    let mut others: Vec<usize> = (0..n).filter(|i| *i != l).collect();
-    let count = others.len().max(1);
-    others.rotate_left(pick % count);
     let f = others[0];
     let minority = (n - 1) / 2;
     Ok(match step.fault {
@@ -155,6 +161,16 @@ pub fn apply(cluster: &mut Cluster, step: &Step, leader: Option<usize>) -> anyho
             cluster.kill9(f);
             (f + 1).to_string()
         }
+        // Its memtables were flushed by the snapshot `run` asked of it just before.
+        Fault::CorruptStore => {
+            cluster.kill9(f);
+            let file = cluster.corrupt_largest_sst(f)?;
+            cluster.restart(f)?;
+            format!(
+                "{} killed, 16 bytes flipped in its {file}, restarted on it",
+                nodes(&[f])
+            )
+        }
         Fault::DiskFailure(full) => {
             use lockstep_lossydisk::DiskFault;
             let fault = if full {
@@ -173,12 +189,12 @@ pub fn apply(cluster: &mut Cluster, step: &Step, leader: Option<usize>) -> anyho
     })
 }
 
+fn admin_identity() -> Identity {
+    Identity::new("chaos-admin", ActorKind::Human, &["admin"])
+}
+
 fn admin(cluster: &Cluster) -> Client {
-    cluster.client(
-        0,
-        Identity::new("chaos-admin", ActorKind::Human, &["admin"]),
-        Options::default(),
-    )
+    cluster.client(0, admin_identity(), Options::default())
 }
 
 /// Removes the node in slot `f` from the voters (if it runs, it keeps running, outside the
@@ -211,6 +227,13 @@ async fn readd(cluster: &Cluster, f: usize) -> anyhow::Result<()> {
     }
     anyhow::bail!("node {id} could not be added back within 60 s: {last}")
 }
+
+/// How long after a corrupt-store fault ends its node may take to exit: the scrub at its
+/// start reads the bad block at once, and it exits `failstop::EXIT_GRACE` (3 s) later.
+pub const CORRUPT_EXIT_WITHIN: Duration = Duration::from_secs(10);
+
+/// `failstop::EXIT_CORRUPT`: the status of a node that found its store corrupt.
+const EXIT_CORRUPT: i32 = 65;
 
 /// How long after a disk-failure fault ends its node may take to exit: its storage failed at
 /// its first write under the workload, and it exits `failstop::EXIT_GRACE` (3 s) later.
@@ -323,6 +346,20 @@ pub async fn run(
         tokio::time::sleep_until((start + Duration::from_millis(step.at_ms)).into()).await;
         let leader = cluster.leader(Duration::from_millis(1_500)).await;
         let began = start.elapsed();
+        let corrupted = if step.fault == Fault::CorruptStore {
+            let f = picks(cluster.len(), step.pick as usize, leader).1[0];
+            // A snapshot is a checkpoint: it flushes the follower's memtables into SST files.
+            cluster
+                .client(f, admin_identity(), Options::default())
+                .snapshot_on(0)
+                .await
+                .with_context(|| {
+                    format!("a snapshot on node {} before corrupting it", cluster.id(f))
+                })?;
+            Some(f)
+        } else {
+            None
+        };
         let mut detail = apply(cluster, step, leader)
             .with_context(|| format!("applying {}", step.fault.name()))?;
         let mut removed = None;
@@ -383,7 +420,33 @@ pub async fn run(
                 }
             }
         }
-        if let Some(f) = removed.filter(|_| step.fault == Fault::ReplaceNode) {
+        // A node on a corrupt store must find it and stop (status 65) rather than serve or
+        // vote from it; then it is re-seeded: removed, and replaced by a fresh node.
+        if let Some(f) = corrupted {
+            let id = cluster.id(f);
+            match cluster.wait_exit(f, CORRUPT_EXIT_WITHIN).await {
+                Some(status) if status.code() == Some(EXIT_CORRUPT) => {
+                    detail.push_str(&format!("; node {id} found it and stopped ({status})"))
+                }
+                other => {
+                    cluster.kill9(f);
+                    anyhow::bail!(
+                        "node {id} did not stop with status {EXIT_CORRUPT} on its corrupt store within {CORRUPT_EXIT_WITHIN:?} of the fault's end ({other:?}); its log:\n{}",
+                        cluster.log_tail(f, 20)
+                    );
+                }
+            }
+            match remove(cluster, f).await {
+                Ok(()) => {
+                    removed = Some(f);
+                    detail.push_str(", removed from the voters");
+                }
+                Err(e) => detail.push_str(&format!(", not removed: {e}")),
+            }
+        }
+        if let Some(f) =
+            removed.filter(|_| matches!(step.fault, Fault::ReplaceNode | Fault::CorruptStore))
+        {
             let id = cluster.replace(f)?;
             detail.push_str(&format!(
                 "; a fresh node {id} (empty data directory) took its place"
@@ -394,7 +457,7 @@ pub async fn run(
             // A node that cannot rejoin is a finding, not a harness error: the run goes on and
             // the convergence checker reports the replica that was left behind.
             match readd(cluster, f).await {
-                Ok(()) if step.fault == Fault::ReplaceNode => {
+                Ok(()) if matches!(step.fault, Fault::ReplaceNode | Fault::CorruptStore) => {
                     detail.push_str(", added as a learner (caught up) and promoted")
                 }
                 Ok(()) => detail.push_str(", then added back and promoted"),

@@ -43,6 +43,12 @@ pub enum Fault {
     /// new id, on an empty data directory at its address, is added as a learner (it catches
     /// up from a snapshot) and promoted when the fault heals.
     ReplaceNode,
+    /// A follower's store rots: it is snapshotted (flushing its memtables into SST files),
+    /// killed, 16 bytes of its largest SST file are flipped and it is restarted on them. Its
+    /// background scrub must find the bad block and stop the node (status 65) before the
+    /// fault heals; it is then removed and replaced by a fresh node under a new id, as an
+    /// operator re-seeds a corrupt node.
+    CorruptStore,
     /// The leader removes itself from the voters under load (it leads until the change
     /// commits, then steps down); added back as a learner and promoted when the fault heals.
     RemoveLeader,
@@ -65,9 +71,9 @@ pub enum Fault {
 /// The seeds of the CI smoke suite (`lockstep-chaos smoke`, run by scripts/test), 3 nodes and
 /// no clock skew: with the 5-node and the skewed one below they apply every fault kind
 /// (`the_smoke_seeds_together_apply_every_fault_kind`).
-/// (Seed 993 brings `replace-node`, 142 `disk-failure`; `lockstep-chaos run --seed 885` replaces one on a secure
-/// cluster.)
-pub const SMOKE_SEEDS: [u64; 9] = [10, 993, 19, 25, 11, 27, 5, 142, 105];
+/// (Seed 993 brings `corrupt-store`, 90 `replace-node` on a secure cluster, 142
+/// `disk-failure`.)
+pub const SMOKE_SEEDS: [u64; 10] = [10, 993, 19, 25, 11, 27, 5, 142, 105, 90];
 /// The smoke suite's 5-node schedule (pause-follower, reset-leader, kill-follower).
 pub const SMOKE_FIVE_NODE_SEED: u64 = 42;
 /// The smoke suite's skewed schedule: 3 nodes at -4 s, +0 s and +5 s (libfaketime, which
@@ -96,7 +102,7 @@ pub fn smoke_schedules(duration_ms: u64) -> Vec<Schedule> {
 }
 
 /// Every fault kind, by the name the summary table counts it under.
-pub const FAULT_KINDS: [&str; 21] = [
+pub const FAULT_KINDS: [&str; 22] = [
     "partition-follower",
     "partition-leader-minority",
     "isolate-leader",
@@ -115,6 +121,7 @@ pub const FAULT_KINDS: [&str; 21] = [
     "membership",
     "remove-leader",
     "replace-node",
+    "corrupt-store",
     "power-cut-leader",
     "power-cut-all",
     "clock-jump",
@@ -251,6 +258,9 @@ impl Schedule {
         let mut replace = StdRng::seed_from_u64(seed ^ 0x7265_706C_6163_6521);
         // A quarter of the follower kills become failing disks, from their own stream too.
         let mut failing = StdRng::seed_from_u64(seed ^ 0x6469_736B_6661_696C);
+        // Half of the node replacements first corrupt the node's store, from their own
+        // stream too.
+        let mut rot = StdRng::seed_from_u64(seed ^ 0x636F_7272_7570_7421);
         // Half of the leader isolations reset connections instead of holding them.
         let mut reset = StdRng::seed_from_u64(seed ^ 0x7265_7365_7473);
         let mut steps = Vec::new();
@@ -283,7 +293,11 @@ impl Schedule {
                     if leaving.random_bool(0.5) {
                         Fault::RemoveLeader
                     } else if replace.random_bool(1.0 / 3.0) {
-                        Fault::ReplaceNode
+                        if rot.random_bool(0.5) {
+                            Fault::CorruptStore
+                        } else {
+                            Fault::ReplaceNode
+                        }
                     } else {
                         Fault::Membership
                     }
