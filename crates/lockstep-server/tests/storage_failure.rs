@@ -105,12 +105,22 @@ async fn a_failing_disk(fault: DiskFault, on_the_leader: bool) {
     let digests = cluster.converged_digests().await;
     assert_eq!(digests.len(), 3);
     assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
-    let on_victim = cluster.client_for(&[cluster.endpoint(victim)], alice());
-    for (key, id) in &acked {
-        let got = on_victim
+    every_acked_create_is_on(&cluster, victim, &acked, "the restarted node").await;
+}
+
+/// Reads every acknowledged create (key, instance id) back from node `i` alone.
+async fn every_acked_create_is_on(
+    cluster: &Cluster,
+    i: usize,
+    acked: &[(String, String)],
+    node: &str,
+) {
+    let on_node = cluster.client_for(&[cluster.endpoint(i)], alice());
+    for (key, id) in acked {
+        let got = on_node
             .get(by_key("purchase-order", key), pb::ReadConsistency::Stale)
             .await
-            .unwrap_or_else(|e| panic!("{key} is not on the restarted node: {e}"));
+            .unwrap_or_else(|e| panic!("{key} is not on {node}: {e}"));
         assert_eq!(&got.instance.unwrap().id, id, "{key}");
     }
 }
@@ -330,12 +340,5 @@ async fn a_follower_whose_store_is_corrupt_stops_refuses_to_start_and_is_re_seed
         3,
         "{members:?}"
     );
-    let on_victim = cluster.client_for(&[cluster.endpoint(victim)], alice());
-    for (key, instance) in &acked {
-        let got = on_victim
-            .get(by_key("purchase-order", key), pb::ReadConsistency::Stale)
-            .await
-            .unwrap_or_else(|e| panic!("{key} is not on the re-seeded node: {e}"));
-        assert_eq!(&got.instance.unwrap().id, instance, "{key}");
-    }
+    every_acked_create_is_on(&cluster, victim, &acked, "the re-seeded node").await;
 }

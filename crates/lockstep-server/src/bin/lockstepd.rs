@@ -13,6 +13,11 @@ use lockstep_server::node::Node;
 use lockstep_server::raft_service::RaftService;
 use tokio::sync::watch;
 
+/// Every allocation of the process, RocksDB's included, goes to jemalloc (the workspace
+/// manifest says why).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Most concurrent HTTP/2 streams per client connection.
 const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// Largest request or response message, in bytes.
