@@ -1156,15 +1156,18 @@ pub async fn health(
     let mut unreachable = Vec::new();
     let mut all_serving = true;
     for (i, endpoint) in client.endpoints().iter().enumerate() {
+        let asked = std::time::Instant::now();
         match client.health_of(i, service).await {
             Ok(status) => {
                 all_serving &= status == lockstep_client::HealthStatus::Serving;
                 // A node short of space still serves reads (so it stays SERVING for probes),
-                // but refuses client writes: say so. Best effort: a caller that may not read
-                // the cluster status just does not see it.
-                let alarm = match client.status_of(i, false).await {
-                    Ok(s) => s.space_alarm,
-                    Err(_) => String::new(),
+                // but refuses client writes: say so. Best effort, within what is left of
+                // --timeout for this node: a caller that may not read the cluster status, or
+                // a slow node, just does not show it.
+                let left = conn.timeout.saturating_sub(asked.elapsed());
+                let alarm = match tokio::time::timeout(left, client.status_of(i, false)).await {
+                    Ok(Ok(s)) => s.space_alarm,
+                    _ => String::new(),
                 };
                 if output == Output::Table {
                     println!("{endpoint:<22} {}", status.as_str());

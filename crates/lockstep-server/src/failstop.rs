@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use futures::future::Either;
 
+use crate::config::Config;
 use crate::node::Node;
 
 /// The exit status of a node whose storage failed (sysexits' `EX_IOERR`): distinct from a
@@ -78,46 +79,67 @@ pub struct Stopped {
 #[error("{0}")]
 pub struct Corrupt(pub String);
 
-/// What an operator does to re-seed node `id` from the cluster (deploy/README.md, "A node
-/// whose store is corrupt").
-pub fn reseed_steps(id: u64, data_dir: &Path, advertise: &str) -> String {
+/// What an operator does to re-seed the node of `config` from the cluster (deploy/README.md,
+/// "A node whose store is corrupt").
+pub fn reseed_steps(config: &Config) -> String {
+    let id = config.id;
+    // The lowest initial member bootstraps a cluster of its own when it starts empty.
+    let lowest = config.initial_members.keys().next() == Some(&id);
+    let start = if lowest {
+        format!(
+            "start node {id} again (empty; as the lowest of its initial members it initializes a Raft state of its own, which the cluster's log replaces once it is added; or replace it by a node with a new id instead)"
+        )
+    } else {
+        format!("start node {id} again (empty, it waits to be added)")
+    };
     format!(
-        "re-seed it from the cluster: `lockstep cluster remove {id}` on a healthy node, delete the data directory {} (everything in it), start node {id} again (empty, it waits to be added), `lockstep cluster add {id} {advertise}`, and once its applied index reaches the leader's, `lockstep cluster promote {id}` (deploy/README.md, \"A node whose store is corrupt\")",
-        data_dir.display()
+        "re-seed it from the cluster: `lockstep cluster remove {id}` on a healthy node, delete the data directory {} (everything in it), {start}, `lockstep cluster add {id} {}`, and once its applied index reaches the leader's, `lockstep cluster promote {id}` (deploy/README.md, \"A node whose store is corrupt\")",
+        config.data_dir.display(),
+        config.advertise
     )
 }
 
 /// Refuses to start a node whose store was found corrupt before ([`CORRUPT_MARKER`]), saying
-/// what was found and how to re-seed it.
-pub fn refuse_if_marked(id: u64, data_dir: &Path, advertise: &str) -> Result<(), Corrupt> {
-    let marker = data_dir.join(CORRUPT_MARKER);
-    match std::fs::read_to_string(&marker) {
-        Ok(found) => Err(Corrupt(format!(
-            "node {id} refuses to start: its store was found corrupt ({}); {} ({} records the finding and goes with the data directory)",
-            found.trim(),
-            reseed_steps(id, data_dir, advertise),
-            marker.display()
-        ))),
-        Err(_) => Ok(()),
-    }
+/// what was found and how to re-seed it. A marker that exists but cannot be read refuses too.
+pub fn refuse_if_marked(config: &Config) -> Result<(), Corrupt> {
+    let marker = config.data_dir.join(CORRUPT_MARKER);
+    let found = match std::fs::read(&marker) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => format!("its marker cannot be read: {e}"),
+    };
+    Err(Corrupt(format!(
+        "node {} refuses to start: its store was found corrupt ({found}); {} ({} records the finding and goes with the data directory)",
+        config.id,
+        reseed_steps(config),
+        marker.display()
+    )))
 }
 
-/// Records a corruption found in `data_dir`'s [`CORRUPT_MARKER`], so that the node refuses
-/// to start until it is re-seeded.
+/// Records a corruption found in `data_dir`'s [`CORRUPT_MARKER`], synced with its directory
+/// entry, so that the node refuses to start until it is re-seeded, power cut or not.
 fn mark(data_dir: &Path, found: &str) {
     let marker = data_dir.join(CORRUPT_MARKER);
-    if let Err(e) = std::fs::write(&marker, format!("{found}\n")) {
+    let written = (|| {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&marker)?;
+        file.write_all(format!("{found}\n").as_bytes())?;
+        file.sync_all()?;
+        std::fs::File::open(data_dir)?.sync_all()
+    })();
+    if let Err(e) = written {
         tracing::error!(marker = %marker.display(), error = %e, "cannot write the corruption marker; the node may start again on its corrupt store");
     }
 }
 
-/// The refusal of a node whose store RocksDB would not open for corruption (marked, as one
-/// found at run time is).
-pub fn corrupt_at_open(id: u64, data_dir: &Path, advertise: &str, error: &str) -> Corrupt {
-    mark(data_dir, error);
+/// The refusal of a node whose store is corrupt at start (RocksDB would not open it, or
+/// openraft's read of its state met a corrupt block); marked, as one found at run time is.
+pub fn corrupt_at_open(config: &Config, error: &str) -> Corrupt {
+    mark(&config.data_dir, error);
     Corrupt(format!(
-        "node {id} refuses to start: its store is corrupt ({error}); {}",
-        reseed_steps(id, data_dir, advertise)
+        "node {} refuses to start: its store is corrupt ({error}); {}",
+        config.id,
+        reseed_steps(config)
     ))
 }
 
@@ -177,7 +199,7 @@ pub async fn watch(node: Arc<Node>, state: Arc<FailStop>) -> Stopped {
                 answer: format!(
                     "node {} cannot serve: its store is corrupt ({found}); it answers nothing from it and takes no part in elections, and the cluster goes on without it, so call another node ({others}); this node exits with status {EXIT_CORRUPT} and refuses to start again; {}",
                     node.id,
-                    reseed_steps(node.id, data_dir, &node.config.advertise)
+                    reseed_steps(&node.config)
                 ),
                 status: EXIT_CORRUPT,
             }
@@ -185,8 +207,16 @@ pub async fn watch(node: Arc<Node>, state: Arc<FailStop>) -> Stopped {
     };
     let _ = state.reason.set(stopped.answer.clone());
     if stopped.status == EXIT_CORRUPT {
-        // No vote, no campaign, no answer from this state while the node lingers.
-        let _ = node.raft.shutdown().await;
+        // No vote, no campaign, no answer from this state while the node lingers; bounded,
+        // so that a core stuck on the bad block cannot hold the exit back.
+        if tokio::time::timeout(EXIT_GRACE, node.raft.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "the Raft core did not shut down within {EXIT_GRACE:?}; exiting all the same"
+            );
+        }
     }
     stopped
 }

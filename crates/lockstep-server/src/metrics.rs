@@ -374,7 +374,7 @@ impl Metrics {
         );
         r.register(
             "lockstep_scrub_passes",
-            "Whole passes of the background scrub (every block of the store read back with its checksum verified) since start",
+            "Whole passes of the background scrub (every key and value of the store read back with block checksums verified, outside the block cache) since start",
             m.scrub_passes.clone(),
         );
         r.register(

@@ -184,7 +184,13 @@ impl Node {
                 }),
             ),
         )
-        .await?;
+        .await
+        // A corrupt block met while openraft reads its state back (the log, the vote, a
+        // re-apply) is a corrupt store, for lockstepd to refuse to start on.
+        .map_err(|e| match store.corruption() {
+            Some(found) => anyhow::Error::new(lockstep_store::Error::Corruption(found.into())),
+            None => e.into(),
+        })?;
         let proposed_metrics = Arc::clone(&metrics);
         let batcher = Batcher::start(raft.clone(), config.id, move |p| {
             proposed_metrics.observe_proposed(p.entries, p.requests)

@@ -98,7 +98,7 @@ pub async fn run(
                 bytes,
                 took = ?started.elapsed(),
                 next_in = %lockstep_core::duration::Duration::from_ms(every.as_millis() as u64),
-                "scrub: every block of the store read back with valid checksums"
+                "scrub: every key and value of the store read back with valid block checksums"
             ),
             Ok(Ok(None)) => return,
             Ok(Err(e)) => {

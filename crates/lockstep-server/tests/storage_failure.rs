@@ -11,8 +11,9 @@
 
 //!
 //! A corrupt store: bytes flipped in a stopped follower's largest SST file, in a block that
-//! no read asks for. At its restart the background scrub reads it: the node stops (no vote,
-//! `UNAVAILABLE` answers) and exits with status 65 naming the file, and it refuses every later
+//! no read asks for. At its restart the background scrub reads it: the node stops (health
+//! NOT_SERVING, `UNAVAILABLE` answers, `lockstep_store_corrupt` 1) and exits with status 65
+//! naming the file, and it refuses every later
 //! start until an operator re-seeds it (remove, wipe, start, add, promote), after which its
 //! digest equals the others' and every acknowledged create is on it.
 //!
@@ -262,9 +263,11 @@ async fn a_follower_whose_store_is_corrupt_stops_refuses_to_start_and_is_re_seed
     }
     cluster.converged_digests().await;
     // The scrub ran at every node's start, and found nothing.
-    let (_, body) = cluster.scrape(leader).await;
-    assert!(common::counter(&body, "lockstep_scrub_passes_total") >= 1);
-    assert_eq!(common::gauge(&body, "lockstep_store_corrupt"), 0.0);
+    for i in 0..3 {
+        let (_, body) = cluster.scrape(i).await;
+        assert!(common::counter(&body, "lockstep_scrub_passes_total") >= 1);
+        assert_eq!(common::gauge(&body, "lockstep_store_corrupt"), 0.0);
+    }
     // A snapshot is a checkpoint: it flushes the victim's memtables into SST files.
     cluster.admin().snapshot_on(victim).await.unwrap();
     cluster.stop(victim);
@@ -285,6 +288,35 @@ async fn a_follower_whose_store_is_corrupt_stops_refuses_to_start_and_is_re_seed
     let file = sst.file_name().unwrap().to_string_lossy().to_string();
 
     cluster.restart(victim);
+    // During its grace before the exit: NOT_SERVING, calls refused naming the corruption,
+    // and the metric up.
+    let probe = cluster.client_with(
+        &[cluster.endpoint(victim)],
+        alice(),
+        Options {
+            total_timeout: Duration::from_millis(300),
+            ..Options::default()
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe.health_of(0, "").await.ok() != Some(HealthStatus::NotServing) {
+        assert!(
+            Instant::now() < deadline,
+            "node {id} was not seen NOT_SERVING on its corrupt store within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = probe
+        .get(by_key("purchase-order", "SC-0"), pb::ReadConsistency::Stale)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains(&format!("node {id} cannot serve: its store is corrupt")),
+        "{refused}"
+    );
+    let (_, body) = cluster.scrape(victim).await;
+    assert_eq!(common::gauge(&body, "lockstep_store_corrupt"), 1.0);
     let status = cluster.wait_for_exit(victim, Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(EXIT_CORRUPT), "{status}");
     let log = cluster.log(victim);
@@ -293,6 +325,11 @@ async fn a_follower_whose_store_is_corrupt_stops_refuses_to_start_and_is_re_seed
             && log.contains(&file)
             && log.contains(&format!("lockstep cluster remove {id}")),
         "the node says what is corrupt and how to re-seed it:\n{log}"
+    );
+    // The scrub met it: no client read asks for that block.
+    assert!(
+        log.contains("scrub: the store cannot be read back whole"),
+        "{log}"
     );
     // The cluster goes on without it.
     for i in 60..65 {

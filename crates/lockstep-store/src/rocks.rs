@@ -46,8 +46,10 @@ pub struct FamilySizes {
     pub keys_estimate: u64,
 }
 
-/// Entries the scrub reads between two calls of its pace ([`RocksStore::scrub`]).
+/// Entries the scrub reads between two calls of its pace ([`RocksStore::scrub`]) at most.
 pub const SCRUB_CHUNK: u64 = 4_096;
+/// Bytes the scrub reads between two calls of its pace at most.
+pub const SCRUB_CHUNK_BYTES: u64 = 1 << 20;
 
 #[derive(Debug)]
 pub struct RocksStore {
@@ -212,13 +214,14 @@ impl RocksStore {
 
     /// The scrub: reads every key and value of every family with block checksums verified
     /// and without filling the block cache, calling `pace` with the bytes read so far after
-    /// every [`SCRUB_CHUNK`] entries (a caller that sleeps there bounds the scrub's I/O; one
+    /// every [`SCRUB_CHUNK`] entries or [`SCRUB_CHUNK_BYTES`], whichever comes first (a caller that sleeps there bounds the scrub's I/O; one
     /// that answers `false` ends the pass early, and `Ok(None)` says so). Returns the bytes
     /// read by a whole pass; the first error ends it (a corruption is also noted for
     /// [`Self::corruption`]).
     pub fn scrub(&self, mut pace: impl FnMut(u64) -> bool) -> Result<Option<u64>> {
         let mut bytes = 0u64;
         let mut entries = 0u64;
+        let mut paced = 0u64;
         for family in Family::ALL {
             let mut ro = ReadOptions::default();
             ro.set_verify_checksums(true);
@@ -230,8 +233,13 @@ impl RocksStore {
                 let (k, v) = item.map_err(|e| self.noted(e))?;
                 bytes += (k.len() + v.len()) as u64;
                 entries += 1;
-                if entries.is_multiple_of(SCRUB_CHUNK) && !pace(bytes) {
-                    return Ok(None);
+                // Asked often enough that large values (log entries) cannot make one chunk
+                // an unpaced burst, nor keep a stopping node waiting long.
+                if entries.is_multiple_of(SCRUB_CHUNK) || bytes >= paced + SCRUB_CHUNK_BYTES {
+                    paced = bytes;
+                    if !pace(bytes) {
+                        return Ok(None);
+                    }
                 }
             }
         }
@@ -319,7 +327,9 @@ impl Store for RocksStore {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(durability == Durability::Sync);
-        self.db.write_opt(wb, &wo)?;
+        // A write meets a corrupt block too: RocksDB answers every write with the status of a
+        // compaction that read one.
+        self.db.write_opt(wb, &wo).map_err(|e| self.noted(e))?;
         if durability == Durability::Sync {
             self.synced_writes
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -357,12 +367,15 @@ impl Store for RocksStore {
     fn checkpoint(&self, dir: &Path) -> Result<()> {
         // Synced first, so that the writes before this call are durable even where the
         // checkpoint takes them from the write-ahead log rather than from flushed files.
-        self.db.flush_wal(true)?;
+        self.db.flush_wal(true).map_err(|e| self.noted(e))?;
         self.synced_writes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Flushes the memtables (synced SST files) and hard-links every live file into `dir`.
-        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
-        checkpoint.create_checkpoint(dir)?;
+        let checkpoint =
+            rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(|e| self.noted(e))?;
+        checkpoint
+            .create_checkpoint(dir)
+            .map_err(|e| self.noted(e))?;
         Ok(())
     }
 

@@ -107,17 +107,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     // A store found corrupt before stays out until it is re-seeded (failstop.rs).
-    lockstep_server::failstop::refuse_if_marked(config.id, &config.data_dir, &config.advertise)?;
+    lockstep_server::failstop::refuse_if_marked(&config)?;
     let node = Node::start(config.clone()).await.map_err(|e| {
         match e.downcast_ref::<lockstep_store::Error>() {
             Some(lockstep_store::Error::Corruption(text)) => {
-                lockstep_server::failstop::corrupt_at_open(
-                    config.id,
-                    &config.data_dir,
-                    &config.advertise,
-                    text,
-                )
-                .into()
+                lockstep_server::failstop::corrupt_at_open(&config, text).into()
             }
             _ => e,
         }
