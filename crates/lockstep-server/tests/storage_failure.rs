@@ -56,14 +56,7 @@ async fn a_failing_disk(fault: DiskFault, on_the_leader: bool) {
 
     cluster.fail_disk(victim, Some(fault));
     // Writes go on; the victim's next log append fails and stops its Raft core.
-    let probe = cluster.client_with(
-        &[cluster.endpoint(victim)],
-        alice(),
-        Options {
-            total_timeout: Duration::from_millis(300),
-            ..Options::default()
-        },
-    );
+    let probe = probe_of(&cluster, victim);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         create(&mut acked).await;
@@ -107,6 +100,18 @@ async fn a_failing_disk(fault: DiskFault, on_the_leader: bool) {
     assert_eq!(digests.len(), 3);
     assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
     every_acked_create_is_on(&cluster, victim, &acked, "the restarted node").await;
+}
+
+/// A client of node `i` alone that gives up after 300 ms: for asking a failing node.
+fn probe_of(cluster: &Cluster, i: usize) -> lockstep_client::Client {
+    cluster.client_with(
+        &[cluster.endpoint(i)],
+        alice(),
+        Options {
+            total_timeout: Duration::from_millis(300),
+            ..Options::default()
+        },
+    )
 }
 
 /// Reads every acknowledged create (key, instance id) back from node `i` alone.
@@ -290,14 +295,7 @@ async fn a_follower_whose_store_is_corrupt_stops_refuses_to_start_and_is_re_seed
     cluster.restart(victim);
     // During its grace before the exit: NOT_SERVING, calls refused naming the corruption,
     // and the metric up.
-    let probe = cluster.client_with(
-        &[cluster.endpoint(victim)],
-        alice(),
-        Options {
-            total_timeout: Duration::from_millis(300),
-            ..Options::default()
-        },
-    );
+    let probe = probe_of(&cluster, victim);
     let deadline = Instant::now() + Duration::from_secs(10);
     while probe.health_of(0, "").await.ok() != Some(HealthStatus::NotServing) {
         assert!(
