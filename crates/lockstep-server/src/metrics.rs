@@ -82,6 +82,14 @@ pub const RPC_LABELS_MAX: usize = 128;
 pub const QUOTA_LABELS_MAX: usize = 256;
 
 type U64Gauge = Gauge<u64, AtomicU64>;
+
+/// Sets a counter to a count kept elsewhere (the store, the network, the read index), copied
+/// in at scrape time.
+fn copy_counter(counter: &Counter, value: u64) {
+    counter
+        .inner()
+        .store(value, std::sync::atomic::Ordering::Relaxed);
+}
 type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -551,13 +559,10 @@ impl Metrics {
                 .set(raft.purged.map(|l| l.index).unwrap_or(0));
         }
         // Counters kept elsewhere, copied in at scrape time.
-        self.store_synced_writes.inner().store(
-            scrape.store.synced_writes(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        self.append_entries_sent.inner().store(
+        copy_counter(&self.store_synced_writes, scrape.store.synced_writes());
+        copy_counter(
+            &self.append_entries_sent,
             crate::network::APPEND_ENTRIES_SENT.load(std::sync::atomic::Ordering::Relaxed),
-            std::sync::atomic::Ordering::Relaxed,
         );
         let admission = scrape.admission;
         self.admission_limit.set(admission.limit as u64);
@@ -581,13 +586,13 @@ impl Metrics {
         self.store_corrupt
             .set(u64::from(scrape.store.corruption().is_some()));
         let scrubs = scrape.store.scrubs();
-        self.scrub_passes.inner().store(
+        copy_counter(
+            &self.scrub_passes,
             scrubs.passes.load(std::sync::atomic::Ordering::Relaxed),
-            std::sync::atomic::Ordering::Relaxed,
         );
-        self.scrub_bytes.inner().store(
+        copy_counter(
+            &self.scrub_bytes,
             scrubs.bytes.load(std::sync::atomic::Ordering::Relaxed),
-            std::sync::atomic::Ordering::Relaxed,
         );
         self.scrub_last_pass.set(
             scrubs
@@ -595,13 +600,13 @@ impl Metrics {
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
         let stats = scrape.read_index;
-        self.read_index_rounds.inner().store(
+        copy_counter(
+            &self.read_index_rounds,
             stats.rounds.load(std::sync::atomic::Ordering::Relaxed),
-            std::sync::atomic::Ordering::Relaxed,
         );
-        self.read_index_reads.inner().store(
+        copy_counter(
+            &self.read_index_reads,
             stats.reads.load(std::sync::atomic::Ordering::Relaxed),
-            std::sync::atomic::Ordering::Relaxed,
         );
         match lockstep_raft::log_store::committed(scrape.store) {
             Ok(committed) => {
