@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use lockstep_core::{Actor, ActorKind, Timestamp};
-use lockstep_raft::apply::{Applier, DefinitionCache};
+use lockstep_raft::apply::{Applier, ApplyCache};
 use lockstep_raft::{Body, Proposal, Provenance, Target, TypeConfig};
 use lockstep_store::{Batch, Durability, Family, RocksOptions, RocksStore, Store, envelope, keys};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
@@ -73,9 +73,9 @@ fn codec(c: &mut Criterion) {
 }
 
 /// A RocksDB store with the purchase-order workflow applied, and the next log index.
-fn store_with_definition(dir: &std::path::Path) -> (RocksStore, DefinitionCache, u64) {
+fn store_with_definition(dir: &std::path::Path) -> (RocksStore, ApplyCache, u64) {
     let store = RocksStore::open(dir, &RocksOptions::default()).expect("open RocksDB");
-    let mut cache = DefinitionCache::default();
+    let mut cache = ApplyCache::default();
     let mut applier = Applier::new(&store, &mut cache);
     applier
         .apply_entry(&entry(

@@ -5,6 +5,7 @@
 //! run becomes a single atomic batch with the last applied log id in it. Nothing here reads a
 //! clock: cluster time comes from the proposal, made strictly monotonic.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -37,6 +38,16 @@ pub mod meta {
     pub const OUTBOX_ACKED: &[u8] = b"outbox_acked";
     /// The replicated log format (`crate::format`); absent means format 1.
     pub const LOG_FORMAT: &[u8] = b"log_format";
+
+    /// The meta values that only apply writes, which [`super::ApplyCache`] keeps between
+    /// apply runs so that a run reads none of them from the store. (The applied id and the
+    /// membership are written by every run and read only by openraft at start-up.)
+    pub const CACHED: [&[u8]; 5] = [TIME, AUDIT_HEAD, OUTBOX_SEQ, OUTBOX_ACKED, LOG_FORMAT];
+
+    /// `key` as one of [`CACHED`], if it is one.
+    pub fn cached(key: &[u8]) -> Option<&'static [u8]> {
+        CACHED.iter().copied().find(|c| *c == key)
+    }
 }
 
 /// A request id's entry in the dedup table (envelope version 2; version 1 stored the
@@ -198,15 +209,21 @@ pub mod key {
     }
 }
 
-/// Compiled definitions by (workflow, version); a cache, so bounded and safely discardable.
+/// What apply keeps in memory between runs: compiled definitions by (workflow, version),
+/// and the stored bytes of the meta values only apply writes ([`meta::CACHED`]; `None`:
+/// absent). Bounded and safely discardable: the owner clears it whenever the store changes
+/// other than by writing a batch this cache's [`Applier`] handed out (a snapshot install, a
+/// failed write).
 #[derive(Debug, Default)]
-pub struct DefinitionCache {
+pub struct ApplyCache {
     compiled: HashMap<(String, String), Arc<CompiledDefinition>>,
+    meta: HashMap<&'static [u8], Option<Vec<u8>>>,
 }
 
-impl DefinitionCache {
+impl ApplyCache {
     pub fn clear(&mut self) {
         self.compiled.clear();
+        self.meta.clear();
     }
 }
 
@@ -221,30 +238,36 @@ struct Overlay {
     earliest_armed: Option<i64>,
     /// Whether this run wrote outbox items (the leader's dispatcher has work).
     queued_outbox: bool,
+    /// Whether this run made a task ready (waiting polls on this node have work).
+    readied_task: bool,
 }
 
 #[derive(Debug)]
 pub struct Applier<'a, S: Store> {
     store: &'a S,
-    cache: &'a mut DefinitionCache,
+    cache: &'a mut ApplyCache,
     overlay: Overlay,
     /// The position of the request being applied within its entry's batch (0 for an entry
     /// that is not a batch): with the log index it names what a request creates.
     position: u32,
     /// The replicated log format, read once per run and kept current by `SetLogFormat`.
     format: Option<LogFormat>,
+    /// Cached meta values this run read from the store (the cache had none): they join the
+    /// cache when the batch is handed out.
+    meta_reads: RefCell<Vec<(&'static [u8], Option<Vec<u8>>)>>,
 }
 
 type StoreResult<T> = lockstep_store::Result<T>;
 
 impl<'a, S: Store> Applier<'a, S> {
-    pub fn new(store: &'a S, cache: &'a mut DefinitionCache) -> Self {
+    pub fn new(store: &'a S, cache: &'a mut ApplyCache) -> Self {
         Applier {
             store,
             cache,
             overlay: Overlay::default(),
             position: 0,
             format: None,
+            meta_reads: RefCell::default(),
         }
     }
 
@@ -260,8 +283,24 @@ impl<'a, S: Store> Applier<'a, S> {
         self.overlay.queued_outbox
     }
 
-    /// The batch to write: everything the applied entries changed.
+    /// Whether the applied entries made a task ready.
+    pub fn readied_task(&self) -> bool {
+        self.overlay.readied_task
+    }
+
+    /// The batch to write: everything the applied entries changed. The cache now holds the
+    /// meta values as this batch leaves them: the caller writes it, or clears the cache.
     pub fn into_batch(self) -> Batch {
+        for (key, value) in self.meta_reads.into_inner() {
+            self.cache.meta.entry(key).or_insert(value);
+        }
+        if let Some(writes) = self.overlay.writes.get(&Family::Meta) {
+            for (key, value) in writes {
+                if let Some(cached) = meta::cached(key) {
+                    self.cache.meta.insert(cached, value.clone());
+                }
+            }
+        }
         let mut batch = Batch::default();
         for (family, writes) in self.overlay.writes {
             for (key, value) in writes {
@@ -279,22 +318,40 @@ impl<'a, S: Store> Applier<'a, S> {
         self.overlay.writes.get(&family)?.get(key)
     }
 
-    fn get_raw(&self, family: Family, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
-        match self.pending(family, key) {
-            Some(pending) => Ok(pending.clone()),
-            None => self.store.get(family, key),
+    /// `key`'s value as this run sees it, handed to `f`: this run's pending write, else the
+    /// cached meta value, else the store.
+    fn with_value<R>(
+        &self,
+        family: Family,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> StoreResult<R>,
+    ) -> StoreResult<R> {
+        if let Some(pending) = self.pending(family, key) {
+            return f(pending.as_deref());
         }
+        let cached = (family == Family::Meta)
+            .then(|| meta::cached(key))
+            .flatten();
+        if let Some(hit) = cached.and_then(|c| self.cache.meta.get(c)) {
+            return f(hit.as_deref());
+        }
+        let stored = self.store.get(family, key)?;
+        let answer = f(stored.as_deref());
+        if let Some(cached) = cached {
+            self.meta_reads.borrow_mut().push((cached, stored));
+        }
+        answer
+    }
+
+    fn get_raw(&self, family: Family, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        self.with_value(family, key, |v| Ok(v.map(<[u8]>::to_vec)))
     }
 
     fn get<T: DeserializeOwned>(&self, family: Family, key: &[u8]) -> StoreResult<Option<T>> {
-        match self.pending(family, key) {
-            Some(Some(bytes)) => envelope::decode(family, key, bytes).map(Some),
-            Some(None) => Ok(None),
-            None => match self.store.get(family, key)? {
-                None => Ok(None),
-                Some(bytes) => envelope::decode(family, key, &bytes).map(Some),
-            },
-        }
+        self.with_value(family, key, |v| {
+            v.map(|bytes| envelope::decode(family, key, bytes))
+                .transpose()
+        })
     }
 
     fn put<T: Serialize>(&mut self, family: Family, key: Vec<u8>, value: &T) {
@@ -1252,6 +1309,7 @@ impl<'a, S: Store> Applier<'a, S> {
         for (task_id, queue) in &new {
             if !old.contains_key(task_id) {
                 self.put(Family::Tasks, key::task(queue, task_id), &after.id);
+                self.overlay.readied_task = true;
             }
         }
     }

@@ -24,7 +24,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::apply::{Applier, DefinitionCache, meta};
+use crate::apply::{Applier, ApplyCache, meta};
 use crate::snapshot_data::SnapshotData;
 use crate::snapshot_file;
 use crate::types::{Member, NodeId, Response, TypeConfig};
@@ -370,6 +370,8 @@ pub struct Applied {
     pub earliest_armed: Option<i64>,
     /// Whether they wrote outbox items: the leader's dispatcher has work.
     pub queued_outbox: bool,
+    /// Whether they made a task ready: polls waiting on this node (any node) have work.
+    pub readied_task: bool,
 }
 
 /// Told what every apply call did once its batch is written (the server's metrics and timer
@@ -393,7 +395,7 @@ impl std::fmt::Debug for ApplyHook {
 #[derive(Debug)]
 pub struct StateMachine<S: Store> {
     store: Arc<S>,
-    cache: DefinitionCache,
+    cache: ApplyCache,
     on_apply: Option<ApplyHook>,
     snapshots: SnapshotDir,
 }
@@ -424,7 +426,7 @@ impl<S: Store> StateMachine<S> {
         }
         Ok(StateMachine {
             store,
-            cache: DefinitionCache::default(),
+            cache: ApplyCache::default(),
             on_apply: None,
             snapshots,
         })
@@ -491,14 +493,17 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
         let count = responses.len();
         let earliest_armed = applier.earliest_armed();
         let queued_outbox = applier.queued_outbox();
+        let readied_task = applier.readied_task();
         let batch = applier.into_batch();
         crash_here_if_asked();
         if !batch.is_empty() {
             // Buffered: the synced Raft log can reproduce this batch after a crash, and the
             // applied id is in the same batch, so replay resumes exactly where this stopped.
-            self.store
-                .write(batch, Durability::Buffered)
-                .map_err(sm_write)?;
+            if let Err(e) = self.store.write(batch, Durability::Buffered) {
+                // The cache already holds what the batch would have left.
+                self.cache.clear();
+                return Err(sm_write(e));
+            }
         }
         // After the write: whoever the hook tells about an armed timer finds it stored.
         if let Some(hook) = &self.on_apply {
@@ -506,6 +511,7 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
                 entries: count,
                 earliest_armed,
                 queued_outbox,
+                readied_task,
             });
         }
         Ok(responses)

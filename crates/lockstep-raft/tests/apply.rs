@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use lockstep_core::{Actor, ActorKind, RefusalCode, Timestamp};
-use lockstep_raft::apply::{Applier, DefinitionCache};
+use lockstep_raft::apply::{Applier, ApplyCache};
 use lockstep_raft::{Body, Proposal, Provenance, Response, Target, TypeConfig, read};
 use lockstep_store::{Durability, MemStore, Store};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
@@ -12,7 +12,7 @@ const PO: &str = include_str!("../../../examples/workflows/purchase-order.yaml")
 
 struct Node {
     store: Arc<MemStore>,
-    cache: DefinitionCache,
+    cache: ApplyCache,
     index: u64,
 }
 
@@ -20,7 +20,7 @@ impl Node {
     fn new() -> Node {
         Node {
             store: Arc::new(MemStore::new()),
-            cache: DefinitionCache::default(),
+            cache: ApplyCache::default(),
             index: 0,
         }
     }
@@ -264,6 +264,41 @@ fn cluster_time_never_runs_backwards() {
     node.apply(None, 1_000, Body::Noop);
     let t = read::cluster_time(&*node.store).unwrap().unwrap();
     assert_eq!(t.as_micros(), 5_000_000 + 1);
+}
+
+/// Meta values only apply writes (cluster time among them) are kept between apply runs and
+/// not read from the store again: a value changed behind apply's back is not seen until the
+/// cache is cleared (as a snapshot install does).
+#[test]
+fn apply_reads_its_own_meta_values_from_memory_until_the_cache_is_cleared() {
+    let mut node = Node::new();
+    node.apply(None, 5_000, Body::Noop);
+    let behind_its_back = |node: &Node| {
+        let mut batch = lockstep_store::Batch::default();
+        batch.put(
+            lockstep_store::Family::Meta,
+            lockstep_raft::apply::meta::TIME,
+            lockstep_store::envelope::encode(&Timestamp::from_millis(9_000)),
+        );
+        node.store.write(batch, Durability::Buffered).unwrap();
+    };
+    behind_its_back(&node);
+    node.apply(None, 6_000, Body::Noop);
+    let t = read::cluster_time(&*node.store).unwrap().unwrap();
+    assert_eq!(
+        t.as_millis(),
+        6_000,
+        "apply read the stored time, not its own"
+    );
+    behind_its_back(&node);
+    node.cache.clear();
+    node.apply(None, 7_000, Body::Noop);
+    let t = read::cluster_time(&*node.store).unwrap().unwrap();
+    assert_eq!(
+        t.as_micros(),
+        9_000_000 + 1,
+        "a cleared cache reads the store"
+    );
 }
 
 #[test]

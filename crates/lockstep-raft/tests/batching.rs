@@ -6,7 +6,7 @@
 //! kept an outbox item the others had deleted, and its digest differed.
 
 use lockstep_core::{Actor, ActorKind, Timestamp};
-use lockstep_raft::apply::{Applier, DefinitionCache};
+use lockstep_raft::apply::{Applier, ApplyCache};
 use lockstep_raft::{Body, Proposal, Provenance, Target, TypeConfig, read};
 use lockstep_store::{Durability, MemStore, Store};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
@@ -71,7 +71,7 @@ fn log() -> Vec<Entry<TypeConfig>> {
 /// Applies `log` in runs of `run` entries; returns the store.
 fn apply_in_runs(log: &[Entry<TypeConfig>], run: usize) -> MemStore {
     let store = MemStore::new();
-    let mut cache = DefinitionCache::default();
+    let mut cache = ApplyCache::default();
     for chunk in log.chunks(run) {
         let mut applier = Applier::new(&store, &mut cache);
         for entry in chunk {

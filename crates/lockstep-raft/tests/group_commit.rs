@@ -4,7 +4,7 @@
 
 use lockstep_core::engine::LeaseToken;
 use lockstep_core::{Actor, ActorKind, RefusalCode, Timestamp};
-use lockstep_raft::apply::{Applier, DefinitionCache};
+use lockstep_raft::apply::{Applier, ApplyCache};
 use lockstep_raft::format::{LOG_FORMAT_BATCHES, LOG_FORMAT_INITIAL, LOG_FORMAT_LEASE_GUARD};
 use lockstep_raft::{Body, Proposal, Provenance, Response, Target, TaskOp, TypeConfig, read};
 use lockstep_store::{Durability, MemStore, Store};
@@ -14,7 +14,7 @@ const PO: &str = include_str!("../../../examples/workflows/purchase-order.yaml")
 
 struct Replica {
     store: MemStore,
-    cache: DefinitionCache,
+    cache: ApplyCache,
     index: u64,
 }
 
@@ -22,7 +22,7 @@ impl Replica {
     fn new() -> Replica {
         let mut replica = Replica {
             store: MemStore::new(),
-            cache: DefinitionCache::default(),
+            cache: ApplyCache::default(),
             index: 0,
         };
         let define = Body::ApplyDefinition {
