@@ -15,11 +15,12 @@
 //! | `lockstep_raft_apply_batch_entries` | histogram | |
 //! | `lockstep_raft_entries_proposed_total`, `lockstep_requests_proposed_total` | counter | |
 //! | `lockstep_requests_per_entry` | histogram | |
-//! | `lockstep_store_synced_writes_total` (each one WAL fsync), `lockstep_raft_append_entries_sent_total`, `lockstep_read_index_rounds_total`, `lockstep_read_index_reads_total` | counter | |
+//! | `lockstep_store_synced_writes_total` (each one WAL fsync), `lockstep_raft_append_entries_sent_total`, `lockstep_read_index_rounds_total`, `lockstep_read_index_reads_total`, `lockstep_read_index_forwards_total`, `lockstep_read_index_forwarded_reads_total` | counter | |
 //! | `lockstep_store_sst_files_bytes`, `_live_data_bytes`, `_memtables_bytes`, `_keys_estimate` | gauge | `family` |
 //! | `lockstep_timer_lateness_seconds` | histogram | |
 //! | `lockstep_timers_due` | gauge | |
 //! | `lockstep_timers_fired_total` | counter | |
+//! | `lockstep_task_poll_looks_total` (looks of long polls at their queue: one when a poll arrives, one per wake-up by a task made ready on this node or by the 250 ms recheck) | counter | |
 //! | `lockstep_admission_limit`, `lockstep_admission_in_flight` (client writes), `lockstep_admission_usual_latency_seconds` | gauge | |
 //! | `lockstep_overload_refusals_total` (refused with OVERLOADED before anything was done) | counter | `what` (writes, reads, polls) |
 //! | `lockstep_clock_offset_seconds` (the peer's wall clock minus this node's, measured in the last 10 s) | gauge | `peer` |
@@ -58,6 +59,8 @@ pub struct Scrape<'a> {
     pub store: &'a RocksStore,
     pub admission: AdmissionStats,
     pub read_index: &'a RoundStats,
+    /// A follower's read-index requests to the leader, shared by its concurrent reads.
+    pub forwarded_reads: &'a RoundStats,
     pub clock: &'a crate::clock::ClockMonitor,
     pub space: &'a crate::space::SpaceAlarm,
 }
@@ -154,6 +157,8 @@ pub struct Metrics {
     append_entries_sent: Counter,
     read_index_rounds: Counter,
     read_index_reads: Counter,
+    read_index_forwards: Counter,
+    read_index_forwarded_reads: Counter,
     store_sst_files_bytes: Family<FamilyLabels, U64Gauge>,
     store_live_data_bytes: Family<FamilyLabels, U64Gauge>,
     store_memtables_bytes: Family<FamilyLabels, U64Gauge>,
@@ -161,6 +166,7 @@ pub struct Metrics {
     timer_lateness: Histogram,
     timers_due: U64Gauge,
     timers_fired: Counter,
+    poll_looks: Counter,
     admission_limit: U64Gauge,
     admission_in_flight: U64Gauge,
     admission_usual_latency: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -213,6 +219,8 @@ impl Metrics {
             append_entries_sent: Counter::default(),
             read_index_rounds: Counter::default(),
             read_index_reads: Counter::default(),
+            read_index_forwards: Counter::default(),
+            read_index_forwarded_reads: Counter::default(),
             admission_limit: U64Gauge::default(),
             admission_in_flight: U64Gauge::default(),
             admission_usual_latency: Gauge::default(),
@@ -237,6 +245,7 @@ impl Metrics {
             timer_lateness: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             timers_due: U64Gauge::default(),
             timers_fired: Counter::default(),
+            poll_looks: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -411,6 +420,16 @@ impl Metrics {
             m.read_index_reads.clone(),
         );
         r.register(
+            "lockstep_read_index_forwards",
+            "Read-index requests this follower sent the leader (shared by concurrent reads)",
+            m.read_index_forwards.clone(),
+        );
+        r.register(
+            "lockstep_read_index_forwarded_reads",
+            "Linearizable reads on this follower answered by a forwarded read index",
+            m.read_index_forwarded_reads.clone(),
+        );
+        r.register(
             "lockstep_requests_per_entry",
             "Requests per proposed Raft entry",
             m.requests_per_entry.clone(),
@@ -455,6 +474,11 @@ impl Metrics {
             "Timers proposed to fire in FireTimers commands that applied",
             m.timers_fired.clone(),
         );
+        r.register(
+            "lockstep_task_poll_looks",
+            "Looks of long polls at their queue (on arrival, when an apply made a task ready, or at the recheck)",
+            m.poll_looks.clone(),
+        );
         m
     }
 
@@ -473,6 +497,11 @@ impl Metrics {
     /// A client write refused with NO_SPACE.
     pub fn observe_no_space(&self) {
         self.no_space_refusals.inc();
+    }
+
+    /// A long poll looked at its queue for ready tasks.
+    pub fn observe_poll_look(&self) {
+        self.poll_looks.inc();
     }
 
     pub fn observe_overloaded(&self, what: &'static str) {
@@ -599,15 +628,27 @@ impl Metrics {
                 .last_pass_unix_seconds
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
-        let stats = scrape.read_index;
-        copy_counter(
-            &self.read_index_rounds,
-            stats.rounds.load(std::sync::atomic::Ordering::Relaxed),
-        );
-        copy_counter(
-            &self.read_index_reads,
-            stats.reads.load(std::sync::atomic::Ordering::Relaxed),
-        );
+        for (stats, rounds, reads) in [
+            (
+                scrape.read_index,
+                &self.read_index_rounds,
+                &self.read_index_reads,
+            ),
+            (
+                scrape.forwarded_reads,
+                &self.read_index_forwards,
+                &self.read_index_forwarded_reads,
+            ),
+        ] {
+            copy_counter(
+                rounds,
+                stats.rounds.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            copy_counter(
+                reads,
+                stats.reads.load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
         match lockstep_raft::log_store::committed(scrape.store) {
             Ok(committed) => {
                 self.raft_committed_index

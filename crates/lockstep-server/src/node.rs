@@ -58,8 +58,9 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     connector: PeerConnector,
     leaders: Mutex<HashMap<String, RaftClient<Channel>>>,
-    /// Woken by the outbox dispatcher when tasks became ready, so long polls answer at once.
-    pub tasks_ready: tokio::sync::Notify,
+    /// Woken (every waiter) when an apply on this node made a task ready, so long polls
+    /// answer at once.
+    pub tasks_ready: Arc<tokio::sync::Notify>,
     /// TLS material, client authentication and the cluster policy.
     pub trust: Arc<crate::trust::Trust>,
     /// Refused attempts seen by this node (bounded).
@@ -74,6 +75,9 @@ pub struct Node {
     pub outbox_wake: Arc<tokio::sync::Notify>,
     /// Concurrent linearizable reads share quorum rounds (`cluster/read_index.rs`).
     pub read_index: SharedReadIndex<WriteError>,
+    /// On a follower, concurrent linearizable reads share one forwarded read-index request
+    /// to the leader, by the same rule: a read waits for a request sent after it arrived.
+    pub forwarded_reads: SharedReadIndex<WriteError>,
     /// The adaptive limit on client writes in flight on this node (`admission.rs`).
     pub admission: crate::admission::Admission,
     /// Places for linearizable reads waiting for a read index (`--reads-in-flight-max`).
@@ -105,6 +109,32 @@ fn leader_of(raft: &Raft<TypeConfig>) -> (Option<NodeId>, Option<String>) {
             .map(|m| m.addr.clone())
     });
     (id, addr)
+}
+
+/// Sends `request` from node `from` to the leader at `addr` through `client`.
+async fn send_forward(
+    mut client: RaftClient<Channel>,
+    from: NodeId,
+    addr: &str,
+    request: ForwardRequest,
+) -> Result<ForwardReply, WriteError> {
+    let mut msg = tonic::Request::new(RaftMessage {
+        payload: wire::encode(&request),
+        from_node: from,
+    });
+    msg.set_timeout(WRITE_DEADLINE);
+    match client.forward(msg).await {
+        Ok(reply) => wire::decode::<Result<ForwardReply, WriteError>>(&reply.into_inner().payload)
+            .map_err(|e| WriteError::Fatal(e.message().to_string()))?,
+        // The peer could not decode the request: a build that does not know it.
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            Err(WriteError::Invalid(status.message().to_string()))
+        }
+        Err(status) => {
+            tracing::debug!(%addr, %status, "forwarding failed");
+            Err(WriteError::Timeout(WRITE_DEADLINE))
+        }
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -162,6 +192,8 @@ impl Node {
         let timers_wake = Arc::new(tokio::sync::Notify::new());
         let outbox_wake = Arc::new(tokio::sync::Notify::new());
         let (wake_timers, wake_outbox) = (Arc::clone(&timers_wake), Arc::clone(&outbox_wake));
+        let tasks_ready = Arc::new(tokio::sync::Notify::new());
+        let wake_polls = Arc::clone(&tasks_ready);
         let log_store = LogStore::new(Arc::clone(&store));
         let appended_bytes = log_store.appended_bytes();
         let raft = Raft::new(
@@ -180,6 +212,10 @@ impl Node {
                     }
                     if applied.queued_outbox {
                         wake_outbox.notify_one();
+                    }
+                    // Polls wait for a ready task on every node, not for every apply.
+                    if applied.readied_task {
+                        wake_polls.notify_waiters();
                     }
                 }),
             ),
@@ -216,12 +252,13 @@ impl Node {
             metrics,
             connector,
             leaders: Mutex::new(HashMap::new()),
-            tasks_ready: tokio::sync::Notify::new(),
+            tasks_ready,
             trust: Arc::new(trust),
             security: Arc::default(),
             timers_armed,
             batcher,
             read_index: Default::default(),
+            forwarded_reads: Default::default(),
             admission,
             reads_in_flight,
             quotas: Default::default(),
@@ -396,6 +433,7 @@ impl Node {
             store: &self.store,
             admission: self.admission.stats(),
             read_index: &self.read_index.stats,
+            forwarded_reads: &self.forwarded_reads.stats,
             clock: &self.clock,
             space: &self.space,
         })
@@ -570,26 +608,8 @@ impl Node {
         addr: &str,
         request: ForwardRequest,
     ) -> Result<ForwardReply, WriteError> {
-        let mut client = self.client_for(addr).await?;
-        let mut msg = tonic::Request::new(RaftMessage {
-            payload: wire::encode(&request),
-            from_node: self.id,
-        });
-        msg.set_timeout(WRITE_DEADLINE);
-        match client.forward(msg).await {
-            Ok(reply) => {
-                wire::decode::<Result<ForwardReply, WriteError>>(&reply.into_inner().payload)
-                    .map_err(|e| WriteError::Fatal(e.message().to_string()))?
-            }
-            // The peer could not decode the request: a build that does not know it.
-            Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                Err(WriteError::Invalid(status.message().to_string()))
-            }
-            Err(status) => {
-                tracing::debug!(%addr, %status, "forwarding failed");
-                Err(WriteError::Timeout(WRITE_DEADLINE))
-            }
-        }
+        let client = self.client_for(addr).await?;
+        send_forward(client, self.id, addr, request).await
     }
 
     /// Serves a forwarded request as the leader.
@@ -680,7 +700,7 @@ impl Node {
             } else {
                 match self.leader() {
                     (Some(id), Some(addr)) if id != self.id => {
-                        self.forward(&addr, ForwardRequest::ReadIndex).await
+                        self.forwarded_read_index(addr).await
                     }
                     _ => Err(WriteError::NotLeader {
                         leader_id: None,
@@ -709,6 +729,29 @@ impl Node {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// A read index from the leader at `addr`, asked in a request that concurrent reads on
+    /// this node share (one that was sent before this call never answers it).
+    async fn forwarded_read_index(&self, addr: String) -> Result<ForwardReply, WriteError> {
+        let client = self.client_for(&addr).await?;
+        let from = self.id;
+        let round = move || {
+            let (client, addr) = (client.clone(), addr.clone());
+            async move {
+                match send_forward(client, from, &addr, ForwardRequest::ReadIndex).await? {
+                    ForwardReply::ReadIndex(index) => Ok(index),
+                    other => Err(WriteError::Fatal(format!(
+                        "unexpected read index reply {other:?}"
+                    ))),
+                }
+            }
+        };
+        let gone = WriteError::Fatal("the node is shutting down".into());
+        self.forwarded_reads
+            .get(round, gone)
+            .await
+            .map(ForwardReply::ReadIndex)
     }
 
     /// Waits until this node has applied audit record `global_seq` (one a write of this
