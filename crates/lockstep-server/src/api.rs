@@ -47,6 +47,8 @@ pub struct Api {
     definitions: Arc<Mutex<CompiledByVersion>>,
     /// The polls this node serves, within their bounds (`tasks.rs`).
     pub(crate) polls: Arc<crate::polls::PollPlaces>,
+    /// Ready tasks a poll on this node is proposing a lease for (`tasks.rs`).
+    pub(crate) lease_claims: Arc<crate::polls::LeaseClaims>,
 }
 
 impl Api {
@@ -55,6 +57,7 @@ impl Api {
             node,
             definitions: Arc::new(Mutex::new(HashMap::new())),
             polls: Arc::default(),
+            lease_claims: Arc::default(),
         }
     }
 

@@ -4,15 +4,16 @@
 //! as the change and its audit record. The current leader reads the outbox in sequence order
 //! after commit and dispatches each item:
 //!
-//! - `TaskReady`: the task is already durable in its queue's index; dispatching wakes the
-//!   workers long-polling that queue on this node (followers' pollers wake on apply).
+//! - `TaskReady`: the task is already durable in its queue's index, and the apply that put
+//!   it there woke the polls waiting on every node (`Applied::readied_task`); dispatching
+//!   logs it.
 //! - `Emit`: the event is part of the change feed (`Audit/Tail`) through the audit record of
 //!   the change that emitted it; dispatching logs it for operators.
 //!
 //! Then it proposes `AckOutbox { through }`, which removes the dispatched items. A new leader
 //! starts from the first unacknowledged item, so nothing is lost on failover; dispatching an
-//! item twice (a leader that died between dispatch and ack) only wakes pollers twice, and a
-//! poll leases a task through the log, so no task is delivered twice.
+//! item twice (a leader that died between dispatch and ack) only logs it twice, and a poll
+//! leases a task through the log, so no task is delivered twice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +51,6 @@ async fn dispatch_batch(node: &Node) -> Result<bool, WriteError> {
     let Some(last) = items.last().map(|i| i.seq) else {
         return Ok(false);
     };
-    let mut woke = false;
     for item in &items {
         match &item.effect {
             Effect::TaskReady { queue, task_id, .. } => {
@@ -61,7 +61,6 @@ async fn dispatch_batch(node: &Node) -> Result<bool, WriteError> {
                     instance = item.instance_id,
                     "task ready"
                 );
-                woke = true;
             }
             Effect::Emit { event } => {
                 tracing::info!(
@@ -74,9 +73,6 @@ async fn dispatch_batch(node: &Node) -> Result<bool, WriteError> {
                 );
             }
         }
-    }
-    if woke {
-        node.tasks_ready.notify_waiters();
     }
     node.write(
         None,

@@ -87,3 +87,58 @@ impl Drop for PollPlace<'_> {
         }
     }
 }
+
+/// Ready tasks some poll on this node is proposing a lease for. Another poll on this node
+/// skips them: only one lease of a task can win, and a losing proposal is still a replicated
+/// write. At most one claim per task a serving poll may lease ([`POLLS_MAX`] ×
+/// [`POLL_TASKS_MAX`]), as each poll holds its claims only while its leases are proposed.
+#[derive(Debug, Default)]
+pub struct LeaseClaims {
+    claimed: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// A claim on one task; given back when dropped.
+#[derive(Debug)]
+pub struct LeaseClaim<'a> {
+    claims: &'a LeaseClaims,
+    task_id: String,
+}
+
+impl LeaseClaims {
+    /// Claims `task_id` for a lease proposal, unless another poll on this node holds it.
+    pub fn claim(&self, task_id: &str) -> Option<LeaseClaim<'_>> {
+        let mut claimed = self.claimed.lock().expect("lease claims lock");
+        claimed.insert(task_id.to_string()).then(|| LeaseClaim {
+            claims: self,
+            task_id: task_id.to_string(),
+        })
+    }
+}
+
+impl Drop for LeaseClaim<'_> {
+    fn drop(&mut self) {
+        self.claims
+            .claimed
+            .lock()
+            .expect("lease claims lock")
+            .remove(&self.task_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claimed_task_is_skipped_until_its_claim_is_dropped() {
+        let claims = LeaseClaims::default();
+        let first = claims.claim("t1").expect("nobody holds t1");
+        assert!(claims.claim("t1").is_none(), "t1 is claimed twice");
+        assert!(claims.claim("t2").is_some());
+        drop(first);
+        assert!(
+            claims.claim("t1").is_some(),
+            "t1's claim was not given back"
+        );
+    }
+}

@@ -2,8 +2,11 @@
 //! complete and fail them with their fenced lease token (DESIGN §6).
 //!
 //! A poll reads the queue's ready-task index from this node's replica and proposes one
-//! `Lease` per candidate; apply grants it only if the task is still ready, so two workers
-//! polling different nodes never hold the same task. The token is (Raft term of the lease
+//! `Lease` per candidate, up to the tasks it may take at once (so they share a Raft entry),
+//! skipping tasks another poll on this node is leasing (`polls::LeaseClaims`); apply grants
+//! a lease only if the task is still ready, so two workers polling different nodes never
+//! hold the same task. A waiting poll looks again when an apply on its node made a task
+//! ready (`Applied::readied_task`), or every 250 ms. The token is (Raft term of the lease
 //! entry, attempt): after a lease expires and the task is leased again, the old token is
 //! refused with `STALE_LEASE`.
 
@@ -90,33 +93,57 @@ impl Api {
         }
         let mut leased = Vec::new();
         let mut last_seq = 0;
-        for (task_id, instance_id) in candidates {
-            if leased.len() == max {
+        let mut candidates = candidates.into_iter();
+        while leased.len() < max {
+            // The next tasks no other poll on this node is leasing, proposed together so
+            // that their leases share a Raft entry.
+            let round: Vec<_> = candidates
+                .by_ref()
+                .filter_map(|(task_id, instance_id)| {
+                    let claim = self.lease_claims.claim(&task_id)?;
+                    Some((task_id, instance_id, claim))
+                })
+                .take(max - leased.len())
+                .collect();
+            if round.is_empty() {
                 break;
             }
-            let body = Body::Task {
-                instance_id: instance_id.clone(),
-                task_id: task_id.clone(),
-                op: TaskOp::Lease {
-                    worker: worker.clone(),
-                },
-            };
-            let request_id = lease_request_id(self.node.id, &task_id);
-            match self.write(metadata, &request_id, body).await? {
-                Applied::Applied { global_seq, .. } => {
-                    last_seq = last_seq.max(global_seq);
-                    leased.push((instance_id, task_id));
-                }
-                // The worker holds as many leases as it may: stop here, or say so.
-                Applied::Refused(r) if r.code == lockstep_core::RefusalCode::LimitExceeded => {
-                    if leased.is_empty() {
-                        return Err(status::refusal(&r));
+            let answers =
+                futures::future::join_all(round.iter().map(|(task_id, instance_id, _)| {
+                    let body = Body::Task {
+                        instance_id: instance_id.clone(),
+                        task_id: task_id.clone(),
+                        op: TaskOp::Lease {
+                            worker: worker.clone(),
+                        },
+                    };
+                    let request_id = lease_request_id(self.node.id, task_id);
+                    async move { self.write(metadata, &request_id, body).await }
+                }))
+                .await;
+            let mut at_limit = None;
+            for ((task_id, instance_id, _claim), answer) in round.into_iter().zip(answers) {
+                match answer? {
+                    Applied::Applied { global_seq, .. } => {
+                        last_seq = last_seq.max(global_seq);
+                        leased.push((instance_id, task_id));
                     }
-                    break;
+                    // The worker holds as many leases as it may: stop here, or say so.
+                    Applied::Refused(r) if r.code == lockstep_core::RefusalCode::LimitExceeded => {
+                        at_limit = Some(r);
+                    }
+                    // Another worker got it first, or the instance moved on: try the next.
+                    Applied::Refused(_) => {}
+                    other => {
+                        return Err(Status::internal(format!("unexpected response {other:?}")));
+                    }
                 }
-                // Another worker got it first, or the instance moved on: try the next.
-                Applied::Refused(_) => {}
-                other => return Err(Status::internal(format!("unexpected response {other:?}"))),
+            }
+            if let Some(r) = at_limit {
+                if leased.is_empty() {
+                    return Err(status::refusal(&r));
+                }
+                break;
             }
         }
         Ok((leased, last_seq))
@@ -232,10 +259,11 @@ impl pb::tasks_server::Tasks for Api {
                 status::overloaded(status::OVERLOADED, message, 100, None)
             })?;
         let deadline = Instant::now() + Duration::from_millis(u64::from(req.wait_ms));
-        let mut applied = self.node.raft.metrics();
         loop {
-            // Register for the dispatcher's wake-up before looking, so none is missed.
+            // Register for apply's wake-up (a task became ready on this node) before
+            // looking, so none is missed.
             let ready = self.node.tasks_ready.notified();
+            self.node.metrics.observe_poll_look();
             let (leased, seq) = self
                 .lease_ready(&metadata, &req.queue, &worker, max)
                 .await?;
@@ -249,7 +277,6 @@ impl pb::tasks_server::Tasks for Api {
             }
             tokio::select! {
                 _ = ready => {}
-                _ = applied.changed() => {}
                 _ = tokio::time::sleep(POLL_RECHECK.min(deadline - now)) => {}
             }
         }

@@ -504,3 +504,59 @@ async fn a_completion_at_the_lease_expiry_is_refused_whoever_wins_the_race() {
         assert!(r.contains("expired at") || r.contains("is stale"), "{r}");
     }
 }
+
+/// Long polls waiting on a follower look at their queue when an apply made a task ready (or
+/// at the recheck), not on every write the follower applies; a task made ready reaches them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_polls_wake_for_ready_tasks_not_for_every_write() {
+    let cluster = Cluster::start(Settings::default());
+    let leader = cluster.leader().await;
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    define(&cluster).await;
+    let looks = |body: &str| common::counter(body, "lockstep_task_poll_looks_total");
+    let (_, before) = cluster.scrape(follower).await;
+    let wait = Duration::from_secs(3);
+    let polls: Vec<_> = (0..4)
+        .map(|n| {
+            let w = worker(&cluster, &format!("idle-{n}"), follower);
+            tokio::spawn(async move { w.poll_tasks("shipping", 1, wait).await.unwrap() })
+        })
+        .collect();
+    // Writes that make no task ready, applied on the follower while the polls wait.
+    let c = human(&cluster);
+    let started = std::time::Instant::now();
+    let mut writes = 0;
+    while started.elapsed() < wait - Duration::from_millis(500) {
+        c.create(&request_id(), "jobs", None, &serde_json::json!({}))
+            .await
+            .unwrap();
+        writes += 1;
+    }
+    for p in polls {
+        assert!(p.await.unwrap().is_empty(), "no task was ready");
+    }
+    let (_, after) = cluster.scrape(follower).await;
+    let looked = looks(&after) - looks(&before);
+    // Each poll looks once as it arrives and once per 250 ms recheck: 4 × (1 + 12), with
+    // room for a late answer; a look per applied write would be 4 × `writes`.
+    assert!(
+        writes >= 40,
+        "only {writes} writes in {wait:?}: too few to tell"
+    );
+    assert!(
+        looked <= 4 * 16,
+        "4 polls waiting {wait:?} looked {looked} times while the follower applied {writes} writes"
+    );
+    // A task made ready wakes a poll waiting on the follower.
+    let w = worker(&cluster, "busy", follower);
+    let poll = tokio::spawn(async move {
+        w.poll_tasks("shipping", 1, Duration::from_secs(20))
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let id = start_job(&cluster, "ship").await;
+    let leased = poll.await.unwrap();
+    assert_eq!(leased.len(), 1, "{leased:?}");
+    assert_eq!(leased[0].lease.as_ref().unwrap().instance_id, id);
+}
