@@ -44,6 +44,30 @@ pub(crate) struct Outcome {
     pub(crate) latencies: Vec<Duration>,
     pub(crate) refusals: Vec<Duration>,
     pub(crate) errors: u64,
+    /// The longest retry-after hint of its refusals. A closed-loop client waits that long
+    /// (plus jitter) before its next unit, as `lockstep-client` does before a retry, instead
+    /// of asking again at once: a refusal storm would spend the machine's CPU on refusals
+    /// and measure the storm rather than the cluster.
+    pub(crate) retry_after: Option<Duration>,
+}
+
+impl Outcome {
+    /// Notes a refusal answered after `latency` with `hint` to retry after.
+    pub(crate) fn refused(&mut self, latency: Duration, hint: Option<Duration>) {
+        self.refusals.push(latency);
+        self.retry_after = self
+            .retry_after
+            .max(Some(hint.unwrap_or(RETRY_AFTER_DEFAULT)));
+    }
+}
+
+/// How long a closed-loop client waits after a refusal that gave no retry-after hint.
+const RETRY_AFTER_DEFAULT: Duration = Duration::from_millis(10);
+
+/// `hint` plus up to half of it again, chosen by `sequence`: clients refused together do not
+/// all come back together.
+fn with_jitter(hint: Duration, sequence: u64) -> Duration {
+    hint + hint.mul_f64((mix(sequence) % 1_000) as f64 / 2_000.0)
 }
 
 /// What a level measured: successes, refusals and errors.
@@ -202,9 +226,14 @@ pub(crate) async fn closed<W: Workload>(
             while Instant::now() < end {
                 let t0 = Instant::now();
                 let outcome = workload.run_once(sequence, t0).await;
+                let wait = outcome.retry_after.map(|h| with_jitter(h, sequence));
                 sequence += concurrency as u64;
                 if t0 >= measure_from && Instant::now() <= end {
                     m.add(outcome);
+                }
+                if let Some(wait) = wait {
+                    tokio::time::sleep(wait.min(end.saturating_duration_since(Instant::now())))
+                        .await;
                 }
             }
             m

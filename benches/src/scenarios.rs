@@ -10,7 +10,7 @@
 //!   examples/workflows/customer-onboarding.yaml).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lockstep_client::{Client, Error, Identity, Options, by_id, by_key, pb, request_id};
 use lockstep_core::ActorKind;
@@ -127,15 +127,16 @@ const FRACTION_SCALE: u64 = 10_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ended {
     Ok,
-    /// Refused by admission control or a quota (nothing was done): counted apart.
-    Refused,
+    /// Refused by admission control or a quota (nothing was done): counted apart, with
+    /// the hint of when to retry.
+    Refused(Option<Duration>),
     Failed,
 }
 
 fn ended<T>(result: &Result<T, Error>) -> Ended {
     match result {
         Ok(_) => Ended::Ok,
-        Err(Error::Overloaded { .. }) => Ended::Refused,
+        Err(Error::Overloaded { retry_after, .. }) => Ended::Refused(*retry_after),
         Err(_) => Ended::Failed,
     }
 }
@@ -145,7 +146,7 @@ fn outcome(results: &[(Instant, Instant, Ended)]) -> Outcome {
     for (from, to, how) in results {
         match how {
             Ended::Ok => o.latencies.push(*to - *from),
-            Ended::Refused => o.refusals.push(*to - *from),
+            Ended::Refused(hint) => o.refused(*to - *from, *hint),
             Ended::Failed => o.errors += 1,
         }
     }

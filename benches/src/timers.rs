@@ -161,7 +161,9 @@ impl Workload for TouchLoad {
         let mut o = Outcome::default();
         match result {
             Ok(_) => o.latencies.push(start.elapsed()),
-            Err(lockstep_client::Error::Overloaded { .. }) => o.refusals.push(start.elapsed()),
+            Err(lockstep_client::Error::Overloaded { retry_after, .. }) => {
+                o.refused(start.elapsed(), retry_after)
+            }
             Err(_) => o.errors += 1,
         }
         o
