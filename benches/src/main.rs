@@ -653,12 +653,17 @@ async fn main() -> anyhow::Result<()> {
             return timers::run(&endpoints, cluster.as_mut(), run).await;
         }
         Scenario::Tasks => {
+            let probe = cluster
+                .as_ref()
+                .map(LocalCluster::probe)
+                .unwrap_or_default();
             return tasks::run(
                 &endpoints,
                 &args.concurrency,
                 window.warmup,
                 window.duration,
                 args.json.as_deref(),
+                &probe,
             )
             .await;
         }

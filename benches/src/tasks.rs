@@ -15,6 +15,8 @@ use hdrhistogram::Histogram;
 use lockstep_client::{Client, Identity, Options, by_id, pb, request_id};
 use lockstep_core::ActorKind;
 
+use crate::cost::{Cost, Probe, Sample};
+
 const WORKFLOW: &str = r#"
 workflow: bench-tasks
 data: { type: object }
@@ -50,6 +52,8 @@ struct Level {
     delivery_p50_us: u64,
     delivery_p99_us: u64,
     delivery_max_us: u64,
+    /// What a completed task cost the nodes (absent for remote endpoints).
+    cost: Option<Cost>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -62,6 +66,7 @@ pub async fn run(
     warmup: Duration,
     duration: Duration,
     json: Option<&Path>,
+    probe: &Probe,
 ) -> anyhow::Result<()> {
     let human = Arc::new(
         Client::new(
@@ -83,7 +88,7 @@ pub async fn run(
                 .progress_chars("=> "),
         );
         bar.set_message(format!("{n} worker(s)"));
-        levels.push(level(endpoints, &human, n, warmup, duration, &bar).await?);
+        levels.push(level(endpoints, &human, n, warmup, duration, &bar, probe).await?);
         bar.finish_and_clear();
     }
     println!(
@@ -91,13 +96,16 @@ pub async fn run(
         endpoints.len()
     );
     println!(
-        "| workers | tasks/s | poll→complete p50 ms | p99 ms | transition→delivery p50 ms | p99 ms | max ms | errors |"
+        "| workers | tasks/s | poll→complete p50 ms | p99 ms | transition→delivery p50 ms | p99 ms | max ms | errors | requests/task | entries/task | cpu µs/task |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let ms = |us: u64| us as f64 / 1000.0;
+    let per_task =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     for l in &levels {
+        let cost = l.cost.as_ref();
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
             l.workers,
             l.tasks_per_second,
             ms(l.round_trip_p50_us),
@@ -105,9 +113,15 @@ pub async fn run(
             ms(l.delivery_p50_us),
             ms(l.delivery_p99_us),
             ms(l.delivery_max_us),
-            l.errors
+            l.errors,
+            per_task(cost.and_then(|c| c.requests_proposed_per_op), 2),
+            per_task(cost.and_then(|c| c.raft_entries_per_op), 2),
+            per_task(cost.and_then(|c| c.cpu_us_per_op), 0),
         );
     }
+    println!(
+        "\nrequests/task: requests proposed (writes, refused lease attempts among them) per completed task; entries/task: Raft entries; cpu: every node process together"
+    );
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(&levels)?)?;
         println!("\nJSON report: {}", path.display());
@@ -122,10 +136,20 @@ async fn level(
     warmup: Duration,
     duration: Duration,
     bar: &indicatif::ProgressBar,
+    probe: &Probe,
 ) -> anyhow::Result<Level> {
     let start = Instant::now();
     let measure_from = start + warmup;
     let end = measure_from + duration;
+    let sampler = (!probe.nodes.is_empty()).then(|| {
+        let probe = probe.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            let before = Sample::take(&probe).await;
+            tokio::time::sleep_until(end.into()).await;
+            (before, Sample::take(&probe).await)
+        })
+    });
     // Instance id -> when its `start` was acknowledged.
     let born: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let mut producers = Vec::new();
@@ -226,6 +250,13 @@ async fn level(
     for p in producers {
         p.await?;
     }
+    let cost = match sampler {
+        Some(s) => {
+            let (before, after) = s.await?;
+            Some(Cost::between(&before, &after, trip.len()))
+        }
+        None => None,
+    };
     let seconds = duration.as_secs_f64();
     Ok(Level {
         workers,
@@ -238,5 +269,6 @@ async fn level(
         delivery_p50_us: delivery.value_at_quantile(0.5),
         delivery_p99_us: delivery.value_at_quantile(0.99),
         delivery_max_us: delivery.max(),
+        cost,
     })
 }
