@@ -254,10 +254,13 @@ pub struct Applier<'a, S: Store> {
     format: Option<LogFormat>,
     /// Cached meta values this run read from the store (the cache had none): they join the
     /// cache when the batch is handed out.
-    meta_reads: RefCell<Vec<(&'static [u8], Option<Vec<u8>>)>>,
+    meta_reads: RefCell<Vec<MetaValue>>,
 }
 
 type StoreResult<T> = lockstep_store::Result<T>;
+
+/// A cached meta key and its stored bytes (`None`: absent).
+type MetaValue = (&'static [u8], Option<Vec<u8>>);
 
 impl<'a, S: Store> Applier<'a, S> {
     pub fn new(store: &'a S, cache: &'a mut ApplyCache) -> Self {
