@@ -4,8 +4,14 @@
 //! round is running waits for the *next* round, which starts after it arrived, and is
 //! answered by it. A round that started before a read arrived never answers it: its index
 //! could miss a write acknowledged just before the read.
+//!
+//! Each round runs the round of the latest read to arrive: on a follower a round asks the
+//! leader a read arrived knowing of, and after a leader change the next round must ask the
+//! new one, even while reads keep arriving (any leader's confirmed index serves a read that
+//! arrived before the round started).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
@@ -15,9 +21,14 @@ pub type RoundResult<E> = Result<u64, E>;
 
 type Waiter<E> = oneshot::Sender<RoundResult<E>>;
 
-/// Reads waiting for the next round, and whether a round is running.
+/// One round: asks for a read index.
+type Round<E> = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = RoundResult<E>> + Send>> + Send + Sync>;
+
+/// Reads waiting for the next round, the round the latest of them brought, and whether a
+/// round is running.
 struct Queue<E> {
     waiting: Vec<Waiter<E>>,
+    round: Option<Round<E>>,
     running: bool,
 }
 
@@ -49,6 +60,7 @@ impl<E> Default for SharedReadIndex<E> {
         SharedReadIndex {
             queue: Arc::new(Mutex::new(Queue {
                 waiting: Vec::new(),
+                round: None,
                 running: false,
             })),
             stats: Arc::default(),
@@ -57,18 +69,21 @@ impl<E> Default for SharedReadIndex<E> {
 }
 
 impl<E: Clone + Send + 'static> SharedReadIndex<E> {
-    /// A read index from a round that started after this call: `round` runs one if none is
-    /// running, and the next one after it otherwise; `gone` answers when the round task was
-    /// dropped without an answer (the runtime shutting down).
+    /// A read index from a round that started after this call: a round runs now if none is
+    /// running, and the next one after it otherwise, each the `round` of the latest caller;
+    /// `gone` answers when the round task was dropped without an answer (the runtime
+    /// shutting down).
     pub async fn get<F, Fut>(&self, round: F, gone: E) -> RoundResult<E>
     where
         F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = RoundResult<E>> + Send,
+        Fut: Future<Output = RoundResult<E>> + Send + 'static,
     {
+        let round: Round<E> = Arc::new(move || Box::pin(round()));
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             q.waiting.push(tx);
+            q.round = Some(round);
             !std::mem::replace(&mut q.running, true)
         };
         if start {
@@ -77,13 +92,15 @@ impl<E: Clone + Send + 'static> SharedReadIndex<E> {
             tokio::spawn(async move {
                 loop {
                     // Everyone taken here arrived before this round starts.
-                    let waiting = {
+                    let (waiting, round) = {
                         let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
                         if q.waiting.is_empty() {
                             q.running = false;
+                            q.round = None;
                             return;
                         }
-                        std::mem::take(&mut q.waiting)
+                        let round = q.round.clone().expect("a waiting read brought its round");
+                        (std::mem::take(&mut q.waiting), round)
                     };
                     let answer = round().await;
                     stats
@@ -154,6 +171,51 @@ mod tests {
             rounds < 50 / 2,
             "50 reads over ~50 ms shared {rounds} rounds"
         );
+    }
+
+    /// After a leader change the next round asks the new leader, even while reads keep
+    /// arriving: a round is the round of the latest read to arrive, not of the first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rounds_follow_the_latest_read_not_the_first() {
+        let shared: Arc<SharedReadIndex<String>> = Arc::new(SharedReadIndex::default());
+        // A read that knows only the old leader: its round fails after 20 ms.
+        let started = Arc::new(tokio::sync::Notify::new());
+        let stale = {
+            let (shared, started) = (Arc::clone(&shared), Arc::clone(&started));
+            tokio::spawn(async move {
+                let old_leader = move || {
+                    let started = Arc::clone(&started);
+                    async move {
+                        started.notify_one();
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Err::<u64, String>("not leader".into())
+                    }
+                };
+                shared.get(old_leader, "gone".into()).await
+            })
+        };
+        started.notified().await;
+        // Reads keep arriving while it runs, now knowing the new leader, whose rounds answer 7.
+        let mut fresh = Vec::new();
+        for _ in 0..20 {
+            let shared = Arc::clone(&shared);
+            fresh.push(tokio::spawn(async move {
+                let new_leader = || async {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    Ok::<u64, String>(7)
+                };
+                shared.get(new_leader, "gone".into()).await
+            }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for r in fresh {
+            assert_eq!(
+                r.await.unwrap(),
+                Ok(7),
+                "a read that knew the new leader was answered by a round of the old one"
+            );
+        }
+        assert_eq!(stale.await.unwrap(), Err("not leader".to_string()));
     }
 
     /// An error of a round reaches every read it served.
