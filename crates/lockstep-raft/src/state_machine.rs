@@ -724,6 +724,55 @@ mod tests {
         );
     }
 
+    /// A `Noop` entry at `index` proposed at `at_ms`, applied through openraft's call.
+    async fn apply_noop(sm: &mut StateMachine<MemStore>, index: u64, at_ms: i64) {
+        let entry = Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(3, 1), index),
+            payload: openraft::EntryPayload::Normal(crate::Proposal {
+                request_id: None,
+                at: lockstep_core::Timestamp::from_millis(at_ms),
+                body: crate::Body::Noop,
+            }),
+        };
+        sm.apply([entry]).await.unwrap();
+    }
+
+    /// Apply's in-memory meta values (`ApplyCache`) do not outlive an installed snapshot:
+    /// the next apply continues from the snapshot's cluster time, not from the replica's own.
+    #[tokio::test]
+    async fn an_installed_snapshot_replaces_what_apply_kept_in_memory() {
+        let dirs = tempfile::tempdir().unwrap();
+        let leader_store = seeded(3);
+        let mut leader =
+            StateMachine::open(Arc::clone(&leader_store), dirs.path().join("a")).unwrap();
+        apply_noop(&mut leader, 43, 9_000).await;
+        let built = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let meta = built.meta.clone();
+        let data = bytes_of(built).await;
+
+        let follower_store = seeded(3);
+        let mut follower =
+            StateMachine::open(Arc::clone(&follower_store), dirs.path().join("b")).unwrap();
+        apply_noop(&mut follower, 43, 1_000).await;
+        let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
+        incoming.write_all(&data).await.unwrap();
+        follower.install_snapshot(&meta, incoming).await.unwrap();
+        apply_noop(&mut follower, 44, 2_000).await;
+        let time = crate::read::cluster_time(&*follower_store)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            time.as_micros(),
+            9_000_000 + 1,
+            "apply went on from the time it kept before the install"
+        );
+    }
+
     /// A leader's snapshot file, received through openraft's calls, replaces the follower's
     /// state and becomes its current snapshot; the incoming temporary file is gone.
     #[tokio::test]
