@@ -153,7 +153,8 @@ fn outcome(results: &[(Instant, Instant, Ended)]) -> Outcome {
     o
 }
 
-fn one<T>(start: Instant, result: &Result<T, Error>) -> Outcome {
+/// The outcome of a unit of one request started at `start` and answered now.
+pub(crate) fn one<T>(start: Instant, result: &Result<T, Error>) -> Outcome {
     outcome(&[(start, Instant::now(), ended(result))])
 }
 

@@ -158,15 +158,7 @@ impl Workload for TouchLoad {
                 )
                 .await
         };
-        let mut o = Outcome::default();
-        match result {
-            Ok(_) => o.latencies.push(start.elapsed()),
-            Err(lockstep_client::Error::Overloaded { retry_after, .. }) => {
-                o.refused(start.elapsed(), retry_after)
-            }
-            Err(_) => o.errors += 1,
-        }
-        o
+        crate::scenarios::one(start, &result)
     }
 }
 
