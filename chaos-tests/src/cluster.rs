@@ -42,6 +42,10 @@ fn free_port() -> std::io::Result<u16> {
 /// its proxies (`--peer-via`) without a restart.
 pub const REPLACEMENTS_PER_SLOT: u64 = 4;
 
+/// The smallest SST file [`Cluster::corrupt_largest_sst`] corrupts: a footer alone is 53 bytes,
+/// so a file this long holds at least one data block.
+const SST_MIN_BYTES: u64 = 128;
+
 /// The nodes of a cluster sit in slots: slot `i` has a fixed address and fixed proxies, and
 /// runs node `ids[i]` (node `i + 1` until [`Cluster::replace`] puts a fresh node in it).
 #[derive(Debug)]
@@ -252,9 +256,14 @@ impl Cluster {
         Ok(self.ids[i])
     }
 
-    /// Flips 16 bytes inside the first data block of the largest SST file of node `i`'s store
-    /// (it must be stopped): the index, filter and footer are at the end of the file, so the
+    /// Flips the first 16 bytes of the largest SST file of node `i`'s store (it must be
+    /// stopped). A block-based table begins with its first data block, and even the smallest
+    /// one (an entry with its 8-byte sequence suffix, a restart point, their count and the
+    /// 5-byte trailer) is longer than 16 bytes, so the flip always lands in a block whose
+    /// checksum then fails. The index, filter and footer are at the end of the file, so the
     /// store still opens and only a read of that block, or the scrub, meets the corruption.
+    /// The file may be small: a store flushed by frequent snapshots can hold only SST files of
+    /// a few hundred bytes (LZ4), which a size floor of 4 KiB once refused to corrupt.
     /// Returns the file's name.
     pub fn corrupt_largest_sst(&self, i: usize) -> anyhow::Result<String> {
         anyhow::ensure!(
@@ -275,15 +284,15 @@ impl Cluster {
                 }
             }
         }
-        let Some((len, sst)) = largest.filter(|(len, _)| *len > 4_096) else {
+        let Some((len, sst)) = largest.filter(|(len, _)| *len >= SST_MIN_BYTES) else {
             anyhow::bail!(
-                "node {} has no SST file over 4 KiB in {} to corrupt",
+                "node {} has no SST file of {SST_MIN_BYTES} bytes or more in {} to corrupt",
                 self.ids[i],
                 store.display()
             );
         };
         let mut bytes = std::fs::read(&sst)?;
-        for b in &mut bytes[100..116] {
+        for b in &mut bytes[..16] {
             *b ^= 0xff;
         }
         std::fs::write(&sst, &bytes).with_context(|| format!("writing {}", sst.display()))?;
