@@ -69,7 +69,7 @@ fn record(store: &RocksStore, seq: u64) -> Vec<u8> {
         .unwrap_or_else(|| panic!("no audit record {seq}"))
 }
 
-/// Stops node i, lets `tamper` edit its store, starts it again.
+/// Stops node i, lets `tamper` edit its store, starts it again and waits until it answers.
 async fn tampered(cluster: &mut Cluster, i: usize, tamper: impl FnOnce(&RocksStore)) {
     cluster.kill9(i);
     {
@@ -78,6 +78,7 @@ async fn tampered(cluster: &mut Cluster, i: usize, tamper: impl FnOnce(&RocksSto
     }
     cluster.restart(i);
     cluster.leader().await;
+    cluster.answers(i).await;
 }
 
 /// Swaps the stored records 2 and 3 (doing it twice puts them back).

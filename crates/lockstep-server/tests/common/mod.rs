@@ -413,6 +413,21 @@ impl Cluster {
         client.status_of(0, digest).await.ok()
     }
 
+    /// Waits until node i answers a status request (a restarted node listens only once its
+    /// store is open and Raft started, which a loaded machine may take seconds to do).
+    pub async fn answers(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.status(i, false).await.is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not answer within 30 s; logs in {}",
+                i + 1,
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until the running nodes agree on a leader; returns its index.
     pub async fn leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(30);
