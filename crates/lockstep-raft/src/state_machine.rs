@@ -361,7 +361,7 @@ fn crash_here_if_asked() {
 }
 
 /// What one apply call did, told to the [`ApplyHook`] once its batch is written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
     /// Entries applied.
     pub entries: usize,

@@ -1,4 +1,4 @@
-//! The leader-only outbox dispatcher (DESIGN §6).
+//! The leader-only outbox dispatcher (DESIGN §6), a [`LeaderService`].
 //!
 //! Apply writes every effect of a committed change to the replicated outbox in the same batch
 //! as the change and its audit record. The current leader reads the outbox in sequence order
@@ -18,11 +18,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use lockstep_core::engine::Effect;
+use lockstep_raft::state_machine::Applied;
 use lockstep_raft::{Body, read};
-use tokio::sync::watch;
 
 use crate::cluster::WriteError;
+use crate::leader::LeaderService;
 use crate::node::Node;
 
 /// Most outbox items dispatched and acknowledged by one proposal.
@@ -30,16 +32,31 @@ pub const OUTBOX_DISPATCH_BATCH_MAX: usize = 256;
 /// Longest wait between looks at the outbox when nothing is applied.
 const IDLE_MAX: Duration = Duration::from_millis(500);
 
-pub async fn run(node: Arc<Node>, shutdown: watch::Receiver<bool>) {
-    crate::timers::while_leading(
-        &node,
-        shutdown,
-        "outbox",
-        &node.outbox_wake,
-        || {},
-        || async { Ok((!dispatch_batch(&node).await?).then_some(IDLE_MAX)) },
-    )
-    .await
+/// The outbox dispatcher of one node, a [`LeaderService`]. It keeps nothing in memory: the
+/// acknowledged sequence is replicated, so a new leader starts from it.
+#[derive(Debug)]
+pub struct OutboxDispatcher {
+    node: Arc<Node>,
+}
+
+impl OutboxDispatcher {
+    pub fn new(node: Arc<Node>) -> Self {
+        OutboxDispatcher { node }
+    }
+}
+
+impl LeaderService for OutboxDispatcher {
+    fn name(&self) -> &'static str {
+        "outbox"
+    }
+
+    fn applied(&self, applied: &Applied) -> bool {
+        applied.queued_outbox
+    }
+
+    fn step(&self) -> BoxFuture<'_, Result<Option<Duration>, WriteError>> {
+        Box::pin(async { Ok((!dispatch_batch(&self.node).await?).then_some(IDLE_MAX)) })
+    }
 }
 
 /// Dispatches and acknowledges one batch; true if there was anything to dispatch.

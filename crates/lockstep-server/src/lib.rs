@@ -11,7 +11,9 @@
 //!   guard (a node whose wall clock disagrees with a quorum's does not lead).
 //! - [`network`] and [`raft_service`]: Raft messages between nodes over gRPC.
 //! - [`api`]: the public gRPC services, [`status`]: refusals as gRPC statuses.
-//! - [`timers`]: the leader-only timer service; [`dispatch`]: the leader-only outbox dispatcher.
+//! - [`leader`]: the leader-only services' trait and driver (a lifecycle: became leader, step,
+//!   became follower, and an apply hook); [`timers`]: the timer service; [`dispatch`]: the
+//!   outbox dispatcher. The binary registers them.
 //! - [`tasks`]: the worker-facing task queue service.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`trust`]: TLS, peer and client authentication (certificates, JWTs), the layer that
@@ -31,6 +33,7 @@ pub mod config;
 pub mod dispatch;
 pub mod failstop;
 pub mod format_gate;
+pub mod leader;
 pub mod leader_hint;
 pub mod metrics;
 pub mod network;

@@ -65,14 +65,8 @@ pub struct Node {
     pub trust: Arc<crate::trust::Trust>,
     /// Refused attempts seen by this node (bounded).
     pub security: Arc<crate::security_log::SecurityLog>,
-    /// Timers armed since the timer service last scanned (see `timers.rs`).
-    pub timers_armed: crate::cluster::ArmedSince,
     /// Group commit: every proposal of this node goes through it (`cluster/batcher.rs`).
     pub batcher: Batcher,
-    /// Woken (one permit) when an apply armed a timer: the timer service's sleep ends.
-    pub timers_wake: Arc<tokio::sync::Notify>,
-    /// Woken (one permit) when an apply wrote outbox items: the dispatcher's sleep ends.
-    pub outbox_wake: Arc<tokio::sync::Notify>,
     /// Concurrent linearizable reads share quorum rounds (`cluster/read_index.rs`).
     pub read_index: SharedReadIndex<WriteError>,
     /// On a follower, concurrent linearizable reads share one forwarded read-index request
@@ -145,8 +139,12 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// Opens the store and starts Raft. Bootstraps the cluster if this node has the lowest
-    /// initial member id and its store has never been initialized.
-    pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
+    /// initial member id and its store has never been initialized. Every apply is told to
+    /// `leader_services` (started by the binary once the node is up, see [`crate::leader`]).
+    pub async fn start(
+        config: Config,
+        leader_services: Arc<crate::leader::LeaderServices>,
+    ) -> anyhow::Result<Arc<Node>> {
         // Certificates, keys and the policy are checked before any state is touched.
         let trust = crate::trust::Trust::load(&config).map_err(anyhow::Error::msg)?;
         crate::config::check_identity(&config).map_err(anyhow::Error::msg)?;
@@ -187,11 +185,6 @@ impl Node {
         };
         let metrics = Arc::new(Metrics::new());
         let apply_metrics = Arc::clone(&metrics);
-        let timers_armed = crate::cluster::ArmedSince::default();
-        let armed = timers_armed.clone();
-        let timers_wake = Arc::new(tokio::sync::Notify::new());
-        let outbox_wake = Arc::new(tokio::sync::Notify::new());
-        let (wake_timers, wake_outbox) = (Arc::clone(&timers_wake), Arc::clone(&outbox_wake));
         let tasks_ready = Arc::new(tokio::sync::Notify::new());
         let wake_polls = Arc::clone(&tasks_ready);
         let log_store = LogStore::new(Arc::clone(&store));
@@ -206,13 +199,7 @@ impl Node {
                     apply_metrics.observe_apply(applied.entries);
                     // Leader services wake only for work an apply gave them, not on every
                     // change of the Raft metrics (each replication response is one).
-                    if let Some(due) = applied.earliest_armed {
-                        armed.note(due);
-                        wake_timers.notify_one();
-                    }
-                    if applied.queued_outbox {
-                        wake_outbox.notify_one();
-                    }
+                    leader_services.applied(&applied);
                     // Polls wait for a ready task on every node, not for every apply.
                     if applied.readied_task {
                         wake_polls.notify_waiters();
@@ -255,15 +242,12 @@ impl Node {
             tasks_ready,
             trust: Arc::new(trust),
             security: Arc::default(),
-            timers_armed,
             batcher,
             read_index: Default::default(),
             forwarded_reads: Default::default(),
             admission,
             reads_in_flight,
             quotas: Default::default(),
-            timers_wake,
-            outbox_wake,
             clock,
             space: Arc::new(crate::space::SpaceAlarm::new(space)),
         });

@@ -1,7 +1,7 @@
-//! The leader-only timer service (DESIGN §4).
+//! The leader-only timer service (DESIGN §4), a [`LeaderService`].
 //!
 //! It runs while this node is the leader, and only after the leader has applied an entry of
-//! its own term (so it sees every timer the previous leaders armed). It reads due timers from
+//! its own term (so it sees every timer the previous leaders armed; [`crate::leader`]). It reads due timers from
 //! the local store in due order, at most [`TIMERS_FIRE_BATCH_MAX`] at a time, and proposes one
 //! `FireTimers` command for them; up to [`TIMERS_FIRE_IN_FLIGHT_MAX`] such proposals are in
 //! flight at once, and a scan skips the timers they hold: a fire is never re-proposed while in
@@ -17,12 +17,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use lockstep_raft::{Body, Member, NodeId, read};
-use openraft::ServerState;
-use tokio::sync::watch;
+use futures::future::BoxFuture;
+use lockstep_raft::Body;
+use lockstep_raft::read;
+use lockstep_raft::state_machine::Applied;
 use tokio::task::JoinSet;
 
 use crate::cluster::{WriteError, wall_clock};
+use crate::leader::LeaderService;
 use crate::node::Node;
 
 /// Most timers fired by one proposal.
@@ -34,59 +36,111 @@ pub const TIMERS_FIRE_IN_FLIGHT_MAX: usize = 4;
 /// Longest sleep between looks at the timer index, so a missed wake-up costs at most this.
 const IDLE_MAX: Duration = Duration::from_millis(500);
 
-/// True while this node leads and has applied an entry of its own term, so its state holds
-/// everything earlier leaders committed (timers armed, outbox items written).
-pub fn leading_with_own_entry(m: &openraft::RaftMetrics<NodeId, Member>) -> bool {
-    m.state == ServerState::Leader
-        && m.last_applied
-            .is_some_and(|l| l.leader_id.term == m.current_term)
+/// The timer service of one node: a [`LeaderService`] that owns its scan cursor, the
+/// earliest timer armed since its last scan, and its fire proposals in flight.
+pub struct TimerService {
+    node: Arc<Node>,
+    cursor: Cursor,
+    armed: ArmedSince,
+    flight: tokio::sync::Mutex<InFlight>,
 }
 
-/// Drives a leader-only service: while this node leads with an entry of its own term, calls
-/// `step`, which does one bounded piece of work and answers `None` to be called again at once
-/// or `Some(wait)` to sleep (woken early by `wake`, which the apply hook signals when an apply
-/// gave this service work, or by shutdown). Off leadership it waits for the Raft metrics to
-/// change, after calling `on_follower`. A failed step is retried after a short pause; `step`
-/// keeps track of its own proposals in flight (see [`InFlight`]).
-pub async fn while_leading<F, Fut>(
-    node: &Node,
-    mut shutdown: watch::Receiver<bool>,
-    what: &'static str,
-    wake: &tokio::sync::Notify,
-    on_follower: impl Fn(),
-    mut step: F,
-) where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<Duration>, WriteError>>,
-{
-    let mut metrics = node.raft.metrics();
-    loop {
-        if *shutdown.borrow() {
-            return;
+impl std::fmt::Debug for TimerService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimerService")
+            .field("cursor", &self.cursor)
+            .field("armed", &self.armed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TimerService {
+    pub fn new(node: Arc<Node>) -> Self {
+        TimerService {
+            node,
+            cursor: Cursor(AtomicI64::new(i64::MIN)),
+            armed: ArmedSince::default(),
+            flight: tokio::sync::Mutex::new(InFlight::default()),
         }
-        if !leading_with_own_entry(&metrics.borrow()) {
-            on_follower();
-            tokio::select! {
-                _ = metrics.changed() => {}
-                _ = shutdown.changed() => {}
-            }
-            continue;
-        }
-        let wait = match step().await {
-            Ok(None) => continue,
-            Ok(Some(wait)) => wait,
-            Err(e) => {
-                tracing::debug!(error = %e, service = what, "proposal failed; looking again");
-                Duration::from_millis(50)
+    }
+
+    async fn step(&self) -> Result<Option<Duration>, WriteError> {
+        let mut flight = self.flight.lock().await;
+        let mut failed = flight.settle(&self.cursor);
+        let proposed = flight.batches.len() < TIMERS_FIRE_IN_FLIGHT_MAX
+            && propose_due(&self.node, &self.cursor, &self.armed, &mut flight).await?;
+        // Nothing more to propose now: wait for a proposal in flight (at most IDLE_MAX, so a
+        // proposal that is never answered cannot hold off shutdown or a leadership check), or
+        // sleep until the next due time when none is in flight.
+        let wait = if proposed {
+            None
+        } else {
+            match tokio::time::timeout(IDLE_MAX, flight.proposals.join_next_with_id()).await {
+                Ok(Some(done)) => {
+                    failed = failed.or(flight.resolve(done, &self.cursor));
+                    None
+                }
+                Ok(None) => Some(until_next_due(&self.node, &self.cursor)),
+                Err(_still_in_flight) => None,
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = wake.notified() => {}
-            _ = shutdown.changed() => {}
+        failed.map_or(Ok(wait), Err)
+    }
+}
+
+impl LeaderService for TimerService {
+    fn name(&self) -> &'static str {
+        "timers"
+    }
+
+    fn applied(&self, applied: &Applied) -> bool {
+        match applied.earliest_armed {
+            Some(due) => {
+                self.armed.note(due);
+                true
+            }
+            None => false,
         }
-        // Leadership is looked at again above; changes seen while sleeping are not news.
-        metrics.borrow_and_update();
+    }
+
+    /// A new leader scans the due index from the start, once: it knows nothing of what
+    /// earlier leaders fired or left due.
+    fn became_leader(&self) {
+        self.cursor.reset();
+    }
+
+    fn step(&self) -> BoxFuture<'_, Result<Option<Duration>, WriteError>> {
+        Box::pin(TimerService::step(self))
+    }
+
+    fn became_follower(&self) {
+        self.node.metrics.set_timers_due(0);
+    }
+}
+
+/// The earliest due time of the timers armed since the timer service last looked: the
+/// service's apply hook ([`LeaderService::applied`]) notes every applied arm after its batch
+/// is written, and the service takes it before each scan of the due index. It lets the
+/// service scan from where it left off and still see a timer armed with an earlier due time
+/// than it has reached.
+#[derive(Debug)]
+struct ArmedSince(AtomicI64);
+
+impl Default for ArmedSince {
+    fn default() -> Self {
+        ArmedSince(AtomicI64::new(i64::MAX))
+    }
+}
+
+impl ArmedSince {
+    /// Notes a timer armed with this due time (micros).
+    fn note(&self, due_micros: i64) {
+        self.0.fetch_min(due_micros, Ordering::SeqCst);
+    }
+
+    /// The earliest due time noted since the last call (`i64::MAX`: none), and forgets it.
+    fn take(&self) -> i64 {
+        self.0.swap(i64::MAX, Ordering::SeqCst)
     }
 }
 
@@ -99,8 +153,8 @@ struct Cursor(AtomicI64);
 impl Cursor {
     /// The start of this scan: the cursor, lowered to the earliest timer armed since the last
     /// scan, and kept there until a fire moves it on.
-    fn start(&self, node: &Node) -> i64 {
-        let from = self.get().min(node.timers_armed.take());
+    fn start(&self, armed: &ArmedSince) -> i64 {
+        let from = self.get().min(armed.take());
         self.0.store(from, Ordering::SeqCst);
         from
     }
@@ -121,45 +175,6 @@ impl Cursor {
     fn reset(&self) {
         self.0.store(i64::MIN, Ordering::SeqCst);
     }
-}
-
-pub async fn run(node: Arc<Node>, shutdown: watch::Receiver<bool>) {
-    let cursor = Cursor(AtomicI64::new(i64::MIN));
-    let flight = tokio::sync::Mutex::new(InFlight::default());
-    let on_follower = || {
-        node.metrics.set_timers_due(0);
-        cursor.reset();
-    };
-    while_leading(
-        &node,
-        shutdown,
-        "timers",
-        &node.timers_wake,
-        on_follower,
-        || async {
-            let mut flight = flight.lock().await;
-            let mut failed = flight.settle(&cursor);
-            let proposed = flight.batches.len() < TIMERS_FIRE_IN_FLIGHT_MAX
-                && propose_due(&node, &cursor, &mut flight).await?;
-            // Nothing more to propose now: wait for a proposal in flight (at most IDLE_MAX, so a
-            // proposal that is never answered cannot hold off shutdown or a leadership check), or
-            // sleep until the next due time when none is in flight.
-            let wait = if proposed {
-                None
-            } else {
-                match tokio::time::timeout(IDLE_MAX, flight.proposals.join_next_with_id()).await {
-                    Ok(Some(done)) => {
-                        failed = failed.or(flight.resolve(done, &cursor));
-                        None
-                    }
-                    Ok(None) => Some(until_next_due(&node, &cursor)),
-                    Err(_still_in_flight) => None,
-                }
-            };
-            failed.map_or(Ok(wait), Err)
-        },
-    )
-    .await
 }
 
 /// A timer as the due index holds it: its id and due time (micros). Ids are reused when a
@@ -224,9 +239,10 @@ impl InFlight {
 async fn propose_due(
     node: &Arc<Node>,
     cursor: &Cursor,
+    armed: &ArmedSince,
     flight: &mut InFlight,
 ) -> Result<bool, WriteError> {
-    let from = cursor.start(node);
+    let from = cursor.start(armed);
     let now = wall_clock();
     // Timers in flight are skipped, so read past them: a scan still finds a full batch.
     let due = read::due_timers(

@@ -108,14 +108,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     // A store found corrupt before stays out until it is re-seeded (failstop.rs).
     lockstep_server::failstop::refuse_if_marked(&config)?;
-    let node = Node::start(config.clone()).await.map_err(|e| {
-        match e.downcast_ref::<lockstep_store::Error>() {
+    let leader_services = Arc::new(lockstep_server::leader::LeaderServices::default());
+    let node = Node::start(config.clone(), Arc::clone(&leader_services))
+        .await
+        .map_err(|e| match e.downcast_ref::<lockstep_store::Error>() {
             Some(lockstep_store::Error::Corruption(text)) => {
                 lockstep_server::failstop::corrupt_at_open(&config, text).into()
             }
             _ => e,
-        }
-    })?;
+        })?;
     // The cluster-version gate, a service on the node (it would otherwise tie node and
     // format_gate into an import circle).
     tokio::spawn(lockstep_server::format_gate::run(Arc::downgrade(&node)));
@@ -146,15 +147,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
             },
         ))
     });
-    let timers = tokio::spawn(lockstep_server::timers::run(
-        Arc::clone(&node),
+    // The leader-only services, each driven through the same lifecycle (leader.rs).
+    let leading = leader_services.start(
+        vec![
+            Arc::new(lockstep_server::timers::TimerService::new(Arc::clone(
+                &node,
+            ))),
+            Arc::new(lockstep_server::dispatch::OutboxDispatcher::new(
+                Arc::clone(&node),
+            )),
+        ],
+        node.raft.metrics(),
         shutdown_rx.clone(),
-    ));
-
-    let dispatcher = tokio::spawn(lockstep_server::dispatch::run(
-        Arc::clone(&node),
-        shutdown_rx.clone(),
-    ));
+    );
 
     // SIGHUP re-reads the cluster policy file at once (it is also re-read when it changes).
     let reload_node = Arc::clone(&node);
@@ -284,8 +289,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(metrics_server) = metrics_server {
         let _ = tokio::time::timeout(Duration::from_secs(5), metrics_server).await;
     }
-    let _ = timers.await;
-    let _ = dispatcher.await;
+    for service in leading {
+        let _ = service.await;
+    }
     node.raft
         .shutdown()
         .await

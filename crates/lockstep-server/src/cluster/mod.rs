@@ -6,8 +6,6 @@
 //! the API): those are built on the cluster, never the other way round
 //! (`tests/import_graph.rs` keeps it so).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use lockstep_core::Timestamp;
@@ -125,29 +123,4 @@ pub(crate) fn other_leader(
     addr: Option<String>,
 ) -> Option<(NodeId, String)> {
     id.zip(addr).filter(|(id, _)| *id != me)
-}
-
-/// The earliest due time of the timers armed since the timer service last looked: the state
-/// machine's apply hook notes every applied arm after its batch is written (`Node::start`),
-/// and the service (`timers.rs`) takes it before each scan of the due index. It lets the service scan from
-/// where it left off and still see a timer armed with an earlier due time than it has reached.
-#[derive(Clone, Debug)]
-pub struct ArmedSince(Arc<AtomicI64>);
-
-impl Default for ArmedSince {
-    fn default() -> Self {
-        ArmedSince(Arc::new(AtomicI64::new(i64::MAX)))
-    }
-}
-
-impl ArmedSince {
-    /// Notes a timer armed with this due time (micros).
-    pub fn note(&self, due_micros: i64) {
-        self.0.fetch_min(due_micros, Ordering::SeqCst);
-    }
-
-    /// The earliest due time noted since the last call (`i64::MAX`: none), and forgets it.
-    pub(crate) fn take(&self) -> i64 {
-        self.0.swap(i64::MAX, Ordering::SeqCst)
-    }
 }
