@@ -15,6 +15,7 @@ pub mod duration;
 pub mod engine;
 pub mod expr;
 pub mod graph;
+pub mod invariant;
 pub mod json_field;
 pub mod limits;
 pub mod migrate;

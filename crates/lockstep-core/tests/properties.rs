@@ -554,6 +554,9 @@ proptest! {
                     // The instance the caller keeps is the one from before: nothing to apply.
                 }
                 Outcome::Applied(change) => {
+                    // The invariants apply checks before it writes a change (a broken one
+                    // stops the node) hold for every change the engine emits.
+                    prop_assert_eq!(change.check(&definition, instance.as_ref()), Ok(()));
                     let previous = instance.as_ref().map(|i| i.version).unwrap_or(0);
                     prop_assert_eq!(change.instance.version, previous + 1, "every applied change bumps the version");
                     prop_assert_eq!(change.audit.instance_version, change.instance.version);

@@ -13,8 +13,8 @@ use lockstep_core::audit::{ActorRecord, ChainedRecord};
 use lockstep_core::engine::{Command, Effect, Instance, Outcome, TaskStatus};
 use lockstep_core::validate::{CompiledDefinition, compile};
 use lockstep_core::{
-    Actor, AuditKind, AuditRecord, Limits, Migration, Refusal, RefusalCode, Timestamp,
-    evaluate_under, migrate,
+    Actor, AuditKind, AuditRecord, Migration, Refusal, RefusalCode, Timestamp, evaluate_under,
+    migrate,
 };
 use lockstep_store::{Batch, Family, Store, envelope, keys};
 use openraft::{Entry, EntryPayload, LogId, StoredMembership};
@@ -22,6 +22,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::format::{LOG_FORMAT_BATCHES, LogFormat};
+use crate::replicated::{
+    DEDUP_EXPIRE_BATCH_MAX, DEDUP_RETENTION_MS, LEASES_PER_WORKER_MAX, MIGRATION_INSTANCES_MAX,
+    MIGRATION_SCAN_MAX, OUTBOX_ACK_BATCH_MAX, apply_limits,
+};
 use crate::types::{
     Body, Member, Migrated, MigrationCursor, NodeId, Proposal, Provenance, Response, Selection,
     Target, TaskOp, TypeConfig,
@@ -109,23 +113,9 @@ fn describe_request(body: &Body) -> String {
     }
 }
 
-/// How long a request id is remembered, in cluster time. A retry after this is a new request.
-pub const DEDUP_RETENTION_MS: u64 = 24 * 3600 * 1000;
-/// Most expired dedup entries removed per applied proposal, so cleanup never stalls apply.
-pub const DEDUP_EXPIRE_BATCH_MAX: usize = 16;
-/// Most tasks one worker may hold leased at once, across every queue and instance; a lease
-/// beyond it is refused with LIMIT_EXCEEDED until the worker completes or fails one.
-pub const LEASES_PER_WORKER_MAX: u32 = 256;
-/// Most outbox items one acknowledgement removes, so an ack never makes a huge batch.
-pub const OUTBOX_ACK_BATCH_MAX: usize = 1024;
-/// Most compiled definitions kept in memory per node.
+/// Most compiled definitions kept in memory per node (node-local: the cache only saves
+/// compiling again, so replicas may differ).
 pub const DEFINITION_CACHE_MAX: usize = 256;
-/// Most instances one `Migrate` command moves: the length of an explicit list, and the batch
-/// of an all-instances migration (which then answers where to resume).
-pub const MIGRATION_INSTANCES_MAX: usize = 64;
-/// Most entries of the workflow's state index one all-instances migration examines, so a
-/// workflow with many instances at other versions never makes one huge apply.
-pub const MIGRATION_SCAN_MAX: usize = 1024;
 
 /// A definition as stored: its source, provenance and who applied it when.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -624,7 +614,7 @@ impl<'a, S: Store> Applier<'a, S> {
                 };
                 let rules = self.format()?.rules();
                 let outcome = evaluate_under(&definition, None, &command, at, rules);
-                self.commit(log_id, None, outcome)
+                self.commit(log_id, &definition, None, outcome)
             }
             Body::Transition {
                 target,
@@ -794,7 +784,7 @@ impl<'a, S: Store> Applier<'a, S> {
         };
         let rules = self.format()?.rules();
         let outcome = evaluate_under(&definition, Some(&instance), &command, at, rules);
-        self.commit(log_id, Some(&instance), outcome)
+        self.commit(log_id, &definition, Some(&instance), outcome)
     }
 
     /// A migration moves every selected instance or none: each outcome is computed before
@@ -849,7 +839,7 @@ impl<'a, S: Store> Applier<'a, S> {
         let mut migrated = Vec::with_capacity(changes.len());
         for (before, change) in instances.iter().zip(changes) {
             let to_state = change.instance.state.clone();
-            match self.commit(log_id, Some(before), Outcome::Applied(change))? {
+            match self.commit(log_id, to, Some(before), Outcome::Applied(change))? {
                 Response::Applied {
                     instance_id,
                     version,
@@ -1014,7 +1004,7 @@ impl<'a, S: Store> Applier<'a, S> {
         else {
             return Ok(None);
         };
-        let compiled = compile(None, &stored.source, &Limits::default()).map_err(|d| {
+        let compiled = compile(None, &stored.source, &apply_limits()).map_err(|d| {
             lockstep_store::Error::Corrupt {
                 family: Family::Definitions,
                 key: keys::show(&key::definition(workflow, version)),
@@ -1040,7 +1030,7 @@ impl<'a, S: Store> Applier<'a, S> {
         actor: &Actor,
         at: Timestamp,
     ) -> StoreResult<Response> {
-        let compiled = match compile(Some(&provenance.path), source, &Limits::default()) {
+        let compiled = match compile(Some(&provenance.path), source, &apply_limits()) {
             Ok(c) => c,
             Err(diagnostics) => {
                 let lines: Vec<String> =
@@ -1136,7 +1126,18 @@ impl<'a, S: Store> Applier<'a, S> {
                     &key::audit_by_instance(&record.instance_id, n - 1),
                 )?
                 .map(|(_, h)| h)
-                .unwrap_or([0; 32]),
+                // Record n of an instance's chain links to its record n - 1, always written
+                // with version n - 1: a chain with a gap is a bug, not a fresh start.
+                .ok_or_else(|| {
+                    broken_invariant(
+                        log_id,
+                        format!(
+                            "instance {}'s audit chain has no record {} to link record {n} to",
+                            record.instance_id,
+                            n - 1
+                        ),
+                    )
+                })?,
             _ => [0; 32],
         };
         let instance_id = record.instance_id.clone();
@@ -1173,9 +1174,12 @@ impl<'a, S: Store> Applier<'a, S> {
     }
 
     /// Writes an outcome: the instance, its indexes, timers, tasks, outbox and audit record.
+    /// A change `definition` decided that breaks an invariant (`Change::check`) is not
+    /// written: apply fails, which stops this node (and every replica, at the same entry).
     fn commit(
         &mut self,
         log_id: LogId<NodeId>,
+        definition: &CompiledDefinition,
         before: Option<&Instance>,
         outcome: Outcome,
     ) -> StoreResult<Response> {
@@ -1183,6 +1187,9 @@ impl<'a, S: Store> Applier<'a, S> {
             Outcome::Refused(r) => return Ok(Response::Refused(r)),
             Outcome::Applied(change) => *change,
         };
+        change
+            .check(definition, before)
+            .map_err(|broken| broken_invariant(log_id, broken))?;
         let after = &change.instance;
         let id = after.id.clone();
         self.put(Family::Instances, id.as_bytes().to_vec(), after);
@@ -1318,6 +1325,17 @@ impl<'a, S: Store> Applier<'a, S> {
     }
 }
 
+/// The error that stops the node when an applied change breaks an invariant: what broke,
+/// where in the log, and that the log itself is intact.
+fn broken_invariant(
+    log_id: LogId<NodeId>,
+    broken: impl std::fmt::Display,
+) -> lockstep_store::Error {
+    lockstep_store::Error::Invalid(format!(
+        "BUG: the change of log entry {log_id} breaks an invariant ({broken}); this node stops rather than write it. The log is intact: a build with the bug fixed applies the entry again. Report this message with this node's log"
+    ))
+}
+
 fn refused(code: RefusalCode, message: String) -> Response {
     Response::Refused(Refusal::new(code, message))
 }
@@ -1328,5 +1346,127 @@ fn actor_record(actor: &Actor) -> ActorRecord {
         kind: actor.kind.as_str().into(),
         roles: actor.roles.clone(),
         authn: actor.authn.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lockstep_core::engine::Change;
+    use lockstep_core::{ActorKind, Limits, evaluate};
+    use lockstep_store::MemStore;
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    const PURCHASE_ORDER: &str = include_str!("../../../examples/workflows/purchase-order.yaml");
+
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn at(minutes: i64) -> Timestamp {
+        Timestamp::from_millis(1_795_334_400_000 + minutes * 60_000)
+    }
+
+    fn alice() -> Actor {
+        Actor::new("alice", ActorKind::Human, &["requester"])
+    }
+
+    fn definition() -> CompiledDefinition {
+        compile(
+            Some("purchase-order.yaml"),
+            PURCHASE_ORDER,
+            &Limits::default(),
+        )
+        .unwrap()
+    }
+
+    fn created(definition: &CompiledDefinition) -> Change {
+        let create = Command::Create {
+            instance_id: "i-1".into(),
+            key: None,
+            data: serde_json::json!({ "amount": 120.0, "requester": "alice" }),
+            actor: alice(),
+        };
+        match evaluate(definition, None, &create, at(0)) {
+            Outcome::Applied(change) => *change,
+            Outcome::Refused(r) => panic!("{r:?}"),
+        }
+    }
+
+    fn submitted(definition: &CompiledDefinition, instance: &Instance) -> Change {
+        let submit = Command::Transition {
+            transition: "submit".into(),
+            payload: serde_json::json!({}),
+            actor: alice(),
+            expected_version: None,
+        };
+        match evaluate(definition, Some(instance), &submit, at(1)) {
+            Outcome::Applied(change) => *change,
+            Outcome::Refused(r) => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn a_change_that_breaks_an_invariant_is_not_written_and_fails_apply() {
+        let store = MemStore::new();
+        let mut cache = ApplyCache::default();
+        let mut applier = Applier::new(&store, &mut cache);
+        let definition = definition();
+        let mut change = created(&definition);
+        change.instance.version = 2;
+        change.audit.instance_version = 2;
+        let err = applier
+            .commit(
+                log_id(7),
+                &definition,
+                None,
+                Outcome::Applied(Box::new(change)),
+            )
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("BUG: the change of log entry")
+                && text.contains("breaks an invariant (instance i-1 goes from version None to 2"),
+            "{text}"
+        );
+        assert!(
+            applier.into_batch().ops.is_empty(),
+            "nothing of the broken change is written"
+        );
+    }
+
+    #[test]
+    fn an_instance_audit_chain_with_a_gap_fails_apply() {
+        let store = MemStore::new();
+        let mut cache = ApplyCache::default();
+        let mut applier = Applier::new(&store, &mut cache);
+        let definition = definition();
+        let create = created(&definition);
+        let instance = create.instance.clone();
+        applier
+            .commit(
+                log_id(7),
+                &definition,
+                None,
+                Outcome::Applied(Box::new(create)),
+            )
+            .expect("a whole change is written");
+        // The instance's first audit record goes missing (a bug elsewhere, or lost data).
+        applier.delete(Family::AuditByInstance, key::audit_by_instance("i-1", 1));
+        let submit = submitted(&definition, &instance);
+        let err = applier
+            .commit(
+                log_id(8),
+                &definition,
+                Some(&instance),
+                Outcome::Applied(Box::new(submit)),
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("instance i-1's audit chain has no record 1 to link record 2 to"),
+            "{err}"
+        );
     }
 }

@@ -8,12 +8,15 @@
 //!   and the last applied log id (invariant 2). Business refusals are [`Response`]s, never
 //!   storage errors (invariant 6).
 //! - [`read`]: queries over the applied state (instances, history, timers, digest).
+//! - [`replicated`]: the limits every replica applies identically (changing one is a
+//!   log-format change).
 
 pub mod apply;
 pub mod format;
 pub mod log_store;
 pub mod mutation;
 pub mod read;
+pub mod replicated;
 pub mod snapshot_data;
 pub mod snapshot_file;
 pub mod state_machine;

@@ -317,7 +317,7 @@ fn the_same_log_gives_the_same_digest() {
 fn a_worker_holds_at_most_the_lease_limit_and_a_completion_frees_one() {
     use lockstep_core::engine::LeaseToken;
     use lockstep_raft::TaskOp;
-    use lockstep_raft::apply::LEASES_PER_WORKER_MAX;
+    use lockstep_raft::replicated::LEASES_PER_WORKER_MAX;
     const JOBS: &str = r#"
 workflow: jobs
 data: { type: object }
@@ -724,7 +724,7 @@ fn every_migration_refusal_is_a_result_that_changes_nothing() {
         RefusalCode::MigrationInvalid,
         "names no instance",
     );
-    let too_many = (0..=lockstep_raft::apply::MIGRATION_INSTANCES_MAX)
+    let too_many = (0..=lockstep_raft::replicated::MIGRATION_INSTANCES_MAX)
         .map(|_| key("PO-1"))
         .collect();
     check(
@@ -754,7 +754,7 @@ fn every_migration_refusal_is_a_result_that_changes_nothing() {
 fn migrating_all_instances_goes_in_bounded_batches_until_none_remain() {
     use lockstep_core::TimerPolicy;
     use lockstep_raft::Selection;
-    use lockstep_raft::apply::MIGRATION_INSTANCES_MAX;
+    use lockstep_raft::replicated::MIGRATION_INSTANCES_MAX;
     let mut node = Node::new();
     define(&mut node);
     // Instances on A, created before B became the latest version, are found by version.
