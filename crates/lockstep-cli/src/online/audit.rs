@@ -1,0 +1,326 @@
+//! `lockstep audit`: verify the chains on every node, anchor, the security log and the tail.
+
+use super::*;
+
+/// `SEQ:HASH`, as `lockstep audit anchor` prints it.
+pub fn parse_anchor(text: &str) -> Result<(u64, String), String> {
+    let (seq, hash) = text.trim().split_once(':').ok_or_else(|| {
+        format!("`{text}` is not an anchor: expected SEQ:HASH as `lockstep audit anchor` prints it, e.g. 1042:3f9c…")
+    })?;
+    let seq: u64 = seq
+        .parse()
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("`{seq}` in the anchor is not a record sequence (1 or more)"))?;
+    let hash = hash.to_ascii_lowercase();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "`{hash}` in the anchor is not a chain hash: expected 64 hex digits"
+        ));
+    }
+    Ok((seq, hash))
+}
+
+/// One endpoint's answers to `audit verify`.
+struct NodeChain {
+    /// Its index in the client's endpoint list.
+    index: usize,
+    endpoint: String,
+    verified: pb::VerifyAuditResponse,
+    /// Its chain hash at the common sequence (and at the anchor's), once asked.
+    at_common: String,
+    at_anchor: String,
+}
+
+/// Ok(false) if a chain is broken on some endpoint, two nodes' chains differ at the highest
+/// record all of them have, or the anchor does not match; [`Unreachable`] if none of that but
+/// some endpoint did not answer.
+pub async fn audit_verify(
+    conn: &Connection,
+    output: Output,
+    anchor: Option<(u64, String)>,
+) -> anyhow::Result<bool> {
+    let client = conn.client()?;
+    let mut unreachable = Vec::new();
+    let mut nodes = Vec::new();
+    // Verify runs on the node that answers: ask each endpoint in turn.
+    for (index, endpoint) in client.endpoints().iter().enumerate() {
+        match client.verify_audit_of(index, 0).await {
+            Ok(verified) => nodes.push(NodeChain {
+                index,
+                endpoint: endpoint.clone(),
+                verified,
+                at_common: String::new(),
+                at_anchor: String::new(),
+            }),
+            Err(e) => {
+                if output == Output::Table {
+                    println!("{endpoint}: unreachable: {e}");
+                }
+                unreachable.push((endpoint.clone(), e.to_string()));
+            }
+        }
+    }
+    // The highest record every node with a sound chain has: their hashes there must agree.
+    let common = nodes
+        .iter()
+        .filter(|n| n.verified.ok)
+        .map(|n| n.verified.head_seq)
+        .min()
+        .unwrap_or(0);
+    for n in nodes.iter_mut().filter(|n| n.verified.ok) {
+        if common > 0 {
+            n.at_common = at_hash(&client, n.index, common).await;
+        }
+        if let Some((seq, _)) = &anchor {
+            n.at_anchor = at_hash(&client, n.index, *seq).await;
+        }
+    }
+    let mut problems = Vec::new();
+    for n in &nodes {
+        let v = &n.verified;
+        if !v.ok {
+            problems.push(format!(
+                "{}: BROKEN at record {}: {}",
+                n.endpoint, v.broken_seq, v.reason
+            ));
+        }
+    }
+    let sound: Vec<&NodeChain> = nodes.iter().filter(|n| n.verified.ok).collect();
+    if let Some(first) = sound.first()
+        && common > 0
+    {
+        for n in &sound[1..] {
+            if n.at_common != first.at_common {
+                problems.push(format!(
+                    "{} and {} differ at record {common}, the highest every node has: {} against {}",
+                    n.endpoint,
+                    first.endpoint,
+                    short_hash(&n.at_common),
+                    short_hash(&first.at_common)
+                ));
+            }
+        }
+    }
+    if let Some((seq, hash)) = &anchor {
+        for n in &sound {
+            if n.verified.head_seq < *seq {
+                problems.push(format!(
+                    "{}: its chain ends at record {}, before the anchor's record {seq}: records were removed",
+                    n.endpoint, n.verified.head_seq
+                ));
+            } else if n.at_anchor != *hash {
+                problems.push(format!(
+                    "{}: record {seq} hashes to {}, the anchor says {}: the history was rewritten",
+                    n.endpoint,
+                    short_hash(&n.at_anchor),
+                    short_hash(hash)
+                ));
+            }
+        }
+    }
+    match output {
+        Output::Table => {
+            for n in &nodes {
+                let v = &n.verified;
+                if v.ok {
+                    println!(
+                        "{}: ok, {} records, head {} {}",
+                        n.endpoint,
+                        v.records_checked,
+                        v.head_seq,
+                        short_hash(&v.head_hash)
+                    );
+                }
+            }
+            if common > 0 && !sound.is_empty() {
+                println!(
+                    "record {common}, the highest every node has: {}",
+                    if sound.iter().all(|n| n.at_common == sound[0].at_common) {
+                        format!(
+                            "the same hash on every node, {}",
+                            short_hash(&sound[0].at_common)
+                        )
+                    } else {
+                        "DIFFERENT hashes".to_string()
+                    }
+                );
+            }
+            if let Some((seq, _)) = &anchor
+                && problems.iter().all(|p| !p.contains("anchor"))
+            {
+                println!("anchor {seq}: matches on every node");
+            }
+            for p in &problems {
+                println!("{p}");
+            }
+        }
+        Output::Json => {
+            let rows: Vec<serde_json::Value> = nodes
+                .iter()
+                .map(|n| {
+                    let v = &n.verified;
+                    serde_json::json!({"endpoint": n.endpoint, "ok": v.ok, "records_checked": v.records_checked, "broken_seq": v.broken_seq, "reason": v.reason, "head_seq": v.head_seq, "head_hash": v.head_hash, "hash_at_common": n.at_common, "hash_at_anchor": n.at_anchor})
+                })
+                .chain(unreachable.iter().map(|(e, err)| serde_json::json!({"endpoint": e, "error": err})))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"ok": problems.is_empty(), "common_seq": common, "problems": problems, "nodes": rows})
+            );
+        }
+    }
+    if problems.is_empty() && !unreachable.is_empty() {
+        return Err(Unreachable(unreachable.into_iter().map(|(e, _)| e).collect()).into());
+    }
+    Ok(problems.is_empty())
+}
+
+/// Endpoint #`index`'s chain hash at `seq` (empty if its chain does not verify through it,
+/// or it did not answer).
+async fn at_hash(client: &Client, index: usize, seq: u64) -> String {
+    client
+        .verify_audit_of(index, seq)
+        .await
+        .map(|v| v.at_hash)
+        .unwrap_or_default()
+}
+
+fn short_hash(h: &str) -> &str {
+    if h.is_empty() {
+        "(none)"
+    } else {
+        &h[..16.min(h.len())]
+    }
+}
+
+/// Prints `SEQ:HASH` of the chain head from the first endpoint whose chain verifies.
+pub async fn audit_anchor(conn: &Connection, output: Output) -> anyhow::Result<bool> {
+    let client = conn.client()?;
+    let mut last_error = String::new();
+    for (index, endpoint) in client.endpoints().iter().enumerate() {
+        match client.verify_audit_of(index, 0).await {
+            Ok(v) if v.ok && v.head_seq > 0 => {
+                match output {
+                    Output::Table => println!("{}:{}", v.head_seq, v.head_hash),
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::json!({"seq": v.head_seq, "hash": v.head_hash, "endpoint": endpoint, "anchor": format!("{}:{}", v.head_seq, v.head_hash)})
+                    ),
+                }
+                return Ok(true);
+            }
+            Ok(v) if v.ok => last_error = format!("{endpoint}: the audit log is empty"),
+            Ok(v) => {
+                last_error = format!(
+                    "{endpoint}: its chain is BROKEN at record {}: {}",
+                    v.broken_seq, v.reason
+                )
+            }
+            Err(e) => last_error = format!("{endpoint}: {e}"),
+        }
+    }
+    anyhow::bail!("no endpoint gave an anchor (a head of a chain that verifies): {last_error}")
+}
+
+/// Each endpoint's security log (a per-node question, like `audit verify`).
+pub async fn audit_security(
+    conn: &Connection,
+    output: Output,
+    after: u64,
+    limit: u32,
+) -> anyhow::Result<bool> {
+    let client = conn.client()?;
+    let mut unreachable = Vec::new();
+    let mut rows = Vec::new();
+    for (i, endpoint) in client.endpoints().iter().enumerate() {
+        match client.security_log_of(i, after, limit).await {
+            Ok(log) => {
+                if output == Output::Table {
+                    println!(
+                        "{endpoint} (node {}): {} refusals recorded, {} kept (at most {})",
+                        log.node_id,
+                        log.total,
+                        log.events.len(),
+                        log.capacity
+                    );
+                    for e in &log.events {
+                        println!(
+                            "{:>6}  {:<28} {:<14} {:<18} {:<14} {}  {}",
+                            e.seq,
+                            e.at,
+                            e.kind,
+                            e.code,
+                            if e.actor.is_empty() { "-" } else { &e.actor },
+                            e.method,
+                            e.reason
+                        );
+                    }
+                }
+                let events: Vec<serde_json::Value> = log
+                    .events
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({"seq": e.seq, "at": e.at, "kind": e.kind, "method": e.method,
+                            "actor": e.actor, "remote": e.remote, "code": e.code, "reason": e.reason})
+                    })
+                    .collect();
+                rows.push(
+                    serde_json::json!({"endpoint": endpoint, "node_id": log.node_id,
+                    "total": log.total, "capacity": log.capacity, "events": events}),
+                );
+            }
+            Err(e @ (Error::Unauthenticated(_) | Error::PermissionDenied(_))) => {
+                return Err(e.into());
+            }
+            Err(e) => {
+                unreachable.push(endpoint.clone());
+                if output == Output::Table {
+                    println!("{endpoint}: unreachable: {e}");
+                }
+                rows.push(serde_json::json!({"endpoint": endpoint, "error": e.to_string()}));
+            }
+        }
+    }
+    if output == Output::Json {
+        println!("{}", serde_json::Value::Array(rows));
+    }
+    if !unreachable.is_empty() {
+        return Err(Unreachable(unreachable).into());
+    }
+    Ok(true)
+}
+
+pub async fn audit_tail(
+    conn: &Connection,
+    output: Output,
+    from: u64,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let mut stream = conn.client()?.tail(from, follow).await?;
+    if output == Output::Table {
+        println!(
+            "{:>6}  {:<28} {:<18} {:<20} {:<14} {:<14} {:<20} FROM -> TO",
+            "SEQ", "AT", "KIND", "WORKFLOW", "INSTANCE", "ACTOR", "TRANSITION"
+        );
+    }
+    while let Some(rec) = stream.message().await.map_err(Error::Other)? {
+        match output {
+            // One record per line, so that a followed feed can be consumed as it comes.
+            Output::Json => println!("{}", record_value(&rec)?),
+            Output::Table => println!(
+                "{:>6}  {:<28} {:<18} {:<20} {:<14} {:<14} {:<20} {} -> {}",
+                rec.global_seq,
+                rec.at,
+                rec.kind,
+                rec.workflow,
+                rec.instance_id,
+                rec.actor_id,
+                rec.transition,
+                rec.from,
+                rec.to
+            ),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! Commands on instances: create, transition, send events, resolve incidents, migrate, get,
+//! list and history.
+
+use super::*;
+
+pub async fn create(
+    conn: &Connection,
+    output: Output,
+    workflow: &str,
+    key: Option<&str>,
+    data: Option<&str>,
+) -> anyhow::Result<()> {
+    let data = match parse_json(data, "--data")? {
+        serde_json::Value::Null => serde_json::json!({}),
+        d => d,
+    };
+    let c = conn
+        .client()?
+        .create(&conn.request_id(), workflow, key, &data)
+        .await?;
+    print_change(output, &c);
+    Ok(())
+}
+
+pub async fn transition(
+    conn: &Connection,
+    output: Output,
+    instance: &str,
+    transition: &str,
+    payload: Option<&str>,
+    expected_version: Option<u64>,
+) -> anyhow::Result<()> {
+    let payload = parse_json(payload, "--payload")?;
+    let c = conn
+        .client()?
+        .transition(
+            &conn.request_id(),
+            target(instance),
+            transition,
+            &payload,
+            expected_version,
+        )
+        .await?;
+    print_change(output, &c);
+    Ok(())
+}
+
+pub async fn resolve(
+    conn: &Connection,
+    output: Output,
+    instance: &str,
+    incident: &str,
+    retry: bool,
+) -> anyhow::Result<()> {
+    let c = conn
+        .client()?
+        .resolve_incident(&conn.request_id(), target(instance), incident, retry)
+        .await?;
+    print_change(output, &c);
+    Ok(())
+}
+
+pub async fn event(
+    conn: &Connection,
+    output: Output,
+    instance: &str,
+    event: &str,
+    payload: Option<&str>,
+) -> anyhow::Result<()> {
+    let payload = parse_json(payload, "--payload")?;
+    let c = conn
+        .client()?
+        .send_event(&conn.request_id(), target(instance), event, &payload)
+        .await?;
+    print_change(output, &c);
+    Ok(())
+}
+
+/// How `lockstep migrate` re-arms timers (`--timers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TimersArg {
+    /// Keep absolute deadlines of state expiries and SLA breaches.
+    KeepDeadline,
+    /// Keep the remaining budgets, counted with the new version's calendars.
+    KeepRemaining,
+    /// Re-arm as if the state was just entered; SLA clocks start over.
+    Restart,
+}
+
+impl TimersArg {
+    fn policy(self) -> pb::TimerPolicy {
+        match self {
+            TimersArg::KeepDeadline => pb::TimerPolicy::KeepDeadline,
+            TimersArg::KeepRemaining => pb::TimerPolicy::KeepRemaining,
+            TimersArg::Restart => pb::TimerPolicy::Restart,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            TimersArg::KeepDeadline => "keep-deadline",
+            TimersArg::KeepRemaining => "keep-remaining",
+            TimersArg::Restart => "restart",
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    /// The workflow whose instances move.
+    pub workflow: String,
+    /// Instances to migrate: ids (i-42) or workflow/key; or use --all.
+    #[arg(required_unless_present = "all")]
+    pub instances: Vec<String>,
+    /// Every instance at the --from version (in batches, until none remain).
+    #[arg(long, conflicts_with = "instances")]
+    pub all: bool,
+    /// The version the instances run now (full, or a unique prefix).
+    #[arg(long, value_name = "VERSION")]
+    pub from: String,
+    /// The applied version to move them to (full, or a unique prefix).
+    #[arg(long, value_name = "VERSION")]
+    pub to: String,
+    /// A state mapping OLD=NEW (repeat it); unmapped states keep their name.
+    #[arg(long = "map", value_name = "OLD=NEW", value_parser = parse_mapping)]
+    pub map: Vec<(String, String)>,
+    /// How state expiry and SLA timers are re-armed.
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub timers: TimersArg,
+}
+
+fn parse_mapping(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((old, new)) if !old.trim().is_empty() && !new.trim().is_empty() => {
+            Ok((old.trim().to_string(), new.trim().to_string()))
+        }
+        _ => Err(format!(
+            "`{text}` is not OLD=NEW (a state of the old version, `=`, a state of the new one)"
+        )),
+    }
+}
+
+/// `lockstep migrate`: one call for listed instances; with --all, calls until the cluster
+/// says none remain, each batch under its own request id (`<request id>-<batch>`, so
+/// re-running with the same --request-id replays the same batches).
+pub async fn migrate(conn: &Connection, output: Output, args: &MigrateArgs) -> anyhow::Result<()> {
+    let mut mapping = std::collections::HashMap::new();
+    for (old, new) in &args.map {
+        if let Some(earlier) = mapping.insert(old.clone(), new.clone())
+            && earlier != *new
+        {
+            bail!("--map names state `{old}` twice (`{earlier}` and `{new}`)");
+        }
+    }
+    let client = conn.client()?;
+    let base = conn.request_id();
+    let mut request = pb::MigrateInstancesRequest {
+        request_id: base.clone(),
+        workflow: args.workflow.clone(),
+        from_version: args.from.clone(),
+        to_version: args.to.clone(),
+        state_mapping: mapping,
+        timer_policy: args.timers.policy() as i32,
+        instances: args.instances.iter().map(|i| target(i)).collect(),
+        all: args.all,
+        page_token: String::new(),
+    };
+    let mut migrated: Vec<pb::MigratedInstance> = Vec::new();
+    // The full versions, as the cluster resolved the prefixes given.
+    let mut versions: (String, String);
+    let mut batches = 0u32;
+    loop {
+        batches += 1;
+        if args.all {
+            request.request_id = format!("{base}-{batches}");
+        }
+        let r = match client.migrate(request.clone()).await {
+            Ok(r) => r,
+            Err(e) if !migrated.is_empty() => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "{} instance(s) were migrated by earlier batches, then a batch failed",
+                    migrated.len()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        versions = (r.from_version.clone(), r.to_version.clone());
+        if output == Output::Table {
+            for m in &r.instances {
+                println!(
+                    "{:<14} {} -> {}  version={}  audit_seq={}",
+                    m.instance_id, m.from_state, m.to_state, m.version, m.audit_seq
+                );
+            }
+        }
+        migrated.extend(r.instances);
+        if !(args.all && r.more) {
+            break;
+        }
+        request.page_token = r.next_page_token;
+    }
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "workflow": args.workflow,
+                "from_version": versions.0,
+                "to_version": versions.1,
+                "timer_policy": args.timers.name(),
+                "migrated": migrated.len(),
+                "batches": batches,
+                "instances": migrated.iter().map(|m| serde_json::json!({
+                    "instance_id": m.instance_id, "from_state": m.from_state, "to_state": m.to_state,
+                    "version": m.version, "audit_seq": m.audit_seq,
+                })).collect::<Vec<_>>(),
+            })
+        ),
+        Output::Table => println!(
+            "migrated {} instance(s) of {} from {} to {} (timers: {})",
+            migrated.len(),
+            args.workflow,
+            &versions.0[..12.min(versions.0.len())],
+            &versions.1[..12.min(versions.1.len())],
+            args.timers.name()
+        ),
+    }
+    Ok(())
+}
+
+fn instance_json(i: &pb::Instance) -> serde_json::Value {
+    serde_json::json!({
+        "id": i.id, "workflow": i.workflow, "key": i.key, "state": i.state, "version": i.version,
+        "data": serde_json::from_str::<serde_json::Value>(&i.data_json).unwrap_or_default(),
+        "created_by": i.created_by, "created_at": i.created_at, "entered_at": i.entered_at, "updated_at": i.updated_at,
+        "definition_version": i.definition_version,
+        "slas": i.slas.iter().map(|s| serde_json::json!({"name": s.name, "status": s.status, "breached": s.breached, "warned_percent": s.warned_percent, "remaining_ms": s.remaining_ms})).collect::<Vec<_>>(),
+        "timers": i.timers.iter().map(|t| serde_json::json!({"id": t.id, "due_at": t.due_at})).collect::<Vec<_>>(),
+        "tasks": serde_json::from_str::<serde_json::Value>(&i.tasks_json).unwrap_or_default(),
+        "incidents": serde_json::from_str::<serde_json::Value>(&i.incidents_json).unwrap_or_default(),
+    })
+}
+
+pub async fn get(
+    conn: &Connection,
+    output: Output,
+    instance: &str,
+    stale: bool,
+) -> anyhow::Result<()> {
+    let consistency = if stale {
+        pb::ReadConsistency::Stale
+    } else {
+        pb::ReadConsistency::Linearizable
+    };
+    let r = conn.client()?.get(target(instance), consistency).await?;
+    let i = r.instance.context("the node returned no instance")?;
+    let read = r.read.unwrap_or_default();
+    match output {
+        Output::Json => {
+            let mut v = instance_json(&i);
+            v["read"] = serde_json::json!({"stale": read.stale, "node_id": read.node_id, "applied_index": read.applied_index});
+            println!("{v}");
+        }
+        Output::Table => {
+            println!(
+                "{} ({} {}){}",
+                i.id,
+                i.workflow,
+                if i.key.is_empty() {
+                    String::new()
+                } else {
+                    format!("key {}", i.key)
+                },
+                if read.stale { "  [stale read]" } else { "" }
+            );
+            println!("  state     {}  (since {})", i.state, i.entered_at);
+            println!("  version   {}", i.version);
+            println!("  data      {}", i.data_json);
+            for s in &i.slas {
+                println!(
+                    "  sla       {}: {}{}{}  remaining {} ms",
+                    s.name,
+                    s.status,
+                    if s.warned_percent > 0 {
+                        format!(", warned {}%", s.warned_percent)
+                    } else {
+                        String::new()
+                    },
+                    if s.breached { ", BREACHED" } else { "" },
+                    s.remaining_ms
+                );
+            }
+            for t in &i.timers {
+                println!("  timer     {} due {}", t.id, t.due_at);
+            }
+            let tasks: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&i.tasks_json).unwrap_or_default();
+            for (id, t) in &tasks {
+                println!(
+                    "  task      {id} on queue {}: {} (attempt {}){}",
+                    t["queue"].as_str().unwrap_or("?"),
+                    t["status"].as_str().unwrap_or("?"),
+                    t["attempt"],
+                    t["last_error"]
+                        .as_str()
+                        .map(|e| format!(", last error: {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            let incidents: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&i.incidents_json).unwrap_or_default();
+            for (id, inc) in &incidents {
+                let open = inc["resolved_at"].is_null();
+                println!(
+                    "  incident  {id} {}: {}",
+                    if open { "OPEN" } else { "resolved" },
+                    inc["reason"].as_str().unwrap_or("?")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Which instances `lockstep list` shows.
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    pub state: Option<String>,
+    pub sla: Option<String>,
+    pub incidents: bool,
+}
+
+pub async fn list(
+    conn: &Connection,
+    output: Output,
+    workflow: &str,
+    filter: ListFilter,
+    page_size: u32,
+    page_token: Option<String>,
+) -> anyhow::Result<()> {
+    let request = pb::ListInstancesRequest {
+        workflow: workflow.into(),
+        state: filter.state.unwrap_or_default(),
+        sla_status: filter.sla.unwrap_or_default(),
+        updated_since: String::new(),
+        page_size,
+        page_token: page_token.unwrap_or_default(),
+        consistency: 0,
+        open_incidents: filter.incidents,
+    };
+    let r = conn.client()?.list(request).await?;
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"instances": r.instances.iter().map(instance_json).collect::<Vec<_>>(), "next_page_token": r.next_page_token})
+        ),
+        Output::Table => {
+            println!(
+                "{:<14} {:<16} {:<22} {:>7}  UPDATED",
+                "ID", "KEY", "STATE", "VERSION"
+            );
+            for i in &r.instances {
+                println!(
+                    "{:<14} {:<16} {:<22} {:>7}  {}",
+                    i.id, i.key, i.state, i.version, i.updated_at
+                );
+            }
+            if !r.next_page_token.is_empty() {
+                println!("(more: --page-token {})", r.next_page_token);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn history(conn: &Connection, output: Output, instance: &str) -> anyhow::Result<()> {
+    let r = conn.client()?.history(target(instance), 0).await?;
+    match output {
+        Output::Json => {
+            let records = r
+                .records
+                .iter()
+                .map(record_value)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            println!("{}", serde_json::Value::Array(records));
+        }
+        Output::Table => {
+            println!(
+                "{:>5} {:>4}  {:<28} {:<16} {:<14} {:<24} FROM -> TO",
+                "SEQ", "#", "AT", "KIND", "ACTOR", "TRANSITION"
+            );
+            for rec in &r.records {
+                println!(
+                    "{:>5} {:>4}  {:<28} {:<16} {:<14} {:<24} {} -> {}",
+                    rec.global_seq,
+                    rec.instance_seq,
+                    rec.at,
+                    rec.kind,
+                    rec.actor_id,
+                    rec.transition,
+                    rec.from,
+                    rec.to
+                );
+            }
+        }
+    }
+    Ok(())
+}

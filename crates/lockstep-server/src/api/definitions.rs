@@ -1,0 +1,108 @@
+//! The `Definitions` service: apply, get and list workflow definitions.
+
+use super::*;
+
+fn definition_pb(d: StoredDefinition) -> pb::Definition {
+    pb::Definition {
+        workflow: d.workflow,
+        version: d.version,
+        source: d.source,
+        provenance: Some(pb::Provenance {
+            repository: d.provenance.repository,
+            commit: d.provenance.commit,
+            path: d.provenance.path,
+        }),
+        applied_by: d.applied_by,
+        applied_at: d.applied_at.to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::definitions_server::Definitions for Api {
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyDefinitionRequest>,
+    ) -> Result<Response<pb::ApplyDefinitionResponse>, Status> {
+        let actor = self.actor(request.extensions())?;
+        let (metadata, _, req) = request.into_parts();
+        let provenance = req
+            .provenance
+            .map(|p| Provenance {
+                repository: p.repository,
+                commit: p.commit,
+                path: p.path,
+            })
+            .unwrap_or_default();
+        // Validate before proposing, so a broken file costs no log entry and gets every
+        // diagnostic; apply validates again, deterministically.
+        if let Err(diagnostics) = compile(Some(&provenance.path), &req.source, &Limits::default()) {
+            let text: Vec<String> = diagnostics.iter().map(|d| d.to_string()).collect();
+            let refusal = lockstep_core::Refusal::new(
+                lockstep_core::RefusalCode::DefinitionInvalid,
+                format!(
+                    "the definition has {} error(s):\n{}",
+                    diagnostics.len(),
+                    text.join("\n")
+                ),
+            );
+            return Err(status::refusal(&refusal));
+        }
+        match self
+            .write(
+                &metadata,
+                &req.request_id,
+                Body::ApplyDefinition {
+                    source: req.source,
+                    provenance,
+                    actor,
+                },
+            )
+            .await?
+        {
+            Applied::Definition {
+                workflow,
+                version,
+                created,
+            } => Ok(Response::new(pb::ApplyDefinitionResponse {
+                workflow,
+                version,
+                created,
+            })),
+            Applied::Refused(r) => Err(status::refusal(&r)),
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetDefinitionRequest>,
+    ) -> Result<Response<pb::Definition>, Status> {
+        let req = request.into_inner();
+        self.read_info(req.consistency).await?;
+        let version = (!req.version.is_empty()).then_some(req.version.as_str());
+        let d = read::definition(&*self.node.store, &req.workflow, version)
+            .map_err(status::store_error)?;
+        d.map(|d| Response::new(definition_pb(d))).ok_or_else(|| {
+            Status::not_found(format!(
+                "no definition of workflow `{}`{}",
+                req.workflow,
+                version
+                    .map(|v| format!(" at version {v}"))
+                    .unwrap_or_default()
+            ))
+        })
+    }
+
+    async fn list_versions(
+        &self,
+        request: Request<pb::ListDefinitionVersionsRequest>,
+    ) -> Result<Response<pb::ListDefinitionVersionsResponse>, Status> {
+        let req = request.into_inner();
+        self.read_info(req.consistency).await?;
+        let versions = read::definition_versions(&*self.node.store, &req.workflow)
+            .map_err(status::store_error)?;
+        Ok(Response::new(pb::ListDefinitionVersionsResponse {
+            versions: versions.into_iter().map(definition_pb).collect(),
+        }))
+    }
+}

@@ -1,0 +1,394 @@
+//! The `Instances` service: create, transition, send events, get, list, history and migrate.
+
+use super::*;
+
+#[tonic::async_trait]
+impl pb::instances_server::Instances for Api {
+    async fn create(
+        &self,
+        request: Request<pb::CreateInstanceRequest>,
+    ) -> Result<Response<pb::InstanceChange>, Status> {
+        let actor = self.actor(request.extensions())?;
+        let (metadata, _, req) = request.into_parts();
+        if req.workflow.is_empty() {
+            return Err(status::bad_request(
+                "workflow is empty: name the workflow to create an instance of",
+            ));
+        }
+        let data = match json(&req.data_json, "data_json")? {
+            serde_json::Value::Null => serde_json::json!({}),
+            d => d,
+        };
+        let key = (!req.key.is_empty()).then_some(req.key);
+        change(
+            self.write(
+                &metadata,
+                &req.request_id,
+                Body::Create {
+                    workflow: req.workflow,
+                    key,
+                    data,
+                    actor,
+                },
+            )
+            .await?,
+        )
+    }
+
+    async fn transition(
+        &self,
+        request: Request<pb::TransitionRequest>,
+    ) -> Result<Response<pb::InstanceChange>, Status> {
+        let actor = self.actor(request.extensions())?;
+        let (metadata, _, req) = request.into_parts();
+        let target = self.resolve(req.instance)?;
+        let payload = json(&req.payload_json, "payload_json")?;
+        let body = Body::Transition {
+            target,
+            transition: req.transition,
+            payload,
+            actor,
+            expected_version: req.expected_version,
+        };
+        change(self.write(&metadata, &req.request_id, body).await?)
+    }
+
+    async fn send_event(
+        &self,
+        request: Request<pb::SendEventRequest>,
+    ) -> Result<Response<pb::InstanceChange>, Status> {
+        let actor = self.actor(request.extensions())?;
+        let (metadata, _, req) = request.into_parts();
+        let target = self.resolve(req.instance)?;
+        let payload = json(&req.payload_json, "payload_json")?;
+        change(
+            self.write(
+                &metadata,
+                &req.request_id,
+                Body::Event {
+                    target,
+                    event: req.event,
+                    payload,
+                    actor,
+                },
+            )
+            .await?,
+        )
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetInstanceRequest>,
+    ) -> Result<Response<pb::GetInstanceResponse>, Status> {
+        let req = request.into_inner();
+        let target = self.resolve(req.instance)?;
+        let info = self.read_info(req.consistency).await?;
+        let instance = self.load(&target)?;
+        Ok(Response::new(pb::GetInstanceResponse {
+            instance: Some(self.instance_pb(&instance)?),
+            read: Some(info),
+        }))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let req = request.into_inner();
+        if req.workflow.is_empty() {
+            return Err(status::bad_request(
+                "workflow is empty: listing is per workflow",
+            ));
+        }
+        if req.page_size > PAGE_SIZE_MAX {
+            return Err(status::bad_request(format!(
+                "page_size {} is more than {PAGE_SIZE_MAX}",
+                req.page_size
+            )));
+        }
+        let size = if req.page_size == 0 {
+            PAGE_SIZE_DEFAULT
+        } else {
+            req.page_size
+        } as usize;
+        let since = if req.updated_since.is_empty() {
+            None
+        } else {
+            Some(Timestamp::parse_rfc3339(&req.updated_since).map_err(status::bad_request)?)
+        };
+        let sla_filter = match req.sla_status.as_str() {
+            "" => None,
+            s @ ("running" | "paused" | "stopped" | "warned" | "breached") => Some(s.to_string()),
+            other => {
+                return Err(status::bad_request(format!(
+                    "sla_status `{other}` is not running, paused, stopped, warned or breached"
+                )));
+            }
+        };
+        let info = self.read_info(req.consistency).await?;
+        let state = (!req.state.is_empty()).then_some(req.state.as_str());
+        let after =
+            if req.page_token.is_empty() {
+                None
+            } else {
+                let bytes = hex::decode(&req.page_token).map_err(|_| {
+                status::bad_request(
+                    "page_token is not one this server returned; pass next_page_token as it came",
+                )
+            })?;
+                Some(String::from_utf8(bytes).map_err(|_| {
+                    status::bad_request("page_token is not one this server returned")
+                })?)
+            };
+        let ids = read::instance_ids(
+            &*self.node.store,
+            &req.workflow,
+            state,
+            after.as_deref(),
+            size,
+        )
+        .map_err(status::store_error)?;
+        let next_page_token = if ids.len() == size {
+            ids.last()
+                .and_then(|id| read::instance(&*self.node.store, id).ok().flatten())
+                .map(|i| page_token(state, &i))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let mut instances = Vec::new();
+        for id in &ids {
+            let Some(i) = read::instance(&*self.node.store, id).map_err(status::store_error)?
+            else {
+                continue;
+            };
+            if since.is_some_and(|s| i.updated_at < s) {
+                continue;
+            }
+            if req.open_incidents && !i.incidents.values().any(|x| x.resolved_at.is_none()) {
+                continue;
+            }
+            let pbi = self.instance_pb(&i)?;
+            if let Some(want) = &sla_filter {
+                let matches = pbi.slas.iter().any(|s| match want.as_str() {
+                    "breached" => s.breached,
+                    "warned" => s.warned_percent > 0 && !s.breached,
+                    status => s.status == status,
+                });
+                if !matches {
+                    continue;
+                }
+            }
+            instances.push(pbi);
+        }
+        Ok(Response::new(pb::ListInstancesResponse {
+            instances,
+            next_page_token,
+            read: Some(info),
+        }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let req = request.into_inner();
+        if req.limit > HISTORY_LIMIT_MAX {
+            return Err(status::bad_request(format!(
+                "limit {} is more than {HISTORY_LIMIT_MAX}",
+                req.limit
+            )));
+        }
+        let target = self.resolve(req.instance)?;
+        self.read_info(req.consistency).await?;
+        let instance = self.load(&target)?;
+        let limit = if req.limit == 0 { 1000 } else { req.limit } as usize;
+        let records =
+            read::history(&*self.node.store, &instance.id, limit).map_err(status::store_error)?;
+        Ok(Response::new(pb::HistoryResponse {
+            records: records.iter().map(audit_pb).collect(),
+        }))
+    }
+
+    async fn migrate(
+        &self,
+        request: Request<pb::MigrateInstancesRequest>,
+    ) -> Result<Response<pb::MigrateInstancesResponse>, Status> {
+        // The policy's migrate_instances permission was checked by `AuthLayer`.
+        let actor = self.actor(request.extensions())?;
+        let (metadata, _, req) = request.into_parts();
+        let request_id = req.request_id.clone();
+        let (plan, selection) = self.migrate_request(req).await?;
+        let (from_version, to_version) = (plan.from_version.clone(), plan.to_version.clone());
+        let body = Body::Migrate {
+            plan,
+            selection,
+            actor,
+        };
+        match self.write(&metadata, &request_id, body).await? {
+            Applied::Migrated { instances, next } => {
+                Ok(Response::new(pb::MigrateInstancesResponse {
+                    migrated: u32::try_from(instances.len()).unwrap_or(u32::MAX),
+                    instances: instances
+                        .into_iter()
+                        .map(|m| pb::MigratedInstance {
+                            instance_id: m.instance_id,
+                            from_state: m.from_state,
+                            to_state: m.to_state,
+                            version: m.version,
+                            audit_seq: m.global_seq,
+                        })
+                        .collect(),
+                    more: next.is_some(),
+                    next_page_token: next.as_ref().map(cursor_token).unwrap_or_default(),
+                    from_version,
+                    to_version,
+                }))
+            }
+            Applied::Refused(r) => Err(status::refusal(&r)),
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
+    }
+}
+
+impl Api {
+    /// A full version of `workflow` from a full version or a unique prefix. A prefix that
+    /// matches nothing is passed on as given, so apply refuses it with UNKNOWN_VERSION.
+    async fn full_version(
+        &self,
+        workflow: &str,
+        version: &str,
+        what: &str,
+    ) -> Result<String, Status> {
+        if version.is_empty() {
+            return Err(status::bad_request(format!(
+                "{what} is empty: name a version of `{workflow}` (a prefix as `lockstep apply` prints it is enough)"
+            )));
+        }
+        if version.len() >= 64 {
+            return Ok(version.to_string());
+        }
+        // Versions are never removed, but a lagging replica may not have one yet.
+        self.read_info(pb::ReadConsistency::Linearizable as i32)
+            .await?;
+        let versions =
+            read::definition_versions(&*self.node.store, workflow).map_err(status::store_error)?;
+        let matching: Vec<&str> = versions
+            .iter()
+            .map(|d| d.version.as_str())
+            .filter(|v| v.starts_with(version))
+            .collect();
+        match matching.as_slice() {
+            [one] => Ok((*one).to_string()),
+            [] => Ok(version.to_string()),
+            several => Err(status::bad_request(format!(
+                "{what} `{version}` matches {} versions of `{workflow}`: give more of it",
+                several.len()
+            ))),
+        }
+    }
+
+    async fn migrate_request(
+        &self,
+        req: pb::MigrateInstancesRequest,
+    ) -> Result<(Migration, Selection), Status> {
+        if req.workflow.is_empty() {
+            return Err(status::bad_request(
+                "workflow is empty: name the workflow whose instances to migrate",
+            ));
+        }
+        let timers = match pb::TimerPolicy::try_from(req.timer_policy) {
+            Ok(pb::TimerPolicy::KeepDeadline) => TimerPolicy::KeepDeadline,
+            Ok(pb::TimerPolicy::KeepRemaining) => TimerPolicy::KeepRemaining,
+            Ok(pb::TimerPolicy::Restart) => TimerPolicy::Restart,
+            Ok(pb::TimerPolicy::Unspecified) | Err(_) => {
+                return Err(status::bad_request(
+                    "timer_policy is missing: declare how timers are re-armed (keep-deadline, keep-remaining or restart)",
+                ));
+            }
+        };
+        if req.state_mapping.len() > MIGRATION_MAPPING_ENTRIES_MAX {
+            return Err(status::bad_request(format!(
+                "state_mapping has {} entries, more than {MIGRATION_MAPPING_ENTRIES_MAX}",
+                req.state_mapping.len()
+            )));
+        }
+        if let Some((from, to)) = req
+            .state_mapping
+            .iter()
+            .find(|(from, to)| from.is_empty() || to.is_empty())
+        {
+            return Err(status::bad_request(format!(
+                "state_mapping has an empty state name (`{from}` -> `{to}`)"
+            )));
+        }
+        let selection = match (req.all, req.instances.is_empty()) {
+            (true, true) => Selection::All {
+                after: cursor(&req.page_token)?,
+            },
+            (false, false) => {
+                if !req.page_token.is_empty() {
+                    return Err(status::bad_request(
+                        "page_token goes with `all`, not with a list of instances",
+                    ));
+                }
+                Selection::Instances(
+                    req.instances
+                        .into_iter()
+                        .map(|r| self.resolve(Some(r)))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            (true, false) => {
+                return Err(status::bad_request(
+                    "give either instances or `all`, not both",
+                ));
+            }
+            (false, true) => {
+                return Err(status::bad_request(
+                    "no instances selected: list instances, or set `all` to migrate every instance at from_version",
+                ));
+            }
+        };
+        let plan = Migration {
+            from_version: self
+                .full_version(&req.workflow, &req.from_version, "from_version")
+                .await?,
+            to_version: self
+                .full_version(&req.workflow, &req.to_version, "to_version")
+                .await?,
+            workflow: req.workflow,
+            mapping: req.state_mapping.into_iter().collect(),
+            timers,
+        };
+        Ok((plan, selection))
+    }
+}
+
+/// The resume point of an all-instances migration, from its page token.
+fn cursor(token: &str) -> Result<Option<MigrationCursor>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        status::bad_request(
+            "page_token is not one this server returned; pass next_page_token as it came",
+        )
+    };
+    let text = String::from_utf8(hex::decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
+    let (state, instance_id) = text.split_once('\0').ok_or_else(bad)?;
+    Ok(Some(MigrationCursor {
+        state: state.to_string(),
+        instance_id: instance_id.to_string(),
+    }))
+}
+
+fn cursor_token(cursor: &MigrationCursor) -> String {
+    hex::encode(format!("{}\0{}", cursor.state, cursor.instance_id))
+}
+
+/// The resume point of a listing: the index key (workflow, state, id) after which the next
+/// page starts, hex-encoded so that it is an opaque, printable token.
+fn page_token(_state: Option<&str>, i: &Instance) -> String {
+    hex::encode(format!("{}\0{}\0{}\0", i.workflow, i.state, i.id))
+}
