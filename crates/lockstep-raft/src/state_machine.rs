@@ -84,11 +84,14 @@ fn stem(name: &str) -> Option<&str> {
 }
 
 /// The snapshot directory, shared by the state machine and its builders; the lock orders
-/// recording a snapshot, exporting one and removing what is no longer recorded.
+/// recording a snapshot, exporting one and removing what is no longer recorded. `state`
+/// keeps a build's checkpoint and an install apart (taken before `lock`): a checkpoint taken
+/// in the middle of an install would hold half of the new state under the old applied id.
 #[derive(Clone, Debug)]
 struct SnapshotDir {
     path: PathBuf,
     lock: Arc<Mutex<()>>,
+    state: Arc<Mutex<()>>,
 }
 
 fn unique(prefix: &str) -> String {
@@ -142,6 +145,11 @@ impl SnapshotDir {
         self.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Held while a checkpoint is taken and recorded, and while a snapshot is installed.
+    fn hold_state(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Records `stored` as the current snapshot unless a newer one is recorded, then removes
     /// every snapshot file and checkpoint but the current one (and its export). Returns
     /// whether `stored` is now current.
@@ -185,6 +193,7 @@ impl SnapshotDir {
                 self.path.display()
             ))
         };
+        let _state = self.hold_state();
         let building = self.file(&unique("building"));
         store.checkpoint(&building)?;
         let mut metas = Batch::default();
@@ -418,6 +427,7 @@ impl<S: Store> StateMachine<S> {
         let snapshots = SnapshotDir {
             path,
             lock: Arc::new(Mutex::new(())),
+            state: Arc::new(Mutex::new(())),
         };
         if let Some(b) = store.get(Family::RaftMeta, INSTALLING)? {
             let stored: StoredSnapshot = envelope::decode(Family::RaftMeta, INSTALLING, &b)?;
@@ -454,10 +464,33 @@ impl<S: Store> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<S> {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let store = Arc::clone(&self.store);
         let dir = self.snapshots.clone();
-        let stored = tokio::task::spawn_blocking(move || dir.checkpoint(&*store))
+        let built = tokio::task::spawn_blocking(move || dir.checkpoint(&*store))
             .await
             .map_err(|e| snapshot_write_err(std::io::Error::other(e)))?
             .map_err(snapshot_write_err)?;
+        let stored = match self.snapshots.data::<S>(&built).await {
+            Ok(data) => {
+                return Ok(Snapshot {
+                    meta: built.meta,
+                    snapshot: Box::new(data),
+                });
+            }
+            // A snapshot installed from the leader meanwhile is newer than this one, and
+            // recording it removed this checkpoint: the installed one is this state
+            // machine's snapshot now, so it is the answer (failing would stop Raft for good).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                SnapshotDir::current(&*self.store)
+                    .map_err(sm_read)?
+                    .filter(|current| current.meta.last_log_id > built.meta.last_log_id)
+                    .ok_or_else(|| snapshot_err(e))?
+            }
+            Err(e) => return Err(snapshot_err(e)),
+        };
+        tracing::info!(
+            built = built.meta.snapshot_id,
+            installed = stored.meta.snapshot_id,
+            "a snapshot installed meanwhile replaced the one just built"
+        );
         let data = self
             .snapshots
             .data::<S>(&stored)
@@ -577,6 +610,7 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
                     dir.path.display()
                 ))
             })?;
+            let _state = dir.hold_state();
             // From here a crash is finished at the next open, from the file.
             let mut marker = Batch::default();
             marker.put(Family::RaftMeta, INSTALLING, envelope::encode(&stored));
@@ -722,6 +756,47 @@ mod tests {
             [checkpoint_name(&next.meta.snapshot_id)],
             "the older checkpoint and its export are removed"
         );
+    }
+
+    /// A snapshot installed from the leader while this node builds its own (chaos seed 993
+    /// met it: a partitioned follower, healed, asked for a snapshot while the leader sent it
+    /// one) is newer, and recording it removes the checkpoint just built: the build answers
+    /// the installed snapshot instead of failing, which would stop Raft on this node for good.
+    #[tokio::test]
+    async fn a_build_overtaken_by_an_install_answers_the_installed_snapshot() {
+        let dirs = tempfile::tempdir().unwrap();
+        let store = seeded(20);
+        let mut sm = StateMachine::open(Arc::clone(&store), dirs.path()).unwrap();
+        let installed = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: Some(LogId::new(CommittedLeaderId::new(4, 2), 99)),
+                last_membership: StoredMembership::default(),
+                snapshot_id: "4-99-installed".into(),
+            },
+            file: file_name("4-99-installed"),
+        };
+        std::fs::write(dirs.path().join(&installed.file), b"the leader's snapshot").unwrap();
+        // Recorded as an install records it, between this build's checkpoint and its answer
+        // (here: before the build, which the build's own record cannot tell apart).
+        sm.snapshots
+            .record(&*store, &installed, Batch::default())
+            .unwrap();
+
+        let built = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("an overtaken build is not a storage error");
+        assert_eq!(built.meta, installed.meta);
+        assert_eq!(bytes_of(built).await, b"the leader's snapshot");
+        assert_eq!(
+            names(dirs.path()),
+            [installed.file.clone()],
+            "the overtaken checkpoint is gone"
+        );
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, installed.meta);
     }
 
     /// A `Noop` entry at `index` proposed at `at_ms`, applied through openraft's call.
