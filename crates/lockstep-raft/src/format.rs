@@ -6,7 +6,7 @@
 //! ([`LOG_FORMAT_CURRENT`]); the leader asks every member for theirs and, once all of them
 //! read a higher format than the replicated one, proposes [`crate::Body::SetLogFormat`].
 //! Applying that entry raises the replicated format (family `Meta`, key
-//! [`crate::apply::meta::LOG_FORMAT`]) on every replica at the same log index, so behaviour
+//! [`lockstep_store::schema::meta::LOG_FORMAT`]) on every replica at the same log index, so behaviour
 //! that depends on it stays deterministic. Later format changes reuse the same gate: add a
 //! constant, raise [`LOG_FORMAT_CURRENT`], and make the new behaviour conditional on
 //! [`LogFormat::at_least`].

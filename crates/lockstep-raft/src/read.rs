@@ -8,7 +8,8 @@ use lockstep_store::{Family, Store, envelope, keys};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::apply::{AuditHead, OutboxItem, StoredDefinition, key, meta};
+use crate::apply::{AuditHead, OutboxItem, StoredDefinition};
+use lockstep_store::schema::{key, meta};
 
 pub type Result<T> = lockstep_store::Result<T>;
 

@@ -26,10 +26,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use lockstep_raft::apply::meta;
 use lockstep_raft::log_store::LogStore;
 use lockstep_raft::state_machine::{StateMachine, applied_state};
 use lockstep_raft::{Member, NodeId};
+use lockstep_store::schema::meta;
 use lockstep_store::{Batch, Durability, Family, RocksOptions, RocksStore, Store, envelope};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{LogId, Membership, RaftSnapshotBuilder, StoredMembership, Vote};

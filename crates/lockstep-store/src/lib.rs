@@ -11,6 +11,7 @@ pub mod envelope;
 pub mod keys;
 mod memory;
 mod rocks;
+pub mod schema;
 
 use std::fmt;
 

@@ -1,0 +1,273 @@
+//! Writing what the engine decided: an instance command's outcome becomes the instance, its
+//! state index, timers, task indexes, outbox items and the audit record, after the change's
+//! invariants are checked.
+
+use super::*;
+
+impl<S: Store> Applier<'_, S> {
+    pub(super) fn on_instance(
+        &mut self,
+        log_id: LogId<NodeId>,
+        target: &Target,
+        command: Command,
+        at: Timestamp,
+    ) -> StoreResult<Response> {
+        let instance_id = match target {
+            Target::Id(id) => id.clone(),
+            Target::Key { workflow, key } => {
+                match self.get::<String>(Family::IndexKey, &key::business_key(workflow, key))? {
+                    Some(id) => id,
+                    None => {
+                        return Ok(refused(
+                            RefusalCode::UnknownInstance,
+                            format!("workflow `{workflow}` has no instance with key `{key}`"),
+                        ));
+                    }
+                }
+            }
+        };
+        let Some(instance) = self.get::<Instance>(Family::Instances, instance_id.as_bytes())?
+        else {
+            return Ok(refused(
+                RefusalCode::UnknownInstance,
+                format!("no instance `{instance_id}`"),
+            ));
+        };
+        let Some(definition) = self.definition(&instance.workflow, &instance.definition_version)?
+        else {
+            // An instance always pins a stored definition; a missing one is corrupt state.
+            return Err(lockstep_store::Error::Corrupt {
+                family: Family::Definitions,
+                key: keys::show(&key::definition(
+                    &instance.workflow,
+                    &instance.definition_version,
+                )),
+                reason: format!("instance {instance_id} pins a definition that is not stored"),
+            });
+        };
+        let rules = self.format()?.rules();
+        let outcome = evaluate_under(&definition, Some(&instance), &command, at, rules);
+        self.commit(log_id, &definition, Some(&instance), outcome)
+    }
+
+    /// Appends an audit record to the global chain and, for instance records, to the
+    /// instance's chain. Returns its global sequence.
+    pub(super) fn append_audit(
+        &mut self,
+        log_id: LogId<NodeId>,
+        record: AuditRecord,
+        instance_seq: Option<u64>,
+    ) -> StoreResult<u64> {
+        let head: AuditHead = self
+            .get(Family::Meta, meta::AUDIT_HEAD)?
+            .unwrap_or_default();
+        let seq = head.seq + 1;
+        let instance_prev = match instance_seq {
+            Some(n) if n > 1 => self
+                .get::<(u64, [u8; 32])>(
+                    Family::AuditByInstance,
+                    &key::audit_by_instance(&record.instance_id, n - 1),
+                )?
+                .map(|(_, h)| h)
+                // Record n of an instance's chain links to its record n - 1, always written
+                // with version n - 1: a chain with a gap is a bug, not a fresh start.
+                .ok_or_else(|| {
+                    broken_invariant(
+                        log_id,
+                        format!(
+                            "instance {}'s audit chain has no record {} to link record {n} to",
+                            record.instance_id,
+                            n - 1
+                        ),
+                    )
+                })?,
+            _ => [0; 32],
+        };
+        let instance_id = record.instance_id.clone();
+        let chained = ChainedRecord::link(
+            record,
+            seq,
+            instance_seq.unwrap_or(0),
+            log_id.leader_id.term,
+            log_id.index,
+            head.hash,
+            instance_prev,
+        );
+        let hash = lockstep_core::audit::decode_hash(&chained.hash).expect("we just encoded it");
+        if let Some(n) = instance_seq {
+            let instance_hash = lockstep_core::audit::decode_hash(&chained.instance_hash)
+                .expect("we just encoded it");
+            self.put(
+                Family::AuditByInstance,
+                key::audit_by_instance(&instance_id, n),
+                &(seq, instance_hash),
+            );
+        }
+        let skipped = seq.is_multiple_of(50)
+            && crate::mutation::is(crate::mutation::Mutation::AuditPutSkipped);
+        if !skipped {
+            self.put(Family::Audit, keys::u64_key(seq), &chained);
+        }
+        self.put(
+            Family::Meta,
+            meta::AUDIT_HEAD.to_vec(),
+            &AuditHead { seq, hash },
+        );
+        Ok(seq)
+    }
+
+    /// Writes an outcome: the instance, its indexes, timers, tasks, outbox and audit record.
+    /// A change `definition` decided that breaks an invariant (`Change::check`) is not
+    /// written: apply fails, which stops this node (and every replica, at the same entry).
+    pub(super) fn commit(
+        &mut self,
+        log_id: LogId<NodeId>,
+        definition: &CompiledDefinition,
+        before: Option<&Instance>,
+        outcome: Outcome,
+    ) -> StoreResult<Response> {
+        let change = match outcome {
+            Outcome::Refused(r) => return Ok(Response::Refused(r)),
+            Outcome::Applied(change) => *change,
+        };
+        change
+            .check(definition, before)
+            .map_err(|broken| broken_invariant(log_id, broken))?;
+        let after = &change.instance;
+        let id = after.id.clone();
+        self.put(Family::Instances, id.as_bytes().to_vec(), after);
+        if before.map(|b| &b.state) != Some(&after.state) {
+            if let Some(b) = before {
+                self.delete(
+                    Family::IndexWorkflowState,
+                    key::workflow_state(&b.workflow, &b.state, &id),
+                );
+            }
+            self.put(
+                Family::IndexWorkflowState,
+                key::workflow_state(&after.workflow, &after.state, &id),
+                &(),
+            );
+        }
+        if let (None, Some(k)) = (before, &after.key) {
+            self.put(Family::IndexKey, key::business_key(&after.workflow, k), &id);
+        }
+        for timer in &change.timers_armed {
+            self.cancel_timer(&id, &timer.id)?;
+            let due = timer.due_at.as_micros();
+            self.overlay.earliest_armed =
+                Some(self.overlay.earliest_armed.map_or(due, |e| e.min(due)));
+            self.put(
+                Family::TimersDue,
+                key::timer_due(timer.due_at.as_micros(), &timer.id),
+                timer,
+            );
+            self.put(
+                Family::TimersByOwner,
+                key::timer_owner(&id, &timer.id),
+                &timer.due_at,
+            );
+        }
+        for timer_id in &change.timers_cancelled {
+            self.cancel_timer(&id, timer_id)?;
+        }
+        self.index_tasks(before, after)?;
+        let audit_seq = self.append_audit(log_id, change.audit.clone(), Some(after.version))?;
+        for effect in &change.effects {
+            let seq = self
+                .get::<u64>(Family::Meta, meta::OUTBOX_SEQ)?
+                .unwrap_or(0)
+                + 1;
+            self.put(Family::Meta, meta::OUTBOX_SEQ.to_vec(), &seq);
+            let item = OutboxItem {
+                seq,
+                instance_id: id.clone(),
+                workflow: after.workflow.clone(),
+                effect: effect.clone(),
+                at: change.audit.at,
+                audit_seq,
+            };
+            self.put(Family::Outbox, keys::u64_key(seq), &item);
+            self.overlay.queued_outbox = true;
+        }
+        Ok(Response::Applied {
+            instance_id: id,
+            version: after.version,
+            state: after.state.clone(),
+            global_seq: audit_seq,
+        })
+    }
+
+    pub(super) fn cancel_timer(&mut self, instance_id: &str, timer_id: &str) -> StoreResult<()> {
+        let owner = key::timer_owner(instance_id, timer_id);
+        if let Some(due_at) = self.get::<Timestamp>(Family::TimersByOwner, &owner)? {
+            self.delete(
+                Family::TimersDue,
+                key::timer_due(due_at.as_micros(), timer_id),
+            );
+            self.delete(Family::TimersByOwner, owner);
+        }
+        Ok(())
+    }
+
+    /// Keeps the queue index equal to the set of ready tasks, and each worker's count of
+    /// leased tasks equal to the tasks leased to it.
+    pub(super) fn index_tasks(
+        &mut self,
+        before: Option<&Instance>,
+        after: &Instance,
+    ) -> StoreResult<()> {
+        let leased = |i: &Instance| -> BTreeMap<String, String> {
+            i.tasks
+                .values()
+                .filter(|t| t.status == TaskStatus::Leased)
+                .filter_map(|t| Some((t.id.clone(), t.worker.clone()?)))
+                .collect()
+        };
+        let (was, now) = (before.map(leased).unwrap_or_default(), leased(after));
+        let mut delta: BTreeMap<String, i64> = BTreeMap::new();
+        for (task, worker) in &was {
+            if now.get(task) != Some(worker) {
+                *delta.entry(worker.clone()).or_default() -= 1;
+            }
+        }
+        for (task, worker) in &now {
+            if was.get(task) != Some(worker) {
+                *delta.entry(worker.clone()).or_default() += 1;
+            }
+        }
+        for (worker, d) in delta.into_iter().filter(|(_, d)| *d != 0) {
+            let k = key::worker_leases(&worker);
+            let held = i64::from(self.get::<u32>(Family::Meta, &k)?.unwrap_or(0));
+            match u32::try_from((held + d).max(0)).unwrap_or(0) {
+                0 => self.delete(Family::Meta, k),
+                n => self.put(Family::Meta, k, &n),
+            }
+        }
+        self.index_ready_tasks(before, after);
+        Ok(())
+    }
+
+    pub(super) fn index_ready_tasks(&mut self, before: Option<&Instance>, after: &Instance) {
+        let ready = |i: &Instance| -> BTreeMap<String, String> {
+            i.tasks
+                .values()
+                .filter(|t| t.status == TaskStatus::Ready)
+                .map(|t| (t.id.clone(), t.queue.clone()))
+                .collect()
+        };
+        let old = before.map(ready).unwrap_or_default();
+        let new = ready(after);
+        for (task_id, queue) in &old {
+            if !new.contains_key(task_id) {
+                self.delete(Family::Tasks, key::task(queue, task_id));
+            }
+        }
+        for (task_id, queue) in &new {
+            if !old.contains_key(task_id) {
+                self.put(Family::Tasks, key::task(queue, task_id), &after.id);
+                self.overlay.readied_task = true;
+            }
+        }
+    }
+}
