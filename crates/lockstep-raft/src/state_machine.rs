@@ -792,7 +792,7 @@ mod tests {
         assert_eq!(bytes_of(built).await, b"the leader's snapshot");
         assert_eq!(
             names(dirs.path()),
-            [installed.file.clone()],
+            std::slice::from_ref(&installed.file),
             "the overtaken checkpoint is gone"
         );
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
