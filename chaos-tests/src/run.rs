@@ -414,6 +414,7 @@ async fn run_inner(
                 .iter()
                 .find(|s| s.name == "work")
                 .map(|s| (s.breached, s.consumed_ms));
+            let tasks = workload::task_statuses(&i);
             finals.insert(
                 key.clone(),
                 FinalInstance {
@@ -431,7 +432,7 @@ async fn run_inner(
                             (t.id.clone(), due)
                         })
                         .collect(),
-                    tasks: workload::task_statuses(&i.tasks_json),
+                    tasks,
                 },
             );
         }

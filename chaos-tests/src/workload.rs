@@ -237,17 +237,12 @@ pub async fn client(
     }
 }
 
-/// (id, status) of each task in an instance's `tasks_json` (the engine's tasks by id).
-pub fn task_statuses(tasks_json: &str) -> Vec<(String, String)> {
-    let Ok(serde_json::Value::Object(tasks)) = serde_json::from_str(tasks_json) else {
-        return Vec::new();
-    };
-    tasks
-        .into_iter()
-        .map(|(id, t)| {
-            let status = t["status"].as_str().unwrap_or("?").to_string();
-            (id, status)
-        })
+/// (id, status) of each task of an instance.
+pub fn task_statuses(instance: &pb::Instance) -> Vec<(String, String)> {
+    instance
+        .tasks
+        .iter()
+        .map(|t| (t.id.clone(), t.status.clone()))
         .collect()
 }
 

@@ -330,6 +330,18 @@ def run(args):
     expect("instance definition_version", instance.definition_version, applied.version)
     expect("instance created_by", instance.created_by, "alice")
     expect("instance data", json.loads(instance.data_json), data)
+    # Tasks and incidents are typed messages: the approval made the ERP task, ready.
+    expect("number of tasks", len(instance.tasks), 1)
+    task = instance.tasks[0]
+    expect("task queue", task.queue, "erp")
+    expect("task type", task.task_type, "create-purchase-order")
+    expect("task origin", task.origin, "approve")
+    expect("task status", task.status, "ready")
+    expect("task attempt", task.attempt, 0)
+    expect("task on_complete", task.on_complete, "place")
+    expect("task on_exhausted", task.on_exhausted, "fail")
+    expect("task input carries the instance data", json.loads(task.input_json)["data"], data)
+    expect("number of incidents", len(instance.incidents), 0)
     expect("read is stale", got.read.stale, False)
     if args.expect_follower:
         # A default (linearizable) read is served by the node asked, not the leader.
@@ -362,6 +374,11 @@ def run(args):
         expect(f"{label}.definition_version", record.definition_version, applied.version)
         expect(f"{label}.instance_seq", record.instance_seq, n)
         expect(f"{label}.global_seq (the change's audit_seq)", record.global_seq, change.audit_seq)
+        expect(f"{label}.instance_version", record.instance_version, n)
+        if transition == "approve":
+            # Every predicate evaluated, typed: who may approve, and the amount guard.
+            results = {p.role: p.result for p in record.predicates}
+            expect(f"{label}.predicates", results, {"allow": True, "guard": True})
         # record_json is the complete stored record: check it agrees with the fields and
         # that the instance's hash chain links each record to the one before.
         full = json.loads(record.record_json)

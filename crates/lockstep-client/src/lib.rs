@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use lockstep_core::{ActorKind, RefusalCode, Timestamp};
+use lockstep_proto::names;
 pub use lockstep_proto::v1 as pb;
 use rand::Rng;
 use tonic::metadata::MetadataValue;
@@ -88,9 +89,12 @@ impl Tls {
     pub fn from_files(
         ca: &std::path::Path,
         cert_and_key: Option<(&std::path::Path, &std::path::Path)>,
-    ) -> Result<Tls, String> {
+    ) -> Result<Tls, SetupError> {
         let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            std::fs::read(p).map_err(|source| SetupError::Read {
+                path: p.to_path_buf(),
+                source,
+            })
         };
         Ok(Tls {
             ca_pem: read(ca)?,
@@ -134,6 +138,24 @@ pub struct Refused {
     pub message: String,
     pub predicate: Option<String>,
     pub earliest_at: Option<Timestamp>,
+}
+
+/// Why a [`Client`] or its [`Tls`] settings could not be set up (nothing was sent yet).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("no endpoints: give at least one host:port")]
+    NoEndpoints,
+    #[error("cannot read {}: {source}", .path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the token is not printable ASCII text")]
+    TokenNotAscii,
+    #[error("endpoint `{0}` is https but no TLS settings were given (the cluster CA)")]
+    HttpsWithoutTls(String),
+    #[error("bad endpoint `{endpoint}`: {reason}")]
+    BadEndpoint { endpoint: String, reason: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,14 +212,14 @@ fn overloaded(status: &Status) -> Option<(String, Option<Duration>, Option<Strin
         .and_then(|r| r.retry_delay)
         .or_else(|| {
             info.metadata
-                .get("retry_after_ms")
+                .get(names::RETRY_AFTER_MS)
                 .and_then(|ms| ms.parse().ok())
                 .map(Duration::from_millis)
         });
     Some((
         info.reason,
         retry_after,
-        info.metadata.get("quota").cloned(),
+        info.metadata.get(names::QUOTA).cloned(),
     ))
 }
 
@@ -224,10 +246,10 @@ impl Error {
             return Error::Refused(Refused {
                 code,
                 message: status.message().to_string(),
-                predicate: info.metadata.get("predicate").cloned(),
+                predicate: info.metadata.get(names::PREDICATE).cloned(),
                 earliest_at: info
                     .metadata
-                    .get("earliest_at")
+                    .get(names::EARLIEST_AT)
                     .and_then(|t| Timestamp::parse_rfc3339(t).ok()),
             });
         }
@@ -248,13 +270,13 @@ fn retryable(status: &Status) -> bool {
 
 /// The response header in which a follower that forwarded a write names the leader
 /// (`lockstep_server::leader_hint`).
-const LEADER_HEADER: &str = "x-lockstep-leader";
+const LEADER_HEADER: &str = names::LEADER_HEADER;
 
 /// The leader address named in a `NOT_LEADER` answer.
 fn leader_hint(status: &Status) -> Option<String> {
     status
         .get_details_error_info()
-        .and_then(|i| i.metadata.get("leader_addr").cloned())
+        .and_then(|i| i.metadata.get(names::LEADER_ADDR).cloned())
 }
 
 pub struct Client {
@@ -287,7 +309,7 @@ impl Client {
         endpoints: &[String],
         identity: Option<Identity>,
         options: Options,
-    ) -> Result<Client, String> {
+    ) -> Result<Client, SetupError> {
         Client::with_credentials(endpoints, identity, options, Credentials::default())
     }
 
@@ -298,9 +320,9 @@ impl Client {
         identity: Option<Identity>,
         options: Options,
         credentials: Credentials,
-    ) -> Result<Client, String> {
+    ) -> Result<Client, SetupError> {
         if endpoints.is_empty() {
-            return Err("no endpoints: give at least one host:port".into());
+            return Err(SetupError::NoEndpoints);
         }
         let mut channels = Vec::new();
         let mut normalized = Vec::new();
@@ -313,7 +335,7 @@ impl Client {
         let bearer = match &credentials.token {
             Some(token) => Some(
                 MetadataValue::try_from(format!("Bearer {}", token.trim()))
-                    .map_err(|_| "the token is not printable ASCII text".to_string())?,
+                    .map_err(|_| SetupError::TokenNotAscii)?,
             ),
             None => None,
         };
@@ -324,16 +346,21 @@ impl Client {
                 format!("{scheme}://{e}")
             };
             if url.starts_with("https://") && tls.is_none() {
-                return Err(format!(
-                    "endpoint `{e}` is https but no TLS settings were given (the cluster CA)"
-                ));
+                return Err(SetupError::HttpsWithoutTls(e.clone()));
             }
-            let mut endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|err| format!("bad endpoint `{e}`: {err}"))?;
+            let mut endpoint =
+                Endpoint::from_shared(url.clone()).map_err(|err| SetupError::BadEndpoint {
+                    endpoint: e.clone(),
+                    reason: err.to_string(),
+                })?;
             if let (Some(tls), true) = (&tls, url.starts_with("https://")) {
-                endpoint = endpoint
-                    .tls_config(tls.clone())
-                    .map_err(|err| format!("TLS settings for `{e}`: {err}"))?;
+                endpoint =
+                    endpoint
+                        .tls_config(tls.clone())
+                        .map_err(|err| SetupError::BadEndpoint {
+                            endpoint: e.clone(),
+                            reason: format!("TLS settings: {err}"),
+                        })?;
             }
             channels.push(
                 endpoint
@@ -372,18 +399,18 @@ impl Client {
         let md = r.metadata_mut();
         if let Some(id) = &self.identity {
             if let Ok(v) = MetadataValue::try_from(id.actor.as_str()) {
-                md.insert("x-lockstep-actor", v);
+                md.insert(names::ACTOR_HEADER, v);
             }
             md.insert(
-                "x-lockstep-actor-kind",
+                names::ACTOR_KIND_HEADER,
                 MetadataValue::from_static(id.kind.as_str()),
             );
             if let Ok(v) = MetadataValue::try_from(id.roles.join(",")) {
-                md.insert("x-lockstep-roles", v);
+                md.insert(names::ROLES_HEADER, v);
             }
         }
         if !self.options.forward {
-            md.insert("x-lockstep-no-forward", MetadataValue::from_static("1"));
+            md.insert(names::NO_FORWARD_HEADER, MetadataValue::from_static("1"));
         }
         if let Some(bearer) = &self.bearer {
             md.insert("authorization", bearer.clone());

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// The response header naming the leader's address, on writes a follower forwarded.
-pub const LEADER_HEADER: &str = "x-lockstep-leader";
+pub const LEADER_HEADER: &str = lockstep_proto::names::LEADER_HEADER;
 
 tokio::task_local! {
     static FORWARDED_TO: RefCell<Option<String>>;

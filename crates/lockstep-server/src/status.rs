@@ -1,13 +1,14 @@
 //! Refusals and node errors as gRPC statuses with `google.rpc.ErrorInfo` details.
 
 use lockstep_core::{Refusal, RefusalCode};
+use lockstep_proto::names;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::cluster::WriteError;
 
 /// The ErrorInfo domain of every Lockstep error.
-pub const DOMAIN: &str = "lockstep.dev";
+pub const DOMAIN: &str = names::ERROR_DOMAIN;
 
 /// The gRPC code for each refusal: what a generic client should make of it.
 pub fn code_for(refusal: RefusalCode) -> Code {
@@ -30,10 +31,10 @@ pub fn code_for(refusal: RefusalCode) -> Code {
 pub fn refusal(r: &Refusal) -> Status {
     let mut metadata = std::collections::HashMap::new();
     if let Some(p) = &r.predicate {
-        metadata.insert("predicate".to_string(), p.clone());
+        metadata.insert(names::PREDICATE.to_string(), p.clone());
     }
     if let Some(t) = r.earliest_at {
-        metadata.insert("earliest_at".to_string(), t.to_string());
+        metadata.insert(names::EARLIEST_AT.to_string(), t.to_string());
     }
     let details = ErrorDetails::with_error_info(r.code.as_str(), DOMAIN, metadata);
     Status::with_error_details(code_for(r.code), r.message.clone(), details)
@@ -47,10 +48,10 @@ pub fn write_error(e: WriteError) -> Status {
         } => {
             let mut metadata = std::collections::HashMap::new();
             if let Some(id) = leader_id {
-                metadata.insert("leader_id".to_string(), id.to_string());
+                metadata.insert(names::LEADER_ID.to_string(), id.to_string());
             }
             if let Some(addr) = &leader_addr {
-                metadata.insert("leader_addr".to_string(), addr.clone());
+                metadata.insert(names::LEADER_ADDR.to_string(), addr.clone());
             }
             let message = match &leader_addr {
                 Some(addr) => format!("this node is not the leader; send writes to {addr} or allow forwarding"),
@@ -111,9 +112,12 @@ pub fn overloaded(
     quota: Option<&str>,
 ) -> Status {
     let mut metadata = std::collections::HashMap::new();
-    metadata.insert("retry_after_ms".to_string(), retry_after_ms.to_string());
+    metadata.insert(
+        names::RETRY_AFTER_MS.to_string(),
+        retry_after_ms.to_string(),
+    );
     if let Some(q) = quota {
-        metadata.insert("quota".to_string(), q.to_string());
+        metadata.insert(names::QUOTA.to_string(), q.to_string());
     }
     let mut details = ErrorDetails::with_error_info(reason, DOMAIN, metadata);
     details.set_retry_info(Some(std::time::Duration::from_millis(retry_after_ms)));

@@ -34,6 +34,7 @@ use futures::future::Either;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use lockstep_core::{Actor, ActorKind};
+use lockstep_proto::names;
 use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
@@ -498,7 +499,8 @@ impl Trust {
             dev: config.dev,
             tls,
             jwt,
-            policy: PolicySource::load(config.policy.as_deref(), config.dev)?,
+            policy: PolicySource::load(config.policy.as_deref(), config.dev)
+                .map_err(|e| e.to_string())?,
         })
     }
 
@@ -616,7 +618,7 @@ impl Trust {
         if let Some(permission) = Permission::for_method(method) {
             let policy = self.policy.current();
             let checked = match &actor {
-                Some(a) => policy.check(a, permission),
+                Some(a) => policy.check(a, permission).map_err(|d| d.to_string()),
                 None if policy.allow_all => Ok(()),
                 None => Err(format!(
                     "{} needs an actor with the permission {}: name one with the x-lockstep-actor header",
@@ -660,10 +662,10 @@ fn dev_actor(headers: &http::HeaderMap) -> Result<Option<Actor>, Status> {
             .map(str::trim)
             .filter(|v| !v.is_empty())
     };
-    let Some(id) = header("x-lockstep-actor") else {
+    let Some(id) = header(names::ACTOR_HEADER) else {
         return Ok(None);
     };
-    let kind_text = header("x-lockstep-actor-kind").unwrap_or("human");
+    let kind_text = header(names::ACTOR_KIND_HEADER).unwrap_or("human");
     let kind = parse_kind(kind_text).ok_or_else(|| {
         crate::status::bad_request(format!(
             "x-lockstep-actor-kind `{kind_text}` is not human, service or worker"
@@ -674,7 +676,7 @@ fn dev_actor(headers: &http::HeaderMap) -> Result<Option<Actor>, Status> {
             "actor ids starting with `system:` belong to the engine",
         ));
     }
-    let roles = header("x-lockstep-roles")
+    let roles = header(names::ROLES_HEADER)
         .map(|r| {
             r.split(',')
                 .map(|s| s.trim().to_string())

@@ -287,17 +287,23 @@ async fn retries_follow_the_policy_in_cluster_time_and_exhaustion_takes_the_decl
     }
     let stuck = instance(&cluster, &bill).await;
     assert_eq!(stuck.state, "billing");
-    let incidents: BTreeMap<String, serde_json::Value> =
+    // The typed incidents of the API, and the deprecated JSON field, say the same.
+    #[allow(deprecated)]
+    let from_json: BTreeMap<String, serde_json::Value> =
         serde_json::from_str(&stuck.incidents_json).unwrap();
-    assert_eq!(incidents.len(), 1, "{incidents:?}");
-    let (incident_id, incident) = incidents.into_iter().next().unwrap();
-    assert!(
-        incident["reason"]
-            .as_str()
-            .unwrap()
-            .contains("ledger locked"),
-        "{incident}"
-    );
+    assert_eq!(stuck.incidents.len(), 1, "{:?}", stuck.incidents);
+    let incident = stuck.incidents[0].clone();
+    let incident_id = incident.id.clone();
+    assert!(incident.reason.contains("ledger locked"), "{incident:?}");
+    assert!(incident.resolved_at.is_empty(), "open: {incident:?}");
+    assert_eq!(from_json[&incident_id]["reason"], incident.reason.as_str());
+    let task = stuck
+        .tasks
+        .iter()
+        .find(|t| t.id == incident.task_id)
+        .expect("the incident names the instance's task");
+    assert_eq!(task.status, "exhausted");
+    assert!(task.last_error.contains("ledger locked"), "{task:?}");
     // The instance with the open incident is what `list --incidents` finds, and only it.
     let workflow_name = stuck.workflow.clone();
     let with_incidents = |open_incidents| pb::ListInstancesRequest {

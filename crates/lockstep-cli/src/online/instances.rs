@@ -234,10 +234,24 @@ fn instance_json(i: &pb::Instance) -> serde_json::Value {
         "created_by": i.created_by, "created_at": i.created_at, "entered_at": i.entered_at, "updated_at": i.updated_at,
         "definition_version": i.definition_version,
         "slas": i.slas.iter().map(|s| serde_json::json!({"name": s.name, "status": s.status, "breached": s.breached, "warned_percent": s.warned_percent, "remaining_ms": s.remaining_ms})).collect::<Vec<_>>(),
-        "timers": i.timers.iter().map(|t| serde_json::json!({"id": t.id, "due_at": t.due_at})).collect::<Vec<_>>(),
-        "tasks": serde_json::from_str::<serde_json::Value>(&i.tasks_json).unwrap_or_default(),
-        "incidents": serde_json::from_str::<serde_json::Value>(&i.incidents_json).unwrap_or_default(),
+        "timers": i.timers.iter().map(|t| serde_json::json!({"id": t.id, "due_at": t.due_at, "kind": t.kind})).collect::<Vec<_>>(),
+        "tasks": i.tasks.iter().map(|t| serde_json::json!({
+            "id": t.id, "queue": t.queue, "task_type": t.task_type, "origin": t.origin,
+            "status": t.status, "attempt": t.attempt, "worker": non_empty(&t.worker),
+            "lease_expires_at": non_empty(&t.lease_expires_at), "last_error": non_empty(&t.last_error),
+            "input": serde_json::from_str::<serde_json::Value>(&t.input_json).unwrap_or_default(),
+            "result": serde_json::from_str::<serde_json::Value>(&t.result_json).ok(),
+        })).collect::<Vec<_>>(),
+        "incidents": i.incidents.iter().map(|inc| serde_json::json!({
+            "id": inc.id, "task_id": non_empty(&inc.task_id), "reason": inc.reason,
+            "opened_at": inc.opened_at, "resolved_at": non_empty(&inc.resolved_at),
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// `None` (JSON null) for a proto string left empty.
+fn non_empty(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
 }
 
 pub async fn get(
@@ -290,30 +304,30 @@ pub async fn get(
                 );
             }
             for t in &i.timers {
-                println!("  timer     {} due {}", t.id, t.due_at);
+                println!("  timer     {} ({}) due {}", t.id, t.kind, t.due_at);
             }
-            let tasks: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&i.tasks_json).unwrap_or_default();
-            for (id, t) in &tasks {
+            for t in &i.tasks {
                 println!(
-                    "  task      {id} on queue {}: {} (attempt {}){}",
-                    t["queue"].as_str().unwrap_or("?"),
-                    t["status"].as_str().unwrap_or("?"),
-                    t["attempt"],
-                    t["last_error"]
-                        .as_str()
+                    "  task      {} on queue {}: {} (attempt {}){}",
+                    t.id,
+                    t.queue,
+                    t.status,
+                    t.attempt,
+                    non_empty(&t.last_error)
                         .map(|e| format!(", last error: {e}"))
                         .unwrap_or_default()
                 );
             }
-            let incidents: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&i.incidents_json).unwrap_or_default();
-            for (id, inc) in &incidents {
-                let open = inc["resolved_at"].is_null();
+            for inc in &i.incidents {
                 println!(
-                    "  incident  {id} {}: {}",
-                    if open { "OPEN" } else { "resolved" },
-                    inc["reason"].as_str().unwrap_or("?")
+                    "  incident  {} {}: {}",
+                    inc.id,
+                    if inc.resolved_at.is_empty() {
+                        "OPEN"
+                    } else {
+                        "resolved"
+                    },
+                    inc.reason
                 );
             }
         }

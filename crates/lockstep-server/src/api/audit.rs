@@ -32,6 +32,25 @@ pub fn audit_pb(r: &ChainedRecord) -> pb::AuditRecord {
         prev_hash: r.prev_hash.clone(),
         hash: r.hash.clone(),
         record_json: serde_json::to_string(r).unwrap_or_default(),
+        instance_version: rec.instance_version,
+        predicates: rec
+            .predicates
+            .iter()
+            .map(|p| pb::PredicateTrace {
+                role: p.role.clone(),
+                expression: p.expression.clone(),
+                result: p.result,
+            })
+            .collect(),
+        timer: rec.timer.as_ref().map(|t| pb::TimerFiring {
+            timer_id: t.timer_id.clone(),
+            due_at: t.due_at.to_string(),
+            fired_at: t.fired_at.to_string(),
+            lateness_ms: t.lateness_ms,
+        }),
+        task_id: rec.task_id.clone().unwrap_or_default(),
+        sla: rec.sla.clone().unwrap_or_default(),
+        note: rec.note.clone().unwrap_or_default(),
     }
 }
 

@@ -86,7 +86,7 @@ impl Api {
 
     fn forward(metadata: &MetadataMap) -> bool {
         metadata
-            .get("x-lockstep-no-forward")
+            .get(lockstep_proto::names::NO_FORWARD_HEADER)
             .and_then(|v| v.to_str().ok())
             != Some("1")
     }
@@ -186,6 +186,8 @@ impl Api {
         Ok(Some(compiled))
     }
 
+    // The deprecated JSON fields are still filled for one release (issue 19).
+    #[allow(deprecated)]
     pub(crate) fn instance_pb(&self, i: &Instance) -> Result<pb::Instance, Status> {
         let now = wall_clock();
         let slas = match self.compiled(&i.workflow, &i.definition_version)? {
@@ -216,17 +218,11 @@ impl Api {
             updated_at: i.updated_at.to_string(),
             version: i.version,
             slas,
-            timers: i
-                .timers
-                .values()
-                .map(|t| pb::Timer {
-                    id: t.id.clone(),
-                    due_at: t.due_at.to_string(),
-                    kind_json: serde_json::to_string(&t.kind).unwrap_or_default(),
-                })
-                .collect(),
+            timers: i.timers.values().map(timer_pb).collect(),
             tasks_json: serde_json::to_string(&i.tasks).unwrap_or_default(),
             incidents_json: serde_json::to_string(&i.incidents).unwrap_or_default(),
+            tasks: i.tasks.values().map(task_pb).collect(),
+            incidents: i.incidents.values().map(incident_pb).collect(),
         })
     }
 
@@ -319,6 +315,83 @@ fn trust_relevant(body: &Body) -> Option<(String, String)> {
             ))
         }
         _ => None,
+    }
+}
+
+/// The snake_case name an engine enum serializes as (`ready`, `state_expiry`).
+fn name_of(value: &impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| match v {
+            serde_json::Value::String(name) => Some(name),
+            serde_json::Value::Object(map) => map.keys().next().cloned(),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[allow(deprecated)]
+fn timer_pb(t: &lockstep_core::engine::Timer) -> pb::Timer {
+    use lockstep_core::engine::TimerKind;
+    let mut timer = pb::Timer {
+        id: t.id.clone(),
+        due_at: t.due_at.to_string(),
+        kind_json: serde_json::to_string(&t.kind).unwrap_or_default(),
+        kind: name_of(&t.kind),
+        ..Default::default()
+    };
+    match &t.kind {
+        TimerKind::StateExpiry { state, transition } => {
+            timer.state = state.clone();
+            timer.transition = transition.clone();
+        }
+        TimerKind::SlaWarning { sla, percent } => {
+            timer.sla = sla.clone();
+            timer.percent = u32::from(*percent);
+        }
+        TimerKind::SlaBreach { sla } => timer.sla = sla.clone(),
+        TimerKind::TaskLease { task_id, attempt } | TimerKind::TaskRetry { task_id, attempt } => {
+            timer.task_id = task_id.clone();
+            timer.attempt = *attempt;
+        }
+    }
+    timer
+}
+
+fn task_pb(t: &lockstep_core::engine::Task) -> pb::Task {
+    let time = |t: Option<Timestamp>| t.map(|t| t.to_string()).unwrap_or_default();
+    pb::Task {
+        id: t.id.clone(),
+        queue: t.queue.clone(),
+        task_type: t.task_type.clone(),
+        origin: t.origin.clone(),
+        status: name_of(&t.status),
+        attempt: t.attempt,
+        lease: t.lease.map(|l| pb::LeaseToken {
+            term: l.term,
+            attempt: l.attempt,
+        }),
+        worker: t.worker.clone().unwrap_or_default(),
+        lease_expires_at: time(t.lease_expires_at),
+        first_attempt_at: time(t.first_attempt_at),
+        timeout_ms: t.timeout_ms,
+        on_complete: t.on_complete.clone().unwrap_or_default(),
+        on_exhausted: t.on_exhausted.clone().unwrap_or_default(),
+        last_error: t.last_error.clone().unwrap_or_default(),
+        input_json: t.input.to_string(),
+        result_json: t.result.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+        created_version: t.created.0,
+        created_effect: t.created.1,
+    }
+}
+
+fn incident_pb(i: &lockstep_core::engine::Incident) -> pb::Incident {
+    pb::Incident {
+        id: i.id.clone(),
+        task_id: i.task_id.clone().unwrap_or_default(),
+        reason: i.reason.clone(),
+        opened_at: i.opened_at.to_string(),
+        resolved_at: i.resolved_at.map(|t| t.to_string()).unwrap_or_default(),
     }
 }
 
