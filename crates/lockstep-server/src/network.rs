@@ -46,20 +46,32 @@ pub struct PeerConnector {
     pub via: std::collections::BTreeMap<NodeId, String>,
 }
 
+/// A peer address no channel can be made for.
+#[derive(Debug, thiserror::Error)]
+#[error("bad peer address {addr}: {reason}")]
+pub struct PeerAddressError {
+    pub addr: String,
+    pub reason: String,
+}
+
 impl PeerConnector {
     /// The address to dial peer `id`, whose member address is `addr`.
     pub fn dial_addr<'a>(&'a self, id: NodeId, addr: &'a str) -> &'a str {
         self.via.get(&id).map_or(addr, String::as_str)
     }
 
-    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+    pub fn channel(&self, addr: &str) -> Result<Channel, PeerAddressError> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
-            .map_err(|e| format!("bad peer address {addr}: {e}"))?;
+        let bad = |reason: String| PeerAddressError {
+            addr: addr.to_string(),
+            reason,
+        };
+        let mut endpoint =
+            Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| bad(e.to_string()))?;
         if let Some(tls) = &self.tls {
             endpoint = endpoint
                 .tls_config(tls.clone())
-                .map_err(|e| format!("TLS settings for peer {addr}: {e}"))?;
+                .map_err(|e| bad(format!("TLS settings: {e}")))?;
         }
         Ok(endpoint
             .connect_timeout(self.connect_timeout)

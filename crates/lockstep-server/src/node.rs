@@ -580,7 +580,10 @@ impl Node {
         if let Some(c) = leaders.get(&addr) {
             return Ok(c.clone());
         }
-        let channel = self.connector.channel(&addr).map_err(WriteError::Invalid)?;
+        let channel = self
+            .connector
+            .channel(&addr)
+            .map_err(|e| WriteError::Invalid(e.to_string()))?;
         let client = RaftClient::new(channel).max_decoding_message_size(64 << 20);
         leaders.insert(addr.to_string(), client.clone());
         Ok(client)

@@ -165,9 +165,41 @@ impl Default for Policy {
     }
 }
 
+/// Why a cluster policy file cannot be used; the policy in force stays.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{0}")]
+    Syntax(#[from] toml::de::Error),
+    #[error(transparent)]
+    Quota(#[from] crate::quota::QuotaError),
+    #[error("cannot read the policy file {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("policy file {}: {source}", .path.display())]
+    InFile {
+        path: PathBuf,
+        source: Box<PolicyError>,
+    },
+}
+
+/// A call the cluster policy does not allow, and who would be allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the cluster policy does not give actor `{actor}` (roles: {roles}) the permission {permission}; it is held by {holders}"
+)]
+pub struct Denied {
+    pub actor: String,
+    /// Comma-separated, or `none`.
+    pub roles: String,
+    pub permission: &'static str,
+    pub holders: String,
+}
+
 impl Policy {
-    pub fn parse(text: &str) -> Result<Policy, String> {
-        let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+        let file: PolicyFile = toml::from_str(text)?;
         let defaults = Policy::default();
         let quotas = file.quotas.unwrap_or_default();
         quotas.check()?;
@@ -193,7 +225,7 @@ impl Policy {
     }
 
     /// Whether `actor` holds `permission`; the error says who would.
-    pub fn check(&self, actor: &Actor, permission: Permission) -> Result<(), String> {
+    pub fn check(&self, actor: &Actor, permission: Permission) -> Result<(), Denied> {
         if self.allow_all {
             return Ok(());
         }
@@ -201,17 +233,16 @@ impl Policy {
         if rule.allows(actor) {
             Ok(())
         } else {
-            Err(format!(
-                "the cluster policy does not give actor `{}` (roles: {}) the permission {}; it is held by {}",
-                actor.id,
-                if actor.roles.is_empty() {
+            Err(Denied {
+                actor: actor.id.clone(),
+                roles: if actor.roles.is_empty() {
                     "none".to_string()
                 } else {
                     actor.roles.join(", ")
                 },
-                permission.as_str(),
-                rule.describe()
-            ))
+                permission: permission.as_str(),
+                holders: rule.describe(),
+            })
         }
     }
 }
@@ -235,16 +266,21 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-fn read(path: &Path) -> Result<Policy, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the policy file {}: {e}", path.display()))?;
-    Policy::parse(&text).map_err(|e| format!("policy file {}: {e}", path.display()))
+fn read(path: &Path) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Policy::parse(&text).map_err(|e| PolicyError::InFile {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })
 }
 
 impl PolicySource {
     /// Reads the file (a start-up error if it is missing or bad); without one, the secure
     /// defaults, or allow-all in development mode.
-    pub fn load(path: Option<&Path>, dev: bool) -> Result<PolicySource, String> {
+    pub fn load(path: Option<&Path>, dev: bool) -> Result<PolicySource, PolicyError> {
         let policy = match path {
             Some(p) => read(p)?,
             None if dev => Policy {
@@ -290,7 +326,7 @@ impl PolicySource {
 
     /// Re-reads the file now (on SIGHUP), whatever its modification time says. A file that
     /// does not parse leaves the previous policy in force and is returned as the error.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), PolicyError> {
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -329,7 +365,8 @@ mod tests {
         );
         let refused = p
             .check(&actor("a", &["auditor"]), Permission::ApplyDefinitions)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(refused.contains("apply_definitions"), "{refused}");
         assert!(refused.contains("role admin"), "{refused}");
         assert!(
@@ -347,7 +384,8 @@ mod tests {
         );
         let refused = p
             .check(&actor("a", &["operator"]), Permission::MigrateInstances)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(refused.contains("migrate_instances"), "{refused}");
     }
 
@@ -420,7 +458,7 @@ mod tests {
         source.reload().unwrap();
         assert!(source.current().check(&ada, Permission::ReadAudit).is_err());
         std::fs::write(&path, "[read_audit\n").unwrap();
-        let err = source.reload().unwrap_err();
+        let err = source.reload().unwrap_err().to_string();
         assert!(err.contains("policy.toml"), "{err}");
         assert!(
             source

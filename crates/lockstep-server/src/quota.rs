@@ -80,7 +80,11 @@ impl QuotaRule {
         })
     }
 
-    fn check(&self, name: &str) -> Result<(), String> {
+    fn check(&self, name: &str) -> Result<(), QuotaError> {
+        let bad = |reason: String| QuotaError {
+            quota: name.to_string(),
+            reason,
+        };
         for (field, rate) in [
             ("writes_per_second", self.writes_per_second),
             ("polls_per_second", self.polls_per_second),
@@ -88,9 +92,9 @@ impl QuotaRule {
             if let Some(r) = rate
                 && !(r > 0.0 && r <= QUOTA_RATE_MAX)
             {
-                return Err(format!(
-                    "quota {name}: {field} = {r} is out of range: give a rate above 0 and at most {QUOTA_RATE_MAX} per second"
-                ));
+                return Err(bad(format!(
+                    "{field} = {r} is out of range: give a rate above 0 and at most {QUOTA_RATE_MAX} per second"
+                )));
             }
         }
         for (field, burst) in [
@@ -98,20 +102,29 @@ impl QuotaRule {
             ("polls_burst", self.polls_burst),
         ] {
             if burst == Some(0) {
-                return Err(format!(
-                    "quota {name}: {field} = 0 would refuse every request: give at least 1 (default: one second's worth)"
-                ));
+                return Err(bad(format!(
+                    "{field} = 0 would refuse every request: give at least 1 (default: one second's worth)"
+                )));
             }
         }
         if self.writes_burst.is_some() && self.writes_per_second.is_none()
             || self.polls_burst.is_some() && self.polls_per_second.is_none()
         {
-            return Err(format!(
-                "quota {name}: a burst without its rate: set writes_per_second (or polls_per_second) too"
+            return Err(bad(
+                "a burst without its rate: set writes_per_second (or polls_per_second) too".into(),
             ));
         }
         Ok(())
     }
+}
+
+/// A quota of the cluster policy that cannot be enforced as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("quota {quota}: {reason}")]
+pub struct QuotaError {
+    /// `actor:ID` or `role:NAME`.
+    pub quota: String,
+    pub reason: String,
 }
 
 /// The `[quotas]` section of the cluster policy.
@@ -125,7 +138,7 @@ pub struct Quotas {
 }
 
 impl Quotas {
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), QuotaError> {
         for (id, rule) in &self.actors {
             rule.check(&format!("actor:{id}"))?;
         }
@@ -335,7 +348,7 @@ mod tests {
             ("[roles.r]\npolls_burst = 3\n", "a burst without its rate"),
         ] {
             let q: Quotas = toml::from_str(text).unwrap();
-            let e = q.check().unwrap_err();
+            let e = q.check().unwrap_err().to_string();
             assert!(e.contains(expected), "{text}: {e}");
         }
         assert!(toml::from_str::<Quotas>("[actors.a]\nwrites = 1\n").is_err());
