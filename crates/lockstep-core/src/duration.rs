@@ -4,6 +4,32 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// How to write a duration, for every error that a text is not one.
+const DURATION_HINT: &str = "write a duration such as 30d, 16h, 1h30m, 45s or 500ms";
+
+/// Why a text is not a [`Duration`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("empty duration; {}", DURATION_HINT)]
+    Empty,
+    #[error(
+        "`{text}` is not a duration: expected a number at `{at}`; {}",
+        DURATION_HINT
+    )]
+    ExpectedNumber { text: String, at: String },
+    #[error("`{text}` is not a duration: number too large")]
+    NumberTooLarge { text: String },
+    #[error(
+        "`{text}` is not a duration: `{number}` has no unit; {}",
+        DURATION_HINT
+    )]
+    NoUnit { text: String, number: u64 },
+    #[error("`{text}` is not a duration: unknown unit `{unit}`; {}", DURATION_HINT)]
+    UnknownUnit { text: String, unit: String },
+    #[error("`{text}` is too long a duration")]
+    TooLong { text: String },
+}
+
 /// A non-negative duration with millisecond precision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Duration {
@@ -22,11 +48,10 @@ impl Duration {
     }
 
     /// Parses a sequence of `<integer><unit>` parts; units are `w`, `d`, `h`, `m`, `s`, `ms`.
-    pub fn parse(text: &str) -> Result<Duration, String> {
-        let hint = "write a duration such as 30d, 16h, 1h30m, 45s or 500ms";
+    pub fn parse(text: &str) -> Result<Duration, DurationError> {
         let trimmed = text.trim();
         if trimmed.is_empty() {
-            return Err(format!("empty duration; {hint}"));
+            return Err(DurationError::Empty);
         }
         let bytes = trimmed.as_bytes();
         let mut total: u64 = 0;
@@ -37,14 +62,17 @@ impl Duration {
                 i += 1;
             }
             if start == i {
-                return Err(format!(
-                    "`{text}` is not a duration: expected a number at `{}`; {hint}",
-                    &trimmed[start..]
-                ));
+                return Err(DurationError::ExpectedNumber {
+                    text: text.to_string(),
+                    at: trimmed[start..].to_string(),
+                });
             }
-            let number: u64 = trimmed[start..i]
-                .parse()
-                .map_err(|_| format!("`{text}` is not a duration: number too large"))?;
+            let number: u64 =
+                trimmed[start..i]
+                    .parse()
+                    .map_err(|_| DurationError::NumberTooLarge {
+                        text: text.to_string(),
+                    })?;
             let unit_start = i;
             while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
                 i += 1;
@@ -57,20 +85,24 @@ impl Duration {
                 "d" => 86_400_000,
                 "w" => 7 * 86_400_000,
                 "" => {
-                    return Err(format!(
-                        "`{text}` is not a duration: `{number}` has no unit; {hint}"
-                    ));
+                    return Err(DurationError::NoUnit {
+                        text: text.to_string(),
+                        number,
+                    });
                 }
                 other => {
-                    return Err(format!(
-                        "`{text}` is not a duration: unknown unit `{other}`; {hint}"
-                    ));
+                    return Err(DurationError::UnknownUnit {
+                        text: text.to_string(),
+                        unit: other.to_string(),
+                    });
                 }
             };
             total = number
                 .checked_mul(unit_ms)
                 .and_then(|part| total.checked_add(part))
-                .ok_or_else(|| format!("`{text}` is too long a duration"))?;
+                .ok_or_else(|| DurationError::TooLong {
+                    text: text.to_string(),
+                })?;
         }
         Ok(Duration { ms: total })
     }
@@ -118,7 +150,7 @@ mod tests {
     fn check(text: &str, expected: Result<u64, &str>) {
         match (Duration::parse(text), expected) {
             (Ok(d), Ok(ms)) => assert_eq!(d.as_ms(), ms, "{text}"),
-            (Err(e), Err(fragment)) => assert!(e.contains(fragment), "{text}: {e}"),
+            (Err(e), Err(fragment)) => assert!(e.to_string().contains(fragment), "{text}: {e}"),
             (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
         }
     }

@@ -6,6 +6,15 @@
 //! module only names them: nothing in this crate reads the environment, and the engine
 //! sees a mutation only through [`crate::Rules::mutation`].
 
+/// A `LOCKSTEP_MUTATION` value that names no mutation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown mutation `{name}`: LOCKSTEP_MUTATION takes one of {names}",
+    name = .0,
+    names = Mutation::ALL.map(Mutation::name).join(", ")
+)]
+pub struct UnknownMutation(pub String);
+
 /// One deliberate bug.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mutation {
@@ -53,17 +62,11 @@ impl Mutation {
     }
 
     /// The mutation named `name`, or an error listing the names there are.
-    pub fn parse(name: &str) -> Result<Mutation, String> {
+    pub fn parse(name: &str) -> Result<Mutation, UnknownMutation> {
         Mutation::ALL
             .into_iter()
             .find(|m| m.name() == name)
-            .ok_or_else(|| {
-                let names: Vec<_> = Mutation::ALL.iter().map(|m| m.name()).collect();
-                format!(
-                    "unknown mutation `{name}`: LOCKSTEP_MUTATION takes one of {}",
-                    names.join(", ")
-                )
-            })
+            .ok_or_else(|| UnknownMutation(name.to_string()))
     }
 }
 
@@ -83,6 +86,6 @@ mod tests {
             assert_eq!(Mutation::parse(m.name()), Ok(m));
         }
         let e = Mutation::parse("lease-by-term").unwrap_err();
-        assert!(e.contains("lease-term-only"), "{e}");
+        assert!(e.to_string().contains("lease-term-only"), "{e}");
     }
 }

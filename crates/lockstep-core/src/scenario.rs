@@ -319,12 +319,12 @@ impl Sim<'_> {
 
     fn act(&mut self, step: &Step) -> Result<Option<Outcome>, String> {
         if let Some(d) = &step.advance {
-            let ms = Duration::parse(&d.0)?.as_ms();
+            let ms = Duration::parse(&d.0).map_err(|e| e.to_string())?.as_ms();
             self.advance_to(self.now.add_ms(ms))?;
             return Ok(None);
         }
         if let Some(t) = &step.advance_to {
-            let target = Timestamp::parse_rfc3339(t)?;
+            let target = Timestamp::parse_rfc3339(t).map_err(|e| e.to_string())?;
             if target < self.now {
                 return Err(format!(
                     "advance_to {t} is before the current time {}",
@@ -478,7 +478,7 @@ impl Sim<'_> {
 
     fn check(&self, expect: &Expect) -> Result<(), String> {
         if let Some(now) = &expect.now {
-            let want = Timestamp::parse_rfc3339(now)?;
+            let want = Timestamp::parse_rfc3339(now).map_err(|e| e.to_string())?;
             if want != self.now {
                 return Err(format!("expected time {want}, it is {}", self.now));
             }
@@ -533,7 +533,7 @@ impl Sim<'_> {
             }
             for (label, due) in want {
                 if due != "any" {
-                    let due_at = Timestamp::parse_rfc3339(due)?;
+                    let due_at = Timestamp::parse_rfc3339(due).map_err(|e| e.to_string())?;
                     if got[label] != due_at {
                         return Err(format!(
                             "expected timer {label} due at {due_at}, it is due at {}",

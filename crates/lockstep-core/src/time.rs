@@ -7,6 +7,14 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// A text that is not an RFC 3339 timestamp.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{text}` is not an RFC 3339 timestamp ({reason}); write e.g. 2026-12-01T09:00:00Z")]
+pub struct TimestampError {
+    pub text: String,
+    pub reason: String,
+}
+
 /// A point in cluster time, in microseconds since 1970-01-01T00:00:00Z.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -55,13 +63,12 @@ impl Timestamp {
     }
 
     /// Parses an RFC 3339 timestamp such as `2026-12-01T09:00:00Z`.
-    pub fn parse_rfc3339(text: &str) -> Result<Timestamp, String> {
+    pub fn parse_rfc3339(text: &str) -> Result<Timestamp, TimestampError> {
         text.parse::<jiff::Timestamp>()
             .map(Timestamp::from_jiff)
-            .map_err(|e| {
-                format!(
-                    "`{text}` is not an RFC 3339 timestamp ({e}); write e.g. 2026-12-01T09:00:00Z"
-                )
+            .map_err(|e| TimestampError {
+                text: text.to_string(),
+                reason: e.to_string(),
             })
     }
 }

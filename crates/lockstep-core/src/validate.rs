@@ -427,6 +427,7 @@ impl Validator<'_> {
             }
             Ok(d) => Some(d.as_ms()),
             Err(e) => {
+                let e = e.to_string();
                 let hint = "write a duration such as 30d, 16h, 1h30m, 45s or 500ms";
                 // Duration::parse ends most messages with the hint; say it once, as the hint.
                 let message = e

@@ -20,7 +20,7 @@ pub fn from_env() -> Result<Option<Mutation>, String> {
     };
     let name = name.to_string_lossy();
     if cfg!(debug_assertions) {
-        Mutation::parse(&name).map(Some)
+        Mutation::parse(&name).map(Some).map_err(|e| e.to_string())
     } else {
         Err(format!(
             "{ENV}={name} is set, but this is a release build, which has no mutations: unset {ENV} (mutations are deliberate bugs for the test harness, in debug builds only)"

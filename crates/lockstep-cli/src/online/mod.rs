@@ -102,7 +102,7 @@ pub struct Connection {
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let d = lockstep_core::duration::Duration::parse(text)?;
+    let d = lockstep_core::duration::Duration::parse(text).map_err(|e| e.to_string())?;
     if d.as_ms() == 0 {
         return Err("the timeout must be more than zero".into());
     }

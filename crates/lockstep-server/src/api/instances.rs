@@ -114,7 +114,10 @@ impl pb::instances_server::Instances for Api {
         let since = if req.updated_since.is_empty() {
             None
         } else {
-            Some(Timestamp::parse_rfc3339(&req.updated_since).map_err(status::bad_request)?)
+            Some(
+                Timestamp::parse_rfc3339(&req.updated_since)
+                    .map_err(|e| status::bad_request(e.to_string()))?,
+            )
         };
         let sla_filter = match req.sla_status.as_str() {
             "" => None,
