@@ -581,15 +581,18 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
         let mut snapshot = snapshot
             .into_file()
             .ok_or_else(|| snapshot_err(std::io::Error::other("snapshot data has no file")))?;
-        // The received data is in an unnamed `incoming-*.tmp` handle: copy it under the
-        // snapshot's name, synced, before the state is touched.
+        // The received data is in an unnamed `incoming-*.tmp` handle: copy it to a temporary
+        // file, synced, before the state is touched. It takes the snapshot's name only under
+        // the state lock below: a snapshot recorded meanwhile (a build of this node's own)
+        // removes every snapshot file it does not keep, and would remove this one.
         let name = file_name(&meta.snapshot_id);
         let target = self.snapshots.file(&name);
+        let copy = self.snapshots.file(&unique("installing"));
         snapshot
             .seek(std::io::SeekFrom::Start(0))
             .await
             .map_err(snapshot_err)?;
-        let mut out = tokio::fs::File::create(&target)
+        let mut out = tokio::fs::File::create(&copy)
             .await
             .map_err(snapshot_write_err)?;
         tokio::io::copy(&mut snapshot, &mut out)
@@ -604,13 +607,15 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
         let store = Arc::clone(&self.store);
         let dir = self.snapshots.clone();
         tokio::task::spawn_blocking(move || {
-            sync_dir(&dir.path).map_err(|e| {
+            let _state = dir.hold_state();
+            let io = |e: std::io::Error| {
                 lockstep_store::Error::Invalid(format!(
                     "snapshot directory {}: {e}",
                     dir.path.display()
                 ))
-            })?;
-            let _state = dir.hold_state();
+            };
+            std::fs::rename(&copy, &target).map_err(io)?;
+            sync_dir(&dir.path).map_err(io)?;
             // From here a crash is finished at the next open, from the file.
             let mut marker = Batch::default();
             marker.put(Family::RaftMeta, INSTALLING, envelope::encode(&stored));
@@ -797,6 +802,78 @@ mod tests {
         );
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, installed.meta);
+    }
+
+    /// A snapshot recorded while a received one waits to be installed (chaos seed 993: this
+    /// node's own build recorded while the leader's snapshot was being installed) removes
+    /// every snapshot file it does not keep; the received one is not among them yet, so the
+    /// install still finds its file and succeeds.
+    #[tokio::test]
+    async fn a_snapshot_recorded_during_an_install_does_not_remove_the_received_file() {
+        let dirs = tempfile::tempdir().unwrap();
+        let leader_store = seeded(50);
+        let mut leader =
+            StateMachine::open(Arc::clone(&leader_store), dirs.path().join("a")).unwrap();
+        let built = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let meta = built.meta.clone();
+        let data = bytes_of(built).await;
+
+        let follower_store = seeded(3);
+        let follower_dir = dirs.path().join("b");
+        let mut follower = StateMachine::open(Arc::clone(&follower_store), &follower_dir).unwrap();
+        let dir = follower.snapshots.clone();
+        let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
+        incoming.write_all(&data).await.unwrap();
+
+        // Hold the state lock, as a build taking its checkpoint does, while the install
+        // copies the received data and then waits for the lock.
+        let held = dir.hold_state();
+        let install = tokio::spawn({
+            let meta = meta.clone();
+            async move { follower.install_snapshot(&meta, incoming).await }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !names(&follower_dir)
+            .iter()
+            .any(|n| n.starts_with("installing-"))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the install never copied its data"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // The build records its snapshot (older than the received one) and cleans up.
+        let own = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 7)),
+                last_membership: StoredMembership::default(),
+                snapshot_id: "1-7-own".into(),
+            },
+            file: file_name("1-7-own"),
+        };
+        std::fs::write(follower_dir.join(&own.file), b"this node's own").unwrap();
+        dir.record(&*follower_store, &own, Batch::default())
+            .unwrap();
+        drop(held);
+
+        install
+            .await
+            .unwrap()
+            .expect("the install finds its file and succeeds");
+        assert_eq!(state(&follower_store), state(&leader_store));
+        assert_eq!(
+            SnapshotDir::current(&*follower_store)
+                .unwrap()
+                .unwrap()
+                .meta,
+            meta
+        );
     }
 
     /// A `Noop` entry at `index` proposed at `at_ms`, applied through openraft's call.
