@@ -809,6 +809,9 @@ mod tests {
     /// every snapshot file it does not keep; the received one is not among them yet, so the
     /// install still finds its file and succeeds.
     #[tokio::test]
+    // The test holds the state lock across awaits on purpose: it plays a build that is
+    // taking its checkpoint while the install (on another task) waits for the lock.
+    #[allow(clippy::await_holding_lock)]
     async fn a_snapshot_recorded_during_an_install_does_not_remove_the_received_file() {
         let dirs = tempfile::tempdir().unwrap();
         let leader_store = seeded(50);
