@@ -46,7 +46,7 @@ impl RaftService {
             };
             let subject = match trust::subject(cert.as_ref()) {
                 Ok(s) => s,
-                Err(e) => return refuse(e),
+                Err(e) => return refuse(e.to_string()),
             };
             match trust::node_id_of(&subject) {
                 Some(id) if id == from => {}

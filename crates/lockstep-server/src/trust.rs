@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 use std::future::{Ready, ready};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -64,10 +64,127 @@ pub struct CertSubject {
     pub uris: Vec<String>,
 }
 
+/// Why a certificate names no actor (mTLS), or cannot be read at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateError {
+    #[error("unreadable certificate: {0}")]
+    Unreadable(String),
+    #[error("the client certificate has no subject CN to name the actor")]
+    NoCommonName,
+    #[error("`{0}` is a node certificate, not a client identity")]
+    NodeCertificate(String),
+    #[error("actor ids starting with `system:` belong to the engine")]
+    SystemActor,
+    #[error("the client certificate's `{0}` is not kind:human, kind:service or kind:worker")]
+    UnknownKind(String),
+}
+
+/// Why a bearer token names no actor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the bearer token is not a JWT: {0}")]
+    NotJwt(String),
+    #[error("no configured key verifies {algorithm} tokens{}", kid.as_deref().map(|k| format!(" with kid `{k}`")).unwrap_or_default())]
+    NoKey {
+        algorithm: String,
+        kid: Option<String>,
+    },
+    #[error("the bearer token has expired (exp)")]
+    Expired,
+    #[error("the bearer token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("the bearer token's signature does not verify with any configured key")]
+    BadSignature,
+    #[error("the bearer token's issuer (iss) is not this cluster's")]
+    WrongIssuer,
+    #[error("the bearer token's audience (aud) does not include this cluster")]
+    WrongAudience,
+    #[error("the bearer token has no `{0}` claim")]
+    MissingClaim(String),
+    #[error("the bearer token's algorithm does not match the key")]
+    WrongAlgorithm,
+    #[error("the bearer token is not valid: {0}")]
+    Invalid(String),
+    #[error("the token's `sub` claim is not a non-empty string")]
+    NoSubject,
+    #[error("actor ids starting with `system:` belong to the engine")]
+    SystemActor,
+    #[error("the token's `{0}` claim holds a non-string")]
+    RoleNotAString(String),
+    #[error("the token's `{0}` claim is neither a list of roles nor a string")]
+    RolesNotAList(String),
+    #[error("the token's `{claim}` claim is {value}, not \"human\", \"service\" or \"worker\"")]
+    UnknownKind { claim: String, value: String },
+}
+
+/// Why the public keys of `--jwt-keys` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeysError {
+    #[error("not a JWKS document: {0}")]
+    NotJwks(String),
+    #[error("JWK curve {0} is not supported")]
+    UnsupportedCurve(String),
+    #[error("symmetric (kty oct) keys are not accepted: configure the issuer's public keys")]
+    SymmetricKey,
+    #[error("bad JWK: {0}")]
+    BadJwk(String),
+    #[error("`{0}` is not an RSA, EC or Ed25519 public key")]
+    NotAPublicKey(String),
+    #[error("no keys found: expected PEM public keys or a JWKS document")]
+    NoKeys,
+}
+
+/// Why the node's TLS or JWT settings cannot be used (at start-up; nothing is served).
+#[derive(Debug, thiserror::Error)]
+pub enum TrustSetupError {
+    #[error("cannot read {flag} {}: {source}", .path.display())]
+    Read {
+        flag: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{flag} {}: not PEM: {reason}", .path.display())]
+    NotPem {
+        flag: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{flag} {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", .path.display())]
+    NoCertificate { flag: &'static str, path: PathBuf },
+    #[error("--tls-key {} holds no PEM private key", .0.display())]
+    NoPrivateKey(PathBuf),
+    #[error("--tls-cert: {0}")]
+    Certificate(CertificateError),
+    #[error(
+        "--tls-cert {} is issued to CN={cn}, but node {node}'s certificate must have CN=node-{node}: peers accept Raft messages from node {node} only with that name (`lockstep certs --node {node}=HOST` makes one)",
+        .path.display()
+    )]
+    NotThisNode {
+        path: PathBuf,
+        cn: String,
+        node: u64,
+    },
+    #[error("--jwt-keys {}: {source}", .path.display())]
+    JwtKeys { path: PathBuf, source: KeysError },
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    /// The files read, but rustls cannot serve with them: what, and why.
+    #[error("{what}: {reason}")]
+    Unusable { what: &'static str, reason: String },
+}
+
+/// Settings rustls cannot serve with: `what`, and rustls' reason.
+fn unusable(what: &'static str, e: impl std::fmt::Display) -> TrustSetupError {
+    TrustSetupError::Unusable {
+        what,
+        reason: e.to_string(),
+    }
+}
+
 /// Reads the subject of a DER certificate.
-pub fn subject(der: &[u8]) -> Result<CertSubject, String> {
+pub fn subject(der: &[u8]) -> Result<CertSubject, CertificateError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| format!("unreadable certificate: {e}"))?;
+        .map_err(|e| CertificateError::Unreadable(e.to_string()))?;
     let name = cert.subject();
     Ok(CertSubject {
         cn: name
@@ -107,19 +224,17 @@ pub fn node_id_of(subject: &CertSubject) -> Option<u64> {
 }
 
 /// The actor a client certificate names.
-pub fn certificate_actor(subject: &CertSubject) -> Result<Actor, String> {
+pub fn certificate_actor(subject: &CertSubject) -> Result<Actor, CertificateError> {
     let cn = subject
         .cn
         .as_deref()
         .filter(|cn| !cn.trim().is_empty())
-        .ok_or("the client certificate has no subject CN to name the actor")?;
+        .ok_or(CertificateError::NoCommonName)?;
     if node_id_of(subject).is_some() {
-        return Err(format!(
-            "`{cn}` is a node certificate, not a client identity"
-        ));
+        return Err(CertificateError::NodeCertificate(cn.to_string()));
     }
     if cn.starts_with("system:") {
-        return Err("actor ids starting with `system:` belong to the engine".into());
+        return Err(CertificateError::SystemActor);
     }
     let mut kind = ActorKind::Human;
     let mut roles = Vec::new();
@@ -131,9 +246,7 @@ pub fn certificate_actor(subject: &CertSubject) -> Result<Actor, String> {
     );
     for entry in entries {
         if let Some(k) = entry.strip_prefix("kind:") {
-            kind = parse_kind(k).ok_or_else(|| {
-                format!("the client certificate's `{entry}` is not kind:human, kind:service or kind:worker")
-            })?;
+            kind = parse_kind(k).ok_or_else(|| CertificateError::UnknownKind(entry.to_string()))?;
         } else if let Some(r) = entry.strip_prefix("role:")
             && !roles.iter().any(|have| have == r)
         {
@@ -161,24 +274,36 @@ fn parse_kind(text: &str) -> Option<ActorKind> {
     }
 }
 
-fn read_file(path: &Path, flag: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
+fn read_file(path: &Path, flag: &'static str) -> Result<Vec<u8>, TrustSetupError> {
+    std::fs::read(path).map_err(|source| TrustSetupError::Read {
+        flag,
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The DER certificates of a PEM file.
-fn pem_certificates(pem: &[u8], flag: &str, path: &Path) -> Result<Vec<Vec<u8>>, String> {
+fn pem_certificates(
+    pem: &[u8],
+    flag: &'static str,
+    path: &Path,
+) -> Result<Vec<Vec<u8>>, TrustSetupError> {
     let mut out = Vec::new();
     for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
-        let block = block.map_err(|e| format!("{flag} {}: not PEM: {e}", path.display()))?;
+        let block = block.map_err(|e| TrustSetupError::NotPem {
+            flag,
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         if block.label == "CERTIFICATE" {
             out.push(block.contents);
         }
     }
     if out.is_empty() {
-        return Err(format!(
-            "{flag} {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-            path.display()
-        ));
+        return Err(TrustSetupError::NoCertificate {
+            flag,
+            path: path.to_path_buf(),
+        });
     }
     Ok(out)
 }
@@ -195,25 +320,22 @@ struct TlsMaterial {
 }
 
 impl TlsMaterial {
-    fn load(files: &TlsFiles, node_id: u64) -> Result<TlsMaterial, String> {
+    fn load(files: &TlsFiles, node_id: u64) -> Result<TlsMaterial, TrustSetupError> {
         let cert = read_file(&files.cert, "--tls-cert")?;
         let key = read_file(&files.key, "--tls-key")?;
         let ca = read_file(&files.ca, "--tls-ca")?;
         let leaf = pem_certificates(&cert, "--tls-cert", &files.cert)?;
         pem_certificates(&ca, "--tls-ca", &files.ca)?;
         if !String::from_utf8_lossy(&key).contains("PRIVATE KEY-----") {
-            return Err(format!(
-                "--tls-key {} holds no PEM private key",
-                files.key.display()
-            ));
+            return Err(TrustSetupError::NoPrivateKey(files.key.clone()));
         }
-        let subject = subject(&leaf[0]).map_err(|e| format!("--tls-cert: {e}"))?;
+        let subject = subject(&leaf[0]).map_err(TrustSetupError::Certificate)?;
         if node_id_of(&subject) != Some(node_id) {
-            return Err(format!(
-                "--tls-cert {} is issued to CN={}, but node {node_id}'s certificate must have CN=node-{node_id}: peers accept Raft messages from node {node_id} only with that name (`lockstep certs --node {node_id}=HOST` makes one)",
-                files.cert.display(),
-                subject.cn.as_deref().unwrap_or("(none)")
-            ));
+            return Err(TrustSetupError::NotThisNode {
+                path: files.cert.clone(),
+                cn: subject.cn.unwrap_or_else(|| "(none)".to_string()),
+                node: node_id,
+            });
         }
         Ok(TlsMaterial {
             identity: Identity::from_pem(&cert, &key),
@@ -262,10 +384,12 @@ impl std::fmt::Debug for JwtVerifier {
 }
 
 impl JwtVerifier {
-    pub fn load(settings: &JwtSettings) -> Result<JwtVerifier, String> {
+    pub fn load(settings: &JwtSettings) -> Result<JwtVerifier, TrustSetupError> {
         let bytes = read_file(&settings.keys, "--jwt-keys")?;
-        let keys = parse_keys(&bytes)
-            .map_err(|e| format!("--jwt-keys {}: {e}", settings.keys.display()))?;
+        let keys = parse_keys(&bytes).map_err(|source| TrustSetupError::JwtKeys {
+            path: settings.keys.clone(),
+            source,
+        })?;
         Ok(JwtVerifier {
             keys,
             issuer: settings.issuer.clone(),
@@ -276,9 +400,8 @@ impl JwtVerifier {
     }
 
     /// The actor a token names, or why it is refused.
-    pub fn verify(&self, token: &str) -> Result<Actor, String> {
-        let header =
-            decode_header(token).map_err(|e| format!("the bearer token is not a JWT: {e}"))?;
+    pub fn verify(&self, token: &str) -> Result<Actor, TokenError> {
+        let header = decode_header(token).map_err(|e| TokenError::NotJwt(e.to_string()))?;
         let candidates: Vec<&JwtKey> = self
             .keys
             .iter()
@@ -289,15 +412,10 @@ impl JwtVerifier {
             })
             .collect();
         if candidates.is_empty() {
-            return Err(format!(
-                "no configured key verifies {:?} tokens{}",
-                header.alg,
-                header
-                    .kid
-                    .as_deref()
-                    .map(|k| format!(" with kid `{k}`"))
-                    .unwrap_or_default()
-            ));
+            return Err(TokenError::NoKey {
+                algorithm: format!("{:?}", header.alg),
+                kid: header.kid.clone(),
+            });
         }
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.issuer]);
@@ -319,15 +437,18 @@ impl JwtVerifier {
         Err(describe_jwt_error(last.expect("at least one candidate")))
     }
 
-    fn actor(&self, claims: serde_json::Map<String, serde_json::Value>) -> Result<Actor, String> {
+    fn actor(
+        &self,
+        claims: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Actor, TokenError> {
         let sub = claims
             .get("sub")
             .and_then(|s| s.as_str())
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .ok_or("the token's `sub` claim is not a non-empty string")?;
+            .ok_or(TokenError::NoSubject)?;
         if sub.starts_with("system:") {
-            return Err("actor ids starting with `system:` belong to the engine".into());
+            return Err(TokenError::SystemActor);
         }
         let roles = match claims.get(&self.roles_claim) {
             None | Some(serde_json::Value::Null) => Vec::new(),
@@ -339,29 +460,24 @@ impl JwtVerifier {
             Some(serde_json::Value::Array(items)) => items
                 .iter()
                 .map(|i| {
-                    i.as_str().map(str::to_string).ok_or_else(|| {
-                        format!(
-                            "the token's `{}` claim holds a non-string",
-                            self.roles_claim
-                        )
-                    })
+                    i.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| TokenError::RoleNotAString(self.roles_claim.clone()))
                 })
                 .collect::<Result<_, _>>()?,
             Some(_) => {
-                return Err(format!(
-                    "the token's `{}` claim is neither a list of roles nor a string",
-                    self.roles_claim
-                ));
+                return Err(TokenError::RolesNotAList(self.roles_claim.clone()));
             }
         };
         let kind = match claims.get(&self.kind_claim) {
             None | Some(serde_json::Value::Null) => ActorKind::Human,
-            Some(v) => v.as_str().and_then(parse_kind).ok_or_else(|| {
-                format!(
-                    "the token's `{}` claim is {v}, not \"human\", \"service\" or \"worker\"",
-                    self.kind_claim
-                )
-            })?,
+            Some(v) => v
+                .as_str()
+                .and_then(parse_kind)
+                .ok_or_else(|| TokenError::UnknownKind {
+                    claim: self.kind_claim.clone(),
+                    value: v.to_string(),
+                })?,
         };
         Ok(Actor {
             id: sub.to_string(),
@@ -373,49 +489,41 @@ impl JwtVerifier {
     }
 }
 
-fn describe_jwt_error(e: jsonwebtoken::errors::Error) -> String {
+fn describe_jwt_error(e: jsonwebtoken::errors::Error) -> TokenError {
     use jsonwebtoken::errors::ErrorKind;
     match e.kind() {
-        ErrorKind::ExpiredSignature => "the bearer token has expired (exp)".into(),
-        ErrorKind::ImmatureSignature => "the bearer token is not valid yet (nbf)".into(),
-        ErrorKind::InvalidSignature => {
-            "the bearer token's signature does not verify with any configured key".into()
-        }
-        ErrorKind::InvalidIssuer => "the bearer token's issuer (iss) is not this cluster's".into(),
-        ErrorKind::InvalidAudience => {
-            "the bearer token's audience (aud) does not include this cluster".into()
-        }
-        ErrorKind::MissingRequiredClaim(c) => format!("the bearer token has no `{c}` claim"),
-        ErrorKind::InvalidAlgorithm => "the bearer token's algorithm does not match the key".into(),
-        other => format!("the bearer token is not valid: {other:?}"),
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
+        ErrorKind::InvalidAlgorithm => TokenError::WrongAlgorithm,
+        other => TokenError::Invalid(format!("{other:?}")),
     }
 }
 
 /// Public keys from PEM blocks or a JWKS document.
-fn parse_keys(bytes: &[u8]) -> Result<Vec<JwtKey>, String> {
+fn parse_keys(bytes: &[u8]) -> Result<Vec<JwtKey>, KeysError> {
     let text = String::from_utf8_lossy(bytes);
     let mut keys = Vec::new();
     if text.trim_start().starts_with('{') {
         let set: JwkSet =
-            serde_json::from_str(&text).map_err(|e| format!("not a JWKS document: {e}"))?;
+            serde_json::from_str(&text).map_err(|e| KeysError::NotJwks(e.to_string()))?;
         for jwk in &set.keys {
             let algorithms = match &jwk.algorithm {
                 AlgorithmParameters::RSA(_) => RSA_ALGORITHMS.to_vec(),
                 AlgorithmParameters::EllipticCurve(p) => match p.curve {
                     EllipticCurve::P256 => vec![Algorithm::ES256],
                     EllipticCurve::P384 => vec![Algorithm::ES384],
-                    _ => return Err(format!("JWK curve {:?} is not supported", p.curve)),
+                    _ => return Err(KeysError::UnsupportedCurve(format!("{:?}", p.curve))),
                 },
                 AlgorithmParameters::OctetKeyPair(_) => vec![Algorithm::EdDSA],
-                AlgorithmParameters::OctetKey(_) => {
-                    return Err(
-                        "symmetric (kty oct) keys are not accepted: configure the issuer's public keys".into(),
-                    );
-                }
+                AlgorithmParameters::OctetKey(_) => return Err(KeysError::SymmetricKey),
             };
             keys.push(JwtKey {
                 kid: jwk.common.key_id.clone(),
-                key: DecodingKey::from_jwk(jwk).map_err(|e| format!("bad JWK: {e}"))?,
+                key: DecodingKey::from_jwk(jwk).map_err(|e| KeysError::BadJwk(e.to_string()))?,
                 algorithms,
             });
         }
@@ -429,9 +537,8 @@ fn parse_keys(bytes: &[u8]) -> Result<Vec<JwtKey>, String> {
             } else if let Ok(k) = DecodingKey::from_ed_pem(pem) {
                 (k, vec![Algorithm::EdDSA])
             } else {
-                return Err(format!(
-                    "`{}` is not an RSA, EC or Ed25519 public key",
-                    block.lines().next().unwrap_or_default()
+                return Err(KeysError::NotAPublicKey(
+                    block.lines().next().unwrap_or_default().to_string(),
                 ));
             };
             keys.push(JwtKey {
@@ -442,7 +549,7 @@ fn parse_keys(bytes: &[u8]) -> Result<Vec<JwtKey>, String> {
         }
     }
     if keys.is_empty() {
-        return Err("no keys found: expected PEM public keys or a JWKS document".into());
+        return Err(KeysError::NoKeys);
     }
     Ok(keys)
 }
@@ -486,7 +593,7 @@ impl std::fmt::Debug for Trust {
 }
 
 impl Trust {
-    pub fn load(config: &Config) -> Result<Trust, String> {
+    pub fn load(config: &Config) -> Result<Trust, TrustSetupError> {
         let tls = match &config.tls {
             Some(files) => Some(TlsMaterial::load(files, config.id)?),
             None => None,
@@ -499,31 +606,30 @@ impl Trust {
             dev: config.dev,
             tls,
             jwt,
-            policy: PolicySource::load(config.policy.as_deref(), config.dev)
-                .map_err(|e| e.to_string())?,
+            policy: PolicySource::load(config.policy.as_deref(), config.dev)?,
         })
     }
 
     /// The server side of the node's port: its certificate, and client certificates from the
     /// CA verified when presented (optional, so JWT clients need none). HTTP/2 only.
-    pub fn tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+    pub fn tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, TrustSetupError> {
         use tokio_rustls::rustls;
         use tokio_rustls::rustls::pki_types::pem::PemObject;
         use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let Some(t) = &self.tls else {
             return Ok(None);
         };
-        let certs = |pem: &[u8], what: &str| {
+        let certs = |pem: &[u8], what: &'static str| {
             CertificateDer::pem_slice_iter(pem)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("{what}: {e}"))
+                .map_err(|e| unusable(what, e))
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for ca in certs(&t.ca_pem, "--tls-ca")? {
             roots
                 .add(ca)
-                .map_err(|e| format!("--tls-ca holds an unusable CA certificate: {e}"))?;
+                .map_err(|e| unusable("--tls-ca holds an unusable CA certificate", e))?;
         }
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
@@ -531,15 +637,15 @@ impl Trust {
         )
         .allow_unauthenticated()
         .build()
-        .map_err(|e| format!("--tls-ca: {e}"))?;
+        .map_err(|e| unusable("--tls-ca", e))?;
         let key =
-            PrivateKeyDer::from_pem_slice(&t.key_pem).map_err(|e| format!("--tls-key: {e}"))?;
+            PrivateKeyDer::from_pem_slice(&t.key_pem).map_err(|e| unusable("--tls-key", e))?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS protocol versions: {e}"))?
+            .map_err(|e| unusable("TLS protocol versions", e))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(certs(&t.cert_pem, "--tls-cert")?, key)
-            .map_err(|e| format!("--tls-cert / --tls-key do not form a usable pair: {e}"))?;
+            .map_err(|e| unusable("--tls-cert / --tls-key do not form a usable pair", e))?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
     }
@@ -583,13 +689,17 @@ impl Trust {
                     "this cluster accepts no bearer tokens (no --jwt-keys): connect with a client certificate from the cluster CA instead",
                 ));
             };
-            return jwt.verify(token).map(Some).map_err(Status::unauthenticated);
+            return jwt
+                .verify(token)
+                .map(Some)
+                .map_err(|e| Status::unauthenticated(e.to_string()));
         }
         if let Some(first) = peer_certs.and_then(|c| c.first()) {
-            let subject = subject(first.as_ref()).map_err(Status::unauthenticated)?;
+            let subject =
+                subject(first.as_ref()).map_err(|e| Status::unauthenticated(e.to_string()))?;
             return certificate_actor(&subject)
                 .map(Some)
-                .map_err(Status::unauthenticated);
+                .map_err(|e| Status::unauthenticated(e.to_string()));
         }
         Err(Status::unauthenticated(HOW_TO_AUTHENTICATE))
     }
@@ -843,37 +953,70 @@ mod tests {
         let key = rcgen::KeyPair::generate().unwrap();
         let other = rcgen::KeyPair::generate().unwrap();
         let (_dir, v) = verifier(&key.public_key_pem());
-        let expired = v.verify(&token(&key, claims("bob", -120))).unwrap_err();
+        let expired = v
+            .verify(&token(&key, claims("bob", -120)))
+            .unwrap_err()
+            .to_string();
         assert!(expired.contains("expired"), "{expired}");
-        let forged = v.verify(&token(&other, claims("bob", 600))).unwrap_err();
+        let forged = v
+            .verify(&token(&other, claims("bob", 600)))
+            .unwrap_err()
+            .to_string();
         assert!(forged.contains("signature"), "{forged}");
         let mut c = claims("bob", 600);
         c["aud"] = "elsewhere".into();
-        assert!(v.verify(&token(&key, c)).unwrap_err().contains("audience"));
+        assert!(
+            v.verify(&token(&key, c))
+                .unwrap_err()
+                .to_string()
+                .contains("audience")
+        );
         let mut c = claims("bob", 600);
         c["iss"] = "https://evil.test".into();
-        assert!(v.verify(&token(&key, c)).unwrap_err().contains("issuer"));
+        assert!(
+            v.verify(&token(&key, c))
+                .unwrap_err()
+                .to_string()
+                .contains("issuer")
+        );
         let mut c = claims("bob", 600);
         c["nbf"] = (now() + 3600).into();
         assert!(
             v.verify(&token(&key, c))
                 .unwrap_err()
+                .to_string()
                 .contains("not valid yet")
         );
         let mut c = claims("system:timer", 600);
         c["roles"] = "a b".into();
-        assert!(v.verify(&token(&key, c)).unwrap_err().contains("system:"));
+        assert!(
+            v.verify(&token(&key, c))
+                .unwrap_err()
+                .to_string()
+                .contains("system:")
+        );
         let mut c = claims("bob", 600);
         c["lockstep_kind"] = "system".into();
         assert!(
             v.verify(&token(&key, c))
                 .unwrap_err()
+                .to_string()
                 .contains("lockstep_kind")
         );
         let mut c = claims("bob", 600);
         c.as_object_mut().unwrap().remove("exp");
-        assert!(v.verify(&token(&key, c)).unwrap_err().contains("exp"));
-        assert!(v.verify("not-a-token").unwrap_err().contains("not a JWT"));
+        assert!(
+            v.verify(&token(&key, c))
+                .unwrap_err()
+                .to_string()
+                .contains("exp")
+        );
+        assert!(
+            v.verify("not-a-token")
+                .unwrap_err()
+                .to_string()
+                .contains("not a JWT")
+        );
     }
 
     #[test]
