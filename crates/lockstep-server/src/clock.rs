@@ -79,7 +79,7 @@ impl Default for ClockSettings {
 
 impl ClockSettings {
     /// Parses `--max-clock-offset`: a duration such as `500ms` or `2s`, or `off`.
-    pub fn parse(text: &str) -> Result<ClockSettings, String> {
+    pub fn parse(text: &str) -> Result<ClockSettings, crate::settings::SettingError> {
         let text = text.trim();
         if text == "off" {
             return Ok(ClockSettings {
@@ -87,14 +87,21 @@ impl ClockSettings {
                 ..ClockSettings::default()
             });
         }
-        let d = lockstep_core::duration::Duration::parse(text).map_err(|e| {
-            format!("--max-clock-offset `{text}`: {e}; write e.g. 500ms or 2s, or `off`")
+        let d = lockstep_core::duration::Duration::parse(text).map_err(|source| {
+            crate::settings::SettingError::NotADuration {
+                setting: "--max-clock-offset",
+                value: text.to_string(),
+                source,
+                hint: "write e.g. 500ms or 2s, or `off`",
+            }
         })?;
         let max_offset = Duration::from_millis(d.as_ms());
         if max_offset < Duration::from_millis(10) || max_offset > Duration::from_secs(600) {
-            return Err(format!(
-                "--max-clock-offset `{text}` is out of range: give between 10ms and 10m (default 500ms), or `off` to measure without acting"
-            ));
+            return Err(crate::settings::SettingError::OutOfRange {
+                setting: "--max-clock-offset",
+                value: text.to_string(),
+                problem: "is out of range: give between 10ms and 10m (default 500ms), or `off` to measure without acting",
+            });
         }
         Ok(ClockSettings {
             max_offset,
@@ -557,9 +564,9 @@ mod tests {
             Duration::from_millis(250)
         );
         assert!(!ClockSettings::parse("off").unwrap().guard);
-        let e = ClockSettings::parse("1ms").unwrap_err();
+        let e = ClockSettings::parse("1ms").unwrap_err().to_string();
         assert!(e.contains("out of range"), "{e}");
-        let e = ClockSettings::parse("soon").unwrap_err();
+        let e = ClockSettings::parse("soon").unwrap_err().to_string();
         assert!(e.contains("--max-clock-offset `soon`"), "{e}");
     }
 }

@@ -465,11 +465,13 @@ impl Config {
         }
         let clock = match flags.max_clock_offset.or(file.max_clock_offset) {
             None => crate::clock::ClockSettings::default(),
-            Some(text) => crate::clock::ClockSettings::parse(&text)?,
+            Some(text) => crate::clock::ClockSettings::parse(&text).map_err(|e| e.to_string())?,
         };
         let defaults = crate::space::SpaceSettings::default();
         let size = |flag: &str, text: Option<String>, default: u64| {
-            text.map_or(Ok(default), |t| crate::space::parse_size(flag, &t))
+            text.map_or(Ok(default), |t| {
+                crate::space::parse_size(flag, &t).map_err(|e| e.to_string())
+            })
         };
         let space = crate::space::SpaceSettings {
             min_free_bytes: size(
@@ -486,7 +488,8 @@ impl Config {
         let scrub = crate::scrub::ScrubSettings::parse(
             flags.scrub_every.or(file.scrub_every).as_deref(),
             flags.scrub_rate.or(file.scrub_rate).as_deref(),
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         let snapshots = SnapshotSettings {
             log_bytes: log_mib << 20,
             interval,

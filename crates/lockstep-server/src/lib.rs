@@ -44,6 +44,7 @@ pub mod quota;
 pub mod raft_service;
 pub mod scrub;
 pub mod security_log;
+pub mod settings;
 pub mod snapshot_policy;
 pub mod space;
 pub mod status;

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use lockstep_store::RocksStore;
 
+use crate::settings::SettingError;
+
 /// The default `--scrub-every`: a day.
 pub const EVERY_DEFAULT: Duration = Duration::from_secs(24 * 3600);
 
@@ -44,18 +46,26 @@ impl Default for ScrubSettings {
 impl ScrubSettings {
     /// Parses `--scrub-every` (a duration of at least a minute, or `off`) and `--scrub-rate`
     /// (a size a second, or `off` for no bound).
-    pub fn parse(every: Option<&str>, rate: Option<&str>) -> Result<ScrubSettings, String> {
+    pub fn parse(every: Option<&str>, rate: Option<&str>) -> Result<ScrubSettings, SettingError> {
         let defaults = ScrubSettings::default();
         let every = match every.map(str::trim) {
             None => defaults.every,
             Some(t) if t.eq_ignore_ascii_case("off") => None,
             Some(t) => {
-                let d = lockstep_core::duration::Duration::parse(t)
-                    .map_err(|e| format!("--scrub-every `{t}`: {e}; write e.g. 12h, 7d or off"))?;
+                let d = lockstep_core::duration::Duration::parse(t).map_err(|source| {
+                    SettingError::NotADuration {
+                        setting: "--scrub-every",
+                        value: t.to_string(),
+                        source,
+                        hint: "write e.g. 12h, 7d or off",
+                    }
+                })?;
                 if d.as_ms() < 60_000 {
-                    return Err(format!(
-                        "--scrub-every `{t}` is shorter than 1m: a pass reads the whole store; write e.g. 12h or 7d"
-                    ));
+                    return Err(SettingError::OutOfRange {
+                        setting: "--scrub-every",
+                        value: t.to_string(),
+                        problem: "is shorter than 1m: a pass reads the whole store; write e.g. 12h or 7d",
+                    });
                 }
                 Some(Duration::from_millis(d.as_ms()))
             }
@@ -162,11 +172,17 @@ mod tests {
                 .rate_bytes_per_second,
             0
         );
-        let short = ScrubSettings::parse(Some("10s"), None).unwrap_err();
+        let short = ScrubSettings::parse(Some("10s"), None)
+            .unwrap_err()
+            .to_string();
         assert!(short.contains("shorter than 1m"), "{short}");
-        let bad = ScrubSettings::parse(Some("daily"), None).unwrap_err();
+        let bad = ScrubSettings::parse(Some("daily"), None)
+            .unwrap_err()
+            .to_string();
         assert!(bad.starts_with("--scrub-every `daily`"), "{bad}");
-        let rate = ScrubSettings::parse(None, Some("fast")).unwrap_err();
+        let rate = ScrubSettings::parse(None, Some("fast"))
+            .unwrap_err()
+            .to_string();
         assert!(rate.contains("--scrub-rate"), "{rate}");
     }
 

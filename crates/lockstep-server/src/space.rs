@@ -53,7 +53,7 @@ impl Default for SpaceSettings {
 
 /// Parses a size setting: `off` (or `0`), a number of bytes, or a number with a binary unit
 /// (`KiB`, `MiB`, `GiB`, `TiB`; `B` for bytes). `flag` names the setting in the error.
-pub fn parse_size(flag: &str, text: &str) -> Result<u64, String> {
+pub fn parse_size(flag: &str, text: &str) -> Result<u64, crate::settings::SettingError> {
     let t = text.trim();
     if t.eq_ignore_ascii_case("off") {
         return Ok(0);
@@ -73,10 +73,9 @@ pub fn parse_size(flag: &str, text: &str) -> Result<u64, String> {
         .ok()
         .filter(|_| shift != u32::MAX)
         .and_then(|n| n.checked_mul(1u64 << shift.min(40)))
-        .ok_or_else(|| {
-            format!(
-                "{flag} {text:?} is not a size: give bytes with a binary unit such as 512MiB, 2GiB or 1TiB, or off"
-            )
+        .ok_or_else(|| crate::settings::SettingError::NotASize {
+            setting: flag.to_string(),
+            value: text.to_string(),
         })
 }
 
@@ -249,7 +248,7 @@ mod tests {
         assert_eq!(parse_size("--min-free-space", "512MiB"), Ok(512 << 20));
         assert_eq!(parse_size("--store-quota", "2 GiB"), Ok(2 << 30));
         assert_eq!(parse_size("--store-quota", "1TiB"), Ok(1 << 40));
-        let err = parse_size("--store-quota", "2GB").unwrap_err();
+        let err = parse_size("--store-quota", "2GB").unwrap_err().to_string();
         assert!(err.contains("--store-quota \"2GB\" is not a size") && err.contains("2GiB"));
         assert!(parse_size("--store-quota", "MiB").is_err());
         assert!(parse_size("--store-quota", "99999999999TiB").is_err());
