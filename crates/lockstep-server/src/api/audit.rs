@@ -13,10 +13,7 @@ pub fn audit_pb(r: &ChainedRecord) -> pb::AuditRecord {
         instance_seq: r.instance_seq,
         raft_term: r.raft_term,
         raft_index: r.raft_index,
-        kind: serde_json::to_value(rec.kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        kind: name_of(&rec.kind),
         workflow: rec.workflow.clone(),
         instance_id: rec.instance_id.clone(),
         definition_version: rec.definition_version.clone(),

@@ -35,7 +35,11 @@ impl pb::definitions_server::Definitions for Api {
             .unwrap_or_default();
         // Validate before proposing, so a broken file costs no log entry and gets every
         // diagnostic; apply validates again, deterministically.
-        if let Err(diagnostics) = compile(Some(&provenance.path), &req.source, &Limits::default()) {
+        if let Err(diagnostics) = compile(
+            Some(&provenance.path),
+            &req.source,
+            &lockstep_raft::replicated::apply_limits(),
+        ) {
             let text: Vec<String> = diagnostics.iter().map(|d| d.to_string()).collect();
             let refusal = lockstep_core::Refusal::new(
                 lockstep_core::RefusalCode::DefinitionInvalid,

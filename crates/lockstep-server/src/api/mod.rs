@@ -14,7 +14,7 @@ use futures::Stream;
 use lockstep_core::audit::ChainedRecord;
 use lockstep_core::engine::Instance;
 use lockstep_core::validate::{CompiledDefinition, compile};
-use lockstep_core::{Actor, Limits, RefusalCode, Timestamp};
+use lockstep_core::{Actor, RefusalCode, Timestamp};
 use lockstep_core::{Migration, TimerPolicy};
 use lockstep_proto::v1 as pb;
 use lockstep_raft::apply::StoredDefinition;
@@ -175,11 +175,15 @@ impl Api {
             return Ok(None);
         };
         let compiled = Arc::new(
-            compile(None, &stored.source, &Limits::default())
-                .map_err(|_| Status::internal("stored definition does not compile"))?,
+            compile(
+                None,
+                &stored.source,
+                &lockstep_raft::replicated::apply_limits(),
+            )
+            .map_err(|_| Status::internal("stored definition does not compile"))?,
         );
         let mut cache = self.definitions.lock().expect("cache lock");
-        if cache.len() > 256 {
+        if cache.len() > lockstep_raft::apply::DEFINITION_CACHE_MAX {
             cache.clear();
         }
         cache.insert(key, Arc::clone(&compiled));
