@@ -700,6 +700,20 @@ mod tests {
         data
     }
 
+    /// Builds a snapshot of `sm` and reads its bytes, as a leader sending it would.
+    async fn snapshot_of(
+        sm: &mut StateMachine<MemStore>,
+    ) -> (SnapshotMeta<NodeId, Member>, Vec<u8>) {
+        let built = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let meta = built.meta.clone();
+        (meta, bytes_of(built).await)
+    }
+
     fn names(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -817,14 +831,7 @@ mod tests {
         let leader_store = seeded(50);
         let mut leader =
             StateMachine::open(Arc::clone(&leader_store), dirs.path().join("a")).unwrap();
-        let built = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-        let meta = built.meta.clone();
-        let data = bytes_of(built).await;
+        let (meta, data) = snapshot_of(&mut leader).await;
 
         let follower_store = seeded(3);
         let follower_dir = dirs.path().join("b");
@@ -901,14 +908,7 @@ mod tests {
         let mut leader =
             StateMachine::open(Arc::clone(&leader_store), dirs.path().join("a")).unwrap();
         apply_noop(&mut leader, 43, 9_000).await;
-        let built = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-        let meta = built.meta.clone();
-        let data = bytes_of(built).await;
+        let (meta, data) = snapshot_of(&mut leader).await;
 
         let follower_store = seeded(3);
         let mut follower =
@@ -936,15 +936,8 @@ mod tests {
         let leader_store = seeded(500);
         let mut leader =
             StateMachine::open(Arc::clone(&leader_store), dirs.path().join("a")).unwrap();
-        let built = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-        let meta = built.meta.clone();
+        let (meta, data) = snapshot_of(&mut leader).await;
         assert_eq!(meta.last_log_id.unwrap().index, 42);
-        let data = bytes_of(built).await;
 
         let follower_store = seeded(3);
         let mut follower =
@@ -969,14 +962,7 @@ mod tests {
         let dirs = tempfile::tempdir().unwrap();
         let source = seeded(300);
         let mut sm = StateMachine::open(Arc::clone(&source), dirs.path().join("a")).unwrap();
-        let built = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-        let meta = built.meta.clone();
-        let data = bytes_of(built).await;
+        let (meta, data) = snapshot_of(&mut sm).await;
 
         let target = seeded(7);
         let dir = dirs.path().join("b");
