@@ -231,8 +231,7 @@ pub async fn audit_security(
     limit: u32,
 ) -> anyhow::Result<bool> {
     let client = conn.client()?;
-    let mut unreachable = Vec::new();
-    let mut rows = Vec::new();
+    let mut answers = PerEndpoint::new(output);
     for (i, endpoint) in client.endpoints().iter().enumerate() {
         match client.security_log_of(i, after, limit).await {
             Ok(log) => {
@@ -265,7 +264,7 @@ pub async fn audit_security(
                             "actor": e.actor, "remote": e.remote, "code": e.code, "reason": e.reason})
                     })
                     .collect();
-                rows.push(
+                answers.answered(
                     serde_json::json!({"endpoint": endpoint, "node_id": log.node_id,
                     "total": log.total, "capacity": log.capacity, "events": events}),
                 );
@@ -273,21 +272,10 @@ pub async fn audit_security(
             Err(e @ (Error::Unauthenticated(_) | Error::PermissionDenied(_))) => {
                 return Err(e.into());
             }
-            Err(e) => {
-                unreachable.push(endpoint.clone());
-                if output == Output::Table {
-                    println!("{endpoint}: unreachable: {e}");
-                }
-                rows.push(serde_json::json!({"endpoint": endpoint, "error": e.to_string()}));
-            }
+            Err(e) => answers.unreachable(endpoint, e),
         }
     }
-    if output == Output::Json {
-        println!("{}", serde_json::Value::Array(rows));
-    }
-    if !unreachable.is_empty() {
-        return Err(Unreachable(unreachable).into());
-    }
+    answers.finish()?;
     Ok(true)
 }
 

@@ -5,8 +5,7 @@ use super::*;
 /// One row per endpoint; [`Unreachable`] (after printing the rows) if some did not answer.
 pub async fn cluster_status(conn: &Connection, output: Output, digest: bool) -> anyhow::Result<()> {
     let client = conn.client()?;
-    let mut rows = Vec::new();
-    let mut unreachable = Vec::new();
+    let mut answers = PerEndpoint::new(output);
     if output == Output::Table {
         println!(
             "{:<22} {:>4} {:<10} {:>6} {:>8} {:>8}  {}",
@@ -42,24 +41,12 @@ pub async fn cluster_status(conn: &Connection, output: Output, digest: bool) -> 
                         println!("{:<22} SPACE ALARM: {}", "", s.space_alarm);
                     }
                 }
-                rows.push(serde_json::json!({"endpoint": endpoint, "node_id": s.node_id, "role": s.role, "term": s.term, "leader_id": s.leader_id, "leader_addr": s.leader_addr, "last_log_index": s.last_log_index, "applied_index": s.applied_index, "digest": s.digest, "snapshot_index": s.snapshot_index, "cluster_time": s.cluster_time, "space_alarm": s.space_alarm, "data_dir_free_bytes": s.data_dir_free_bytes, "store_bytes": s.store_bytes, "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>()}));
+                answers.answered(serde_json::json!({"endpoint": endpoint, "node_id": s.node_id, "role": s.role, "term": s.term, "leader_id": s.leader_id, "leader_addr": s.leader_addr, "last_log_index": s.last_log_index, "applied_index": s.applied_index, "digest": s.digest, "snapshot_index": s.snapshot_index, "cluster_time": s.cluster_time, "space_alarm": s.space_alarm, "data_dir_free_bytes": s.data_dir_free_bytes, "store_bytes": s.store_bytes, "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>()}));
             }
-            Err(e) => {
-                unreachable.push(endpoint.clone());
-                if output == Output::Table {
-                    println!("{endpoint:<22} unreachable: {e}");
-                }
-                rows.push(serde_json::json!({"endpoint": endpoint, "error": e.to_string()}));
-            }
+            Err(e) => answers.unreachable(endpoint, e),
         }
     }
-    if output == Output::Json {
-        println!("{}", serde_json::Value::Array(rows));
-    }
-    if !unreachable.is_empty() {
-        return Err(Unreachable(unreachable).into());
-    }
-    Ok(())
+    answers.finish()
 }
 
 pub async fn membership(
@@ -110,8 +97,7 @@ pub async fn health(
         conn.endpoints = vec![endpoint];
     }
     let client = conn.client()?;
-    let mut rows = Vec::new();
-    let mut unreachable = Vec::new();
+    let mut answers = PerEndpoint::new(output);
     let mut all_serving = true;
     for (i, endpoint) in client.endpoints().iter().enumerate() {
         let asked = std::time::Instant::now();
@@ -133,24 +119,13 @@ pub async fn health(
                         println!("{:<22} SPACE ALARM: {alarm}", "");
                     }
                 }
-                rows.push(serde_json::json!({"endpoint": endpoint, "status": status.as_str(), "space_alarm": alarm}));
+                answers.answered(serde_json::json!({"endpoint": endpoint, "status": status.as_str(), "space_alarm": alarm}));
             }
             Err(e @ Error::NotFound(_)) => return Err(e.into()),
-            Err(e) => {
-                unreachable.push(endpoint.clone());
-                if output == Output::Table {
-                    println!("{endpoint:<22} unreachable: {e}");
-                }
-                rows.push(serde_json::json!({"endpoint": endpoint, "error": e.to_string()}));
-            }
+            Err(e) => answers.unreachable(endpoint, e),
         }
     }
-    if output == Output::Json {
-        println!("{}", serde_json::Value::Array(rows));
-    }
-    if !unreachable.is_empty() {
-        return Err(Unreachable(unreachable).into());
-    }
+    answers.finish()?;
     Ok(all_serving)
 }
 

@@ -287,6 +287,50 @@ pub fn yaml_files(dir: &Path) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// What a command that asks every endpoint in turn collects: one JSON row per endpoint,
+/// printed as one array with `--output json`, and the endpoints that did not answer, which
+/// make the command fail with [`Unreachable`] (exit 3) once every row is printed.
+#[derive(Debug)]
+struct PerEndpoint {
+    output: Output,
+    rows: Vec<serde_json::Value>,
+    unreachable: Vec<String>,
+}
+
+impl PerEndpoint {
+    fn new(output: Output) -> Self {
+        PerEndpoint {
+            output,
+            rows: Vec::new(),
+            unreachable: Vec::new(),
+        }
+    }
+
+    fn answered(&mut self, row: serde_json::Value) {
+        self.rows.push(row);
+    }
+
+    /// `endpoint` did not answer: a table line, an error row, and exit 3 at the end.
+    fn unreachable(&mut self, endpoint: &str, error: impl std::fmt::Display) {
+        if self.output == Output::Table {
+            println!("{endpoint:<22} unreachable: {error}");
+        }
+        self.rows
+            .push(serde_json::json!({"endpoint": endpoint, "error": error.to_string()}));
+        self.unreachable.push(endpoint.to_string());
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        if self.output == Output::Json {
+            println!("{}", serde_json::Value::Array(self.rows));
+        }
+        if !self.unreachable.is_empty() {
+            return Err(Unreachable(self.unreachable).into());
+        }
+        Ok(())
+    }
+}
+
 /// The complete record (as stored, with its hashes) from its JSON text.
 fn record_value(rec: &pb::AuditRecord) -> anyhow::Result<serde_json::Value> {
     serde_json::from_str(&rec.record_json).with_context(|| {
