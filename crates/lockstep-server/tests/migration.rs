@@ -47,13 +47,27 @@ fn request(from: &str, to: &str) -> pb::MigrateInstancesRequest {
     }
 }
 
+/// The due time of the approval SLA's breach timer, found by its typed kind (the timer id
+/// says the same).
 fn breach_due(instance: &pb::Instance) -> String {
-    instance
+    let timer = instance
         .timers
         .iter()
-        .find(|t| t.id.ends_with(":sla:approval:breach"))
-        .map(|t| t.due_at.clone())
-        .unwrap_or_else(|| panic!("no breach timer: {:?}", instance.timers))
+        .find(|t| t.kind == "sla_breach" && t.sla == "approval")
+        .unwrap_or_else(|| panic!("no breach timer: {:?}", instance.timers));
+    assert!(timer.id.ends_with(":sla:approval:breach"), "{timer:?}");
+    let warnings: Vec<u32> = instance
+        .timers
+        .iter()
+        .filter(|t| t.kind == "sla_warning" && t.sla == "approval")
+        .map(|t| t.percent)
+        .collect();
+    assert!(
+        warnings.iter().all(|p| [50, 75].contains(p)),
+        "warning timers name their percent: {:?}",
+        instance.timers
+    );
+    timer.due_at.clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
