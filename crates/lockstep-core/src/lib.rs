@@ -33,7 +33,7 @@ pub use definition::Definition;
 pub use diagnostic::{Code, Diagnostic, Severity};
 pub use engine::{
     Actor, ActorKind, Change, Command, Effect, Instance, Outcome, Refusal, RefusalCode, Rules,
-    Timer, TimerKind, evaluate, evaluate_under,
+    Timer, TimerKind, evaluate, evaluate_under, evaluate_with,
 };
 pub use limits::Limits;
 pub use migrate::{Migration, TimerPolicy, migrate};

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use lockstep_core::engine::LeaseToken;
+use lockstep_core::engine::{Command, LeaseToken};
 use lockstep_core::{Actor, Migration, Refusal, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +115,48 @@ pub enum TaskOp {
         retryable: bool,
         worker: Actor,
     },
+}
+
+impl TaskOp {
+    /// The engine command this operation asks of task `task_id`; a lease is granted for the
+    /// `term` of the entry that carries it.
+    pub fn command(&self, task_id: &str, term: u64) -> Command {
+        let task_id = task_id.to_string();
+        match self.clone() {
+            TaskOp::Lease { worker } => Command::LeaseTask {
+                task_id,
+                worker,
+                term,
+            },
+            TaskOp::Heartbeat { token, worker } => Command::HeartbeatTask {
+                task_id,
+                token,
+                worker,
+            },
+            TaskOp::Complete {
+                token,
+                result,
+                worker,
+            } => Command::CompleteTask {
+                task_id,
+                token,
+                result,
+                worker,
+            },
+            TaskOp::Fail {
+                token,
+                error,
+                retryable,
+                worker,
+            } => Command::FailTask {
+                task_id,
+                token,
+                error,
+                retryable,
+                worker,
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -3,14 +3,17 @@
 //! An outcome is either a [`Refusal`] that changes nothing, or a [`Change`]: the new instance,
 //! its audit record, the timers to arm and cancel and the effects to dispatch. The caller (the
 //! replicated state machine) writes all of it in one batch. Evaluation reads no clock: `at` is
-//! the cluster time stamped by the leader.
+//! the cluster time stamped by the leader. What the replicated state knows about other
+//! instances (a taken business key, a worker's leases) reaches the engine as [`Facts`]
+//! ([`evaluate_with`]); apply looks facts up and writes decisions, it decides nothing.
 //!
 //! This file is the entry point: [`evaluate`] and the [`Rules`] it decides under. The rest is
 //! split by concern: `types.rs` (the vocabulary: [`Instance`], [`Command`], [`Outcome`],
 //! [`Change`], [`Refusal`], timers, tasks, incidents, effects), `create.rs` (a new instance,
 //! data and payload checks, predicates), `eval.rs` (a command against an existing
-//! instance: which transition, gate, lease or incident it concerns) and `work.rs` (the change
-//! in progress: entering states, SLA clocks and timers, tasks and their retries).
+//! instance: which transition, gate, lease or incident it concerns), `work.rs` (the change
+//! in progress: entering states, SLA clocks and timers, tasks and their retries) and
+//! `facts.rs` (the cross-instance rules, and a new definition version's audit record).
 
 use std::collections::BTreeMap;
 
@@ -27,11 +30,14 @@ use crate::validate::{CompiledDefinition, EffectSpec, Gate, TransitionSpec};
 
 mod create;
 mod eval;
+mod facts;
 mod types;
 mod work;
 
 pub(crate) use create::*;
 use eval::*;
+use facts::key_is_free;
+pub use facts::{Facts, WorkerLeases, admit, definition_applied};
 pub use types::*;
 pub(crate) use work::*;
 
@@ -76,7 +82,8 @@ pub fn evaluate(
     evaluate_under(definition, instance, command, at, Rules::CURRENT)
 }
 
-/// Evaluates `command` under `rules` (as the replicated log format decides them).
+/// Evaluates `command` under `rules` (as the replicated log format decides them), knowing
+/// nothing about other instances ([`Facts::default`]).
 pub fn evaluate_under(
     definition: &CompiledDefinition,
     instance: Option<&Instance>,
@@ -84,7 +91,20 @@ pub fn evaluate_under(
     at: Timestamp,
     rules: Rules,
 ) -> Outcome {
-    let result = match (command, instance) {
+    evaluate_with(definition, instance, command, at, rules, &Facts::default())
+}
+
+/// Evaluates `command` under `rules`, with what the replicated state knows about other
+/// instances ([`Facts`]: a taken business key, the worker's leases). This is what apply calls.
+pub fn evaluate_with(
+    definition: &CompiledDefinition,
+    instance: Option<&Instance>,
+    command: &Command,
+    at: Timestamp,
+    rules: Rules,
+    facts: &Facts,
+) -> Outcome {
+    let result = admit(command, facts).and_then(|()| match (command, instance) {
         (
             Command::Create {
                 instance_id,
@@ -93,7 +113,8 @@ pub fn evaluate_under(
                 actor,
             },
             None,
-        ) => create(definition, instance_id, key.as_deref(), data, actor, at),
+        ) => key_is_free(definition, key.as_deref(), facts)
+            .and_then(|()| create(definition, instance_id, key.as_deref(), data, actor, at)),
         (Command::Create { instance_id, .. }, Some(_)) => Err(Refusal::new(
             RefusalCode::AlreadyExists,
             format!("instance `{instance_id}` already exists"),
@@ -125,7 +146,7 @@ pub fn evaluate_under(
             before: instance,
         }
         .run(command),
-    };
+    });
     match result {
         Ok(change) => Outcome::Applied(Box::new(change)),
         Err(refusal) => Outcome::Refused(refusal),

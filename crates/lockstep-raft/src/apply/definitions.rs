@@ -96,27 +96,11 @@ impl<S: Store> Applier<'_, S> {
                 created: false,
             });
         }
-        let record = AuditRecord {
-            kind: AuditKind::DefinitionApplied,
-            workflow: workflow.clone(),
-            instance_id: String::new(),
-            definition_version: version.clone(),
-            transition: None,
-            from: None,
-            to: None,
-            actor: actor_record(actor),
-            at,
-            instance_version: 0,
-            payload_digest: Some(lockstep_core::canonical::sha256_hex(source.as_bytes())),
-            predicates: Vec::new(),
-            timer: None,
-            task_id: None,
-            sla: None,
-            note: Some(format!(
-                "applied from {}@{}:{}",
-                provenance.repository, provenance.commit, provenance.path
-            )),
-        };
+        let origin = format!(
+            "{}@{}:{}",
+            provenance.repository, provenance.commit, provenance.path
+        );
+        let record = definition_applied(&compiled, source, &origin, actor, at);
         let audit_seq = self.append_audit(log_id, record, None)?;
         let stored = StoredDefinition {
             workflow: workflow.clone(),

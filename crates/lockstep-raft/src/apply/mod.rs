@@ -16,12 +16,13 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use lockstep_core::audit::{ActorRecord, ChainedRecord};
-use lockstep_core::engine::{Command, Effect, Instance, Outcome, TaskStatus};
+use lockstep_core::audit::ChainedRecord;
+use lockstep_core::engine::{
+    Command, Effect, Facts, Instance, Outcome, TaskStatus, WorkerLeases, admit, definition_applied,
+};
 use lockstep_core::validate::{CompiledDefinition, compile};
 use lockstep_core::{
-    Actor, AuditKind, AuditRecord, Migration, Refusal, RefusalCode, Timestamp, evaluate_under,
-    migrate,
+    Actor, AuditRecord, Migration, Refusal, RefusalCode, Timestamp, evaluate_with, migrate,
 };
 use lockstep_store::{Batch, Family, Store, envelope, keys};
 use openraft::{Entry, EntryPayload, LogId, StoredMembership};
@@ -35,7 +36,7 @@ use crate::replicated::{
 };
 use crate::types::{
     Body, Member, Migrated, MigrationCursor, NodeId, Proposal, Provenance, Response, Selection,
-    Target, TaskOp, TypeConfig,
+    Target, TypeConfig,
 };
 
 mod dedup;
@@ -415,42 +416,7 @@ impl<'a, S: Store> Applier<'a, S> {
                 key,
                 data,
                 actor,
-            } => {
-                let Some(definition) = self.latest_definition(workflow)? else {
-                    return Ok(refused(
-                        RefusalCode::UnknownWorkflow,
-                        format!(
-                            "no definition of workflow `{workflow}` has been applied; apply one with `lockstep apply`"
-                        ),
-                    ));
-                };
-                if let Some(key) = key
-                    && let Some(existing) =
-                        self.get::<String>(Family::IndexKey, &key::business_key(workflow, key))?
-                {
-                    return Ok(refused(
-                        RefusalCode::AlreadyExists,
-                        format!(
-                            "workflow `{workflow}` already has an instance with key `{key}`: {existing}"
-                        ),
-                    ));
-                }
-                // The log index names the instance; a request after the first of a batch adds
-                // its position (only format-2 logs have batches, so older ids are unchanged).
-                let instance_id = match self.position {
-                    0 => format!("i-{}", log_id.index),
-                    position => format!("i-{}-{position}", log_id.index),
-                };
-                let command = Command::Create {
-                    instance_id,
-                    key: key.clone(),
-                    data: data.clone(),
-                    actor: actor.clone(),
-                };
-                let rules = self.format()?.rules();
-                let outcome = evaluate_under(&definition, None, &command, at, rules);
-                self.commit(log_id, &definition, None, outcome)
-            }
+            } => self.create(log_id, workflow, key.as_deref(), data, actor, at),
             Body::Transition {
                 target,
                 transition,
@@ -484,55 +450,7 @@ impl<'a, S: Store> Applier<'a, S> {
                 task_id,
                 op,
             } => {
-                let task_id = task_id.clone();
-                if let TaskOp::Lease { worker } = op {
-                    let held = self
-                        .get::<u32>(Family::Meta, &key::worker_leases(&worker.id))?
-                        .unwrap_or(0);
-                    if held >= LEASES_PER_WORKER_MAX {
-                        return Ok(refused(
-                            RefusalCode::LimitExceeded,
-                            format!(
-                                "worker `{}` already holds {held} leased tasks, the most one worker may hold ({LEASES_PER_WORKER_MAX}): complete or fail some before polling for more",
-                                worker.id
-                            ),
-                        ));
-                    }
-                }
-                let command = match op.clone() {
-                    TaskOp::Lease { worker } => Command::LeaseTask {
-                        task_id,
-                        worker,
-                        term: log_id.leader_id.term,
-                    },
-                    TaskOp::Heartbeat { token, worker } => Command::HeartbeatTask {
-                        task_id,
-                        token,
-                        worker,
-                    },
-                    TaskOp::Complete {
-                        token,
-                        result,
-                        worker,
-                    } => Command::CompleteTask {
-                        task_id,
-                        token,
-                        result,
-                        worker,
-                    },
-                    TaskOp::Fail {
-                        token,
-                        error,
-                        retryable,
-                        worker,
-                    } => Command::FailTask {
-                        task_id,
-                        token,
-                        error,
-                        retryable,
-                        worker,
-                    },
-                };
+                let command = op.command(task_id, log_id.leader_id.term);
                 self.on_instance(log_id, &Target::Id(instance_id.clone()), command, at)
             }
             Body::ResolveIncident {
@@ -589,17 +507,70 @@ fn broken_invariant(
     ))
 }
 
-fn refused(code: RefusalCode, message: String) -> Response {
-    Response::Refused(Refusal::new(code, message))
+impl<S: Store> Applier<'_, S> {
+    /// A new instance of the latest definition of `workflow`, named by its log position.
+    fn create(
+        &mut self,
+        log_id: LogId<NodeId>,
+        workflow: &str,
+        key: Option<&str>,
+        data: &serde_json::Value,
+        actor: &Actor,
+        at: Timestamp,
+    ) -> StoreResult<Response> {
+        let Some(definition) = self.latest_definition(workflow)? else {
+            return Ok(refused(
+                RefusalCode::UnknownWorkflow,
+                format!(
+                    "no definition of workflow `{workflow}` has been applied; apply one with `lockstep apply`"
+                ),
+            ));
+        };
+        let facts = Facts {
+            key_holder: match key {
+                Some(key) => self.get(Family::IndexKey, &key::business_key(workflow, key))?,
+                None => None,
+            },
+            worker_leases: None,
+        };
+        // The log index names the instance; a request after the first of a batch adds
+        // its position (only format-2 logs have batches, so older ids are unchanged).
+        let instance_id = match self.position {
+            0 => format!("i-{}", log_id.index),
+            position => format!("i-{}-{position}", log_id.index),
+        };
+        let command = Command::Create {
+            instance_id,
+            key: key.map(str::to_owned),
+            data: data.clone(),
+            actor: actor.clone(),
+        };
+        let rules = self.format()?.rules();
+        let outcome = evaluate_with(&definition, None, &command, at, rules, &facts);
+        self.commit(log_id, &definition, None, outcome)
+    }
+
+    /// What the replicated state knows beyond the instance `command` concerns: only a lease
+    /// needs a fact (the worker's leases). Apply looks facts up; the engine decides on them.
+    fn facts(&mut self, command: &Command) -> StoreResult<Facts> {
+        let worker_leases = match command {
+            Command::LeaseTask { worker, .. } => Some(WorkerLeases {
+                held: self
+                    .get::<u32>(Family::Meta, &key::worker_leases(&worker.id))?
+                    .unwrap_or(0),
+                max: LEASES_PER_WORKER_MAX,
+            }),
+            _ => None,
+        };
+        Ok(Facts {
+            key_holder: None,
+            worker_leases,
+        })
+    }
 }
 
-fn actor_record(actor: &Actor) -> ActorRecord {
-    ActorRecord {
-        id: actor.id.clone(),
-        kind: actor.kind.as_str().into(),
-        roles: actor.roles.clone(),
-        authn: actor.authn.clone(),
-    }
+fn refused(code: RefusalCode, message: String) -> Response {
+    Response::Refused(Refusal::new(code, message))
 }
 
 #[cfg(test)]

@@ -12,6 +12,12 @@ impl<S: Store> Applier<'_, S> {
         command: Command,
         at: Timestamp,
     ) -> StoreResult<Response> {
+        // Logs already written decided a worker's lease cap before looking up the task's
+        // instance, and refusals are replicated (in dedup entries): the order must not change.
+        let facts = self.facts(&command)?;
+        if let Err(refusal) = admit(&command, &facts) {
+            return Ok(Response::Refused(refusal));
+        }
         let instance_id = match target {
             Target::Id(id) => id.clone(),
             Target::Key { workflow, key } => {
@@ -46,7 +52,7 @@ impl<S: Store> Applier<'_, S> {
             });
         };
         let rules = self.format()?.rules();
-        let outcome = evaluate_under(&definition, Some(&instance), &command, at, rules);
+        let outcome = evaluate_with(&definition, Some(&instance), &command, at, rules, &facts);
         self.commit(log_id, &definition, Some(&instance), outcome)
     }
 
