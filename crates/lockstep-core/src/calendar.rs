@@ -18,6 +18,37 @@ use crate::time::Timestamp;
 /// Minutes after local midnight; `24 * 60` is the end of the day.
 type Minutes = u32;
 
+/// Why a calendar definition does not compile: which part is wrong and how to write it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CalendarError {
+    #[error("`{timezone}` is not an IANA time zone; write e.g. Europe/Berlin or America/New_York")]
+    UnknownTimeZone { timezone: String },
+    #[error("`{day}` is given working hours twice in `weekly`; list each day once")]
+    DayTwice { day: &'static str },
+    #[error(
+        "the calendar has no working hours; add e.g. `mon-fri: \"09:00-17:00\"` under `weekly`"
+    )]
+    NoWorkingHours,
+    #[error("{count} holidays is more than calendar_holidays_max ({max})")]
+    TooManyHolidays { count: usize, max: usize },
+    #[error("holiday `{text}` is not a date; write YYYY-MM-DD, e.g. 2026-12-24")]
+    NotADate { text: String },
+    #[error(
+        "`{name}` is not a weekday; use mon, tue, wed, thu, fri, sat, sun, a range like mon-fri, or a list like sat,sun"
+    )]
+    NotAWeekday { name: String },
+    #[error("`{range}` runs backwards; write ranges from Monday towards Sunday, e.g. mon-fri")]
+    DaysBackwards { range: String },
+    #[error("`{range}` is not a range of hours; write e.g. \"09:00-17:00\"")]
+    NotAnHourRange { range: String },
+    #[error("`{range}` ends before it starts; write the opening time first, e.g. \"09:00-17:00\"")]
+    EndsBeforeStart { range: String },
+    #[error("working hours `{hours}` overlap; list disjoint ranges")]
+    HoursOverlap { hours: String },
+    #[error("`{text}` is not a time of day; write HH:MM between 00:00 and 24:00")]
+    NotATimeOfDay { text: String },
+}
+
 /// A compiled business calendar.
 #[derive(Clone, Debug)]
 pub struct Calendar {
@@ -32,12 +63,9 @@ const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 impl Calendar {
     /// Compiles a calendar definition; the error says which part is wrong and how to write it.
-    pub fn compile(def: &CalendarDef, limits: &Limits) -> Result<Calendar, String> {
-        let tz = TimeZone::get(&def.timezone).map_err(|_| {
-            format!(
-                "`{}` is not an IANA time zone; write e.g. Europe/Berlin or America/New_York",
-                def.timezone
-            )
+    pub fn compile(def: &CalendarDef, limits: &Limits) -> Result<Calendar, CalendarError> {
+        let tz = TimeZone::get(&def.timezone).map_err(|_| CalendarError::UnknownTimeZone {
+            timezone: def.timezone.clone(),
         })?;
         let mut weekly: [Vec<(Minutes, Minutes)>; 7] = Default::default();
         let mut defined = [false; 7];
@@ -45,30 +73,26 @@ impl Calendar {
             let intervals = parse_hours(hours)?;
             for day in parse_days(days)? {
                 if defined[day] {
-                    return Err(format!(
-                        "`{}` is given working hours twice in `weekly`; list each day once",
-                        DAYS[day]
-                    ));
+                    return Err(CalendarError::DayTwice { day: DAYS[day] });
                 }
                 defined[day] = true;
                 weekly[day] = intervals.clone();
             }
         }
         if weekly.iter().all(Vec::is_empty) {
-            return Err("the calendar has no working hours; add e.g. `mon-fri: \"09:00-17:00\"` under `weekly`".into());
+            return Err(CalendarError::NoWorkingHours);
         }
         if def.holidays.len() > limits.calendar_holidays_max {
-            return Err(format!(
-                "{} holidays is more than calendar_holidays_max ({})",
-                def.holidays.len(),
-                limits.calendar_holidays_max
-            ));
+            return Err(CalendarError::TooManyHolidays {
+                count: def.holidays.len(),
+                max: limits.calendar_holidays_max,
+            });
         }
         let mut holidays = BTreeSet::new();
         for text in &def.holidays {
-            let date: Date = text.parse().map_err(|_| {
-                format!("holiday `{text}` is not a date; write YYYY-MM-DD, e.g. 2026-12-24")
-            })?;
+            let date: Date = text
+                .parse()
+                .map_err(|_| CalendarError::NotADate { text: text.clone() })?;
             holidays.insert(date);
         }
         Ok(Calendar {
@@ -181,11 +205,13 @@ impl Calendar {
     }
 }
 
-fn parse_days(text: &str) -> Result<Vec<usize>, String> {
+fn parse_days(text: &str) -> Result<Vec<usize>, CalendarError> {
     let lookup = |name: &str| {
         DAYS.iter()
             .position(|d| *d == name.trim())
-            .ok_or_else(|| format!("`{name}` is not a weekday; use mon, tue, wed, thu, fri, sat, sun, a range like mon-fri, or a list like sat,sun"))
+            .ok_or_else(|| CalendarError::NotAWeekday {
+                name: name.to_string(),
+            })
     };
     let mut days = Vec::new();
     for part in text.split(',') {
@@ -193,9 +219,9 @@ fn parse_days(text: &str) -> Result<Vec<usize>, String> {
             Some((a, b)) => {
                 let (a, b) = (lookup(a)?, lookup(b)?);
                 if a > b {
-                    return Err(format!(
-                        "`{part}` runs backwards; write ranges from Monday towards Sunday, e.g. mon-fri"
-                    ));
+                    return Err(CalendarError::DaysBackwards {
+                        range: part.to_string(),
+                    });
                 }
                 days.extend(a..=b);
             }
@@ -205,32 +231,36 @@ fn parse_days(text: &str) -> Result<Vec<usize>, String> {
     Ok(days)
 }
 
-fn parse_hours(text: &str) -> Result<Vec<(Minutes, Minutes)>, String> {
+fn parse_hours(text: &str) -> Result<Vec<(Minutes, Minutes)>, CalendarError> {
     let mut intervals = Vec::new();
     for part in text.split(',') {
-        let (a, b) = part.split_once('-').ok_or_else(|| {
-            format!("`{part}` is not a range of hours; write e.g. \"09:00-17:00\"")
-        })?;
+        let (a, b) = part
+            .split_once('-')
+            .ok_or_else(|| CalendarError::NotAnHourRange {
+                range: part.to_string(),
+            })?;
         let (a, b) = (parse_clock(a)?, parse_clock(b)?);
         if a >= b {
-            return Err(format!(
-                "`{part}` ends before it starts; write the opening time first, e.g. \"09:00-17:00\""
-            ));
+            return Err(CalendarError::EndsBeforeStart {
+                range: part.to_string(),
+            });
         }
         intervals.push((a, b));
     }
     intervals.sort_unstable();
     if intervals.windows(2).any(|w| w[0].1 > w[1].0) {
-        return Err(format!(
-            "working hours `{text}` overlap; list disjoint ranges"
-        ));
+        return Err(CalendarError::HoursOverlap {
+            hours: text.to_string(),
+        });
     }
     Ok(intervals)
 }
 
-fn parse_clock(text: &str) -> Result<Minutes, String> {
+fn parse_clock(text: &str) -> Result<Minutes, CalendarError> {
     let text = text.trim();
-    let bad = || format!("`{text}` is not a time of day; write HH:MM between 00:00 and 24:00");
+    let bad = || CalendarError::NotATimeOfDay {
+        text: text.to_string(),
+    };
     let (h, m) = text.split_once(':').ok_or_else(bad)?;
     let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
     if m >= 60 || h > 24 || (h == 24 && m != 0) {
@@ -305,24 +335,28 @@ mod tests {
         assert!(
             Calendar::compile(&def, &Limits::default())
                 .unwrap_err()
+                .to_string()
                 .contains("IANA")
         );
         def.timezone = "UTC".into();
         assert!(
             Calendar::compile(&def, &Limits::default())
                 .unwrap_err()
+                .to_string()
                 .contains("no working hours")
         );
         def.weekly.insert("mon-fri".into(), "17:00-09:00".into());
         assert!(
             Calendar::compile(&def, &Limits::default())
                 .unwrap_err()
+                .to_string()
                 .contains("ends before")
         );
         def.weekly.insert("mon-fri".into(), "9-17".into());
         assert!(
             Calendar::compile(&def, &Limits::default())
                 .unwrap_err()
+                .to_string()
                 .contains("not a time of day")
         );
         def.weekly.insert("mon-fri".into(), "09:00-17:00".into());
@@ -330,6 +364,7 @@ mod tests {
         assert!(
             Calendar::compile(&def, &Limits::default())
                 .unwrap_err()
+                .to_string()
                 .contains("twice")
         );
     }

@@ -35,6 +35,19 @@ pub const INSTANCE_FIELDS: [&str; 8] = [
     "version",
 ];
 
+/// Why an expression did not evaluate to a boolean; it refuses the transition (or leaves an
+/// SLA unstarted) with this message.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    #[error("`{expression}` evaluated to {value:?}, not a boolean")]
+    NotABoolean { expression: String, value: Value },
+    #[error("`{expression}` failed: {error}")]
+    Failed {
+        expression: String,
+        error: cel::ExecutionError,
+    },
+}
+
 /// A compiled, statically checked CEL expression.
 #[derive(Clone)]
 pub struct Expression {
@@ -54,14 +67,17 @@ impl Expression {
     }
 
     /// Evaluates to a boolean, or explains why it could not.
-    pub fn eval_bool(&self, scope: &Scope) -> Result<bool, String> {
+    pub fn eval_bool(&self, scope: &Scope) -> Result<bool, EvalError> {
         match self.program.execute(scope.context()) {
             Ok(Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(format!(
-                "`{}` evaluated to {other:?}, not a boolean",
-                self.source
-            )),
-            Err(e) => Err(format!("`{}` failed: {e}", self.source)),
+            Ok(value) => Err(EvalError::NotABoolean {
+                expression: self.source.clone(),
+                value,
+            }),
+            Err(error) => Err(EvalError::Failed {
+                expression: self.source.clone(),
+                error,
+            }),
         }
     }
 }
@@ -470,6 +486,7 @@ mod tests {
             Timestamp::from_micros(0),
         );
         let err = e.eval_bool(&scope).unwrap_err();
-        assert!(err.contains("failed"), "{err}");
+        assert!(matches!(err, EvalError::Failed { .. }), "{err}");
+        assert!(err.to_string().contains("failed"), "{err}");
     }
 }

@@ -68,29 +68,48 @@ impl Default for Limits {
     }
 }
 
-/// Checks a JSON value against the depth and collection-size limits; returns a description of
-/// the first violation.
-pub fn check_json_shape(value: &serde_json::Value, limits: &Limits) -> Result<(), String> {
+/// The first place where a JSON value exceeds a shape limit, by its path (`$.a[3]`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    #[error("nesting at `{path}` is deeper than json_depth_max ({max})")]
+    TooDeep { path: String, max: usize },
+    #[error("array at `{path}` has {items} items, more than json_collection_items_max ({max})")]
+    TooManyItems {
+        path: String,
+        items: usize,
+        max: usize,
+    },
+    #[error("object at `{path}` has {keys} keys, more than json_collection_items_max ({max})")]
+    TooManyKeys {
+        path: String,
+        keys: usize,
+        max: usize,
+    },
+}
+
+/// Checks a JSON value against the depth and collection-size limits; returns the first
+/// violation.
+pub fn check_json_shape(value: &serde_json::Value, limits: &Limits) -> Result<(), ShapeError> {
     fn walk(
         v: &serde_json::Value,
         depth: usize,
         limits: &Limits,
         path: &mut String,
-    ) -> Result<(), String> {
+    ) -> Result<(), ShapeError> {
         if depth > limits.json_depth_max {
-            return Err(format!(
-                "nesting at `{path}` is deeper than json_depth_max ({})",
-                limits.json_depth_max
-            ));
+            return Err(ShapeError::TooDeep {
+                path: path.clone(),
+                max: limits.json_depth_max,
+            });
         }
         match v {
             serde_json::Value::Array(items) => {
                 if items.len() > limits.json_collection_items_max {
-                    return Err(format!(
-                        "array at `{path}` has {} items, more than json_collection_items_max ({})",
-                        items.len(),
-                        limits.json_collection_items_max
-                    ));
+                    return Err(ShapeError::TooManyItems {
+                        path: path.clone(),
+                        items: items.len(),
+                        max: limits.json_collection_items_max,
+                    });
                 }
                 for (i, item) in items.iter().enumerate() {
                     let len = path.len();
@@ -101,11 +120,11 @@ pub fn check_json_shape(value: &serde_json::Value, limits: &Limits) -> Result<()
             }
             serde_json::Value::Object(map) => {
                 if map.len() > limits.json_collection_items_max {
-                    return Err(format!(
-                        "object at `{path}` has {} keys, more than json_collection_items_max ({})",
-                        map.len(),
-                        limits.json_collection_items_max
-                    ));
+                    return Err(ShapeError::TooManyKeys {
+                        path: path.clone(),
+                        keys: map.len(),
+                        max: limits.json_collection_items_max,
+                    });
                 }
                 for (k, item) in map {
                     let len = path.len();

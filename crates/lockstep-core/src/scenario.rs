@@ -9,12 +9,12 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::definition::DurationText;
-use crate::duration::Duration;
+use crate::duration::{Duration, DurationError};
 use crate::engine::{
     Actor, ActorKind, Command, Instance, LeaseToken, Outcome, TaskStatus, TimerKind, evaluate,
 };
-use crate::sla::SlaStatus;
-use crate::time::Timestamp;
+use crate::sla::{SlaStatus, SlaView};
+use crate::time::{Timestamp, TimestampError};
 use crate::validate::CompiledDefinition;
 
 /// A scenario file: one workflow, named actors, several scenarios.
@@ -152,6 +152,84 @@ pub struct Expect {
     pub now: Option<String>,
 }
 
+/// Why a scenario file does not parse, or a step cannot run or did not do what it expected.
+/// The message is what `lockstep test` reports for the step.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("scenario file: {0}")]
+    Parse(serde_yaml_ng::Error),
+    #[error(transparent)]
+    Duration(#[from] DurationError),
+    #[error(transparent)]
+    Timestamp(#[from] TimestampError),
+    // The step is written wrong for its situation.
+    #[error("this step needs `as: <actor>`")]
+    NoActor,
+    #[error("actor `{name}` is not declared under `actors`")]
+    UnknownActor { name: String },
+    #[error("no instance yet: start with a `create` step")]
+    NoInstance,
+    #[error("a scenario creates one instance; `create` appears twice")]
+    CreateTwice,
+    #[error("advance_to {target} is before the current time {now}")]
+    AdvanceBackwards { target: String, now: Timestamp },
+    #[error("no open incident to resolve")]
+    NoOpenIncident,
+    #[error("no {status:?} task on queue `{queue}`")]
+    NoTask { status: TaskStatus, queue: String },
+    // The engine refused an action the step did not expect it to refuse.
+    #[error("refused {code}: {message}")]
+    Refused { code: &'static str, message: String },
+    #[error("lease refused: {message}")]
+    LeaseRefused { message: String },
+    #[error("timer {timer_id} refused: {message}")]
+    TimerRefused { timer_id: String, message: String },
+    // The step expected a refusal.
+    #[error("expected refusal {expected}, got {code}: {message}")]
+    OtherRefusal {
+        expected: String,
+        code: &'static str,
+        message: String,
+    },
+    #[error("expected refusal {expected}, but the action was applied")]
+    Applied { expected: String },
+    #[error("expected refusal {expected}, but the step has no action")]
+    NoAction { expected: String },
+    // An expectation about the instance or the clock does not hold.
+    #[error("expected time {want}, it is {now}")]
+    Time { want: Timestamp, now: Timestamp },
+    #[error("expected state `{want}`, instance is in `{got}`")]
+    State { want: String, got: String },
+    #[error("expected SLA `{name}` to be {want}, it is {got} ({view:?})")]
+    Sla {
+        name: String,
+        want: String,
+        got: &'static str,
+        view: Option<SlaView>,
+    },
+    #[error("expected timers {want:?}, armed are {got:?}")]
+    Timers { want: Vec<String>, got: Vec<String> },
+    #[error("expected timer {label} due at {want}, it is due at {got}")]
+    TimerDue {
+        label: String,
+        want: Timestamp,
+        got: Timestamp,
+    },
+    #[error("expected the newest task on `{queue}` to be {want}, it is {got}")]
+    Task {
+        queue: String,
+        want: String,
+        got: String,
+    },
+    #[error("expected {want} open incident(s), there are {open}")]
+    Incidents { want: usize, open: usize },
+    #[error("instance data differs at `{path}`: {data}")]
+    Data {
+        path: String,
+        data: serde_json::Value,
+    },
+}
+
 /// A step that did not do what it expected.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Failure {
@@ -170,8 +248,8 @@ pub struct ScenarioReport {
 }
 
 /// Parses a scenario file.
-pub fn parse(text: &str) -> Result<ScenarioFile, String> {
-    serde_yaml_ng::from_str(text).map_err(|e| format!("scenario file: {e}"))
+pub fn parse(text: &str) -> Result<ScenarioFile, ScenarioError> {
+    serde_yaml_ng::from_str(text).map_err(ScenarioError::Parse)
 }
 
 /// Runs every scenario of a file against a compiled definition.
@@ -211,8 +289,8 @@ fn run(
         }
     }
     for (i, step) in scenario.steps.iter().enumerate() {
-        if let Err(message) = sim.step(step) {
-            return fail(i + 1, message);
+        if let Err(e) = sim.step(step) {
+            return fail(i + 1, e.to_string());
         }
     }
     ScenarioReport {
@@ -261,16 +339,15 @@ struct Sim<'a> {
 }
 
 impl Sim<'_> {
-    fn actor(&self, step: &Step) -> Result<Actor, String> {
-        let name = step
-            .actor
-            .as_deref()
-            .ok_or("this step needs `as: <actor>`")?;
+    fn actor(&self, step: &Step) -> Result<Actor, ScenarioError> {
+        let name = step.actor.as_deref().ok_or(ScenarioError::NoActor)?;
         let spec = self
             .file
             .actors
             .get(name)
-            .ok_or_else(|| format!("actor `{name}` is not declared under `actors`"))?;
+            .ok_or_else(|| ScenarioError::UnknownActor {
+                name: name.to_string(),
+            })?;
         Ok(Actor {
             id: name.to_string(),
             kind: spec.kind,
@@ -280,36 +357,37 @@ impl Sim<'_> {
         })
     }
 
-    fn instance(&self) -> Result<&Instance, String> {
-        self.instance
-            .as_ref()
-            .ok_or_else(|| "no instance yet: start with a `create` step".to_string())
+    fn instance(&self) -> Result<&Instance, ScenarioError> {
+        self.instance.as_ref().ok_or(ScenarioError::NoInstance)
     }
 
-    fn step(&mut self, step: &Step) -> Result<(), String> {
+    fn step(&mut self, step: &Step) -> Result<(), ScenarioError> {
         let outcome = self.act(step)?;
         let expect = step.expect.clone().unwrap_or_default();
         match (&outcome, &expect.refused) {
             (Some(Outcome::Refused(r)), Some(code)) if r.code.as_str() == code => {}
             (Some(Outcome::Refused(r)), Some(code)) => {
-                return Err(format!(
-                    "expected refusal {code}, got {}: {}",
-                    r.code.as_str(),
-                    r.message
-                ));
+                return Err(ScenarioError::OtherRefusal {
+                    expected: code.clone(),
+                    code: r.code.as_str(),
+                    message: r.message.clone(),
+                });
             }
             (Some(Outcome::Refused(r)), None) => {
-                return Err(format!("refused {}: {}", r.code.as_str(), r.message));
+                return Err(ScenarioError::Refused {
+                    code: r.code.as_str(),
+                    message: r.message.clone(),
+                });
             }
             (Some(Outcome::Applied(_)), Some(code)) => {
-                return Err(format!(
-                    "expected refusal {code}, but the action was applied"
-                ));
+                return Err(ScenarioError::Applied {
+                    expected: code.clone(),
+                });
             }
             (None, Some(code)) => {
-                return Err(format!(
-                    "expected refusal {code}, but the step has no action"
-                ));
+                return Err(ScenarioError::NoAction {
+                    expected: code.clone(),
+                });
             }
             (Some(Outcome::Applied(change)), None) => self.instance = Some(change.instance.clone()),
             (None, None) => {}
@@ -317,19 +395,19 @@ impl Sim<'_> {
         self.check(&expect)
     }
 
-    fn act(&mut self, step: &Step) -> Result<Option<Outcome>, String> {
+    fn act(&mut self, step: &Step) -> Result<Option<Outcome>, ScenarioError> {
         if let Some(d) = &step.advance {
-            let ms = Duration::parse(&d.0).map_err(|e| e.to_string())?.as_ms();
+            let ms = Duration::parse(&d.0)?.as_ms();
             self.advance_to(self.now.add_ms(ms))?;
             return Ok(None);
         }
         if let Some(t) = &step.advance_to {
-            let target = Timestamp::parse_rfc3339(t).map_err(|e| e.to_string())?;
+            let target = Timestamp::parse_rfc3339(t)?;
             if target < self.now {
-                return Err(format!(
-                    "advance_to {t} is before the current time {}",
-                    self.now
-                ));
+                return Err(ScenarioError::AdvanceBackwards {
+                    target: t.clone(),
+                    now: self.now,
+                });
             }
             self.advance_to(target)?;
             return Ok(None);
@@ -337,7 +415,7 @@ impl Sim<'_> {
         let payload = step.payload.clone().unwrap_or(serde_json::Value::Null);
         let command = if let Some(create) = &step.create {
             if self.instance.is_some() {
-                return Err("a scenario creates one instance; `create` appears twice".into());
+                return Err(ScenarioError::CreateTwice);
             }
             Command::Create {
                 instance_id: self.instance_id.clone(),
@@ -373,7 +451,7 @@ impl Sim<'_> {
                 .incidents
                 .values()
                 .find(|i| i.resolved_at.is_none())
-                .ok_or("no open incident to resolve")?;
+                .ok_or(ScenarioError::NoOpenIncident)?;
             Command::ResolveIncident {
                 incident_id: incident.id.clone(),
                 retry_task: r.retry,
@@ -391,7 +469,7 @@ impl Sim<'_> {
     }
 
     /// Leases the task if it is ready, then completes or fails it.
-    fn finish_task(&mut self, step: &Step, t: &TaskStep) -> Result<Outcome, String> {
+    fn finish_task(&mut self, step: &Step, t: &TaskStep) -> Result<Outcome, ScenarioError> {
         let worker = self.actor(step)?;
         let task_id = match self.task_on(&t.queue, TaskStatus::Leased) {
             Ok(id) => id,
@@ -404,7 +482,9 @@ impl Sim<'_> {
                 };
                 match evaluate(self.definition, self.instance.as_ref(), &lease, self.now) {
                     Outcome::Applied(change) => self.instance = Some(change.instance),
-                    Outcome::Refused(r) => return Err(format!("lease refused: {}", r.message)),
+                    Outcome::Refused(r) => {
+                        return Err(ScenarioError::LeaseRefused { message: r.message });
+                    }
                 }
                 id
             }
@@ -437,7 +517,7 @@ impl Sim<'_> {
         ))
     }
 
-    fn task_on(&self, queue: &str, status: TaskStatus) -> Result<String, String> {
+    fn task_on(&self, queue: &str, status: TaskStatus) -> Result<String, ScenarioError> {
         let instance = self.instance()?;
         instance
             .tasks
@@ -445,11 +525,14 @@ impl Sim<'_> {
             .filter(|t| t.queue == queue && t.status == status)
             .min_by_key(|t| t.created)
             .map(|t| t.id.clone())
-            .ok_or_else(|| format!("no {status:?} task on queue `{queue}`"))
+            .ok_or_else(|| ScenarioError::NoTask {
+                status,
+                queue: queue.to_string(),
+            })
     }
 
     /// Fires due timers in order, each at its due time, then sets the clock to `target`.
-    fn advance_to(&mut self, target: Timestamp) -> Result<(), String> {
+    fn advance_to(&mut self, target: Timestamp) -> Result<(), ScenarioError> {
         // Bounded: a definition cannot arm timers faster than this without a bug.
         for _ in 0..10_000 {
             let Some(instance) = &self.instance else {
@@ -468,7 +551,10 @@ impl Sim<'_> {
             match evaluate(self.definition, Some(instance), &command, self.now) {
                 Outcome::Applied(change) => self.instance = Some(change.instance),
                 Outcome::Refused(r) => {
-                    return Err(format!("timer {} refused: {}", timer.id, r.message));
+                    return Err(ScenarioError::TimerRefused {
+                        timer_id: timer.id.clone(),
+                        message: r.message,
+                    });
                 }
             }
         }
@@ -476,11 +562,14 @@ impl Sim<'_> {
         Ok(())
     }
 
-    fn check(&self, expect: &Expect) -> Result<(), String> {
+    fn check(&self, expect: &Expect) -> Result<(), ScenarioError> {
         if let Some(now) = &expect.now {
-            let want = Timestamp::parse_rfc3339(now).map_err(|e| e.to_string())?;
+            let want = Timestamp::parse_rfc3339(now)?;
             if want != self.now {
-                return Err(format!("expected time {want}, it is {}", self.now));
+                return Err(ScenarioError::Time {
+                    want,
+                    now: self.now,
+                });
             }
         }
         let needs_instance = expect.state.is_some()
@@ -496,10 +585,10 @@ impl Sim<'_> {
         if let Some(state) = &expect.state
             && *state != instance.state
         {
-            return Err(format!(
-                "expected state `{state}`, instance is in `{}`",
-                instance.state
-            ));
+            return Err(ScenarioError::State {
+                want: state.clone(),
+                got: instance.state.clone(),
+            });
         }
         let views = instance.sla_views(self.definition, self.now);
         for (name, want) in &expect.sla {
@@ -512,10 +601,12 @@ impl Sim<'_> {
                 Some(_) => "running",
             };
             if got != want {
-                return Err(format!(
-                    "expected SLA `{name}` to be {want}, it is {got} ({:?})",
-                    views.get(name)
-                ));
+                return Err(ScenarioError::Sla {
+                    name: name.clone(),
+                    want: want.clone(),
+                    got,
+                    view: views.get(name).cloned(),
+                });
             }
         }
         if let Some(want) = &expect.timers {
@@ -524,21 +615,21 @@ impl Sim<'_> {
                 .values()
                 .map(|t| (timer_label(instance, &t.kind), t.due_at))
                 .collect();
-            let got_names: Vec<&String> = got.keys().collect();
-            let want_names: Vec<&String> = want.keys().collect();
-            if got_names != want_names {
-                return Err(format!(
-                    "expected timers {want_names:?}, armed are {got_names:?}"
-                ));
+            if !got.keys().eq(want.keys()) {
+                return Err(ScenarioError::Timers {
+                    want: want.keys().cloned().collect(),
+                    got: got.keys().cloned().collect(),
+                });
             }
             for (label, due) in want {
                 if due != "any" {
-                    let due_at = Timestamp::parse_rfc3339(due).map_err(|e| e.to_string())?;
+                    let due_at = Timestamp::parse_rfc3339(due)?;
                     if got[label] != due_at {
-                        return Err(format!(
-                            "expected timer {label} due at {due_at}, it is due at {}",
-                            got[label]
-                        ));
+                        return Err(ScenarioError::TimerDue {
+                            label: label.clone(),
+                            want: due_at,
+                            got: got[label],
+                        });
                     }
                 }
             }
@@ -553,9 +644,11 @@ impl Sim<'_> {
                 .map(|t| format!("{:?}", t.status).to_lowercase())
                 .unwrap_or_else(|| "none".into());
             if got != *want {
-                return Err(format!(
-                    "expected the newest task on `{queue}` to be {want}, it is {got}"
-                ));
+                return Err(ScenarioError::Task {
+                    queue: queue.clone(),
+                    want: want.clone(),
+                    got,
+                });
             }
         }
         if let Some(want) = expect.incidents {
@@ -565,18 +658,16 @@ impl Sim<'_> {
                 .filter(|i| i.resolved_at.is_none())
                 .count();
             if open != want {
-                return Err(format!(
-                    "expected {want} open incident(s), there are {open}"
-                ));
+                return Err(ScenarioError::Incidents { want, open });
             }
         }
         if let Some(want) = &expect.data
             && let Some(path) = json_mismatch(want, &instance.data, "data")
         {
-            return Err(format!(
-                "instance data differs at `{path}`: {}",
-                instance.data
-            ));
+            return Err(ScenarioError::Data {
+                path,
+                data: instance.data.clone(),
+            });
         }
         Ok(())
     }

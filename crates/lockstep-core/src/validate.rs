@@ -24,6 +24,18 @@ impl std::fmt::Debug for Schema {
     }
 }
 
+/// Why a value does not match a schema: the validator's reason for the first offending
+/// location, and that location (a JSON pointer) unless it is the whole value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchemaError {
+    /// The value as a whole does not match.
+    #[error("{reason}")]
+    Mismatch { reason: String },
+    /// The part of the value at `at` does not match.
+    #[error("at `{at}`: {reason}")]
+    MismatchAt { at: String, reason: String },
+}
+
 impl Schema {
     /// On error: the JSON pointer of the offending part of the schema (may be empty) and why.
     fn compile(schema: &serde_json::Value) -> Result<Schema, (String, String)> {
@@ -33,13 +45,14 @@ impl Schema {
     }
 
     /// Checks a value; the error names the first offending location.
-    pub fn check(&self, value: &serde_json::Value) -> Result<(), String> {
+    pub fn check(&self, value: &serde_json::Value) -> Result<(), SchemaError> {
         self.0.validate(value).map_err(|e| {
             let at = e.instance_path().to_string();
+            let reason = e.to_string();
             if at.is_empty() {
-                e.to_string()
+                SchemaError::Mismatch { reason }
             } else {
-                format!("at `{at}`: {e}")
+                SchemaError::MismatchAt { at, reason }
             }
         })
     }

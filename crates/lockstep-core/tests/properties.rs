@@ -834,7 +834,7 @@ proptest! {
     /// Property e (between): business time in [a, b) is the number of working minutes, × 60 000.
     #[test]
     fn calendar_between_counts_working_minutes(reference in ref_calendar(), (a, len) in interval()) {
-        let calendar = Calendar::compile(&reference.def(), &Limits::default()).map_err(TestCaseError::fail)?;
+        let calendar = Calendar::compile(&reference.def(), &Limits::default()).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let tz = jiff::tz::TimeZone::get(reference.timezone).unwrap();
         let b = a + len;
         let expected = reference.minutes_between(&tz, a, b) * 60_000;
@@ -846,7 +846,7 @@ proptest! {
     /// Property e (add): `add(a, ms)` is the earliest t with between(a, t) == ms.
     #[test]
     fn calendar_add_is_the_earliest_instant_reaching_the_budget(reference in ref_calendar(), (a, len) in interval(), fraction in 0.0f64..=1.0) {
-        let calendar = Calendar::compile(&reference.def(), &Limits::default()).map_err(TestCaseError::fail)?;
+        let calendar = Calendar::compile(&reference.def(), &Limits::default()).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let tz = jiff::tz::TimeZone::get(reference.timezone).unwrap();
         // A budget reachable within the interval, so the reference stays cheap.
         let available = reference.minutes_between(&tz, a, a + len);
