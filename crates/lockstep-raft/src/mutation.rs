@@ -7,24 +7,38 @@
 
 use std::sync::OnceLock;
 
-pub use lockstep_core::mutation::Mutation;
+pub use lockstep_core::mutation::{Mutation, UnknownMutation};
 
 /// The environment variable that names a mutation.
 pub const ENV: &str = "LOCKSTEP_MUTATION";
 
+/// Why `LOCKSTEP_MUTATION` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MutationEnvError {
+    /// It names no mutation.
+    #[error(transparent)]
+    Unknown(#[from] UnknownMutation),
+    /// Any name, in a release build.
+    #[error(
+        "{env}={name} is set, but this is a release build, which has no mutations: unset {env} (mutations are deliberate bugs for the test harness, in debug builds only)",
+        env = ENV
+    )]
+    ReleaseBuild { name: String },
+}
+
 /// What `LOCKSTEP_MUTATION` asks for: nothing when unset or empty, the mutation it names,
 /// or an error saying what was wrong (an unknown name; any name in a release build).
-pub fn from_env() -> Result<Option<Mutation>, String> {
+pub fn from_env() -> Result<Option<Mutation>, MutationEnvError> {
     let Some(name) = std::env::var_os(ENV).filter(|v| !v.is_empty()) else {
         return Ok(None);
     };
     let name = name.to_string_lossy();
     if cfg!(debug_assertions) {
-        Mutation::parse(&name).map(Some).map_err(|e| e.to_string())
+        Ok(Some(Mutation::parse(&name)?))
     } else {
-        Err(format!(
-            "{ENV}={name} is set, but this is a release build, which has no mutations: unset {ENV} (mutations are deliberate bugs for the test harness, in debug builds only)"
-        ))
+        Err(MutationEnvError::ReleaseBuild {
+            name: name.into_owned(),
+        })
     }
 }
 

@@ -32,10 +32,10 @@ use lockstep_raft::{Member, NodeId};
 use lockstep_store::schema::meta;
 use lockstep_store::{Batch, Durability, Family, RocksOptions, RocksStore, Store, envelope};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
-use openraft::{LogId, Membership, RaftSnapshotBuilder, StoredMembership, Vote};
+use openraft::{LogId, Membership, RaftSnapshotBuilder, StorageError, StoredMembership, Vote};
 use tonic::Status;
 
-use crate::config::Identity;
+use crate::config::{Identity, MembersError};
 use crate::node::Node;
 
 /// Where online backups go, under the node's data directory.
@@ -47,6 +47,95 @@ const NAME_BYTES_MAX: usize = 128;
 /// Where a restore builds the new store, inside the target data directory.
 const STAGING_DIR: &str = ".restoring";
 use crate::config::SNAPSHOTS_DIR;
+
+/// Why a backup, an inspection or a restore did not happen: which name, directory or step,
+/// and what to do instead where the operator can.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(
+        "backup name `{name}` must be 1 to {NAME_BYTES_MAX} letters, digits, `-`, `_` or `.`, not starting with `.`"
+    )]
+    BadName { name: String },
+    #[error("{} already exists; choose another backup name or directory", .path.display())]
+    Exists { path: PathBuf },
+    #[error("{} holds no lockstepd store (no rocksdb/CURRENT)", .data_dir.display())]
+    NoStore { data_dir: PathBuf },
+    /// The offline backup could not open the store, most likely because a node runs on it.
+    #[error("{source} (a running node is backed up with `lockstep cluster backup`)")]
+    OpenForBackup { source: lockstep_store::Error },
+    #[error("checkpoint to {} failed: {source}", .out.display())]
+    Checkpoint {
+        out: PathBuf,
+        source: lockstep_store::Error,
+    },
+    #[error("{}: cannot read the applied state: {source}", .path.display())]
+    AppliedState {
+        path: PathBuf,
+        source: lockstep_store::Error,
+    },
+    #[error("{} holds no applied state (a node that never joined a cluster?)", .path.display())]
+    NoAppliedState { path: PathBuf },
+    #[error("{}: cannot read the state: {source}", .path.display())]
+    ReadState {
+        path: PathBuf,
+        source: lockstep_store::Error,
+    },
+    #[error("--id must be a positive integer")]
+    ZeroId,
+    /// The restored node's `id=address` pair.
+    #[error(transparent)]
+    Member(#[from] MembersError),
+    #[error(
+        "{} is not empty (it holds {}); restore into a new or empty data directory",
+        .data_dir.display(),
+        .taken.join(", ")
+    )]
+    NotEmpty {
+        data_dir: PathBuf,
+        taken: Vec<String>,
+    },
+    #[error("cannot create {}: {source}", .dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot remove {}: {source}", .dir.display())]
+    RemoveDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", .path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot move {} into {}: {source}", .from.display(), .to.display())]
+    Move {
+        from: PathBuf,
+        to: PathBuf,
+        source: std::io::Error,
+    },
+    /// Opening, reading or writing a store.
+    #[error(transparent)]
+    Store(#[from] lockstep_store::Error),
+    /// Writing the restored node's vote, purge point or commit to its log (boxed: openraft's
+    /// storage error is large).
+    #[error(transparent)]
+    Log(Box<StorageError<NodeId>>),
+    #[error("cannot build the snapshot of the restored state: {0}")]
+    Snapshot(Box<StorageError<NodeId>>),
+    /// The runtime that drives the log store's async methods did not start.
+    #[error(transparent)]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    EncodeIdentity(#[from] toml::ser::Error),
+}
+
+impl From<StorageError<NodeId>> for BackupError {
+    fn from(e: StorageError<NodeId>) -> BackupError {
+        BackupError::Log(Box::new(e))
+    }
+}
 
 /// What a checkpoint holds.
 #[derive(Clone, Debug)]
@@ -62,7 +151,7 @@ pub struct BackupInfo {
 }
 
 /// Refuses names that are not one plain path component.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), BackupError> {
     let ok = !name.is_empty()
         && name.len() <= NAME_BYTES_MAX
         && !name.starts_with('.')
@@ -72,35 +161,42 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "backup name `{name}` must be 1 to {NAME_BYTES_MAX} letters, digits, `-`, `_` or `.`, not starting with `.`"
-        ))
+        Err(BackupError::BadName {
+            name: name.to_string(),
+        })
     }
 }
 
 /// Writes a checkpoint of `store` to `out` (which must not exist) and reads it back.
-pub fn checkpoint(store: &RocksStore, out: &Path) -> Result<BackupInfo, String> {
+pub fn checkpoint(store: &RocksStore, out: &Path) -> Result<BackupInfo, BackupError> {
     if out.exists() {
-        return Err(format!(
-            "{} already exists; choose another backup name or directory",
-            out.display()
-        ));
+        return Err(BackupError::Exists {
+            path: out.to_path_buf(),
+        });
     }
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        std::fs::create_dir_all(parent).map_err(|source| BackupError::CreateDir {
+            dir: parent.to_path_buf(),
+            source,
+        })?;
     }
     store
         .checkpoint(out)
-        .map_err(|e| format!("checkpoint to {} failed: {e}", out.display()))?;
+        .map_err(|source| BackupError::Checkpoint {
+            out: out.to_path_buf(),
+            source,
+        })?;
     inspect(out)
 }
 
 /// Opens a checkpoint read-only and says what it holds.
-pub fn inspect(path: &Path) -> Result<BackupInfo, String> {
-    let store = RocksStore::open_read_only(path).map_err(|e| e.to_string())?;
-    let (applied, membership) = applied_state(&store)
-        .map_err(|e| format!("{}: cannot read the applied state: {e}", path.display()))?;
+pub fn inspect(path: &Path) -> Result<BackupInfo, BackupError> {
+    let store = RocksStore::open_read_only(path)?;
+    let (applied, membership) =
+        applied_state(&store).map_err(|source| BackupError::AppliedState {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let members = membership
         .membership()
         .nodes()
@@ -132,7 +228,7 @@ pub async fn online(node: &Node, name: &str) -> Result<BackupInfo, Status> {
         let now = jiff::Timestamp::now();
         format!("backup-{}-{}", now.strftime("%Y%m%dT%H%M%SZ"), node.id)
     } else {
-        check_name(name).map_err(crate::status::bad_request)?;
+        check_name(name).map_err(|e| crate::status::bad_request(e.to_string()))?;
         name.to_string()
     };
     let out = node.config.data_dir.join(BACKUPS_DIR).join(&name);
@@ -151,7 +247,7 @@ pub async fn online(node: &Node, name: &str) -> Result<BackupInfo, Status> {
     let info = tokio::task::spawn_blocking(move || checkpoint(&store, &out))
         .await
         .map_err(|e| Status::internal(format!("backup task failed: {e}")))?
-        .map_err(Status::internal)?;
+        .map_err(|e| Status::internal(e.to_string()))?;
     tracing::info!(path = %info.path.display(), applied = ?info.applied, bytes = info.bytes, "backup written");
     Ok(info)
 }
@@ -166,9 +262,14 @@ pub struct Restored {
 
 /// Makes `data_dir` (absent or empty) the data directory of a one-node cluster made of node
 /// `id` at `addr`, holding the replicated state of the checkpoint at `from`.
-pub fn restore(from: &Path, data_dir: &Path, id: NodeId, addr: &str) -> Result<Restored, String> {
+pub fn restore(
+    from: &Path,
+    data_dir: &Path,
+    id: NodeId,
+    addr: &str,
+) -> Result<Restored, BackupError> {
     if id == 0 {
-        return Err("--id must be a positive integer".into());
+        return Err(BackupError::ZeroId);
     }
     crate::config::parse_members(&format!("{id}={addr}"))?;
     // Built in <data-dir>/.restoring and moved into place at the end, so the target may be
@@ -181,37 +282,40 @@ pub fn restore(from: &Path, data_dir: &Path, id: NodeId, addr: &str) -> Result<R
             .filter(|name| name != STAGING_DIR)
             .collect();
         if !taken.is_empty() {
-            return Err(format!(
-                "{} is not empty (it holds {}); restore into a new or empty data directory",
-                data_dir.display(),
-                taken.join(", ")
-            ));
+            return Err(BackupError::NotEmpty {
+                data_dir: data_dir.to_path_buf(),
+                taken,
+            });
         }
     }
-    let source = RocksStore::open_read_only(from).map_err(|e| e.to_string())?;
-    let (applied, _) = applied_state(&source)
-        .map_err(|e| format!("{}: cannot read the applied state: {e}", from.display()))?;
-    let applied = applied.ok_or_else(|| {
-        format!(
-            "{} holds no applied state (a node that never joined a cluster?)",
-            from.display()
-        )
+    let source = RocksStore::open_read_only(from)?;
+    let (applied, _) = applied_state(&source).map_err(|source| BackupError::AppliedState {
+        path: from.to_path_buf(),
+        source,
+    })?;
+    let applied = applied.ok_or_else(|| BackupError::NoAppliedState {
+        path: from.to_path_buf(),
     })?;
     if staging.exists() {
         // Left by an interrupted restore: never served, safe to start over.
-        std::fs::remove_dir_all(&staging)
-            .map_err(|e| format!("cannot remove {}: {e}", staging.display()))?;
+        std::fs::remove_dir_all(&staging).map_err(|source| BackupError::RemoveDir {
+            dir: staging.clone(),
+            source,
+        })?;
     }
     let rocks_dir = staging.join("rocksdb");
-    std::fs::create_dir_all(&rocks_dir)
-        .map_err(|e| format!("cannot create {}: {e}", rocks_dir.display()))?;
-    let target = Arc::new(
-        RocksStore::open(&rocks_dir, &RocksOptions::default()).map_err(|e| e.to_string())?,
-    );
+    std::fs::create_dir_all(&rocks_dir).map_err(|source| BackupError::CreateDir {
+        dir: rocks_dir.clone(),
+        source,
+    })?;
+    let target = Arc::new(RocksStore::open(&rocks_dir, &RocksOptions::default())?);
 
     let exported = source
         .export(&Family::STATE)
-        .map_err(|e| format!("{}: cannot read the state: {e}", from.display()))?;
+        .map_err(|source| BackupError::ReadState {
+            path: from.to_path_buf(),
+            source,
+        })?;
     drop(source);
     let entries = exported.len();
     let mut batch = Batch::default();
@@ -221,9 +325,7 @@ pub fn restore(from: &Path, data_dir: &Path, id: NodeId, addr: &str) -> Result<R
         }
         batch.put(family, key, value);
         if batch.len() >= RESTORE_BATCH_ENTRIES {
-            target
-                .write(std::mem::take(&mut batch), Durability::Buffered)
-                .map_err(|e| e.to_string())?;
+            target.write(std::mem::take(&mut batch), Durability::Buffered)?;
         }
     }
     let membership = StoredMembership::<NodeId, Member>::new(
@@ -243,32 +345,26 @@ pub fn restore(from: &Path, data_dir: &Path, id: NodeId, addr: &str) -> Result<R
         meta::MEMBERSHIP,
         envelope::encode(&membership),
     );
-    target
-        .write(batch, Durability::Sync)
-        .map_err(|e| e.to_string())?;
+    target.write(batch, Durability::Sync)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(BackupError::Runtime)?;
     runtime.block_on(async {
         let mut log = LogStore::new(Arc::clone(&target));
         log.save_vote(&Vote::new(applied.leader_id.term, id))
-            .await
-            .map_err(|e| e.to_string())?;
-        log.purge(applied).await.map_err(|e| e.to_string())?;
-        log.save_committed(Some(applied))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
+        log.purge(applied).await?;
+        log.save_committed(Some(applied)).await?;
         let mut state_machine =
-            StateMachine::open(Arc::clone(&target), staging.join(SNAPSHOTS_DIR))
-                .map_err(|e| e.to_string())?;
+            StateMachine::open(Arc::clone(&target), staging.join(SNAPSHOTS_DIR))?;
         state_machine
             .get_snapshot_builder()
             .await
             .build_snapshot()
             .await
-            .map_err(|e| format!("cannot build the snapshot of the restored state: {e}"))?;
-        Ok::<(), String>(())
+            .map_err(|e| BackupError::Snapshot(Box::new(e)))?;
+        Ok::<(), BackupError>(())
     })?;
     drop(target);
 
@@ -277,25 +373,27 @@ pub fn restore(from: &Path, data_dir: &Path, id: NodeId, addr: &str) -> Result<R
         cluster: format!("{id}={addr}"),
     };
     let identity_file = staging.join("node.toml");
-    crate::config::write_durably(
-        &identity_file,
-        toml::to_string(&identity)
-            .map_err(|e| e.to_string())?
-            .as_bytes(),
-    )
-    .map_err(|e| format!("cannot write {}: {e}", identity_file.display()))?;
+    let identity_text = toml::to_string(&identity)?;
+    crate::config::write_durably(&identity_file, identity_text.as_bytes()).map_err(|source| {
+        BackupError::Write {
+            path: identity_file,
+            source,
+        }
+    })?;
     // The store first, the identity file last: lockstepd starts only on a complete store.
     for name in ["rocksdb", SNAPSHOTS_DIR, "node.toml"] {
-        std::fs::rename(staging.join(name), data_dir.join(name)).map_err(|e| {
-            format!(
-                "cannot move {} into {}: {e}",
-                staging.join(name).display(),
-                data_dir.display()
-            )
+        std::fs::rename(staging.join(name), data_dir.join(name)).map_err(|source| {
+            BackupError::Move {
+                from: staging.join(name),
+                to: data_dir.to_path_buf(),
+                source,
+            }
         })?;
     }
-    std::fs::remove_dir(&staging)
-        .map_err(|e| format!("cannot remove {}: {e}", staging.display()))?;
+    std::fs::remove_dir(&staging).map_err(|source| BackupError::RemoveDir {
+        dir: staging.clone(),
+        source,
+    })?;
     Ok(Restored { applied, entries })
 }
 
@@ -362,13 +460,10 @@ pub fn main_if_offline_command() -> Option<ExitCode> {
         OfflineCommand::Backup { data_dir, out } => {
             let store_dir = data_dir.join("rocksdb");
             if !store_dir.join("CURRENT").is_file() {
-                Err(format!(
-                    "{} holds no lockstepd store (no rocksdb/CURRENT)",
-                    data_dir.display()
-                ))
+                Err(BackupError::NoStore { data_dir })
             } else {
                 RocksStore::open(&store_dir, &RocksOptions::default())
-                    .map_err(|e| format!("{e} (a running node is backed up with `lockstep cluster backup`)"))
+                    .map_err(|source| BackupError::OpenForBackup { source })
                     .and_then(|store| checkpoint(&store, &out))
                     .map(|info| print_info("backup written", &info))
             }

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use lockstep_core::duration::DurationError;
 use serde::{Deserialize, Serialize};
+
+use crate::settings::SettingError;
 
 /// lockstepd: a node of a Lockstep cluster.
 ///
@@ -182,6 +185,138 @@ pub struct Flags {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// Why a node cannot start with its settings or its data directory: which setting (or file)
+/// is wrong, what was given, and what to write instead.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", .path.display())]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {}: {source}", .path.display())]
+    FileSyntax {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("no node id: pass --id N (or LOCKSTEP_ID, or `id = N` in the config file)")]
+    NoId,
+    #[error("--id must be a positive integer; 0 is reserved")]
+    ZeroId,
+    #[error("no data directory: pass --data-dir PATH")]
+    NoDataDir,
+    #[error(transparent)]
+    Members(#[from] MembersError),
+    #[error(
+        "--initial-members ({members}) does not include this node's id {id}; every node lists the same initial members, itself included"
+    )]
+    NotAMember { members: String, id: u64 },
+    #[error("--peer-via: {0}")]
+    PeerVia(MembersError),
+    #[error(
+        "--election-timeout-ms ({election_timeout_ms}) must be more than twice --heartbeat-ms ({heartbeat_ms}), and both positive"
+    )]
+    ElectionTimeout {
+        election_timeout_ms: u64,
+        heartbeat_ms: u64,
+    },
+    #[error(
+        "--dev (no TLS, header-asserted actors) is refused on {listen}: development mode binds only to loopback addresses such as 127.0.0.1"
+    )]
+    DevNotLoopback { listen: SocketAddr },
+    #[error("--log-format `{value}` is not text or json")]
+    LogFormat { value: String },
+    #[error(
+        "--dev runs without TLS and with header-named actors, so {names} cannot apply: drop --dev for a secure node, or drop {names}",
+        names = .given.join(", ")
+    )]
+    DevWithSecurity { given: Vec<&'static str> },
+    #[error(
+        "a node without --dev serves TLS and authenticates peers and clients, but {names} {verb} missing: pass the node's certificate and key and the cluster CA as PEM files (`lockstep certs` makes them), or --dev for a plaintext loopback development node",
+        names = .missing.join(", "),
+        verb = if .missing.len() == 1 { "is" } else { "are" }
+    )]
+    TlsMissing { missing: Vec<&'static str> },
+    #[error(
+        "JWT authentication needs --jwt-keys, --jwt-issuer and --jwt-audience together; missing {}",
+        .missing.join(", ")
+    )]
+    JwtIncomplete { missing: Vec<&'static str> },
+    #[error(
+        "--metrics-listen ({listen}) is the gRPC --listen address; give metrics their own port"
+    )]
+    MetricsOnListen { listen: SocketAddr },
+    #[error(
+        "--snapshot-log-mib {mib} is out of range: give between 1 and 1048576 MiB of log between snapshots (default 64)"
+    )]
+    SnapshotLogMib { mib: u64 },
+    #[error("--snapshot-interval `{text}`: {source}")]
+    SnapshotInterval { text: String, source: DurationError },
+    #[error("--snapshot-interval `{text}` is shorter than 1s; write e.g. 30m or 1h")]
+    SnapshotIntervalTooShort { text: String },
+    #[error(
+        "--snapshot-every 0 would snapshot after every entry; give a positive number of entries, or leave it out"
+    )]
+    SnapshotEveryZero,
+    #[error("{flag} {value} is out of range: give between 1 and {ADMISSION_BOUND_MAX}")]
+    AdmissionBound { flag: &'static str, value: usize },
+    #[error(
+        "--admission-limit-min {min} is above --admission-limit-max {max}: the adaptive limit moves between them, so give a min at most the max (equal for a fixed limit)"
+    )]
+    AdmissionMinAboveMax { min: usize, max: usize },
+    /// A duration, size or range setting (`--max-clock-offset`, `--min-free-space`, ...).
+    #[error(transparent)]
+    Setting(#[from] SettingError),
+    #[error("cannot create data directory {}: {source}", .dir.display())]
+    CreateDataDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is damaged ({source}); restore it or use a fresh --data-dir", .path.display())]
+    IdentityDamaged {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error(
+        "data directory {} belongs to node {found}, not node {mine}; give each node its own --data-dir",
+        .dir.display()
+    )]
+    OtherNode { dir: PathBuf, found: u64, mine: u64 },
+    #[error(
+        "data directory {} belongs to the cluster bootstrapped with members {found}, not {mine}; use that cluster's settings or a fresh --data-dir",
+        .dir.display()
+    )]
+    OtherCluster {
+        dir: PathBuf,
+        found: String,
+        mine: String,
+    },
+    #[error(transparent)]
+    EncodeIdentity(#[from] toml::ser::Error),
+    #[error("cannot write {}: {source}", .path.display())]
+    WriteIdentity {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Why a members list (`--initial-members`, `--peer-via`) does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembersError {
+    #[error("member `{part}` is not id=host:port")]
+    NotAPair { part: String },
+    #[error("member `{part}`: `{id}` is not a node id")]
+    NotAnId { part: String, id: String },
+    #[error("member `{part}`: `{addr}` is not host:port")]
+    NotAnAddress { part: String, addr: String },
+    #[error("node id {id} appears twice in the members list")]
+    Twice { id: u64 },
+    #[error(
+        "the members list is empty; write e.g. 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103"
+    )]
+    Empty,
+}
+
 /// The settings a TOML file may hold.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -292,27 +427,30 @@ pub enum LogFormat {
 
 impl Config {
     /// Merges flags (and their environment variables) over the file over defaults.
-    pub fn load(flags: Flags) -> Result<Config, String> {
+    pub fn load(flags: Flags) -> Result<Config, ConfigError> {
         let file: FileConfig = match &flags.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-                toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                toml::from_str(&text).map_err(|source| ConfigError::FileSyntax {
+                    path: path.clone(),
+                    source,
+                })?
             }
             None => FileConfig::default(),
         };
         let admission = admission_settings(&flags, &file)?;
-        let id = flags
-            .id
-            .or(file.id)
-            .ok_or("no node id: pass --id N (or LOCKSTEP_ID, or `id = N` in the config file)")?;
+        let id = flags.id.or(file.id).ok_or(ConfigError::NoId)?;
         if id == 0 {
-            return Err("--id must be a positive integer; 0 is reserved".into());
+            return Err(ConfigError::ZeroId);
         }
         let data_dir = flags
             .data_dir
             .or(file.data_dir)
-            .ok_or("no data directory: pass --data-dir PATH")?;
+            .ok_or(ConfigError::NoDataDir)?;
         let listen = flags
             .listen
             .or(file.listen)
@@ -327,9 +465,10 @@ impl Config {
             .unwrap_or_else(|| format!("{id}={advertise}"));
         let initial_members = parse_members(&members_text)?;
         if !initial_members.contains_key(&id) {
-            return Err(format!(
-                "--initial-members ({members_text}) does not include this node's id {id}; every node lists the same initial members, itself included"
-            ));
+            return Err(ConfigError::NotAMember {
+                members: members_text,
+                id,
+            });
         }
         let heartbeat_ms = flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100);
         let election_timeout_ms = flags
@@ -337,20 +476,23 @@ impl Config {
             .or(file.election_timeout_ms)
             .unwrap_or(600);
         if heartbeat_ms == 0 || election_timeout_ms <= heartbeat_ms * 2 {
-            return Err(format!(
-                "--election-timeout-ms ({election_timeout_ms}) must be more than twice --heartbeat-ms ({heartbeat_ms}), and both positive"
-            ));
+            return Err(ConfigError::ElectionTimeout {
+                election_timeout_ms,
+                heartbeat_ms,
+            });
         }
         let dev = flags.dev || file.dev.unwrap_or(false);
         if dev && !listen.ip().is_loopback() {
-            return Err(format!(
-                "--dev (no TLS, header-asserted actors) is refused on {listen}: development mode binds only to loopback addresses such as 127.0.0.1"
-            ));
+            return Err(ConfigError::DevNotLoopback { listen });
         }
         let log_format = match flags.log_format.or(file.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
-            Some(other) => return Err(format!("--log-format `{other}` is not text or json")),
+            Some(other) => {
+                return Err(ConfigError::LogFormat {
+                    value: other.to_string(),
+                });
+            }
         };
         let tls_cert = flags.tls_cert.or(file.tls_cert);
         let tls_key = flags.tls_key.or(file.tls_key);
@@ -374,11 +516,7 @@ impl Config {
             .filter_map(|(name, set)| set.then_some(name))
             .collect();
             if !given.is_empty() {
-                return Err(format!(
-                    "--dev runs without TLS and with header-named actors, so {} cannot apply: drop --dev for a secure node, or drop {}",
-                    given.join(", "),
-                    given.join(", ")
-                ));
+                return Err(ConfigError::DevWithSecurity { given });
             }
             None
         } else {
@@ -393,11 +531,7 @@ impl Config {
                     .into_iter()
                     .filter_map(|(name, gone)| gone.then_some(name))
                     .collect();
-                    return Err(format!(
-                        "a node without --dev serves TLS and authenticates peers and clients, but {} {} missing: pass the node's certificate and key and the cluster CA as PEM files (`lockstep certs` makes them), or --dev for a plaintext loopback development node",
-                        missing.join(", "),
-                        if missing.len() == 1 { "is" } else { "are" }
-                    ));
+                    return Err(ConfigError::TlsMissing { missing });
                 }
             }
         };
@@ -419,21 +553,16 @@ impl Config {
                 .into_iter()
                 .filter_map(|(name, gone)| gone.then_some(name))
                 .collect();
-                return Err(format!(
-                    "JWT authentication needs --jwt-keys, --jwt-issuer and --jwt-audience together; missing {}",
-                    missing.join(", ")
-                ));
+                return Err(ConfigError::JwtIncomplete { missing });
             }
         };
         let metrics_listen = flags.metrics_listen.or(file.metrics_listen);
         if metrics_listen == Some(listen) {
-            return Err(format!(
-                "--metrics-listen ({listen}) is the gRPC --listen address; give metrics their own port"
-            ));
+            return Err(ConfigError::MetricsOnListen { listen });
         }
         let peer_via = match flags.peer_via.or(file.peer_via) {
             Some(text) if !text.trim().is_empty() => {
-                parse_members(&text).map_err(|e| format!("--peer-via: {e}"))?
+                parse_members(&text).map_err(ConfigError::PeerVia)?
             }
             _ => BTreeMap::new(),
         };
@@ -442,36 +571,32 @@ impl Config {
             .or(file.snapshot_log_mib)
             .unwrap_or(64);
         if log_mib == 0 || log_mib > 1 << 20 {
-            return Err(format!(
-                "--snapshot-log-mib {log_mib} is out of range: give between 1 and 1048576 MiB of log between snapshots (default 64)"
-            ));
+            return Err(ConfigError::SnapshotLogMib { mib: log_mib });
         }
         let interval = match flags.snapshot_interval.or(file.snapshot_interval) {
             None => std::time::Duration::from_secs(3600),
             Some(text) => {
-                let d = lockstep_core::duration::Duration::parse(&text)
-                    .map_err(|e| format!("--snapshot-interval `{text}`: {e}"))?;
+                let d = match lockstep_core::duration::Duration::parse(&text) {
+                    Ok(d) => d,
+                    Err(source) => return Err(ConfigError::SnapshotInterval { text, source }),
+                };
                 if d.as_ms() < 1000 {
-                    return Err(format!(
-                        "--snapshot-interval `{text}` is shorter than 1s; write e.g. 30m or 1h"
-                    ));
+                    return Err(ConfigError::SnapshotIntervalTooShort { text });
                 }
                 std::time::Duration::from_millis(d.as_ms())
             }
         };
         let entries = flags.snapshot_every.or(file.snapshot_every);
         if entries == Some(0) {
-            return Err("--snapshot-every 0 would snapshot after every entry; give a positive number of entries, or leave it out".into());
+            return Err(ConfigError::SnapshotEveryZero);
         }
         let clock = match flags.max_clock_offset.or(file.max_clock_offset) {
             None => crate::clock::ClockSettings::default(),
-            Some(text) => crate::clock::ClockSettings::parse(&text).map_err(|e| e.to_string())?,
+            Some(text) => crate::clock::ClockSettings::parse(&text)?,
         };
         let defaults = crate::space::SpaceSettings::default();
         let size = |flag: &str, text: Option<String>, default: u64| {
-            text.map_or(Ok(default), |t| {
-                crate::space::parse_size(flag, &t).map_err(|e| e.to_string())
-            })
+            text.map_or(Ok(default), |t| crate::space::parse_size(flag, &t))
         };
         let space = crate::space::SpaceSettings {
             min_free_bytes: size(
@@ -488,8 +613,7 @@ impl Config {
         let scrub = crate::scrub::ScrubSettings::parse(
             flags.scrub_every.or(file.scrub_every).as_deref(),
             flags.scrub_rate.or(file.scrub_rate).as_deref(),
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let snapshots = SnapshotSettings {
             log_bytes: log_mib << 20,
             interval,
@@ -539,7 +663,7 @@ const ADMISSION_BOUND_MAX: usize = 1_000_000;
 fn admission_settings(
     flags: &Flags,
     file: &FileConfig,
-) -> Result<crate::admission::AdmissionSettings, String> {
+) -> Result<crate::admission::AdmissionSettings, ConfigError> {
     let defaults = crate::admission::AdmissionSettings::default();
     let min = flags
         .admission_limit_min
@@ -553,21 +677,17 @@ fn admission_settings(
         .reads_in_flight_max
         .or(file.reads_in_flight_max)
         .unwrap_or(defaults.reads_max);
-    for (name, value) in [
+    for (flag, value) in [
         ("--admission-limit-min", min),
         ("--admission-limit-max", max),
         ("--reads-in-flight-max", reads_max),
     ] {
         if value == 0 || value > ADMISSION_BOUND_MAX {
-            return Err(format!(
-                "{name} {value} is out of range: give between 1 and {ADMISSION_BOUND_MAX}"
-            ));
+            return Err(ConfigError::AdmissionBound { flag, value });
         }
     }
     if min > max {
-        return Err(format!(
-            "--admission-limit-min {min} is above --admission-limit-max {max}: the adaptive limit moves between them, so give a min at most the max (equal for a fixed limit)"
-        ));
+        return Err(ConfigError::AdmissionMinAboveMax { min, max });
     }
     Ok(crate::admission::AdmissionSettings {
         min,
@@ -577,25 +697,28 @@ fn admission_settings(
 }
 
 /// Parses `1=host:port,2=host:port`.
-pub fn parse_members(text: &str) -> Result<BTreeMap<u64, String>, String> {
+pub fn parse_members(text: &str) -> Result<BTreeMap<u64, String>, MembersError> {
     let mut out = BTreeMap::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| format!("member `{part}` is not id=host:port"))?;
-        let id: u64 = id
-            .trim()
-            .parse()
-            .map_err(|_| format!("member `{part}`: `{id}` is not a node id"))?;
+        let (id, addr) = part.split_once('=').ok_or_else(|| MembersError::NotAPair {
+            part: part.to_string(),
+        })?;
+        let id: u64 = id.trim().parse().map_err(|_| MembersError::NotAnId {
+            part: part.to_string(),
+            id: id.to_string(),
+        })?;
         if addr.trim().is_empty() || !addr.contains(':') {
-            return Err(format!("member `{part}`: `{addr}` is not host:port"));
+            return Err(MembersError::NotAnAddress {
+                part: part.to_string(),
+                addr: addr.to_string(),
+            });
         }
         if out.insert(id, addr.trim().to_string()).is_some() {
-            return Err(format!("node id {id} appears twice in the members list"));
+            return Err(MembersError::Twice { id });
         }
     }
     if out.is_empty() {
-        return Err("the members list is empty; write e.g. 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103".into());
+        return Err(MembersError::Empty);
     }
     Ok(out)
 }
@@ -610,7 +733,7 @@ pub struct Identity {
 
 /// Refuses a data directory that belongs to another node or cluster; records the identity of
 /// a fresh one.
-pub fn check_identity(config: &Config) -> Result<(), String> {
+pub fn check_identity(config: &Config) -> Result<(), ConfigError> {
     let cluster = config
         .initial_members
         .iter()
@@ -622,35 +745,29 @@ pub fn check_identity(config: &Config) -> Result<(), String> {
         cluster,
     };
     let path = config.identity_file();
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        format!(
-            "cannot create data directory {}: {e}",
-            config.data_dir.display()
-        )
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ConfigError::CreateDataDir {
+        dir: config.data_dir.clone(),
+        source,
     })?;
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let found: Identity = toml::from_str(&text).map_err(|e| {
-                format!(
-                    "{} is damaged ({e}); restore it or use a fresh --data-dir",
-                    path.display()
-                )
-            })?;
+            let found: Identity = match toml::from_str(&text) {
+                Ok(found) => found,
+                Err(source) => return Err(ConfigError::IdentityDamaged { path, source }),
+            };
             if found.node_id != mine.node_id {
-                return Err(format!(
-                    "data directory {} belongs to node {}, not node {}; give each node its own --data-dir",
-                    config.data_dir.display(),
-                    found.node_id,
-                    mine.node_id
-                ));
+                return Err(ConfigError::OtherNode {
+                    dir: config.data_dir.clone(),
+                    found: found.node_id,
+                    mine: mine.node_id,
+                });
             }
             if found.cluster != mine.cluster {
-                return Err(format!(
-                    "data directory {} belongs to the cluster bootstrapped with members {}, not {}; use that cluster's settings or a fresh --data-dir",
-                    config.data_dir.display(),
-                    found.cluster,
-                    mine.cluster
-                ));
+                return Err(ConfigError::OtherCluster {
+                    dir: config.data_dir.clone(),
+                    found: found.cluster,
+                    mine: mine.cluster,
+                });
             }
             Ok(())
         }
@@ -658,10 +775,12 @@ pub fn check_identity(config: &Config) -> Result<(), String> {
     }
 }
 
-fn write_identity(path: &Path, identity: &Identity) -> Result<(), String> {
-    let text = toml::to_string(identity).map_err(|e| e.to_string())?;
-    write_durably(path, text.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+fn write_identity(path: &Path, identity: &Identity) -> Result<(), ConfigError> {
+    let text = toml::to_string(identity)?;
+    write_durably(path, text.as_bytes()).map_err(|source| ConfigError::WriteIdentity {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Writes `bytes` to `path` so that a power cut leaves either no file or all of it: a

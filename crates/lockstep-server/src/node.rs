@@ -20,7 +20,7 @@ use lockstep_raft::log_store::LogStore;
 use lockstep_raft::state_machine::{ApplyHook, StateMachine};
 use lockstep_raft::{Body, Member, NodeId, Proposal, Response, TypeConfig};
 use lockstep_store::{RocksOptions, RocksStore};
-use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, Fatal, InitializeError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
@@ -131,6 +131,38 @@ async fn send_forward(
     }
 }
 
+/// Why a node did not start. `lockstepd` reports it and exits; a corrupt store
+/// ([`lockstep_store::Error::Corruption`] in [`StartError::Store`]) is marked so that the
+/// node stays out until it is re-seeded.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Certificates, keys or the policy. Shown as its message alone, without the chain of
+    /// sources, which the message already includes.
+    #[error("{0}")]
+    Trust(crate::trust::TrustSetupError),
+    /// The data directory belongs to another node or cluster, or cannot be written. Shown
+    /// as its message alone, like [`StartError::Trust`].
+    #[error("{0}")]
+    DataDir(crate::config::ConfigError),
+    /// Opening the store or reading its applied state.
+    #[error(transparent)]
+    Store(#[from] lockstep_store::Error),
+    #[error(transparent)]
+    RaftConfig(#[from] openraft::ConfigError),
+    /// Raft stopped while starting (boxed: openraft's errors are large).
+    #[error(transparent)]
+    Raft(Box<Fatal<NodeId>>),
+    /// Bootstrapping the cluster failed for another reason than that it was initialized.
+    #[error(transparent)]
+    Bootstrap(Box<RaftError<NodeId, InitializeError<NodeId, Member>>>),
+}
+
+impl From<Fatal<NodeId>> for StartError {
+    fn from(e: Fatal<NodeId>) -> StartError {
+        StartError::Raft(Box::new(e))
+    }
+}
+
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node").field("id", &self.id).finish()
@@ -144,10 +176,10 @@ impl Node {
     pub async fn start(
         config: Config,
         leader_services: Arc<crate::leader::LeaderServices>,
-    ) -> anyhow::Result<Arc<Node>> {
+    ) -> Result<Arc<Node>, StartError> {
         // Certificates, keys and the policy are checked before any state is touched.
-        let trust = crate::trust::Trust::load(&config).map_err(anyhow::Error::msg)?;
-        crate::config::check_identity(&config).map_err(anyhow::Error::msg)?;
+        let trust = crate::trust::Trust::load(&config).map_err(StartError::Trust)?;
+        crate::config::check_identity(&config).map_err(StartError::DataDir)?;
         let store = Arc::new(RocksStore::open(
             &config.store_dir(),
             &RocksOptions::default(),
@@ -211,7 +243,7 @@ impl Node {
         // A corrupt block met while openraft reads its state back (the log, the vote, a
         // re-apply) is a corrupt store, for lockstepd to refuse to start on.
         .map_err(|e| match store.corruption() {
-            Some(found) => anyhow::Error::new(lockstep_store::Error::Corruption(found.into())),
+            Some(found) => StartError::Store(lockstep_store::Error::Corruption(found.into())),
             None => e.into(),
         })?;
         let proposed_metrics = Arc::clone(&metrics);
@@ -268,7 +300,7 @@ impl Node {
         Ok(node)
     }
 
-    async fn bootstrap_if_first(&self) -> anyhow::Result<()> {
+    async fn bootstrap_if_first(&self) -> Result<(), StartError> {
         let lowest = *self
             .config
             .initial_members
@@ -292,7 +324,7 @@ impl Node {
                 tracing::info!(error = %e, "cluster already initialized");
                 Ok(())
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(StartError::Bootstrap(Box::new(e))),
         }
     }
 

@@ -11,6 +11,27 @@ pub const POLLS_PER_QUEUE_MAX: usize = 1_024;
 /// Most polls one node serves at once for one worker (by actor id).
 pub const POLLS_PER_WORKER_MAX: usize = 8;
 
+/// Which bound a new poll would pass; the poll is refused as overloaded with this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PollsFull {
+    #[error(
+        "worker `{worker}` already has {max} polls waiting on this node, the most one worker may: retry once one of them has answered (one poll may lease up to {tasks} tasks)",
+        max = POLLS_PER_WORKER_MAX,
+        tasks = POLL_TASKS_MAX
+    )]
+    Worker { worker: String },
+    #[error(
+        "queue `{queue}` already has {max} polls waiting on this node; retry shortly or poll another node",
+        max = POLLS_PER_QUEUE_MAX
+    )]
+    Queue { queue: String },
+    #[error(
+        "this node already serves {max} polls; retry shortly or poll another node",
+        max = POLLS_MAX
+    )]
+    Node,
+}
+
 /// The polls a node is serving, per queue and per worker, within [`POLLS_MAX`],
 /// [`POLLS_PER_QUEUE_MAX`] and [`POLLS_PER_WORKER_MAX`]. A count that falls to zero is
 /// removed, so the maps hold at most as many keys as there are polls.
@@ -42,24 +63,22 @@ impl PollPlaces {
     }
 
     /// Takes a place for a poll of `queue` by `worker`, or says which bound it would pass.
-    pub fn enter<'a>(&'a self, queue: &str, worker: &str) -> Result<PollPlace<'a>, String> {
+    pub fn enter<'a>(&'a self, queue: &str, worker: &str) -> Result<PollPlace<'a>, PollsFull> {
         let mut c = self.counts.lock().expect("poll places lock");
         let on_queue = c.queues.get(queue).copied().unwrap_or(0);
         let of_worker = c.workers.get(worker).copied().unwrap_or(0);
         if of_worker >= POLLS_PER_WORKER_MAX {
-            return Err(format!(
-                "worker `{worker}` already has {POLLS_PER_WORKER_MAX} polls waiting on this node, the most one worker may: retry once one of them has answered (one poll may lease up to {POLL_TASKS_MAX} tasks)"
-            ));
+            return Err(PollsFull::Worker {
+                worker: worker.to_string(),
+            });
         }
         if on_queue >= POLLS_PER_QUEUE_MAX {
-            return Err(format!(
-                "queue `{queue}` already has {POLLS_PER_QUEUE_MAX} polls waiting on this node; retry shortly or poll another node"
-            ));
+            return Err(PollsFull::Queue {
+                queue: queue.to_string(),
+            });
         }
         if c.total >= POLLS_MAX {
-            return Err(format!(
-                "this node already serves {POLLS_MAX} polls; retry shortly or poll another node"
-            ));
+            return Err(PollsFull::Node);
         }
         c.total += 1;
         *c.queues.entry(queue.to_string()).or_default() += 1;

@@ -256,7 +256,7 @@ impl pb::tasks_server::Tasks for Api {
             .enter(&req.queue, &worker.id)
             .map_err(|message| {
                 self.node.metrics.observe_overloaded("polls");
-                status::overloaded(status::OVERLOADED, message, 100, None)
+                status::overloaded(status::OVERLOADED, message.to_string(), 100, None)
             })?;
         let deadline = Instant::now() + Duration::from_millis(u64::from(req.wait_ms));
         loop {

@@ -9,7 +9,7 @@ use lockstep_proto::v1 as pb;
 use lockstep_server::api::Api;
 use lockstep_server::config::{Config, Flags, LogFormat};
 use lockstep_server::metrics::GrpcMetricsLayer;
-use lockstep_server::node::Node;
+use lockstep_server::node::{Node, StartError};
 use lockstep_server::raft_service::RaftService;
 use tokio::sync::watch;
 
@@ -111,11 +111,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let leader_services = Arc::new(lockstep_server::leader::LeaderServices::default());
     let node = Node::start(config.clone(), Arc::clone(&leader_services))
         .await
-        .map_err(|e| match e.downcast_ref::<lockstep_store::Error>() {
-            Some(lockstep_store::Error::Corruption(text)) => {
-                lockstep_server::failstop::corrupt_at_open(&config, text).into()
+        .map_err(|e| match e {
+            StartError::Store(lockstep_store::Error::Corruption(text)) => {
+                lockstep_server::failstop::corrupt_at_open(&config, &text).into()
             }
-            _ => e,
+            e => anyhow::Error::from(e),
         })?;
     // The cluster-version gate, a service on the node (it would otherwise tie node and
     // format_gate into an import circle).
