@@ -70,14 +70,15 @@ impl Api {
         Ok(actor)
     }
 
-    /// Leases up to `max` ready tasks of `queue`; returns (instance id, task id) of each.
+    /// Leases up to `max` ready tasks of `queue`; returns (instance id, task id) of each, the
+    /// last lease's audit sequence, and the leader's address when this node forwarded them.
     async fn lease_ready(
         &self,
         metadata: &MetadataMap,
         queue: &str,
         worker: &Actor,
         max: usize,
-    ) -> Result<(Vec<(String, String)>, u64), Status> {
+    ) -> Result<(Vec<(String, String)>, u64, Option<String>), Status> {
         let mut candidates = read::ready_tasks(&*self.node.store, queue, max * LEASE_WINDOW)
             .map_err(status::store_error)?;
         // Workers polling at once try different tasks first, so they rarely propose leases
@@ -93,6 +94,7 @@ impl Api {
         }
         let mut leased = Vec::new();
         let mut last_seq = 0;
+        let mut leader = None;
         let mut candidates = candidates.into_iter();
         while leased.len() < max {
             // The next tasks no other poll on this node is leasing, proposed together so
@@ -123,7 +125,9 @@ impl Api {
                 .await;
             let mut at_limit = None;
             for ((task_id, instance_id, _claim), answer) in round.into_iter().zip(answers) {
-                match answer? {
+                let answer = answer?;
+                leader = leader.or(answer.forwarded_to);
+                match answer.applied {
                     Applied::Applied { global_seq, .. } => {
                         last_seq = last_seq.max(global_seq);
                         leased.push((instance_id, task_id));
@@ -146,7 +150,7 @@ impl Api {
                 break;
             }
         }
-        Ok((leased, last_seq))
+        Ok((leased, last_seq, leader))
     }
 
     /// Reads leased tasks back once this node has applied the lease writes (up to audit
@@ -264,12 +268,13 @@ impl pb::tasks_server::Tasks for Api {
             // looking, so none is missed.
             let ready = self.node.tasks_ready.notified();
             self.node.metrics.observe_poll_look();
-            let (leased, seq) = self
+            let (leased, seq, leader) = self
                 .lease_ready(&metadata, &req.queue, &worker, max)
                 .await?;
             if !leased.is_empty() {
                 let tasks = self.leased_view(&leased, seq).await?;
-                return Ok(Response::new(pb::PollTasksResponse { tasks }));
+                let answer = Ok(Response::new(pb::PollTasksResponse { tasks }));
+                return crate::leader_hint::name_leader(leader.as_deref(), answer);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -294,20 +299,25 @@ impl pb::tasks_server::Tasks for Api {
             task_id: task_id.clone(),
             op: TaskOp::Heartbeat { token, worker },
         };
-        let seq = match self.write(&metadata, &req.request_id, body).await? {
-            Applied::Applied { global_seq, .. } => global_seq,
-            Applied::Refused(r) => return Err(status::refusal(&r)),
-            other => return Err(Status::internal(format!("unexpected response {other:?}"))),
+        let answer = self.write(&metadata, &req.request_id, body).await?;
+        let reply = match answer.applied {
+            Applied::Applied { global_seq, .. } => {
+                let view = self
+                    .leased_view(&[(instance_id, task_id)], global_seq)
+                    .await?;
+                Ok(Response::new(pb::HeartbeatTaskResponse {
+                    lease_expires_at: view
+                        .into_iter()
+                        .next()
+                        .map(|t| t.lease_expires_at)
+                        .unwrap_or_default(),
+                    audit_seq: global_seq,
+                }))
+            }
+            Applied::Refused(r) => Err(status::refusal(&r)),
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
         };
-        let view = self.leased_view(&[(instance_id, task_id)], seq).await?;
-        Ok(Response::new(pb::HeartbeatTaskResponse {
-            lease_expires_at: view
-                .into_iter()
-                .next()
-                .map(|t| t.lease_expires_at)
-                .unwrap_or_default(),
-            audit_seq: seq,
-        }))
+        crate::leader_hint::name_leader(answer.forwarded_to.as_deref(), reply)
     }
 
     async fn complete(
@@ -327,7 +337,9 @@ impl pb::tasks_server::Tasks for Api {
                 worker,
             },
         };
-        change(self.write(&metadata, &req.request_id, body).await?)
+        self.write(&metadata, &req.request_id, body)
+            .await?
+            .respond(change)
     }
 
     async fn fail(
@@ -353,7 +365,9 @@ impl pb::tasks_server::Tasks for Api {
                 worker,
             },
         };
-        change(self.write(&metadata, &req.request_id, body).await?)
+        self.write(&metadata, &req.request_id, body)
+            .await?
+            .respond(change)
     }
 
     async fn resolve_incident(
@@ -377,6 +391,8 @@ impl pb::tasks_server::Tasks for Api {
             retry_task: req.retry_task,
             actor,
         };
-        change(self.write(&metadata, &req.request_id, body).await?)
+        self.write(&metadata, &req.request_id, body)
+            .await?
+            .respond(change)
     }
 }

@@ -51,7 +51,7 @@ impl pb::definitions_server::Definitions for Api {
             );
             return Err(status::refusal(&refusal));
         }
-        match self
+        let answer = self
             .write(
                 &metadata,
                 &req.request_id,
@@ -61,8 +61,8 @@ impl pb::definitions_server::Definitions for Api {
                     actor,
                 },
             )
-            .await?
-        {
+            .await?;
+        answer.respond(|applied| match applied {
             Applied::Definition {
                 workflow,
                 version,
@@ -74,7 +74,7 @@ impl pb::definitions_server::Definitions for Api {
             })),
             Applied::Refused(r) => Err(status::refusal(&r)),
             other => Err(Status::internal(format!("unexpected response {other:?}"))),
-        }
+        })
     }
 
     async fn get(

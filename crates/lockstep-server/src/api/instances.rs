@@ -20,19 +20,15 @@ impl pb::instances_server::Instances for Api {
             d => d,
         };
         let key = (!req.key.is_empty()).then_some(req.key);
-        change(
-            self.write(
-                &metadata,
-                &req.request_id,
-                Body::Create {
-                    workflow: req.workflow,
-                    key,
-                    data,
-                    actor,
-                },
-            )
-            .await?,
-        )
+        let body = Body::Create {
+            workflow: req.workflow,
+            key,
+            data,
+            actor,
+        };
+        self.write(&metadata, &req.request_id, body)
+            .await?
+            .respond(change)
     }
 
     async fn transition(
@@ -50,7 +46,9 @@ impl pb::instances_server::Instances for Api {
             actor,
             expected_version: req.expected_version,
         };
-        change(self.write(&metadata, &req.request_id, body).await?)
+        self.write(&metadata, &req.request_id, body)
+            .await?
+            .respond(change)
     }
 
     async fn send_event(
@@ -61,19 +59,15 @@ impl pb::instances_server::Instances for Api {
         let (metadata, _, req) = request.into_parts();
         let target = self.resolve(req.instance)?;
         let payload = json(&req.payload_json, "payload_json")?;
-        change(
-            self.write(
-                &metadata,
-                &req.request_id,
-                Body::Event {
-                    target,
-                    event: req.event,
-                    payload,
-                    actor,
-                },
-            )
-            .await?,
-        )
+        let body = Body::Event {
+            target,
+            event: req.event,
+            payload,
+            actor,
+        };
+        self.write(&metadata, &req.request_id, body)
+            .await?
+            .respond(change)
     }
 
     async fn get(
@@ -228,7 +222,8 @@ impl pb::instances_server::Instances for Api {
             selection,
             actor,
         };
-        match self.write(&metadata, &request_id, body).await? {
+        let answer = self.write(&metadata, &request_id, body).await?;
+        answer.respond(|applied| match applied {
             Applied::Migrated { instances, next } => {
                 Ok(Response::new(pb::MigrateInstancesResponse {
                     migrated: u32::try_from(instances.len()).unwrap_or(u32::MAX),
@@ -250,7 +245,7 @@ impl pb::instances_server::Instances for Api {
             }
             Applied::Refused(r) => Err(status::refusal(&r)),
             other => Err(Status::internal(format!("unexpected response {other:?}"))),
-        }
+        })
     }
 }
 

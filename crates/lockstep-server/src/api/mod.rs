@@ -37,6 +37,23 @@ mod instances;
 
 pub use audit::audit_pb;
 
+/// A write's outcome, and the leader's address when this node forwarded the write to it.
+pub(crate) struct Answer {
+    pub(crate) applied: Applied,
+    pub(crate) forwarded_to: Option<String>,
+}
+
+impl Answer {
+    /// The client's answer: `respond` turns the outcome into a response or a status, which
+    /// names the leader when a follower forwarded the write, so the client can go there.
+    pub(crate) fn respond<T>(
+        self,
+        respond: impl FnOnce(Applied) -> Result<Response<T>, Status>,
+    ) -> Result<Response<T>, Status> {
+        crate::leader_hint::name_leader(self.forwarded_to.as_deref(), respond(self.applied))
+    }
+}
+
 /// Largest page a list request may ask for.
 pub const PAGE_SIZE_MAX: u32 = 500;
 pub const PAGE_SIZE_DEFAULT: u32 = 100;
@@ -96,7 +113,7 @@ impl Api {
         metadata: &MetadataMap,
         request_id: &str,
         body: Body,
-    ) -> Result<Applied, Status> {
+    ) -> Result<Answer, Status> {
         if request_id.is_empty() {
             return Err(status::bad_request(
                 "request_id is empty: every mutating request carries a client-chosen id (reuse it when retrying)",
@@ -111,10 +128,6 @@ impl Api {
             .client_write(request_id.to_string(), body, Self::forward(metadata))
             .await
             .map_err(status::write_error)?;
-        // A follower forwarded it: the answer names the leader, so the client can go there.
-        if let Some(leader) = &written.forwarded_to {
-            crate::leader_hint::note_forwarded(leader);
-        }
         let applied = written.response;
         if let (Applied::Refused(refusal), Some((method, actor))) = (&applied, attempt)
             && matches!(
@@ -134,7 +147,10 @@ impl Api {
                 &refusal.message,
             );
         }
-        Ok(applied)
+        Ok(Answer {
+            applied,
+            forwarded_to: written.forwarded_to,
+        })
     }
 
     pub(crate) async fn read_info(&self, consistency: i32) -> Result<pb::ReadInfo, Status> {

@@ -210,7 +210,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
             Arc::clone(&node.trust),
             Arc::clone(&node.security),
         ))
-        .layer(lockstep_server::leader_hint::LeaderHintLayer)
         .add_service(
             lockstep_proto::v1::internal::raft_server::RaftServer::new(RaftService {
                 node: Arc::clone(&node),
