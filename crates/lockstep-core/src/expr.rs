@@ -66,6 +66,12 @@ impl Expression {
         &self.source
     }
 
+    /// Whether the expression reads the root variable `name` (e.g. `payload`): an inbox
+    /// cannot decide an expression that reads the payload of an attempt not yet made.
+    pub fn reads(&self, name: &str) -> bool {
+        self.program.references().has_variable(name)
+    }
+
     /// Evaluates to a boolean, or explains why it could not.
     pub fn eval_bool(&self, scope: &Scope) -> Result<bool, EvalError> {
         match self.program.execute(scope.context()) {

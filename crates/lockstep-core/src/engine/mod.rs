@@ -13,7 +13,8 @@
 //! data and payload checks, predicates), `eval.rs` (a command against an existing
 //! instance: which transition, gate, lease or incident it concerns), `work.rs` (the change
 //! in progress: entering states, SLA clocks and timers, tasks and their retries) and
-//! `facts.rs` (the cross-instance rules, and a new definition version's audit record).
+//! `facts.rs` (the cross-instance rules, and a new definition version's audit record) and
+//! `actions.rs` (the inbox: what an actor may take now, decided read-only by the same rules).
 
 use std::collections::BTreeMap;
 
@@ -28,6 +29,7 @@ use crate::sla::{Clock, Milestone, SlaClock, SlaView, on_enter};
 use crate::time::Timestamp;
 use crate::validate::{CompiledDefinition, EffectSpec, Gate, TransitionSpec};
 
+mod actions;
 mod create;
 mod eval;
 mod facts;
@@ -36,6 +38,7 @@ mod work;
 
 pub(crate) use create::*;
 use eval::*;
+pub use actions::{Action, Availability, actions};
 use facts::key_is_free;
 pub use facts::{Facts, WorkerLeases, admit, definition_applied};
 pub use types::*;
