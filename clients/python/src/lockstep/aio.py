@@ -1,0 +1,480 @@
+"""The asyncio client: the same calls as :class:`lockstep.Client`, as coroutines.
+
+Same retry policy, leader following, request ids, errors and answers as the sync client
+(both run ``_transport.Attempts``). The change feed is :class:`AuditFeed`, an async iterator
+that resumes after a broken connection from the record after the last one delivered.
+
+Channels are opened on the first call, in the running event loop, so a client may be made
+anywhere but is used in one loop. Close it with ``await client.close()`` or ``async with``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from types import TracebackType
+from typing import Any, AsyncIterator, Callable, Iterable, List, Mapping, Optional, Sequence, Type, TypeVar
+
+import grpc
+import grpc.aio
+
+from . import _requests as rq
+from . import models, names
+from ._transport import (
+    Attempts,
+    Credentials,
+    Endpoint,
+    Endpoints,
+    Identity,
+    Options,
+    channel_options,
+    header,
+    parse_endpoints,
+    request_id as new_request_id,
+    request_metadata,
+    retryable,
+    wire_status,
+)
+from .errors import WireStatus, from_status
+from .models import (
+    AppliedDefinition,
+    AuditRecord,
+    AuditVerification,
+    ClusterStatus,
+    Definition,
+    Heartbeat,
+    Instance,
+    InstanceChange,
+    InstancePage,
+    InstanceTarget,
+    LeasedTask,
+    MigrationBatch,
+    Provenance,
+    SecurityLog,
+    TaskLease,
+    TimerPolicy,
+)
+from .v1 import lockstep_pb2 as pb
+from .v1 import lockstep_pb2_grpc as rpc
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+
+class _Node:
+    """One endpoint's channel and service stubs."""
+
+    def __init__(self, endpoint: Endpoint, credentials: Credentials) -> None:
+        options = channel_options(credentials.tls)
+        if endpoint.secure:
+            assert credentials.tls is not None, "parse_endpoints refuses https without TLS"
+            creds = credentials.tls.channel_credentials()
+            self.channel = grpc.aio.secure_channel(endpoint.address, creds, options)
+        else:
+            self.channel = grpc.aio.insecure_channel(endpoint.address, options)
+        self.definitions = rpc.DefinitionsStub(self.channel)
+        self.instances = rpc.InstancesStub(self.channel)
+        self.audit = rpc.AuditStub(self.channel)
+        self.tasks = rpc.TasksStub(self.channel)
+        self.cluster = rpc.ClusterStub(self.channel)
+
+
+class AsyncClient:
+    """An asyncio Lockstep client. Arguments as for :class:`lockstep.Client`."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        identity: Optional[Identity] = None,
+        credentials: Optional[Credentials] = None,
+        options: Optional[Options] = None,
+    ) -> None:
+        self._credentials = credentials or Credentials()
+        self._options = options or Options()
+        self._endpoints = Endpoints(parse_endpoints(endpoints, self._credentials.tls))
+        self._metadata = request_metadata(identity, self._credentials, self._options.forward)
+        self._opened: Optional[List[_Node]] = None
+
+    @property
+    def _nodes(self) -> List[_Node]:
+        if self._opened is None:
+            self._opened = [_Node(e, self._credentials) for e in self._endpoints.endpoints]
+        return self._opened
+
+    async def close(self) -> None:
+        nodes, self._opened = self._opened or [], None
+        for node in nodes:
+            await node.channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: Optional[Type[BaseException]],
+        value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        await self.close()
+
+    @property
+    def endpoints(self) -> Sequence[str]:
+        return self._endpoints.addresses()
+
+    @property
+    def current_endpoint(self) -> str:
+        """Where the next call goes first: the leader, once the client has learned it."""
+        return self._endpoints.addresses()[self._endpoints.current % len(self._endpoints.endpoints)]
+
+    # Definitions
+
+    async def apply_definition(
+        self, source: str, *, provenance: Optional[Provenance] = None, request_id: Optional[str] = None
+    ) -> AppliedDefinition:
+        """Validates and applies a workflow definition (YAML); applying the same content
+        again is a no-op (``created`` is False)."""
+        rid = request_id or new_request_id()
+        request = rq.apply_definition(rid, source, provenance)
+        return models.applied_definition(await self._unary(lambda n: n.definitions.Apply, request, rid))
+
+    async def get_definition(self, workflow: str, version: Optional[str] = None, *, stale: bool = False) -> Definition:
+        """The latest version of a workflow, or the given one."""
+        request = rq.get_definition(workflow, version, stale)
+        return models.definition(await self._unary(lambda n: n.definitions.Get, request))
+
+    async def list_definition_versions(self, workflow: str, *, stale: bool = False) -> List[Definition]:
+        """Every version of a workflow, oldest first."""
+        request = rq.list_definition_versions(workflow, stale)
+        answer = await self._unary(lambda n: n.definitions.ListVersions, request)
+        return [models.definition(d) for d in answer.versions]
+
+    # Instances
+
+    async def create_instance(
+        self,
+        workflow: str,
+        data: Mapping[str, Any],
+        *,
+        key: Optional[str] = None,
+        request_id: Optional[str] = None,
+    ) -> InstanceChange:
+        """Starts an instance of ``workflow`` with ``data`` (a JSON object) and an optional
+        business key, unique per workflow."""
+        rid = request_id or new_request_id()
+        request = rq.create_instance(rid, workflow, data, key)
+        return models.instance_change(await self._unary(lambda n: n.instances.Create, request, rid))
+
+    async def transition(
+        self,
+        instance: InstanceTarget,
+        transition: str,
+        payload: Optional[Mapping[str, Any]] = None,
+        *,
+        expected_version: Optional[int] = None,
+        request_id: Optional[str] = None,
+    ) -> InstanceChange:
+        """Takes a transition; a ``data`` object in the payload is merged into the instance
+        data. With ``expected_version``, refused (VersionConflict) unless the instance is at
+        that version."""
+        rid = request_id or new_request_id()
+        request = rq.transition(rid, instance, transition, payload, expected_version)
+        return models.instance_change(await self._unary(lambda n: n.instances.Transition, request, rid))
+
+    async def send_event(
+        self,
+        instance: InstanceTarget,
+        event: str,
+        payload: Optional[Mapping[str, Any]] = None,
+        *,
+        request_id: Optional[str] = None,
+    ) -> InstanceChange:
+        """Delivers an event; the instance takes the transition declared with ``on:``."""
+        rid = request_id or new_request_id()
+        request = rq.send_event(rid, instance, event, payload)
+        return models.instance_change(await self._unary(lambda n: n.instances.SendEvent, request, rid))
+
+    async def get_instance(self, instance: InstanceTarget, *, stale: bool = False) -> Instance:
+        """An instance by id or ``by_key(workflow, key)``; linearizable unless ``stale``."""
+        answer = await self._unary(lambda n: n.instances.Get, rq.get_instance(instance, stale))
+        return models.instance(answer.instance, models.read_info(answer.read))
+
+    async def list_instances(
+        self,
+        workflow: str,
+        *,
+        state: Optional[str] = None,
+        sla_status: Optional[str] = None,
+        updated_since: Optional[datetime] = None,
+        open_incidents: bool = False,
+        page_size: int = 0,
+        page_token: Optional[str] = None,
+        stale: bool = False,
+    ) -> InstancePage:
+        """One page of a workflow's instances (``page_size`` at most 500; 0 means 100);
+        :meth:`iter_instances` walks every page."""
+        request = rq.list_instances(
+            workflow,
+            state=state,
+            sla_status=sla_status,
+            updated_since=updated_since,
+            open_incidents=open_incidents,
+            page_size=page_size,
+            page_token=page_token,
+            stale=stale,
+        )
+        return models.instance_page(await self._unary(lambda n: n.instances.List, request))
+
+    async def iter_instances(
+        self, workflow: str, *, state: Optional[str] = None, open_incidents: bool = False, page_size: int = 0
+    ) -> AsyncIterator[Instance]:
+        """Every instance of a workflow (optionally in ``state``), page by page."""
+        token: Optional[str] = None
+        while True:
+            page = await self.list_instances(
+                workflow, state=state, open_incidents=open_incidents, page_size=page_size, page_token=token
+            )
+            for instance in page.instances:
+                yield instance
+            if page.next_page_token is None:
+                return
+            token = page.next_page_token
+
+    async def history(self, instance: InstanceTarget, *, limit: int = 0, stale: bool = False) -> List[AuditRecord]:
+        """The instance's audit records, oldest first; at most ``limit`` (0: the node's
+        default, 1000; at most 10000)."""
+        answer = await self._unary(lambda n: n.instances.History, rq.history(instance, limit, stale))
+        return [models.audit_record(r) for r in answer.records]
+
+    async def migrate(
+        self,
+        workflow: str,
+        from_version: str,
+        to_version: str,
+        *,
+        timer_policy: TimerPolicy,
+        state_mapping: Optional[Mapping[str, str]] = None,
+        instances: Optional[Iterable[InstanceTarget]] = None,
+        page_token: Optional[str] = None,
+        request_id: Optional[str] = None,
+    ) -> MigrationBatch:
+        """Moves instances to another applied version: the listed ones (at most 64), or with
+        ``instances=None`` the next batch of every instance at ``from_version`` (call again
+        with ``next_page_token``, and a new request id, while ``more``)."""
+        rid = request_id or new_request_id()
+        request = rq.migrate(
+            rid,
+            workflow,
+            from_version,
+            to_version,
+            timer_policy=timer_policy,
+            state_mapping=state_mapping,
+            instances=instances,
+            page_token=page_token,
+        )
+        return models.migration_batch(await self._unary(lambda n: n.instances.Migrate, request, rid))
+
+    # Audit
+
+    def tail(self, from_seq: int = 1, *, follow: bool = False) -> AuditFeed:
+        """The global change feed from ``from_seq``, in order. Without ``follow`` it ends at
+        the head; with it, it waits for new records. A broken connection is resumed (on this
+        or another node) from the record after the last one delivered."""
+        return AuditFeed(self, from_seq, follow)
+
+    async def verify_audit(self, *, at_seq: int = 0, node: Optional[int] = None) -> AuditVerification:
+        """Recomputes the hash chains on a node (``node``: an index into the endpoint list;
+        default: any). With ``at_seq``, also the chain hash of that record."""
+        answer = await self._unary(lambda n: n.audit.Verify, rq.verify_audit(at_seq), node=node)
+        return models.audit_verification(answer)
+
+    async def security_log(self, *, after_seq: int = 0, limit: int = 0, node: int = 0) -> SecurityLog:
+        """Refused attempts the node at index ``node`` saw, oldest first (per node)."""
+        answer = await self._unary(lambda n: n.audit.SecurityLog, rq.security_log(after_seq, limit), node=node)
+        return models.security_log(answer)
+
+    # Tasks
+
+    async def poll_tasks(self, queue: str, *, max_tasks: int = 1, wait: float = 0.0) -> List[LeasedTask]:
+        """Leases up to ``max_tasks`` (at most 32) ready tasks of ``queue``, waiting up to
+        ``wait`` seconds (at most 30) for one. Not idempotent: should an answer be lost, its
+        tasks come back when their leases expire. Callers are actors of kind worker."""
+        request = rq.poll_tasks(queue, max_tasks, wait)
+        answer = await self._unary(lambda n: n.tasks.Poll, request, timeout=wait + self._options.attempt_timeout)
+        return [models.leased_task(t) for t in answer.tasks]
+
+    async def heartbeat_task(self, lease: TaskLease, *, request_id: Optional[str] = None) -> Heartbeat:
+        """Extends a lease by the task's timeout."""
+        rid = request_id or new_request_id()
+        return models.heartbeat(await self._unary(lambda n: n.tasks.Heartbeat, rq.heartbeat_task(rid, lease), rid))
+
+    async def complete_task(
+        self, lease: TaskLease, result: Optional[Mapping[str, Any]] = None, *, request_id: Optional[str] = None
+    ) -> InstanceChange:
+        """Completes a leased task; its ``on_complete`` transition is taken with the worker as
+        actor and ``result`` as payload (``{"data": {...}}`` merges into the instance data)."""
+        rid = request_id or new_request_id()
+        request = rq.complete_task(rid, lease, result)
+        return models.instance_change(await self._unary(lambda n: n.tasks.Complete, request, rid))
+
+    async def fail_task(
+        self, lease: TaskLease, error: str, *, retryable: bool, request_id: Optional[str] = None
+    ) -> InstanceChange:
+        """Fails an attempt: a retryable failure is retried per the task's policy; a
+        non-retryable one (or an exhausted policy) takes ``on_exhausted`` or opens an
+        incident."""
+        rid = request_id or new_request_id()
+        request = rq.fail_task(rid, lease, error, retryable)
+        return models.instance_change(await self._unary(lambda n: n.tasks.Fail, request, rid))
+
+    async def resolve_incident(
+        self,
+        instance: InstanceTarget,
+        incident_id: str,
+        *,
+        retry_task: bool = False,
+        request_id: Optional[str] = None,
+    ) -> InstanceChange:
+        """Resolves an open incident (operators only), optionally making its task ready for a
+        fresh attempt."""
+        rid = request_id or new_request_id()
+        request = rq.resolve_incident(rid, instance, incident_id, retry_task)
+        return models.instance_change(await self._unary(lambda n: n.tasks.ResolveIncident, request, rid))
+
+    # Cluster
+
+    async def status(self, *, include_digest: bool = False, node: Optional[int] = None) -> ClusterStatus:
+        """A node's view of the cluster: of the node at index ``node`` (no retry elsewhere), or
+        of any node that answers."""
+        request = rq.status(include_digest)
+        return models.cluster_status(await self._unary(lambda n: n.cluster.Status, request, node=node))
+
+    # The call loop
+
+    async def _unary(
+        self,
+        pick: Callable[[_Node], grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp]],
+        request: _Req,
+        request_id: Optional[str] = None,
+        *,
+        timeout: Optional[float] = None,
+        node: Optional[int] = None,
+    ) -> _Resp:
+        timeout = timeout or self._options.attempt_timeout
+        if node is not None:
+            # A question to one node: one attempt, no retry elsewhere.
+            try:
+                return await pick(self._node(node))(request, timeout=timeout, metadata=self._metadata)
+            except grpc.aio.AioRpcError as error:
+                raise from_status(wire_status(error)) from error
+        attempts = Attempts(self._endpoints, self._options, request_id)
+        while True:
+            index = attempts.node()
+            call = pick(self._nodes[index])(request, timeout=timeout, metadata=self._metadata)
+            try:
+                response = await call
+                leader = header(await call.initial_metadata(), names.LEADER_HEADER)
+            except grpc.aio.AioRpcError as error:
+                failure = wire_status(error)
+            else:
+                attempts.succeeded(index, leader if isinstance(leader, str) else None)
+                return response
+            # Outside the except block: an error raised here is the call's, not a second one.
+            await asyncio.sleep(attempts.failed(index, failure))
+
+    def _node(self, index: int) -> _Node:
+        if not 0 <= index < len(self._endpoints.endpoints):
+            raise ValueError(f"no endpoint #{index}: the client has {len(self._endpoints.endpoints)}")
+        return self._nodes[index]
+
+
+class AuditFeed:
+    """The change feed as an async iterator of :class:`~lockstep.models.AuditRecord`, in
+    global sequence order. After a broken connection it reconnects (to the next node after
+    a backoff) and resumes from ``next_seq``, the record after the last one delivered; it
+    gives up with :class:`~lockstep.errors.Unavailable` after ``Options.total_timeout``
+    without delivering a record. Keep ``next_seq`` to resume in a later process.
+
+    Without ``follow`` it ends at the head; with it, stop it with :meth:`aclose` (or leave an
+    ``async with`` block).
+    """
+
+    def __init__(self, client: AsyncClient, from_seq: int, follow: bool) -> None:
+        rq.tail(from_seq, follow)  # checks the arguments now, not at the first record
+        self._client = client
+        self._follow = follow
+        self.next_seq = from_seq
+        self._call: Optional[grpc.aio.UnaryStreamCall[pb.TailAuditRequest, pb.AuditRecord]] = None
+        self._stream: Optional[AsyncIterator[pb.AuditRecord]] = None
+        self._attempts: Optional[Attempts] = None
+        self._index = 0
+        self._closed = False
+
+    def __aiter__(self) -> AuditFeed:
+        return self
+
+    async def __anext__(self) -> AuditRecord:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._stream is None:
+                self._open()
+            assert self._stream is not None
+            try:
+                message = await self._stream.__anext__()
+            except StopAsyncIteration:
+                if not self._follow:
+                    await self.aclose()
+                    raise
+                # A followed feed ends only when its node stops: resume elsewhere.
+                self._stream = None
+                status = WireStatus(grpc.StatusCode.UNAVAILABLE, "the node ended the feed")
+                await asyncio.sleep(self._retry_budget().failed(self._index, status))
+                continue
+            except grpc.aio.AioRpcError as error:
+                self._stream = None
+                status = wire_status(error)
+                if self._closed or status.code == grpc.StatusCode.CANCELLED and self._call is None:
+                    raise StopAsyncIteration from None
+                if not retryable(status):
+                    raise from_status(status) from error
+                await asyncio.sleep(self._retry_budget().failed(self._index, status))
+                continue
+            record = models.audit_record(message)
+            self.next_seq = record.global_seq + 1
+            # Progress: the retry budget starts again at the next failure.
+            self._attempts = None
+            return record
+
+    def _retry_budget(self) -> Attempts:
+        """The retries since the last record delivered (total_timeout without progress)."""
+        if self._attempts is None:
+            self._attempts = Attempts(self._client._endpoints, self._client._options)
+        return self._attempts
+
+    def _open(self) -> None:
+        client = self._client
+        self._index = client._endpoints.current % len(client._endpoints.endpoints)
+        timeout = None if self._follow else client._options.total_timeout
+        call = client._nodes[self._index].audit.Tail(
+            rq.tail(self.next_seq, self._follow), timeout=timeout, metadata=client._metadata
+        )
+        self._call, self._stream = call, call.__aiter__()
+
+    async def aclose(self) -> None:
+        """Stops the feed (the iterator then ends)."""
+        self._closed = True
+        call, self._call, self._stream = self._call, None, None
+        if call is not None:
+            call.cancel()
+
+    async def __aenter__(self) -> AuditFeed:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: Optional[Type[BaseException]],
+        value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        await self.aclose()
