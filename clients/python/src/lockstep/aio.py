@@ -409,6 +409,8 @@ class AuditFeed:
         self._attempts: Optional[Attempts] = None
         self._index = 0
         self._closed = False
+        # How often the feed reconnected after a broken stream.
+        self.reconnects = 0
 
     def __aiter__(self) -> AuditFeed:
         return self
@@ -448,6 +450,7 @@ class AuditFeed:
 
     def _retry_budget(self) -> Attempts:
         """The retries since the last record delivered (total_timeout without progress)."""
+        self.reconnects += 1
         if self._attempts is None:
             self._attempts = Attempts(self._client._endpoints, self._client._options)
         return self._attempts
