@@ -38,6 +38,7 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,8 @@ except ImportError as missing:
     )
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+# The top-level package of the stubs this script generates (not `lockstep`: see generate_stubs).
+STUB_PACKAGE = "lockstep_e2e"
 # The ErrorInfo domain of every Lockstep error.
 DOMAIN = "lockstep.dev"
 # How long to keep retrying a call answered UNAVAILABLE (e.g. no leader known yet).
@@ -89,20 +92,28 @@ def generate_stubs(proto_root):
     well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
     # The generated code is only needed until it is imported.
     with tempfile.TemporaryDirectory(prefix="lockstep-py-stubs-") as out:
+        # The Python SDK (clients/python), installed in the same venv, owns the `lockstep`
+        # package with stubs of its own: generating under another top-level name makes sure
+        # that this script uses the stubs it made from the .proto. Only Python module names
+        # change; the proto package, and so every gRPC method path, stays lockstep.v1.
+        root = os.path.join(out, "proto")
+        copy = os.path.join(root, STUB_PACKAGE, "v1", "lockstep.proto")
+        os.makedirs(os.path.dirname(copy))
+        shutil.copyfile(proto, copy)
         command = [
             sys.executable, "-m", "grpc_tools.protoc",
-            f"-I{proto_root}", f"-I{well_known}",
+            f"-I{root}", f"-I{well_known}",
             f"--python_out={out}", f"--grpc_python_out={out}",
-            proto,
+            copy,
         ]
         run = subprocess.run(command, capture_output=True, text=True)
         if run.returncode != 0:
             raise Mismatch(f"protoc failed ({run.returncode}): {run.stderr.strip()}")
-        # protoc writes lockstep/v1/lockstep_pb2.py and lockstep_pb2_grpc.py, which import
-        # each other as `lockstep.v1.*` (implicit namespace packages: no __init__.py needed).
+        # protoc writes lockstep_e2e/v1/lockstep_pb2.py and lockstep_pb2_grpc.py, which import
+        # each other as `lockstep_e2e.v1.*` (implicit namespace packages: no __init__.py needed).
         sys.path.insert(0, out)
-        messages = importlib.import_module("lockstep.v1.lockstep_pb2")
-        services = importlib.import_module("lockstep.v1.lockstep_pb2_grpc")
+        messages = importlib.import_module(f"{STUB_PACKAGE}.v1.lockstep_pb2")
+        services = importlib.import_module(f"{STUB_PACKAGE}.v1.lockstep_pb2_grpc")
         sys.path.remove(out)
     print(f"generated stubs from {proto} with grpc_tools.protoc")
     return messages, services
