@@ -185,6 +185,20 @@ impl pb::instances_server::Instances for Api {
         }))
     }
 
+    async fn actions(
+        &self,
+        request: Request<pb::ActionsRequest>,
+    ) -> Result<Response<pb::ActionsResponse>, Status> {
+        self.actions_for(request).await
+    }
+
+    async fn inbox(
+        &self,
+        request: Request<pb::InboxRequest>,
+    ) -> Result<Response<pb::InboxResponse>, Status> {
+        self.inbox_for(request).await
+    }
+
     async fn history(
         &self,
         request: Request<pb::HistoryRequest>,

@@ -2,7 +2,8 @@
 //!
 //! Each handler turns the request into a domain command or query, and the result back into
 //! protobuf; nothing else in the node knows the wire types. One file per service:
-//! [`definitions`], [`instances`], [`audit`] and [`cluster`]; this file holds [`Api`], what
+//! [`definitions`], [`instances`] (with [`actions`]: what the caller may do now, and its
+//! inbox), [`audit`] and [`cluster`]; this file holds [`Api`], what
 //! they share (authentication, the write path with its security log, conversions of
 //! instances) and the request bounds.
 
@@ -30,6 +31,7 @@ use crate::security_log::{RefusalKind, SECURITY_LOG_ENTRIES_MAX, SecurityEvent};
 use crate::status;
 use crate::trust::Authenticated;
 
+mod actions;
 mod audit;
 mod cluster;
 mod definitions;
