@@ -35,3 +35,11 @@ def test_refusal_codes_match_the_engine_and_each_has_an_exception() -> None:
         cls = errors.Refused.for_code(code)
         assert cls is not errors.Refused and cls.CODE == code
         assert issubclass(cls, errors.Refused)
+
+
+def test_the_worker_cuts_error_texts_to_the_servers_bound() -> None:
+    from lockstep.worker import ERROR_BYTES_MAX
+
+    tasks = (REPO / "crates/lockstep-server/src/tasks.rs").read_text()
+    match = re.search(r"pub const TASK_ERROR_BYTES_MAX: usize = ([0-9_]+);", tasks)
+    assert match is not None and int(match.group(1).replace("_", "")) == ERROR_BYTES_MAX

@@ -305,3 +305,11 @@ def test_the_leader_header_is_followed_when_the_leader_is_an_endpoint(flaky: Tup
     with Client([endpoint], options=OPTIONS) as client:
         client.create_instance("w", {})
         assert client.current_endpoint == endpoint
+
+
+def test_a_failure_text_is_cut_to_the_servers_bound() -> None:
+    from lockstep.worker import ERROR_BYTES_MAX, bounded
+
+    assert bounded("short") == "short"
+    cut = bounded("é" * ERROR_BYTES_MAX)
+    assert len(cut.encode("utf-8")) <= ERROR_BYTES_MAX and cut.endswith("…")

@@ -75,13 +75,24 @@ POLL_ERROR_PAUSE = 0.5
 # Heartbeats: a third of the lease time by default, never more often than this.
 HEARTBEAT_EVERY_MIN = 0.05
 HEARTBEAT_EVERY_DEFAULT = 5.0
-# The longest error text a failed attempt records (the rest is cut).
-ERROR_CHARS_MAX = 2_000
+# The longest error text a failed attempt may send, in UTF-8 bytes (the server's
+# TASK_ERROR_BYTES_MAX, crates/lockstep-server/src/tasks.rs); a longer one is cut.
+ERROR_BYTES_MAX = 4096
 
 # What a handler returns: the result, or None for an empty one.
 Result = Optional[Mapping[str, Any]]
 Handler = Callable[[LeasedTask], Union[Result, Awaitable[Result]]]
 _H = TypeVar("_H", bound=Callable[..., Any])
+
+
+def bounded(error: str) -> str:
+    """The error text cut to ERROR_BYTES_MAX bytes of UTF-8, marked with an ellipsis."""
+    encoded = error.encode("utf-8")
+    if len(encoded) <= ERROR_BYTES_MAX:
+        return error
+    ellipsis = "…"
+    room = ERROR_BYTES_MAX - len(ellipsis.encode("utf-8"))
+    return encoded[:room].decode("utf-8", "ignore") + ellipsis
 
 
 class TaskError(Exception):
@@ -369,7 +380,7 @@ class _Run:
         return answer
 
     async def fail(self, task: LeasedTask, error: str, *, retryable: bool) -> str:
-        text = error if len(error) <= ERROR_CHARS_MAX else error[: ERROR_CHARS_MAX - 1] + "…"
+        text = bounded(error)
         try:
             await self.client.fail_task(task.lease, text, retryable=retryable)
         except LockstepError as refused:
