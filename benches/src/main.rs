@@ -799,7 +799,7 @@ async fn apply_purchase_order(client: &Client) -> anyhow::Result<()> {
             .apply_definition(
                 &request_id(),
                 po,
-                pb::Provenance {
+                lockstep_client::Provenance {
                     repository: "bench".into(),
                     commit: String::new(),
                     path: "purchase-order.yaml".into(),

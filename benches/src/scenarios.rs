@@ -12,7 +12,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockstep_client::{Client, Error, Identity, Options, by_id, by_key, pb, request_id};
+use lockstep_client::{
+    Client, Error, Identity, InstanceChange, Options, by_id, by_key, pb, request_id,
+};
 use lockstep_core::ActorKind;
 
 use crate::load::{Outcome, Workload, mix};
@@ -51,7 +53,7 @@ pub(crate) fn bench_clients(
 }
 
 /// Creates a purchase order requested by `actor`.
-async fn create_order(client: &Client, actor: &str) -> Result<pb::InstanceChange, Error> {
+async fn create_order(client: &Client, actor: &str) -> Result<InstanceChange, Error> {
     client
         .create(&request_id(), "purchase-order", None, &order_of(actor))
         .await
@@ -320,7 +322,11 @@ impl Events {
         let feed = Identity::new("bench-feed", ActorKind::Service, &[]);
         let client = Arc::new(bench_client(endpoints, feed.clone())?);
         client
-            .apply_definition(&request_id(), EVENTS_WORKFLOW, pb::Provenance::default())
+            .apply_definition(
+                &request_id(),
+                EVENTS_WORKFLOW,
+                lockstep_client::Provenance::default(),
+            )
             .await?;
         // Instances from an earlier run against the same cluster keep their keys: reuse them.
         let exists = client

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use lockstep_client::{Client, Identity, Options, by_id, pb, request_id};
+use lockstep_client::{Client, Identity, Options, by_id, request_id};
 use lockstep_core::ActorKind;
 
 use crate::cost::{Cost, Probe, Sample};
@@ -77,7 +77,11 @@ pub async fn run(
         .map_err(anyhow::Error::msg)?,
     );
     human
-        .apply_definition(&request_id(), WORKFLOW, pb::Provenance::default())
+        .apply_definition(
+            &request_id(),
+            WORKFLOW,
+            lockstep_client::Provenance::default(),
+        )
         .await?;
     let mut levels = Vec::new();
     for &n in workers {
@@ -214,7 +218,7 @@ async fn level(
                 };
                 let delivered = Instant::now();
                 for task in leased {
-                    let Some(lease) = task.lease else { continue };
+                    let lease = task.lease;
                     let birth = born.lock().expect("lock").remove(&lease.instance_id);
                     let ok = client
                         .complete_task(&request_id(), &lease, &serde_json::json!({}))

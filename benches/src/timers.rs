@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
-use lockstep_client::{Client, Identity, Options, by_id, pb, request_id};
+use lockstep_client::model::AuditKind;
+use lockstep_client::{Client, Identity, Options, by_id, request_id};
 use lockstep_core::ActorKind;
 
 use crate::LocalCluster;
@@ -188,7 +189,7 @@ fn follow_firings(
             };
             loop {
                 let message = tokio::select! {
-                    m = stream.message() => m,
+                    m = stream.next() => m,
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {
                         if stop.load(std::sync::atomic::Ordering::Relaxed) {
                             return;
@@ -198,17 +199,18 @@ fn follow_firings(
                 };
                 let Ok(Some(r)) = message else { break };
                 next = r.global_seq + 1;
-                if r.kind != "timer_fired" {
-                    continue;
-                }
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.record_json) else {
+                let Some(t) = r
+                    .record
+                    .timer
+                    .as_ref()
+                    .filter(|_| r.record.kind == AuditKind::TimerFired)
+                else {
                     continue;
                 };
-                let t = &v["record"]["timer"];
                 sink.lock().expect("firings lock").push(Firing {
-                    short: v["record"]["workflow"] == SHORT,
-                    due_us: t["due_at"].as_i64().unwrap_or(0),
-                    fired_us: t["fired_at"].as_i64().unwrap_or(0),
+                    short: r.record.workflow == SHORT,
+                    due_us: t.due_at.as_micros(),
+                    fired_us: t.fired_at.as_micros(),
                 });
             }
         }
@@ -330,7 +332,7 @@ pub async fn run(
             .apply_definition(
                 &request_id(),
                 &workflow(name, expiry),
-                pb::Provenance::default(),
+                lockstep_client::Provenance::default(),
             )
             .await?;
     }
@@ -368,7 +370,7 @@ pub async fn run(
         .apply_definition(
             &request_id(),
             &workflow(ARMED, expiry_s),
-            pb::Provenance::default(),
+            lockstep_client::Provenance::default(),
         )
         .await?;
     let bar = count_bar(timers, "arming");

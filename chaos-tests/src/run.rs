@@ -77,7 +77,7 @@ async fn apply_definition(cluster: &Cluster) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match client
-                .apply_definition(&id, source, pb::Provenance::default())
+                .apply_definition(&id, source, lockstep_client::Provenance::default())
                 .await
             {
                 Ok(_) => break,
@@ -378,7 +378,7 @@ async fn run_inner(
         let feed = workload::read_feed(&admin).await?;
         let audit: Vec<AuditEntry> = feed
             .iter()
-            .map(AuditEntry::from_pb)
+            .map(AuditEntry::from_record)
             .collect::<Result<_, _>>()
             .map_err(anyhow::Error::msg)?;
         let replicas = replicas(&cluster).await;
@@ -409,11 +409,7 @@ async fn run_inner(
     let mut finals = BTreeMap::new();
     for (key, inst) in finals_raw {
         if let Some(i) = inst {
-            let sla = i
-                .slas
-                .iter()
-                .find(|s| s.name == "work")
-                .map(|s| (s.breached, s.consumed_ms));
+            let sla = i.slas.get("work").map(|s| (s.breached, s.consumed_ms));
             let tasks = workload::task_statuses(&i);
             finals.insert(
                 key.clone(),
@@ -427,8 +423,7 @@ async fn run_inner(
                         .timers
                         .iter()
                         .map(|t| {
-                            let due =
-                                Timestamp::parse_rfc3339(&t.due_at).map_or(0, |d| d.as_micros());
+                            let due = t.due_at.as_micros();
                             (t.id.clone(), due)
                         })
                         .collect(),

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lockstep_client::{Client, Error, Options, by_key, pb, request_id};
+use lockstep_client::{
+    AuditRecord, Client, Error, Instance, InstanceChange, Named, Options, TaskLease, by_key, pb,
+    request_id,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{Mutex, watch};
@@ -126,7 +129,7 @@ fn blank(rec: &Recorder, process: u32, kind: OpKind, key: &str) -> Op {
     }
 }
 
-fn change(c: &pb::InstanceChange, op: &mut Op) {
+fn change(c: &InstanceChange, op: &mut Op) {
     op.state = Some(c.state.clone());
     op.version = Some(c.version);
 }
@@ -221,10 +224,8 @@ pub async fn client(
                     .await;
                 op.complete_us = rec.now_us();
                 outcome(&mut op, &r, |g, op| {
-                    if let Some(i) = &g.instance {
-                        op.state = Some(i.state.clone());
-                        op.version = Some(i.version);
-                    }
+                    op.state = Some(g.instance.state.clone());
+                    op.version = Some(g.instance.version);
                 });
                 rec.push(op);
             }
@@ -238,11 +239,11 @@ pub async fn client(
 }
 
 /// (id, status) of each task of an instance.
-pub fn task_statuses(instance: &pb::Instance) -> Vec<(String, String)> {
+pub fn task_statuses(instance: &Instance) -> Vec<(String, String)> {
     instance
         .tasks
         .iter()
-        .map(|t| (t.id.clone(), t.status.clone()))
+        .map(|t| (t.id.clone(), t.status.name()))
         .collect()
 }
 
@@ -288,9 +289,7 @@ pub async fn worker(
             continue;
         };
         for task in tasks {
-            let Some(lease) = task.lease.clone() else {
-                continue;
-            };
+            let lease = task.lease;
             let plan = match rng.random_range(0..16) {
                 0 | 1 => Plan::Overrun,
                 2 | 3 => Plan::Heartbeat,
@@ -345,12 +344,12 @@ pub async fn worker(
 
 /// A task operation on `lease`, its token recorded; the key is filled in from the instance id
 /// after the run.
-fn task_op(rec: &Recorder, process: u32, kind: OpKind, lease: &pb::TaskLease) -> Op {
+fn task_op(rec: &Recorder, process: u32, kind: OpKind, lease: &TaskLease) -> Op {
     let mut op = blank(rec, process, kind, "");
     op.task_id = Some(lease.task_id.clone());
-    op.token = lease.token.as_ref().map(|t| crate::history::Token {
-        term: t.term,
-        attempt: t.attempt,
+    op.token = Some(crate::history::Token {
+        term: lease.token.term,
+        attempt: lease.token.attempt,
     });
     op.instance = Some(lease.instance_id.clone());
     op
@@ -390,7 +389,7 @@ pub async fn consumer(
         let switch_at = Instant::now() + Duration::from_millis(rng.random_range(1_000..5_000));
         loop {
             let next = tokio::select! {
-                m = tokio::time::timeout(Duration::from_secs(2), stream.message()) => m,
+                m = tokio::time::timeout(Duration::from_secs(2), stream.next()) => m,
                 _ = until.changed() => break,
             };
             match next {
@@ -414,7 +413,7 @@ pub async fn consumer(
 pub async fn final_reads(
     client: &Client,
     keys: &[String],
-) -> anyhow::Result<Vec<(String, Option<pb::Instance>)>> {
+) -> anyhow::Result<Vec<(String, Option<Instance>)>> {
     let mut out = Vec::new();
     for key in keys {
         let mut tries = 0;
@@ -427,7 +426,7 @@ pub async fn final_reads(
                 .await
             {
                 Ok(g) => {
-                    out.push((key.clone(), g.instance));
+                    out.push((key.clone(), Some(g.instance)));
                     break;
                 }
                 Err(Error::NotFound(_)) => {
@@ -451,13 +450,13 @@ pub async fn final_reads(
 }
 
 /// Reads the whole change feed (not following) from one node.
-pub async fn read_feed(client: &Client) -> anyhow::Result<Vec<pb::AuditRecord>> {
-    let mut out: Vec<pb::AuditRecord> = Vec::new();
+pub async fn read_feed(client: &Client) -> anyhow::Result<Vec<AuditRecord>> {
+    let mut out: Vec<AuditRecord> = Vec::new();
     loop {
         let from = out.last().map_or(1, |r| r.global_seq + 1);
         let mut stream = client.tail(from, false).await?;
         let before = out.len();
-        while let Some(r) = stream.message().await? {
+        while let Some(r) = stream.next().await? {
             out.push(r);
         }
         if out.len() == before {

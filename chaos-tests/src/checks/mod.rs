@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use lockstep_client::pb;
+use lockstep_client::{AuditRecord, Named};
 use lockstep_core::Timestamp;
 use lockstep_core::audit::ChainedRecord;
 use serde::{Deserialize, Serialize};
@@ -75,7 +75,9 @@ fn yes() -> bool {
 }
 
 impl AuditEntry {
-    pub fn from_pb(r: &pb::AuditRecord) -> Result<AuditEntry, String> {
+    /// The entry of a record read from the feed. The hashes are recomputed from the record's
+    /// complete JSON (`record_json`, the canonical form the chains cover), not taken on trust.
+    pub fn from_record(r: &AuditRecord) -> Result<AuditEntry, String> {
         let c: ChainedRecord = serde_json::from_str(&r.record_json)
             .map_err(|e| format!("audit record {}: {e}", r.global_seq))?;
         let rec = &c.record;
@@ -107,7 +109,7 @@ impl AuditEntry {
             instance_id: rec.instance_id.clone(),
             workflow: rec.workflow.clone(),
             version: rec.instance_version,
-            kind: r.kind.clone(),
+            kind: r.record.kind.name(),
             transition: rec.transition.clone(),
             from: rec.from.clone(),
             to: rec.to.clone(),

@@ -6,6 +6,13 @@
 //! deadlines, broken connections) with capped, jittered backoff and the *same* request id, so a
 //! retried write is applied at most once. Refusals come back as [`Error::Refused`] with the
 //! engine's [`RefusalCode`].
+//!
+//! Answers are domain types ([`model`]: [`Instance`], [`AuditRecord`], [`Definition`],
+//! [`LeasedTask`], ...), converted from the protobuf messages as they arrive; requests still
+//! take a few protobuf messages ([`pb::InstanceRef`] from [`by_id`] and [`by_key`],
+//! [`pb::ListInstancesRequest`], [`pb::MigrateInstancesRequest`]), and the cluster
+//! administration calls (status, membership, snapshots, backups, audit verification, the
+//! security log) answer their protobuf messages.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +28,14 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 pub mod loopback;
+pub mod model;
 pub mod worker;
+
+pub use model::{
+    AppliedDefinition, AuditRecord, Definition, Heartbeat, Instance, InstanceChange, InstancePage,
+    InstanceRead, LeasedTask, MigratedInstance, MigrationBatch, Named, Provenance, ReadInfo, Task,
+    TaskLease, Timer,
+};
 
 /// Who the client says it acts as, in the `x-lockstep-actor*` headers. Only a development-mode
 /// node (`lockstepd --dev`) believes them; a secure node takes the actor from the bearer token
@@ -187,6 +201,12 @@ pub enum Error {
         /// The quota that was exceeded, if any.
         quota: Option<String>,
     },
+    /// The node answered with a message this client cannot read (a time that is not
+    /// RFC 3339, data that is not JSON, a name the engine does not know): most likely the
+    /// node runs a newer or older version of the API. Whether a write took effect is unknown
+    /// from this answer alone; read the instance to find out.
+    #[error("the node sent a malformed {what}: {reason}; is this client as new as the cluster?")]
+    Decode { what: &'static str, reason: String },
     #[error("{0}")]
     Other(Status),
 }
@@ -513,12 +533,12 @@ impl Client {
         &self,
         request_id: &str,
         source: &str,
-        provenance: pb::Provenance,
-    ) -> Result<pb::ApplyDefinitionResponse, Error> {
+        provenance: Provenance,
+    ) -> Result<AppliedDefinition, Error> {
         let msg = pb::ApplyDefinitionRequest {
             request_id: request_id.into(),
             source: source.into(),
-            provenance: Some(provenance),
+            provenance: Some(provenance.into()),
         };
         self.call(|ch| {
             let r = self.request(msg.clone());
@@ -530,13 +550,14 @@ impl Client {
             }
         })
         .await
+        .map(AppliedDefinition::from)
     }
 
     pub async fn get_definition(
         &self,
         workflow: &str,
         version: Option<&str>,
-    ) -> Result<pb::Definition, Error> {
+    ) -> Result<Definition, Error> {
         let msg = pb::GetDefinitionRequest {
             workflow: workflow.into(),
             version: version.unwrap_or_default().into(),
@@ -551,7 +572,8 @@ impl Client {
                     .await
             }
         })
-        .await
+        .await?
+        .try_into()
     }
 
     pub async fn create(
@@ -560,7 +582,7 @@ impl Client {
         workflow: &str,
         key: Option<&str>,
         data: &serde_json::Value,
-    ) -> Result<pb::InstanceChange, Error> {
+    ) -> Result<InstanceChange, Error> {
         let msg = pb::CreateInstanceRequest {
             request_id: request_id.into(),
             workflow: workflow.into(),
@@ -576,6 +598,7 @@ impl Client {
             }
         })
         .await
+        .map(InstanceChange::from)
     }
 
     pub async fn transition(
@@ -585,7 +608,7 @@ impl Client {
         transition: &str,
         payload: &serde_json::Value,
         expected_version: Option<u64>,
-    ) -> Result<pb::InstanceChange, Error> {
+    ) -> Result<InstanceChange, Error> {
         let msg = pb::TransitionRequest {
             request_id: request_id.into(),
             instance: Some(instance),
@@ -602,6 +625,7 @@ impl Client {
             }
         })
         .await
+        .map(InstanceChange::from)
     }
 
     pub async fn send_event(
@@ -610,7 +634,7 @@ impl Client {
         instance: pb::InstanceRef,
         event: &str,
         payload: &serde_json::Value,
-    ) -> Result<pb::InstanceChange, Error> {
+    ) -> Result<InstanceChange, Error> {
         let msg = pb::SendEventRequest {
             request_id: request_id.into(),
             instance: Some(instance),
@@ -626,13 +650,14 @@ impl Client {
             }
         })
         .await
+        .map(InstanceChange::from)
     }
 
     pub async fn get(
         &self,
         instance: pb::InstanceRef,
         consistency: pb::ReadConsistency,
-    ) -> Result<pb::GetInstanceResponse, Error> {
+    ) -> Result<InstanceRead, Error> {
         let msg = pb::GetInstanceRequest {
             instance: Some(instance),
             consistency: consistency as i32,
@@ -641,13 +666,11 @@ impl Client {
             let r = self.request(msg.clone());
             async move { pb::instances_client::InstancesClient::new(ch).get(r).await }
         })
-        .await
+        .await?
+        .try_into()
     }
 
-    pub async fn list(
-        &self,
-        request: pb::ListInstancesRequest,
-    ) -> Result<pb::ListInstancesResponse, Error> {
+    pub async fn list(&self, request: pb::ListInstancesRequest) -> Result<InstancePage, Error> {
         self.call(|ch| {
             let r = self.request(request.clone());
             async move {
@@ -657,7 +680,8 @@ impl Client {
                     .await
             }
         })
-        .await
+        .await?
+        .try_into()
     }
 
     /// One `Instances/Migrate` call: a list of instances, or (with `all`) the next batch of
@@ -666,7 +690,7 @@ impl Client {
     pub async fn migrate(
         &self,
         request: pb::MigrateInstancesRequest,
-    ) -> Result<pb::MigrateInstancesResponse, Error> {
+    ) -> Result<MigrationBatch, Error> {
         self.call(|ch| {
             let r = self.request(request.clone());
             async move {
@@ -676,13 +700,16 @@ impl Client {
             }
         })
         .await
+        .map(MigrationBatch::from)
     }
 
+    /// The instance's audit records, oldest first; at most `limit` (0: the node's default,
+    /// 1000).
     pub async fn history(
         &self,
         instance: pb::InstanceRef,
         limit: u32,
-    ) -> Result<pb::HistoryResponse, Error> {
+    ) -> Result<Vec<AuditRecord>, Error> {
         let msg = pb::HistoryRequest {
             instance: Some(instance),
             consistency: 0,
@@ -697,7 +724,11 @@ impl Client {
                     .await
             }
         })
-        .await
+        .await?
+        .records
+        .into_iter()
+        .map(AuditRecord::try_from)
+        .collect()
     }
 
     pub async fn verify_audit(&self) -> Result<pb::VerifyAuditResponse, Error> {
@@ -748,12 +779,9 @@ impl Client {
             .map_err(Error::from_status)
     }
 
-    /// Opens the change feed on the current endpoint.
-    pub async fn tail(
-        &self,
-        from_seq: u64,
-        follow: bool,
-    ) -> Result<tonic::Streaming<pb::AuditRecord>, Error> {
+    /// Opens the change feed on the current endpoint, from global sequence `from_seq`; with
+    /// `follow` it stays open and delivers records as they are applied.
+    pub async fn tail(&self, from_seq: u64, follow: bool) -> Result<AuditFeed, Error> {
         let msg = pb::TailAuditRequest { from_seq, follow };
         self.call(|ch| {
             let mut r = self.request(msg);
@@ -764,6 +792,7 @@ impl Client {
             async move { pb::audit_client::AuditClient::new(ch).tail(r).await }
         })
         .await
+        .map(|stream| AuditFeed { stream })
     }
 
     /// Leases up to `max_tasks` ready tasks of `queue`, waiting up to `wait` for one. A poll is
@@ -773,7 +802,7 @@ impl Client {
         queue: &str,
         max_tasks: u32,
         wait: Duration,
-    ) -> Result<Vec<pb::LeasedTask>, Error> {
+    ) -> Result<Vec<LeasedTask>, Error> {
         let msg = pb::PollTasksRequest {
             queue: queue.into(),
             max_tasks,
@@ -791,7 +820,7 @@ impl Client {
                 }
             })
             .await?;
-        Ok(answer.tasks)
+        answer.tasks.into_iter().map(LeasedTask::try_from).collect()
     }
 
     /// Extends a lease; returns the new expiry (RFC 3339 cluster time) and the sequence of
@@ -799,28 +828,29 @@ impl Client {
     pub async fn heartbeat_task(
         &self,
         request_id: &str,
-        lease: &pb::TaskLease,
-    ) -> Result<pb::HeartbeatTaskResponse, Error> {
+        lease: &TaskLease,
+    ) -> Result<Heartbeat, Error> {
         let msg = pb::HeartbeatTaskRequest {
             request_id: request_id.into(),
-            lease: Some(lease.clone()),
+            lease: Some(lease.into()),
         };
         self.call(|ch| {
             let r = self.request(msg.clone());
             async move { pb::tasks_client::TasksClient::new(ch).heartbeat(r).await }
         })
-        .await
+        .await?
+        .try_into()
     }
 
     pub async fn complete_task(
         &self,
         request_id: &str,
-        lease: &pb::TaskLease,
+        lease: &TaskLease,
         result: &serde_json::Value,
-    ) -> Result<pb::InstanceChange, Error> {
+    ) -> Result<InstanceChange, Error> {
         let msg = pb::CompleteTaskRequest {
             request_id: request_id.into(),
-            lease: Some(lease.clone()),
+            lease: Some(lease.into()),
             result_json: result.to_string(),
         };
         self.call(|ch| {
@@ -828,18 +858,19 @@ impl Client {
             async move { pb::tasks_client::TasksClient::new(ch).complete(r).await }
         })
         .await
+        .map(InstanceChange::from)
     }
 
     pub async fn fail_task(
         &self,
         request_id: &str,
-        lease: &pb::TaskLease,
+        lease: &TaskLease,
         error: &str,
         retryable: bool,
-    ) -> Result<pb::InstanceChange, Error> {
+    ) -> Result<InstanceChange, Error> {
         let msg = pb::FailTaskRequest {
             request_id: request_id.into(),
-            lease: Some(lease.clone()),
+            lease: Some(lease.into()),
             error: error.into(),
             retryable,
         };
@@ -848,6 +879,7 @@ impl Client {
             async move { pb::tasks_client::TasksClient::new(ch).fail(r).await }
         })
         .await
+        .map(InstanceChange::from)
     }
 
     pub async fn resolve_incident(
@@ -856,7 +888,7 @@ impl Client {
         instance: pb::InstanceRef,
         incident_id: &str,
         retry_task: bool,
-    ) -> Result<pb::InstanceChange, Error> {
+    ) -> Result<InstanceChange, Error> {
         let msg = pb::ResolveIncidentRequest {
             request_id: request_id.into(),
             instance: Some(instance),
@@ -872,6 +904,7 @@ impl Client {
             }
         })
         .await
+        .map(InstanceChange::from)
     }
 
     /// Status of the node at `endpoint` (an index into the endpoint list), without retries on
@@ -982,6 +1015,23 @@ impl Client {
             Ok(ServingStatus::ServiceUnknown) => HealthStatus::ServiceUnknown,
             Ok(ServingStatus::Unknown) | Err(_) => HealthStatus::Unknown,
         })
+    }
+}
+
+/// The change feed ([`Client::tail`]): audit records in global sequence order.
+#[derive(Debug)]
+pub struct AuditFeed {
+    stream: tonic::Streaming<pb::AuditRecord>,
+}
+
+impl AuditFeed {
+    /// The next record; `None` when the feed ended (without `follow`, at the head).
+    pub async fn next(&mut self) -> Result<Option<AuditRecord>, Error> {
+        match self.stream.message().await {
+            Ok(Some(record)) => AuditRecord::try_from(record).map(Some),
+            Ok(None) => Ok(None),
+            Err(status) => Err(Error::from_status(status)),
+        }
     }
 }
 

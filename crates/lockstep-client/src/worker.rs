@@ -7,8 +7,7 @@
 //! use lockstep_client::worker::{TaskFailure, WorkerOptions, run};
 //! let (stop, stopped) = tokio::sync::watch::channel(false);
 //! let stats = run(client, WorkerOptions::new("payments"), |task| async move {
-//!     let input: serde_json::Value = serde_json::from_str(&task.input_json).unwrap_or_default();
-//!     if input["amount"].as_u64().unwrap_or(0) > 0 {
+//!     if task.input["amount"].as_u64().unwrap_or(0) > 0 {
 //!         Ok(serde_json::json!({"paid": true}))
 //!     } else {
 //!         Err(TaskFailure { error: "amount is zero".into(), retryable: false })
@@ -26,7 +25,7 @@ use lockstep_core::{RefusalCode, Timestamp};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::{Client, Error, pb, request_id};
+use crate::{Client, Error, LeasedTask, request_id};
 
 /// Most tasks one worker holds at once, whatever its options say.
 pub const WORKER_CONCURRENCY_MAX: usize = 256;
@@ -80,7 +79,7 @@ pub async fn run<H, Fut>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<WorkerStats, Error>
 where
-    H: Fn(pb::LeasedTask) -> Fut + Send + Sync + 'static,
+    H: Fn(LeasedTask) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<serde_json::Value, TaskFailure>> + Send + 'static,
 {
     let concurrency = options.concurrency.clamp(1, WORKER_CONCURRENCY_MAX);
@@ -163,8 +162,7 @@ fn count(stats: &mut WorkerStats, done: Result<Outcome, tokio::task::JoinError>)
 }
 
 /// How long until the lease expires, by this machine's clock (cluster time is the leader's).
-fn lease_left(expires_at: &str) -> Option<Duration> {
-    let at = Timestamp::parse_rfc3339(expires_at).ok()?;
+fn lease_left(at: Timestamp) -> Option<Duration> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?
@@ -176,19 +174,17 @@ fn lease_left(expires_at: &str) -> Option<Duration> {
 
 async fn work<H, Fut>(
     client: &Client,
-    task: pb::LeasedTask,
+    task: LeasedTask,
     handler: &H,
     heartbeat_every: Option<Duration>,
 ) -> Outcome
 where
-    H: Fn(pb::LeasedTask) -> Fut,
+    H: Fn(LeasedTask) -> Fut,
     Fut: Future<Output = Result<serde_json::Value, TaskFailure>>,
 {
-    let Some(lease) = task.lease.clone() else {
-        return Outcome::Lost;
-    };
+    let lease = task.lease.clone();
     let every = heartbeat_every
-        .or_else(|| lease_left(&task.lease_expires_at).map(|d| d / 3))
+        .or_else(|| lease_left(task.lease_expires_at).map(|d| d / 3))
         .unwrap_or(Duration::from_secs(5))
         .max(Duration::from_millis(50));
     let run = handler(task);

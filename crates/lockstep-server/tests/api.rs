@@ -6,6 +6,7 @@ mod common;
 use common::{Cluster, PO, Settings, alice};
 use lockstep_client::{Options, by_id, pb, request_id};
 use lockstep_core::{ActorKind, RefusalCode};
+use lockstep_proto::names;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic_types::StatusExt;
@@ -14,9 +15,9 @@ use tonic_types::StatusExt;
 fn raw<T>(message: T, actor: &str, kind: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut()
-        .insert("x-lockstep-actor", MetadataValue::try_from(actor).unwrap());
+        .insert(names::ACTOR_HEADER, MetadataValue::try_from(actor).unwrap());
     r.metadata_mut().insert(
-        "x-lockstep-actor-kind",
+        names::ACTOR_KIND_HEADER,
         MetadataValue::try_from(kind).unwrap(),
     );
     r
@@ -36,7 +37,7 @@ async fn bad_requests_get_clear_statuses_and_change_nothing() {
     let leader = cluster.leader().await;
     let admin = cluster.admin();
     admin
-        .apply_definition(&request_id(), PO, pb::Provenance::default())
+        .apply_definition(&request_id(), PO, lockstep_client::Provenance::default())
         .await
         .unwrap();
     let head = |v: pb::VerifyAuditResponse| (v.head_seq, v.head_hash);
@@ -222,7 +223,7 @@ async fn without_forwarding_a_follower_names_the_leader_and_the_client_follows()
     let leader = cluster.leader().await;
     cluster
         .admin()
-        .apply_definition(&request_id(), PO, pb::Provenance::default())
+        .apply_definition(&request_id(), PO, lockstep_client::Provenance::default())
         .await
         .unwrap();
     let follower = (leader + 1) % 3;
@@ -240,12 +241,12 @@ async fn without_forwarding_a_follower_names_the_leader_and_the_client_follows()
     );
     request
         .metadata_mut()
-        .insert("x-lockstep-no-forward", MetadataValue::from_static("1"));
+        .insert(names::NO_FORWARD_HEADER, MetadataValue::from_static("1"));
     let status = instances.create(request).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let info = status.get_details_error_info().expect("ErrorInfo details");
     assert_eq!(
-        info.metadata.get("leader_addr"),
+        info.metadata.get(names::LEADER_ADDR),
         Some(&cluster.endpoint(leader)),
         "{info:?}"
     );

@@ -10,7 +10,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Cluster, PO, Settings, alice, bob};
-use lockstep_client::{Client, Error, Identity, Options, by_key, pb, request_id};
+use lockstep_client::{
+    Client, Error, Identity, Instance, InstanceChange, Options, by_key, pb, request_id,
+};
 use lockstep_core::{ActorKind, RefusalCode};
 
 fn free_port() -> u16 {
@@ -42,7 +44,7 @@ async fn define(client: &Client) {
         .apply_definition(
             &request_id(),
             PO,
-            pb::Provenance {
+            lockstep_client::Provenance {
                 repository: "test".into(),
                 commit: "c0ffee".into(),
                 path: "purchase-order.yaml".into(),
@@ -64,7 +66,7 @@ async fn create(client: &Client, key: &str, amount: u32) {
         .unwrap();
 }
 
-async fn take(client: &Client, key: &str, transition: &str) -> pb::InstanceChange {
+async fn take(client: &Client, key: &str, transition: &str) -> InstanceChange {
     client
         .transition(
             &request_id(),
@@ -80,7 +82,7 @@ async fn take(client: &Client, key: &str, transition: &str) -> pb::InstanceChang
 /// The stored instance. An SLA's consumed and remaining budget are computed from the reading
 /// node's clock at read time (and only advance in business hours), so they are left out: two
 /// reads of the same state compare equal whenever they are made.
-async fn get(client: &Client, key: &str) -> Result<pb::Instance, Error> {
+async fn get(client: &Client, key: &str) -> Result<Instance, Error> {
     client
         .get(
             by_key("purchase-order", key),
@@ -88,8 +90,8 @@ async fn get(client: &Client, key: &str) -> Result<pb::Instance, Error> {
         )
         .await
         .map(|r| {
-            let mut instance = r.instance.expect("an instance");
-            for sla in &mut instance.slas {
+            let mut instance = r.instance;
+            for sla in instance.slas.values_mut() {
                 sla.consumed_ms = Default::default();
                 sla.remaining_ms = Default::default();
             }
@@ -253,7 +255,7 @@ async fn online_backup_of_a_follower_restores_as_a_one_node_cluster() {
     take(&as_alice, "PO-1", "submit").await;
     take(&as_bob, "PO-1", "approve").await;
     create(&as_alice, "PO-2", 700).await;
-    let before: Vec<pb::Instance> = vec![
+    let before: Vec<Instance> = vec![
         get(&as_alice, "PO-1").await.unwrap(),
         get(&as_alice, "PO-2").await.unwrap(),
     ];
@@ -300,7 +302,8 @@ async fn online_backup_of_a_follower_restores_as_a_one_node_cluster() {
     let mut solo = restore_and_start(Path::new(&backup.path), restore_dir.path(), 7).await;
     let restored_alice = solo.client(alice());
     for original in &before {
-        let restored = get(&restored_alice, &original.key).await.unwrap();
+        let key = original.key.as_deref().expect("a business key");
+        let restored = get(&restored_alice, key).await.unwrap();
         assert_eq!(&restored, original, "the restored instance is the same");
     }
     let missing = get(&restored_alice, "PO-3").await.unwrap_err();

@@ -77,7 +77,7 @@ async fn three_nodes_elect_replicate_and_agree() {
             )
             .await
             .unwrap();
-        assert_eq!(got.instance.unwrap().state, "approved", "node {}", i + 1);
+        assert_eq!(got.instance.state, "approved", "node {}", i + 1);
     }
     let digests = cluster.converged_digests().await;
     assert!(digests.iter().all(|d| d == &digests[0]), "{digests:?}");
@@ -169,8 +169,8 @@ async fn follower_behind_the_purge_point_catches_up_by_snapshot() {
         .await
         .unwrap();
     assert_eq!(
-        got.instance.unwrap().data_json,
-        r#"{"amount":7,"requester":"alice"}"#
+        got.instance.data,
+        serde_json::json!({"amount": 7, "requester": "alice"})
     );
 }
 
@@ -221,8 +221,7 @@ async fn leader_killed_with_writes_in_flight_loses_no_acknowledged_write() {
             .await
             .unwrap();
         assert_eq!(
-            &got.instance.unwrap().id,
-            id,
+            &got.instance.id, id,
             "acknowledged write {key} is present and unique"
         );
     }
@@ -257,7 +256,7 @@ async fn full_cluster_restart_keeps_everything() {
         )
         .await
         .unwrap();
-    assert_eq!(got.instance.unwrap().state, "draft");
+    assert_eq!(got.instance.state, "draft");
     let after = cluster.converged_digests().await;
     assert!(after.iter().all(|d| d == &after[0]));
     assert_eq!(before.len(), after.len());
@@ -395,7 +394,7 @@ async fn membership_add_learner_promote_and_remove() {
         .get(by_key("purchase-order", "PO-1"), pb::ReadConsistency::Stale)
         .await
         .unwrap();
-    assert_eq!(got.instance.unwrap().state, "draft");
+    assert_eq!(got.instance.state, "draft");
     let members = admin.remove(4).await.unwrap();
     assert!(!members.members.iter().any(|m| m.id == 4), "{members:?}");
     let refused = admin.promote(vec![9]).await.unwrap_err();
@@ -457,7 +456,7 @@ async fn a_removed_node_that_keeps_running_can_be_added_back_through_itself() {
         .get(by_key("purchase-order", "PO-4"), pb::ReadConsistency::Stale)
         .await
         .unwrap();
-    assert_eq!(got.instance.unwrap().state, "draft");
+    assert_eq!(got.instance.state, "draft");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -488,8 +487,8 @@ async fn an_isolated_follower_serves_stale_reads_marked_stale_but_not_default_re
         .get(by_id(&created.instance_id), pb::ReadConsistency::Stale)
         .await
         .unwrap();
-    assert!(stale.read.unwrap().stale, "a stale read says so");
-    assert_eq!(stale.instance.unwrap().state, "draft");
+    assert!(stale.read.stale, "a stale read says so");
+    assert_eq!(stale.instance.state, "draft");
     let default = isolated
         .get(
             by_id(&created.instance_id),
@@ -511,7 +510,7 @@ async fn an_isolated_follower_serves_stale_reads_marked_stale_but_not_default_re
         .await
         .unwrap();
     assert!(
-        !healed.read.unwrap().stale,
+        !healed.read.stale,
         "after healing, the default read is linearizable again"
     );
 }
@@ -546,11 +545,11 @@ async fn listing_pages_through_every_instance_once() {
             .await
             .unwrap();
         assert!(page.instances.len() <= 3);
-        seen.extend(page.instances.into_iter().map(|i| i.key));
-        if page.next_page_token.is_empty() {
-            break;
+        seen.extend(page.instances.into_iter().filter_map(|i| i.key));
+        match page.next_page_token {
+            Some(next) => token = next,
+            None => break,
         }
-        token = page.next_page_token;
     }
     seen.sort();
     let mut want: Vec<String> = (0..7).map(|n| format!("PO-{n}")).collect();
@@ -617,7 +616,6 @@ async fn concurrent_linearizable_reads_share_quorum_rounds() {
                 .await
                 .unwrap()
                 .instance
-                .unwrap()
                 .id
         }
     });

@@ -106,7 +106,7 @@ async fn nodes_crashed_between_log_sync_and_apply_lose_nothing_and_converge() {
             )
             .await
             .unwrap_or_else(|e| panic!("acknowledged {key} is lost: {e}"));
-        assert_eq!(&got.instance.unwrap().id, id, "{key}");
+        assert_eq!(&got.instance.id, id, "{key}");
     }
     let digests = cluster.converged_digests().await;
     assert_eq!(digests.len(), 3);

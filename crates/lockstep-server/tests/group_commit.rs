@@ -49,7 +49,7 @@ async fn concurrent_writes_share_entries_and_each_gets_its_own_outcome() {
             )
             .await
             .unwrap();
-        assert_eq!(got.instance.unwrap().id, change.instance_id);
+        assert_eq!(got.instance.id, change.instance_id);
     }
     let (_, after) = cluster.scrape(leader).await;
     let requests = counter(&after, "lockstep_requests_proposed_total")
@@ -127,7 +127,6 @@ async fn a_request_id_reused_for_another_request_is_refused_on_any_node() {
         )
         .await
         .unwrap()
-        .instance
-        .unwrap();
+        .instance;
     assert_eq!((k1.state.as_str(), k1.version), ("draft", 1));
 }

@@ -109,7 +109,11 @@ async fn a_node_serves_prometheus_metrics() {
     let admin = cluster.admin();
     for source in [PO, BLINK] {
         admin
-            .apply_definition(&request_id(), source, pb::Provenance::default())
+            .apply_definition(
+                &request_id(),
+                source,
+                lockstep_client::Provenance::default(),
+            )
             .await
             .unwrap();
     }
@@ -160,8 +164,7 @@ async fn a_node_serves_prometheus_metrics() {
             .get(by_id(&blink), pb::ReadConsistency::Linearizable)
             .await
             .unwrap()
-            .instance
-            .unwrap();
+            .instance;
         if instance.state == "dark" {
             faded = true;
             break;

@@ -6,8 +6,9 @@
 mod common;
 
 use common::{Cluster, PO, Settings};
-use lockstep_client::{Error, Identity, by_key, pb, request_id};
-use lockstep_core::{ActorKind, RefusalCode};
+use lockstep_client::model::{AuditKind, TimerKind};
+use lockstep_client::{Error, Identity, Instance, by_key, pb, request_id};
+use lockstep_core::{ActorKind, RefusalCode, Timestamp};
 
 /// Only actors with the role `release` may migrate; the other permissions keep their defaults.
 const POLICY: &str = "[migrate_instances]\nroles = [\"release\"]\n";
@@ -26,7 +27,11 @@ fn po_v2() -> String {
 async fn apply(cluster: &Cluster, source: &str) -> String {
     cluster
         .admin()
-        .apply_definition(&request_id(), source, pb::Provenance::default())
+        .apply_definition(
+            &request_id(),
+            source,
+            lockstep_client::Provenance::default(),
+        )
         .await
         .unwrap()
         .version
@@ -49,25 +54,27 @@ fn request(from: &str, to: &str) -> pb::MigrateInstancesRequest {
 
 /// The due time of the approval SLA's breach timer, found by its typed kind (the timer id
 /// says the same).
-fn breach_due(instance: &pb::Instance) -> String {
+fn breach_due(instance: &Instance) -> Timestamp {
     let timer = instance
         .timers
         .iter()
-        .find(|t| t.kind == "sla_breach" && t.sla == "approval")
+        .find(|t| matches!(&t.kind, TimerKind::SlaBreach { sla } if sla == "approval"))
         .unwrap_or_else(|| panic!("no breach timer: {:?}", instance.timers));
     assert!(timer.id.ends_with(":sla:approval:breach"), "{timer:?}");
-    let warnings: Vec<u32> = instance
+    let warnings: Vec<u8> = instance
         .timers
         .iter()
-        .filter(|t| t.kind == "sla_warning" && t.sla == "approval")
-        .map(|t| t.percent)
+        .filter_map(|t| match &t.kind {
+            TimerKind::SlaWarning { sla, percent } if sla == "approval" => Some(*percent),
+            _ => None,
+        })
         .collect();
     assert!(
         warnings.iter().all(|p| [50, 75].contains(p)),
         "warning timers name their percent: {:?}",
         instance.timers
     );
-    timer.due_at.clone()
+    timer.due_at
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,8 +111,7 @@ async fn an_authorised_actor_migrates_through_grpc_and_others_are_refused_and_lo
         )
         .await
         .unwrap()
-        .instance
-        .unwrap();
+        .instance;
     assert_eq!(
         before.definition_version, v1,
         "a running instance stays on its version"
@@ -148,7 +154,7 @@ async fn an_authorised_actor_migrates_through_grpc_and_others_are_refused_and_lo
         .await
         .unwrap();
     assert_eq!(migrated.migrated, 2, "{migrated:?}");
-    assert!(!migrated.more && migrated.next_page_token.is_empty());
+    assert!(!migrated.more && migrated.next_page_token.is_none());
     assert_eq!(
         (migrated.from_version.as_str(), migrated.to_version.as_str()),
         (v1.as_str(), v2.as_str())
@@ -173,8 +179,7 @@ async fn an_authorised_actor_migrates_through_grpc_and_others_are_refused_and_lo
         )
         .await
         .unwrap()
-        .instance
-        .unwrap();
+        .instance;
     assert_eq!(after.definition_version, v2);
     assert_eq!(after.state, "in_review");
     assert_eq!(after.version, before.version + 1);
@@ -187,15 +192,15 @@ async fn an_authorised_actor_migrates_through_grpc_and_others_are_refused_and_lo
         .history(by_key("purchase-order", "PO-1"), 0)
         .await
         .unwrap();
-    let last = history.records.last().unwrap();
-    assert_eq!(last.kind, "migration");
-    assert_eq!(last.actor_id, "rita");
-    assert_eq!(last.actor_authn, "jwt");
+    let last = history.last().unwrap();
+    assert_eq!(last.record.kind, AuditKind::Migration);
+    assert_eq!(last.record.actor.id, "rita");
+    assert_eq!(last.record.actor.authn, "jwt");
     assert_eq!(
-        (last.from.as_str(), last.to.as_str()),
-        ("submitted", "in_review")
+        (last.record.from.as_deref(), last.record.to.as_deref()),
+        (Some("submitted"), Some("in_review"))
     );
-    assert_eq!(last.definition_version, v2);
+    assert_eq!(last.record.definition_version, v2);
     for needle in [v1.as_str(), "submitted -> in_review", "keep-deadline"] {
         assert!(
             last.record_json.contains(needle),

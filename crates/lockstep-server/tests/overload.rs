@@ -205,7 +205,7 @@ async fn linearizable_reads_beyond_their_bound_are_refused_and_stale_reads_are_n
         }
         while let Some(joined) = reads.join_next().await {
             match joined.unwrap() {
-                Ok(got) => assert_eq!(got.instance.unwrap().id, id),
+                Ok(got) => assert_eq!(got.instance.id, id),
                 Err(e) => {
                     assert_overloaded(&e);
                     refused += 1;
@@ -277,7 +277,11 @@ async fn timers_fire_on_time_under_a_flood_of_client_writes() {
     cluster.define_po().await;
     let patient = cluster.client(alice());
     patient
-        .apply_definition(&request_id(), TICKETS, pb::Provenance::default())
+        .apply_definition(
+            &request_id(),
+            TICKETS,
+            lockstep_client::Provenance::default(),
+        )
         .await
         .unwrap();
     // A flood above the limit: 128 clients creating purchase orders back to back until the
@@ -326,15 +330,8 @@ async fn timers_fire_on_time_under_a_flood_of_client_writes() {
                 .create(&request_id(), "tickets", None, &serde_json::json!({}))
                 .await
                 .unwrap();
-            let record = patient
-                .history(by_id(&c.instance_id), 0)
-                .await
-                .unwrap()
-                .records;
-            (
-                c.instance_id,
-                Timestamp::parse_rfc3339(&record[0].at).unwrap(),
-            )
+            let record = patient.history(by_id(&c.instance_id), 0).await.unwrap();
+            (c.instance_id, record[0].record.at)
         });
     }
     let tickets = creating.join_all().await;
@@ -350,7 +347,7 @@ async fn timers_fire_on_time_under_a_flood_of_client_writes() {
                 .await
                 .unwrap();
             let now = Timestamp::from_jiff(jiff::Timestamp::now()).as_micros();
-            if got.instance.unwrap().state == "timed_out" {
+            if got.instance.state == "timed_out" {
                 break;
             }
             let late = Duration::from_micros(u64::try_from(now - due).unwrap_or(0));

@@ -124,10 +124,10 @@ async fn power_cuts(node_env: Vec<(String, String)>, converge_within: Duration) 
             )
             .await
         {
-            Ok(got) if got.instance.as_ref().map(|i| &i.id) == Some(id) => {}
+            Ok(got) if got.instance.id == *id => {}
             Ok(got) => lost.push(format!(
                 "{key}: acknowledged as {id}, now {:?}",
-                got.instance.map(|i| i.id)
+                Some(got.instance.id)
             )),
             Err(e) => lost.push(format!("{key}: {e}")),
         }

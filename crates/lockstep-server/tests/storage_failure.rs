@@ -127,7 +127,7 @@ async fn every_acked_create_is_on(
             .get(by_key("purchase-order", key), pb::ReadConsistency::Stale)
             .await
             .unwrap_or_else(|e| panic!("{key} is not on {node}: {e}"));
-        assert_eq!(&got.instance.unwrap().id, id, "{key}");
+        assert_eq!(&got.instance.id, id, "{key}");
     }
 }
 
@@ -241,7 +241,6 @@ async fn short_of_space_client_writes_are_refused_while_reads_and_timers_go_on_u
             .await
             .unwrap()
             .instance
-            .unwrap()
             .state,
         "waiting"
     );

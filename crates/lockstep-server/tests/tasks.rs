@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Cluster, Settings};
+use lockstep_client::model::{AuditKind, TaskStatus};
 use lockstep_client::worker::{TaskFailure, WorkerOptions};
-use lockstep_client::{Client, Identity, by_id, pb, request_id};
+use lockstep_client::{AuditRecord, Client, Identity, Instance, by_id, pb, request_id};
 use lockstep_core::{ActorKind, RefusalCode};
+use lockstep_proto::names;
 
 /// A workflow with a short lease and a quick fixed backoff, so leases expire and retries run
 /// within a test. `ship` has `on_exhausted`; `bill` opens an incident when exhausted.
@@ -65,7 +67,7 @@ fn worker(cluster: &Cluster, name: &str, node: usize) -> Client {
 
 async fn define(cluster: &Cluster) {
     human(cluster)
-        .apply_definition(&request_id(), JOBS, pb::Provenance::default())
+        .apply_definition(&request_id(), JOBS, lockstep_client::Provenance::default())
         .await
         .unwrap();
 }
@@ -89,27 +91,51 @@ async fn start_job(cluster: &Cluster, transition: &str) -> String {
     id
 }
 
-async fn instance(cluster: &Cluster, id: &str) -> pb::Instance {
+async fn instance(cluster: &Cluster, id: &str) -> Instance {
     human(cluster)
         .get(by_id(id), pb::ReadConsistency::Linearizable)
         .await
         .unwrap()
         .instance
+}
+
+/// The instance as the wire carries it, deprecated JSON fields included (a raw call: the
+/// client answers domain types).
+async fn wire_instance(cluster: &Cluster, id: &str) -> pb::Instance {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.endpoint(0)))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut request = tonic::Request::new(pb::GetInstanceRequest {
+        instance: Some(by_id(id)),
+        consistency: pb::ReadConsistency::Linearizable as i32,
+    });
+    let md = request.metadata_mut();
+    md.insert(names::ACTOR_HEADER, "alice".parse().unwrap());
+    md.insert(names::ACTOR_KIND_HEADER, "human".parse().unwrap());
+    md.insert(names::ROLES_HEADER, "operator".parse().unwrap());
+    pb::instances_client::InstancesClient::new(channel)
+        .get(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .instance
         .unwrap()
 }
 
-async fn kinds(cluster: &Cluster, id: &str) -> Vec<String> {
+async fn kinds(cluster: &Cluster, id: &str) -> Vec<AuditKind> {
     human(cluster)
         .history(by_id(id), 0)
         .await
         .unwrap()
-        .records
         .into_iter()
-        .map(|r| r.kind)
+        .map(|r| r.record.kind)
         .collect()
 }
 
-async fn wait_for_state(cluster: &Cluster, id: &str, state: &str) -> pb::Instance {
+async fn wait_for_state(cluster: &Cluster, id: &str, state: &str) -> Instance {
     for _ in 0..200 {
         let i = instance(cluster, id).await;
         if i.state == state {
@@ -137,8 +163,8 @@ async fn a_stalled_worker_loses_its_lease_and_its_late_completion_is_refused() {
         .await
         .unwrap();
     assert_eq!(first.len(), 1, "the ready task is leased");
-    let stale = first[0].lease.clone().unwrap();
-    assert_eq!(stale.token.unwrap().attempt, 1);
+    let stale = first[0].lease.clone();
+    assert_eq!(stale.token.attempt, 1);
     // Only the lease holder may heartbeat it.
     let thief = worker(&cluster, "thief", leader);
     let err = thief
@@ -158,8 +184,8 @@ async fn a_stalled_worker_loses_its_lease_and_its_late_completion_is_refused() {
         1,
         "the task came back after its lease expired"
     );
-    let fresh = second[0].lease.clone().unwrap();
-    assert_eq!(fresh.token.unwrap().attempt, 2);
+    let fresh = second[0].lease.clone();
+    assert_eq!(fresh.token.attempt, 2);
     let done = fast
         .complete_task(
             &request_id(),
@@ -177,28 +203,23 @@ async fn a_stalled_worker_loses_its_lease_and_its_late_completion_is_refused() {
     assert_eq!(late.refusal_code(), Some(RefusalCode::StaleLease), "{late}");
     let i = instance(&cluster, &id).await;
     assert_eq!(i.state, "shipped");
-    let data: serde_json::Value = serde_json::from_str(&i.data_json).unwrap();
-    assert_eq!(data["tracking"], "T-1", "the result became the payload");
-    let history = human(&cluster)
-        .history(by_id(&id), 0)
-        .await
-        .unwrap()
-        .records;
+    assert_eq!(i.data["tracking"], "T-1", "the result became the payload");
+    let history = human(&cluster).history(by_id(&id), 0).await.unwrap();
     let completed: Vec<_> = history
         .iter()
-        .filter(|r| r.kind == "task_completed")
+        .filter(|r| r.record.kind == AuditKind::TaskCompleted)
         .collect();
     assert_eq!(completed.len(), 1, "completed exactly once");
-    assert_eq!(completed[0].actor_id, "fast");
-    let record: serde_json::Value = serde_json::from_str(&completed[0].record_json).unwrap();
+    assert_eq!(completed[0].record.actor.id, "fast");
     assert_eq!(
-        record["record"]["task_id"], fresh.task_id,
+        completed[0].record.task_id.as_ref(),
+        Some(&fresh.task_id),
         "the completion names its task"
     );
     assert!(
         history
             .iter()
-            .any(|r| r.kind == "task_failed" && r.actor_id == "system:lease"),
+            .any(|r| r.record.kind == AuditKind::TaskFailed && r.record.actor.id == "system:lease"),
         "the expiry is audited: {:?}",
         kinds(&cluster, &id).await
     );
@@ -234,8 +255,8 @@ async fn retries_follow_the_policy_in_cluster_time_and_exhaustion_takes_the_decl
             .await
             .unwrap();
         assert_eq!(tasks.len(), 1, "attempt {attempt} was offered");
-        let lease = tasks[0].lease.clone().unwrap();
-        assert_eq!(lease.token.unwrap().attempt, attempt);
+        let lease = tasks[0].lease.clone();
+        assert_eq!(lease.token.attempt, attempt);
         w.fail_task(
             &request_id(),
             &lease,
@@ -248,17 +269,16 @@ async fn retries_follow_the_policy_in_cluster_time_and_exhaustion_takes_the_decl
     }
     let failed = wait_for_state(&cluster, &ship, "failed").await;
     assert_eq!(failed.state, "failed");
-    let history = human(&cluster)
-        .history(by_id(&ship), 0)
-        .await
-        .unwrap()
-        .records;
+    let history = human(&cluster).history(by_id(&ship), 0).await.unwrap();
     // Each retry became ready no earlier than 400 ms (cluster time) after the failure.
-    let time = |r: &pb::AuditRecord| lockstep_core::Timestamp::parse_rfc3339(&r.at).unwrap();
-    let failures: Vec<_> = history.iter().filter(|r| r.kind == "task_failed").collect();
+    let time = |r: &AuditRecord| r.record.at;
+    let failures: Vec<_> = history
+        .iter()
+        .filter(|r| r.record.kind == AuditKind::TaskFailed)
+        .collect();
     let retries: Vec<_> = history
         .iter()
-        .filter(|r| r.kind == "task_retry_due")
+        .filter(|r| r.record.kind == AuditKind::TaskRetryDue)
         .collect();
     assert_eq!(
         (failures.len(), retries.len()),
@@ -280,7 +300,7 @@ async fn retries_follow_the_policy_in_cluster_time_and_exhaustion_takes_the_decl
             .poll_tasks("billing", 1, Duration::from_secs(10))
             .await
             .unwrap();
-        let lease = tasks[0].lease.clone().unwrap();
+        let lease = tasks[0].lease.clone();
         w.fail_task(&request_id(), &lease, "ledger locked", true)
             .await
             .unwrap();
@@ -290,20 +310,23 @@ async fn retries_follow_the_policy_in_cluster_time_and_exhaustion_takes_the_decl
     // The typed incidents of the API, and the deprecated JSON field, say the same.
     #[allow(deprecated)]
     let from_json: BTreeMap<String, serde_json::Value> =
-        serde_json::from_str(&stuck.incidents_json).unwrap();
+        serde_json::from_str(&wire_instance(&cluster, &bill).await.incidents_json).unwrap();
     assert_eq!(stuck.incidents.len(), 1, "{:?}", stuck.incidents);
     let incident = stuck.incidents[0].clone();
     let incident_id = incident.id.clone();
     assert!(incident.reason.contains("ledger locked"), "{incident:?}");
-    assert!(incident.resolved_at.is_empty(), "open: {incident:?}");
+    assert!(incident.resolved_at.is_none(), "open: {incident:?}");
     assert_eq!(from_json[&incident_id]["reason"], incident.reason.as_str());
     let task = stuck
-        .tasks
-        .iter()
-        .find(|t| t.id == incident.task_id)
+        .task(incident.task_id.as_deref().unwrap_or_default())
         .expect("the incident names the instance's task");
-    assert_eq!(task.status, "exhausted");
-    assert!(task.last_error.contains("ledger locked"), "{task:?}");
+    assert_eq!(task.status, TaskStatus::Exhausted);
+    assert!(
+        task.last_error
+            .as_ref()
+            .is_some_and(|e| e.contains("ledger locked")),
+        "{task:?}"
+    );
     // The instance with the open incident is what `list --incidents` finds, and only it.
     let workflow_name = stuck.workflow.clone();
     let with_incidents = |open_incidents| pb::ListInstancesRequest {
@@ -343,21 +366,14 @@ async fn retries_follow_the_policy_in_cluster_time_and_exhaustion_takes_the_decl
         1,
         "the resolved incident's task is ready again"
     );
-    w.complete_task(
-        &request_id(),
-        tasks[0].lease.as_ref().unwrap(),
-        &serde_json::json!({}),
-    )
-    .await
-    .unwrap();
+    w.complete_task(&request_id(), &tasks[0].lease, &serde_json::json!({}))
+        .await
+        .unwrap();
     assert_eq!(instance(&cluster, &bill).await.state, "billed");
     let open = human(&cluster).list(with_incidents(true)).await.unwrap();
     assert!(open.instances.is_empty(), "{:?}", open.instances);
     let kinds = kinds(&cluster, &bill).await;
-    assert!(
-        kinds.contains(&"incident_resolved".to_string()),
-        "{kinds:?}"
-    );
+    assert!(kinds.contains(&AuditKind::IncidentResolved), "{kinds:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,7 +414,10 @@ async fn the_leader_killed_while_tasks_are_leased_loses_none_and_completes_each_
     // Every task completed exactly once, whatever the worker saw.
     for id in &ids {
         let kinds = kinds(&cluster, id).await;
-        let completed = kinds.iter().filter(|k| *k == "task_completed").count();
+        let completed = kinds
+            .iter()
+            .filter(|k| **k == AuditKind::TaskCompleted)
+            .count();
         assert_eq!(completed, 1, "{id}: {kinds:?}");
     }
     // The survivors agree, and the outbox was dispatched and acknowledged on the new leader.
@@ -421,9 +440,9 @@ async fn a_change_feed_consumer_resumes_on_another_node_with_no_gap_and_no_dupli
         Identity::new("auditor", ActorKind::Human, &[]),
     );
     let mut stream = reader.tail(1, true).await.unwrap();
-    let mut seen: Vec<pb::AuditRecord> = Vec::new();
+    let mut seen: Vec<AuditRecord> = Vec::new();
     while seen.len() < 7 {
-        seen.push(stream.message().await.unwrap().unwrap());
+        seen.push(stream.next().await.unwrap().unwrap());
     }
     drop(stream);
     cluster.kill9(first_node);
@@ -439,7 +458,7 @@ async fn a_change_feed_consumer_resumes_on_another_node_with_no_gap_and_no_dupli
         Identity::new("auditor", ActorKind::Human, &[]),
     );
     let mut stream = resumed.tail(cursor, false).await.unwrap();
-    while let Some(r) = stream.message().await.unwrap() {
+    while let Some(r) = stream.next().await.unwrap() {
         seen.push(r);
     }
     // Gap-free and duplicate-free: 1, 2, 3, ... in order.
@@ -459,7 +478,7 @@ async fn a_change_feed_consumer_resumes_on_another_node_with_no_gap_and_no_dupli
         );
         let mut s = c.tail(1, false).await.unwrap();
         let mut hashes = Vec::new();
-        while let Some(r) = s.message().await.unwrap() {
+        while let Some(r) = s.next().await.unwrap() {
             hashes.push(r.hash);
         }
         let ours: Vec<String> = seen.iter().map(|r| r.hash.clone()).collect();
@@ -488,17 +507,13 @@ async fn a_completion_at_the_lease_expiry_is_refused_whoever_wins_the_race() {
             .await
             .unwrap();
         assert_eq!(leased.len(), 1);
-        let expires: jiff::Timestamp = leased[0].lease_expires_at.parse().unwrap();
+        let expires = leased[0].lease_expires_at.to_jiff();
         let wait = expires.duration_since(jiff::Timestamp::now());
         if let Ok(wait) = Duration::try_from(wait) {
             tokio::time::sleep(wait).await;
         }
         let late = w
-            .complete_task(
-                &request_id(),
-                leased[0].lease.as_ref().unwrap(),
-                &serde_json::json!({}),
-            )
+            .complete_task(&request_id(), &leased[0].lease, &serde_json::json!({}))
             .await
             .unwrap_err();
         assert_eq!(late.refusal_code(), Some(RefusalCode::StaleLease), "{late}");
@@ -564,5 +579,5 @@ async fn waiting_polls_wake_for_ready_tasks_not_for_every_write() {
     let id = start_job(&cluster, "ship").await;
     let leased = poll.await.unwrap();
     assert_eq!(leased.len(), 1, "{leased:?}");
-    assert_eq!(leased[0].lease.as_ref().unwrap().instance_id, id);
+    assert_eq!(leased[0].lease.instance_id, id);
 }

@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Cluster, Settings, TICKETS_DUE};
-use lockstep_client::{Client, Identity, by_id, pb, request_id};
+use lockstep_client::model::{AuditKind, TimerFiring};
+use lockstep_client::{AuditRecord, Client, Identity, by_id, pb, request_id};
 use lockstep_core::{ActorKind, Timestamp};
 
 const DUE: Duration = TICKETS_DUE;
@@ -15,8 +16,8 @@ fn client(cluster: &Cluster) -> Client {
     cluster.ticket_client()
 }
 
-async fn history(cluster: &Cluster, id: &str) -> Vec<pb::AuditRecord> {
-    client(cluster).history(by_id(id), 0).await.unwrap().records
+async fn history(cluster: &Cluster, id: &str) -> Vec<AuditRecord> {
+    client(cluster).history(by_id(id), 0).await.unwrap()
 }
 
 /// Waits until every id has timed out (or panics after 30 s).
@@ -34,22 +35,25 @@ async fn all_timed_out(cluster: &Cluster, ids: &[String]) {
     panic!("not every instance timed out");
 }
 
-/// A cluster timestamp as the audit JSON carries it (microseconds since the epoch).
-fn micros(v: &serde_json::Value) -> Timestamp {
-    Timestamp::from_micros(v.as_i64().unwrap_or_else(|| panic!("not a timestamp: {v}")))
-}
-
 /// The one `timer_fired` record of an instance (asserting there is exactly one).
-async fn the_fire(cluster: &Cluster, id: &str) -> serde_json::Value {
-    let fires: Vec<_> = history(cluster, id)
+async fn the_fire(cluster: &Cluster, id: &str) -> AuditRecord {
+    let mut fires: Vec<_> = history(cluster, id)
         .await
         .into_iter()
-        .filter(|r| r.kind == "timer_fired")
+        .filter(|r| r.record.kind == AuditKind::TimerFired)
         .collect();
     assert_eq!(fires.len(), 1, "{id} fired {} times", fires.len());
-    let record: serde_json::Value = serde_json::from_str(&fires[0].record_json).unwrap();
-    assert_eq!(record["record"]["actor"]["id"], "system:timer", "{record}");
-    record
+    let fire = fires.remove(0);
+    assert_eq!(fire.record.actor.id, "system:timer", "{fire:?}");
+    fire
+}
+
+/// The firing a `timer_fired` record carries.
+fn firing(fire: &AuditRecord) -> &TimerFiring {
+    fire.record
+        .timer
+        .as_ref()
+        .unwrap_or_else(|| panic!("a timer_fired record names its timer: {fire:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,14 +69,13 @@ async fn a_timer_due_during_a_leader_kill_fires_exactly_once_after_failover() {
     all_timed_out(&cluster, &ids).await;
     for id in &ids {
         let fire = the_fire(&cluster, id).await;
-        let timer = &fire["record"]["timer"];
-        let due = micros(&timer["due_at"]);
-        let fired = micros(&timer["fired_at"]);
-        assert!(fired >= due, "fired before due: {timer}");
+        let timer = firing(&fire);
+        let (due, fired) = (timer.due_at, timer.fired_at);
+        assert!(fired >= due, "fired before due: {timer:?}");
         assert_eq!(
-            timer["lateness_ms"].as_u64().unwrap(),
+            timer.lateness_ms,
             ((fired.as_micros() - due.as_micros()) / 1000) as u64,
-            "lateness is recorded: {timer}"
+            "lateness is recorded: {timer:?}"
         );
     }
     // Bring the old leader back: it catches up and nothing fires again.
@@ -102,22 +105,21 @@ async fn a_timer_whose_instance_left_the_state_never_acts() {
         .unwrap();
     tokio::time::sleep(DUE + Duration::from_secs(1)).await;
     assert_eq!(cluster.state_of(&id).await, "handled");
-    let kinds: Vec<String> = history(&cluster, &id)
+    let kinds: Vec<AuditKind> = history(&cluster, &id)
         .await
         .into_iter()
-        .map(|r| r.kind)
+        .map(|r| r.record.kind)
         .collect();
     assert_eq!(
         kinds,
-        ["created", "transition"],
+        [AuditKind::Created, AuditKind::Transition],
         "the cancelled timer left no trace"
     );
     let got = client(&cluster)
         .get(by_id(&id), pb::ReadConsistency::Linearizable)
         .await
         .unwrap()
-        .instance
-        .unwrap();
+        .instance;
     assert!(
         got.timers.is_empty(),
         "no timer stays armed: {:?}",
@@ -149,8 +151,7 @@ async fn timers_due_during_a_full_cluster_stop_all_fire_once_in_due_order() {
     let mut fires = Vec::new();
     for id in &ids {
         let fire = the_fire(&cluster, id).await;
-        let due = micros(&fire["record"]["timer"]["due_at"]);
-        fires.push((fire["global_seq"].as_u64().unwrap(), due));
+        fires.push((fire.global_seq, firing(&fire).due_at));
     }
     // In the global audit order, the fires follow due order.
     fires.sort_by_key(|(seq, _)| *seq);
@@ -183,7 +184,6 @@ async fn a_frozen_old_leader_cannot_make_a_timer_act_twice() {
                 .await
                 .unwrap()
                 .instance
-                .unwrap()
                 .state;
             if s == "timed_out" {
                 done = true;
@@ -276,15 +276,14 @@ async fn a_backlog_larger_than_the_fires_in_flight_fires_once_each_in_due_order(
     }
     cluster.leader().await;
     let c = client(&cluster);
-    let mut fires: Vec<(String, i64)> = Vec::new();
+    let mut fires: Vec<(String, Timestamp)> = Vec::new();
     for _ in 0..600 {
         fires.clear();
         let mut feed = c.tail(0, false).await.unwrap();
-        while let Some(r) = feed.message().await.unwrap() {
-            if r.kind == "timer_fired" && r.workflow == "many" {
-                let record: serde_json::Value = serde_json::from_str(&r.record_json).unwrap();
-                let due = record["record"]["timer"]["due_at"].as_i64().unwrap();
-                fires.push((r.instance_id, due));
+        while let Some(r) = feed.next().await.unwrap() {
+            if r.record.kind == AuditKind::TimerFired && r.record.workflow == "many" {
+                let due = firing(&r).due_at;
+                fires.push((r.record.instance_id, due));
             }
         }
         if fires.len() >= total {
@@ -297,7 +296,7 @@ async fn a_backlog_larger_than_the_fires_in_flight_fires_once_each_in_due_order(
     assert_eq!(fired.len(), total, "every timer fires, none twice");
     assert!(fired.iter().all(|id| armed.contains(*id)));
     // The feed is in global (log) order.
-    let dues: Vec<i64> = fires.iter().map(|(_, due)| *due).collect();
+    let dues: Vec<Timestamp> = fires.iter().map(|(_, due)| *due).collect();
     assert!(
         dues.windows(2).all(|w| w[0] <= w[1]),
         "fired out of due order"

@@ -28,7 +28,7 @@ async fn define(cluster: &Cluster) {
         .apply_definition(
             &request_id(),
             PO,
-            pb::Provenance {
+            lockstep_client::Provenance {
                 repository: "test".into(),
                 commit: "c0ffee".into(),
                 path: "purchase-order.yaml".into(),
@@ -206,9 +206,8 @@ async fn secure_cluster_authenticates_callers_and_applies_the_policy() {
         .await
         .unwrap();
     let actors: Vec<(&str, &str)> = history
-        .records
         .iter()
-        .map(|r| (r.actor_id.as_str(), r.actor_authn.as_str()))
+        .map(|r| (r.record.actor.id.as_str(), r.record.actor.authn.as_str()))
         .collect();
     assert_eq!(
         actors,
@@ -240,13 +239,14 @@ async fn secure_cluster_authenticates_callers_and_applies_the_policy() {
         .history(by_key("purchase-order", "PO-2"), 0)
         .await
         .unwrap();
-    assert_eq!(history.records[0].actor_id, "carol");
-    assert_eq!(history.records[0].actor_authn, "mtls");
-    assert_eq!(history.records[0].actor_roles, vec!["approver".to_string()]);
+    let actor = &history[0].record.actor;
+    assert_eq!(actor.id, "carol");
+    assert_eq!(actor.authn, "mtls");
+    assert_eq!(actor.roles, vec!["approver".to_string()]);
 
     // The default policy: admin applies, admin or auditor reads audit.
     match on(alice.clone())
-        .apply_definition(&request_id(), PO, pb::Provenance::default())
+        .apply_definition(&request_id(), PO, lockstep_client::Provenance::default())
         .await
         .unwrap_err()
     {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use lockstep_client::worker::{TaskFailure, WorkerOptions, run};
-use lockstep_client::{Client, Credentials, Identity, Options, Tls, pb};
+use lockstep_client::{Client, Credentials, Identity, LeasedTask, Options, Tls};
 use lockstep_core::ActorKind;
 
 #[derive(Parser)]
@@ -55,19 +55,15 @@ struct Args {
 }
 
 /// The pretend ERP call: a PO number for the instance, or a failure for a blocked supplier.
-async fn place_order(
-    task: pb::LeasedTask,
-    work: Duration,
-) -> Result<serde_json::Value, TaskFailure> {
-    let input: serde_json::Value = serde_json::from_str(&task.input_json).unwrap_or_default();
-    if input["supplier"] == "blocked" {
+async fn place_order(task: LeasedTask, work: Duration) -> Result<serde_json::Value, TaskFailure> {
+    if task.input["supplier"] == "blocked" {
         return Err(TaskFailure {
             error: "the ERP refuses orders from a blocked supplier".into(),
             retryable: false,
         });
     }
     tokio::time::sleep(work).await;
-    let instance = task.lease.map(|l| l.instance_id).unwrap_or_default();
+    let instance = task.lease.instance_id;
     Ok(serde_json::json!({ "data": { "po_number": format!("PO-{instance}") } }))
 }
 
@@ -112,7 +108,7 @@ async fn main() -> std::process::ExitCode {
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let work = Duration::from_millis(args.work_ms);
     let (max, counter, stopper) = (args.max_tasks, Arc::clone(&done), stop.clone());
-    let handler = move |task: pb::LeasedTask| {
+    let handler = move |task: LeasedTask| {
         let (counter, stopper) = (Arc::clone(&counter), stopper.clone());
         async move {
             let result = place_order(task, work).await;

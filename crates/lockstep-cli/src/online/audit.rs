@@ -285,28 +285,29 @@ pub async fn audit_tail(
     from: u64,
     follow: bool,
 ) -> anyhow::Result<()> {
-    let mut stream = conn.client()?.tail(from, follow).await?;
+    let mut feed = conn.client()?.tail(from, follow).await?;
     if output == Output::Table {
         println!(
             "{:>6}  {:<28} {:<18} {:<20} {:<14} {:<14} {:<20} FROM -> TO",
             "SEQ", "AT", "KIND", "WORKFLOW", "INSTANCE", "ACTOR", "TRANSITION"
         );
     }
-    while let Some(rec) = stream.message().await.map_err(Error::Other)? {
+    while let Some(rec) = feed.next().await? {
+        let r = &rec.record;
         match output {
             // One record per line, so that a followed feed can be consumed as it comes.
             Output::Json => println!("{}", record_value(&rec)?),
             Output::Table => println!(
                 "{:>6}  {:<28} {:<18} {:<20} {:<14} {:<14} {:<20} {} -> {}",
                 rec.global_seq,
-                rec.at,
-                rec.kind,
-                rec.workflow,
-                rec.instance_id,
-                rec.actor_id,
-                rec.transition,
-                rec.from,
-                rec.to
+                r.at.to_string(),
+                r.kind.name(),
+                r.workflow,
+                r.instance_id,
+                r.actor.id,
+                or_empty(&r.transition),
+                or_empty(&r.from),
+                or_empty(&r.to)
             ),
         }
     }

@@ -14,7 +14,7 @@ pub async fn apply(
     for file in files {
         let source =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let provenance = pb::Provenance {
+        let provenance = Provenance {
             repository: repository.into(),
             commit: commit.into(),
             path: file.display().to_string(),

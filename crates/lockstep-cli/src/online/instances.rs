@@ -165,7 +165,7 @@ pub async fn migrate(conn: &Connection, output: Output, args: &MigrateArgs) -> a
         all: args.all,
         page_token: String::new(),
     };
-    let mut migrated: Vec<pb::MigratedInstance> = Vec::new();
+    let mut migrated: Vec<lockstep_client::MigratedInstance> = Vec::new();
     // The full versions, as the cluster resolved the prefixes given.
     let mut versions: (String, String);
     let mut batches = 0u32;
@@ -197,7 +197,7 @@ pub async fn migrate(conn: &Connection, output: Output, args: &MigrateArgs) -> a
         if !(args.all && r.more) {
             break;
         }
-        request.page_token = r.next_page_token;
+        request.page_token = r.next_page_token.unwrap_or_default();
     }
     match output {
         Output::Json => println!(
@@ -227,31 +227,36 @@ pub async fn migrate(conn: &Connection, output: Output, args: &MigrateArgs) -> a
     Ok(())
 }
 
-fn instance_json(i: &pb::Instance) -> serde_json::Value {
+fn instance_json(i: &Instance) -> serde_json::Value {
+    let time = |t: Option<Timestamp>| t.map(|t| t.to_string());
     serde_json::json!({
-        "id": i.id, "workflow": i.workflow, "key": i.key, "state": i.state, "version": i.version,
-        "data": serde_json::from_str::<serde_json::Value>(&i.data_json).unwrap_or_default(),
-        "created_by": i.created_by, "created_at": i.created_at, "entered_at": i.entered_at, "updated_at": i.updated_at,
+        "id": i.id, "workflow": i.workflow, "key": key_text(i), "state": i.state, "version": i.version,
+        "data": i.data,
+        "created_by": i.created_by, "created_at": i.created_at.to_string(), "entered_at": i.entered_at.to_string(), "updated_at": i.updated_at.to_string(),
         "definition_version": i.definition_version,
-        "slas": i.slas.iter().map(|s| serde_json::json!({"name": s.name, "status": s.status, "breached": s.breached, "warned_percent": s.warned_percent, "remaining_ms": s.remaining_ms})).collect::<Vec<_>>(),
-        "timers": i.timers.iter().map(|t| serde_json::json!({"id": t.id, "due_at": t.due_at, "kind": t.kind})).collect::<Vec<_>>(),
+        "slas": i.slas.iter().map(|(name, s)| serde_json::json!({"name": name, "status": s.status.name(), "breached": s.breached, "warned_percent": warned_percent(s), "remaining_ms": s.remaining_ms})).collect::<Vec<_>>(),
+        "timers": i.timers.iter().map(|t| serde_json::json!({"id": t.id, "due_at": t.due_at.to_string(), "kind": t.kind_name()})).collect::<Vec<_>>(),
         "tasks": i.tasks.iter().map(|t| serde_json::json!({
             "id": t.id, "queue": t.queue, "task_type": t.task_type, "origin": t.origin,
-            "status": t.status, "attempt": t.attempt, "worker": non_empty(&t.worker),
-            "lease_expires_at": non_empty(&t.lease_expires_at), "last_error": non_empty(&t.last_error),
-            "input": serde_json::from_str::<serde_json::Value>(&t.input_json).unwrap_or_default(),
-            "result": serde_json::from_str::<serde_json::Value>(&t.result_json).ok(),
+            "status": t.status.name(), "attempt": t.attempt, "worker": t.worker,
+            "lease_expires_at": time(t.lease_expires_at), "last_error": t.last_error,
+            "input": t.input, "result": t.result,
         })).collect::<Vec<_>>(),
         "incidents": i.incidents.iter().map(|inc| serde_json::json!({
-            "id": inc.id, "task_id": non_empty(&inc.task_id), "reason": inc.reason,
-            "opened_at": inc.opened_at, "resolved_at": non_empty(&inc.resolved_at),
+            "id": inc.id, "task_id": inc.task_id, "reason": inc.reason,
+            "opened_at": inc.opened_at.to_string(), "resolved_at": time(inc.resolved_at),
         })).collect::<Vec<_>>(),
     })
 }
 
-/// `None` (JSON null) for a proto string left empty.
-fn non_empty(text: &str) -> Option<&str> {
-    (!text.is_empty()).then_some(text)
+/// The business key as printed: empty when the instance has none.
+fn key_text(i: &Instance) -> &str {
+    i.key.as_deref().unwrap_or_default()
+}
+
+/// The highest warning threshold reached, 0 for none (as the wire and earlier output say).
+fn warned_percent(s: &SlaView) -> u32 {
+    s.warned.map(u32::from).unwrap_or(0)
 }
 
 pub async fn get(
@@ -265,9 +270,8 @@ pub async fn get(
     } else {
         pb::ReadConsistency::Linearizable
     };
-    let r = conn.client()?.get(target(instance), consistency).await?;
-    let i = r.instance.context("the node returned no instance")?;
-    let read = r.read.unwrap_or_default();
+    let InstanceRead { instance: i, read } =
+        conn.client()?.get(target(instance), consistency).await?;
     match output {
         Output::Json => {
             let mut v = instance_json(&i);
@@ -279,41 +283,40 @@ pub async fn get(
                 "{} ({} {}){}",
                 i.id,
                 i.workflow,
-                if i.key.is_empty() {
-                    String::new()
-                } else {
-                    format!("key {}", i.key)
+                match &i.key {
+                    None => String::new(),
+                    Some(key) => format!("key {key}"),
                 },
                 if read.stale { "  [stale read]" } else { "" }
             );
             println!("  state     {}  (since {})", i.state, i.entered_at);
             println!("  version   {}", i.version);
-            println!("  data      {}", i.data_json);
-            for s in &i.slas {
+            println!("  data      {}", i.data);
+            for (name, s) in &i.slas {
                 println!(
                     "  sla       {}: {}{}{}  remaining {} ms",
-                    s.name,
-                    s.status,
-                    if s.warned_percent > 0 {
-                        format!(", warned {}%", s.warned_percent)
-                    } else {
-                        String::new()
+                    name,
+                    s.status.name(),
+                    match s.warned {
+                        Some(percent) if percent > 0 => format!(", warned {percent}%"),
+                        _ => String::new(),
                     },
                     if s.breached { ", BREACHED" } else { "" },
                     s.remaining_ms
                 );
             }
             for t in &i.timers {
-                println!("  timer     {} ({}) due {}", t.id, t.kind, t.due_at);
+                println!("  timer     {} ({}) due {}", t.id, t.kind_name(), t.due_at);
             }
             for t in &i.tasks {
                 println!(
                     "  task      {} on queue {}: {} (attempt {}){}",
                     t.id,
                     t.queue,
-                    t.status,
+                    t.status.name(),
                     t.attempt,
-                    non_empty(&t.last_error)
+                    t.last_error
+                        .as_ref()
                         .map(|e| format!(", last error: {e}"))
                         .unwrap_or_default()
                 );
@@ -322,7 +325,7 @@ pub async fn get(
                 println!(
                     "  incident  {} {}: {}",
                     inc.id,
-                    if inc.resolved_at.is_empty() {
+                    if inc.resolved_at.is_none() {
                         "OPEN"
                     } else {
                         "resolved"
@@ -365,7 +368,7 @@ pub async fn list(
     match output {
         Output::Json => println!(
             "{}",
-            serde_json::json!({"instances": r.instances.iter().map(instance_json).collect::<Vec<_>>(), "next_page_token": r.next_page_token})
+            serde_json::json!({"instances": r.instances.iter().map(instance_json).collect::<Vec<_>>(), "next_page_token": r.next_page_token.as_deref().unwrap_or_default()})
         ),
         Output::Table => {
             println!(
@@ -375,11 +378,15 @@ pub async fn list(
             for i in &r.instances {
                 println!(
                     "{:<14} {:<16} {:<22} {:>7}  {}",
-                    i.id, i.key, i.state, i.version, i.updated_at
+                    i.id,
+                    key_text(i),
+                    i.state,
+                    i.version,
+                    i.updated_at
                 );
             }
-            if !r.next_page_token.is_empty() {
-                println!("(more: --page-token {})", r.next_page_token);
+            if let Some(token) = &r.next_page_token {
+                println!("(more: --page-token {token})");
             }
         }
     }
@@ -387,11 +394,10 @@ pub async fn list(
 }
 
 pub async fn history(conn: &Connection, output: Output, instance: &str) -> anyhow::Result<()> {
-    let r = conn.client()?.history(target(instance), 0).await?;
+    let records = conn.client()?.history(target(instance), 0).await?;
     match output {
         Output::Json => {
-            let records = r
-                .records
+            let records = records
                 .iter()
                 .map(record_value)
                 .collect::<anyhow::Result<Vec<_>>>()?;
@@ -402,17 +408,18 @@ pub async fn history(conn: &Connection, output: Output, instance: &str) -> anyho
                 "{:>5} {:>4}  {:<28} {:<16} {:<14} {:<24} FROM -> TO",
                 "SEQ", "#", "AT", "KIND", "ACTOR", "TRANSITION"
             );
-            for rec in &r.records {
+            for rec in &records {
+                let r = &rec.record;
                 println!(
                     "{:>5} {:>4}  {:<28} {:<16} {:<14} {:<24} {} -> {}",
                     rec.global_seq,
                     rec.instance_seq,
-                    rec.at,
-                    rec.kind,
-                    rec.actor_id,
-                    rec.transition,
-                    rec.from,
-                    rec.to
+                    r.at.to_string(),
+                    r.kind.name(),
+                    r.actor.id,
+                    or_empty(&r.transition),
+                    or_empty(&r.from),
+                    or_empty(&r.to)
                 );
             }
         }

@@ -10,10 +10,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use lockstep_client::model::SlaView;
 use lockstep_client::{
-    Client, Credentials, Error, Identity, Options, Tls, by_id, by_key, pb, request_id,
+    AuditRecord, Client, Credentials, Error, Identity, Instance, InstanceChange, InstanceRead,
+    Named, Options, Provenance, Tls, by_id, by_key, pb, request_id,
 };
-use lockstep_core::{ActorKind, RefusalCode};
+use lockstep_core::{ActorKind, RefusalCode, Timestamp};
 
 use crate::{Output, exit};
 
@@ -207,6 +209,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             exit::REFUSED
         }
         Some(Error::InvalidArgument(_)) => exit::USAGE,
+        // The node answered, with something this binary cannot read: like an unexpected
+        // status, not a local mistake.
+        Some(Error::Decode { .. }) => exit::REFUSED,
         Some(Error::Other(status)) => {
             if matches!(
                 i32::from(status.code()),
@@ -261,7 +266,7 @@ fn parse_json(text: Option<&str>, what: &str) -> anyhow::Result<serde_json::Valu
     }
 }
 
-fn print_change(output: Output, c: &pb::InstanceChange) {
+fn print_change(output: Output, c: &InstanceChange) {
     match output {
         Output::Json => println!(
             "{}",
@@ -331,8 +336,13 @@ impl PerEndpoint {
     }
 }
 
+/// An optional name as the tables print it: empty when absent.
+fn or_empty(text: &Option<String>) -> &str {
+    text.as_deref().unwrap_or_default()
+}
+
 /// The complete record (as stored, with its hashes) from its JSON text.
-fn record_value(rec: &pb::AuditRecord) -> anyhow::Result<serde_json::Value> {
+fn record_value(rec: &AuditRecord) -> anyhow::Result<serde_json::Value> {
     serde_json::from_str(&rec.record_json).with_context(|| {
         format!(
             "the node sent audit record {} with invalid JSON",

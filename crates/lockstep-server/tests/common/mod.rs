@@ -549,7 +549,7 @@ impl Cluster {
             .apply_definition(
                 &lockstep_client::request_id(),
                 &source,
-                pb::Provenance::default(),
+                lockstep_client::Provenance::default(),
             )
             .await
             .unwrap();
@@ -579,7 +579,6 @@ impl Cluster {
             .await
             .unwrap()
             .instance
-            .unwrap()
             .state
     }
 
@@ -590,7 +589,7 @@ impl Cluster {
             .apply_definition(
                 &lockstep_client::request_id(),
                 PO,
-                pb::Provenance {
+                lockstep_client::Provenance {
                     repository: "test".into(),
                     commit: "c0ffee".into(),
                     path: "purchase-order.yaml".into(),

@@ -1,0 +1,958 @@
+//! What the client answers: domain types, converted from the protobuf messages at the edge so
+//! that callers never read wire fields (issue 19).
+//!
+//! Where the engine already has the concept and the wire carries all of it, the engine's type
+//! is reused ([`Incident`], [`TimerKind`], [`TaskStatus`], [`LeaseToken`], [`SlaView`], the
+//! engine's part of an [`AuditRecord`]); otherwise a small struct holds what the wire carries.
+//! Times are [`Timestamp`]s, instance data, task inputs and results are JSON values, and an
+//! empty wire string that means "none" is `None`.
+//!
+//! Conversions are built from the typed fields, never from the deprecated `*_json` strings
+//! (`tasks_json`, `incidents_json`, `kind_json`), which the server still fills for one
+//! release. A message that does not convert (a time that is not RFC 3339, data that is not
+//! JSON, a name the engine does not know) is [`Error::Decode`]: the node and this client do
+//! not speak the same version of the API.
+
+use std::collections::BTreeMap;
+
+pub use lockstep_core::audit::{ActorRecord, AuditKind, PredicateTrace, TimerFiring};
+pub use lockstep_core::engine::{Incident, LeaseToken, TaskStatus, TimerKind};
+pub use lockstep_core::sla::{SlaStatus, SlaView};
+use lockstep_core::{AuditRecord as EngineRecord, Timestamp};
+
+use crate::{Error, pb};
+
+/// The engine's enums that the wire carries by name (`task_completed`, `ready`, `running`):
+/// the names are the engine's own serde names, parsed at the edge and spelled back for people
+/// and JSON output.
+pub trait Named: Sized {
+    /// The name as the wire and the engine's JSON spell it.
+    fn name(&self) -> String;
+    /// The value of a name, `None` for a name the engine does not know.
+    fn from_name(name: &str) -> Option<Self>;
+}
+
+macro_rules! named_by_serde {
+    ($($t:ty),*) => {$(
+        impl Named for $t {
+            fn name(&self) -> String {
+                match serde_json::to_value(self) {
+                    Ok(serde_json::Value::String(name)) => name,
+                    _ => unreachable!("a unit variant serializes as its name"),
+                }
+            }
+
+            fn from_name(name: &str) -> Option<Self> {
+                serde_json::from_value(serde_json::Value::String(name.into())).ok()
+            }
+        }
+    )*};
+}
+
+named_by_serde!(AuditKind, TaskStatus, SlaStatus);
+
+/// How a read was served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadInfo {
+    /// Served from the node's replica as it was, without a quorum check.
+    pub stale: bool,
+    pub node_id: u64,
+    pub applied_index: u64,
+}
+
+/// The outcome of an applied write on an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceChange {
+    pub instance_id: String,
+    /// The instance version after the change.
+    pub version: u64,
+    pub state: String,
+    /// Global sequence of the audit record written with the change.
+    pub audit_seq: u64,
+}
+
+/// One run of a workflow definition, as a read returns it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Instance {
+    pub id: String,
+    pub workflow: String,
+    pub definition_version: String,
+    /// The business key, unique per workflow.
+    pub key: Option<String>,
+    pub state: String,
+    pub data: serde_json::Value,
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub entered_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// Incremented by every applied change.
+    pub version: u64,
+    /// The SLAs as the node saw them when it answered, by name.
+    pub slas: BTreeMap<String, SlaView>,
+    /// Armed timers, by id.
+    pub timers: Vec<Timer>,
+    /// Tasks, by id.
+    pub tasks: Vec<Task>,
+    /// Incidents, by id.
+    pub incidents: Vec<Incident>,
+}
+
+impl Instance {
+    pub fn task(&self, id: &str) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.id == id)
+    }
+
+    /// Incidents not resolved yet.
+    pub fn open_incidents(&self) -> impl Iterator<Item = &Incident> {
+        self.incidents.iter().filter(|i| i.resolved_at.is_none())
+    }
+}
+
+/// An armed timer of an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timer {
+    pub id: String,
+    pub due_at: Timestamp,
+    pub kind: TimerKind,
+}
+
+impl Timer {
+    /// The kind's name: `state_expiry`, `sla_warning`, `sla_breach`, `task_lease` or
+    /// `task_retry`.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            TimerKind::StateExpiry { .. } => "state_expiry",
+            TimerKind::SlaWarning { .. } => "sla_warning",
+            TimerKind::SlaBreach { .. } => "sla_breach",
+            TimerKind::TaskLease { .. } => "task_lease",
+            TimerKind::TaskRetry { .. } => "task_retry",
+        }
+    }
+
+    /// The SLA a warning or breach timer belongs to.
+    pub fn sla(&self) -> Option<&str> {
+        match &self.kind {
+            TimerKind::SlaWarning { sla, .. } | TimerKind::SlaBreach { sla } => Some(sla),
+            _ => None,
+        }
+    }
+}
+
+/// A task of an instance: created by a transition's `task` effect, leased by workers. The
+/// engine's task less its retry policy, which the wire does not carry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    pub id: String,
+    pub queue: String,
+    pub task_type: String,
+    /// The transition whose effect created the task.
+    pub origin: String,
+    pub status: TaskStatus,
+    /// Attempts started so far (0 before the first lease).
+    pub attempt: u32,
+    /// The lease, while leased: its token, the worker holding it and its expiry.
+    pub lease: Option<LeaseToken>,
+    pub worker: Option<String>,
+    pub lease_expires_at: Option<Timestamp>,
+    pub first_attempt_at: Option<Timestamp>,
+    pub timeout_ms: u64,
+    /// The transitions taken when it completes and when its retries are exhausted.
+    pub on_complete: Option<String>,
+    pub on_exhausted: Option<String>,
+    pub last_error: Option<String>,
+    pub input: serde_json::Value,
+    /// Once completed, the worker's result.
+    pub result: Option<serde_json::Value>,
+    /// The instance version whose change created it, and the effect's position in it.
+    pub created_version: u64,
+    pub created_effect: u32,
+}
+
+/// A stored audit record: the engine's record, where it sits in the chains and the Raft log,
+/// and its complete JSON.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditRecord {
+    pub global_seq: u64,
+    pub instance_seq: u64,
+    pub raft_term: u64,
+    pub raft_index: u64,
+    /// What happened: kind, instance, transition, actor, time, predicates, timer firing.
+    pub record: EngineRecord,
+    /// Hex hashes of the previous record and of this one in the global chain.
+    pub prev_hash: String,
+    pub hash: String,
+    /// The complete record as the node stores it, the canonical form the hash chains cover:
+    /// a verifier recomputes the chains from it.
+    pub record_json: String,
+}
+
+/// Where a definition came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Provenance {
+    pub repository: String,
+    pub commit: String,
+    pub path: String,
+}
+
+/// An applied version of a workflow definition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Definition {
+    pub workflow: String,
+    /// SHA-256 of the canonical form.
+    pub version: String,
+    /// The YAML source as applied.
+    pub source: String,
+    pub provenance: Provenance,
+    pub applied_by: String,
+    pub applied_at: Timestamp,
+}
+
+/// The answer to applying a definition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedDefinition {
+    pub workflow: String,
+    pub version: String,
+    /// False when this exact version was already applied.
+    pub created: bool,
+}
+
+/// An instance and how the read was served.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceRead {
+    pub instance: Instance,
+    pub read: ReadInfo,
+}
+
+/// A page of a listing; `next_page_token` asks for the next one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstancePage {
+    pub instances: Vec<Instance>,
+    pub next_page_token: Option<String>,
+    pub read: ReadInfo,
+}
+
+/// One instance a migration moved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigratedInstance {
+    pub instance_id: String,
+    pub from_state: String,
+    pub to_state: String,
+    /// The instance's version after the migration.
+    pub version: u64,
+    /// Global sequence of the migration's audit record.
+    pub audit_seq: u64,
+}
+
+/// What one migration call did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationBatch {
+    pub instances: Vec<MigratedInstance>,
+    /// How many instances this call migrated.
+    pub migrated: u32,
+    /// With `all`: more instances may remain; call again with `next_page_token`.
+    pub more: bool,
+    pub next_page_token: Option<String>,
+    /// The full versions migrated from and to (the request may name prefixes).
+    pub from_version: String,
+    pub to_version: String,
+}
+
+/// A leased task, named by its instance and id, with the fencing token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskLease {
+    pub instance_id: String,
+    pub task_id: String,
+    pub token: LeaseToken,
+}
+
+/// A task a poll leased to the caller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeasedTask {
+    pub lease: TaskLease,
+    pub workflow: String,
+    pub queue: String,
+    pub task_type: String,
+    pub input: serde_json::Value,
+    /// Cluster time after which the lease expires unless a heartbeat extends it.
+    pub lease_expires_at: Timestamp,
+    /// The transition whose effect created the task.
+    pub origin: String,
+}
+
+/// The answer to a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The new lease expiry.
+    pub lease_expires_at: Timestamp,
+    /// Global sequence of the `task_heartbeat` audit record.
+    pub audit_seq: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// From the wire.
+
+fn decode(what: &'static str, reason: impl Into<String>) -> Error {
+    Error::Decode {
+        what,
+        reason: reason.into(),
+    }
+}
+
+fn timestamp(what: &'static str, field: &str, text: &str) -> Result<Timestamp, Error> {
+    Timestamp::parse_rfc3339(text).map_err(|e| decode(what, format!("{field}: {e}")))
+}
+
+/// An RFC 3339 time, or `None` for the empty string.
+fn optional_timestamp(
+    what: &'static str,
+    field: &str,
+    text: &str,
+) -> Result<Option<Timestamp>, Error> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    timestamp(what, field, text).map(Some)
+}
+
+/// A JSON text, or `None` for the empty string.
+fn optional_json(
+    what: &'static str,
+    field: &str,
+    text: &str,
+) -> Result<Option<serde_json::Value>, Error> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|e| decode(what, format!("{field} is not valid JSON: {e}")))
+}
+
+fn named<T: Named>(what: &'static str, field: &str, name: &str) -> Result<T, Error> {
+    T::from_name(name).ok_or_else(|| decode(what, format!("{field} `{name}` is unknown")))
+}
+
+/// `None` for a string the wire left empty.
+fn non_empty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+fn required<T>(what: &'static str, field: &str, value: Option<T>) -> Result<T, Error> {
+    value.ok_or_else(|| decode(what, format!("{field} is missing")))
+}
+
+/// Adds the id of the message that failed to convert to the reason.
+fn within(id: &str, e: Error) -> Error {
+    match e {
+        Error::Decode { what, reason } => decode(what, format!("{id}: {reason}")),
+        other => other,
+    }
+}
+
+impl From<pb::ReadInfo> for ReadInfo {
+    fn from(r: pb::ReadInfo) -> ReadInfo {
+        ReadInfo {
+            stale: r.stale,
+            node_id: r.node_id,
+            applied_index: r.applied_index,
+        }
+    }
+}
+
+impl From<pb::InstanceChange> for InstanceChange {
+    fn from(c: pb::InstanceChange) -> InstanceChange {
+        InstanceChange {
+            instance_id: c.instance_id,
+            version: c.version,
+            state: c.state,
+            audit_seq: c.audit_seq,
+        }
+    }
+}
+
+impl TryFrom<pb::Instance> for Instance {
+    type Error = Error;
+
+    fn try_from(i: pb::Instance) -> Result<Instance, Error> {
+        const WHAT: &str = "instance";
+        let id = i.id.clone();
+        let convert = || -> Result<Instance, Error> {
+            Ok(Instance {
+                data: optional_json(WHAT, "data_json", &i.data_json)?
+                    .unwrap_or(serde_json::Value::Null),
+                created_at: timestamp(WHAT, "created_at", &i.created_at)?,
+                entered_at: timestamp(WHAT, "entered_at", &i.entered_at)?,
+                updated_at: timestamp(WHAT, "updated_at", &i.updated_at)?,
+                slas: i
+                    .slas
+                    .into_iter()
+                    .map(sla)
+                    .collect::<Result<BTreeMap<_, _>, Error>>()?,
+                timers: i
+                    .timers
+                    .into_iter()
+                    .map(Timer::try_from)
+                    .collect::<Result<_, _>>()?,
+                tasks: i
+                    .tasks
+                    .into_iter()
+                    .map(Task::try_from)
+                    .collect::<Result<_, _>>()?,
+                incidents: i
+                    .incidents
+                    .into_iter()
+                    .map(incident)
+                    .collect::<Result<_, _>>()?,
+                id: i.id,
+                workflow: i.workflow,
+                definition_version: i.definition_version,
+                key: non_empty(i.key),
+                state: i.state,
+                created_by: i.created_by,
+                version: i.version,
+            })
+        };
+        convert().map_err(|e| within(&id, e))
+    }
+}
+
+fn sla(s: pb::Sla) -> Result<(String, SlaView), Error> {
+    const WHAT: &str = "SLA";
+    let status = named(WHAT, "status", &s.status).map_err(|e| within(&s.name, e))?;
+    let warned = match s.warned_percent {
+        0 => None,
+        percent => Some(u8::try_from(percent).map_err(|_| {
+            decode(
+                WHAT,
+                format!("{}: warned_percent {percent} is over 255", s.name),
+            )
+        })?),
+    };
+    let view = SlaView {
+        status,
+        warned,
+        breached: s.breached,
+        consumed_ms: s.consumed_ms,
+        remaining_ms: s.remaining_ms,
+    };
+    Ok((s.name, view))
+}
+
+impl TryFrom<pb::Timer> for Timer {
+    type Error = Error;
+
+    fn try_from(t: pb::Timer) -> Result<Timer, Error> {
+        const WHAT: &str = "timer";
+        let kind = match t.kind.as_str() {
+            "state_expiry" => TimerKind::StateExpiry {
+                state: t.state,
+                transition: t.transition,
+            },
+            "sla_warning" => TimerKind::SlaWarning {
+                sla: t.sla,
+                percent: u8::try_from(t.percent).map_err(|_| {
+                    decode(WHAT, format!("{}: percent {} is over 255", t.id, t.percent))
+                })?,
+            },
+            "sla_breach" => TimerKind::SlaBreach { sla: t.sla },
+            "task_lease" => TimerKind::TaskLease {
+                task_id: t.task_id,
+                attempt: t.attempt,
+            },
+            "task_retry" => TimerKind::TaskRetry {
+                task_id: t.task_id,
+                attempt: t.attempt,
+            },
+            other => return Err(decode(WHAT, format!("{}: kind `{other}` is unknown", t.id))),
+        };
+        Ok(Timer {
+            due_at: timestamp(WHAT, "due_at", &t.due_at).map_err(|e| within(&t.id, e))?,
+            id: t.id,
+            kind,
+        })
+    }
+}
+
+impl TryFrom<pb::Task> for Task {
+    type Error = Error;
+
+    fn try_from(t: pb::Task) -> Result<Task, Error> {
+        const WHAT: &str = "task";
+        let id = t.id.clone();
+        let convert = || -> Result<Task, Error> {
+            Ok(Task {
+                status: named(WHAT, "status", &t.status)?,
+                lease: t.lease.map(|l| LeaseToken {
+                    term: l.term,
+                    attempt: l.attempt,
+                }),
+                lease_expires_at: optional_timestamp(
+                    WHAT,
+                    "lease_expires_at",
+                    &t.lease_expires_at,
+                )?,
+                first_attempt_at: optional_timestamp(
+                    WHAT,
+                    "first_attempt_at",
+                    &t.first_attempt_at,
+                )?,
+                input: optional_json(WHAT, "input_json", &t.input_json)?
+                    .unwrap_or(serde_json::Value::Null),
+                result: optional_json(WHAT, "result_json", &t.result_json)?,
+                id: t.id,
+                queue: t.queue,
+                task_type: t.task_type,
+                origin: t.origin,
+                attempt: t.attempt,
+                worker: non_empty(t.worker),
+                timeout_ms: t.timeout_ms,
+                on_complete: non_empty(t.on_complete),
+                on_exhausted: non_empty(t.on_exhausted),
+                last_error: non_empty(t.last_error),
+                created_version: t.created_version,
+                created_effect: t.created_effect,
+            })
+        };
+        convert().map_err(|e| within(&id, e))
+    }
+}
+
+fn incident(i: pb::Incident) -> Result<Incident, Error> {
+    const WHAT: &str = "incident";
+    let id = i.id.clone();
+    let convert = || -> Result<Incident, Error> {
+        Ok(Incident {
+            opened_at: timestamp(WHAT, "opened_at", &i.opened_at)?,
+            resolved_at: optional_timestamp(WHAT, "resolved_at", &i.resolved_at)?,
+            id: i.id,
+            task_id: non_empty(i.task_id),
+            reason: i.reason,
+        })
+    };
+    convert().map_err(|e| within(&id, e))
+}
+
+impl TryFrom<pb::AuditRecord> for AuditRecord {
+    type Error = Error;
+
+    fn try_from(r: pb::AuditRecord) -> Result<AuditRecord, Error> {
+        const WHAT: &str = "audit record";
+        let seq = r.global_seq.to_string();
+        let convert = || -> Result<AuditRecord, Error> {
+            let timer = match r.timer {
+                Some(t) => Some(TimerFiring {
+                    due_at: timestamp(WHAT, "timer.due_at", &t.due_at)?,
+                    fired_at: timestamp(WHAT, "timer.fired_at", &t.fired_at)?,
+                    timer_id: t.timer_id,
+                    lateness_ms: t.lateness_ms,
+                }),
+                None => None,
+            };
+            let record = EngineRecord {
+                kind: named(WHAT, "kind", &r.kind)?,
+                at: timestamp(WHAT, "at", &r.at)?,
+                workflow: r.workflow,
+                instance_id: r.instance_id,
+                definition_version: r.definition_version,
+                transition: non_empty(r.transition),
+                from: non_empty(r.from),
+                to: non_empty(r.to),
+                actor: ActorRecord {
+                    id: r.actor_id,
+                    kind: r.actor_kind,
+                    roles: r.actor_roles,
+                    authn: r.actor_authn,
+                },
+                instance_version: r.instance_version,
+                payload_digest: non_empty(r.payload_digest),
+                predicates: r
+                    .predicates
+                    .into_iter()
+                    .map(|p| PredicateTrace {
+                        role: p.role,
+                        expression: p.expression,
+                        result: p.result,
+                    })
+                    .collect(),
+                timer,
+                task_id: non_empty(r.task_id),
+                sla: non_empty(r.sla),
+                note: non_empty(r.note),
+            };
+            Ok(AuditRecord {
+                global_seq: r.global_seq,
+                instance_seq: r.instance_seq,
+                raft_term: r.raft_term,
+                raft_index: r.raft_index,
+                record,
+                prev_hash: r.prev_hash,
+                hash: r.hash,
+                record_json: r.record_json,
+            })
+        };
+        convert().map_err(|e| within(&format!("#{seq}"), e))
+    }
+}
+
+impl From<pb::Provenance> for Provenance {
+    fn from(p: pb::Provenance) -> Provenance {
+        Provenance {
+            repository: p.repository,
+            commit: p.commit,
+            path: p.path,
+        }
+    }
+}
+
+impl From<Provenance> for pb::Provenance {
+    fn from(p: Provenance) -> pb::Provenance {
+        pb::Provenance {
+            repository: p.repository,
+            commit: p.commit,
+            path: p.path,
+        }
+    }
+}
+
+impl TryFrom<pb::Definition> for Definition {
+    type Error = Error;
+
+    fn try_from(d: pb::Definition) -> Result<Definition, Error> {
+        const WHAT: &str = "definition";
+        Ok(Definition {
+            applied_at: timestamp(WHAT, "applied_at", &d.applied_at)
+                .map_err(|e| within(&format!("{}@{}", d.workflow, d.version), e))?,
+            workflow: d.workflow,
+            version: d.version,
+            source: d.source,
+            provenance: d.provenance.map(Provenance::from).unwrap_or_default(),
+            applied_by: d.applied_by,
+        })
+    }
+}
+
+impl From<pb::ApplyDefinitionResponse> for AppliedDefinition {
+    fn from(r: pb::ApplyDefinitionResponse) -> AppliedDefinition {
+        AppliedDefinition {
+            workflow: r.workflow,
+            version: r.version,
+            created: r.created,
+        }
+    }
+}
+
+impl TryFrom<pb::GetInstanceResponse> for InstanceRead {
+    type Error = Error;
+
+    fn try_from(r: pb::GetInstanceResponse) -> Result<InstanceRead, Error> {
+        const WHAT: &str = "instance read";
+        Ok(InstanceRead {
+            instance: required(WHAT, "instance", r.instance)?.try_into()?,
+            read: required(WHAT, "read", r.read)?.into(),
+        })
+    }
+}
+
+impl TryFrom<pb::ListInstancesResponse> for InstancePage {
+    type Error = Error;
+
+    fn try_from(r: pb::ListInstancesResponse) -> Result<InstancePage, Error> {
+        Ok(InstancePage {
+            instances: r
+                .instances
+                .into_iter()
+                .map(Instance::try_from)
+                .collect::<Result<_, _>>()?,
+            next_page_token: non_empty(r.next_page_token),
+            read: required("instance page", "read", r.read)?.into(),
+        })
+    }
+}
+
+impl From<pb::MigrateInstancesResponse> for MigrationBatch {
+    fn from(r: pb::MigrateInstancesResponse) -> MigrationBatch {
+        MigrationBatch {
+            instances: r
+                .instances
+                .into_iter()
+                .map(|m| MigratedInstance {
+                    instance_id: m.instance_id,
+                    from_state: m.from_state,
+                    to_state: m.to_state,
+                    version: m.version,
+                    audit_seq: m.audit_seq,
+                })
+                .collect(),
+            migrated: r.migrated,
+            more: r.more,
+            next_page_token: non_empty(r.next_page_token),
+            from_version: r.from_version,
+            to_version: r.to_version,
+        }
+    }
+}
+
+impl TryFrom<pb::TaskLease> for TaskLease {
+    type Error = Error;
+
+    fn try_from(l: pb::TaskLease) -> Result<TaskLease, Error> {
+        let token = required("task lease", "token", l.token)
+            .map_err(|e| within(&format!("{}/{}", l.instance_id, l.task_id), e))?;
+        Ok(TaskLease {
+            instance_id: l.instance_id,
+            task_id: l.task_id,
+            token: LeaseToken {
+                term: token.term,
+                attempt: token.attempt,
+            },
+        })
+    }
+}
+
+impl From<&TaskLease> for pb::TaskLease {
+    fn from(l: &TaskLease) -> pb::TaskLease {
+        pb::TaskLease {
+            instance_id: l.instance_id.clone(),
+            task_id: l.task_id.clone(),
+            token: Some(pb::LeaseToken {
+                term: l.token.term,
+                attempt: l.token.attempt,
+            }),
+        }
+    }
+}
+
+impl TryFrom<pb::LeasedTask> for LeasedTask {
+    type Error = Error;
+
+    fn try_from(t: pb::LeasedTask) -> Result<LeasedTask, Error> {
+        const WHAT: &str = "leased task";
+        let lease: TaskLease = required(WHAT, "lease", t.lease)?.try_into()?;
+        let convert = || -> Result<LeasedTask, Error> {
+            Ok(LeasedTask {
+                input: optional_json(WHAT, "input_json", &t.input_json)?
+                    .unwrap_or(serde_json::Value::Null),
+                lease_expires_at: timestamp(WHAT, "lease_expires_at", &t.lease_expires_at)?,
+                workflow: t.workflow,
+                queue: t.queue,
+                task_type: t.task_type,
+                origin: t.origin,
+                lease: lease.clone(),
+            })
+        };
+        convert().map_err(|e| within(&format!("{}/{}", lease.instance_id, lease.task_id), e))
+    }
+}
+
+impl TryFrom<pb::HeartbeatTaskResponse> for Heartbeat {
+    type Error = Error;
+
+    fn try_from(h: pb::HeartbeatTaskResponse) -> Result<Heartbeat, Error> {
+        Ok(Heartbeat {
+            lease_expires_at: timestamp("heartbeat", "lease_expires_at", &h.lease_expires_at)?,
+            audit_seq: h.audit_seq,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> Timestamp {
+        Timestamp::parse_rfc3339(text).unwrap()
+    }
+
+    #[allow(deprecated)]
+    fn wire_instance() -> pb::Instance {
+        pb::Instance {
+            id: "i-1".into(),
+            workflow: "po".into(),
+            definition_version: "abc".into(),
+            key: String::new(),
+            state: "billing".into(),
+            data_json: r#"{"amount":5}"#.into(),
+            created_by: "alice".into(),
+            created_at: "2026-01-02T03:04:05Z".into(),
+            entered_at: "2026-01-02T03:04:05.25Z".into(),
+            updated_at: "2026-01-02T03:04:06.000001Z".into(),
+            version: 3,
+            slas: vec![pb::Sla {
+                name: "approval".into(),
+                status: "running".into(),
+                breached: false,
+                warned_percent: 80,
+                remaining_ms: -5,
+                consumed_ms: 10,
+            }],
+            timers: vec![pb::Timer {
+                id: "t-1".into(),
+                due_at: "2026-01-03T00:00:00Z".into(),
+                kind: "sla_warning".into(),
+                sla: "approval".into(),
+                percent: 80,
+                // The deprecated JSON disagrees on purpose: the typed fields win.
+                kind_json: "garbage".into(),
+                ..Default::default()
+            }],
+            tasks_json: "garbage".into(),
+            incidents_json: "garbage".into(),
+            tasks: vec![pb::Task {
+                id: "k-1".into(),
+                queue: "erp".into(),
+                task_type: "bill".into(),
+                origin: "approve".into(),
+                status: "leased".into(),
+                attempt: 2,
+                lease: Some(pb::LeaseToken {
+                    term: 7,
+                    attempt: 2,
+                }),
+                worker: "w".into(),
+                lease_expires_at: "2026-01-02T03:05:00Z".into(),
+                first_attempt_at: "2026-01-02T03:04:30Z".into(),
+                timeout_ms: 30_000,
+                on_complete: "billed".into(),
+                on_exhausted: String::new(),
+                last_error: "timeout".into(),
+                input_json: r#"{"n":1}"#.into(),
+                result_json: String::new(),
+                created_version: 2,
+                created_effect: 0,
+            }],
+            incidents: vec![pb::Incident {
+                id: "n-1".into(),
+                task_id: "k-1".into(),
+                reason: "exhausted".into(),
+                opened_at: "2026-01-02T03:04:40Z".into(),
+                resolved_at: String::new(),
+            }],
+        }
+    }
+
+    #[test]
+    fn an_instance_converts_from_its_typed_fields() {
+        let i = Instance::try_from(wire_instance()).unwrap();
+        assert_eq!(i.key, None);
+        assert_eq!(i.data, serde_json::json!({"amount": 5}));
+        assert_eq!(i.entered_at.to_string(), "2026-01-02T03:04:05.25Z");
+        assert_eq!(i.updated_at.to_string(), "2026-01-02T03:04:06.000001Z");
+        let sla = &i.slas["approval"];
+        assert_eq!(
+            (sla.status, sla.warned, sla.remaining_ms),
+            (SlaStatus::Running, Some(80), -5)
+        );
+        assert_eq!(
+            i.timers[0].kind,
+            TimerKind::SlaWarning {
+                sla: "approval".into(),
+                percent: 80
+            }
+        );
+        assert_eq!(i.timers[0].kind_name(), "sla_warning");
+        let task = i.task("k-1").unwrap();
+        assert_eq!(task.status, TaskStatus::Leased);
+        assert_eq!(
+            task.lease,
+            Some(LeaseToken {
+                term: 7,
+                attempt: 2
+            })
+        );
+        assert_eq!(task.lease_expires_at, Some(at("2026-01-02T03:05:00Z")));
+        assert_eq!(task.on_exhausted, None);
+        assert_eq!(task.result, None);
+        assert_eq!(task.input, serde_json::json!({"n": 1}));
+        assert_eq!(i.open_incidents().count(), 1);
+        assert_eq!(i.incidents[0].task_id.as_deref(), Some("k-1"));
+    }
+
+    /// One malformed field, and the message that names it.
+    fn check_malformed(spoil: impl FnOnce(&mut pb::Instance), expected: &str) {
+        let mut wire = wire_instance();
+        spoil(&mut wire);
+        let err = Instance::try_from(wire).unwrap_err();
+        assert!(matches!(err, Error::Decode { .. }), "{err:?}");
+        assert_eq!(err.to_string(), expected);
+    }
+
+    #[test]
+    fn a_malformed_instance_is_a_decode_error_that_names_the_field() {
+        check_malformed(
+            |i| i.data_json = "{not json".into(),
+            "the node sent a malformed instance: i-1: data_json is not valid JSON: key must be a string at line 1 column 2; is this client as new as the cluster?",
+        );
+        check_malformed(
+            |i| i.tasks[0].status = "sleeping".into(),
+            "the node sent a malformed task: i-1: k-1: status `sleeping` is unknown; is this client as new as the cluster?",
+        );
+        check_malformed(
+            |i| i.timers[0].kind = "alarm".into(),
+            "the node sent a malformed timer: i-1: t-1: kind `alarm` is unknown; is this client as new as the cluster?",
+        );
+        check_malformed(
+            |i| i.incidents[0].opened_at = "yesterday".into(),
+            &format!(
+                "the node sent a malformed incident: i-1: n-1: opened_at: {}; is this client as new as the cluster?",
+                Timestamp::parse_rfc3339("yesterday").unwrap_err()
+            ),
+        );
+    }
+
+    #[test]
+    fn an_audit_record_converts_and_keeps_its_json() {
+        let wire = pb::AuditRecord {
+            global_seq: 9,
+            instance_seq: 2,
+            kind: "timer_fired".into(),
+            workflow: "po".into(),
+            instance_id: "i-1".into(),
+            transition: "expire".into(),
+            from: "open".into(),
+            to: "expired".into(),
+            actor_id: "system:timer".into(),
+            actor_kind: "system".into(),
+            at: "2026-01-02T03:04:05Z".into(),
+            hash: "h".into(),
+            record_json: r#"{"global_seq":9}"#.into(),
+            timer: Some(pb::TimerFiring {
+                timer_id: "t-1".into(),
+                due_at: "2026-01-02T03:04:04Z".into(),
+                fired_at: "2026-01-02T03:04:05Z".into(),
+                lateness_ms: 1000,
+            }),
+            ..Default::default()
+        };
+        let r = AuditRecord::try_from(wire).unwrap();
+        assert_eq!(r.record.kind, AuditKind::TimerFired);
+        assert_eq!(r.record.kind.name(), "timer_fired");
+        assert_eq!(r.record.payload_digest, None);
+        assert_eq!(r.record.timer.unwrap().lateness_ms, 1000);
+        assert_eq!(r.record_json, r#"{"global_seq":9}"#);
+        let bad = pb::AuditRecord {
+            global_seq: 4,
+            kind: "teleported".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            AuditRecord::try_from(bad).unwrap_err().to_string(),
+            "the node sent a malformed audit record: #4: kind `teleported` is unknown; is this client as new as the cluster?"
+        );
+    }
+
+    #[test]
+    fn engine_names_round_trip() {
+        for status in [
+            TaskStatus::Ready,
+            TaskStatus::Leased,
+            TaskStatus::Backoff,
+            TaskStatus::Completed,
+            TaskStatus::Exhausted,
+        ] {
+            assert_eq!(TaskStatus::from_name(&status.name()), Some(status));
+        }
+        assert_eq!(AuditKind::DefinitionApplied.name(), "definition_applied");
+        assert_eq!(SlaStatus::from_name("paused"), Some(SlaStatus::Paused));
+        assert_eq!(SlaStatus::from_name("Paused"), None);
+    }
+}
