@@ -210,3 +210,28 @@ def test_migrate_between_versions(cluster: Cluster, admin: Client) -> None:
     assert batch.instances[0].instance_id == created.instance_id
     assert admin.get_instance(created.instance_id).definition_version == v2.version
     assert admin.history(created.instance_id)[-1].kind == "migration"
+
+
+def test_actions_and_the_inbox_say_what_the_caller_may_do(cluster: Cluster, admin: Client, purchase_order: str) -> None:
+    key = new_order(cluster)
+    target = by_key("purchase-order", key)
+    entered = admin.get_instance(target).entered_at
+    with cluster.client("bob", ["approver"]) as bob:
+        answer = bob.actions(target)
+        actions = {a.transition: a for a in answer.actions}
+        assert (answer.state, answer.version) == ("submitted", 2)
+        assert {"approve", "reject", "ask"} <= set(actions) and "withdraw" not in actions
+        assert actions["approve"].to_state == "approved" and actions["approve"].available_now
+        # The inbox lists the order among those bob can act on.
+        token, found = None, None
+        for _ in range(100):
+            page = bob.inbox(["purchase-order"], states=["submitted"], page_size=100, page_token=token)
+            found = next((i for i in page.items if i.key == key), None)
+            if found is not None or page.next_page_token is None:
+                break
+            token = page.next_page_token
+        assert found is not None and found.instance_id == answer.instance_id
+        assert "approve" in {a.transition for a in found.actions}
+    with cluster.client("alice", ["requester"]) as alice:
+        withdraw = {a.transition: a for a in alice.actions(target).actions}["withdraw"]
+        assert not withdraw.available_now and withdraw.opens_at == entered + timedelta(hours=1)

@@ -9,7 +9,7 @@ wraps it.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from ._time import format_time
 from .models import (
@@ -39,6 +39,8 @@ RPCS = {
     "Instances/List": "list_instances",
     "Instances/History": "history",
     "Instances/Migrate": "migrate",
+    "Instances/Actions": "actions",
+    "Instances/Inbox": "inbox",
     "Audit/Tail": "tail",
     "Audit/Verify": "verify_audit",
     "Audit/SecurityLog": "security_log",
@@ -57,6 +59,9 @@ HISTORY_LIMIT_MAX = 10_000
 POLL_TASKS_MAX = 32
 POLL_WAIT_MS_MAX = 30_000
 MIGRATE_INSTANCES_MAX = 64
+INBOX_WORKFLOWS_MAX = 16
+INBOX_STATES_MAX = 32
+INBOX_PAGE_MAX = 100
 
 
 def apply_definition(
@@ -145,6 +150,31 @@ def list_instances(
 def history(target: InstanceTarget, limit: int, stale: bool) -> pb.HistoryRequest:
     _bounded("limit", limit, HISTORY_LIMIT_MAX)
     return pb.HistoryRequest(instance=instance_ref(target), consistency=consistency(stale), limit=limit)
+
+
+def actions(target: InstanceTarget, stale: bool) -> pb.ActionsRequest:
+    return pb.ActionsRequest(instance=instance_ref(target), consistency=consistency(stale))
+
+
+def inbox(
+    workflows: Sequence[str],
+    states: Optional[Sequence[str]],
+    page_size: int,
+    page_token: Optional[str],
+    stale: bool,
+) -> pb.InboxRequest:
+    if isinstance(workflows, str):
+        raise TypeError("workflows is a list of workflow names, not one string")
+    _bounded("the number of workflows", len(workflows), INBOX_WORKFLOWS_MAX, low=1)
+    _bounded("the number of states", len(states or ()), INBOX_STATES_MAX)
+    _bounded("page_size", page_size, INBOX_PAGE_MAX)
+    return pb.InboxRequest(
+        workflows=list(workflows),
+        states=list(states or ()),
+        page_size=page_size,
+        page_token=page_token or "",
+        consistency=consistency(stale),
+    )
 
 
 def migrate(

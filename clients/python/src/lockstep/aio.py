@@ -44,6 +44,8 @@ from .models import (
     Definition,
     Heartbeat,
     Instance,
+    InboxPage,
+    InstanceActions,
     InstanceChange,
     InstancePage,
     InstanceTarget,
@@ -245,6 +247,27 @@ class AsyncClient:
         default, 1000; at most 10000)."""
         answer = await self._unary(lambda n: n.instances.History, rq.history(instance, limit, stale))
         return [models.audit_record(r) for r in answer.records]
+
+    async def actions(self, instance: InstanceTarget, *, stale: bool = False) -> InstanceActions:
+        """What the caller may do with the instance now: the transitions it may take, and the
+        gated ones with the time they open (decided by the engine, read-only)."""
+        answer = await self._unary(lambda n: n.instances.Actions, rq.actions(instance, stale))
+        return models.instance_actions(answer)
+
+    async def inbox(
+        self,
+        workflows: Sequence[str],
+        *,
+        states: Optional[Sequence[str]] = None,
+        page_size: int = 0,
+        page_token: Optional[str] = None,
+        stale: bool = False,
+    ) -> InboxPage:
+        """One page of the caller's inbox: instances of ``workflows`` (1 to 16; optionally in
+        ``states``) on which it has an action. ``page_size`` at most 100 (0 means 20); a page
+        may be short and ``truncated`` when the server's scan bound was reached."""
+        request = rq.inbox(workflows, states, page_size, page_token, stale)
+        return models.inbox_page(await self._unary(lambda n: n.instances.Inbox, request))
 
     async def migrate(
         self,

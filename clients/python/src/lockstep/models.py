@@ -189,6 +189,66 @@ class InstancePage:
 
 
 @dataclass(frozen=True)
+class Action:
+    """A transition the caller may take now, or once its ``not_before`` gate opens."""
+
+    transition: str
+    # The state it leads to.
+    to_state: str
+    # None: available now; otherwise when its gate opens (its guard is decided when taken).
+    opens_at: Optional[datetime]
+    # Its allow or guard reads the payload: only an attempt with a payload can decide it.
+    depends_on_payload: bool
+
+    @property
+    def available_now(self) -> bool:
+        return self.opens_at is None
+
+
+@dataclass(frozen=True)
+class InstanceActions:
+    """What the caller may do with one instance now (``Instances/Actions``)."""
+
+    instance_id: str
+    workflow: str
+    state: str
+    version: int
+    actions: Tuple[Action, ...]
+    # The cluster time the actions were decided at.
+    at: datetime
+    read: ReadInfo
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    """An instance on which the caller has at least one action."""
+
+    instance_id: str
+    workflow: str
+    key: Optional[str]
+    state: str
+    version: int
+    updated_at: datetime
+    actions: Tuple[Action, ...]
+
+
+@dataclass(frozen=True)
+class InboxPage:
+    """One page of the caller's inbox (``Instances/Inbox``)."""
+
+    items: Tuple[InboxItem, ...]
+    # None when every named workflow and state was read to the end.
+    next_page_token: Optional[str]
+    # The scan stopped at the server's bound before the page was full: ask again with
+    # next_page_token for more.
+    truncated: bool
+    # Instances read to answer.
+    scanned: int
+    at: datetime
+    read: ReadInfo
+
+
+@dataclass(frozen=True)
 class Actor:
     """Who made a change, as recorded: id, kind, roles and how it was authenticated."""
 
@@ -537,6 +597,49 @@ def instance_page(m: pb.ListInstancesResponse) -> InstancePage:
     )
 
 
+def action(m: pb.Action) -> Action:
+    return Action(
+        transition=m.transition,
+        to_state=m.to,
+        opens_at=_maybe_time("action opens_at", m.opens_at),
+        depends_on_payload=m.depends_on_payload,
+    )
+
+
+def instance_actions(m: pb.ActionsResponse) -> InstanceActions:
+    return InstanceActions(
+        instance_id=m.instance_id,
+        workflow=m.workflow,
+        state=m.state,
+        version=m.version,
+        actions=tuple(action(a) for a in m.actions),
+        at=_time("actions time", m.at),
+        read=read_info(m.read),
+    )
+
+
+def inbox_page(m: pb.InboxResponse) -> InboxPage:
+    return InboxPage(
+        items=tuple(
+            InboxItem(
+                instance_id=i.instance_id,
+                workflow=i.workflow,
+                key=_none(i.key),
+                state=i.state,
+                version=i.version,
+                updated_at=_time("inbox item updated_at", i.updated_at),
+                actions=tuple(action(a) for a in i.actions),
+            )
+            for i in m.items
+        ),
+        next_page_token=_none(m.next_page_token),
+        truncated=m.truncated,
+        scanned=m.scanned,
+        at=_time("inbox time", m.at),
+        read=read_info(m.read),
+    )
+
+
 def audit_record(m: pb.AuditRecord) -> AuditRecord:
     return AuditRecord(
         global_seq=m.global_seq,
@@ -714,6 +817,7 @@ def lease_message(lease: TaskLease) -> pb.TaskLease:
 
 
 __all__ = [
+    "Action",
     "Actor",
     "AppliedDefinition",
     "AuditRecord",
@@ -721,8 +825,11 @@ __all__ = [
     "ClusterStatus",
     "Definition",
     "Heartbeat",
+    "InboxItem",
+    "InboxPage",
     "Incident",
     "Instance",
+    "InstanceActions",
     "InstanceChange",
     "InstanceKey",
     "InstancePage",

@@ -1046,6 +1046,225 @@ class ListInstancesResponse(_message.Message):
 Global___ListInstancesResponse: _TypeAlias = ListInstancesResponse  # noqa: Y015
 
 @_typing.final
+class ActionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FIELD_NUMBER: _builtins.int
+    consistency: Global___ReadConsistency.ValueType
+    @_builtins.property
+    def instance(self) -> Global___InstanceRef: ...
+    def __init__(
+        self,
+        *,
+        instance: Global___InstanceRef | None = ...,
+        consistency: Global___ReadConsistency.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "instance", b"instance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActionsRequest: _TypeAlias = ActionsRequest  # noqa: Y015
+
+@_typing.final
+class Action(_message.Message):
+    """A transition the caller may take now, or once its not_before gate opens."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSITION_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    OPENS_AT_FIELD_NUMBER: _builtins.int
+    DEPENDS_ON_PAYLOAD_FIELD_NUMBER: _builtins.int
+    transition: _builtins.str
+    to: _builtins.str
+    """The state it leads to."""
+    opens_at: _builtins.str
+    """Empty: available now. Otherwise RFC 3339: when its not_before gate opens (its guard is
+    decided when it is taken).
+    """
+    depends_on_payload: _builtins.bool
+    """Its allow or guard reads `payload`: the rules that do not read it passed, and only an
+    attempt with a payload can decide the rest.
+    """
+    def __init__(
+        self,
+        *,
+        transition: _builtins.str = ...,
+        to: _builtins.str = ...,
+        opens_at: _builtins.str = ...,
+        depends_on_payload: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["depends_on_payload", b"depends_on_payload", "opens_at", b"opens_at", "to", b"to", "transition", b"transition"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Action: _TypeAlias = Action  # noqa: Y015
+
+@_typing.final
+class ActionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    READ_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    workflow: _builtins.str
+    state: _builtins.str
+    version: _builtins.int
+    at: _builtins.str
+    """RFC 3339: the cluster time the actions were decided at."""
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Action]: ...
+    @_builtins.property
+    def read(self) -> Global___ReadInfo: ...
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        workflow: _builtins.str = ...,
+        state: _builtins.str = ...,
+        version: _builtins.int = ...,
+        actions: _abc.Iterable[Global___Action] | None = ...,
+        at: _builtins.str = ...,
+        read: Global___ReadInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["read", b"read"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "at", b"at", "instance_id", b"instance_id", "read", b"read", "state", b"state", "version", b"version", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActionsResponse: _TypeAlias = ActionsResponse  # noqa: Y015
+
+@_typing.final
+class InboxRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOWS_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most 100; 0 means 20."""
+    page_token: _builtins.str
+    consistency: Global___ReadConsistency.ValueType
+    @_builtins.property
+    def workflows(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The workflows to look in (at least one, at most 16), in this order."""
+
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional: only instances in these states (at most 32)."""
+
+    def __init__(
+        self,
+        *,
+        workflows: _abc.Iterable[_builtins.str] | None = ...,
+        states: _abc.Iterable[_builtins.str] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        consistency: Global___ReadConsistency.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "page_size", b"page_size", "page_token", b"page_token", "states", b"states", "workflows", b"workflows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InboxRequest: _TypeAlias = InboxRequest  # noqa: Y015
+
+@_typing.final
+class InboxItem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    workflow: _builtins.str
+    key: _builtins.str
+    state: _builtins.str
+    version: _builtins.int
+    updated_at: _builtins.str
+    """RFC 3339."""
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Action]: ...
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        workflow: _builtins.str = ...,
+        key: _builtins.str = ...,
+        state: _builtins.str = ...,
+        version: _builtins.int = ...,
+        updated_at: _builtins.str = ...,
+        actions: _abc.Iterable[Global___Action] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "instance_id", b"instance_id", "key", b"key", "state", b"state", "updated_at", b"updated_at", "version", b"version", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InboxItem: _TypeAlias = InboxItem  # noqa: Y015
+
+@_typing.final
+class InboxResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    SCANNED_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    READ_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when every named workflow and state was read to the end."""
+    truncated: _builtins.bool
+    """The scan stopped at INBOX_SCAN_MAX instances before the page was full: call again with
+    next_page_token for more.
+    """
+    scanned: _builtins.int
+    """Instances read to answer."""
+    at: _builtins.str
+    """RFC 3339: the cluster time the actions were decided at."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___InboxItem]: ...
+    @_builtins.property
+    def read(self) -> Global___ReadInfo: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___InboxItem] | None = ...,
+        next_page_token: _builtins.str = ...,
+        truncated: _builtins.bool = ...,
+        scanned: _builtins.int = ...,
+        at: _builtins.str = ...,
+        read: Global___ReadInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["read", b"read"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "items", b"items", "next_page_token", b"next_page_token", "read", b"read", "scanned", b"scanned", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InboxResponse: _TypeAlias = InboxResponse  # noqa: Y015
+
+@_typing.final
 class HistoryRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -231,6 +231,16 @@ class InstancesStub:
                 request_serializer=lockstep_dot_v1_dot_lockstep__pb2.MigrateInstancesRequest.SerializeToString,
                 response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.MigrateInstancesResponse.FromString,
                 _registered_method=True)
+        self.Actions = channel.unary_unary(
+                '/lockstep.v1.Instances/Actions',
+                request_serializer=lockstep_dot_v1_dot_lockstep__pb2.ActionsRequest.SerializeToString,
+                response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.ActionsResponse.FromString,
+                _registered_method=True)
+        self.Inbox = channel.unary_unary(
+                '/lockstep.v1.Instances/Inbox',
+                request_serializer=lockstep_dot_v1_dot_lockstep__pb2.InboxRequest.SerializeToString,
+                response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.InboxResponse.FromString,
+                _registered_method=True)
 
 
 class InstancesServicer:
@@ -287,6 +297,27 @@ class InstancesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Actions(self, request, context):
+        """What the caller may do with one instance now: every transition out of its state that the
+        caller may take now, and the gated ones with the time they open. Decided read-only by the
+        engine, with the caller as actor, by the rules that enforce an attempt (allow, gates,
+        guard); forbidden and system transitions are absent. A transition whose allow or guard
+        reads `payload` is listed with `depends_on_payload`: only an attempt can decide it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Inbox(self, request, context):
+        """The caller's inbox: instances of the named workflows (optionally in the named states) on
+        which some transition is listed by `Actions`, in index order, paged. One call reads at
+        most 2,000 instances (INBOX_SCAN_MAX); an answer that stopped there says `truncated`, and
+        its next_page_token continues the scan.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InstancesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -324,6 +355,16 @@ def add_InstancesServicer_to_server(servicer, server):
                     servicer.Migrate,
                     request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.MigrateInstancesRequest.FromString,
                     response_serializer=lockstep_dot_v1_dot_lockstep__pb2.MigrateInstancesResponse.SerializeToString,
+            ),
+            'Actions': grpc.unary_unary_rpc_method_handler(
+                    servicer.Actions,
+                    request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.ActionsRequest.FromString,
+                    response_serializer=lockstep_dot_v1_dot_lockstep__pb2.ActionsResponse.SerializeToString,
+            ),
+            'Inbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.Inbox,
+                    request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.InboxRequest.FromString,
+                    response_serializer=lockstep_dot_v1_dot_lockstep__pb2.InboxResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -515,6 +556,60 @@ class Instances:
             '/lockstep.v1.Instances/Migrate',
             lockstep_dot_v1_dot_lockstep__pb2.MigrateInstancesRequest.SerializeToString,
             lockstep_dot_v1_dot_lockstep__pb2.MigrateInstancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Actions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockstep.v1.Instances/Actions',
+            lockstep_dot_v1_dot_lockstep__pb2.ActionsRequest.SerializeToString,
+            lockstep_dot_v1_dot_lockstep__pb2.ActionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Inbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockstep.v1.Instances/Inbox',
+            lockstep_dot_v1_dot_lockstep__pb2.InboxRequest.SerializeToString,
+            lockstep_dot_v1_dot_lockstep__pb2.InboxResponse.FromString,
             options,
             channel_credentials,
             insecure,

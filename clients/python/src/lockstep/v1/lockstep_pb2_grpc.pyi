@@ -118,6 +118,19 @@ class InstancesStub:
     versions, the mapping, the timer policy and the actor. Needs the cluster policy's
     migrate_instances permission.
     """
+    Actions: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.ActionsRequest, _lockstep_pb2.ActionsResponse]
+    """What the caller may do with one instance now: every transition out of its state that the
+    caller may take now, and the gated ones with the time they open. Decided read-only by the
+    engine, with the caller as actor, by the rules that enforce an attempt (allow, gates,
+    guard); forbidden and system transitions are absent. A transition whose allow or guard
+    reads `payload` is listed with `depends_on_payload`: only an attempt can decide it.
+    """
+    Inbox: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.InboxRequest, _lockstep_pb2.InboxResponse]
+    """The caller's inbox: instances of the named workflows (optionally in the named states) on
+    which some transition is listed by `Actions`, in index order, paged. One call reads at
+    most 2,000 instances (INBOX_SCAN_MAX); an answer that stopped there says `truncated`, and
+    its next_page_token continues the scan.
+    """
 
 @_typing.type_check_only
 class InstancesAsyncStub(InstancesStub):
@@ -138,6 +151,19 @@ class InstancesAsyncStub(InstancesStub):
     a counterpart, ...). Each migrated instance gets a `migration` audit record naming both
     versions, the mapping, the timer policy and the actor. Needs the cluster policy's
     migrate_instances permission.
+    """
+    Actions: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.ActionsRequest, _lockstep_pb2.ActionsResponse]  # type: ignore[assignment]
+    """What the caller may do with one instance now: every transition out of its state that the
+    caller may take now, and the gated ones with the time they open. Decided read-only by the
+    engine, with the caller as actor, by the rules that enforce an attempt (allow, gates,
+    guard); forbidden and system transitions are absent. A transition whose allow or guard
+    reads `payload` is listed with `depends_on_payload`: only an attempt can decide it.
+    """
+    Inbox: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.InboxRequest, _lockstep_pb2.InboxResponse]  # type: ignore[assignment]
+    """The caller's inbox: instances of the named workflows (optionally in the named states) on
+    which some transition is listed by `Actions`, in index order, paged. One call reads at
+    most 2,000 instances (INBOX_SCAN_MAX); an answer that stopped there says `truncated`, and
+    its next_page_token continues the scan.
     """
 
 class InstancesServicer(metaclass=_abc_1.ABCMeta):
@@ -198,6 +224,31 @@ class InstancesServicer(metaclass=_abc_1.ABCMeta):
         a counterpart, ...). Each migrated instance gets a `migration` audit record naming both
         versions, the mapping, the timer policy and the actor. Needs the cluster policy's
         migrate_instances permission.
+        """
+
+    @_abc_1.abstractmethod
+    def Actions(
+        self,
+        request: _lockstep_pb2.ActionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lockstep_pb2.ActionsResponse, _abc.Awaitable[_lockstep_pb2.ActionsResponse]]:
+        """What the caller may do with one instance now: every transition out of its state that the
+        caller may take now, and the gated ones with the time they open. Decided read-only by the
+        engine, with the caller as actor, by the rules that enforce an attempt (allow, gates,
+        guard); forbidden and system transitions are absent. A transition whose allow or guard
+        reads `payload` is listed with `depends_on_payload`: only an attempt can decide it.
+        """
+
+    @_abc_1.abstractmethod
+    def Inbox(
+        self,
+        request: _lockstep_pb2.InboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lockstep_pb2.InboxResponse, _abc.Awaitable[_lockstep_pb2.InboxResponse]]:
+        """The caller's inbox: instances of the named workflows (optionally in the named states) on
+        which some transition is listed by `Actions`, in index order, paged. One call reads at
+        most 2,000 instances (INBOX_SCAN_MAX); an answer that stopped there says `truncated`, and
+        its next_page_token continues the scan.
         """
 
 def add_InstancesServicer_to_server(servicer: InstancesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
