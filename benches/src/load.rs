@@ -358,7 +358,7 @@ pub(crate) fn mix(sequence: u64) -> u64 {
 }
 
 /// Parses an open-loop rate: `500`, `500/s` or `500/sec`.
-pub(crate) fn parse_rate(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_rate(text: &str) -> anyhow::Result<f64> {
     let number = text
         .trim()
         .trim_end_matches("/sec")
@@ -366,9 +366,9 @@ pub(crate) fn parse_rate(text: &str) -> Result<f64, String> {
         .trim();
     match number.parse::<f64>() {
         Ok(r) if r.is_finite() && r > 0.0 && r <= 1_000_000.0 => Ok(r),
-        _ => Err(format!(
+        _ => anyhow::bail!(
             "`{text}` is not a rate: give units of work per second between 0 and 1000000, e.g. `--rate 500/s` (a list sweeps: `--rate 100/s,200/s,400/s`)"
-        )),
+        ),
     }
 }
 
@@ -378,9 +378,9 @@ mod tests {
 
     #[test]
     fn rates_parse_with_or_without_unit() {
-        assert_eq!(parse_rate("500/s"), Ok(500.0));
-        assert_eq!(parse_rate("250"), Ok(250.0));
-        assert_eq!(parse_rate("0.5/sec"), Ok(0.5));
+        assert_eq!(parse_rate("500/s").unwrap(), 500.0);
+        assert_eq!(parse_rate("250").unwrap(), 250.0);
+        assert_eq!(parse_rate("0.5/sec").unwrap(), 0.5);
         assert!(parse_rate("0/s").is_err());
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("-3").is_err());

@@ -179,12 +179,12 @@ enum Baseline {
     Etcd,
 }
 
-fn parse_fraction(text: &str) -> Result<f64, String> {
+fn parse_fraction(text: &str) -> anyhow::Result<f64> {
     match text.parse::<f64>() {
         Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
-        _ => Err(format!(
+        _ => bail!(
             "`{text}` is not a fraction: give a number from 0 to 1, e.g. `--write-fraction 0.1` for one write in ten"
-        )),
+        ),
     }
 }
 
@@ -859,7 +859,7 @@ mod tests {
 
     #[test]
     fn fractions_are_checked() {
-        assert_eq!(parse_fraction("0.25"), Ok(0.25));
+        assert_eq!(parse_fraction("0.25").unwrap(), 0.25);
         assert!(parse_fraction("1.5").is_err());
         assert!(parse_fraction("ten").is_err());
     }

@@ -139,14 +139,16 @@ pub fn to_jsonl(ops: &[Op], faults: &[FaultWindow]) -> String {
 }
 
 /// Parses `history.jsonl`.
-pub fn from_jsonl(text: &str) -> Result<(Vec<Op>, Vec<FaultWindow>), String> {
+pub fn from_jsonl(text: &str) -> anyhow::Result<(Vec<Op>, Vec<FaultWindow>)> {
     let mut ops = Vec::new();
     let mut faults = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<Event>(line).map_err(|e| format!("line {}: {e}", n + 1))? {
+        match serde_json::from_str::<Event>(line)
+            .map_err(|e| anyhow::anyhow!("line {}: {e}", n + 1))?
+        {
             Event::Op(o) => ops.push(*o),
             Event::Fault(f) => faults.push(f),
         }

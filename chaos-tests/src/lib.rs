@@ -15,7 +15,7 @@ pub mod workflow;
 pub mod workload;
 
 /// Parses `20s`, `1500ms`, `2m` or a plain number of seconds into milliseconds.
-pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+pub fn parse_duration_ms(text: &str) -> anyhow::Result<u64> {
     let t = text.trim();
     let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
         (n, 1)
@@ -29,17 +29,17 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     num.trim()
         .parse::<u64>()
         .map(|n| n * mult)
-        .map_err(|_| format!("`{text}` is not a duration like 20s, 1500ms or 2m"))
+        .map_err(|_| anyhow::anyhow!("`{text}` is not a duration like 20s, 1500ms or 2m"))
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn durations() {
-        assert_eq!(super::parse_duration_ms("20s"), Ok(20_000));
-        assert_eq!(super::parse_duration_ms("1500ms"), Ok(1_500));
-        assert_eq!(super::parse_duration_ms("2m"), Ok(120_000));
-        assert_eq!(super::parse_duration_ms("7"), Ok(7_000));
+        assert_eq!(super::parse_duration_ms("20s").unwrap(), 20_000);
+        assert_eq!(super::parse_duration_ms("1500ms").unwrap(), 1_500);
+        assert_eq!(super::parse_duration_ms("2m").unwrap(), 120_000);
+        assert_eq!(super::parse_duration_ms("7").unwrap(), 7_000);
         assert!(super::parse_duration_ms("soon").is_err());
     }
 }

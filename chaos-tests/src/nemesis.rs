@@ -199,12 +199,8 @@ fn admin(cluster: &Cluster) -> Client {
 
 /// Removes the node in slot `f` from the voters (if it runs, it keeps running, outside the
 /// cluster).
-async fn remove(cluster: &Cluster, f: usize) -> Result<(), String> {
-    admin(cluster)
-        .remove(cluster.id(f))
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+async fn remove(cluster: &Cluster, f: usize) -> Result<(), lockstep_client::Error> {
+    admin(cluster).remove(cluster.id(f)).await.map(|_| ())
 }
 
 /// Adds the node in slot `f` (back) as a learner (which waits until it caught up) and

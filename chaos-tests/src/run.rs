@@ -379,8 +379,7 @@ async fn run_inner(
         let audit: Vec<AuditEntry> = feed
             .iter()
             .map(AuditEntry::from_record)
-            .collect::<Result<_, _>>()
-            .map_err(anyhow::Error::msg)?;
+            .collect::<anyhow::Result<_>>()?;
         let replicas = replicas(&cluster).await;
         let still = match &statuses {
             Ok(all) => replicas.iter().all(|r| {

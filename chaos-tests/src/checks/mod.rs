@@ -77,9 +77,9 @@ fn yes() -> bool {
 impl AuditEntry {
     /// The entry of a record read from the feed. The hashes are recomputed from the record's
     /// complete JSON (`record_json`, the canonical form the chains cover), not taken on trust.
-    pub fn from_record(r: &AuditRecord) -> Result<AuditEntry, String> {
+    pub fn from_record(r: &AuditRecord) -> anyhow::Result<AuditEntry> {
         let c: ChainedRecord = serde_json::from_str(&r.record_json)
-            .map_err(|e| format!("audit record {}: {e}", r.global_seq))?;
+            .map_err(|e| anyhow::anyhow!("audit record {}: {e}", r.global_seq))?;
         let rec = &c.record;
         let hash = |h: &str| lockstep_core::audit::decode_hash(h);
         let rehashed_ok = match (hash(&c.prev_hash), hash(&c.instance_prev_hash)) {

@@ -3,20 +3,18 @@
 use super::*;
 
 /// `SEQ:HASH`, as `lockstep audit anchor` prints it.
-pub fn parse_anchor(text: &str) -> Result<(u64, String), String> {
-    let (seq, hash) = text.trim().split_once(':').ok_or_else(|| {
-        format!("`{text}` is not an anchor: expected SEQ:HASH as `lockstep audit anchor` prints it, e.g. 1042:3f9c…")
-    })?;
-    let seq: u64 = seq
-        .parse()
-        .ok()
-        .filter(|s| *s > 0)
-        .ok_or_else(|| format!("`{seq}` in the anchor is not a record sequence (1 or more)"))?;
+pub fn parse_anchor(text: &str) -> anyhow::Result<(u64, String)> {
+    let Some((seq, hash)) = text.trim().split_once(':') else {
+        bail!(
+            "`{text}` is not an anchor: expected SEQ:HASH as `lockstep audit anchor` prints it, e.g. 1042:3f9c…"
+        );
+    };
+    let Some(seq) = seq.parse::<u64>().ok().filter(|s| *s > 0) else {
+        bail!("`{seq}` in the anchor is not a record sequence (1 or more)");
+    };
     let hash = hash.to_ascii_lowercase();
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "`{hash}` in the anchor is not a chain hash: expected 64 hex digits"
-        ));
+        bail!("`{hash}` in the anchor is not a chain hash: expected 64 hex digits");
     }
     Ok((seq, hash))
 }

@@ -129,14 +129,14 @@ pub struct MigrateArgs {
     pub timers: TimersArg,
 }
 
-fn parse_mapping(text: &str) -> Result<(String, String), String> {
+fn parse_mapping(text: &str) -> anyhow::Result<(String, String)> {
     match text.split_once('=') {
         Some((old, new)) if !old.trim().is_empty() && !new.trim().is_empty() => {
             Ok((old.trim().to_string(), new.trim().to_string()))
         }
-        _ => Err(format!(
+        _ => bail!(
             "`{text}` is not OLD=NEW (a state of the old version, `=`, a state of the new one)"
-        )),
+        ),
     }
 }
 

@@ -103,10 +103,10 @@ pub struct Connection {
     pub token: Option<String>,
 }
 
-fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let d = lockstep_core::duration::Duration::parse(text).map_err(|e| e.to_string())?;
+fn parse_timeout(text: &str) -> anyhow::Result<Duration> {
+    let d = lockstep_core::duration::Duration::parse(text)?;
     if d.as_ms() == 0 {
-        return Err("the timeout must be more than zero".into());
+        bail!("the timeout must be more than zero");
     }
     Ok(Duration::from_millis(d.as_ms()))
 }
