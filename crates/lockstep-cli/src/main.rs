@@ -251,6 +251,30 @@ enum Command {
     },
     /// The audit records of an instance, oldest first.
     History { instance: String },
+    /// What you may do with an instance now: the transitions you may take, and the gated
+    /// ones with the time they open (decided by the engine with you as actor, by the rules
+    /// that enforce an attempt). INSTANCE is an id (i-42) or workflow/key.
+    ///
+    /// Example: lockstep actions purchase-order/PO-1 --as bob --roles approver
+    Actions { instance: String },
+    /// Your inbox: the instances of WORKFLOW… on which you may take some transition now, or
+    /// once a gate opens, with those transitions.
+    ///
+    /// Example: lockstep inbox purchase-order --state submitted --as bob --roles approver
+    Inbox {
+        /// The workflows to look in (at most 16).
+        #[arg(required = true)]
+        workflows: Vec<String>,
+        /// Only instances in this state (repeat for several, at most 32).
+        #[arg(long = "state")]
+        states: Vec<String>,
+        /// Instances per page (at most 100).
+        #[arg(long, default_value_t = 20)]
+        page_size: u32,
+        /// Continue from the `--page-token` the previous page printed.
+        #[arg(long)]
+        page_token: Option<String>,
+    },
     /// The audit trail: verify its hash chains, or tail the change feed.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -498,6 +522,26 @@ fn online_main(cli: Cli) -> ExitCode {
             Command::History { instance } => online::history(&conn, output, &instance)
                 .await
                 .map(|_| true),
+            Command::Actions { instance } => online::actions(&conn, output, &instance)
+                .await
+                .map(|_| true),
+            Command::Inbox {
+                workflows,
+                states,
+                page_size,
+                page_token,
+            } => online::inbox(
+                &conn,
+                output,
+                online::InboxQuery {
+                    workflows: &workflows,
+                    states: &states,
+                    page_size,
+                    page_token: page_token.as_deref(),
+                },
+            )
+            .await
+            .map(|_| true),
             Command::Audit(AuditCommand::Verify { anchor }) => {
                 online::audit_verify(&conn, output, anchor).await
             }

@@ -1169,3 +1169,81 @@ fn migrate_help_teaches_with_an_example() {
         "migrate_instances",
     ]);
 }
+
+#[test]
+fn actions_and_inbox_say_what_the_caller_may_do_now() {
+    let c = cluster();
+    let id = submitted_po("CLI-ACT-1");
+    let target = "purchase-order/CLI-ACT-1";
+
+    // The approver's actions, as a table and as JSON.
+    c.run(&["actions", target, "--as", "bob", "--roles", "approver"])
+        .ok()
+        .stdout_has(&[
+            &format!("{id} (purchase-order) in state submitted"),
+            "approve",
+            "→ approved",
+            "now",
+        ]);
+    let bob = c
+        .run(&["actions", target, "--as", "bob", "--roles", "approver", "-o", "json"])
+        .ok()
+        .json();
+    let names: Vec<&str> = bob["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .map(|a| a["transition"].as_str().expect("transition"))
+        .collect();
+    assert_eq!(names, ["approve", "ask", "reject"]);
+    assert_eq!(bob["actions"][0]["now"], json!(true));
+
+    // The requester waits for withdraw's gate, printed as a duration for people.
+    c.run(&["actions", target, "--as", "alice"])
+        .ok()
+        .stdout_has(&["withdraw", "→ draft", "  in "]);
+    let alice = c
+        .run(&["actions", target, "--as", "alice", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(alice["actions"][0]["now"], json!(false));
+    assert!(alice["actions"][0]["opens_at"].is_string(), "{alice}");
+
+    // Someone with no role may do nothing.
+    c.run(&["actions", target, "--as", "mallory"])
+        .ok()
+        .stdout_has(&["nothing you may do now"]);
+
+    // The approver's inbox lists the order with its actions.
+    let inbox = c
+        .run(&[
+            "inbox",
+            "purchase-order",
+            "--state",
+            "submitted",
+            "--page-size",
+            "100",
+            "--as",
+            "bob",
+            "--roles",
+            "approver",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    let item = inbox["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["instance_id"] == json!(id))
+        .unwrap_or_else(|| panic!("{id} in bob's inbox: {inbox}"));
+    assert_eq!(item["key"], json!("CLI-ACT-1"));
+    assert_eq!(item["actions"].as_array().map(Vec::len), Some(3));
+
+    // A bad page size is a refusal from the node with what to do; no workflow is usage.
+    c.run(&["inbox", "purchase-order", "--page-size", "500", "--as", "bob"])
+        .code(2)
+        .stderr_has(&["page_size 500 is more than 100"]);
+    c.run(&["inbox", "--as", "bob"]).code(2);
+}

@@ -32,9 +32,9 @@ pub mod model;
 pub mod worker;
 
 pub use model::{
-    AppliedDefinition, AuditRecord, Definition, Heartbeat, Instance, InstanceChange, InstancePage,
-    InstanceRead, LeasedTask, MigratedInstance, MigrationBatch, Named, Provenance, ReadInfo, Task,
-    TaskLease, Timer,
+    Action, Actions, AppliedDefinition, AuditRecord, Availability, Definition, Heartbeat,
+    InboxItem, InboxPage, Instance, InstanceChange, InstancePage, InstanceRead, LeasedTask,
+    MigratedInstance, MigrationBatch, Named, Provenance, ReadInfo, Task, TaskLease, Timer,
 };
 
 /// Who the client says it acts as, in the `x-lockstep-actor*` headers. Only a development-mode
@@ -677,6 +677,59 @@ impl Client {
                 pb::instances_client::InstancesClient::new(ch)
                     .max_decoding_message_size(64 << 20)
                     .list(r)
+                    .await
+            }
+        })
+        .await?
+        .try_into()
+    }
+
+    /// What the caller may do with one instance now (`Instances/Actions`): the transitions
+    /// it may take, and the gated ones with the time they open.
+    pub async fn actions(
+        &self,
+        instance: pb::InstanceRef,
+        consistency: pb::ReadConsistency,
+    ) -> Result<Actions, Error> {
+        let msg = pb::ActionsRequest {
+            instance: Some(instance),
+            consistency: consistency as i32,
+        };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move {
+                pb::instances_client::InstancesClient::new(ch)
+                    .actions(r)
+                    .await
+            }
+        })
+        .await?
+        .try_into()
+    }
+
+    /// One page of the caller's inbox (`Instances/Inbox`): instances of `workflows` (in
+    /// `states`, when not empty) on which it may take some transition now or once a gate
+    /// opens. Pass the answer's `next_page_token` as `page_token` for the next page.
+    pub async fn inbox(
+        &self,
+        workflows: &[String],
+        states: &[String],
+        page_size: u32,
+        page_token: Option<&str>,
+    ) -> Result<InboxPage, Error> {
+        let msg = pb::InboxRequest {
+            workflows: workflows.to_vec(),
+            states: states.to_vec(),
+            page_size,
+            page_token: page_token.unwrap_or_default().into(),
+            consistency: pb::ReadConsistency::Linearizable as i32,
+        };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move {
+                pb::instances_client::InstancesClient::new(ch)
+                    .max_decoding_message_size(16 << 20)
+                    .inbox(r)
                     .await
             }
         })

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 pub use lockstep_core::audit::{ActorRecord, AuditKind, PredicateTrace, TimerFiring};
-pub use lockstep_core::engine::{Incident, LeaseToken, TaskStatus, TimerKind};
+pub use lockstep_core::engine::{Availability, Incident, LeaseToken, TaskStatus, TimerKind};
 pub use lockstep_core::sla::{SlaStatus, SlaView};
 use lockstep_core::{AuditRecord as EngineRecord, Timestamp};
 
@@ -228,6 +228,56 @@ pub struct InstanceRead {
 pub struct InstancePage {
     pub instances: Vec<Instance>,
     pub next_page_token: Option<String>,
+    pub read: ReadInfo,
+}
+
+/// A transition the caller may take now, or once its gate opens (`Instances/Actions`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Action {
+    pub transition: String,
+    /// The state it leads to.
+    pub to: String,
+    pub availability: Availability,
+    /// Its `allow` or `guard` reads the payload: only an attempt can decide it.
+    pub depends_on_payload: bool,
+}
+
+/// What the caller may do with one instance now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actions {
+    pub instance_id: String,
+    pub workflow: String,
+    pub state: String,
+    pub version: u64,
+    pub actions: Vec<Action>,
+    /// The cluster time they were decided at.
+    pub at: Timestamp,
+    pub read: ReadInfo,
+}
+
+/// An instance of the caller's inbox, with what the caller may do with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboxItem {
+    pub instance_id: String,
+    pub workflow: String,
+    pub key: Option<String>,
+    pub state: String,
+    pub version: u64,
+    pub updated_at: Timestamp,
+    pub actions: Vec<Action>,
+}
+
+/// A page of the caller's inbox (`Instances/Inbox`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboxPage {
+    pub items: Vec<InboxItem>,
+    /// Asks for the next page; `None` once every named workflow and state was read.
+    pub next_page_token: Option<String>,
+    /// The scan stopped at the server's limit before the page was full.
+    pub truncated: bool,
+    /// Instances the server read to answer.
+    pub scanned: u32,
+    pub at: Timestamp,
     pub read: ReadInfo,
 }
 
@@ -665,6 +715,86 @@ impl TryFrom<pb::ListInstancesResponse> for InstancePage {
                 .collect::<Result<_, _>>()?,
             next_page_token: non_empty(r.next_page_token),
             read: required("instance page", "read", r.read)?.into(),
+        })
+    }
+}
+
+impl TryFrom<pb::Action> for Action {
+    type Error = Error;
+
+    fn try_from(a: pb::Action) -> Result<Action, Error> {
+        let availability = match optional_timestamp("action", "opens_at", &a.opens_at)
+            .map_err(|e| within(&a.transition, e))?
+        {
+            None => Availability::Now,
+            Some(opens_at) => Availability::Gated { opens_at },
+        };
+        Ok(Action {
+            transition: a.transition,
+            to: a.to,
+            availability,
+            depends_on_payload: a.depends_on_payload,
+        })
+    }
+}
+
+fn actions(list: Vec<pb::Action>) -> Result<Vec<Action>, Error> {
+    list.into_iter().map(Action::try_from).collect()
+}
+
+impl TryFrom<pb::ActionsResponse> for Actions {
+    type Error = Error;
+
+    fn try_from(r: pb::ActionsResponse) -> Result<Actions, Error> {
+        const WHAT: &str = "actions";
+        Ok(Actions {
+            at: timestamp(WHAT, "at", &r.at)?,
+            read: required(WHAT, "read", r.read)?.into(),
+            actions: actions(r.actions).map_err(|e| within(&r.instance_id, e))?,
+            instance_id: r.instance_id,
+            workflow: r.workflow,
+            state: r.state,
+            version: r.version,
+        })
+    }
+}
+
+impl TryFrom<pb::InboxItem> for InboxItem {
+    type Error = Error;
+
+    fn try_from(i: pb::InboxItem) -> Result<InboxItem, Error> {
+        let id = i.instance_id.clone();
+        let convert = || -> Result<InboxItem, Error> {
+            Ok(InboxItem {
+                updated_at: timestamp("inbox item", "updated_at", &i.updated_at)?,
+                actions: actions(i.actions)?,
+                instance_id: i.instance_id,
+                workflow: i.workflow,
+                key: non_empty(i.key),
+                state: i.state,
+                version: i.version,
+            })
+        };
+        convert().map_err(|e| within(&id, e))
+    }
+}
+
+impl TryFrom<pb::InboxResponse> for InboxPage {
+    type Error = Error;
+
+    fn try_from(r: pb::InboxResponse) -> Result<InboxPage, Error> {
+        const WHAT: &str = "inbox page";
+        Ok(InboxPage {
+            items: r
+                .items
+                .into_iter()
+                .map(InboxItem::try_from)
+                .collect::<Result<_, _>>()?,
+            next_page_token: non_empty(r.next_page_token),
+            truncated: r.truncated,
+            scanned: r.scanned,
+            at: timestamp(WHAT, "at", &r.at)?,
+            read: required(WHAT, "read", r.read)?.into(),
         })
     }
 }
