@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 use lockstep_client::model::AuditKind;
-use lockstep_client::{Client, Identity, Options, by_id, request_id};
+use lockstep_client::{Client, Identity, Options, Role, by_id, request_id};
 use lockstep_core::ActorKind;
 
 use crate::LocalCluster;
@@ -105,7 +105,7 @@ async fn leader_index(endpoints: &[String], skip: Option<usize>) -> Option<usize
             continue;
         };
         if let Ok(s) = c.status_of(0, false).await
-            && s.role == "Leader"
+            && s.role == Role::Leader
         {
             return Some(i);
         }

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use lockstep_client::{Client, Credentials, Identity, Options, pb};
+use lockstep_client::{Client, ClusterStatus, Credentials, Identity, Options, Role};
 use lockstep_core::ActorKind;
 use lockstep_lossydisk::LossyDisk;
 
@@ -631,7 +631,7 @@ impl Cluster {
         self.client_for(&eps, identity, options)
     }
 
-    pub async fn status(&self, i: usize, digest: bool) -> Option<pb::ClusterStatus> {
+    pub async fn status(&self, i: usize, digest: bool) -> Option<ClusterStatus> {
         if !self.is_running(i) || self.paused[i] {
             return None;
         }
@@ -655,7 +655,7 @@ impl Cluster {
         loop {
             for i in 0..self.len() {
                 if let Some(s) = self.status(i, false).await
-                    && s.role == "Leader"
+                    && s.role == Role::Leader
                     && let Some(slot) = self.slot_of(s.node_id)
                 {
                     return Some(slot);

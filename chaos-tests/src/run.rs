@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use lockstep_client::{Client, Identity, pb, request_id};
-use lockstep_core::{ActorKind, Timestamp};
+use lockstep_client::{Client, ClusterStatus, Identity, request_id};
+use lockstep_core::ActorKind;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -93,7 +93,7 @@ async fn apply_definition(cluster: &Cluster) -> anyhow::Result<()> {
 }
 
 /// Waits until every node answers with the same applied index and digest.
-async fn converge(cluster: &Cluster, within: Duration) -> anyhow::Result<Vec<pb::ClusterStatus>> {
+async fn converge(cluster: &Cluster, within: Duration) -> anyhow::Result<Vec<ClusterStatus>> {
     let deadline = Instant::now() + within;
     let mut last = String::new();
     loop {
@@ -114,7 +114,9 @@ async fn converge(cluster: &Cluster, within: Duration) -> anyhow::Result<Vec<pb:
                 .map(|s| {
                     format!(
                         "node {} applied {} digest {:.12}",
-                        s.node_id, s.applied_index, s.digest
+                        s.node_id,
+                        s.applied_index,
+                        s.digest.as_deref().unwrap_or_default()
                     )
                 })
                 .collect::<Vec<_>>()
@@ -157,16 +159,16 @@ async fn replicas(cluster: &Cluster) -> Vec<Replica> {
             (Some(s), Ok(v)) => Replica {
                 node: s.node_id,
                 applied_index: s.applied_index,
-                digest: s.digest,
-                audit_ok: v.ok,
-                audit_reason: v.reason,
+                digest: s.digest.unwrap_or_default(),
+                audit_ok: v.ok(),
+                audit_reason: v.broken.map(|b| b.reason).unwrap_or_default(),
                 head_seq: v.head_seq,
                 head_hash: v.head_hash,
             },
             (s, v) => Replica {
                 node: i as u64 + 1,
                 applied_index: s.as_ref().map_or(0, |s| s.applied_index),
-                digest: s.map(|s| s.digest).unwrap_or_default(),
+                digest: s.and_then(|s| s.digest).unwrap_or_default(),
                 audit_ok: false,
                 audit_reason: match v {
                     Ok(_) => "status did not answer".into(),
@@ -398,7 +400,7 @@ async fn run_inner(
     let end_cluster_us = match &statuses {
         Ok(all) => all
             .iter()
-            .filter_map(|s| Timestamp::parse_rfc3339(&s.cluster_time).ok())
+            .filter_map(|s| s.cluster_time)
             .map(|t| t.as_micros())
             .max()
             .unwrap_or(0),

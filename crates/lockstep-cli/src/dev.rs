@@ -195,7 +195,7 @@ async fn wait_for_leader(client: &Client, nodes: &mut Nodes, dir: &Path) -> anyh
             }
         }
         if let Ok(s) = client.status_of(0, false).await
-            && s.leader_id != 0
+            && s.leader_id.is_some()
         {
             return Ok(());
         }

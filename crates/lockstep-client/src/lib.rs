@@ -8,11 +8,10 @@
 //! engine's [`RefusalCode`].
 //!
 //! Answers are domain types ([`model`]: [`Instance`], [`AuditRecord`], [`Definition`],
-//! [`LeasedTask`], ...), converted from the protobuf messages as they arrive; requests still
-//! take a few protobuf messages ([`pb::InstanceRef`] from [`by_id`] and [`by_key`],
-//! [`pb::ListInstancesRequest`], [`pb::MigrateInstancesRequest`]), and the cluster
-//! administration calls (status, membership, snapshots, backups, audit verification, the
-//! security log) answer their protobuf messages.
+//! [`LeasedTask`], [`ClusterStatus`], [`AuditVerification`], ...), converted from the protobuf
+//! messages as they arrive; requests still take a few protobuf messages ([`pb::InstanceRef`]
+//! from [`by_id`] and [`by_key`], [`pb::ListInstancesRequest`],
+//! [`pb::MigrateInstancesRequest`], [`pb::ReadConsistency`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,9 +31,11 @@ pub mod model;
 pub mod worker;
 
 pub use model::{
-    Action, Actions, AppliedDefinition, AuditRecord, Availability, Definition, Heartbeat,
-    InboxItem, InboxPage, Instance, InstanceChange, InstancePage, InstanceRead, LeasedTask,
-    MigratedInstance, MigrationBatch, Named, Provenance, ReadInfo, Task, TaskLease, Timer,
+    Action, Actions, AppliedDefinition, AuditRecord, AuditVerification, Availability, BackupInfo,
+    ChainBreak, ClusterStatus, Definition, Heartbeat, InboxItem, InboxPage, Instance,
+    InstanceChange, InstancePage, InstanceRead, LeasedTask, Member, Membership, MigratedInstance,
+    MigrationBatch, Named, Provenance, ReadInfo, RefusalKind, Role, SecurityEvent, SecurityLog,
+    SnapshotInfo, Task, TaskLease, Timer,
 };
 
 /// Who the client says it acts as, in the `x-lockstep-actor*` headers. Only a development-mode
@@ -784,12 +785,13 @@ impl Client {
         .collect()
     }
 
-    pub async fn verify_audit(&self) -> Result<pb::VerifyAuditResponse, Error> {
+    pub async fn verify_audit(&self) -> Result<AuditVerification, Error> {
         self.call(|ch| {
             let r = self.request(pb::VerifyAuditRequest { at_seq: 0 });
             async move { pb::audit_client::AuditClient::new(ch).verify(r).await }
         })
         .await
+        .map(AuditVerification::from)
     }
 
     /// The audit chains verified by the node at `endpoint` (an index into the endpoint list),
@@ -799,11 +801,11 @@ impl Client {
         &self,
         endpoint: usize,
         at_seq: u64,
-    ) -> Result<pb::VerifyAuditResponse, Error> {
+    ) -> Result<AuditVerification, Error> {
         pb::audit_client::AuditClient::new(self.channel_of(endpoint)?)
             .verify(self.request(pb::VerifyAuditRequest { at_seq }))
             .await
-            .map(|r| r.into_inner())
+            .map(|r| AuditVerification::from(r.into_inner()))
             .map_err(Error::from_status)
     }
 
@@ -823,13 +825,14 @@ impl Client {
         endpoint: usize,
         after_seq: u64,
         limit: u32,
-    ) -> Result<pb::SecurityLogResponse, Error> {
+    ) -> Result<SecurityLog, Error> {
         pb::audit_client::AuditClient::new(self.channel_of(endpoint)?)
             .max_decoding_message_size(16 << 20)
             .security_log(self.request(pb::SecurityLogRequest { after_seq, limit }))
             .await
-            .map(|r| r.into_inner())
-            .map_err(Error::from_status)
+            .map_err(Error::from_status)?
+            .into_inner()
+            .try_into()
     }
 
     /// Opens the change feed on the current endpoint, from global sequence `from_seq`; with
@@ -966,27 +969,25 @@ impl Client {
         &self,
         endpoint: usize,
         include_digest: bool,
-    ) -> Result<pb::ClusterStatus, Error> {
+    ) -> Result<ClusterStatus, Error> {
         pb::cluster_client::ClusterClient::new(self.channel_of(endpoint)?)
             .status(self.request(pb::ClusterStatusRequest { include_digest }))
             .await
-            .map(|r| r.into_inner())
-            .map_err(Error::from_status)
+            .map_err(Error::from_status)?
+            .into_inner()
+            .try_into()
     }
 
-    pub async fn status(&self, include_digest: bool) -> Result<pb::ClusterStatus, Error> {
+    pub async fn status(&self, include_digest: bool) -> Result<ClusterStatus, Error> {
         self.call(|ch| {
             let r = self.request(pb::ClusterStatusRequest { include_digest });
             async move { pb::cluster_client::ClusterClient::new(ch).status(r).await }
         })
-        .await
+        .await?
+        .try_into()
     }
 
-    pub async fn add_learner(
-        &self,
-        node_id: u64,
-        addr: &str,
-    ) -> Result<pb::MembershipResponse, Error> {
+    pub async fn add_learner(&self, node_id: u64, addr: &str) -> Result<Membership, Error> {
         let msg = pb::AddLearnerRequest {
             node_id,
             addr: addr.into(),
@@ -1000,27 +1001,30 @@ impl Client {
             }
         })
         .await
+        .map(Membership::from)
     }
 
-    pub async fn promote(&self, node_ids: Vec<u64>) -> Result<pb::MembershipResponse, Error> {
+    pub async fn promote(&self, node_ids: Vec<u64>) -> Result<Membership, Error> {
         let msg = pb::PromoteRequest { node_ids };
         self.call(|ch| {
             let r = self.request(msg.clone());
             async move { pb::cluster_client::ClusterClient::new(ch).promote(r).await }
         })
         .await
+        .map(Membership::from)
     }
 
-    pub async fn remove(&self, node_id: u64) -> Result<pb::MembershipResponse, Error> {
+    pub async fn remove(&self, node_id: u64) -> Result<Membership, Error> {
         self.call(|ch| {
             let r = self.request(pb::RemoveRequest { node_id });
             async move { pb::cluster_client::ClusterClient::new(ch).remove(r).await }
         })
         .await
+        .map(Membership::from)
     }
 
     /// Builds a snapshot on the node at `endpoint`.
-    pub async fn snapshot_on(&self, endpoint: usize) -> Result<pb::SnapshotResponse, Error> {
+    pub async fn snapshot_on(&self, endpoint: usize) -> Result<SnapshotInfo, Error> {
         let channel = self
             .channels
             .get(endpoint)
@@ -1029,19 +1033,20 @@ impl Client {
         pb::cluster_client::ClusterClient::new(channel)
             .snapshot(self.request(pb::SnapshotRequest {}))
             .await
-            .map(|r| r.into_inner())
+            .map(|r| SnapshotInfo::from(r.into_inner()))
             .map_err(Error::from_status)
     }
 
     /// Writes a backup checkpoint on the node that answers (under its data directory; the
     /// response names the node and the path). `name` empty: a name from the time.
-    pub async fn backup(&self, name: &str) -> Result<pb::BackupResponse, Error> {
+    pub async fn backup(&self, name: &str) -> Result<BackupInfo, Error> {
         let msg = pb::BackupRequest { name: name.into() };
         self.call(|ch| {
             let r = self.request(msg.clone());
             async move { pb::cluster_client::ClusterClient::new(ch).backup(r).await }
         })
         .await
+        .map(BackupInfo::from)
     }
 
     /// Asks the node at `endpoint` (an index into the endpoint list) for its

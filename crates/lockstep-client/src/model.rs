@@ -3,7 +3,9 @@
 //!
 //! Where the engine already has the concept and the wire carries all of it, the engine's type
 //! is reused ([`Incident`], [`TimerKind`], [`TaskStatus`], [`LeaseToken`], [`SlaView`], the
-//! engine's part of an [`AuditRecord`]); otherwise a small struct holds what the wire carries.
+//! engine's part of an [`AuditRecord`]); otherwise a small struct holds what the wire carries,
+//! as for the cluster administration answers ([`ClusterStatus`], [`Membership`],
+//! [`SnapshotInfo`], [`BackupInfo`], [`AuditVerification`], [`SecurityLog`]).
 //! Times are [`Timestamp`]s, instance data, task inputs and results are JSON values, and an
 //! empty wire string that means "none" is `None`.
 //!
@@ -336,6 +338,221 @@ pub struct Heartbeat {
     pub lease_expires_at: Timestamp,
     /// Global sequence of the `task_heartbeat` audit record.
     pub audit_seq: u64,
+}
+
+/// A node's part in Raft, as its status reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    /// Replicates the log but does not vote (a node being added).
+    Learner,
+    /// Raft on the node is shutting down.
+    Shutdown,
+}
+
+impl Role {
+    const ALL: [Role; 5] = [
+        Role::Leader,
+        Role::Follower,
+        Role::Candidate,
+        Role::Learner,
+        Role::Shutdown,
+    ];
+
+    /// The name as the wire and `lockstep cluster status` spell it: `Leader`, `Follower`,
+    /// `Candidate`, `Learner`, `Shutdown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "Leader",
+            Role::Follower => "Follower",
+            Role::Candidate => "Candidate",
+            Role::Learner => "Learner",
+            Role::Shutdown => "Shutdown",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    /// Its host:port.
+    pub addr: String,
+    /// False for a learner.
+    pub voter: bool,
+}
+
+/// What one node says about itself and the cluster (`Cluster/Status`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub node_id: u64,
+    pub role: Role,
+    /// The leader this node knows of, and its address.
+    pub leader_id: Option<u64>,
+    pub leader_addr: Option<String>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    /// The last log index of the node's latest snapshot (0: none yet).
+    pub snapshot_index: u64,
+    /// SHA-256 over the state families at `applied_index`, when it was asked for.
+    pub digest: Option<String>,
+    pub members: Vec<Member>,
+    /// The cluster time of the node's state; `None` before anything was applied.
+    pub cluster_time: Option<Timestamp>,
+    /// Why the node is short of disk space and refuses client writes (`NO_SPACE`), if it is.
+    pub space_alarm: Option<String>,
+    /// Free bytes of the data directory's file system and bytes the store holds, at the last
+    /// check of the space alarm.
+    pub data_dir_free_bytes: u64,
+    pub store_bytes: u64,
+}
+
+/// The members after a membership change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Membership {
+    pub members: Vec<Member>,
+}
+
+/// A snapshot a node built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The last log index it covers.
+    pub last_index: u64,
+}
+
+/// A backup checkpoint a node wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// The node that wrote it, and where: a path on that node, not on the caller's machine.
+    pub node_id: u64,
+    pub path: String,
+    /// The last log index and term applied in it.
+    pub applied_index: u64,
+    pub applied_term: u64,
+    /// Bytes of its files (SST files are hard links to the live store's until compaction
+    /// replaces them).
+    pub bytes: u64,
+}
+
+/// Where an audit chain breaks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainBreak {
+    /// The first broken record.
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// A node's verification of its audit chains (`Audit/Verify`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditVerification {
+    pub records_checked: u64,
+    /// Where the chains break; `None` when they verify.
+    pub broken: Option<ChainBreak>,
+    /// The newest record and its global chain hash (hex).
+    pub head_seq: u64,
+    pub head_hash: String,
+    /// The record asked about (0: none), and its chain hash if the chain verified through it
+    /// (`None` beyond the head or at a broken record).
+    pub at_seq: u64,
+    pub at_hash: Option<String>,
+}
+
+impl AuditVerification {
+    /// The chains verify.
+    pub fn ok(&self) -> bool {
+        self.broken.is_none()
+    }
+}
+
+/// What kind of refusal a security log entry records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// A call without valid credentials.
+    Authentication,
+    /// The cluster policy refused an authenticated actor.
+    Authorization,
+    /// The engine refused a command for a trust reason or a time gate.
+    Engine,
+    /// A Raft or forwarding message from a caller that is not a member node.
+    Peer,
+    /// A connection whose TLS handshake failed.
+    Tls,
+}
+
+impl RefusalKind {
+    const ALL: [RefusalKind; 5] = [
+        RefusalKind::Authentication,
+        RefusalKind::Authorization,
+        RefusalKind::Engine,
+        RefusalKind::Peer,
+        RefusalKind::Tls,
+    ];
+
+    /// The name as the wire spells it: `authentication`, `authorization`, `engine`, `peer`,
+    /// `tls`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalKind::Authentication => "authentication",
+            RefusalKind::Authorization => "authorization",
+            RefusalKind::Engine => "engine",
+            RefusalKind::Peer => "peer",
+            RefusalKind::Tls => "tls",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<RefusalKind> {
+        RefusalKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for RefusalKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A refused attempt a node saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecurityEvent {
+    /// Position in the node's log, from 1.
+    pub seq: u64,
+    /// The node's wall clock.
+    pub at: Timestamp,
+    pub kind: RefusalKind,
+    /// The gRPC method or the refused command.
+    pub method: String,
+    /// The actor id, `node <id>` for peers, when known.
+    pub actor: Option<String>,
+    /// The caller's address, when known.
+    pub remote: Option<String>,
+    /// A refusal code (`FORBIDDEN`, `GATE_EXPIRED`, ...) or a gRPC status code name.
+    pub code: String,
+    pub reason: String,
+}
+
+/// A page of one node's security log (`Audit/SecurityLog`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecurityLog {
+    pub node_id: u64,
+    /// Oldest first.
+    pub events: Vec<SecurityEvent>,
+    /// Entries the node recorded since it started, including those no longer kept.
+    pub total: u64,
+    /// How many entries the node keeps.
+    pub capacity: u32,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -885,6 +1102,134 @@ impl TryFrom<pb::HeartbeatTaskResponse> for Heartbeat {
     }
 }
 
+impl From<pb::Member> for Member {
+    fn from(m: pb::Member) -> Member {
+        Member {
+            id: m.id,
+            addr: m.addr,
+            voter: m.voter,
+        }
+    }
+}
+
+fn members(list: Vec<pb::Member>) -> Vec<Member> {
+    list.into_iter().map(Member::from).collect()
+}
+
+impl TryFrom<pb::ClusterStatus> for ClusterStatus {
+    type Error = Error;
+
+    fn try_from(s: pb::ClusterStatus) -> Result<ClusterStatus, Error> {
+        const WHAT: &str = "cluster status";
+        let node = format!("node {}", s.node_id);
+        let convert = || -> Result<ClusterStatus, Error> {
+            Ok(ClusterStatus {
+                role: Role::from_name(&s.role)
+                    .ok_or_else(|| decode(WHAT, format!("role `{}` is unknown", s.role)))?,
+                cluster_time: optional_timestamp(WHAT, "cluster_time", &s.cluster_time)?,
+                node_id: s.node_id,
+                leader_id: (s.leader_id != 0).then_some(s.leader_id),
+                leader_addr: non_empty(s.leader_addr),
+                term: s.term,
+                last_log_index: s.last_log_index,
+                applied_index: s.applied_index,
+                snapshot_index: s.snapshot_index,
+                digest: non_empty(s.digest),
+                members: members(s.members),
+                space_alarm: non_empty(s.space_alarm),
+                data_dir_free_bytes: s.data_dir_free_bytes,
+                store_bytes: s.store_bytes,
+            })
+        };
+        convert().map_err(|e| within(&node, e))
+    }
+}
+
+impl From<pb::MembershipResponse> for Membership {
+    fn from(r: pb::MembershipResponse) -> Membership {
+        Membership {
+            members: members(r.members),
+        }
+    }
+}
+
+impl From<pb::SnapshotResponse> for SnapshotInfo {
+    fn from(r: pb::SnapshotResponse) -> SnapshotInfo {
+        SnapshotInfo {
+            last_index: r.last_index,
+        }
+    }
+}
+
+impl From<pb::BackupResponse> for BackupInfo {
+    fn from(r: pb::BackupResponse) -> BackupInfo {
+        BackupInfo {
+            node_id: r.node_id,
+            path: r.path,
+            applied_index: r.applied_index,
+            applied_term: r.applied_term,
+            bytes: r.bytes,
+        }
+    }
+}
+
+impl From<pb::VerifyAuditResponse> for AuditVerification {
+    fn from(r: pb::VerifyAuditResponse) -> AuditVerification {
+        AuditVerification {
+            records_checked: r.records_checked,
+            broken: (!r.ok).then_some(ChainBreak {
+                seq: r.broken_seq,
+                reason: r.reason,
+            }),
+            head_seq: r.head_seq,
+            head_hash: r.head_hash,
+            at_seq: r.at_seq,
+            at_hash: non_empty(r.at_hash),
+        }
+    }
+}
+
+impl TryFrom<pb::SecurityEvent> for SecurityEvent {
+    type Error = Error;
+
+    fn try_from(e: pb::SecurityEvent) -> Result<SecurityEvent, Error> {
+        const WHAT: &str = "security event";
+        let seq = format!("#{}", e.seq);
+        let convert = || -> Result<SecurityEvent, Error> {
+            Ok(SecurityEvent {
+                at: timestamp(WHAT, "at", &e.at)?,
+                kind: RefusalKind::from_name(&e.kind)
+                    .ok_or_else(|| decode(WHAT, format!("kind `{}` is unknown", e.kind)))?,
+                seq: e.seq,
+                method: e.method,
+                actor: non_empty(e.actor),
+                remote: non_empty(e.remote),
+                code: e.code,
+                reason: e.reason,
+            })
+        };
+        convert().map_err(|err| within(&seq, err))
+    }
+}
+
+impl TryFrom<pb::SecurityLogResponse> for SecurityLog {
+    type Error = Error;
+
+    fn try_from(r: pb::SecurityLogResponse) -> Result<SecurityLog, Error> {
+        Ok(SecurityLog {
+            events: r
+                .events
+                .into_iter()
+                .map(SecurityEvent::try_from)
+                .collect::<Result<_, _>>()
+                .map_err(|e| within(&format!("node {}", r.node_id), e))?,
+            node_id: r.node_id,
+            total: r.total,
+            capacity: r.capacity,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1067,6 +1412,120 @@ mod tests {
         assert_eq!(
             AuditRecord::try_from(bad).unwrap_err().to_string(),
             "the node sent a malformed audit record: #4: kind `teleported` is unknown; is this client as new as the cluster?"
+        );
+    }
+
+    fn wire_status() -> pb::ClusterStatus {
+        pb::ClusterStatus {
+            node_id: 2,
+            leader_id: 0,
+            leader_addr: String::new(),
+            term: 3,
+            role: "Follower".into(),
+            cluster_time: "2026-01-02T03:04:05Z".into(),
+            members: vec![pb::Member {
+                id: 1,
+                addr: "127.0.0.1:7101".into(),
+                voter: true,
+            }],
+            store_bytes: 4096,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_cluster_status_converts_and_empty_means_none() {
+        let s = ClusterStatus::try_from(wire_status()).unwrap();
+        assert_eq!(s.role, Role::Follower);
+        assert_eq!(format!("{:<10}|", s.role), "Follower  |");
+        assert_eq!((s.leader_id, s.leader_addr), (None, None));
+        assert_eq!((s.digest, s.space_alarm), (None, None));
+        assert_eq!(s.cluster_time, Some(at("2026-01-02T03:04:05Z")));
+        assert_eq!(s.members[0].addr, "127.0.0.1:7101");
+        let fresh = pb::ClusterStatus {
+            cluster_time: String::new(),
+            leader_id: 1,
+            leader_addr: "127.0.0.1:7101".into(),
+            ..wire_status()
+        };
+        let s = ClusterStatus::try_from(fresh).unwrap();
+        assert_eq!(s.cluster_time, None);
+        assert_eq!(s.leader_id, Some(1));
+        let bad = pb::ClusterStatus {
+            role: "Witness".into(),
+            ..wire_status()
+        };
+        assert_eq!(
+            ClusterStatus::try_from(bad).unwrap_err().to_string(),
+            "the node sent a malformed cluster status: node 2: role `Witness` is unknown; is this client as new as the cluster?"
+        );
+    }
+
+    #[test]
+    fn an_audit_verification_is_ok_without_a_break() {
+        let sound = AuditVerification::from(pb::VerifyAuditResponse {
+            ok: true,
+            records_checked: 5,
+            head_seq: 5,
+            head_hash: "ab".into(),
+            at_seq: 9,
+            ..Default::default()
+        });
+        assert!(sound.ok());
+        assert_eq!(sound.at_hash, None);
+        let broken = AuditVerification::from(pb::VerifyAuditResponse {
+            ok: false,
+            broken_seq: 3,
+            reason: "hash mismatch".into(),
+            ..Default::default()
+        });
+        assert!(!broken.ok());
+        assert_eq!(
+            broken.broken,
+            Some(ChainBreak {
+                seq: 3,
+                reason: "hash mismatch".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_security_log_converts_its_events() {
+        let event = pb::SecurityEvent {
+            seq: 7,
+            at: "2026-01-02T03:04:05.5Z".into(),
+            kind: "authorization".into(),
+            method: "/lockstep.v1.Cluster/Backup".into(),
+            actor: "alice".into(),
+            remote: String::new(),
+            code: "PERMISSION_DENIED".into(),
+            reason: "needs admin".into(),
+        };
+        let log = SecurityLog::try_from(pb::SecurityLogResponse {
+            events: vec![event.clone()],
+            total: 7,
+            node_id: 1,
+            capacity: 1024,
+        })
+        .unwrap();
+        let e = &log.events[0];
+        assert_eq!(e.kind, RefusalKind::Authorization);
+        assert_eq!(e.at.to_string(), "2026-01-02T03:04:05.5Z");
+        assert_eq!(
+            (e.actor.as_deref(), e.remote.as_deref()),
+            (Some("alice"), None)
+        );
+        let bad = pb::SecurityLogResponse {
+            events: vec![pb::SecurityEvent {
+                kind: "burglary".into(),
+                ..event
+            }],
+            node_id: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            SecurityLog::try_from(bad).unwrap_err().to_string(),
+            "the node sent a malformed security event: node 1: #7: kind `burglary` is unknown; is this client as new as the cluster?"
         );
     }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Cluster, PO, Settings, alice};
-use lockstep_client::{Options, by_id, pb, request_id};
+use lockstep_client::{AuditVerification, Options, by_id, pb, request_id};
 use lockstep_core::{ActorKind, RefusalCode};
 use lockstep_proto::names;
 use tonic::Code;
@@ -40,7 +40,7 @@ async fn bad_requests_get_clear_statuses_and_change_nothing() {
         .apply_definition(&request_id(), PO, lockstep_client::Provenance::default())
         .await
         .unwrap();
-    let head = |v: pb::VerifyAuditResponse| (v.head_seq, v.head_hash);
+    let head = |v: AuditVerification| (v.head_seq, v.head_hash);
     let before = head(admin.verify_audit().await.unwrap());
     let mut instances = pb::instances_client::InstancesClient::new(channel(&cluster, leader).await)
         .max_encoding_message_size(64 << 20);

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, PO, Settings, alice, bob};
 use lockstep_client::{
-    Client, Error, Identity, Instance, InstanceChange, Options, by_key, pb, request_id,
+    Client, ClusterStatus, Error, Identity, Instance, InstanceChange, Options, Role, by_key, pb,
+    request_id,
 };
 use lockstep_core::{ActorKind, RefusalCode};
 
@@ -158,12 +159,12 @@ impl Solo {
     }
 
     /// Waits until the node leads its one-node cluster; returns its status.
-    async fn leading(&self) -> pb::ClusterStatus {
+    async fn leading(&self) -> ClusterStatus {
         let client = self.client(admin());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(s) = client.status_of(0, false).await
-                && s.role == "Leader"
+                && s.role == Role::Leader
             {
                 return s;
             }
@@ -313,7 +314,7 @@ async fn online_backup_of_a_follower_restores_as_a_one_node_cluster() {
         "{missing}"
     );
     let verified = solo.client(admin()).verify_audit().await.unwrap();
-    assert!(verified.ok, "{verified:?}");
+    assert!(verified.ok(), "{verified:?}");
     assert!(verified.records_checked >= 4, "{verified:?}");
 
     // It takes writes as the leader of its own cluster...

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Cluster, Settings, TICKETS_DUE, gauge};
-use lockstep_client::Identity;
+use lockstep_client::{Identity, Role};
 use lockstep_core::ActorKind;
 
 /// How far node 1's wall clock runs ahead.
@@ -43,12 +43,8 @@ async fn cluster_time_ahead_s(cluster: &Cluster, i: usize) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let status = cluster.status(i, false).await;
-        if let Some(status) = status.filter(|s| !s.cluster_time.is_empty()) {
-            let at: jiff::Timestamp = status
-                .cluster_time
-                .parse()
-                .unwrap_or_else(|e| panic!("cluster time {:?}: {e}", status.cluster_time));
-            return (at.as_microsecond() - jiff::Timestamp::now().as_microsecond()) as f64 / 1e6;
+        if let Some(at) = status.and_then(|s| s.cluster_time) {
+            return (at.as_micros() - jiff::Timestamp::now().as_microsecond()) as f64 / 1e6;
         }
         assert!(
             Instant::now() < deadline,
@@ -77,7 +73,8 @@ impl LeaderWatch {
         tokio::spawn(async move {
             let mut since: Option<Instant> = None;
             while !stopped.load(Ordering::Relaxed) {
-                let leads = matches!(probe.status_of(0, false).await, Ok(s) if s.role == "Leader");
+                let leads =
+                    matches!(probe.status_of(0, false).await, Ok(s) if s.role == Role::Leader);
                 match (leads, since) {
                     (true, None) => since = Some(Instant::now()),
                     (false, Some(_)) => since = None,

@@ -82,7 +82,7 @@ async fn three_nodes_elect_replicate_and_agree() {
     let digests = cluster.converged_digests().await;
     assert!(digests.iter().all(|d| d == &digests[0]), "{digests:?}");
     let verify = cluster.admin().verify_audit().await.unwrap();
-    assert!(verify.ok, "{verify:?}");
+    assert!(verify.ok(), "{verify:?}");
     assert_eq!(
         verify.records_checked, 4,
         "definition, create, submit, approve"

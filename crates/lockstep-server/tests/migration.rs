@@ -7,7 +7,7 @@ mod common;
 
 use common::{Cluster, PO, Settings};
 use lockstep_client::model::{AuditKind, TimerKind};
-use lockstep_client::{Error, Identity, Instance, by_key, pb, request_id};
+use lockstep_client::{Error, Identity, Instance, RefusalKind, by_key, pb, request_id};
 use lockstep_core::{ActorKind, RefusalCode, Timestamp};
 
 /// Only actors with the role `release` may migrate; the other permissions keep their defaults.
@@ -135,11 +135,13 @@ async fn an_authorised_actor_migrates_through_grpc_and_others_are_refused_and_lo
             .await
             .unwrap();
         assert!(
-            log.events.iter().any(|e| e.kind == "authorization"
-                && e.code == "PERMISSION_DENIED"
-                && e.actor == actor
-                && e.method == "/lockstep.v1.Instances/Migrate"
-                && e.reason.contains("migrate_instances")),
+            log.events
+                .iter()
+                .any(|e| e.kind == RefusalKind::Authorization
+                    && e.code == "PERMISSION_DENIED"
+                    && e.actor.as_deref() == Some(actor)
+                    && e.method == "/lockstep.v1.Instances/Migrate"
+                    && e.reason.contains("migrate_instances")),
             "node {}: {:#?}",
             i + 1,
             log.events
@@ -226,7 +228,7 @@ async fn an_authorised_actor_migrates_through_grpc_and_others_are_refused_and_lo
     let mut heads = Vec::new();
     for i in 0..3 {
         let verified = on(i, auditor.clone()).verify_audit().await.unwrap();
-        assert!(verified.ok, "node {}: {verified:?}", i + 1);
+        assert!(verified.ok(), "node {}: {verified:?}", i + 1);
         heads.push((verified.head_seq, verified.head_hash));
     }
     assert!(heads.iter().all(|h| *h == heads[0]), "{heads:?}");

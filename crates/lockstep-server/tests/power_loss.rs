@@ -133,7 +133,7 @@ async fn power_cuts(node_env: Vec<(String, String)>, converge_within: Duration) 
         }
     }
     let digests = cluster.try_converged_digests(converge_within).await;
-    let verified = client.verify_audit().await.is_ok_and(|v| v.ok);
+    let verified = client.verify_audit().await.is_ok_and(|v| v.ok());
     let (_, metrics) = cluster.scrape(leader).await;
     AfterTheCuts {
         acked: acked.len(),

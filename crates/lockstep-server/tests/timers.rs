@@ -205,7 +205,7 @@ async fn a_frozen_old_leader_cannot_make_a_timer_act_twice() {
         the_fire(&cluster, id).await;
     }
     let verify = cluster.admin().verify_audit().await.unwrap();
-    assert!(verify.ok, "{verify:?}");
+    assert!(verify.ok(), "{verify:?}");
 }
 
 /// The timer service scans the due index from a cursor (the due time it has reached); a

@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::{Cluster, PO, Pki, Settings, sign_with};
-use lockstep_client::{Client, Credentials, Error, Identity, Options, by_key, pb, request_id};
+use lockstep_client::{
+    Client, Credentials, Error, Identity, Options, RefusalKind, SecurityEvent, by_key, request_id,
+};
 use lockstep_core::{ActorKind, RefusalCode};
 use lockstep_proto::v1::internal::RaftMessage;
 use lockstep_proto::v1::internal::raft_client::RaftClient;
@@ -257,41 +259,49 @@ async fn secure_cluster_authenticates_callers_and_applies_the_policy() {
         on(alice.clone()).verify_audit().await.unwrap_err(),
         Error::PermissionDenied(_)
     ));
-    assert!(on(auditor.clone()).verify_audit().await.unwrap().ok);
+    assert!(on(auditor.clone()).verify_audit().await.unwrap().ok());
 
     // Node 1's security log holds each kind of refusal it saw.
     let log = on(auditor.clone()).security_log_of(0, 0, 0).await.unwrap();
     assert_eq!(log.node_id, 1);
-    let has = |kind: &str, code: &str, actor: &str| {
+    let has = |kind: RefusalKind, code: &str, actor: Option<&str>| {
         log.events
             .iter()
-            .any(|e| e.kind == kind && e.code == code && e.actor == actor)
+            .any(|e| e.kind == kind && e.code == code && e.actor.as_deref() == actor)
     };
     assert!(
-        has("authentication", "UNAUTHENTICATED", ""),
+        has(RefusalKind::Authentication, "UNAUTHENTICATED", None),
         "{:#?}",
         log.events
     );
     assert!(
         log.events
             .iter()
-            .any(|e| e.kind == "authentication" && e.reason.contains("expired")),
-        "{:#?}",
-        log.events
-    );
-    assert!(has("engine", "FORBIDDEN", "alice"), "{:#?}", log.events);
-    assert!(
-        has("engine", "GATE_NOT_YET_OPEN", "alice"),
+            .any(|e| e.kind == RefusalKind::Authentication && e.reason.contains("expired")),
         "{:#?}",
         log.events
     );
     assert!(
-        has("engine", "FORBIDDEN", "mallory"),
+        has(RefusalKind::Engine, "FORBIDDEN", Some("alice")),
+        "{:#?}",
+        log.events
+    );
+    assert!(
+        has(RefusalKind::Engine, "GATE_NOT_YET_OPEN", Some("alice")),
+        "{:#?}",
+        log.events
+    );
+    assert!(
+        has(RefusalKind::Engine, "FORBIDDEN", Some("mallory")),
         "the forged header did not make the refusal bob's: {:#?}",
         log.events
     );
     assert!(
-        has("authorization", "PERMISSION_DENIED", "alice"),
+        has(
+            RefusalKind::Authorization,
+            "PERMISSION_DENIED",
+            Some("alice")
+        ),
         "{:#?}",
         log.events
     );
@@ -397,18 +407,28 @@ async fn peers_need_a_member_certificate_from_the_cluster_ca() {
         .security_log_of(0, 0, 0)
         .await
         .unwrap();
-    let peer: Vec<&pb::SecurityEvent> = log.events.iter().filter(|e| e.kind == "peer").collect();
+    let peer: Vec<&SecurityEvent> = log
+        .events
+        .iter()
+        .filter(|e| e.kind == RefusalKind::Peer)
+        .collect();
     assert_eq!(peer.len(), 4, "{:#?}", log.events);
     // The impostor's failed handshake is there too, with its address and rustls' reason.
-    let tls: Vec<&pb::SecurityEvent> = log.events.iter().filter(|e| e.kind == "tls").collect();
+    let tls: Vec<&SecurityEvent> = log
+        .events
+        .iter()
+        .filter(|e| e.kind == RefusalKind::Tls)
+        .collect();
     assert!(!tls.is_empty(), "{:#?}", log.events);
     assert!(
         tls.iter().all(|e| e.code == "TLS_HANDSHAKE_FAILED"
-            && e.remote.starts_with("127.0.0.1:")
+            && e.remote
+                .as_deref()
+                .is_some_and(|r| r.starts_with("127.0.0.1:"))
             && e.reason.contains("certificate")),
         "{tls:#?}"
     );
-    assert!(peer.iter().any(|e| e.actor == "node 4"));
+    assert!(peer.iter().any(|e| e.actor.as_deref() == Some("node 4")));
     assert!(
         peer.iter()
             .all(|e| e.method.starts_with("/lockstep.v1.internal.Raft/"))
@@ -484,11 +504,14 @@ async fn a_flipped_byte_in_one_nodes_audit_is_named_by_verify_on_that_node_only(
             .await
             .unwrap();
         if i == victim {
-            assert!(!verdict.ok, "node {} should see the tampering", i + 1);
-            assert_eq!(verdict.broken_seq, tampered_seq, "{verdict:?}");
-            assert!(verdict.reason.contains("hash"), "{verdict:?}");
+            let broken = verdict
+                .broken
+                .as_ref()
+                .unwrap_or_else(|| panic!("node {} should see the tampering", i + 1));
+            assert_eq!(broken.seq, tampered_seq, "{verdict:?}");
+            assert!(broken.reason.contains("hash"), "{verdict:?}");
         } else {
-            assert!(verdict.ok, "node {}: {verdict:?}", i + 1);
+            assert!(verdict.ok(), "node {}: {verdict:?}", i + 1);
             assert!(verdict.records_checked >= tampered_seq);
         }
     }

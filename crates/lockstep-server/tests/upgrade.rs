@@ -166,7 +166,7 @@ async fn a_rolling_upgrade_from_4410ace_under_load_loses_nothing() {
         "replicas differ after the upgrade: {digests:?}"
     );
     let verified = client.verify_audit().await.unwrap();
-    assert!(verified.ok, "{verified:?}");
+    assert!(verified.ok(), "{verified:?}");
 }
 
 /// Once the log is in format 2, a node running the old build is refused as a learner, with

@@ -24,7 +24,7 @@ struct NodeChain {
     /// Its index in the client's endpoint list.
     index: usize,
     endpoint: String,
-    verified: pb::VerifyAuditResponse,
+    verified: AuditVerification,
     /// Its chain hash at the common sequence (and at the anchor's), once asked.
     at_common: String,
     at_anchor: String,
@@ -62,11 +62,11 @@ pub async fn audit_verify(
     // The highest record every node with a sound chain has: their hashes there must agree.
     let common = nodes
         .iter()
-        .filter(|n| n.verified.ok)
+        .filter(|n| n.verified.ok())
         .map(|n| n.verified.head_seq)
         .min()
         .unwrap_or(0);
-    for n in nodes.iter_mut().filter(|n| n.verified.ok) {
+    for n in nodes.iter_mut().filter(|n| n.verified.ok()) {
         if common > 0 {
             n.at_common = at_hash(&client, n.index, common).await;
         }
@@ -76,15 +76,14 @@ pub async fn audit_verify(
     }
     let mut problems = Vec::new();
     for n in &nodes {
-        let v = &n.verified;
-        if !v.ok {
+        if let Some(broken) = &n.verified.broken {
             problems.push(format!(
                 "{}: BROKEN at record {}: {}",
-                n.endpoint, v.broken_seq, v.reason
+                n.endpoint, broken.seq, broken.reason
             ));
         }
     }
-    let sound: Vec<&NodeChain> = nodes.iter().filter(|n| n.verified.ok).collect();
+    let sound: Vec<&NodeChain> = nodes.iter().filter(|n| n.verified.ok()).collect();
     if let Some(first) = sound.first()
         && common > 0
     {
@@ -121,7 +120,7 @@ pub async fn audit_verify(
         Output::Table => {
             for n in &nodes {
                 let v = &n.verified;
-                if v.ok {
+                if v.ok() {
                     println!(
                         "{}: ok, {} records, head {} {}",
                         n.endpoint,
@@ -158,7 +157,11 @@ pub async fn audit_verify(
                 .iter()
                 .map(|n| {
                     let v = &n.verified;
-                    serde_json::json!({"endpoint": n.endpoint, "ok": v.ok, "records_checked": v.records_checked, "broken_seq": v.broken_seq, "reason": v.reason, "head_seq": v.head_seq, "head_hash": v.head_hash, "hash_at_common": n.at_common, "hash_at_anchor": n.at_anchor})
+                    let (broken_seq, reason) = v
+                        .broken
+                        .as_ref()
+                        .map_or((0, ""), |b| (b.seq, b.reason.as_str()));
+                    serde_json::json!({"endpoint": n.endpoint, "ok": v.ok(), "records_checked": v.records_checked, "broken_seq": broken_seq, "reason": reason, "head_seq": v.head_seq, "head_hash": v.head_hash, "hash_at_common": n.at_common, "hash_at_anchor": n.at_anchor})
                 })
                 .chain(unreachable.iter().map(|(e, err)| serde_json::json!({"endpoint": e, "error": err})))
                 .collect();
@@ -180,7 +183,8 @@ async fn at_hash(client: &Client, index: usize, seq: u64) -> String {
     client
         .verify_audit_of(index, seq)
         .await
-        .map(|v| v.at_hash)
+        .ok()
+        .and_then(|v| v.at_hash)
         .unwrap_or_default()
 }
 
@@ -198,7 +202,7 @@ pub async fn audit_anchor(conn: &Connection, output: Output) -> anyhow::Result<b
     let mut last_error = String::new();
     for (index, endpoint) in client.endpoints().iter().enumerate() {
         match client.verify_audit_of(index, 0).await {
-            Ok(v) if v.ok && v.head_seq > 0 => {
+            Ok(v) if v.ok() && v.head_seq > 0 => {
                 match output {
                     Output::Table => println!("{}:{}", v.head_seq, v.head_hash),
                     Output::Json => println!(
@@ -208,13 +212,16 @@ pub async fn audit_anchor(conn: &Connection, output: Output) -> anyhow::Result<b
                 }
                 return Ok(true);
             }
-            Ok(v) if v.ok => last_error = format!("{endpoint}: the audit log is empty"),
-            Ok(v) => {
+            Ok(AuditVerification {
+                broken: Some(broken),
+                ..
+            }) => {
                 last_error = format!(
                     "{endpoint}: its chain is BROKEN at record {}: {}",
-                    v.broken_seq, v.reason
+                    broken.seq, broken.reason
                 )
             }
+            Ok(_) => last_error = format!("{endpoint}: the audit log is empty"),
             Err(e) => last_error = format!("{endpoint}: {e}"),
         }
     }
@@ -245,10 +252,10 @@ pub async fn audit_security(
                         println!(
                             "{:>6}  {:<28} {:<14} {:<18} {:<14} {}  {}",
                             e.seq,
-                            e.at,
+                            e.at.to_string(),
                             e.kind,
                             e.code,
-                            if e.actor.is_empty() { "-" } else { &e.actor },
+                            e.actor.as_deref().unwrap_or("-"),
                             e.method,
                             e.reason
                         );
@@ -258,8 +265,8 @@ pub async fn audit_security(
                     .events
                     .iter()
                     .map(|e| {
-                        serde_json::json!({"seq": e.seq, "at": e.at, "kind": e.kind, "method": e.method,
-                            "actor": e.actor, "remote": e.remote, "code": e.code, "reason": e.reason})
+                        serde_json::json!({"seq": e.seq, "at": e.at.to_string(), "kind": e.kind.as_str(), "method": e.method,
+                            "actor": e.actor.as_deref().unwrap_or_default(), "remote": e.remote.as_deref().unwrap_or_default(), "code": e.code, "reason": e.reason})
                     })
                     .collect();
                 answers.answered(

@@ -21,11 +21,15 @@ pub async fn cluster_status(conn: &Connection, output: Output, digest: bool) -> 
     for (i, endpoint) in client.endpoints().iter().enumerate() {
         match client.status_of(i, digest).await {
             Ok(s) => {
+                let digest_hex = s.digest.as_deref().unwrap_or_default();
+                let leader_id = s.leader_id.unwrap_or(0);
+                let leader_addr = s.leader_addr.as_deref().unwrap_or_default();
+                let space_alarm = s.space_alarm.as_deref().unwrap_or_default();
                 if output == Output::Table {
                     let last = if digest {
-                        s.digest[..16.min(s.digest.len())].to_string()
+                        digest_hex[..16.min(digest_hex.len())].to_string()
                     } else {
-                        format!("{} ({})", s.leader_id, s.leader_addr)
+                        format!("{leader_id} ({leader_addr})")
                     };
                     println!(
                         "{:<22} {:>4} {:<10} {:>6} {:>8} {:>8}  {}",
@@ -37,11 +41,12 @@ pub async fn cluster_status(conn: &Connection, output: Output, digest: bool) -> 
                         s.applied_index,
                         last
                     );
-                    if !s.space_alarm.is_empty() {
-                        println!("{:<22} SPACE ALARM: {}", "", s.space_alarm);
+                    if let Some(alarm) = &s.space_alarm {
+                        println!("{:<22} SPACE ALARM: {alarm}", "");
                     }
                 }
-                answers.answered(serde_json::json!({"endpoint": endpoint, "node_id": s.node_id, "role": s.role, "term": s.term, "leader_id": s.leader_id, "leader_addr": s.leader_addr, "last_log_index": s.last_log_index, "applied_index": s.applied_index, "digest": s.digest, "snapshot_index": s.snapshot_index, "cluster_time": s.cluster_time, "space_alarm": s.space_alarm, "data_dir_free_bytes": s.data_dir_free_bytes, "store_bytes": s.store_bytes, "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>()}));
+                let cluster_time = s.cluster_time.map(|t| t.to_string()).unwrap_or_default();
+                answers.answered(serde_json::json!({"endpoint": endpoint, "node_id": s.node_id, "role": s.role.as_str(), "term": s.term, "leader_id": leader_id, "leader_addr": leader_addr, "last_log_index": s.last_log_index, "applied_index": s.applied_index, "digest": digest_hex, "snapshot_index": s.snapshot_index, "cluster_time": cluster_time, "space_alarm": space_alarm, "data_dir_free_bytes": s.data_dir_free_bytes, "store_bytes": s.store_bytes, "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>()}));
             }
             Err(e) => answers.unreachable(endpoint, e),
         }
@@ -110,7 +115,7 @@ pub async fn health(
                 // a slow node, just does not show it.
                 let left = conn.timeout.saturating_sub(asked.elapsed());
                 let alarm = match tokio::time::timeout(left, client.status_of(i, false)).await {
-                    Ok(Ok(s)) => s.space_alarm,
+                    Ok(Ok(s)) => s.space_alarm.unwrap_or_default(),
                     _ => String::new(),
                 };
                 if output == Output::Table {

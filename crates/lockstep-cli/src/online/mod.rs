@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use lockstep_client::model::SlaView;
 use lockstep_client::{
-    AuditRecord, Client, Credentials, Error, Identity, Instance, InstanceChange, InstanceRead,
-    Named, Options, Provenance, Tls, by_id, by_key, pb, request_id,
+    AuditRecord, AuditVerification, Client, Credentials, Error, Identity, Instance, InstanceChange,
+    InstanceRead, Named, Options, Provenance, Tls, by_id, by_key, pb, request_id,
 };
 use lockstep_core::{ActorKind, RefusalCode, Timestamp};
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lockstep_client::{Client, Credentials, Identity, Options, pb};
+use lockstep_client::{Client, ClusterStatus, Credentials, Identity, Options, Role, pb};
 use lockstep_core::ActorKind;
 
 /// What a node logs once the replicated log format allows group commit.
@@ -405,7 +405,7 @@ impl Cluster {
     }
 
     /// The status of node i, if it answers.
-    pub async fn status(&self, i: usize, digest: bool) -> Option<pb::ClusterStatus> {
+    pub async fn status(&self, i: usize, digest: bool) -> Option<ClusterStatus> {
         let client = self.client_for(
             &[self.endpoint(i)],
             Identity::new("probe", ActorKind::Human, &[]),
@@ -434,7 +434,7 @@ impl Cluster {
         loop {
             for i in self.running() {
                 if let Some(s) = self.status(i, false).await
-                    && s.role == "Leader"
+                    && s.role == Role::Leader
                 {
                     return (s.node_id - 1) as usize;
                 }
@@ -478,11 +478,14 @@ impl Cluster {
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
-            let all: Option<Vec<pb::ClusterStatus>> = statuses.into_iter().collect();
+            let all: Option<Vec<ClusterStatus>> = statuses.into_iter().collect();
             if let Some(all) = all {
                 let first = all[0].applied_index;
                 if first > 0 && all.iter().all(|s| s.applied_index == first) {
-                    let digests: Vec<String> = all.iter().map(|s| s.digest.clone()).collect();
+                    let digests: Vec<String> = all
+                        .iter()
+                        .map(|s| s.digest.clone().unwrap_or_default())
+                        .collect();
                     // The digest was read after the index; re-check that nothing moved.
                     if digests.iter().all(|d| *d == digests[0]) {
                         return Ok(digests);
