@@ -36,12 +36,31 @@ pub enum SchemaError {
     MismatchAt { at: String, reason: String },
 }
 
+/// Why a JSON Schema does not compile: the validator's reason, and the location of the
+/// offending part of the schema (a JSON pointer) unless it is the whole schema.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidSchema {
+    /// The schema as a whole is not valid.
+    #[error("{reason}")]
+    Whole { reason: String },
+    /// The part of the schema at `at` is not valid.
+    #[error("at `{at}`: {reason}")]
+    At { at: String, reason: String },
+}
+
 impl Schema {
-    /// On error: the JSON pointer of the offending part of the schema (may be empty) and why.
-    fn compile(schema: &serde_json::Value) -> Result<Schema, (String, String)> {
+    fn compile(schema: &serde_json::Value) -> Result<Schema, InvalidSchema> {
         jsonschema::validator_for(schema)
             .map(|v| Schema(Arc::new(v)))
-            .map_err(|e| (e.instance_path().to_string(), e.to_string()))
+            .map_err(|e| {
+                let at = e.instance_path().to_string();
+                let reason = e.to_string();
+                if at.is_empty() {
+                    InvalidSchema::Whole { reason }
+                } else {
+                    InvalidSchema::At { at, reason }
+                }
+            })
     }
 
     /// Checks a value; the error names the first offending location.
@@ -402,24 +421,24 @@ impl Validator<'_> {
         let schema = schema?;
         match Schema::compile(schema) {
             Ok(s) => Some(s),
-            Err((at, e)) => {
+            Err(invalid) => {
                 let what = if is_data {
                     "the data schema"
                 } else {
                     "the payload schema"
                 };
-                let (path, what) = if at.is_empty() {
-                    (path.to_string(), what.to_string())
-                } else {
-                    (
+                let (path, what, reason) = match invalid {
+                    InvalidSchema::Whole { reason } => (path.to_string(), what.to_string(), reason),
+                    InvalidSchema::At { at, reason } => (
                         format!("{path}{}", at.replace('/', ".")),
                         format!("{what} at `{at}`"),
-                    )
+                        reason,
+                    ),
                 };
                 self.error(
                     Code::InvalidDataSchema,
                     path,
-                    format!("{what} is not a valid JSON Schema: {e}"),
+                    format!("{what} is not a valid JSON Schema: {reason}"),
                     "fix the schema; it follows JSON Schema draft 2020-12",
                 );
                 None
