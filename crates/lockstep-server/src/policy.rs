@@ -1,5 +1,5 @@
 //! The cluster policy (DESIGN §5): who may apply definitions, migrate instances, read audit,
-//! change membership and resolve incidents. Per-transition permissions are the definitions' `allow` predicates;
+//! change membership, resolve incidents and read each workflow's instances. Per-transition permissions are the definitions' `allow` predicates;
 //! this file covers the operations outside any workflow.
 //!
 //! The file (`--policy`, TOML) has one table per permission, each listing actor ids and roles;
@@ -26,12 +26,23 @@
 //! The file may also set quotas (`[quotas.actors.ID]`, `[quotas.roles.NAME]`: rates and bursts
 //! of writes and polls; see `quota.rs`); without them nobody has a quota.
 //!
+//! Reads of a workflow's instances (`Instances/Get`, `List`, `History`, `Actions`, `Inbox`)
+//! may be limited per workflow; a workflow without a rule stays readable by every
+//! authenticated actor:
+//!
+//! ```toml
+//! [read_instances.purchase-order]
+//! roles = ["requester", "approver", "auditor"]
+//! actors = ["erp"]
+//! ```
+//!
 //! A permission the file leaves out keeps its default (the values above, minus the example
 //! actor). A secure node without `--policy` uses the defaults; a development node without
 //! `--policy` allows every caller, as it always did. The node re-reads the file when its
 //! modification time or size changes (looked at most once a second, on use); a file that no
 //! longer parses is logged and the previous policy stays in force.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -134,6 +145,7 @@ struct PolicyFile {
     change_membership: Option<Rule>,
     resolve_incidents: Option<Rule>,
     quotas: Option<crate::quota::Quotas>,
+    read_instances: Option<BTreeMap<String, Rule>>,
 }
 
 /// A complete policy: one rule per permission.
@@ -148,6 +160,9 @@ pub struct Policy {
     pub resolve_incidents: Rule,
     /// Rates of writes and polls per actor and role (`quota.rs`).
     pub quotas: crate::quota::Quotas,
+    /// Who may read the instances of a workflow, by workflow; a workflow without a rule is
+    /// readable by every authenticated actor.
+    pub read_instances: BTreeMap<String, Rule>,
 }
 
 impl Default for Policy {
@@ -161,6 +176,7 @@ impl Default for Policy {
             change_membership: Rule::roles(&["admin"]),
             resolve_incidents: Rule::roles(&["operator"]),
             quotas: crate::quota::Quotas::default(),
+            read_instances: BTreeMap::new(),
         }
     }
 }
@@ -193,7 +209,7 @@ pub struct Denied {
     pub actor: String,
     /// Comma-separated, or `none`.
     pub roles: String,
-    pub permission: &'static str,
+    pub permission: String,
     pub holders: String,
 }
 
@@ -211,6 +227,7 @@ impl Policy {
             change_membership: file.change_membership.unwrap_or(defaults.change_membership),
             resolve_incidents: file.resolve_incidents.unwrap_or(defaults.resolve_incidents),
             quotas,
+            read_instances: file.read_instances.unwrap_or_default(),
         })
     }
 
@@ -229,22 +246,41 @@ impl Policy {
         if self.allow_all {
             return Ok(());
         }
-        let rule = self.rule(permission);
-        if rule.allows(actor) {
-            Ok(())
-        } else {
-            Err(Denied {
-                actor: actor.id.clone(),
-                roles: if actor.roles.is_empty() {
-                    "none".to_string()
-                } else {
-                    actor.roles.join(", ")
-                },
-                permission: permission.as_str(),
-                holders: rule.describe(),
-            })
+        check_rule(self.rule(permission), actor, || {
+            permission.as_str().to_string()
+        })
+    }
+
+    /// Whether `actor` may read the instances of `workflow` (`[read_instances.<workflow>]`;
+    /// without a rule, anyone authenticated may); the error says who may.
+    pub fn check_read(&self, actor: &Actor, workflow: &str) -> Result<(), Denied> {
+        match self.read_instances.get(workflow) {
+            Some(rule) if !self.allow_all => check_rule(rule, actor, || {
+                format!("read_instances of workflow `{workflow}`")
+            }),
+            _ => Ok(()),
         }
     }
+}
+
+fn check_rule(
+    rule: &Rule,
+    actor: &Actor,
+    permission: impl FnOnce() -> String,
+) -> Result<(), Denied> {
+    if rule.allows(actor) {
+        return Ok(());
+    }
+    Err(Denied {
+        actor: actor.id.clone(),
+        roles: if actor.roles.is_empty() {
+            "none".to_string()
+        } else {
+            actor.roles.join(", ")
+        },
+        permission: permission(),
+        holders: rule.describe(),
+    })
 }
 
 /// The policy in force, re-read from its file when that changes.
@@ -422,6 +458,31 @@ mod tests {
             p.check(&actor("root", &["admin"]), Permission::MigrateInstances)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn read_rules_limit_a_workflow_and_leave_the_others_readable() {
+        let policy =
+            Policy::parse("[read_instances.payroll]\nroles = [\"hr\"]\nactors = [\"auditor-1\"]\n")
+                .unwrap();
+        let (hr, auditor, bob) = (
+            actor("h", &["hr"]),
+            actor("auditor-1", &[]),
+            actor("bob", &["approver"]),
+        );
+        assert_eq!(policy.check_read(&hr, "payroll"), Ok(()));
+        assert_eq!(policy.check_read(&auditor, "payroll"), Ok(()));
+        let denied = policy.check_read(&bob, "payroll").unwrap_err();
+        assert_eq!(
+            denied.to_string(),
+            "the cluster policy does not give actor `bob` (roles: approver) the permission read_instances of workflow `payroll`; it is held by role hr, or actor auditor-1"
+        );
+        // A workflow without a rule stays readable by anyone authenticated.
+        assert_eq!(policy.check_read(&bob, "purchase-order"), Ok(()));
+        assert_eq!(Policy::default().check_read(&bob, "payroll"), Ok(()));
+        // A bad rule is a syntax error naming the field.
+        let bad = Policy::parse("[read_instances.payroll]\nrole = [\"hr\"]\n").unwrap_err();
+        assert!(bad.to_string().contains("unknown field `role`"), "{bad}");
     }
 
     #[test]

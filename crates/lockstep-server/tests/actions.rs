@@ -103,7 +103,10 @@ async fn check_actions(alice: &Client, bob: &Client, mallory: &Client) {
     let ids: BTreeSet<&str> = inbox.items.iter().map(|i| i.instance_id.as_str()).collect();
     assert!(ids.contains(draft.as_str()), "{inbox:?}");
     assert!(!ids.contains(submitted.as_str()), "{inbox:?}");
-    let bobs = bob.inbox(&[WORKFLOW.to_string()], &[], 0, None).await.unwrap();
+    let bobs = bob
+        .inbox(&[WORKFLOW.to_string()], &[], 0, None)
+        .await
+        .unwrap();
     assert!(
         bobs.items
             .iter()
@@ -139,7 +142,10 @@ async fn each_actor_sees_what_it_may_do_now_and_its_inbox_pages() {
             .unwrap();
         pages += 1;
         assert!(page.items.len() <= 3);
-        assert!(!page.truncated, "seven instances are far below the scan limit");
+        assert!(
+            !page.truncated,
+            "seven instances are far below the scan limit"
+        );
         for item in &page.items {
             assert_eq!(item.state, "submitted");
             assert_eq!(names(&item.actions), ["approve", "ask", "reject"]);
@@ -162,7 +168,10 @@ async fn each_actor_sees_what_it_may_do_now_and_its_inbox_pages() {
         .inbox(&[WORKFLOW.to_string()], &[], 500, None)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("page_size 500 is more than 100"), "{err}");
+    assert!(
+        err.to_string().contains("page_size 500 is more than 100"),
+        "{err}"
+    );
     let err = bob
         .inbox(&[WORKFLOW.to_string()], &[], 0, Some("not-a-token"))
         .await
@@ -189,4 +198,91 @@ async fn in_secure_mode_the_actor_is_the_authenticated_caller() {
     )
     .await
     .expect("the checks finish");
+}
+
+/// Only requesters and approvers may read purchase orders; other workflows stay open.
+const READ_POLICY: &str = r#"
+[read_instances.purchase-order]
+roles = ["requester", "approver"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_rules_limit_who_reads_a_workflows_instances() {
+    let cluster = Cluster::start_secure(Settings::default(), Some(READ_POLICY));
+    cluster.leader().await;
+    cluster.define_po().await;
+    let (alice, bob) = (cluster.client(alice()), cluster.client(bob()));
+    let mallory = cluster.client(Identity::new("mallory", ActorKind::Human, &["intern"]));
+    let id = order(&alice, true).await;
+
+    // Readers named by the rule read as before.
+    let read = bob
+        .get(by_id(&id), pb::ReadConsistency::Linearizable)
+        .await
+        .expect("an approver reads the order");
+    assert_eq!(read.instance.state, "submitted");
+    assert_eq!(
+        names(&actions_of(&bob, &id).await),
+        ["approve", "ask", "reject"]
+    );
+
+    // Anyone else is refused every read of the workflow, with who may read it.
+    let denied = |e: lockstep_client::Error| {
+        let text = e.to_string();
+        assert!(
+            text.contains("does not give actor `mallory` (roles: intern) the permission read_instances of workflow `purchase-order`")
+                && text.contains("role requester or approver"),
+            "{text}"
+        );
+    };
+    denied(
+        mallory
+            .get(by_id(&id), pb::ReadConsistency::Linearizable)
+            .await
+            .unwrap_err(),
+    );
+    denied(
+        mallory
+            .list(pb::ListInstancesRequest {
+                workflow: WORKFLOW.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+    );
+    denied(mallory.history(by_id(&id), 10).await.unwrap_err());
+    denied(
+        mallory
+            .actions(by_id(&id), pb::ReadConsistency::Linearizable)
+            .await
+            .unwrap_err(),
+    );
+    denied(
+        mallory
+            .inbox(&[WORKFLOW.to_string()], &[], 0, None)
+            .await
+            .unwrap_err(),
+    );
+
+    // Each refused read is in the security log of the node that served it.
+    let admin = cluster.admin();
+    let mut refused = BTreeSet::new();
+    for endpoint in 0..3 {
+        let log = admin.security_log_of(endpoint, 0, 1000).await.unwrap();
+        for event in log.events {
+            if event.actor.as_deref() == Some("mallory") && event.code == "PERMISSION_DENIED" {
+                assert!(
+                    event
+                        .reason
+                        .contains("read_instances of workflow `purchase-order`")
+                );
+                refused.insert(event.method);
+            }
+        }
+    }
+    let want: BTreeSet<String> = ["Get", "List", "History", "Actions", "Inbox"]
+        .iter()
+        .map(|m| format!("/lockstep.v1.Instances/{m}"))
+        .collect();
+    assert_eq!(refused, want);
 }

@@ -102,10 +102,15 @@ impl Api {
         request: Request<pb::ActionsRequest>,
     ) -> Result<Response<pb::ActionsResponse>, Status> {
         let actor = self.actor(request.extensions())?;
-        let req = request.into_inner();
+        let (_, extensions, req) = request.into_parts();
         let target = self.resolve(req.instance)?;
         let info = self.read_info(req.consistency).await?;
         let instance = self.load(&target)?;
+        self.check_read(
+            &extensions,
+            &instance.workflow,
+            "/lockstep.v1.Instances/Actions",
+        )?;
         let at = self.read_time()?;
         Ok(Response::new(pb::ActionsResponse {
             actions: self.actions_of(&instance, &actor, at)?,
@@ -123,8 +128,11 @@ impl Api {
         request: Request<pb::InboxRequest>,
     ) -> Result<Response<pb::InboxResponse>, Status> {
         let actor = self.actor(request.extensions())?;
-        let req = request.into_inner();
+        let (_, extensions, req) = request.into_parts();
         let sources = inbox_sources(&req)?;
+        for workflow in &req.workflows {
+            self.check_read(&extensions, workflow, "/lockstep.v1.Instances/Inbox")?;
+        }
         let size = match req.page_size {
             0 => INBOX_PAGE_DEFAULT,
             n if n > INBOX_PAGE_MAX => {

@@ -74,10 +74,15 @@ impl pb::instances_server::Instances for Api {
         &self,
         request: Request<pb::GetInstanceRequest>,
     ) -> Result<Response<pb::GetInstanceResponse>, Status> {
-        let req = request.into_inner();
+        let (_, extensions, req) = request.into_parts();
         let target = self.resolve(req.instance)?;
         let info = self.read_info(req.consistency).await?;
         let instance = self.load(&target)?;
+        self.check_read(
+            &extensions,
+            &instance.workflow,
+            "/lockstep.v1.Instances/Get",
+        )?;
         Ok(Response::new(pb::GetInstanceResponse {
             instance: Some(self.instance_pb(&instance)?),
             read: Some(info),
@@ -88,12 +93,13 @@ impl pb::instances_server::Instances for Api {
         &self,
         request: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesResponse>, Status> {
-        let req = request.into_inner();
+        let (_, extensions, req) = request.into_parts();
         if req.workflow.is_empty() {
             return Err(status::bad_request(
                 "workflow is empty: listing is per workflow",
             ));
         }
+        self.check_read(&extensions, &req.workflow, "/lockstep.v1.Instances/List")?;
         if req.page_size > PAGE_SIZE_MAX {
             return Err(status::bad_request(format!(
                 "page_size {} is more than {PAGE_SIZE_MAX}",
@@ -203,7 +209,7 @@ impl pb::instances_server::Instances for Api {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        let req = request.into_inner();
+        let (_, extensions, req) = request.into_parts();
         if req.limit > HISTORY_LIMIT_MAX {
             return Err(status::bad_request(format!(
                 "limit {} is more than {HISTORY_LIMIT_MAX}",
@@ -213,6 +219,11 @@ impl pb::instances_server::Instances for Api {
         let target = self.resolve(req.instance)?;
         self.read_info(req.consistency).await?;
         let instance = self.load(&target)?;
+        self.check_read(
+            &extensions,
+            &instance.workflow,
+            "/lockstep.v1.Instances/History",
+        )?;
         let limit = if req.limit == 0 { 1000 } else { req.limit } as usize;
         let records =
             read::history(&*self.node.store, &instance.id, limit).map_err(status::store_error)?;

@@ -103,6 +103,42 @@ impl Api {
         }
     }
 
+    /// Refuses a read of `workflow`'s instances that the cluster policy does not give the
+    /// caller (`[read_instances.<workflow>]`; without a rule anyone may read, and a caller
+    /// that named no actor in development mode reads as before). A refusal is recorded in the
+    /// security log like any other.
+    pub(crate) fn check_read(
+        &self,
+        extensions: &tonic::Extensions,
+        workflow: &str,
+        method: &str,
+    ) -> Result<(), Status> {
+        let policy = self.node.trust.policy.current();
+        let actor = match extensions.get::<Authenticated>() {
+            Some(Authenticated(actor)) => actor,
+            None if !policy.read_instances.contains_key(workflow) || policy.allow_all => {
+                return Ok(());
+            }
+            None => {
+                return Err(Status::unauthenticated(format!(
+                    "the instances of workflow `{workflow}` are readable only by the actors the cluster policy names: name the caller (x-lockstep-actor, a token or a client certificate)"
+                )));
+            }
+        };
+        policy.check_read(actor, workflow).map_err(|denied| {
+            let status = Status::permission_denied(denied.to_string());
+            self.node.security.record(
+                RefusalKind::Authorization,
+                method,
+                &actor.id,
+                "",
+                "PERMISSION_DENIED",
+                status.message(),
+            );
+            status
+        })
+    }
+
     fn forward(metadata: &MetadataMap) -> bool {
         metadata
             .get(lockstep_proto::names::NO_FORWARD_HEADER)
