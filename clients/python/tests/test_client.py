@@ -49,6 +49,11 @@ def test_apply_is_idempotent_and_the_definition_reads_back(admin: Client, purcha
     assert latest.applied_by == "admin" and latest.applied_at.tzinfo is not None
     assert admin.get_definition("purchase-order", purchase_order).version == purchase_order
     assert [d.version for d in admin.list_definition_versions("purchase-order")] == [purchase_order]
+    page = admin.list_workflows()
+    summary = next(w for w in page.workflows if w.workflow == "purchase-order")
+    assert (summary.latest.version, summary.versions, summary.latest.source) == (purchase_order, 1, "")
+    assert summary.latest.applied_by == latest.applied_by
+    assert page.next_page_token is None
 
 
 def test_purchase_order_create_transition_get_list_history(cluster: Cluster, admin: Client, purchase_order: str) -> None:

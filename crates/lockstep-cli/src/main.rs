@@ -158,6 +158,12 @@ enum Command {
         #[arg(long, default_value = "working-tree")]
         commit: String,
     },
+    /// The workflows that have a definition, with their latest version; with WORKFLOW, every
+    /// version of it, oldest first, with who applied it and from which repository, commit and
+    /// path.
+    ///
+    /// Example: lockstep definitions purchase-order
+    Definitions { workflow: Option<String> },
     /// Create an instance of a workflow.
     ///
     /// Example: lockstep create purchase-order --key PO-1 --data '{"amount": 500, "requester": "alice"}' --as alice
@@ -522,6 +528,11 @@ fn online_main(cli: Cli) -> ExitCode {
             Command::History { instance } => online::history(&conn, output, &instance)
                 .await
                 .map(|_| true),
+            Command::Definitions { workflow } => {
+                online::definitions(&conn, output, workflow.as_deref())
+                    .await
+                    .map(|_| true)
+            }
             Command::Actions { instance } => online::actions(&conn, output, &instance)
                 .await
                 .map(|_| true),

@@ -1186,7 +1186,9 @@ fn actions_and_inbox_say_what_the_caller_may_do_now() {
             "now",
         ]);
     let bob = c
-        .run(&["actions", target, "--as", "bob", "--roles", "approver", "-o", "json"])
+        .run(&[
+            "actions", target, "--as", "bob", "--roles", "approver", "-o", "json",
+        ])
         .ok()
         .json();
     let names: Vec<&str> = bob["actions"]
@@ -1242,8 +1244,43 @@ fn actions_and_inbox_say_what_the_caller_may_do_now() {
     assert_eq!(item["actions"].as_array().map(Vec::len), Some(3));
 
     // A bad page size is a refusal from the node with what to do; no workflow is usage.
-    c.run(&["inbox", "purchase-order", "--page-size", "500", "--as", "bob"])
-        .code(2)
-        .stderr_has(&["page_size 500 is more than 100"]);
+    c.run(&[
+        "inbox",
+        "purchase-order",
+        "--page-size",
+        "500",
+        "--as",
+        "bob",
+    ])
+    .code(2)
+    .stderr_has(&["page_size 500 is more than 100"]);
     c.run(&["inbox", "--as", "bob"]).code(2);
+}
+
+#[test]
+fn definitions_lists_workflows_and_the_versions_of_one() {
+    let c = cluster();
+    c.run(&["definitions"])
+        .ok()
+        .stdout_has(&["purchase-order", "applied by"]);
+    let all = c.run(&["definitions", "-o", "json"]).ok().json();
+    let po = all["workflows"]
+        .as_array()
+        .expect("workflows")
+        .iter()
+        .find(|w| w["workflow"] == json!("purchase-order"))
+        .unwrap_or_else(|| panic!("purchase-order listed: {all}"));
+    assert!(po["versions"].as_u64().is_some_and(|n| n >= 1), "{po}");
+    assert!(is_hex_sha256(&po["latest"]["version"]), "{po}");
+    let versions = c
+        .run(&["definitions", "purchase-order", "-o", "json"])
+        .ok()
+        .json();
+    let list = versions["versions"].as_array().expect("versions");
+    assert_eq!(list.len() as u64, po["versions"].as_u64().unwrap());
+    assert_eq!(list.last().unwrap()["version"], po["latest"]["version"]);
+    assert!(list[0]["provenance"]["path"].is_string(), "{versions}");
+    c.run(&["definitions", "no-such-workflow"])
+        .code(4)
+        .stderr_has(&["no definition of workflow `no-such-workflow`"]);
 }

@@ -35,7 +35,7 @@ pub use model::{
     ChainBreak, ClusterStatus, Definition, Heartbeat, InboxItem, InboxPage, Instance,
     InstanceChange, InstancePage, InstanceRead, LeasedTask, Member, Membership, MigratedInstance,
     MigrationBatch, Named, Provenance, ReadInfo, RefusalKind, Role, SecurityEvent, SecurityLog,
-    SnapshotInfo, Task, TaskLease, Timer,
+    SnapshotInfo, Task, TaskLease, Timer, WorkflowPage, WorkflowSummary,
 };
 
 /// Who the client says it acts as, in the `x-lockstep-actor*` headers. Only a development-mode
@@ -575,6 +575,52 @@ impl Client {
         })
         .await?
         .try_into()
+    }
+
+    /// One page of the workflows that have a definition, by name, each with its latest
+    /// version (without its source) and how many versions were applied.
+    pub async fn workflows(
+        &self,
+        page_size: u32,
+        page_token: Option<&str>,
+    ) -> Result<WorkflowPage, Error> {
+        let msg = pb::ListDefinitionsRequest {
+            page_size,
+            page_token: page_token.unwrap_or_default().into(),
+            consistency: 0,
+        };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move {
+                pb::definitions_client::DefinitionsClient::new(ch)
+                    .list(r)
+                    .await
+            }
+        })
+        .await?
+        .try_into()
+    }
+
+    /// Every version of `workflow`, oldest first, with its source and provenance.
+    pub async fn definition_versions(&self, workflow: &str) -> Result<Vec<Definition>, Error> {
+        let msg = pb::ListDefinitionVersionsRequest {
+            workflow: workflow.into(),
+            consistency: 0,
+        };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move {
+                pb::definitions_client::DefinitionsClient::new(ch)
+                    .max_decoding_message_size(64 << 20)
+                    .list_versions(r)
+                    .await
+            }
+        })
+        .await?
+        .versions
+        .into_iter()
+        .map(Definition::try_from)
+        .collect()
     }
 
     pub async fn create(

@@ -209,6 +209,22 @@ pub struct Definition {
     pub applied_at: Timestamp,
 }
 
+/// A workflow and its latest definition version (`Definitions/List`; `source` is empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkflowSummary {
+    pub workflow: String,
+    pub latest: Definition,
+    /// How many versions were applied.
+    pub versions: u32,
+}
+
+/// A page of workflows; `next_page_token` asks for the next one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkflowPage {
+    pub workflows: Vec<WorkflowSummary>,
+    pub next_page_token: Option<String>,
+}
+
 /// The answer to applying a definition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppliedDefinition {
@@ -894,6 +910,30 @@ impl TryFrom<pb::Definition> for Definition {
             source: d.source,
             provenance: d.provenance.map(Provenance::from).unwrap_or_default(),
             applied_by: d.applied_by,
+        })
+    }
+}
+
+impl TryFrom<pb::ListDefinitionsResponse> for WorkflowPage {
+    type Error = Error;
+
+    fn try_from(r: pb::ListDefinitionsResponse) -> Result<WorkflowPage, Error> {
+        let workflows = r
+            .workflows
+            .into_iter()
+            .map(|w| {
+                let latest =
+                    required("workflow", "latest", w.latest).map_err(|e| within(&w.workflow, e))?;
+                Ok(WorkflowSummary {
+                    latest: latest.try_into()?,
+                    workflow: w.workflow,
+                    versions: w.versions,
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(WorkflowPage {
+            workflows,
+            next_page_token: non_empty(r.next_page_token),
         })
     }
 }

@@ -113,6 +113,30 @@ pub fn definition_versions(store: &impl Store, workflow: &str) -> Result<Vec<Sto
     Ok(defs)
 }
 
+/// The workflows that have a definition, by name, at most `limit` after `after`.
+pub fn workflows(store: &impl Store, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+    let prefix = b"l\0".to_vec();
+    let start = match after {
+        Some(after) => {
+            // Strictly after `after`'s own key.
+            let mut k = key::latest_definition(after);
+            k.push(0);
+            k
+        }
+        None => prefix.clone(),
+    };
+    let rows = store.range(
+        Family::Definitions,
+        &start,
+        Some(&keys::prefix_end(&prefix)),
+        limit,
+    )?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(k, _)| keys::split_strs(&k[prefix.len()..]).into_iter().next())
+        .collect())
+}
+
 /// The audit records of one instance, oldest first.
 pub fn history(store: &impl Store, instance_id: &str, limit: usize) -> Result<Vec<ChainedRecord>> {
     let prefix = keys::strs(&[instance_id]);

@@ -65,6 +65,8 @@ from .models import (
     LeasedTask,
     Provenance,
     TimerPolicy,
+    WorkflowPage,
+    WorkflowSummary,
     by_key,
 )
 
@@ -112,6 +114,8 @@ __all__ = [
     "TaskNotReady",
     "TimerNotArmed",
     "TimerPolicy",
+    "WorkflowPage",
+    "WorkflowSummary",
     "Tls",
     "Unauthenticated",
     "Unavailable",

@@ -32,6 +32,7 @@ RPCS = {
     "Definitions/Apply": "apply_definition",
     "Definitions/Get": "get_definition",
     "Definitions/ListVersions": "list_definition_versions",
+    "Definitions/List": "list_workflows",
     "Instances/Create": "create_instance",
     "Instances/Transition": "transition",
     "Instances/SendEvent": "send_event",
@@ -83,6 +84,12 @@ def get_definition(workflow: str, version: Optional[str], stale: bool) -> pb.Get
 
 def list_definition_versions(workflow: str, stale: bool) -> pb.ListDefinitionVersionsRequest:
     return pb.ListDefinitionVersionsRequest(workflow=workflow, consistency=consistency(stale))
+
+
+def list_workflows(page_size: int, page_token: Optional[str], stale: bool) -> pb.ListDefinitionsRequest:
+    return pb.ListDefinitionsRequest(
+        page_size=page_size, page_token=page_token or "", consistency=consistency(stale)
+    )
 
 
 def create_instance(

@@ -55,6 +55,7 @@ from .models import (
     SecurityLog,
     TaskLease,
     TimerPolicy,
+    WorkflowPage,
 )
 from .v1 import lockstep_pb2 as pb
 from .v1 import lockstep_pb2_grpc as rpc
@@ -150,6 +151,15 @@ class AsyncClient:
         request = rq.list_definition_versions(workflow, stale)
         answer = await self._unary(lambda n: n.definitions.ListVersions, request)
         return [models.definition(d) for d in answer.versions]
+
+    async def list_workflows(
+        self, page_size: int = 0, page_token: Optional[str] = None, *, stale: bool = False
+    ) -> WorkflowPage:
+        """One page of the workflows that have a definition, by name, each with its latest
+        version (without its source) and how many versions were applied; pass the answer's
+        ``next_page_token`` for the next page."""
+        request = rq.list_workflows(page_size, page_token, stale)
+        return models.workflow_page(await self._unary(lambda n: n.definitions.List, request))
 
     # Instances
 

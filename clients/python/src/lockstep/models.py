@@ -333,6 +333,25 @@ class Definition:
 
 
 @dataclass(frozen=True)
+class WorkflowSummary:
+    """A workflow and its latest definition version (``Definitions/List``; ``source`` is empty)."""
+
+    workflow: str
+    latest: Definition
+    # How many versions of the workflow were applied.
+    versions: int
+
+
+@dataclass(frozen=True)
+class WorkflowPage:
+    """One page of the workflows that have a definition, by name."""
+
+    workflows: Tuple[WorkflowSummary, ...]
+    # None on the last page.
+    next_page_token: Optional[str]
+
+
+@dataclass(frozen=True)
 class AppliedDefinition:
     workflow: str
     version: str
@@ -689,6 +708,16 @@ def definition(m: pb.Definition) -> Definition:
         provenance=provenance(m.provenance),
         applied_by=m.applied_by,
         applied_at=_time("definition applied_at", m.applied_at),
+    )
+
+
+def workflow_page(m: pb.ListDefinitionsResponse) -> WorkflowPage:
+    return WorkflowPage(
+        workflows=tuple(
+            WorkflowSummary(workflow=w.workflow, latest=definition(w.latest), versions=w.versions)
+            for w in m.workflows
+        ),
+        next_page_token=_none(m.next_page_token),
     )
 
 

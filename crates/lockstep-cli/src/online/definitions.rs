@@ -1,4 +1,5 @@
-//! `lockstep apply`: definitions from files, with their provenance.
+//! `lockstep apply` (definitions from files, with their provenance) and `lockstep definitions`
+//! (the workflows and their versions, with who applied them from where).
 
 use super::*;
 
@@ -35,6 +36,110 @@ pub async fn apply(
     }
     if output == Output::Json {
         println!("{}", serde_json::Value::Array(results));
+    }
+    Ok(())
+}
+
+fn origin(p: &Provenance) -> String {
+    format!("{}@{}:{}", p.repository, p.commit, p.path)
+}
+
+fn definition_json(d: &lockstep_client::Definition) -> serde_json::Value {
+    serde_json::json!({
+        "workflow": d.workflow,
+        "version": d.version,
+        "applied_by": d.applied_by,
+        "applied_at": d.applied_at.to_string(),
+        "provenance": {
+            "repository": d.provenance.repository,
+            "commit": d.provenance.commit,
+            "path": d.provenance.path,
+        },
+    })
+}
+
+/// `lockstep definitions`: every workflow with its latest version; with WORKFLOW, every
+/// version of it, oldest first, with who applied it from where.
+pub async fn definitions(
+    conn: &Connection,
+    output: Output,
+    workflow: Option<&str>,
+) -> anyhow::Result<()> {
+    let client = conn.client()?;
+    let Some(workflow) = workflow else {
+        let mut workflows = Vec::new();
+        let mut token = None;
+        // Workflows are few; every page is read (each call is bounded by its page size).
+        loop {
+            let page = client.workflows(0, token.as_deref()).await?;
+            workflows.extend(page.workflows);
+            match page.next_page_token {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        match output {
+            Output::Json => {
+                let list: Vec<serde_json::Value> = workflows
+                    .iter()
+                    .map(|w| {
+                        serde_json::json!({
+                            "workflow": w.workflow,
+                            "versions": w.versions,
+                            "latest": definition_json(&w.latest),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::json!({ "workflows": list }));
+            }
+            Output::Table => {
+                if workflows.is_empty() {
+                    println!(
+                        "no workflow has a definition yet: apply one with `lockstep apply FILE`"
+                    );
+                }
+                for w in &workflows {
+                    println!(
+                        "{:<24} {}  {} version{}  applied by {} at {}  from {}",
+                        w.workflow,
+                        &w.latest.version[..12.min(w.latest.version.len())],
+                        w.versions,
+                        if w.versions == 1 { "" } else { "s" },
+                        w.latest.applied_by,
+                        w.latest.applied_at,
+                        origin(&w.latest.provenance)
+                    );
+                }
+            }
+        }
+        return Ok(());
+    };
+    let versions = client.definition_versions(workflow).await?;
+    if versions.is_empty() {
+        return Err(Error::NotFound(format!(
+            "no definition of workflow `{workflow}` has been applied; apply one with `lockstep apply`"
+        ))
+        .into());
+    }
+    match output {
+        Output::Json => {
+            let list: Vec<serde_json::Value> = versions.iter().map(definition_json).collect();
+            println!(
+                "{}",
+                serde_json::json!({ "workflow": workflow, "versions": list })
+            );
+        }
+        Output::Table => {
+            for d in &versions {
+                println!(
+                    "{}  applied by {} at {}  from {}",
+                    &d.version[..12.min(d.version.len())],
+                    d.applied_by,
+                    d.applied_at,
+                    origin(&d.provenance)
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -109,4 +109,59 @@ impl pb::definitions_server::Definitions for Api {
             versions: versions.into_iter().map(definition_pb).collect(),
         }))
     }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListDefinitionsRequest>,
+    ) -> Result<Response<pb::ListDefinitionsResponse>, Status> {
+        let req = request.into_inner();
+        let size = match req.page_size {
+            0 => PAGE_SIZE_DEFAULT,
+            n if n > PAGE_SIZE_MAX => {
+                return Err(status::bad_request(format!(
+                    "page_size {n} is more than {PAGE_SIZE_MAX}: page through with next_page_token"
+                )));
+            }
+            n => n,
+        } as usize;
+        let after = match req.page_token.as_str() {
+            "" => None,
+            token => Some(
+                hex::decode(token)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| {
+                        status::bad_request(
+                            "page_token is not one this server returned; pass next_page_token as it came",
+                        )
+                    })?,
+            ),
+        };
+        self.read_info(req.consistency).await?;
+        let store = &*self.node.store;
+        let names = read::workflows(store, after.as_deref(), size).map_err(status::store_error)?;
+        let mut workflows = Vec::with_capacity(names.len());
+        for workflow in &names {
+            let versions =
+                read::definition_versions(store, workflow).map_err(status::store_error)?;
+            let latest = read::definition(store, workflow, None)
+                .map_err(status::store_error)?
+                .map(|d| pb::Definition {
+                    source: String::new(),
+                    ..definition_pb(d)
+                });
+            workflows.push(pb::WorkflowSummary {
+                workflow: workflow.clone(),
+                latest,
+                versions: u32::try_from(versions.len()).unwrap_or(u32::MAX),
+            });
+        }
+        Ok(Response::new(pb::ListDefinitionsResponse {
+            next_page_token: match names.last() {
+                Some(last) if names.len() == size => hex::encode(last),
+                _ => String::new(),
+            },
+            workflows,
+        }))
+    }
 }

@@ -49,6 +49,11 @@ class DefinitionsStub:
                 request_serializer=lockstep_dot_v1_dot_lockstep__pb2.ListDefinitionVersionsRequest.SerializeToString,
                 response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.ListDefinitionVersionsResponse.FromString,
                 _registered_method=True)
+        self.List = channel.unary_unary(
+                '/lockstep.v1.Definitions/List',
+                request_serializer=lockstep_dot_v1_dot_lockstep__pb2.ListDefinitionsRequest.SerializeToString,
+                response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.ListDefinitionsResponse.FromString,
+                _registered_method=True)
 
 
 class DefinitionsServicer:
@@ -76,6 +81,14 @@ class DefinitionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def List(self, request, context):
+        """Every workflow that has a definition, by name, with its latest version (its source left
+        out: Get returns it) and how many versions were applied; paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DefinitionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +106,11 @@ def add_DefinitionsServicer_to_server(servicer, server):
                     servicer.ListVersions,
                     request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.ListDefinitionVersionsRequest.FromString,
                     response_serializer=lockstep_dot_v1_dot_lockstep__pb2.ListDefinitionVersionsResponse.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.ListDefinitionsRequest.FromString,
+                    response_serializer=lockstep_dot_v1_dot_lockstep__pb2.ListDefinitionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +194,33 @@ class Definitions:
             '/lockstep.v1.Definitions/ListVersions',
             lockstep_dot_v1_dot_lockstep__pb2.ListDefinitionVersionsRequest.SerializeToString,
             lockstep_dot_v1_dot_lockstep__pb2.ListDefinitionVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockstep.v1.Definitions/List',
+            lockstep_dot_v1_dot_lockstep__pb2.ListDefinitionsRequest.SerializeToString,
+            lockstep_dot_v1_dot_lockstep__pb2.ListDefinitionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

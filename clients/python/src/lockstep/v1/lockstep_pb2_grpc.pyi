@@ -54,6 +54,10 @@ class DefinitionsStub:
     """The latest (or a given) version of a workflow."""
     ListVersions: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.ListDefinitionVersionsRequest, _lockstep_pb2.ListDefinitionVersionsResponse]
     """Every version of a workflow, oldest first."""
+    List: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.ListDefinitionsRequest, _lockstep_pb2.ListDefinitionsResponse]
+    """Every workflow that has a definition, by name, with its latest version (its source left
+    out: Get returns it) and how many versions were applied; paged.
+    """
 
 @_typing.type_check_only
 class DefinitionsAsyncStub(DefinitionsStub):
@@ -66,6 +70,10 @@ class DefinitionsAsyncStub(DefinitionsStub):
     """The latest (or a given) version of a workflow."""
     ListVersions: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.ListDefinitionVersionsRequest, _lockstep_pb2.ListDefinitionVersionsResponse]  # type: ignore[assignment]
     """Every version of a workflow, oldest first."""
+    List: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.ListDefinitionsRequest, _lockstep_pb2.ListDefinitionsResponse]  # type: ignore[assignment]
+    """Every workflow that has a definition, by name, with its latest version (its source left
+    out: Get returns it) and how many versions were applied; paged.
+    """
 
 class DefinitionsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -93,6 +101,16 @@ class DefinitionsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lockstep_pb2.ListDefinitionVersionsResponse, _abc.Awaitable[_lockstep_pb2.ListDefinitionVersionsResponse]]:
         """Every version of a workflow, oldest first."""
+
+    @_abc_1.abstractmethod
+    def List(
+        self,
+        request: _lockstep_pb2.ListDefinitionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lockstep_pb2.ListDefinitionsResponse, _abc.Awaitable[_lockstep_pb2.ListDefinitionsResponse]]:
+        """Every workflow that has a definition, by name, with its latest version (its source left
+        out: Get returns it) and how many versions were applied; paged.
+        """
 
 def add_DefinitionsServicer_to_server(servicer: DefinitionsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
