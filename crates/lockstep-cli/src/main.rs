@@ -2,6 +2,7 @@
 
 mod certs;
 mod dev;
+mod diff;
 mod offline;
 mod online;
 
@@ -49,6 +50,8 @@ pub mod exit {
     pub const UNAVAILABLE: u8 = 3;
     /// The named instance, workflow, definition or node does not exist.
     pub const NOT_FOUND: u8 = 4;
+    /// `lockstep diff --exit-code`: the definitions differ.
+    pub const CHANGED: u8 = 5;
 
     /// A short name of a code, as in `--output json` errors.
     pub fn kind(code: u8) -> &'static str {
@@ -58,6 +61,7 @@ pub mod exit {
             USAGE => "usage",
             UNAVAILABLE => "unavailable",
             NOT_FOUND => "not_found",
+            CHANGED => "changed",
             _ => "error",
         }
     }
@@ -75,6 +79,7 @@ Exit codes:
      endpoint did not answer); a write may or may not have been applied, so retry it
      with the same --request-id
   4  not found: the named instance, workflow, definition or node does not exist
+  5  changed: `lockstep diff --exit-code` found a difference between the definitions
 
 With --output json a failure is also one JSON object on stderr:
   {\"error\": {\"exit_code\": 1, \"kind\": \"refused\", \"code\": \"FORBIDDEN\", \"message\": \"...\"}}";
@@ -103,6 +108,25 @@ enum Command {
         /// Treat warnings as errors.
         #[arg(long)]
         deny_warnings: bool,
+    },
+    /// What a change to definitions means, for review: states, transitions, SLAs and
+    /// calendars added, removed or changed; who gains or loses which transition (per role and
+    /// actor kind named in `allow`; any other change to a predicate is listed for review); and
+    /// what changed in time (budgets, calendars, warnings, gates, expiries). OLD and NEW are
+    /// definition files or folders; workflows are matched by name.
+    ///
+    /// Example: lockstep diff old/purchase-order.yaml examples/workflows/purchase-order.yaml --markdown
+    Diff {
+        /// The definitions before: a file or a folder.
+        old: std::path::PathBuf,
+        /// The definitions after: a file or a folder.
+        new: std::path::PathBuf,
+        /// Print Markdown, to paste as a pull-request comment.
+        #[arg(long)]
+        markdown: bool,
+        /// Exit 5 when the definitions differ (for CI that requires a review), 0 when not.
+        #[arg(long)]
+        exit_code: bool,
     },
     /// Draw a workflow as a state diagram (Mermaid or Graphviz DOT).
     ///
@@ -414,6 +438,21 @@ fn main() -> ExitCode {
             offline::graph(&file, format)
         }
         Command::Test { paths } => offline::test(&paths, cli.output),
+        Command::Diff {
+            old,
+            new,
+            markdown,
+            exit_code,
+        } => {
+            return match diff::run(&old, &new, cli.output, markdown) {
+                Ok(true) if exit_code => ExitCode::from(exit::CHANGED),
+                Ok(_) => ExitCode::from(exit::OK),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(exit::USAGE)
+                }
+            };
+        }
         Command::Schema => {
             print!("{}", lockstep_core::schema::definition_schema());
             Ok(true)
@@ -440,6 +479,7 @@ fn is_online(command: &Command) -> bool {
     !matches!(
         command,
         Command::Validate { .. }
+            | Command::Diff { .. }
             | Command::Graph { .. }
             | Command::Test { .. }
             | Command::Schema
@@ -592,6 +632,7 @@ fn online_main(cli: Cli) -> ExitCode {
                 online::health(&conn, output, endpoint, &service).await
             }
             Command::Validate { .. }
+            | Command::Diff { .. }
             | Command::Graph { .. }
             | Command::Test { .. }
             | Command::Schema

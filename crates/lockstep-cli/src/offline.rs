@@ -1,4 +1,4 @@
-//! The offline commands: validate, graph and test. They need no cluster.
+//! The offline commands: validate, graph and test (and `diff.rs`). They need no cluster.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +10,7 @@ use lockstep_core::{Limits, scenario};
 use crate::Output;
 
 /// Expands files and folders into the YAML files whose first key is `key`.
-fn collect(paths: &[PathBuf], key: &str) -> anyhow::Result<Vec<PathBuf>> {
+pub fn collect(paths: &[PathBuf], key: &str) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for path in paths {
         if path.is_dir() {

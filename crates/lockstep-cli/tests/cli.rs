@@ -146,3 +146,97 @@ fn help_teaches() {
         "{text}"
     );
 }
+
+/// The purchase order of examples/, changed for review: directors may approve any amount
+/// without being approvers, the approval budget halves, requesters may no longer withdraw,
+/// orders can be archived, and the business calendar gains a holiday.
+fn changed_purchase_order() -> String {
+    let old = std::fs::read_to_string(root().join("examples/workflows/purchase-order.yaml"))
+        .expect("the example");
+    let replace = |text: String, from: &str, to: &str| {
+        assert!(text.contains(from), "the example still holds `{from}`");
+        text.replacen(from, to, 1)
+    };
+    let new = replace(old, "    within: 16h", "    within: 8h");
+    let new = replace(
+        new,
+        "    allow: \"'approver' in actor.roles && actor.id != instance.data.requester\"",
+        "    allow: \"'approver' in actor.roles || 'director' in actor.roles\"",
+    );
+    let new = replace(
+        new,
+        "  withdraw: { from: submitted, to: draft, not_before: 1h, allow: \"actor.id == instance.data.requester\" }\n",
+        "",
+    );
+    let new = replace(
+        new,
+        "  delivered: { terminal: true }",
+        "  delivered: {}\n  archived: { terminal: true }",
+    );
+    let new = replace(
+        new,
+        "    holidays: [2026-12-24, 2026-12-25, 2026-12-26]",
+        "    holidays: [2026-12-24, 2026-12-25, 2026-12-26, 2026-12-31]",
+    );
+    new + "  archive: { from: delivered, to: archived, allow: \"actor.kind == 'service'\" }\n"
+}
+
+#[test]
+fn diff_shows_structure_trust_and_time_and_exits_five_when_asked() {
+    let new = temp_file("po-changed.yaml", &changed_purchase_order());
+    let old = "examples/workflows/purchase-order.yaml";
+    let out = lockstep(&["diff", old, new.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let text = stdout(&out);
+    for line in [
+        "workflow purchase-order: changed",
+        "state `archived` added",
+        "transition `withdraw` removed",
+        "transition `archive` added",
+        "role director gains `approve`",
+        "role approver: `approve` changed, needs review",
+        "anyone the predicate admits loses `withdraw` (when `actor.id == instance.data.requester`)",
+        "kind service gains `archive`",
+        "sla `approval` within: `16h` → `8h`",
+        "calendar `business` holidays:",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in\n{text}");
+    }
+
+    // JSON for tools, Markdown for a pull request, exit 5 for CI.
+    let json = lockstep(&["diff", old, new.to_str().unwrap(), "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(v["changed"], serde_json::json!(true));
+    let po = &v["workflows"][0];
+    assert_eq!(po["status"], "changed");
+    assert!(po["trust"].as_array().unwrap().iter().any(|t| {
+        t["principal"] == serde_json::json!({"kind": "role", "name": "director"})
+            && t["transition"] == "approve"
+            && t["effect"]["kind"] == "gains"
+    }));
+    let md = lockstep(&["diff", old, new.to_str().unwrap(), "--markdown"]);
+    assert!(stdout(&md).contains("### `purchase-order`: changed"));
+    assert!(stdout(&md).contains("**Trust (who may do what)**"));
+    let ci = lockstep(&["diff", old, new.to_str().unwrap(), "--exit-code"]);
+    assert_eq!(ci.status.code(), Some(5));
+
+    // The same file on both sides: no change, exit 0 even with --exit-code.
+    let same = lockstep(&["diff", old, old, "--exit-code"]);
+    assert_eq!(same.status.code(), Some(0));
+    assert!(stdout(&same).contains("workflow purchase-order: unchanged"));
+}
+
+#[test]
+fn diff_of_folders_matches_workflows_by_name() {
+    let dir = std::env::temp_dir().join(format!("lockstep-cli-diff-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("po.yaml"), changed_purchase_order()).unwrap();
+    let out = lockstep(&["diff", "examples/workflows", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    assert!(text.contains("workflow purchase-order: changed"), "{text}");
+    assert!(text.contains("workflow incident: removed"), "{text}");
+    let missing = lockstep(&["diff", "examples/workflows", "no/such/folder"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
+}

@@ -11,6 +11,7 @@ pub mod calendar;
 pub mod canonical;
 pub mod definition;
 pub mod diagnostic;
+pub mod diff;
 pub mod duration;
 pub mod engine;
 pub mod expr;
