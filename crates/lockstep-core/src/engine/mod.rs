@@ -36,9 +36,9 @@ mod facts;
 mod types;
 mod work;
 
+pub use actions::{Action, Availability, actions};
 pub(crate) use create::*;
 use eval::*;
-pub use actions::{Action, Availability, actions};
 use facts::key_is_free;
 pub use facts::{Facts, WorkerLeases, admit, definition_applied};
 pub use types::*;
