@@ -281,6 +281,13 @@ enum Command {
     },
     /// The audit records of an instance, oldest first.
     History { instance: String },
+    /// Why an instance is where it is: every record of its history with the definition
+    /// version that governed it, where that version came from (repository, commit, path) and
+    /// the predicates evaluated with their results; then every transition out of its state
+    /// and what it requires. INSTANCE is an id (i-42) or workflow/key.
+    ///
+    /// Example: lockstep explain purchase-order/PO-1
+    Explain { instance: String },
     /// What you may do with an instance now: the transitions you may take, and the gated
     /// ones with the time they open (decided by the engine with you as actor, by the rules
     /// that enforce an attempt). INSTANCE is an id (i-42) or workflow/key.
@@ -573,6 +580,9 @@ fn online_main(cli: Cli) -> ExitCode {
                     .await
                     .map(|_| true)
             }
+            Command::Explain { instance } => online::explain(&conn, output, &instance)
+                .await
+                .map(|_| true),
             Command::Actions { instance } => online::actions(&conn, output, &instance)
                 .await
                 .map(|_| true),

@@ -1284,3 +1284,37 @@ fn definitions_lists_workflows_and_the_versions_of_one() {
         .code(4)
         .stderr_has(&["no definition of workflow `no-such-workflow`"]);
 }
+
+#[test]
+fn explain_shows_each_record_with_its_version_and_what_the_state_requires() {
+    let c = cluster();
+    let id = submitted_po("CLI-EXPLAIN-1");
+    let target = "purchase-order/CLI-EXPLAIN-1";
+    c.run(&["explain", target]).ok().stdout_has(&[
+        &format!("{id} (purchase-order key CLI-EXPLAIN-1) in state submitted, version 2"),
+        "history",
+        "created",
+        "submit: draft → submitted  by alice",
+        "allow `actor.id == instance.data.requester` was true",
+        "from `submitted`",
+        "approve → approved: allow `'approver' in actor.roles && actor.id != instance.data.requester`; guard `instance.data.amount <= 10000.0 || 'director' in actor.roles`; then a task `create-purchase-order` on queue `erp`",
+        "withdraw → draft: allow `actor.id == instance.data.requester`; not_before 1h after entering",
+        "escalate → escalated: system: only the engine takes it",
+    ]);
+    let v = c.run(&["explain", target, "-o", "json"]).ok().json();
+    assert_eq!(v["state"], json!("submitted"));
+    let history = v["history"].as_array().expect("history");
+    assert_eq!(history.len(), 2, "{v}");
+    assert_eq!(history[1]["transition"], json!("submit"));
+    assert_eq!(history[1]["definition_version"], v["definition_version"]);
+    assert_eq!(history[1]["predicates"][0]["result"], json!(true));
+    assert!(v["provenance"].as_str().is_some_and(|p| p.contains("purchase-order.yaml")), "{v}");
+    let names: Vec<&str> = v["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .map(|t| t["transition"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["approve", "ask", "escalate", "reject", "withdraw"]);
+    c.run(&["explain", "i-999999"]).code(4);
+}
