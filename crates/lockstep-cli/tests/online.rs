@@ -1308,7 +1308,12 @@ fn explain_shows_each_record_with_its_version_and_what_the_state_requires() {
     assert_eq!(history[1]["transition"], json!("submit"));
     assert_eq!(history[1]["definition_version"], v["definition_version"]);
     assert_eq!(history[1]["predicates"][0]["result"], json!(true));
-    assert!(v["provenance"].as_str().is_some_and(|p| p.contains("purchase-order.yaml")), "{v}");
+    assert!(
+        v["provenance"]
+            .as_str()
+            .is_some_and(|p| p.contains("purchase-order.yaml")),
+        "{v}"
+    );
     let names: Vec<&str> = v["transitions"]
         .as_array()
         .expect("transitions")
