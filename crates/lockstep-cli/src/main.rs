@@ -315,6 +315,9 @@ enum Command {
     /// The audit trail: verify its hash chains, or tail the change feed.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Service levels: what will warn or breach.
+    #[command(subcommand)]
+    Sla(SlaCommand),
     /// Cluster membership and health.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -333,6 +336,21 @@ enum Command {
         /// The service to ask about; empty: the whole server.
         #[arg(long, default_value = "")]
         service: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SlaCommand {
+    /// The SLA warnings and breaches of WORKFLOW's instances due before --until if nothing
+    /// moves, soonest first, from their armed SLA timers (due times are in each SLA's
+    /// business calendar and time zone).
+    ///
+    /// Example: lockstep sla forecast purchase-order --until 8h
+    Forecast {
+        workflow: String,
+        /// A time (RFC 3339, e.g. 2026-12-24T17:00:00Z) or a duration from now (8h, 2d).
+        #[arg(long)]
+        until: String,
     },
 }
 
@@ -603,6 +621,11 @@ fn online_main(cli: Cli) -> ExitCode {
             )
             .await
             .map(|_| true),
+            Command::Sla(SlaCommand::Forecast { workflow, until }) => {
+                online::sla_forecast(&conn, output, &workflow, &until)
+                    .await
+                    .map(|_| true)
+            }
             Command::Audit(AuditCommand::Verify { anchor }) => {
                 online::audit_verify(&conn, output, anchor).await
             }

@@ -1323,3 +1323,64 @@ fn explain_shows_each_record_with_its_version_and_what_the_state_requires() {
     assert_eq!(names, ["approve", "ask", "escalate", "reject", "withdraw"]);
     c.run(&["explain", "i-999999"]).code(4);
 }
+
+#[test]
+fn sla_forecast_lists_the_warnings_and_breaches_due_before_the_horizon() {
+    let c = cluster();
+    let id = submitted_po("CLI-FORECAST-1");
+    // The approval SLA (16 business hours) warns at 50% and 75% and breaches at 100%: a
+    // month ahead holds all three; JSON lists them soonest first.
+    let v = c
+        .run(&[
+            "sla",
+            "forecast",
+            "purchase-order",
+            "--until",
+            "30d",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(v["complete"], json!(true));
+    let mine: Vec<&Value> = v["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["instance_id"] == json!(id))
+        .collect();
+    let events: Vec<&str> = mine.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["warning 50%", "warning 75%", "breach"], "{v}");
+    assert!(
+        mine.iter()
+            .all(|e| e["sla"] == json!("approval") && e["key"] == json!("CLI-FORECAST-1"))
+    );
+    let due: Vec<&str> = mine.iter().map(|e| e["due_at"].as_str().unwrap()).collect();
+    assert!(due.windows(2).all(|w| w[0] <= w[1]), "{due:?}");
+
+    // A horizon already passed holds nothing of it; the table says so in words.
+    let past = c
+        .run(&[
+            "sla",
+            "forecast",
+            "purchase-order",
+            "--until",
+            "2000-01-01T00:00:00Z",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert!(past["events"].as_array().unwrap().is_empty(), "{past}");
+    c.run(&["sla", "forecast", "purchase-order", "--until", "30d"])
+        .ok()
+        .stdout_has(&[
+            "SLA events of purchase-order before",
+            "breach",
+            &id,
+            "approval",
+        ]);
+    c.run(&["sla", "forecast", "purchase-order", "--until", "soon"])
+        .code(2)
+        .stderr_has(&["neither a time"]);
+}

@@ -1,7 +1,7 @@
 //! The commands that talk to a cluster over gRPC, through the client library.
 //!
 //! One file per command family: [`definitions`] (apply), [`instances`] (create, transition,
-//! events, incidents, migrate, get, list, history), [`actions`] (actions, inbox), [`explain`], [`audit`] (verify, anchor, security log,
+//! events, incidents, migrate, get, list, history), [`actions`] (actions, inbox), [`explain`], [`forecast`] (`sla forecast`), [`audit`] (verify, anchor, security log,
 //! tail) and [`cluster`] (status, membership, health, backup). This file holds the
 //! connection settings, the exit codes of errors and what the families share.
 
@@ -24,6 +24,7 @@ mod audit;
 mod cluster;
 mod definitions;
 mod explain;
+mod forecast;
 mod instances;
 
 pub use actions::*;
@@ -31,6 +32,7 @@ pub use audit::*;
 pub use cluster::*;
 pub use definitions::*;
 pub use explain::*;
+pub use forecast::*;
 pub use instances::*;
 
 /// Connection settings shared by every online command.
