@@ -294,7 +294,7 @@ pub async fn get(
             println!("  data      {}", i.data);
             for (name, s) in &i.slas {
                 println!(
-                    "  sla       {}: {}{}{}  remaining {} ms",
+                    "  sla       {}: {}{}{}  {}",
                     name,
                     s.status.name(),
                     match s.warned {
@@ -302,7 +302,7 @@ pub async fn get(
                         _ => String::new(),
                     },
                     if s.breached { ", BREACHED" } else { "" },
-                    s.remaining_ms
+                    remaining(s.remaining_ms)
                 );
             }
             for t in &i.timers {
@@ -425,4 +425,27 @@ pub async fn history(conn: &Connection, output: Output, instance: &str) -> anyho
         }
     }
     Ok(())
+}
+
+/// An SLA's remaining budget for people: `remaining 15h59m`, or `overdue by 2h` once spent
+/// (whole seconds).
+fn remaining(ms: i64) -> String {
+    let seconds = ms.unsigned_abs().div_ceil(1000);
+    let span = lockstep_core::duration::Duration::from_ms(seconds * 1000);
+    if ms >= 0 {
+        format!("remaining {span}")
+    } else {
+        format!("overdue by {span}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_sla_budget_prints_for_people() {
+        assert_eq!(super::remaining(57_600_000), "remaining 16h");
+        assert_eq!(super::remaining(1_500), "remaining 2s");
+        assert_eq!(super::remaining(0), "remaining 0s");
+        assert_eq!(super::remaining(-7_200_000), "overdue by 2h");
+    }
 }
