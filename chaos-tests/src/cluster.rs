@@ -265,6 +265,19 @@ impl Cluster {
     /// The file may be small: a store flushed by frequent snapshots can hold only SST files of
     /// a few hundred bytes (LZ4), which a size floor of 4 KiB once refused to corrupt.
     /// Returns the file's name.
+    /// Whether node `i`'s store holds an SST file that [`Cluster::corrupt_largest_sst`] can
+    /// corrupt (a snapshot flushes memtables into SST files, but asynchronously).
+    pub fn has_sst_to_corrupt(&self, i: usize) -> bool {
+        let store = self.data_dir(i).join("rocksdb");
+        std::fs::read_dir(&store).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                let path = e.path();
+                path.extension().is_some_and(|x| x == "sst")
+                    && std::fs::metadata(&path).is_ok_and(|m| m.len() >= SST_MIN_BYTES)
+            })
+        })
+    }
+
     pub fn corrupt_largest_sst(&self, i: usize) -> anyhow::Result<String> {
         anyhow::ensure!(
             !self.is_running(i),

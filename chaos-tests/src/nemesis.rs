@@ -345,13 +345,28 @@ pub async fn run(
         let corrupted = if step.fault == Fault::CorruptStore {
             let f = picks(cluster.len(), step.pick as usize, leader).1[0];
             // A snapshot is a checkpoint: it flushes the follower's memtables into SST files.
-            cluster
-                .client(f, admin_identity(), Options::default())
-                .snapshot_on(0)
-                .await
-                .with_context(|| {
-                    format!("a snapshot on node {} before corrupting it", cluster.id(f))
-                })?;
+            // The request only triggers it, so wait (asking again now and then) until the
+            // store holds a file to corrupt; a node just healed from a partition may first
+            // have to catch up.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                cluster
+                    .client(f, admin_identity(), Options::default())
+                    .snapshot_on(0)
+                    .await
+                    .with_context(|| {
+                        format!("a snapshot on node {} before corrupting it", cluster.id(f))
+                    })?;
+                for _ in 0..20 {
+                    if cluster.has_sst_to_corrupt(f) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if cluster.has_sst_to_corrupt(f) || Instant::now() >= deadline {
+                    break;
+                }
+            }
             Some(f)
         } else {
             None
