@@ -40,7 +40,8 @@ pub async fn apply(
     Ok(())
 }
 
-fn origin(p: &Provenance) -> String {
+/// Where a definition came from, as `repository@commit:path`.
+pub(super) fn origin(p: &Provenance) -> String {
     format!("{}@{}:{}", p.repository, p.commit, p.path)
 }
 

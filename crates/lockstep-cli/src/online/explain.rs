@@ -93,10 +93,7 @@ pub async fn explain(conn: &Connection, output: Output, instance: &str) -> anyho
         versions.insert(
             version,
             Version {
-                origin: format!(
-                    "{}@{}:{}",
-                    d.provenance.repository, d.provenance.commit, d.provenance.path
-                ),
+                origin: origin(&d.provenance),
                 definition: compiled.definition,
             },
         );

@@ -251,7 +251,7 @@ fn inbox_sources(req: &pb::InboxRequest) -> Result<Vec<(String, Option<String>)>
 
 /// The state index key of `instance` (workflow, state, id), after which
 /// `read::instance_ids` resumes, whether it reads one state or all of them.
-fn index_key(instance: &Instance) -> String {
+pub(super) fn index_key(instance: &Instance) -> String {
     format!(
         "{}\0{}\0{}\0",
         instance.workflow, instance.state, instance.id

@@ -413,5 +413,5 @@ fn cursor_token(cursor: &MigrationCursor) -> String {
 /// The resume point of a listing: the index key (workflow, state, id) after which the next
 /// page starts, hex-encoded so that it is an opaque, printable token.
 fn page_token(_state: Option<&str>, i: &Instance) -> String {
-    hex::encode(format!("{}\0{}\0{}\0", i.workflow, i.state, i.id))
+    hex::encode(super::actions::index_key(i))
 }
