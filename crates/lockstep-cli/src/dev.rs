@@ -28,6 +28,10 @@ pub struct DevArgs {
     /// Start with empty data folders.
     #[arg(long)]
     pub fresh: bool,
+    /// Port of node 1's web console (http://127.0.0.1:PORT/); nodes 2 and 3 use the next two.
+    /// 0 turns the console off.
+    #[arg(long, default_value_t = 7180)]
+    pub console_port: u16,
 }
 
 struct Nodes(Vec<Child>);
@@ -81,6 +85,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let endpoints: Vec<String> = (0..args.nodes)
         .map(|i| format!("127.0.0.1:{}", args.base_port + i))
         .collect();
+    let consoles: Vec<Option<String>> = (0..args.nodes)
+        .map(|i| (args.console_port != 0).then(|| format!("127.0.0.1:{}", args.console_port + i)))
+        .collect();
     let members: Vec<String> = endpoints
         .iter()
         .enumerate()
@@ -93,7 +100,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let id = i + 1;
         let dir = args.data_dir.join(format!("node{id}"));
         let log = std::fs::File::create(args.data_dir.join(format!("node{id}.log")))?;
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if let Some(console) = &consoles[i] {
+            command.args(["--console-listen", console]);
+        }
+        let child = command
             .args([
                 "--id",
                 &id.to_string(),
@@ -130,6 +141,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             "  node {}  {e}   log: {}",
             i + 1,
             args.data_dir.join(format!("node{}.log", i + 1)).display()
+        );
+    }
+    if let Some(console) = &consoles[0] {
+        println!(
+            "Console: http://{console}/  (sign in as anyone: e.g. alice, or bob with the role approver)"
         );
     }
     println!(

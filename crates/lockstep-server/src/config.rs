@@ -183,6 +183,11 @@ pub struct Flags {
     /// unless set; e.g. 127.0.0.1:9101. Must differ from --listen.
     #[arg(long, env = "LOCKSTEP_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the web console at http://ADDR/ (https:// on a secure node, with the node's
+    /// certificate). Off unless set; e.g. 127.0.0.1:7180. Must differ from --listen and
+    /// --metrics-listen. Development nodes serve it on loopback only.
+    #[arg(long, env = "LOCKSTEP_CONSOLE_LISTEN", value_name = "ADDR")]
+    pub console_listen: Option<SocketAddr>,
 }
 
 /// Why a node cannot start with its settings or its data directory: which setting (or file)
@@ -246,6 +251,17 @@ pub enum ConfigError {
         "--metrics-listen ({listen}) is the gRPC --listen address; give metrics their own port"
     )]
     MetricsOnListen { listen: SocketAddr },
+    #[error(
+        "--console-listen ({console}) is already the {other} address; give the console its own port"
+    )]
+    ConsoleSharesPort {
+        console: SocketAddr,
+        other: &'static str,
+    },
+    #[error(
+        "--console-listen {console} is not a loopback address: a development node (--dev, no TLS, actors picked in the browser) serves its console on loopback only, such as 127.0.0.1:7180"
+    )]
+    DevConsoleNotLoopback { console: SocketAddr },
     #[error(
         "--snapshot-log-mib {mib} is out of range: give between 1 and 1048576 MiB of log between snapshots (default 64)"
     )]
@@ -344,6 +360,7 @@ struct FileConfig {
     log_format: Option<String>,
     peer_via: Option<String>,
     metrics_listen: Option<SocketAddr>,
+    console_listen: Option<SocketAddr>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_ca: Option<PathBuf>,
@@ -382,6 +399,8 @@ pub struct Config {
     pub peer_via: BTreeMap<u64, String>,
     /// Where `GET /metrics` is served; `None`: no metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the web console is served; `None`: no console.
+    pub console_listen: Option<SocketAddr>,
     /// TLS material; `None` exactly in development mode.
     pub tls: Option<TlsFiles>,
     /// Client JWT verification; `None`: clients authenticate with certificates only.
@@ -560,6 +579,24 @@ impl Config {
         if metrics_listen == Some(listen) {
             return Err(ConfigError::MetricsOnListen { listen });
         }
+        let console_listen = flags.console_listen.or(file.console_listen);
+        if let Some(console) = console_listen {
+            if console == listen {
+                return Err(ConfigError::ConsoleSharesPort {
+                    console,
+                    other: "gRPC --listen",
+                });
+            }
+            if Some(console) == metrics_listen {
+                return Err(ConfigError::ConsoleSharesPort {
+                    console,
+                    other: "--metrics-listen",
+                });
+            }
+            if dev && !console.ip().is_loopback() {
+                return Err(ConfigError::DevConsoleNotLoopback { console });
+            }
+        }
         let peer_via = match flags.peer_via.or(file.peer_via) {
             Some(text) if !text.trim().is_empty() => {
                 parse_members(&text).map_err(ConfigError::PeerVia)?
@@ -637,6 +674,7 @@ impl Config {
             log_format,
             peer_via,
             metrics_listen,
+            console_listen,
             tls,
             jwt,
             policy,

@@ -30,6 +30,7 @@ pub mod backup;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod dispatch;
 pub mod failstop;
 pub mod format_gate;

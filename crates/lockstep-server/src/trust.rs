@@ -613,6 +613,14 @@ impl Trust {
     /// The server side of the node's port: its certificate, and client certificates from the
     /// CA verified when presented (optional, so JWT clients need none). HTTP/2 only.
     pub fn tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, TrustSetupError> {
+        self.tls_acceptor_for(&[b"h2"])
+    }
+
+    /// [`Trust::tls_acceptor`] offering the `alpn` protocols (the console speaks HTTP/1.1).
+    pub fn tls_acceptor_for(
+        &self,
+        alpn: &[&[u8]],
+    ) -> Result<Option<tokio_rustls::TlsAcceptor>, TrustSetupError> {
         use tokio_rustls::rustls;
         use tokio_rustls::rustls::pki_types::pem::PemObject;
         use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -646,7 +654,7 @@ impl Trust {
             .with_client_cert_verifier(verifier)
             .with_single_cert(certs(&t.cert_pem, "--tls-cert")?, key)
             .map_err(|e| unusable("--tls-cert / --tls-key do not form a usable pair", e))?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
     }
 
@@ -705,7 +713,8 @@ impl Trust {
     }
 
     /// Authenticates and authorizes one public call; every refusal goes to the security log.
-    fn admit(
+    /// The console calls it too, with the gRPC method a page stands for.
+    pub(crate) fn admit(
         &self,
         security: &SecurityLog,
         method: &str,

@@ -214,7 +214,7 @@ impl Api {
         })
     }
 
-    fn compiled(
+    pub(crate) fn compiled(
         &self,
         workflow: &str,
         version: &str,
@@ -242,6 +242,19 @@ impl Api {
         }
         cache.insert(key, Arc::clone(&compiled));
         Ok(Some(compiled))
+    }
+
+    /// The latest version of `workflow`, compiled (`None`: no such workflow).
+    pub(crate) fn latest_compiled(
+        &self,
+        workflow: &str,
+    ) -> Result<Option<Arc<CompiledDefinition>>, Status> {
+        let Some(stored) =
+            read::definition(&*self.node.store, workflow, None).map_err(status::store_error)?
+        else {
+            return Ok(None);
+        };
+        self.compiled(workflow, &stored.version)
     }
 
     // The deprecated JSON fields are still filled for one release (issue 19).

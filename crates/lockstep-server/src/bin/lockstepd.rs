@@ -101,6 +101,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    let console_listener = match config.console_listen {
+        Some(addr) => Some(lockstep_server::console::bind(addr).await?),
+        None => None,
+    };
     if config.dev {
         tracing::warn!(
             "DEVELOPMENT MODE: no TLS, no peer authentication, and callers name themselves with the x-lockstep-actor header (anyone who reaches this port can act as anyone). Loopback only; never use this in production."
@@ -182,6 +186,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
     ));
 
     let api = Api::new(Arc::clone(&node));
+    if let Some(listener) = console_listener {
+        let scheme = if config.dev { "http" } else { "https" };
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(url = %format!("{scheme}://{addr}/"), "serving the console");
+        }
+        let console_api = api.clone();
+        let console_shutdown = shutdown_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                lockstep_server::console::serve(listener, console_api, console_shutdown).await
+            {
+                tracing::error!(error = %e, "the console stopped");
+            }
+        });
+    }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::instances_server::InstancesServer<Api>>()

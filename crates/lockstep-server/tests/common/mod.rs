@@ -46,6 +46,8 @@ pub struct Settings {
     /// Each node's wall-clock offset in seconds (libfaketime; the monotonic clock stays
     /// true); empty or 0: none.
     pub skews: Vec<i64>,
+    /// Serve the web console on a loopback port per node ([`Cluster::console_ports`]).
+    pub console: bool,
 }
 
 impl Default for Settings {
@@ -57,6 +59,7 @@ impl Default for Settings {
             node_args: Vec::new(),
             node_env: Vec::new(),
             skews: Vec::new(),
+            console: false,
         }
     }
 }
@@ -66,6 +69,8 @@ pub struct Cluster {
     pub ports: Vec<u16>,
     /// Each node's `--metrics-listen` port (every node serves `GET /metrics`).
     pub metrics_ports: Vec<u16>,
+    /// Each node's `--console-listen` port when [`Settings::console`] is set.
+    pub console_ports: Vec<u16>,
     pub children: Vec<Option<Child>>,
     settings: Settings,
     /// Secure mode (TLS, mTLS between nodes, JWT clients): the test's CA and JWT issuer.
@@ -197,6 +202,11 @@ impl Cluster {
         let binary = binary.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lockstepd")));
         let ports: Vec<u16> = (0..settings.nodes).map(|_| free_port()).collect();
         let metrics_ports: Vec<u16> = (0..settings.nodes).map(|_| free_port()).collect();
+        let console_ports: Vec<u16> = if settings.console {
+            (0..settings.nodes).map(|_| free_port()).collect()
+        } else {
+            Vec::new()
+        };
         let dir = tempfile::tempdir().unwrap();
         let pki = secure.then(|| Pki::new(dir.path().join("pki")));
         if let (Some(pki), Some(policy)) = (&pki, policy) {
@@ -206,6 +216,7 @@ impl Cluster {
             dir,
             ports,
             metrics_ports,
+            console_ports,
             children: Vec::new(),
             binaries: vec![binary; settings.nodes],
             settings,
@@ -280,6 +291,12 @@ impl Cluster {
                 "--logs-to-keep",
                 &self.settings.logs_to_keep.to_string(),
             ])
+            .args(
+                self.console_ports
+                    .get(i)
+                    .map(|p| vec!["--console-listen".to_string(), format!("127.0.0.1:{p}")])
+                    .unwrap_or_default(),
+            )
             .args(&self.settings.node_args)
             .arg("--data-dir")
             .arg(self.data_dir(i))
