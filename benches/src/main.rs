@@ -21,6 +21,7 @@ use lockstep_client::{Client, pb, request_id};
 
 use crate::load::{Level, Window, Workload};
 
+mod console;
 mod cost;
 mod etcd;
 mod load;
@@ -131,6 +132,13 @@ struct Args {
     /// steady lateness phase, e.g. `--timers 1000000 --concurrency 32 --duration 30s`.
     #[arg(long, default_value_t = 10_000)]
     timers: usize,
+    /// `console` scenario: how many instances to create (1% of them breach their SLA), e.g.
+    /// `--scenario console --instances 100000`; the largest --concurrency creates them.
+    #[arg(long, default_value_t = 100_000)]
+    instances: usize,
+    /// `console` scenario: how many times to ask for the filtered list.
+    #[arg(long, default_value_t = 50)]
+    samples: usize,
     /// `timers` scenario: the concurrent transition load (open loop) while timers fire, in
     /// transitions per second, e.g. `--load-rate 500/s`. Default: half of the peak rate the
     /// scenario measures with every timer armed.
@@ -165,6 +173,8 @@ enum Scenario {
     Tasks,
     Timers,
     Quota,
+    /// The console's instance list filtered to breached SLAs on a large state.
+    Console,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -193,6 +203,8 @@ pub(crate) struct LocalCluster {
     pub(crate) children: Vec<Child>,
     /// Each node's `--metrics-listen` address, in the order of `children`.
     metrics: Vec<SocketAddr>,
+    /// Each node's `--console-listen` address (the console scenario only).
+    consoles: Vec<String>,
 }
 
 impl LocalCluster {
@@ -227,6 +239,7 @@ fn start_cluster(
     nodes: usize,
     binary: &PathBuf,
     policy: Option<&str>,
+    console: bool,
 ) -> anyhow::Result<(LocalCluster, Vec<String>)> {
     let dir = tempfile::tempdir()?;
     let policy_file = match policy {
@@ -255,12 +268,23 @@ fn start_cluster(
         .map(|(i, e)| format!("{}={e}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
+    // Only the console scenario asks for consoles: older builds (A/B runs) lack the flag.
+    let consoles: Vec<String> = if console {
+        (0..nodes)
+            .map(|_| lockstep_client::loopback::free_port().map(|p| format!("127.0.0.1:{p}")))
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
     let mut children = Vec::new();
     for (i, e) in endpoints.iter().enumerate() {
         let log = std::fs::File::create(dir.path().join(format!("node{}.log", i + 1)))?;
         let mut command = Command::new(binary);
         if let Some(path) = &policy_file {
             command.arg("--policy").arg(path);
+        }
+        if let Some(console) = consoles.get(i) {
+            command.arg("--console-listen").arg(console);
         }
         children.push(
             command
@@ -290,6 +314,7 @@ fn start_cluster(
             _dir: dir,
             children,
             metrics,
+            consoles,
         },
         endpoints,
     ))
@@ -616,7 +641,8 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         let policy = (args.scenario == Scenario::Quota).then(|| quota::policy(args.quota_rate));
-        let (c, e) = start_cluster(args.nodes, &binary, policy.as_deref())?;
+        let console = args.scenario == Scenario::Console;
+        let (c, e) = start_cluster(args.nodes, &binary, policy.as_deref(), console)?;
         (Some(c), e)
     } else {
         (None, args.endpoints.clone())
@@ -640,6 +666,21 @@ async fn main() -> anyhow::Result<()> {
                 println!("\nJSON report: {}", path.display());
             }
             return Ok(());
+        }
+        Scenario::Console => {
+            let Some(console) = cluster.as_ref().and_then(|c| c.consoles.first().cloned()) else {
+                bail!(
+                    "--scenario console starts its own cluster (with consoles): drop --endpoints"
+                );
+            };
+            let run = console::ConsoleRun {
+                instances: args.instances,
+                creators: args.concurrency.iter().copied().max().unwrap_or(16),
+                samples: args.samples,
+                console,
+                json: args.json.clone(),
+            };
+            return console::run(&endpoints, run).await;
         }
         Scenario::Timers => {
             let run = timers::TimerRun {
@@ -729,7 +770,9 @@ async fn main() -> anyhow::Result<()> {
                 serde_json::json!({}).to_string().len(),
             )
         }
-        Scenario::Tasks | Scenario::Timers | Scenario::Quota => unreachable!("handled above"),
+        Scenario::Tasks | Scenario::Timers | Scenario::Quota | Scenario::Console => {
+            unreachable!("handled above")
+        }
     };
     let mut report = Report {
         scenario: args.scenario,

@@ -247,6 +247,10 @@ pub struct InstancePage {
     pub instances: Vec<Instance>,
     pub next_page_token: Option<String>,
     pub read: ReadInfo,
+    /// How many instances match, from the counts apply keeps; `None` when the filters
+    /// combine more than one of state, SLA status and incidents, use `updated_since`, or the
+    /// cluster's log format is older than 4.
+    pub total: Option<u64>,
 }
 
 /// A transition the caller may take now, or once its gate opens (`Instances/Actions`).
@@ -972,6 +976,7 @@ impl TryFrom<pb::ListInstancesResponse> for InstancePage {
                 .collect::<Result<_, _>>()?,
             next_page_token: non_empty(r.next_page_token),
             read: required("instance page", "read", r.read)?.into(),
+            total: r.total,
         })
     }
 }

@@ -25,8 +25,12 @@ pub const LOG_FORMAT_BATCHES: u32 = 2;
 /// lease expired at its cluster time is refused `STALE_LEASE` even before the lease-expiry
 /// timer fired. Entries before it are decided as format 2 decided them.
 pub const LOG_FORMAT_LEASE_GUARD: u32 = 3;
+/// List indexes: instances by SLA status and open incident (family `IndexFlags`) and
+/// counts per state and per flag, kept by apply (`crate::apply::index`). The entry that
+/// raises the format builds them for the instances already stored.
+pub const LOG_FORMAT_INDEXES: u32 = 4;
 /// The highest log format this build reads and writes.
-pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_LEASE_GUARD;
+pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_INDEXES;
 
 /// A replicated log format, as applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -330,6 +330,85 @@ pub fn ready_tasks(store: &impl Store, queue: &str, limit: usize) -> Result<Vec<
         .collect()
 }
 
+/// Every flag the list index knows (`crate::apply::index`): an SLA clock's status, an SLA
+/// warned (and not breached) or breached, an open incident.
+pub const FLAGS: [&str; 6] = [
+    "sla:running",
+    "sla:paused",
+    "sla:stopped",
+    "sla:warned",
+    "sla:breached",
+    "incident:open",
+];
+
+/// Whether this replica keeps the list indexes and counts (log format 4 applied).
+pub fn indexes_kept(store: &impl Store) -> Result<bool> {
+    Ok(log_format(store)?.at_least(crate::format::LOG_FORMAT_INDEXES))
+}
+
+/// Ids of `workflow`'s instances with `flag`, in id order, after `after`.
+pub fn flagged_ids(
+    store: &impl Store,
+    workflow: &str,
+    flag: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<String>> {
+    let prefix = keys::strs(&[workflow, flag]);
+    let end = keys::prefix_end(&prefix);
+    let start = match after {
+        Some(id) => {
+            let mut k = key::flag(workflow, flag, id);
+            k.push(1);
+            k
+        }
+        None => prefix,
+    };
+    Ok(store
+        .range(Family::IndexFlags, &start, Some(&end), limit)?
+        .into_iter()
+        .map(|(k, _)| keys::split_strs(&k).pop().unwrap_or_default())
+        .collect())
+}
+
+/// How many of `workflow`'s instances are in `state`.
+pub fn state_count(store: &impl Store, workflow: &str, state: &str) -> Result<u64> {
+    Ok(get(
+        store,
+        Family::Meta,
+        &crate::apply::index::state_count(workflow, state),
+    )?
+    .unwrap_or(0))
+}
+
+/// How many of `workflow`'s instances carry `flag`.
+pub fn flag_count(store: &impl Store, workflow: &str, flag: &str) -> Result<u64> {
+    Ok(get(store, Family::Meta, &key::count(workflow, flag))?.unwrap_or(0))
+}
+
+/// Most counts read for one workflow: its states across versions and the flags.
+pub const COUNTS_READ_MAX: usize = 4096;
+
+/// `workflow`'s instances per state (states without instances are absent).
+pub fn state_counts(
+    store: &impl Store,
+    workflow: &str,
+) -> Result<std::collections::BTreeMap<String, u64>> {
+    let prefix = key::counts_of(workflow);
+    let end = keys::prefix_end(&prefix);
+    let mut counts = std::collections::BTreeMap::new();
+    for (k, v) in store.range(Family::Meta, &prefix, Some(&end), COUNTS_READ_MAX)? {
+        let what = keys::split_strs(&k[key::COUNT_PREFIX.len()..])
+            .pop()
+            .unwrap_or_default();
+        if let Some(state) = what.strip_prefix("state:") {
+            let n: u64 = envelope::decode(Family::Meta, &k, &v)?;
+            counts.insert(state.to_string(), n);
+        }
+    }
+    Ok(counts)
+}
+
 /// The last cluster time applied.
 /// The replicated log format (`crate::format`), as applied on this replica.
 pub fn log_format(store: &impl Store) -> Result<crate::format::LogFormat> {

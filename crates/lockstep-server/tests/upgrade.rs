@@ -167,6 +167,21 @@ async fn a_rolling_upgrade_from_4410ace_under_load_loses_nothing() {
     );
     let verified = client.verify_audit().await.unwrap();
     assert!(verified.ok(), "{verified:?}");
+    // The raise to format 4 built the list counts over what the old build had stored, and
+    // apply kept them since: the count of purchase orders is every one created.
+    let page = client
+        .list(pb::ListInstancesRequest {
+            workflow: "purchase-order".into(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.total,
+        Some(acknowledged.len() as u64),
+        "the count kept by apply differs from the instances created"
+    );
 }
 
 /// Once the log is in format 2, a node running the old build is refused as a learner, with

@@ -51,10 +51,14 @@ pub enum Family {
     DedupByTime,
     /// Applied log id, membership, chain heads, counters, cluster time.
     Meta,
+    /// (workflow, flag, instance id) → (): instances by SLA status and open incidents
+    /// (`lockstep_raft::index`), written from log format 4 on. Appended last so that the
+    /// ids of older families, which snapshots and digests carry, stay the same.
+    IndexFlags,
 }
 
 impl Family {
-    pub const ALL: [Family; 15] = [
+    pub const ALL: [Family; 16] = [
         Family::RaftLog,
         Family::RaftMeta,
         Family::Definitions,
@@ -70,10 +74,11 @@ impl Family {
         Family::Dedup,
         Family::DedupByTime,
         Family::Meta,
+        Family::IndexFlags,
     ];
 
     /// The families that make up the replicated state: what snapshots carry and digests hash.
-    pub const STATE: [Family; 13] = [
+    pub const STATE: [Family; 14] = [
         Family::Definitions,
         Family::Instances,
         Family::IndexWorkflowState,
@@ -87,6 +92,7 @@ impl Family {
         Family::Dedup,
         Family::DedupByTime,
         Family::Meta,
+        Family::IndexFlags,
     ];
 
     pub fn name(self) -> &'static str {
@@ -106,6 +112,7 @@ impl Family {
             Family::Dedup => "dedup",
             Family::DedupByTime => "dedup_by_time",
             Family::Meta => "meta",
+            Family::IndexFlags => "idx_flags",
         }
     }
 

@@ -69,6 +69,25 @@ pub mod key {
         keys::push_str(&mut k, worker);
         k
     }
+    /// An instance with `flag` (an SLA status or an open incident; family `IndexFlags`).
+    pub fn flag(workflow: &str, flag: &str, id: &str) -> Vec<u8> {
+        keys::strs(&[workflow, flag, id])
+    }
+    /// How many instances of `workflow` are in state `state` (`what` = `state:<name>`) or
+    /// carry a flag (`what` = the flag), family `Meta`.
+    pub fn count(workflow: &str, what: &str) -> Vec<u8> {
+        let mut k = COUNT_PREFIX.to_vec();
+        keys::push_str(&mut k, workflow);
+        keys::push_str(&mut k, what);
+        k
+    }
+    /// The prefix of `workflow`'s counts.
+    pub fn counts_of(workflow: &str) -> Vec<u8> {
+        let mut k = COUNT_PREFIX.to_vec();
+        keys::push_str(&mut k, workflow);
+        k
+    }
+    pub const COUNT_PREFIX: &[u8] = b"count\0";
     pub fn dedup_by_time(at_micros: i64, request_id: &str) -> Vec<u8> {
         let mut k = Vec::new();
         keys::push_i64(&mut k, at_micros);

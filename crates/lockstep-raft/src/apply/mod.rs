@@ -9,8 +9,8 @@
 //! body, the run's cluster time and log format); `dedup.rs` (request ids and their retention),
 //! `projection.rs` (writing an outcome the engine decided: the instance, its indexes, timers,
 //! tasks, outbox and the audit chain, after checking its invariants), `definitions.rs`
-//! (applying and caching definitions) and `migration.rs` (moving instances between
-//! versions). The key schema (`key`, `meta`) lives in `lockstep_store::schema`.
+//! (applying and caching definitions), `migration.rs` (moving instances between
+//! versions) and `index.rs` (the list indexes and counts of log format 4). The key schema (`key`, `meta`) lives in `lockstep_store::schema`.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -29,7 +29,7 @@ use openraft::{Entry, EntryPayload, LogId, StoredMembership};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::format::{LOG_FORMAT_BATCHES, LogFormat};
+use crate::format::{LOG_FORMAT_BATCHES, LOG_FORMAT_INDEXES, LogFormat};
 use crate::replicated::{
     DEDUP_EXPIRE_BATCH_MAX, DEDUP_RETENTION_MS, LEASES_PER_WORKER_MAX, MIGRATION_INSTANCES_MAX,
     MIGRATION_SCAN_MAX, OUTBOX_ACK_BATCH_MAX, apply_limits,
@@ -41,6 +41,7 @@ use crate::types::{
 
 mod dedup;
 mod definitions;
+pub mod index;
 mod migration;
 mod projection;
 
@@ -396,7 +397,11 @@ impl<'a, S: Store> Applier<'a, S> {
                 "a batch of requests cannot contain another batch".into(),
             )),
             Body::SetLogFormat { version } => {
-                let format = LogFormat((*version).max(self.format()?.0));
+                let was = self.format()?;
+                let format = LogFormat((*version).max(was.0));
+                if !was.at_least(LOG_FORMAT_INDEXES) && format.at_least(LOG_FORMAT_INDEXES) {
+                    self.build_indexes()?;
+                }
                 self.put(Family::Meta, meta::LOG_FORMAT.to_vec(), &format);
                 self.format = Some(format);
                 Ok(Response::Empty)

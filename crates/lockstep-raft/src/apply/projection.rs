@@ -142,6 +142,9 @@ impl<S: Store> Applier<'_, S> {
         let after = &change.instance;
         let id = after.id.clone();
         self.put(Family::Instances, id.as_bytes().to_vec(), after);
+        if self.format()?.at_least(crate::format::LOG_FORMAT_INDEXES) {
+            self.reindex(before, after)?;
+        }
         if before.map(|b| &b.state) != Some(&after.state) {
             if let Some(b) = before {
                 self.delete(

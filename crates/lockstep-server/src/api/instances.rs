@@ -130,8 +130,44 @@ impl pb::instances_server::Instances for Api {
         };
         let info = self.read_info(req.consistency).await?;
         let state = (!req.state.is_empty()).then_some(req.state.as_str());
+        let store = &*self.node.store;
+        let indexed = read::indexes_kept(store).map_err(status::store_error)?;
+        // With the list indexes (log format 4), an SLA-status or incident filter walks its
+        // index instead of filtering a page of the state index.
+        let flag = if indexed {
+            sla_filter
+                .as_ref()
+                .map(|s| format!("sla:{s}"))
+                .or_else(|| req.open_incidents.then(|| "incident:open".to_string()))
+        } else {
+            None
+        };
+        let total = if !indexed || since.is_some() {
+            None
+        } else {
+            let filters = usize::from(state.is_some())
+                + usize::from(sla_filter.is_some())
+                + usize::from(req.open_incidents);
+            match (filters, state, &flag) {
+                (0, _, _) => Some(
+                    read::state_counts(store, &req.workflow)
+                        .map_err(status::store_error)?
+                        .values()
+                        .sum(),
+                ),
+                (1, Some(s), _) => {
+                    Some(read::state_count(store, &req.workflow, s).map_err(status::store_error)?)
+                }
+                (1, None, Some(f)) => {
+                    Some(read::flag_count(store, &req.workflow, f).map_err(status::store_error)?)
+                }
+                _ => None,
+            }
+        };
         let after =
-            if req.page_token.is_empty() {
+            if flag.is_some() {
+                None
+            } else if req.page_token.is_empty() {
                 None
             } else {
                 let bytes = hex::decode(&req.page_token).map_err(|_| {
@@ -143,21 +179,43 @@ impl pb::instances_server::Instances for Api {
                     status::bad_request("page_token is not one this server returned")
                 })?)
             };
-        let ids = read::instance_ids(
-            &*self.node.store,
-            &req.workflow,
-            state,
-            after.as_deref(),
-            size,
-        )
-        .map_err(status::store_error)?;
-        let next_page_token = if ids.len() == size {
-            ids.last()
-                .and_then(|id| read::instance(&*self.node.store, id).ok().flatten())
-                .map(|i| page_token(state, &i))
-                .unwrap_or_default()
-        } else {
-            String::new()
+        let (ids, next_page_token) = match &flag {
+            Some(flag) => {
+                let after = match req.page_token.as_str() {
+                    "" => None,
+                    token => Some(
+                        token
+                            .strip_prefix(FLAG_TOKEN)
+                            .and_then(|h| hex::decode(h).ok())
+                            .and_then(|b| String::from_utf8(b).ok())
+                            .ok_or_else(|| {
+                                status::bad_request(
+                                    "page_token is not one this server returned for these filters: pass next_page_token as it came, with the same filters",
+                                )
+                            })?,
+                    ),
+                };
+                let ids = read::flagged_ids(store, &req.workflow, flag, after.as_deref(), size)
+                    .map_err(status::store_error)?;
+                let next = match ids.last() {
+                    Some(last) if ids.len() == size => format!("{FLAG_TOKEN}{}", hex::encode(last)),
+                    _ => String::new(),
+                };
+                (ids, next)
+            }
+            None => {
+                let ids = read::instance_ids(store, &req.workflow, state, after.as_deref(), size)
+                    .map_err(status::store_error)?;
+                let next = if ids.len() == size {
+                    ids.last()
+                        .and_then(|id| read::instance(store, id).ok().flatten())
+                        .map(|i| page_token(state, &i))
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                (ids, next)
+            }
         };
         let mut instances = Vec::new();
         for id in &ids {
@@ -166,6 +224,9 @@ impl pb::instances_server::Instances for Api {
                 continue;
             };
             if since.is_some_and(|s| i.updated_at < s) {
+                continue;
+            }
+            if state.is_some_and(|s| s != i.state) {
                 continue;
             }
             if req.open_incidents && !i.incidents.values().any(|x| x.resolved_at.is_none()) {
@@ -188,6 +249,7 @@ impl pb::instances_server::Instances for Api {
             instances,
             next_page_token,
             read: Some(info),
+            total,
         }))
     }
 
@@ -412,6 +474,9 @@ fn cursor_token(cursor: &MigrationCursor) -> String {
 
 /// The resume point of a listing: the index key (workflow, state, id) after which the next
 /// page starts, hex-encoded so that it is an opaque, printable token.
+/// The page tokens of listings walked by the flag index start with this.
+const FLAG_TOKEN: &str = "f.";
+
 fn page_token(_state: Option<&str>, i: &Instance) -> String {
     hex::encode(super::actions::index_key(i))
 }

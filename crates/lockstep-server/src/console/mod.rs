@@ -197,10 +197,16 @@ fn router(console: Console) -> Router {
         .with_state(console)
 }
 
-/// Adds the security headers to every response.
+/// Adds the security headers to every response, and `Server-Timing: render;dur=MS`: how long
+/// the node took to answer (what the console benchmark measures).
 async fn security_headers(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let mut response = next.run(request).await;
+    let took = started.elapsed().as_secs_f64() * 1000.0;
     let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("render;dur={took:.2}")) {
+        headers.insert(HeaderName::from_static("server-timing"), v);
+    }
     let set = |headers: &mut HeaderMap, name: HeaderName, value: &'static str| {
         headers.insert(name, HeaderValue::from_static(value));
     };

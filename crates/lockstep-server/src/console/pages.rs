@@ -376,7 +376,34 @@ async fn workflow_page(
     let compiled = console.api.compiled(name, &shown.version)?.ok_or_else(|| {
         Refused::bad_request(format!("version {} of {name} is not stored", shown.version))
     })?;
-    let svg = graph::svg(&compiled, &Marks::default());
+    // Counts kept by apply (log format 4), shown to those who may read the instances.
+    let store = &*console.api.node.store;
+    let readable = match caller.actor.get() {
+        Some(a) => console
+            .api
+            .node
+            .trust
+            .policy
+            .current()
+            .check_read(a, name)
+            .is_ok(),
+        None => {
+            let policy = console.api.node.trust.policy.current();
+            policy.allow_all || !policy.read_instances.contains_key(name)
+        }
+    };
+    let counts = if readable
+        && lockstep_raft::read::indexes_kept(store).map_err(crate::status::store_error)?
+    {
+        Some(lockstep_raft::read::state_counts(store, name).map_err(crate::status::store_error)?)
+    } else {
+        None
+    };
+    let marks = Marks {
+        counts: counts.as_ref(),
+        ..Marks::default()
+    };
+    let svg = graph::svg(&compiled, &marks);
     Ok(layout(
         name,
         caller,
@@ -390,6 +417,9 @@ async fn workflow_page(
                 a href=(format!("/instances?workflow={}", query_value(name))) { "Its instances" }
             }
             figure.graph { (view::svg(svg)) }
+            @if let Some(c) = &counts {
+                p.note { (c.values().sum::<u64>()) " instances; each state shows how many are in it (kept by apply, not counted by a scan)." }
+            }
             h2 { "Transitions" }
             (transitions_table(&compiled))
             @if !compiled.slas.is_empty() {
@@ -797,6 +827,7 @@ async fn instances(
                     }
                 }
             }
+            @if let Some(total) = answer.total { p.count { (total) " match." } }
             @if answer.instances.is_empty() { p.empty { "No instance matches." } }
             @if !answer.next_page_token.is_empty() { a.next href=(next) { "Next page →" } }
         };
