@@ -691,7 +691,36 @@ impl Node {
                 lockstep_raft::format::LOG_FORMAT_CURRENT,
             )),
             ForwardRequest::Clock => Ok(ForwardReply::Clock(wall_clock().as_micros())),
+            ForwardRequest::CheckChain => self.check_chain().await.map(ForwardReply::ChainChecked),
         }
+    }
+
+    /// Verifies this node's audit chain from its first record (on a blocking thread: it
+    /// reads every record).
+    pub async fn check_chain(&self) -> Result<crate::cluster::ChainCheck, WriteError> {
+        let store = Arc::clone(&self.store);
+        let node_id = self.id;
+        tokio::task::spawn_blocking(move || {
+            let head = lockstep_raft::read::audit_head(&*store)?;
+            let (result, _) = lockstep_raft::read::verify_audit_at(&*store, 0)?;
+            let (checked, broken) = match result {
+                Ok(n) => (n, None),
+                Err(b) => (
+                    b.global_seq.saturating_sub(1),
+                    Some((b.global_seq, b.reason)),
+                ),
+            };
+            Ok::<_, lockstep_store::Error>(crate::cluster::ChainCheck {
+                node_id,
+                checked,
+                broken,
+                head_seq: head.seq,
+                head_hash: head.hash.iter().map(|b| format!("{b:02x}")).collect(),
+            })
+        })
+        .await
+        .map_err(|e| WriteError::Fatal(format!("verifying the audit chain: {e}")))?
+        .map_err(|e| WriteError::Fatal(format!("verifying the audit chain: {e}")))
     }
 
     /// Waits until this replica may serve a linearizable read; returns the read index.

@@ -451,6 +451,15 @@ async fn approvals_go_through_allow_and_a_refusal_shows_its_code() {
         page.body
     );
     assert_eq!(approver.get("/cluster").await.status, 200);
+    // The audit page shows every node's verification of its own chain.
+    let audit = approver.get("/audit").await;
+    assert_eq!(audit.status, 200, "{}", audit.body);
+    assert_eq!(
+        audit.body.matches("<td>verified</td>").count(),
+        3,
+        "{}",
+        audit.body
+    );
     assert_eq!(approver.get("/workflows/purchase-order").await.status, 200);
 }
 

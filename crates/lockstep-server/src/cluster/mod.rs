@@ -49,6 +49,20 @@ pub enum ForwardRequest {
     /// The node's wall clock now, in microseconds (the clock offset guard, `clock.rs`). After
     /// `LogFormat`, for the same reason: builds that cannot answer it refuse to decode it.
     Clock,
+    /// Verify this node's audit chain and name its head (the console's audit page, which
+    /// shows every node's side by side). Last: older builds refuse to decode it.
+    CheckChain,
+}
+
+/// One node's verification of its audit chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainCheck {
+    pub node_id: NodeId,
+    /// Records verified from the first; the first broken one and why, if any.
+    pub checked: u64,
+    pub broken: Option<(u64, String)>,
+    pub head_seq: u64,
+    pub head_hash: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,6 +72,7 @@ pub enum ForwardReply {
     Membership(Vec<(NodeId, String, bool)>),
     LogFormat(u32),
     Clock(i64),
+    ChainChecked(ChainCheck),
 }
 
 /// Why a write or membership change did not produce a response.

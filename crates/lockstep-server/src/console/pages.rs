@@ -1241,6 +1241,7 @@ async fn audit(State(console): State<Console>, caller: Caller) -> Response {
         )?;
         let log = Audit::security_log(&console.api, request).await?.into_inner();
         let recent: Vec<&pb::SecurityEvent> = log.events.iter().rev().take(SECURITY_EVENTS_SHOWN as usize).collect();
+        let chains = every_chain(&console).await;
         let body = html! {
             h2 { "Hash chain on node " (console.api.node.id) }
             div class=(if verified.ok { "verdict ok" } else { "verdict broken" }) {
@@ -1250,7 +1251,28 @@ async fn audit(State(console): State<Console>, caller: Caller) -> Response {
                     "BROKEN at #" (verified.broken_seq) ": " (verified.reason)
                 }
             }
-            p.note { "Every node keeps its own copy of the chain; `lockstep audit verify` on each node (or this page on each node's console) must show the same head." }
+            h2 { "Every node's chain" }
+            p.note { "Each node verified its own copy from the first record. Heads at the same sequence must have the same hash; a node behind shows an earlier head." }
+            table.chains {
+                thead { tr { th { "Node" } th { "Verdict" } th { "Records" } th { "Head" } th { "Head hash" } } }
+                tbody {
+                    @for (id, check) in &chains {
+                        @match check {
+                            Ok(c) => {
+                                @let forked = chains.iter().any(|(_, o)| o.as_ref().is_ok_and(|o| o.head_seq == c.head_seq && o.head_hash != c.head_hash));
+                                tr.open[c.broken.is_some() || forked] {
+                                    td { (id) }
+                                    td { @match &c.broken { None => "verified", Some((seq, why)) => { "BROKEN at #" (seq) ": " (why) } } @if forked { " — differs from a node at the same head" } }
+                                    td { (c.checked) }
+                                    td { "#" (c.head_seq) }
+                                    td { (short(&c.head_hash)) }
+                                }
+                            }
+                            Err(e) => tr { td { (id) } td colspan="4" { span.muted { "not answered: " (e) } } }
+                        }
+                    }
+                }
+            }
             h2 { "Security log (newest first, " (log.total) " in all)" }
             table {
                 thead { tr { th { "#" } th { "When" } th { "Kind" } th { "Call" } th { "Actor" } th { "From" } th { "Code" } th { "Reason" } } }
@@ -1305,6 +1327,36 @@ async fn cluster(State(console): State<Console>, caller: Caller) -> Response {
     }
     .await;
     respond(&console, &caller, page)
+}
+
+/// Longest the audit page waits for another node's verification.
+const CHAIN_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Every member's verification of its own chain, this node's included, side by side.
+async fn every_chain(console: &Console) -> Vec<(u64, Result<crate::cluster::ChainCheck, String>)> {
+    let node = &console.api.node;
+    let checks = node.members().into_iter().map(|(id, addr, _)| async move {
+        let answer = if id == node.id {
+            node.check_chain().await.map_err(|e| e.to_string())
+        } else {
+            match tokio::time::timeout(
+                CHAIN_CHECK_TIMEOUT,
+                node.forward(&addr, crate::cluster::ForwardRequest::CheckChain),
+            )
+            .await
+            {
+                Ok(Ok(crate::cluster::ForwardReply::ChainChecked(c))) => Ok(c),
+                Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+                Ok(Err(e)) => Err(format!("{e} (an older build cannot answer)")),
+                Err(_) => Err(format!(
+                    "no answer within {}",
+                    people(CHAIN_CHECK_TIMEOUT.as_millis() as u64)
+                )),
+            }
+        };
+        (id, answer)
+    });
+    futures::future::join_all(checks).await
 }
 
 fn bytes(n: u64) -> String {
