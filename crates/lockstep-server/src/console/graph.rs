@@ -33,6 +33,10 @@ const LABELLED_EDGES_MAX: usize = 200;
 pub(crate) fn svg(definition: &CompiledDefinition, marks: &Marks<'_>) -> String {
     let mut graph = VisualGraph::new(Orientation::TopToBottom);
     let mut handles = HashMap::new();
+    let max = marks
+        .counts
+        .and_then(|c| c.values().copied().max())
+        .unwrap_or(0);
     for (name, spec) in &definition.states {
         let mut label = name.clone();
         if let Some(n) = marks.counts.map(|c| c.get(name).copied().unwrap_or(0)) {
@@ -44,13 +48,15 @@ pub(crate) fn svg(definition: &CompiledDefinition, marks: &Marks<'_>) -> String 
             ShapeKind::new_box(&label)
         };
         let (fill, line) = if marks.current == Some(name.as_str()) {
-            ("#bfdbfe", "#1d4ed8")
+            (Color::fast("#bfdbfe"), "#1d4ed8")
+        } else if let Some(counts) = marks.counts {
+            (heat(counts.get(name).copied().unwrap_or(0), max), "#334155")
         } else if name == &definition.initial {
-            ("#eef2ff", "#4338ca")
+            (Color::fast("#eef2ff"), "#4338ca")
         } else {
-            ("#ffffff", "#334155")
+            (Color::fast("#ffffff"), "#334155")
         };
-        let look = StyleAttr::new(Color::fast(line), 2, Some(Color::fast(fill)), 6, 14);
+        let look = StyleAttr::new(Color::fast(line), 2, Some(fill), 6, 14);
         let class = if marks.current == Some(name.as_str()) {
             "class=\"state current\""
         } else {
@@ -115,6 +121,21 @@ pub(crate) fn svg(definition: &CompiledDefinition, marks: &Marks<'_>) -> String 
     strip(&writer.finalize())
 }
 
+/// A state's fill by its share of the busiest state's instances: white (none) to a strong
+/// amber (the most).
+fn heat(count: u64, max: u64) -> Color {
+    if count == 0 || max == 0 {
+        return Color::fast("#ffffff");
+    }
+    let share = (count as f64 / max as f64).clamp(0.0, 1.0);
+    // From #fff7ed (light) to #fb923c (strong).
+    let mix = |light: u8, strong: u8| {
+        (f64::from(light) + (f64::from(strong) - f64::from(light)) * (0.25 + 0.75 * share)) as u32
+    };
+    let (r, g, b) = (mix(0xff, 0xfb), mix(0xf7, 0x92), mix(0xed, 0x3c));
+    Color::new((r << 24) | (g << 16) | (b << 8) | 0xff)
+}
+
 /// Drops the XML declaration and the inline `<style>` block layout-rs writes (font classes
 /// are in console.css).
 fn strip(svg: &str) -> String {
@@ -168,5 +189,8 @@ transitions:
         assert!(svg.contains("state current"));
         assert_eq!(svg.matches("edge taken").count(), 1);
         assert!(svg.contains(">7<"), "{svg}");
+        // The busiest state is the strongest colour; an empty one stays white.
+        assert_eq!(heat(7, 7).to_web_color(), "#fb923cff");
+        assert_eq!(heat(0, 7).to_web_color(), "#ffffffff");
     }
 }

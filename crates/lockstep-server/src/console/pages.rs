@@ -735,6 +735,8 @@ struct ListQuery {
     #[serde(default)]
     incidents: String,
     #[serde(default)]
+    key: String,
+    #[serde(default)]
     page_token: String,
 }
 
@@ -752,6 +754,33 @@ async fn instances(
         };
         let answer = if workflow.is_empty() {
             pb::ListInstancesResponse::default()
+        } else if !q.key.trim().is_empty() {
+            // A business key names at most one instance: read it by its key index.
+            let request = caller.request(
+                &console,
+                "/lockstep.v1.Instances/Get",
+                pb::GetInstanceRequest {
+                    instance: Some(pb::InstanceRef {
+                        target: Some(pb::instance_ref::Target::Key(pb::BusinessKey {
+                            workflow: workflow.clone(),
+                            key: q.key.trim().to_string(),
+                        })),
+                    }),
+                    ..Default::default()
+                },
+            )?;
+            match Instances::get(&console.api, request).await {
+                Ok(found) => pb::ListInstancesResponse {
+                    instances: found.into_inner().instance.into_iter().collect(),
+                    total: Some(1),
+                    ..Default::default()
+                },
+                Err(status) if status.code() == tonic::Code::NotFound => pb::ListInstancesResponse {
+                    total: Some(0),
+                    ..Default::default()
+                },
+                Err(status) => return Err(status.into()),
+            }
         } else {
             let request = caller.request(
                 &console,
@@ -810,6 +839,7 @@ async fn instances(
                     }
                 }
                 label { "Updated since " input name="updated_since" value=(q.updated_since) placeholder="2026-12-01T00:00:00Z"; }
+                label { "Business key " input name="key" value=(q.key) placeholder="PO-1"; }
                 button type="submit" { "Filter" }
             }
             table.instances {
