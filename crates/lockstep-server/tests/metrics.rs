@@ -282,6 +282,67 @@ async fn a_node_serves_prometheus_metrics() {
     assert!(late_count >= 1.0, "{late_count}");
     assert!((0.0..30.0).contains(&late_sum), "{late_sum}");
     assert!(value(&s, "lockstep_timers_due", &[]) <= 256.0);
+
+    // Every query of the Grafana dashboard in deploy/ names a metric this node exports.
+    dashboard_names_exported_metrics(&body);
+}
+
+/// Checks deploy/grafana/lockstep-dashboard.json against an exposition: each `lockstep_*`
+/// name in a panel query is a declared family or one of its samples (`_bucket`, `_sum`,
+/// `_count` of a histogram), and every panel has a title and a query.
+fn dashboard_names_exported_metrics(body: &str) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/grafana/lockstep-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+            .expect("the dashboard is JSON");
+    let mut exported = std::collections::BTreeSet::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let family = rest.split(' ').next().unwrap().to_string();
+            for suffix in ["", "_bucket", "_sum", "_count"] {
+                exported.insert(format!("{family}{suffix}"));
+            }
+        } else if !line.starts_with('#') && !line.is_empty() {
+            exported.insert(line.split(['{', ' ']).next().unwrap().to_string());
+        }
+    }
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(
+        panels.len() >= 10,
+        "the dashboard has {} panels",
+        panels.len()
+    );
+    let mut used = std::collections::BTreeSet::new();
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap_or_default();
+        assert!(!title.is_empty(), "a panel without a title: {panel}");
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel `{title}` has no query");
+        for target in targets {
+            let expr = target["expr"].as_str().expect("expr");
+            let mut rest = expr;
+            while let Some(at) = rest.find("lockstep_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                assert!(
+                    exported.contains(&name),
+                    "panel `{title}` queries {name}, which the node does not export"
+                );
+                used.insert(name.clone());
+                rest = &rest[at + name.len()..];
+            }
+        }
+    }
+    assert!(
+        used.len() >= 15,
+        "the dashboard uses only {} metrics",
+        used.len()
+    );
 }
 
 #[test]
