@@ -692,7 +692,35 @@ impl Node {
             )),
             ForwardRequest::Clock => Ok(ForwardReply::Clock(wall_clock().as_micros())),
             ForwardRequest::CheckChain => self.check_chain().await.map(ForwardReply::ChainChecked),
+            ForwardRequest::Describe { digest } => {
+                self.describe(digest).await.map(ForwardReply::Described)
+            }
         }
+    }
+
+    /// How this node sees itself; the state digest (read on a blocking thread) when asked.
+    pub async fn describe(&self, digest: bool) -> Result<crate::cluster::MemberView, WriteError> {
+        let m = self.raft.metrics().borrow().clone();
+        let digest = if digest {
+            let store = Arc::clone(&self.store);
+            tokio::task::spawn_blocking(move || lockstep_raft::read::digest(&*store))
+                .await
+                .map_err(|e| WriteError::Fatal(format!("computing the digest: {e}")))?
+                .map_err(|e| WriteError::Fatal(format!("computing the digest: {e}")))?
+        } else {
+            String::new()
+        };
+        Ok(crate::cluster::MemberView {
+            node_id: self.id,
+            role: format!("{:?}", m.state),
+            term: m.current_term,
+            leader_id: m.current_leader,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            digest,
+            space_alarm: self.space.refusal(),
+            free_bytes: self.space.last().free_bytes,
+        })
     }
 
     /// Verifies this node's audit chain from its first record (on a blocking thread: it

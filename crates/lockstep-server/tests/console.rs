@@ -56,6 +56,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 impl Browser {
     fn new(cluster: &Cluster, node: usize) -> Browser {
+        Browser::with_certificate(cluster, node, None)
+    }
+
+    /// A browser presenting a client certificate (PEM certificate and key) on a secure node.
+    fn with_certificate(
+        cluster: &Cluster,
+        node: usize,
+        identity: Option<(String, String)>,
+    ) -> Browser {
         let tls = cluster.pki.as_ref().map(|pki| {
             let mut roots = tokio_rustls::rustls::RootCertStore::empty();
             let ca = std::fs::read(pki.dir.join("ca.pem")).unwrap();
@@ -68,8 +77,18 @@ impl Browser {
             ))
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+            let config = match &identity {
+                None => config.with_no_client_auth(),
+                Some((cert, key)) => {
+                    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+                    let certs = CertificateDer::pem_slice_iter(cert.as_bytes())
+                        .collect::<Result<Vec<_>, _>>()
+                        .unwrap();
+                    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+                    config.with_client_auth_cert(certs, key).unwrap()
+                }
+            };
             tokio_rustls::TlsConnector::from(Arc::new(config))
         });
         Browser {
@@ -453,7 +472,21 @@ async fn approvals_go_through_allow_and_a_refusal_shows_its_code() {
         "{}",
         page.body
     );
-    assert_eq!(approver.get("/cluster").await.status, 200);
+    // The cluster page shows every member as it sees itself, digests on request.
+    let members = approver.get("/cluster?digests=1").await;
+    assert_eq!(members.status, 200, "{}", members.body);
+    assert_eq!(
+        members.body.matches("<td>ok, ").count(),
+        3,
+        "{}",
+        members.body
+    );
+    assert_eq!(
+        members.body.matches("<td>Leader</td>").count(),
+        1,
+        "{}",
+        members.body
+    );
     // The list finds an order by its business key, and counts what it shows.
     let found = approver
         .get("/instances?workflow=purchase-order&key=PO-7")
@@ -656,4 +689,17 @@ async fn secure_consoles_take_tokens_and_honour_read_rules() {
     let inbox = browser.get("/inbox").await;
     assert_eq!(inbox.status, 200, "{}", inbox.body);
     assert!(!inbox.body.contains(&id));
+
+    // A client certificate from the cluster CA signs its holder in, with its roles.
+    let carol = pki.issue("client-carol", "carol", &["role:approver"], false);
+    let mut certified = Browser::with_certificate(&cluster, 2, Some(carol));
+    let inbox = certified.get("/inbox").await;
+    assert_eq!(inbox.status, 200, "{}", inbox.body);
+    assert!(inbox.body.contains("carol · approver"), "{}", inbox.body);
+    let page = certified.get(&format!("/instances/{id}")).await;
+    assert_eq!(
+        page.status, 200,
+        "an approver may read purchase orders: {}",
+        page.body
+    );
 }

@@ -52,6 +52,27 @@ pub enum ForwardRequest {
     /// Verify this node's audit chain and name its head (the console's audit page, which
     /// shows every node's side by side). Last: older builds refuse to decode it.
     CheckChain,
+    /// The node's role, term, log indexes, disk and (when asked, an O(state) read) state
+    /// digest: the console's cluster page shows every member's side by side. Last, as above.
+    Describe {
+        digest: bool,
+    },
+}
+
+/// How one member sees itself (`ForwardRequest::Describe`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub node_id: NodeId,
+    pub role: String,
+    pub term: u64,
+    pub leader_id: Option<NodeId>,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    /// Empty unless asked for.
+    pub digest: String,
+    /// The space alarm's refusal, when raised.
+    pub space_alarm: Option<String>,
+    pub free_bytes: u64,
 }
 
 /// One node's verification of its audit chain.
@@ -73,6 +94,7 @@ pub enum ForwardReply {
     LogFormat(u32),
     Clock(i64),
     ChainChecked(ChainCheck),
+    Described(MemberView),
 }
 
 /// Why a write or membership change did not produce a response.

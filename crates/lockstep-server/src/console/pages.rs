@@ -1319,35 +1319,61 @@ async fn audit(State(console): State<Console>, caller: Caller) -> Response {
     respond(&console, &caller, page)
 }
 
-async fn cluster(State(console): State<Console>, caller: Caller) -> Response {
+#[derive(Deserialize, Default)]
+struct ClusterQuery {
+    #[serde(default)]
+    digests: String,
+}
+
+async fn cluster(
+    State(console): State<Console>,
+    caller: Caller,
+    Query(q): Query<ClusterQuery>,
+) -> Response {
     let page = async {
+        let with_digests = q.digests == "1";
         let request = caller.request(
             &console,
             "/lockstep.v1.Cluster/Status",
-            pb::ClusterStatusRequest { include_digest: true },
+            pb::ClusterStatusRequest { include_digest: false },
         )?;
         let s = Cluster::status(&console.api, request).await?.into_inner();
+        let views = every_member(&console, with_digests).await;
         let body = html! {
             dl.status {
                 dt { "This node" } dd { (s.node_id) " (" (s.role) ")" }
                 dt { "Leader" } dd { @if s.leader_id == 0 { "none (election under way)" } @else { (s.leader_id) " at " (s.leader_addr) } }
                 dt { "Term" } dd { (s.term) }
                 dt { "Log" } dd { "last index " (s.last_log_index) ", applied " (s.applied_index) ", snapshot at " (s.snapshot_index) }
-                dt { "State digest" } dd { (short(&s.digest)) }
                 dt { "Cluster time" } dd { (when(&s.cluster_time)) }
                 dt { "Space" } dd {
                     (bytes(s.store_bytes)) " stored, " (bytes(s.data_dir_free_bytes)) " free"
                     @if !s.space_alarm.is_empty() { " — " strong.alarm { (s.space_alarm) } }
                 }
             }
-            h2 { "Members" }
-            table {
-                thead { tr { th { "Node" } th { "Address" } th { "Voter" } th { "Role" } } }
+            h2 { "Every member, as it sees itself" }
+            p.note {
+                "Asked over the nodes' own channel. A node behind shows a lower applied index; nodes at the same applied index must have the same digest. "
+                @if with_digests { a href="/cluster" { "Hide digests" } } @else { a href="/cluster?digests=1" { "Compute digests" } " (reads each node's whole state)." }
+            }
+            table.members {
+                thead { tr { th { "Node" } th { "Address" } th { "Voter" } th { "Role" } th { "Term" } th { "Last log" } th { "Applied" } @if with_digests { th { "Digest" } } th { "Health" } } }
                 tbody {
-                    @for m in &s.members {
-                        tr {
-                            td { (m.id) } td { (m.addr) } td { (if m.voter { "yes" } else { "learner" }) }
-                            td { @if m.id == s.leader_id { "leader" } @else { "follower" } }
+                    @for (m, view) in &views {
+                        @match view {
+                            Ok(v) => {
+                                @let forked = with_digests && views.iter().any(|(_, o)| o.as_ref().is_ok_and(|o| o.applied_index == v.applied_index && o.digest != v.digest));
+                                tr.open[forked || v.space_alarm.is_some()] {
+                                    td { (m.id) } td { (m.addr) } td { (if m.voter { "yes" } else { "learner" }) }
+                                    td { (v.role) } td { (v.term) } td { (v.last_log_index) } td { (v.applied_index) }
+                                    @if with_digests { td { (short(&v.digest)) @if forked { " differs" } } }
+                                    td { @match &v.space_alarm { Some(a) => strong.alarm { (a) }, None => { "ok, " (bytes(v.free_bytes)) " free" } } }
+                                }
+                            }
+                            Err(e) => tr {
+                                td { (m.id) } td { (m.addr) } td { (if m.voter { "yes" } else { "learner" }) }
+                                td colspan=(if with_digests { 6 } else { 5 }) { span.muted { "not answered: " (e) } }
+                            }
                         }
                     }
                 }
@@ -1357,6 +1383,42 @@ async fn cluster(State(console): State<Console>, caller: Caller) -> Response {
     }
     .await;
     respond(&console, &caller, page)
+}
+
+/// Every member's view of itself, this node's included.
+async fn every_member(
+    console: &Console,
+    digests: bool,
+) -> Vec<(pb::Member, Result<crate::cluster::MemberView, String>)> {
+    let node = &console.api.node;
+    let asks = node
+        .members()
+        .into_iter()
+        .map(|(id, addr, voter)| async move {
+            let answer = if id == node.id {
+                node.describe(digests).await.map_err(|e| e.to_string())
+            } else {
+                match tokio::time::timeout(
+                    CHAIN_CHECK_TIMEOUT,
+                    node.forward(
+                        &addr,
+                        crate::cluster::ForwardRequest::Describe { digest: digests },
+                    ),
+                )
+                .await
+                {
+                    Ok(Ok(crate::cluster::ForwardReply::Described(v))) => Ok(v),
+                    Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+                    Ok(Err(e)) => Err(format!("{e} (an older build cannot answer)")),
+                    Err(_) => Err(format!(
+                        "no answer within {}",
+                        people(CHAIN_CHECK_TIMEOUT.as_millis() as u64)
+                    )),
+                }
+            };
+            (pb::Member { id, addr, voter }, answer)
+        });
+    futures::future::join_all(asks).await
 }
 
 /// Longest the audit page waits for another node's verification.
