@@ -124,9 +124,10 @@ async fn each_actor_sees_what_it_may_do_now_and_its_inbox_pages() {
     let mallory = cluster.client(Identity::new("mallory", ActorKind::Human, &[]));
     check_actions(&alice, &bob, &mallory).await;
 
-    // Paging: seven submitted orders in bob's inbox, three to a page, each once.
+    // Paging: nine submitted orders in bob's inbox, three to a page, each once, and the last
+    // full page ends the listing (no token for an empty page after it).
     let mut submitted = BTreeSet::new();
-    for _ in 0..7 {
+    for _ in 0..9 {
         submitted.insert(order(&alice, true).await);
     }
     let (mut seen, mut token, mut pages) = (Vec::new(), None::<String>, 0);
@@ -141,10 +142,10 @@ async fn each_actor_sees_what_it_may_do_now_and_its_inbox_pages() {
             .await
             .unwrap();
         pages += 1;
-        assert!(page.items.len() <= 3);
+        assert_eq!(page.items.len(), 3, "page {pages} is not full");
         assert!(
             !page.truncated,
-            "seven instances are far below the scan limit"
+            "nine instances are far below the scan limit"
         );
         for item in &page.items {
             assert_eq!(item.state, "submitted");
@@ -160,6 +161,7 @@ async fn each_actor_sees_what_it_may_do_now_and_its_inbox_pages() {
     let unique: BTreeSet<String> = seen.iter().cloned().collect();
     assert_eq!(unique.len(), seen.len(), "no instance twice: {seen:?}");
     assert_eq!(unique, submitted);
+    assert_eq!(pages, 3);
 
     // Bad requests say what to do, and a stale token is refused.
     let err = bob.inbox(&[], &[], 0, None).await.unwrap_err();

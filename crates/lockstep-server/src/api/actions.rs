@@ -189,6 +189,27 @@ impl Api {
                 }
             }
         }
+        // A full page: skip the sources the scan ended, so that a page whose last instance
+        // was the last one gets no token (which would lead to an empty page).
+        if items.len() == size {
+            while let Some((workflow, state)) = sources.get(cursor.source) {
+                let more = read::instance_ids(
+                    &*self.node.store,
+                    workflow,
+                    state.as_deref(),
+                    cursor.after.as_deref(),
+                    1,
+                )
+                .map_err(status::store_error)?;
+                if !more.is_empty() {
+                    break;
+                }
+                cursor = InboxCursor {
+                    source: cursor.source + 1,
+                    after: None,
+                };
+            }
+        }
         let finished = cursor.source >= sources.len();
         Ok(Response::new(pb::InboxResponse {
             truncated: !finished && items.len() < size,
