@@ -186,6 +186,10 @@ class InstancePage:
     # None on the last page.
     next_page_token: Optional[str]
     read: ReadInfo
+    # How many instances match, from the counts the cluster keeps; None when the filters
+    # combine more than one of state, SLA status and incidents, use updated_since, or the
+    # cluster's log format is older than 4.
+    total: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -613,6 +617,7 @@ def instance_page(m: pb.ListInstancesResponse) -> InstancePage:
         instances=tuple(instance(i, read) for i in m.instances),
         next_page_token=_none(m.next_page_token),
         read=read,
+        total=m.total if m.HasField("total") else None,
     )
 
 
