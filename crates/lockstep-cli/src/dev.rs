@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use lockstep_client::{Client, Identity, Options, Provenance, request_id};
+use lockstep_client::{Client, Identity, Options, request_id};
 use lockstep_core::ActorKind;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -236,11 +236,8 @@ async fn apply_examples(client: &Client, path: &Path) -> anyhow::Result<Vec<Stri
     let mut applied = Vec::new();
     for file in files {
         let source = std::fs::read_to_string(&file)?;
-        let provenance = Provenance {
-            repository: "local".into(),
-            commit: "working-tree".into(),
-            path: file.display().to_string(),
-        };
+        // Development applies what is on disk, committed or not (a dirty file says so).
+        let provenance = crate::git::provenance(&file, true)?;
         let r = client
             .apply_definition(&request_id(), &source, provenance)
             .await

@@ -1,5 +1,7 @@
-//! `lockstep diff OLD NEW`: what a change to definitions means, for review. Each side is a
-//! definition file or a folder of them; workflows are matched by name.
+//! `lockstep diff OLD NEW [PATHS]`: what a change to definitions means, for review. Each side
+//! is a definition file or a folder of them, an applied version (`WORKFLOW@VERSION`, a prefix
+//! or `latest`, read from the cluster) or a git revision (the definition files under PATHS at
+//! that commit, read through gix); workflows are matched by name.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -32,25 +34,121 @@ impl Status {
 }
 
 /// The definitions of one side, by workflow name.
-fn side(path: &PathBuf) -> anyhow::Result<BTreeMap<String, CompiledDefinition>> {
-    let mut out = BTreeMap::new();
-    for file in crate::offline::collect(std::slice::from_ref(path), "workflow")? {
-        let compiled = crate::offline::load(&file)?;
-        if let Some(first) = out.insert(compiled.name().to_string(), compiled) {
+fn side(
+    spec: &str,
+    paths: &[PathBuf],
+    conn: &crate::online::Connection,
+) -> anyhow::Result<BTreeMap<String, CompiledDefinition>> {
+    let path = PathBuf::from(spec);
+    let sources: Vec<(String, CompiledDefinition)> = if path.exists() {
+        crate::offline::collect(std::slice::from_ref(&path), "workflow")?
+            .into_iter()
+            .map(|file| Ok((file.display().to_string(), crate::offline::load(&file)?)))
+            .collect::<anyhow::Result<_>>()?
+    } else if let Some((workflow, version)) = applied(spec) {
+        let definition = fetch_applied(conn, workflow, version)?;
+        vec![(spec.to_string(), definition)]
+    } else if crate::git::is_revision(spec) {
+        crate::git::files_at(spec, paths)?
+            .into_iter()
+            .map(|(file, text)| {
+                let name = format!("{spec}:{file}");
+                let compiled = crate::offline::load_text(&name, &text)?;
+                Ok((name, compiled))
+            })
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        anyhow::bail!(
+            "`{spec}` does not exist as a file or folder, and is not an applied version (WORKFLOW@VERSION: a version prefix or `latest`) or a revision of the git repository here"
+        );
+    };
+    let mut out: BTreeMap<String, (String, CompiledDefinition)> = BTreeMap::new();
+    for (from, compiled) in sources {
+        if let Some((first, _)) = out.get(compiled.name()) {
             anyhow::bail!(
-                "{} defines workflow `{}` twice (also in {}); keep one definition per workflow",
-                path.display(),
-                first.name(),
-                file.display()
+                "{spec} defines workflow `{}` twice ({first} and {from}); keep one definition per workflow",
+                compiled.name(),
             );
         }
+        out.insert(compiled.name().to_string(), (from, compiled));
     }
-    Ok(out)
+    Ok(out.into_iter().map(|(k, (_, c))| (k, c)).collect())
+}
+
+/// `WORKFLOW@VERSION` (a hex prefix of an applied version, or `latest`).
+fn applied(spec: &str) -> Option<(&str, &str)> {
+    let (workflow, version) = spec.split_once('@')?;
+    let name_ok = !workflow.is_empty()
+        && workflow
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let version_ok = version == "latest"
+        || (!version.is_empty() && version.chars().all(|c| c.is_ascii_hexdigit()));
+    (name_ok && version_ok).then_some((workflow, version))
+}
+
+/// An applied version of `workflow`, read from the cluster (`latest` or a unique prefix).
+fn fetch_applied(
+    conn: &crate::online::Connection,
+    workflow: &str,
+    version: &str,
+) -> anyhow::Result<CompiledDefinition> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let source = runtime.block_on(async {
+        // The client's channels need the runtime.
+        let client = conn.client()?;
+        let versions = client.definition_versions(workflow).await?;
+        let chosen = if version == "latest" {
+            versions.last().cloned()
+        } else {
+            let matching: Vec<_> = versions
+                .iter()
+                .filter(|d| d.version.starts_with(version))
+                .collect();
+            if matching.len() > 1 {
+                anyhow::bail!(
+                    "version prefix `{version}` of {workflow} names {} applied versions: give more digits",
+                    matching.len()
+                );
+            }
+            matching.first().map(|d| (*d).clone())
+        };
+        let chosen = chosen.ok_or_else(|| {
+            anyhow::anyhow!(
+                "{workflow} has no applied version `{version}` (`lockstep definitions {workflow}` lists them)"
+            )
+        })?;
+        let full = client.get_definition(workflow, Some(&chosen.version)).await?;
+        Ok::<_, anyhow::Error>(full.source)
+    })?;
+    crate::offline::load_text(&format!("{workflow}@{version}"), &source)
 }
 
 /// Compares OLD and NEW; returns whether anything changed.
-pub fn run(old: &PathBuf, new: &PathBuf, output: Output, markdown: bool) -> anyhow::Result<bool> {
-    let (old, new) = (side(old)?, side(new)?);
+pub fn run(
+    old: &str,
+    new: &str,
+    paths: &[PathBuf],
+    conn: &crate::online::Connection,
+    output: Output,
+    markdown: bool,
+) -> anyhow::Result<bool> {
+    // A revision compared with a file or folder reads that same file or folder at the
+    // revision, unless PATHS say otherwise.
+    let from_other_side: Vec<PathBuf> = [old, new]
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .take(1)
+        .collect();
+    let paths = if paths.is_empty() {
+        &from_other_side
+    } else {
+        paths
+    };
+    let (old, new) = (side(old, paths, conn)?, side(new, paths, conn)?);
     let names: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     let workflows: Vec<(String, Status)> = names
         .into_iter()

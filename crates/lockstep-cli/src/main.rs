@@ -3,6 +3,7 @@
 mod certs;
 mod dev;
 mod diff;
+mod git;
 mod offline;
 mod online;
 
@@ -113,14 +114,22 @@ enum Command {
     /// calendars added, removed or changed; who gains or loses which transition (per role and
     /// actor kind named in `allow`; any other change to a predicate is listed for review); and
     /// what changed in time (budgets, calendars, warnings, gates, expiries). OLD and NEW are
-    /// definition files or folders; workflows are matched by name.
+    /// definition files or folders, applied versions (WORKFLOW@VERSION) or git revisions;
+    /// workflows are matched by name.
     ///
-    /// Example: lockstep diff old/purchase-order.yaml examples/workflows/purchase-order.yaml --markdown
+    /// Examples:
+    ///   lockstep diff old/purchase-order.yaml examples/workflows/purchase-order.yaml --markdown
+    ///   lockstep diff origin/main HEAD examples/workflows --exit-code
+    ///   lockstep diff purchase-order@latest examples/workflows/purchase-order.yaml
     Diff {
-        /// The definitions before: a file or a folder.
-        old: std::path::PathBuf,
-        /// The definitions after: a file or a folder.
-        new: std::path::PathBuf,
+        /// The definitions before: a file or a folder, an applied version
+        /// (WORKFLOW@VERSION: a version prefix, or `latest`; read from the cluster), or a git
+        /// revision (e.g. origin/main; the definition files under PATHS at that commit).
+        old: String,
+        /// The definitions after, as OLD.
+        new: String,
+        /// With git revisions: the folders or files to compare (default: the current folder).
+        paths: Vec<std::path::PathBuf>,
         /// Print Markdown, to paste as a pull-request comment.
         #[arg(long)]
         markdown: bool,
@@ -171,16 +180,26 @@ enum Command {
     Dev(dev::DevArgs),
     /// Apply workflow definitions to the cluster, recording where they came from.
     ///
-    /// Example: lockstep apply examples/workflows/purchase-order.yaml --commit $(git rev-parse HEAD)
+    /// FILES are definition files or folders of them (as `validate` takes them). Each file's
+    /// provenance is read from its git work tree: the repository (its `origin` URL, else the
+    /// work tree's root), the commit (HEAD) and the path in the repository. A file that
+    /// differs from HEAD (or is not committed) is refused unless --allow-dirty, which records
+    /// the commit as `<id>+dirty`; a file outside any git work tree is recorded as
+    /// `local@not-in-git:<path>`.
+    ///
+    /// Example: lockstep apply examples/workflows
     Apply {
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
-        /// Repository the files come from (recorded with the definition).
-        #[arg(long, default_value = "local")]
-        repository: String,
-        /// Commit the files come from (recorded with the definition).
-        #[arg(long, default_value = "working-tree")]
-        commit: String,
+        /// Apply files with uncommitted changes, recording the commit as `<id>+dirty`.
+        #[arg(long)]
+        allow_dirty: bool,
+        /// Record this repository instead of the one git names (e.g. in CI without a clone).
+        #[arg(long)]
+        repository: Option<String>,
+        /// Record this commit instead of the work tree's HEAD.
+        #[arg(long)]
+        commit: Option<String>,
     },
     /// The workflows that have a definition, with their latest version; with WORKFLOW, every
     /// version of it, oldest first, with who applied it and from which repository, commit and
@@ -466,10 +485,11 @@ fn main() -> ExitCode {
         Command::Diff {
             old,
             new,
+            paths,
             markdown,
             exit_code,
         } => {
-            return match diff::run(&old, &new, cli.output, markdown) {
+            return match diff::run(&old, &new, &paths, &cli.connection, cli.output, markdown) {
                 Ok(true) if exit_code => ExitCode::from(exit::CHANGED),
                 Ok(_) => ExitCode::from(exit::OK),
                 Err(e) => {
@@ -524,11 +544,19 @@ fn online_main(cli: Cli) -> ExitCode {
             Command::Dev(args) => dev::run(args).await.map(|_| true),
             Command::Apply {
                 files,
+                allow_dirty,
                 repository,
                 commit,
-            } => online::apply(&conn, output, &files, &repository, &commit)
-                .await
-                .map(|_| true),
+            } => online::apply(
+                &conn,
+                output,
+                &files,
+                allow_dirty,
+                repository.as_deref(),
+                commit.as_deref(),
+            )
+            .await
+            .map(|_| true),
             Command::Create {
                 workflow,
                 key,

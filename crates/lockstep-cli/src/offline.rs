@@ -72,7 +72,13 @@ fn read(path: &Path, limits: &Limits) -> anyhow::Result<String> {
 pub fn load(path: &Path) -> anyhow::Result<CompiledDefinition> {
     let limits = Limits::default();
     let text = read(path, &limits)?;
-    let checked = check(Some(&path.display().to_string()), &text, &limits);
+    load_text(&path.display().to_string(), &text)
+}
+
+/// Compiles one definition's text (`name` says where it came from in errors).
+pub fn load_text(name: &str, text: &str) -> anyhow::Result<CompiledDefinition> {
+    let limits = Limits::default();
+    let checked = check(Some(name), text, &limits);
     match checked.compiled {
         Some(c) => Ok(c),
         None => {
@@ -82,11 +88,7 @@ pub fn load(path: &Path) -> anyhow::Result<CompiledDefinition> {
                 .filter(|d| d.is_error())
                 .map(|d| d.to_string())
                 .collect();
-            bail!(
-                "{} is not a valid definition:\n{}",
-                path.display(),
-                errors.join("\n")
-            )
+            bail!("{name} is not a valid definition:\n{}", errors.join("\n"))
         }
     }
 }
@@ -128,6 +130,12 @@ pub fn validate(paths: &[PathBuf], deny_warnings: bool, output: Output) -> anyho
             "ok": !failed,
             "workflow": checked.compiled.as_ref().map(|c| c.name().to_string()),
             "version": checked.compiled.as_ref().map(|c| c.version.clone()),
+            // Where `lockstep apply` would record it from (uncommitted changes say `+dirty`).
+            "provenance": crate::git::provenance(&file, true).ok().map(|p| serde_json::json!({
+                "repository": p.repository,
+                "commit": p.commit,
+                "path": p.path,
+            })),
             "diagnostics": checked.diagnostics,
         }));
     }

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{PO, cluster, free_port, lockstep};
+use common::{GitRepo, PO, cluster, free_port, lockstep};
 use serde_json::{Value, json};
 
 const PO_DATA: &str = r#"{"amount": 500, "requester": "alice"}"#;
@@ -130,7 +130,137 @@ fn apply_of_an_invalid_definition_is_refused_and_a_missing_file_is_usage() {
 
     c.run(&["apply", "no/such/workflow.yaml"])
         .code(2)
-        .stderr_has(&["reading no/such/workflow.yaml"]);
+        .stderr_has(&["no/such/workflow.yaml does not exist"]);
+}
+
+#[test]
+fn apply_reads_provenance_from_git_and_refuses_uncommitted_changes() {
+    let c = cluster();
+    let repo = GitRepo::new("apply");
+    repo.git(&[
+        "remote",
+        "add",
+        "origin",
+        "https://example.com/acme/workflows.git",
+    ]);
+    let file = repo.write("flows/cli-git.yaml", &open_close("cli-git"));
+    let head = repo.commit("cli-git: open and close");
+    let flows = repo.dir.join("flows");
+
+    // A folder, as validate takes it; the provenance is the remote, HEAD and the path.
+    let json = c
+        .run(&["apply", flows.to_str().unwrap(), "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(json[0]["workflow"], "cli-git", "{json}");
+    let provenance = &json[0]["provenance"];
+    assert_eq!(
+        provenance["repository"],
+        "https://example.com/acme/workflows.git"
+    );
+    assert_eq!(provenance["commit"], head.as_str());
+    assert_eq!(provenance["path"], "flows/cli-git.yaml");
+    let listed = c.run(&["definitions", "cli-git", "-o", "json"]).ok().json();
+    assert_eq!(
+        listed["versions"][0]["provenance"]["commit"],
+        head.as_str(),
+        "{listed}"
+    );
+
+    // validate --output json prints the provenance apply would record.
+    let validated = repo
+        .lockstep(&["validate", "flows", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        validated["files"][0]["provenance"]["commit"],
+        head.as_str(),
+        "{validated}"
+    );
+
+    // An uncommitted change is refused, and nothing is applied ...
+    std::fs::write(&file, open_close("cli-git").replace("closed", "done")).unwrap();
+    c.run(&["apply", file.to_str().unwrap()])
+        .code(2)
+        .stderr_has(&["differs from the commit", "--allow-dirty"]);
+    let listed = c.run(&["definitions", "cli-git", "-o", "json"]).ok().json();
+    let versions = &listed["versions"];
+    assert_eq!(versions.as_array().map(Vec::len), Some(1), "{listed}");
+    // ... unless allowed, and then the commit says so.
+    let json = c
+        .run(&[
+            "apply",
+            file.to_str().unwrap(),
+            "--allow-dirty",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(json[0]["provenance"]["commit"], format!("{head}+dirty"));
+
+    // An applied version is a side of a diff: the dirty file against what was applied first.
+    let first = versions[0]["version"].as_str().unwrap();
+    let diff = c.run(&[
+        "diff",
+        &format!("cli-git@{}", &first[..8]),
+        file.to_str().unwrap(),
+        "--exit-code",
+    ]);
+    diff.code(5)
+        .stdout_has(&["workflow cli-git: changed", "state `done` added"]);
+    c.run(&[
+        "diff",
+        "cli-git@latest",
+        file.to_str().unwrap(),
+        "--exit-code",
+    ])
+    .code(0);
+
+    // A file outside any git work tree is recorded as such.
+    let loose = c.file("cli-loose.yaml", &open_close("cli-loose"));
+    let json = c
+        .run(&["apply", loose.to_str().unwrap(), "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(json[0]["provenance"]["repository"], "local");
+    assert_eq!(json[0]["provenance"]["commit"], "not-in-git");
+}
+
+#[test]
+fn diff_reads_definitions_at_git_revisions() {
+    let repo = GitRepo::new("diff");
+    repo.write(
+        "flows/po.yaml",
+        &open_close("git-diff").replace("allow: \"true\"", "allow: \"'approver' in actor.roles\""),
+    );
+    repo.write(
+        "flows/scenarios.yaml",
+        "workflow: git-diff\nscenarios: []\n",
+    );
+    repo.commit("first");
+    repo.write(
+        "flows/po.yaml",
+        &open_close("git-diff").replace("allow: \"true\"", "allow: \"'manager' in actor.roles\""),
+    );
+    repo.commit("second: managers close");
+
+    // Two revisions, one folder: the trust diff names who gains and loses `close`.
+    let out = repo.lockstep(&["diff", "HEAD~1", "HEAD", "flows", "--exit-code"]);
+    out.code(5).stdout_has(&[
+        "workflow git-diff: changed",
+        "role manager gains `close`",
+        "role approver loses `close`",
+    ]);
+    // A revision against the work tree's file reads the same path at the revision.
+    repo.lockstep(&["diff", "HEAD", "flows/po.yaml", "--exit-code"])
+        .code(0);
+    repo.lockstep(&["diff", "HEAD~1", "flows/po.yaml", "--exit-code"])
+        .code(5);
+    // What is neither a path, an applied version nor a revision is named.
+    repo.lockstep(&["diff", "no-such-rev", "HEAD", "flows"])
+        .code(2)
+        .stderr_has(&["`no-such-rev` does not exist as a file or folder"]);
 }
 
 #[test]

@@ -6,33 +6,58 @@ use super::*;
 pub async fn apply(
     conn: &Connection,
     output: Output,
-    files: &[std::path::PathBuf],
-    repository: &str,
-    commit: &str,
+    paths: &[std::path::PathBuf],
+    allow_dirty: bool,
+    repository: Option<&str>,
+    commit: Option<&str>,
 ) -> anyhow::Result<()> {
+    let files = crate::offline::collect(paths, "workflow")?;
+    if files.is_empty() {
+        anyhow::bail!(
+            "no workflow definitions found in {paths:?}; definitions are .yaml files starting with `workflow:`"
+        );
+    }
+    // Every file's provenance first: one dirty file refuses the whole apply.
+    let mut planned = Vec::new();
+    for file in files {
+        let source = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let mut provenance = crate::git::provenance(&file, allow_dirty)?;
+        if let Some(r) = repository {
+            provenance.repository = r.to_string();
+        }
+        if let Some(c) = commit {
+            provenance.commit = c.to_string();
+        }
+        planned.push((file, source, provenance));
+    }
     let client = conn.client()?;
     let mut results = Vec::new();
-    for file in files {
-        let source =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let provenance = Provenance {
-            repository: repository.into(),
-            commit: commit.into(),
-            path: file.display().to_string(),
-        };
+    for (file, source, provenance) in planned {
         let r = client
-            .apply_definition(&conn.request_id(), &source, provenance)
+            .apply_definition(&conn.request_id(), &source, provenance.clone())
             .await?;
         if output == Output::Table {
             println!(
-                "{} {} @ {} ({})",
+                "{} {} @ {} ({}) from {}",
                 if r.created { "applied" } else { "unchanged" },
                 r.workflow,
                 &r.version[..12],
-                file.display()
+                file.display(),
+                origin(&provenance)
             );
         }
-        results.push(serde_json::json!({"file": file.display().to_string(), "workflow": r.workflow, "version": r.version, "created": r.created}));
+        results.push(serde_json::json!({
+            "file": file.display().to_string(),
+            "workflow": r.workflow,
+            "version": r.version,
+            "created": r.created,
+            "provenance": {
+                "repository": provenance.repository,
+                "commit": provenance.commit,
+                "path": provenance.path,
+            },
+        }));
     }
     if output == Output::Json {
         println!("{}", serde_json::Value::Array(results));
