@@ -43,6 +43,12 @@ impl Duration {
         Duration { ms }
     }
 
+    /// `ms` rounded up to whole seconds, for people: `2s` for 1,500 ms, `16h` for 57,600,000
+    /// (what the CLI and the console print for waits, budgets and overdue times).
+    pub fn for_people(ms: u64) -> Duration {
+        Duration::from_ms(ms.div_ceil(1000) * 1000)
+    }
+
     pub fn as_ms(self) -> u64 {
         self.ms
     }
@@ -153,6 +159,13 @@ mod tests {
             (Err(e), Err(fragment)) => assert!(e.to_string().contains(fragment), "{text}: {e}"),
             (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
         }
+    }
+
+    #[test]
+    fn for_people_rounds_up_to_whole_seconds() {
+        assert_eq!(Duration::for_people(57_600_000).to_string(), "16h");
+        assert_eq!(Duration::for_people(1_500).to_string(), "2s");
+        assert_eq!(Duration::for_people(0).to_string(), "0s");
     }
 
     #[test]

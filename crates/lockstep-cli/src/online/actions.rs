@@ -11,10 +11,8 @@ fn when(action: &Action, at: Timestamp) -> String {
         Availability::Now => "now".into(),
         Availability::Gated { opens_at } => {
             let wait_ms = opens_at.as_millis().saturating_sub(at.as_millis());
-            // Whole seconds: a person reads "in 59m58s", not milliseconds.
-            let wait = lockstep_core::duration::Duration::from_ms(
-                u64::try_from(wait_ms).unwrap_or(0).div_ceil(1000) * 1000,
-            );
+            let wait =
+                lockstep_core::duration::Duration::for_people(u64::try_from(wait_ms).unwrap_or(0));
             format!("in {wait} ({opens_at})")
         }
     }

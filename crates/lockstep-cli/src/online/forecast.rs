@@ -37,15 +37,11 @@ pub fn parse_until(text: &str, now: Timestamp) -> anyhow::Result<Timestamp> {
 }
 
 fn in_people(from: Timestamp, to: Timestamp) -> String {
-    let ms = to.as_millis().saturating_sub(from.as_millis());
-    let seconds = u64::try_from(ms).unwrap_or(0).div_ceil(1000);
-    if seconds == 0 {
+    let ms = u64::try_from(to.as_millis().saturating_sub(from.as_millis())).unwrap_or(0);
+    if ms == 0 {
         "now (overdue)".into()
     } else {
-        format!(
-            "in {}",
-            lockstep_core::duration::Duration::from_ms(seconds * 1000)
-        )
+        format!("in {}", lockstep_core::duration::Duration::for_people(ms))
     }
 }
 

@@ -430,8 +430,7 @@ pub async fn history(conn: &Connection, output: Output, instance: &str) -> anyho
 /// An SLA's remaining budget for people: `remaining 15h59m`, or `overdue by 2h` once spent
 /// (whole seconds).
 fn remaining(ms: i64) -> String {
-    let seconds = ms.unsigned_abs().div_ceil(1000);
-    let span = lockstep_core::duration::Duration::from_ms(seconds * 1000);
+    let span = lockstep_core::duration::Duration::for_people(ms.unsigned_abs());
     if ms >= 0 {
         format!("remaining {span}")
     } else {

@@ -113,7 +113,7 @@ pub(crate) fn relative(ms: i64) -> String {
 
 /// Milliseconds for people, in whole seconds: `16h`, `2m30s`.
 pub(crate) fn people(ms: u64) -> String {
-    Duration::from_ms(ms.div_ceil(1000) * 1000).to_string()
+    Duration::for_people(ms).to_string()
 }
 
 /// JSON, pretty-printed, as escaped preformatted text.
