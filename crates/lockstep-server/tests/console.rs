@@ -502,8 +502,16 @@ async fn approvals_go_through_allow_and_a_refusal_shows_its_code() {
     assert!(none.body.contains("0 match"), "{}", none.body);
     let all = approver.get("/instances?workflow=purchase-order").await;
     assert!(all.body.contains("1 match"), "{}", all.body);
-    // The audit page shows every node's verification of its own chain.
-    let audit = approver.get("/audit").await;
+    // The audit page shows every node's chain head, and on request its verification.
+    let heads = approver.get("/audit").await;
+    assert_eq!(heads.status, 200, "{}", heads.body);
+    assert_eq!(
+        heads.body.matches("<td>head only</td>").count(),
+        3,
+        "{}",
+        heads.body
+    );
+    let audit = approver.get("/audit?verify=1").await;
     assert_eq!(audit.status, 200, "{}", audit.body);
     assert_eq!(
         audit.body.matches("<td>verified</td>").count(),

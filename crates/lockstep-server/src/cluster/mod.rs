@@ -49,9 +49,12 @@ pub enum ForwardRequest {
     /// The node's wall clock now, in microseconds (the clock offset guard, `clock.rs`). After
     /// `LogFormat`, for the same reason: builds that cannot answer it refuse to decode it.
     Clock,
-    /// Verify this node's audit chain and name its head (the console's audit page, which
-    /// shows every node's side by side). Last: older builds refuse to decode it.
-    CheckChain,
+    /// Name this node's audit chain head and, when `verify`, verify the chain from its first
+    /// record (O(records)): the console's audit page shows every node's side by side. Last:
+    /// older builds refuse to decode it.
+    CheckChain {
+        verify: bool,
+    },
     /// The node's role, term, log indexes, disk and (when asked, an O(state) read) state
     /// digest: the console's cluster page shows every member's side by side. Last, as above.
     Describe {
@@ -75,11 +78,13 @@ pub struct MemberView {
     pub free_bytes: u64,
 }
 
-/// One node's verification of its audit chain.
+/// One node's audit chain head, and its verification when asked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainCheck {
     pub node_id: NodeId,
-    /// Records verified from the first; the first broken one and why, if any.
+    /// Whether the chain was verified; then the records verified from the first, and the
+    /// first broken one and why, if any.
+    pub verified: bool,
     pub checked: u64,
     pub broken: Option<(u64, String)>,
     pub head_seq: u64,
