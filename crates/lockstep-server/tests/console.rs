@@ -711,3 +711,104 @@ async fn secure_consoles_take_tokens_and_honour_read_rules() {
         page.body
     );
 }
+
+/// `bill` opens an incident once its one attempt fails (no `on_exhausted`).
+const BILLING: &str = r#"
+workflow: billing
+data: { type: object }
+states:
+  open: { initial: true }
+  billing: {}
+  billed: { terminal: true }
+transitions:
+  bill:
+    from: open
+    to: billing
+    allow: "true"
+    effects:
+      - task:
+          queue: console-billing
+          type: bill
+          timeout: 5s
+          retry: { max_attempts: 1, backoff: fixed, initial: 100ms }
+          on_complete: billed
+  billed: { from: billing, to: billed, allow: "actor.kind == 'worker'" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_retries_an_incident_from_the_console() {
+    let cluster = Cluster::start(Settings {
+        console: true,
+        ..Settings::default()
+    });
+    cluster.leader().await;
+    cluster
+        .admin()
+        .apply_definition(&request_id(), BILLING, Default::default())
+        .await
+        .unwrap();
+    let alice_client = cluster.client(alice());
+    let id = alice_client
+        .create(&request_id(), "billing", None, &serde_json::json!({}))
+        .await
+        .unwrap()
+        .instance_id;
+    alice_client
+        .transition(
+            &request_id(),
+            by_id(&id),
+            "bill",
+            &serde_json::json!({}),
+            None,
+        )
+        .await
+        .unwrap();
+    let worker = cluster.client(Identity::new("erp", ActorKind::Worker, &[]));
+    let tasks = worker
+        .poll_tasks("console-billing", 1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    worker
+        .fail_task(&request_id(), &tasks[0].lease, "ledger locked", true)
+        .await
+        .unwrap();
+
+    // The operator sees the open incident with its reason and retries the task.
+    let mut operator = Browser::new(&cluster, 0);
+    operator
+        .sign_in_dev(&Identity::new("olga", ActorKind::Human, &["operator"]))
+        .await;
+    let page = operator.get(&format!("/instances/{id}")).await;
+    assert!(page.body.contains("ledger locked"), "{}", page.body);
+    assert!(page.body.contains("Retry the task"), "{}", page.body);
+    let incident = cluster
+        .admin()
+        .get(by_id(&id), pb::ReadConsistency::Linearizable)
+        .await
+        .unwrap()
+        .instance
+        .incidents[0]
+        .id
+        .clone();
+    let csrf = page.csrf();
+    let retried = operator
+        .post(
+            &format!("/instances/{id}/resolve"),
+            &[("csrf", &csrf), ("incident", &incident), ("retry", "1")],
+        )
+        .await;
+    assert_eq!(retried.status, 303, "{}", retried.body);
+    let after = cluster
+        .admin()
+        .get(by_id(&id), pb::ReadConsistency::Linearizable)
+        .await
+        .unwrap()
+        .instance;
+    assert!(after.incidents[0].resolved_at.is_some(), "{after:?}");
+    // The task is ready again: a worker leases it.
+    let again = worker
+        .poll_tasks("console-billing", 1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "the retried task is leased again");
+}

@@ -16,6 +16,7 @@ use pb::audit_server::Audit;
 use pb::cluster_server::Cluster;
 use pb::definitions_server::Definitions;
 use pb::instances_server::Instances;
+use pb::tasks_server::Tasks;
 use serde::Deserialize;
 
 use super::graph::{self, Marks};
@@ -48,6 +49,7 @@ pub(super) fn routes() -> Router<Console> {
         .route("/instances", get(instances))
         .route("/instances/{id}", get(instance))
         .route("/instances/{id}/transition", post(transition))
+        .route("/instances/{id}/resolve", post(resolve))
         .route("/audit", get(audit))
         .route("/cluster", get(cluster))
 }
@@ -419,6 +421,12 @@ async fn workflow_page(
             figure.graph { (view::svg(svg)) }
             @if let Some(c) = &counts {
                 p.note { (c.values().sum::<u64>()) " instances; each state shows how many are in it (kept by apply, not counted by a scan)." }
+                p.states {
+                    @for (state, n) in c {
+                        a.state href=(format!("/instances?workflow={}&state={}", query_value(name), query_value(state))) { (state) ": " (n) }
+                        " "
+                    }
+                }
             }
             h2 { "Transitions" }
             (transitions_table(&compiled))
@@ -1015,7 +1023,19 @@ async fn instance_page(
                     @for i in &instance.incidents {
                         tr.open[i.resolved_at.is_empty()] {
                             td { code { (i.id) } } td { (i.task_id) } td { (i.reason) } td { (when(&i.opened_at)) }
-                            td { @if i.resolved_at.is_empty() { "open" } @else { (when(&i.resolved_at)) } }
+                            td {
+                                @if i.resolved_at.is_empty() {
+                                    form.inline method="post" action=(format!("/instances/{}/resolve", query_value(&instance.id))) {
+                                        (csrf(caller))
+                                        input type="hidden" name="incident" value=(i.id);
+                                        @if !i.task_id.is_empty() {
+                                            button type="submit" name="retry" value="1" { "Retry the task" }
+                                            " "
+                                        }
+                                        button type="submit" name="retry" value="0" { "Resolve" }
+                                    }
+                                } @else { (when(&i.resolved_at)) }
+                            }
                         }
                     }
                 }
@@ -1243,6 +1263,55 @@ async fn transition(
     }
     .await;
     match taken {
+        Ok(_) => Redirect::to(&format!("/instances/{}", query_value(&id))).into_response(),
+        Err(refused) => {
+            let status = refused.status;
+            let page = instance_page(&console, &caller, &id, Some(refused)).await;
+            let mut response = respond(&console, &caller, page);
+            *response.status_mut() = status;
+            response
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ResolveForm {
+    csrf: String,
+    incident: String,
+    #[serde(default)]
+    retry: String,
+}
+
+/// An operator resolves an incident (Tasks/ResolveIncident: the cluster policy's
+/// resolve_incidents), optionally retrying its task with a fresh attempt budget.
+async fn resolve(
+    State(console): State<Console>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Form(form): Form<ResolveForm>,
+) -> Response {
+    if let Err(r) = caller.check_csrf(&form.csrf) {
+        return r.page(&caller, &console);
+    }
+    let resolved = async {
+        let request = caller.request(
+            &console,
+            "/lockstep.v1.Tasks/ResolveIncident",
+            pb::ResolveIncidentRequest {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                instance: by_id(&id),
+                incident_id: form.incident.clone(),
+                retry_task: form.retry == "1",
+            },
+        )?;
+        Ok::<_, Refused>(
+            Tasks::resolve_incident(&console.api, request)
+                .await?
+                .into_inner(),
+        )
+    }
+    .await;
+    match resolved {
         Ok(_) => Redirect::to(&format!("/instances/{}", query_value(&id))).into_response(),
         Err(refused) => {
             let status = refused.status;
