@@ -213,7 +213,7 @@ def test_a_purchase_order_from_request_to_approval(dev: Dev, browser: WebDriver,
     shot(driver, shots, "workflows")
     driver.find_element(By.LINK_TEXT, "purchase-order").click()
     assert driver.find_elements(By.CSS_SELECTOR, "figure.graph svg"), "no definition graph"
-    shot(driver, shots, "definition")
+    shot(driver, shots, "definition-empty")
     driver.find_element(By.NAME, "key").send_keys(key)
     data = driver.find_element(By.NAME, "data")
     data.clear()
@@ -273,6 +273,10 @@ def test_a_purchase_order_from_request_to_approval(dev: Dev, browser: WebDriver,
     shot(driver, shots, "audit")
     visit(driver, dev.url + "/cluster")
     shot(driver, shots, "cluster")
+    # The definition page counts the instances in each state (kept by apply).
+    visit(driver, dev.url + "/workflows/purchase-order")
+    assert "approved: " in driver.find_element(By.CSS_SELECTOR, "p.states").text
+    shot(driver, shots, "definition")
     visit(driver, dev.url + f"/instances?workflow=purchase-order")
     shot(driver, shots, "instances")
     sign_out(driver)
