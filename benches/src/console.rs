@@ -145,7 +145,7 @@ pub async fn run(endpoints: &[String], run: ConsoleRun) -> anyhow::Result<()> {
                 if n >= total {
                     return Ok::<_, anyhow::Error>(());
                 }
-                let data = serde_json::json!({"n": n, "urgent": n % URGENT_EVERY == 0});
+                let data = serde_json::json!({"n": n, "urgent": n.is_multiple_of(URGENT_EVERY)});
                 let rid = format!("console-bench-{n}");
                 let mut attempts = 0;
                 loop {

@@ -131,7 +131,7 @@ pub fn validate(paths: &[PathBuf], deny_warnings: bool, output: Output) -> anyho
             "workflow": checked.compiled.as_ref().map(|c| c.name().to_string()),
             "version": checked.compiled.as_ref().map(|c| c.version.clone()),
             // Where `lockstep apply` would record it from (uncommitted changes say `+dirty`).
-            "provenance": crate::git::provenance(&file, true).ok().map(|p| serde_json::json!({
+            "provenance": crate::git::provenance(file, true).ok().map(|p| serde_json::json!({
                 "repository": p.repository,
                 "commit": p.commit,
                 "path": p.path,

@@ -812,3 +812,33 @@ async fn an_operator_retries_an_incident_from_the_console() {
         .unwrap();
     assert_eq!(again.len(), 1, "the retried task is leased again");
 }
+
+#[test]
+fn a_console_address_that_cannot_be_used_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |console: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstepd"))
+            .args(["--id", "1", "--listen", "127.0.0.1:7198", "--dev"])
+            .args(["--console-listen", console])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = start("127.0.0.1:7198");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--console-listen (127.0.0.1:7198) is already the gRPC --listen address"),
+        "{stderr}"
+    );
+    let (code, stderr) = start("0.0.0.0:7197");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("serves its console on loopback only"),
+        "{stderr}"
+    );
+}

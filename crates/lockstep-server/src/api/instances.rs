@@ -165,9 +165,8 @@ impl pb::instances_server::Instances for Api {
             }
         };
         let after =
-            if flag.is_some() {
-                None
-            } else if req.page_token.is_empty() {
+            // The flag index's walk reads its own token (below).
+            if flag.is_some() || req.page_token.is_empty() {
                 None
             } else {
                 let bytes = hex::decode(&req.page_token).map_err(|_| {
