@@ -130,9 +130,17 @@ async fn events(
                 }
             }
             if batch.len() < LIVE_BATCH {
-                tokio::select! {
-                    changed = metrics.changed() => if changed.is_err() { return },
-                    _ = tx.closed() => return,
+                // Sleep until this replica applies something new (Raft metrics also change
+                // with every heartbeat's replication progress, which writes no record).
+                let applied = metrics.borrow().last_applied;
+                loop {
+                    tokio::select! {
+                        changed = metrics.changed() => if changed.is_err() { return },
+                        _ = tx.closed() => return,
+                    }
+                    if metrics.borrow().last_applied != applied {
+                        break;
+                    }
                 }
             }
         }
