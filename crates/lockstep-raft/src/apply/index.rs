@@ -19,6 +19,8 @@ use super::Applier;
 
 /// Instances read per step while the indexes are built.
 const BUILD_CHUNK: usize = 10_000;
+/// List counts the apply cache keeps between runs (each workflow's states and flags).
+pub const COUNTS_CACHED_MAX: usize = 65_536;
 
 /// The flags an instance carries; [`crate::read::FLAGS`] lists every one.
 pub fn flags(i: &Instance) -> BTreeSet<&'static str> {
@@ -47,10 +49,18 @@ pub fn state_count(workflow: &str, state: &str) -> Vec<u8> {
 }
 
 impl<S: Store> Applier<'_, S> {
-    /// Adds `delta` to the count at `k` (family `Meta`); a count at 0 is removed.
+    /// Adds `delta` to the count at `k` (family `Meta`); a count at 0 is removed. The count
+    /// is this run's pending one, else the cache's, else the store's.
     fn count(&mut self, k: Vec<u8>, delta: i64) -> StoreResult<()> {
-        let now = self.get::<u64>(Family::Meta, &k)?.unwrap_or(0);
+        let now = match self.overlay.counts.get(&k) {
+            Some(n) => *n,
+            None => match self.cache.counts.get(&k) {
+                Some(n) if self.pending(Family::Meta, &k).is_none() => *n,
+                _ => self.get::<u64>(Family::Meta, &k)?.unwrap_or(0),
+            },
+        };
         let next = now.saturating_add_signed(delta);
+        self.overlay.counts.insert(k.clone(), next);
         if next == 0 {
             self.delete(Family::Meta, k);
         } else {

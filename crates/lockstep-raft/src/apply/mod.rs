@@ -81,12 +81,17 @@ pub struct AuditHead {
 pub struct ApplyCache {
     compiled: HashMap<(String, String), Arc<CompiledDefinition>>,
     meta: HashMap<&'static [u8], Option<Vec<u8>>>,
+    /// The list counts (log format 4, `index.rs`) as the last batch left them, by key: only
+    /// apply writes them, so an apply run reads none of them back from RocksDB. At most
+    /// [`index::COUNTS_CACHED_MAX`] (emptied when full).
+    counts: HashMap<Vec<u8>, u64>,
 }
 
 impl ApplyCache {
     pub fn clear(&mut self) {
         self.compiled.clear();
         self.meta.clear();
+        self.counts.clear();
     }
 }
 
@@ -103,6 +108,8 @@ struct Overlay {
     queued_outbox: bool,
     /// Whether this run made a task ready (waiting polls on this node have work).
     readied_task: bool,
+    /// The list counts this run wrote, as numbers (they join the cache with the batch).
+    counts: HashMap<Vec<u8>, u64>,
 }
 
 #[derive(Debug)]
@@ -159,6 +166,12 @@ impl<'a, S: Store> Applier<'a, S> {
     pub fn into_batch(self) -> Batch {
         for (key, value) in self.meta_reads.into_inner() {
             self.cache.meta.entry(key).or_insert(value);
+        }
+        for (key, n) in self.overlay.counts.iter() {
+            if self.cache.counts.len() >= index::COUNTS_CACHED_MAX {
+                self.cache.counts.clear();
+            }
+            self.cache.counts.insert(key.clone(), *n);
         }
         if let Some(writes) = self.overlay.writes.get(&Family::Meta) {
             for (key, value) in writes {
