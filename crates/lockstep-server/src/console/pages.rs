@@ -952,6 +952,18 @@ async fn instance_page(
         .api
         .compiled(&instance.workflow, &instance.definition_version)?
         .ok_or_else(|| Refused::bad_request("the instance's definition version is not stored"))?;
+    let request = caller.request(
+        console,
+        "/lockstep.v1.Definitions/ListVersions",
+        pb::ListDefinitionVersionsRequest {
+            workflow: instance.workflow.clone(),
+            ..Default::default()
+        },
+    )?;
+    let versions = Definitions::list_versions(&console.api, request)
+        .await?
+        .into_inner()
+        .versions;
     let taken = history
         .iter()
         .filter(|r| !r.transition.is_empty())
@@ -1042,7 +1054,7 @@ async fn instance_page(
             }
         }
         h2 { "Audit timeline" }
-        (timeline(&history))
+        (timeline(&history, &versions))
     };
     Ok(layout(
         &title,
@@ -1188,10 +1200,18 @@ fn in_zone(at: &str, tz: &str) -> Option<String> {
     ))
 }
 
-fn timeline(records: &[pb::AuditRecord]) -> Markup {
+/// The audit timeline; each record names the definition version that governed it and where
+/// that version came from (`versions`: the workflow's applied versions).
+fn timeline(records: &[pb::AuditRecord], versions: &[pb::Definition]) -> Markup {
+    let origin = |version: &str| {
+        versions
+            .iter()
+            .find(|d| d.version == version)
+            .and_then(|d| d.provenance.clone())
+    };
     html! {
         table.timeline {
-            thead { tr { th { "#" } th { "When" } th { "What" } th { "Who" } th { "Predicates" } th { "Hash" } } }
+            thead { tr { th { "#" } th { "When" } th { "What" } th { "Who" } th { "Predicates" } th { "Governed by" } th { "Hash" } } }
             tbody {
                 @for r in records {
                     tr {
@@ -1213,6 +1233,13 @@ fn timeline(records: &[pb::AuditRecord]) -> Markup {
                         td {
                             @for p in &r.predicates {
                                 code { (p.role) ": " (p.expression) } " → " (p.result) br;
+                            }
+                        }
+                        td {
+                            @if !r.definition_version.is_empty() {
+                                a href=(format!("/workflows/{}?version={}", query_value(&r.workflow), r.definition_version)) { (short(&r.definition_version)) }
+                                br;
+                                (provenance(origin(&r.definition_version).as_ref()))
                             }
                         }
                         td { (short(&r.hash)) }
