@@ -251,6 +251,16 @@ impl Policy {
         })
     }
 
+    /// Whether a caller (`None`: a development caller who named no actor) may read the
+    /// instances of `workflow`, as [`crate::api::Api::check_read`] decides, without a reason
+    /// or a security-log record: for views that leave out what the caller may not read.
+    pub fn may_read(&self, actor: Option<&Actor>, workflow: &str) -> bool {
+        match actor {
+            Some(a) => self.check_read(a, workflow).is_ok(),
+            None => self.allow_all || !self.read_instances.contains_key(workflow),
+        }
+    }
+
     /// Whether `actor` may read the instances of `workflow` (`[read_instances.<workflow>]`;
     /// without a rule, anyone authenticated may); the error says who may.
     pub fn check_read(&self, actor: &Actor, workflow: &str) -> Result<(), Denied> {

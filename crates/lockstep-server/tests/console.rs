@@ -612,6 +612,9 @@ async fn the_live_feed_reports_changes_and_resumes_after_the_last_event() {
     );
 }
 
+/// A workflow without a read rule: anyone may read its instances.
+const NOTES: &str = "workflow: notes\ndata: { type: object }\nstates:\n  open: { initial: true }\n  done: { terminal: true }\ntransitions:\n  close: { from: open, to: done, allow: \"true\" }\n";
+
 /// Only requesters and approvers may read purchase orders.
 const READ_POLICY: &str = r#"
 [read_instances.purchase-order]
@@ -693,6 +696,54 @@ async fn secure_consoles_take_tokens_and_honour_read_rules() {
             .any(|e| e.actor.as_deref() == Some("mallory") && e.reason.contains("read_instances")),
         "no security-log record of the refused read"
     );
+    // Her live feed carries changes of workflows she may read, and none of purchase orders.
+    cluster
+        .admin()
+        .apply_definition(&request_id(), NOTES, Default::default())
+        .await
+        .unwrap();
+    let mut feed = browser.connect().await;
+    let head = browser.request_head("GET", "/events", "Accept: text/event-stream\r\n");
+    feed.write_all(format!("{head}\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster
+        .client(alice())
+        .transition(
+            &request_id(),
+            by_id(&id),
+            "submit",
+            &serde_json::json!({}),
+            None,
+        )
+        .await
+        .unwrap();
+    let note = cluster
+        .client(alice())
+        .create(&request_id(), "notes", None, &serde_json::json!({}))
+        .await
+        .unwrap()
+        .instance_id;
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let arrived = tokio::time::timeout(Duration::from_secs(20), async {
+        while !seen.contains(&format!("\"instance\":\"{note}\"")) {
+            let n = feed.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the feed closed: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await;
+    assert!(
+        arrived.is_ok(),
+        "the readable change did not arrive:\n{seen}"
+    );
+    assert!(
+        !seen.contains(&format!("\"instance\":\"{id}\"")),
+        "the feed carried a purchase order to an actor who may not read them:\n{seen}"
+    );
+
     // Her inbox leaves out what she may not read instead of failing.
     let inbox = browser.get("/inbox").await;
     assert_eq!(inbox.status, 200, "{}", inbox.body);

@@ -116,9 +116,7 @@ impl Api {
         let policy = self.node.trust.policy.current();
         let actor = match extensions.get::<Authenticated>() {
             Some(Authenticated(actor)) => actor,
-            None if !policy.read_instances.contains_key(workflow) || policy.allow_all => {
-                return Ok(());
-            }
+            None if policy.may_read(None, workflow) => return Ok(()),
             None => {
                 return Err(Status::unauthenticated(format!(
                     "the instances of workflow `{workflow}` are readable only by the actors the cluster policy names: name the caller (x-lockstep-actor, a token or a client certificate)"

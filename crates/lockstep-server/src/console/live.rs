@@ -15,13 +15,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use lockstep_core::Actor;
 use lockstep_core::audit::ChainedRecord;
 use lockstep_raft::read;
 use serde::Deserialize;
 
 use super::{Caller, Console, Refused};
-use crate::policy::Policy;
 
 /// Audit records read per batch.
 const LIVE_BATCH: usize = 256;
@@ -38,15 +36,6 @@ struct Filter {
     instance: String,
     #[serde(default)]
     workflow: String,
-}
-
-/// Whether `actor` may read `workflow`'s instances under `policy` (as `Api::check_read`
-/// decides, without logging: a feed skips what it may not show).
-fn may_read(policy: &Policy, actor: Option<&Actor>, workflow: &str) -> bool {
-    match actor {
-        Some(a) => policy.check_read(a, workflow).is_ok(),
-        None => policy.allow_all || !policy.read_instances.contains_key(workflow),
-    }
 }
 
 impl Filter {
@@ -123,7 +112,7 @@ async fn events(
             for r in &batch {
                 next = r.global_seq + 1;
                 if filter.wants(r)
-                    && may_read(&policy, actor.as_ref(), &r.record.workflow)
+                    && policy.may_read(actor.as_ref(), &r.record.workflow)
                     && tx.send(event(r)).await.is_err()
                 {
                     return;

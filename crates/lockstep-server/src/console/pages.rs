@@ -380,20 +380,13 @@ async fn workflow_page(
     })?;
     // Counts kept by apply (log format 4), shown to those who may read the instances.
     let store = &*console.api.node.store;
-    let readable = match caller.actor.get() {
-        Some(a) => console
-            .api
-            .node
-            .trust
-            .policy
-            .current()
-            .check_read(a, name)
-            .is_ok(),
-        None => {
-            let policy = console.api.node.trust.policy.current();
-            policy.allow_all || !policy.read_instances.contains_key(name)
-        }
-    };
+    let readable = console
+        .api
+        .node
+        .trust
+        .policy
+        .current()
+        .may_read(caller.actor.get(), name);
     let counts = if readable
         && lockstep_raft::read::indexes_kept(store).map_err(crate::status::store_error)?
     {
@@ -637,7 +630,7 @@ async fn inbox(
         let readable: Vec<String> = all
             .iter()
             .map(|w| w.workflow.clone())
-            .filter(|w| actor.as_ref().is_none_or(|a| policy.check_read(a, w).is_ok()))
+            .filter(|w| policy.may_read(actor.as_ref(), w))
             .collect();
         let chosen: Vec<String> = if q.workflow.is_empty() {
             readable.iter().take(INBOX_WORKFLOWS_MAX).cloned().collect()
