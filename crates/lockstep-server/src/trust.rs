@@ -722,8 +722,21 @@ impl Trust {
         peer_certs: Option<&[tonic::transport::CertificateDer<'static>]>,
         remote: &str,
     ) -> Result<Option<Actor>, Status> {
-        let actor = self
-            .authenticate(headers, peer_certs)
+        let actor = self.authenticate_logged(security, method, headers, peer_certs, remote)?;
+        self.authorize(security, method, actor.as_ref(), remote)?;
+        Ok(actor)
+    }
+
+    /// [`Trust::authenticate`], a refusal recorded in the security log under `method`.
+    pub(crate) fn authenticate_logged(
+        &self,
+        security: &SecurityLog,
+        method: &str,
+        headers: &http::HeaderMap,
+        peer_certs: Option<&[tonic::transport::CertificateDer<'static>]>,
+        remote: &str,
+    ) -> Result<Option<Actor>, Status> {
+        self.authenticate(headers, peer_certs)
             .inspect_err(|status| {
                 security.record(
                     RefusalKind::Authentication,
@@ -733,32 +746,44 @@ impl Trust {
                     code_name(status.code()),
                     status.message(),
                 );
-            })?;
-        if let Some(permission) = Permission::for_method(method) {
-            let policy = self.policy.current();
-            let checked = match &actor {
-                Some(a) => policy.check(a, permission).map_err(|d| d.to_string()),
-                None if policy.allow_all => Ok(()),
-                None => Err(format!(
-                    "{} needs an actor with the permission {}: name one with the x-lockstep-actor header",
-                    method,
-                    permission.as_str()
-                )),
-            };
-            if let Err(reason) = checked {
-                let status = Status::permission_denied(reason);
-                security.record(
-                    RefusalKind::Authorization,
-                    method,
-                    actor.as_ref().map(|a| a.id.as_str()).unwrap_or_default(),
-                    remote,
-                    "PERMISSION_DENIED",
-                    status.message(),
-                );
-                return Err(status);
-            }
-        }
-        Ok(actor)
+            })
+    }
+
+    /// The cluster policy's permission for `method`, for an authenticated caller; a refusal
+    /// is recorded in the security log. (A page of the console authenticates once and is
+    /// authorized for each call it makes.)
+    pub(crate) fn authorize(
+        &self,
+        security: &SecurityLog,
+        method: &str,
+        actor: Option<&Actor>,
+        remote: &str,
+    ) -> Result<(), Status> {
+        let Some(permission) = Permission::for_method(method) else {
+            return Ok(());
+        };
+        let policy = self.policy.current();
+        let checked = match actor {
+            Some(a) => policy.check(a, permission).map_err(|d| d.to_string()),
+            None if policy.allow_all => Ok(()),
+            None => Err(format!(
+                "{} needs an actor with the permission {}: name one with the x-lockstep-actor header",
+                method,
+                permission.as_str()
+            )),
+        };
+        checked.map_err(|reason| {
+            let status = Status::permission_denied(reason);
+            security.record(
+                RefusalKind::Authorization,
+                method,
+                actor.map(|a| a.id.as_str()).unwrap_or_default(),
+                remote,
+                "PERMISSION_DENIED",
+                status.message(),
+            );
+            status
+        })
     }
 }
 

@@ -237,8 +237,9 @@ pub(crate) struct Caller {
     csrf_cookie: Option<String>,
     /// Whether the request carries any credentials at all.
     pub(crate) signed_in: bool,
-    /// The actor, once a call authenticated it (for the page header).
-    pub(crate) actor: std::sync::OnceLock<Actor>,
+    /// Who the request is, once the first call of the page authenticated it (`None` inside:
+    /// a development caller who named no actor); later calls are only authorized.
+    authenticated: std::sync::OnceLock<Option<Actor>>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -288,30 +289,43 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             csrf_fresh,
             csrf_cookie,
             signed_in,
-            actor: std::sync::OnceLock::new(),
+            authenticated: std::sync::OnceLock::new(),
         })
     }
 }
 
 impl Caller {
-    /// Authenticates this request as a call of the gRPC `method` (the policy's permission
-    /// for the method applies, and a refusal is in the security log), as the gRPC layer does.
+    /// Admits this request as a call of the gRPC `method`, as the gRPC layer does: the first
+    /// call of a page authenticates it (once: a JWT is verified once per page), every call is
+    /// authorized for its method, and a refusal is in the security log.
     pub(crate) fn admit(&self, console: &Console, method: &str) -> Result<Option<Actor>, Refused> {
         let node = &console.api.node;
-        let actor = node
-            .trust
-            .admit(
-                &node.security,
-                method,
-                &self.headers,
-                self.connection.peer_certs.as_deref().map(|c| c.as_slice()),
-                &self.connection.remote,
-            )
+        let remote = &self.connection.remote;
+        let actor = match self.authenticated.get() {
+            Some(actor) => actor.clone(),
+            None => {
+                let actor = node
+                    .trust
+                    .authenticate_logged(
+                        &node.security,
+                        method,
+                        &self.headers,
+                        self.connection.peer_certs.as_deref().map(|c| c.as_slice()),
+                        remote,
+                    )
+                    .map_err(Refused::from)?;
+                self.authenticated.get_or_init(|| actor).clone()
+            }
+        };
+        node.trust
+            .authorize(&node.security, method, actor.as_ref(), remote)
             .map_err(Refused::from)?;
-        if let Some(a) = &actor {
-            let _ = self.actor.set(a.clone());
-        }
         Ok(actor)
+    }
+
+    /// The authenticated actor, once a call of this page admitted the request.
+    pub(crate) fn actor(&self) -> Option<&Actor> {
+        self.authenticated.get().and_then(Option::as_ref)
     }
 
     /// A gRPC request carrying this caller's actor, for `method`.

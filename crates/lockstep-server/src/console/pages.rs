@@ -386,7 +386,7 @@ async fn workflow_page(
         .trust
         .policy
         .current()
-        .may_read(caller.actor.get(), name);
+        .may_read(caller.actor(), name);
     let counts = if readable
         && lockstep_raft::read::indexes_kept(store).map_err(crate::status::store_error)?
     {
@@ -625,7 +625,7 @@ async fn inbox(
 ) -> Response {
     let page = async {
         let all = all_workflows(&console, &caller).await?;
-        let actor = caller.actor.get().cloned();
+        let actor = caller.actor().cloned();
         let policy = console.api.node.trust.policy.current();
         let readable: Vec<String> = all
             .iter()

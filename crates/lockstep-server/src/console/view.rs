@@ -10,7 +10,7 @@ use super::{Caller, Refused};
 /// The page frame: navigation, who is signed in, and the live region the script refreshes
 /// when the feed at `live` (an `/events` URL) reports a change.
 pub(crate) fn layout(title: &str, caller: &Caller, live: Option<String>, body: Markup) -> Markup {
-    let actor = caller.actor.get();
+    let actor = caller.actor();
     html! {
         (DOCTYPE)
         html lang="en" {
