@@ -64,6 +64,20 @@ fn respond(console: &Console, caller: &Caller, page: Page) -> Response {
     }
 }
 
+/// A form's page shown again with its refusal on top, answered with the refusal's status.
+fn respond_refused(
+    console: &Console,
+    caller: &Caller,
+    status: axum::http::StatusCode,
+    page: Page,
+) -> Response {
+    let mut response = respond(console, caller, page);
+    if response.status().is_success() {
+        *response.status_mut() = status;
+    }
+    response
+}
+
 fn by_id(id: &str) -> Option<pb::InstanceRef> {
     Some(pb::InstanceRef {
         target: Some(pb::instance_ref::Target::Id(id.to_string())),
@@ -575,9 +589,7 @@ async fn create(
         Err(refused) => {
             let status = refused.status;
             let page = workflow_page(&console, &caller, &name, "", Some(refused)).await;
-            let mut response = respond(&console, &caller, page);
-            *response.status_mut() = status;
-            response
+            respond_refused(&console, &caller, status, page)
         }
     }
 }
@@ -1287,9 +1299,7 @@ async fn transition(
         Err(refused) => {
             let status = refused.status;
             let page = instance_page(&console, &caller, &id, Some(refused)).await;
-            let mut response = respond(&console, &caller, page);
-            *response.status_mut() = status;
-            response
+            respond_refused(&console, &caller, status, page)
         }
     }
 }
@@ -1336,9 +1346,7 @@ async fn resolve(
         Err(refused) => {
             let status = refused.status;
             let page = instance_page(&console, &caller, &id, Some(refused)).await;
-            let mut response = respond(&console, &caller, page);
-            *response.status_mut() = status;
-            response
+            respond_refused(&console, &caller, status, page)
         }
     }
 }
@@ -1371,7 +1379,15 @@ async fn audit(
         )?;
         let log = Audit::security_log(&console.api, request).await?.into_inner();
         let recent: Vec<&pb::SecurityEvent> = log.events.iter().rev().take(SECURITY_EVENTS_SHOWN as usize).collect();
-        let chains = every_chain(&console, verify).await;
+        let chains = ask_every_member(
+            &console,
+            || crate::cluster::ForwardRequest::CheckChain { verify },
+            |reply| match reply {
+                crate::cluster::ForwardReply::ChainChecked(c) => Some(c),
+                _ => None,
+            },
+        )
+        .await;
         let body = html! {
             h2 { "Every node's hash chain" }
             p.note {
@@ -1385,7 +1401,8 @@ async fn audit(
             table.chains {
                 thead { tr { th { "Node" } th { "Verdict" } th { "Records" } th { "Head" } th { "Head hash" } } }
                 tbody {
-                    @for (id, check) in &chains {
+                    @for (member, check) in &chains {
+                        @let id = member.id;
                         @match check {
                             Ok(c) => {
                                 @let forked = chains.iter().any(|(_, o)| o.as_ref().is_ok_and(|o| o.head_seq == c.head_seq && o.head_hash != c.head_hash));
@@ -1444,7 +1461,17 @@ async fn cluster(
             pb::ClusterStatusRequest { include_digest: false },
         )?;
         let s = Cluster::status(&console.api, request).await?.into_inner();
-        let views = every_member(&console, with_digests).await;
+        let views = ask_every_member(
+            &console,
+            || crate::cluster::ForwardRequest::Describe {
+                digest: with_digests,
+            },
+            |reply| match reply {
+                crate::cluster::ForwardReply::Described(v) => Some(v),
+                _ => None,
+            },
+        )
+        .await;
         let body = html! {
             dl.status {
                 dt { "This node" } dd { (s.node_id) " (" (s.role) ")" }
@@ -1491,73 +1518,43 @@ async fn cluster(
     respond(&console, &caller, page)
 }
 
-/// Every member's view of itself, this node's included.
-async fn every_member(
+/// Longest a page waits for another node's answer.
+const MEMBER_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Asks every member, this node included, the node-to-node question `ask()` builds: this
+/// node answers it as it answers its peers (`Node::serve_forwarded`), the others over the
+/// nodes' own channel, within [`MEMBER_ANSWER_TIMEOUT`]; `unpack` takes the answer's
+/// variant.
+async fn ask_every_member<T>(
     console: &Console,
-    digests: bool,
-) -> Vec<(pb::Member, Result<crate::cluster::MemberView, String>)> {
+    ask: impl Fn() -> crate::cluster::ForwardRequest,
+    unpack: impl Fn(crate::cluster::ForwardReply) -> Option<T>,
+) -> Vec<(pb::Member, Result<T, String>)> {
     let node = &console.api.node;
+    let (ask, unpack) = (&ask, &unpack);
     let asks = node
         .members()
         .into_iter()
         .map(|(id, addr, voter)| async move {
-            let answer = if id == node.id {
-                node.describe(digests).await.map_err(|e| e.to_string())
+            let reply = if id == node.id {
+                Ok(node.serve_forwarded(ask()).await)
             } else {
-                match tokio::time::timeout(
-                    CHAIN_CHECK_TIMEOUT,
-                    node.forward(
-                        &addr,
-                        crate::cluster::ForwardRequest::Describe { digest: digests },
-                    ),
-                )
-                .await
-                {
-                    Ok(Ok(crate::cluster::ForwardReply::Described(v))) => Ok(v),
-                    Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
-                    Ok(Err(e)) => Err(format!("{e} (an older build cannot answer)")),
-                    Err(_) => Err(format!(
-                        "no answer within {}",
-                        people(CHAIN_CHECK_TIMEOUT.as_millis() as u64)
-                    )),
+                tokio::time::timeout(MEMBER_ANSWER_TIMEOUT, node.forward(&addr, ask())).await
+            };
+            let answer = match reply {
+                Ok(Ok(reply)) => {
+                    let shown = format!("{reply:?}");
+                    unpack(reply).ok_or_else(|| format!("unexpected answer {shown}"))
                 }
+                Ok(Err(e)) => Err(format!("{e} (an older build cannot answer)")),
+                Err(_) => Err(format!(
+                    "no answer within {}",
+                    people(MEMBER_ANSWER_TIMEOUT.as_millis() as u64)
+                )),
             };
             (pb::Member { id, addr, voter }, answer)
         });
     futures::future::join_all(asks).await
-}
-
-/// Longest the audit page waits for another node's verification.
-const CHAIN_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// Every member's chain head (and verification, when `verify`), this node's included.
-async fn every_chain(
-    console: &Console,
-    verify: bool,
-) -> Vec<(u64, Result<crate::cluster::ChainCheck, String>)> {
-    let node = &console.api.node;
-    let checks = node.members().into_iter().map(|(id, addr, _)| async move {
-        let answer = if id == node.id {
-            node.check_chain(verify).await.map_err(|e| e.to_string())
-        } else {
-            match tokio::time::timeout(
-                CHAIN_CHECK_TIMEOUT,
-                node.forward(&addr, crate::cluster::ForwardRequest::CheckChain { verify }),
-            )
-            .await
-            {
-                Ok(Ok(crate::cluster::ForwardReply::ChainChecked(c))) => Ok(c),
-                Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
-                Ok(Err(e)) => Err(format!("{e} (an older build cannot answer)")),
-                Err(_) => Err(format!(
-                    "no answer within {}",
-                    people(CHAIN_CHECK_TIMEOUT.as_millis() as u64)
-                )),
-            }
-        };
-        (id, answer)
-    });
-    futures::future::join_all(checks).await
 }
 
 fn bytes(n: u64) -> String {
