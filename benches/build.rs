@@ -5,7 +5,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto");
+    // The manifest directory of this build, read when the script runs: the target directory is
+    // shared by every clone on the machine (CI's fresh clones too), and a script compiled in
+    // one clone must not read another clone's protos.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("proto");
     let files = [root.join("etcdserverpb/kv.proto")];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // The manifest directory of this build, read when the script runs: the target directory is
+    // shared by every clone on the machine (CI's fresh clones too), and a script compiled in
+    // one clone must not read another clone's protos.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
         root.join("lockstep/v1/lockstep.proto"),
         root.join("lockstep/v1/raft.proto"),
