@@ -266,7 +266,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             (KIND_COOKIE, lockstep_proto::names::ACTOR_KIND_HEADER),
         ];
         for (cookie, name) in names {
-            if let Some(value) = cookies.get(cookie).map(|v| percent_decode(&v))
+            if let Some(value) = cookies.get(cookie).map(|v| view::query_text(&v))
                 && let Ok(value) = HeaderValue::from_str(&value)
             {
                 headers.insert(HeaderName::from_static(name), value);
@@ -478,41 +478,6 @@ impl Cookies {
     }
 }
 
-/// Encodes a cookie value: everything but unreserved characters as `%XX`.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':' | b'@') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        if bytes[i] == b'%'
-            && let Some(b) = hex
-        {
-            out.push(b);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,14 +485,14 @@ mod tests {
     #[test]
     fn cookie_values_round_trip_through_percent_encoding() {
         for text in ["alice", "approver,finance", "a b;c=d%", "ünï"] {
-            let encoded = percent_encode(text);
+            let encoded = view::query_value(text);
             assert!(
                 encoded
                     .bytes()
                     .all(|b| b.is_ascii_graphic() && b != b';' && b != b','),
                 "{encoded}"
             );
-            assert_eq!(percent_decode(&encoded), text);
+            assert_eq!(view::query_text(&encoded), text);
         }
     }
 

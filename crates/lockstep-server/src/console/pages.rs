@@ -23,7 +23,7 @@ use super::graph::{self, Marks};
 use super::view::{self, csrf, json_block, layout, people, query_value, short, when};
 use super::{
     ACTOR_COOKIE, Caller, Console, KIND_COOKIE, ROLES_COOKIE, Refused, SIGNIN_TOKEN_BYTES_MAX,
-    TOKEN_COOKIE, cookie, percent_encode,
+    TOKEN_COOKIE, cookie,
 };
 
 /// Workflows the inbox looks in at once (the Inbox call's own bound).
@@ -188,14 +188,9 @@ async fn signin(
                 }
             }
         }
-        cookies.push(cookie(&console, ACTOR_COOKIE, &percent_encode(id), true));
-        cookies.push(cookie(
-            &console,
-            ROLES_COOKIE,
-            &percent_encode(&roles),
-            true,
-        ));
-        cookies.push(cookie(&console, KIND_COOKIE, &percent_encode(kind), true));
+        cookies.push(cookie(&console, ACTOR_COOKIE, &query_value(id), true));
+        cookies.push(cookie(&console, ROLES_COOKIE, &query_value(&roles), true));
+        cookies.push(cookie(&console, KIND_COOKIE, &query_value(kind), true));
     } else {
         let token = form.token.trim();
         if token.len() > SIGNIN_TOKEN_BYTES_MAX {

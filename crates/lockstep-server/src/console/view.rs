@@ -141,17 +141,23 @@ pub(crate) fn short(text: &str) -> Markup {
     html! { code title=(text) { (cut) } }
 }
 
-/// A query-string value.
+/// Everything but RFC 3986's unreserved characters, percent-encoded.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// A query-string (or cookie) value: everything but unreserved characters as `%XX`.
 pub(crate) fn query_value(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(text, UNRESERVED).to_string()
+}
+
+/// The text of a [`query_value`].
+pub(crate) fn query_text(value: &str) -> String {
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
