@@ -252,7 +252,7 @@ impl Policy {
     }
 
     /// Whether a caller (`None`: a development caller who named no actor) may read the
-    /// instances of `workflow`, as [`crate::api::Api::check_read`] decides, without a reason
+    /// instances of `workflow`, as the API's `check_read` decides, without a reason
     /// or a security-log record: for views that leave out what the caller may not read.
     pub fn may_read(&self, actor: Option<&Actor>, workflow: &str) -> bool {
         match actor {
