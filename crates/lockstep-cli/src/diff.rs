@@ -76,7 +76,7 @@ fn side(
 }
 
 /// `WORKFLOW@VERSION` (a hex prefix of an applied version, or `latest`).
-fn applied(spec: &str) -> Option<(&str, &str)> {
+pub fn applied(spec: &str) -> Option<(&str, &str)> {
     let (workflow, version) = spec.split_once('@')?;
     let name_ok = !workflow.is_empty()
         && workflow
@@ -96,34 +96,47 @@ fn fetch_applied(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // The client's channels need the runtime.
     let source = runtime.block_on(async {
-        // The client's channels need the runtime.
-        let client = conn.client()?;
-        let versions = client.definition_versions(workflow).await?;
-        let chosen = if version == "latest" {
-            versions.last().cloned()
-        } else {
-            let matching: Vec<_> = versions
-                .iter()
-                .filter(|d| d.version.starts_with(version))
-                .collect();
-            if matching.len() > 1 {
-                anyhow::bail!(
-                    "version prefix `{version}` of {workflow} names {} applied versions: give more digits",
-                    matching.len()
-                );
-            }
-            matching.first().map(|d| (*d).clone())
-        };
-        let chosen = chosen.ok_or_else(|| {
-            anyhow::anyhow!(
-                "{workflow} has no applied version `{version}` (`lockstep definitions {workflow}` lists them)"
-            )
-        })?;
-        let full = client.get_definition(workflow, Some(&chosen.version)).await?;
-        Ok::<_, anyhow::Error>(full.source)
+        applied_source(&conn.client()?, workflow, version)
+            .await
+            .map(|(_, source)| source)
     })?;
     crate::offline::load_text(&format!("{workflow}@{version}"), &source)
+}
+
+/// The full version and source of an applied version of `workflow` (`latest` or a unique
+/// hex prefix), read from the cluster.
+pub async fn applied_source(
+    client: &lockstep_client::Client,
+    workflow: &str,
+    version: &str,
+) -> anyhow::Result<(String, String)> {
+    let versions = client.definition_versions(workflow).await?;
+    let chosen = if version == "latest" {
+        versions.last().cloned()
+    } else {
+        let matching: Vec<_> = versions
+            .iter()
+            .filter(|d| d.version.starts_with(version))
+            .collect();
+        if matching.len() > 1 {
+            anyhow::bail!(
+                "version prefix `{version}` of {workflow} names {} applied versions: give more digits",
+                matching.len()
+            );
+        }
+        matching.first().map(|d| (*d).clone())
+    };
+    let chosen = chosen.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{workflow} has no applied version `{version}` (`lockstep definitions {workflow}` lists them)"
+        )
+    })?;
+    let full = client
+        .get_definition(workflow, Some(&chosen.version))
+        .await?;
+    Ok((chosen.version, full.source))
 }
 
 /// Compares OLD and NEW; returns whether anything changed.

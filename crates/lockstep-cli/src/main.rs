@@ -51,7 +51,8 @@ pub mod exit {
     pub const UNAVAILABLE: u8 = 3;
     /// The named instance, workflow, definition or node does not exist.
     pub const NOT_FOUND: u8 = 4;
-    /// `lockstep diff --exit-code`: the definitions differ.
+    /// `lockstep diff --exit-code`: the definitions differ; `lockstep replay --exit-code`:
+    /// the new version treats some instance differently.
     pub const CHANGED: u8 = 5;
 
     /// A short name of a code, as in `--output json` errors.
@@ -80,7 +81,8 @@ Exit codes:
      endpoint did not answer); a write may or may not have been applied, so retry it
      with the same --request-id
   4  not found: the named instance, workflow, definition or node does not exist
-  5  changed: `lockstep diff --exit-code` found a difference between the definitions
+  5  changed: `lockstep diff --exit-code` found a difference between the definitions, or
+     `lockstep replay --exit-code` found an instance the new version treats differently
 
 With --output json a failure is also one JSON object on stderr:
   {\"error\": {\"exit_code\": 1, \"kind\": \"refused\", \"code\": \"FORBIDDEN\", \"message\": \"...\"}}";
@@ -307,6 +309,34 @@ enum Command {
     ///
     /// Example: lockstep explain purchase-order/PO-1
     Explain { instance: String },
+    /// The dry run before `lockstep migrate`: how version --to would have treated the
+    /// instances of WORKFLOW that already ran. Reads each instance's command journal from
+    /// the cluster (read-only; instances created before log format 5 have none and are
+    /// reported as not replayable) and runs it through --to offline: per instance, the
+    /// commands it would refuse where the old version applied them, other target states,
+    /// timers fired on one side only, and SLA budgets and breach times under --to's
+    /// calendars. Exact: evaluation depends only on the definition, the instance, the
+    /// command and the cluster time it was applied at.
+    ///
+    /// Examples:
+    ///   lockstep replay purchase-order --to examples/workflows/purchase-order.yaml
+    ///   lockstep replay purchase-order --to 5e1f2a3b --state submitted --exit-code
+    Replay {
+        workflow: String,
+        /// The version to replay under: a definition file (not yet applied), or an applied
+        /// version (a version prefix, `latest`, or WORKFLOW@VERSION).
+        #[arg(long)]
+        to: String,
+        /// Replay only this instance (an id, or workflow/key; repeat for several).
+        #[arg(long = "instance")]
+        instances: Vec<String>,
+        /// Replay only the instances in this state.
+        #[arg(long, conflicts_with = "instances")]
+        state: Option<String>,
+        /// Exit 5 when the new version differs for some instance (for CI), 0 when not.
+        #[arg(long)]
+        exit_code: bool,
+    },
     /// What you may do with an instance now: the transitions you may take, and the gated
     /// ones with the time they open (decided by the engine with you as actor, by the rules
     /// that enforce an attempt). INSTANCE is an id (i-42) or workflow/key.
@@ -539,6 +569,9 @@ fn online_main(cli: Cli) -> ExitCode {
         .expect("tokio runtime");
     let conn = cli.connection;
     let output = cli.output;
+    // Set by `replay --exit-code` when the new version differs (exit 5).
+    let changed = std::cell::Cell::new(false);
+    let changed = &changed;
     let result: anyhow::Result<bool> = runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => dev::run(args).await.map(|_| true),
@@ -629,6 +662,23 @@ fn online_main(cli: Cli) -> ExitCode {
             Command::Explain { instance } => online::explain(&conn, output, &instance)
                 .await
                 .map(|_| true),
+            Command::Replay {
+                workflow,
+                to,
+                instances,
+                state,
+                exit_code,
+            } => {
+                let args = online::ReplayArgs {
+                    workflow: &workflow,
+                    to: &to,
+                    instances: &instances,
+                    state: state.as_deref(),
+                };
+                let differs = online::replay_to(&conn, output, &args).await?;
+                changed.set(differs && exit_code);
+                Ok(true)
+            }
             Command::Actions { instance } => online::actions(&conn, output, &instance)
                 .await
                 .map(|_| true),
@@ -701,6 +751,7 @@ fn online_main(cli: Cli) -> ExitCode {
         }
     });
     match result {
+        Ok(true) if changed.get() => ExitCode::from(exit::CHANGED),
         Ok(true) => ExitCode::from(exit::OK),
         Ok(false) => ExitCode::from(exit::REFUSED),
         Err(e) => {

@@ -1514,3 +1514,150 @@ fn sla_forecast_lists_the_warnings_and_breaches_due_before_the_horizon() {
         .code(2)
         .stderr_has(&["neither a time"]);
 }
+
+#[test]
+fn replay_runs_the_recorded_commands_through_another_version_before_a_migration() {
+    let c = cluster();
+    let v1 = std::fs::read_to_string(PO)
+        .unwrap()
+        .replace("workflow: purchase-order", "workflow: cli-replay");
+    // v2: approvals only up to 100, and an approval SLA of 8 business hours, not 16.
+    let v2 = v1
+        .replace("within: 16h", "within: 8h")
+        .replace("amount <= 10000.0", "amount <= 100.0");
+    let v1_file = c.file("cli-replay-v1.yaml", &v1);
+    let v2_file = c.file("cli-replay-v2.yaml", &v2);
+    let v2_path = v2_file.to_str().unwrap();
+    c.run(&["apply", v1_file.to_str().unwrap()]).ok();
+    // An approved order (amount 500). Instances created before the cluster raised its log
+    // format to 5 (the journal's) have no journal and are reported so; the cluster raises it
+    // within seconds of its start.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = (1..)
+        .find_map(|n| {
+            let key = format!("R-{n}");
+            let created = c
+                .run(&[
+                    "create",
+                    "cli-replay",
+                    "--key",
+                    &key,
+                    "--data",
+                    PO_DATA,
+                    "--as",
+                    "alice",
+                    "-o",
+                    "json",
+                ])
+                .ok()
+                .json();
+            let id = created["instance_id"].as_str().unwrap().to_string();
+            let target = format!("cli-replay/{key}");
+            c.run(&["transition", &target, "submit", "--as", "alice"])
+                .ok();
+            c.run(&[
+                "transition",
+                &target,
+                "approve",
+                "--as",
+                "bob",
+                "--roles",
+                "approver",
+            ])
+            .ok()
+            .stdout_has(&["state=approved"]);
+            // Under its own version the history replays exactly.
+            let same = c
+                .run(&[
+                    "replay",
+                    "cli-replay",
+                    "--to",
+                    "latest",
+                    "--instance",
+                    &id,
+                    "-o",
+                    "json",
+                ])
+                .ok()
+                .json();
+            let verdict = &same["instances"][0];
+            if verdict["result"] == json!("same") {
+                return Some(id);
+            }
+            assert_eq!(verdict["result"], json!("not_replayable"), "{same}");
+            assert!(
+                verdict["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("before the cluster kept journals"),
+                "{same}"
+            );
+            assert!(Instant::now() < deadline, "no journal after 30 s: {same}");
+            std::thread::sleep(Duration::from_secs(1));
+            None
+        })
+        .unwrap();
+
+    // v2, a file not yet applied: bob's approval would be refused by its guard, and the SLA
+    // would still run with 8 hours. --exit-code exits 5 for a difference.
+    let v = c
+        .run(&[
+            "replay",
+            "cli-replay",
+            "--to",
+            v2_path,
+            "--instance",
+            &id,
+            "--exit-code",
+            "-o",
+            "json",
+        ])
+        .code(5)
+        .json();
+    assert_eq!(v["differs"], json!(1), "{v}");
+    let replay = &v["instances"][0]["replay"];
+    assert_eq!(replay["old_state"], json!("approved"));
+    assert_eq!(replay["new_state"], json!("submitted"));
+    let refused = &replay["differences"][0];
+    assert_eq!(refused["kind"], json!("refused"), "{v}");
+    assert_eq!(refused["seq"], json!(3));
+    assert_eq!(refused["code"], json!("GUARD_FALSE"));
+    assert_eq!(refused["command"], json!("transition approve by bob"));
+    let sla = &replay["slas"]["approval"];
+    assert_eq!(sla["old"]["budget_ms"], json!(16 * 3_600_000));
+    assert_eq!(sla["new"]["budget_ms"], json!(8 * 3_600_000));
+    assert!(
+        sla["new"]["breach_due"].as_str().unwrap().ends_with('Z'),
+        "{v}"
+    );
+
+    // The table, over every instance of the workflow; nothing was changed by the replay.
+    c.run(&["replay", "cli-replay", "--to", v2_path])
+        .ok()
+        .stdout_has(&[
+            "Replaying ",
+            &format!("{id:<14} approved, but submitted under the new version"),
+            "transition approve by bob: refused GUARD_FALSE",
+            "the old version went to approved",
+            "SLA approval: budget 16h, stopped → budget 8h, breach due ",
+            "1 differ",
+        ]);
+    let got = c.run(&["get", &id, "-o", "json"]).ok().json();
+    assert_eq!(got["state"], json!("approved"), "{got}");
+
+    // Bad input is refused before anything is read, with what to write instead.
+    c.run(&["replay", "cli-replay", "--to", "not-a-version!"])
+        .code(2)
+        .stderr_has(&["neither a definition file nor an applied version"]);
+    c.run(&[
+        "replay",
+        "cli-replay",
+        "--to",
+        v1_file.to_str().unwrap().replace("v1", "v9").as_str(),
+    ])
+    .code(2);
+    let other = c.file("cli-replay-other.yaml", &open_close("cli-replay-other"));
+    c.run(&["replay", "cli-replay", "--to", other.to_str().unwrap()])
+        .code(2)
+        .stderr_has(&["defines workflow `cli-replay-other`, not `cli-replay`"]);
+}

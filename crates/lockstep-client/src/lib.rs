@@ -810,10 +810,30 @@ impl Client {
         instance: pb::InstanceRef,
         limit: u32,
     ) -> Result<Vec<AuditRecord>, Error> {
+        self.history_of(instance, limit, false).await
+    }
+
+    /// [`Client::history`] with each record's journal entry, the command that made it
+    /// (payloads included): what `lockstep replay` runs through another version.
+    pub async fn history_with_commands(
+        &self,
+        instance: pb::InstanceRef,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, Error> {
+        self.history_of(instance, limit, true).await
+    }
+
+    async fn history_of(
+        &self,
+        instance: pb::InstanceRef,
+        limit: u32,
+        commands: bool,
+    ) -> Result<Vec<AuditRecord>, Error> {
         let msg = pb::HistoryRequest {
             instance: Some(instance),
             consistency: 0,
             limit,
+            commands,
         };
         self.call(|ch| {
             let r = self.request(msg.clone());

@@ -186,6 +186,9 @@ pub struct AuditRecord {
     /// The complete record as the node stores it, the canonical form the hash chains cover:
     /// a verifier recomputes the chains from it.
     pub record_json: String,
+    /// The command that made the record (asked for with `Client::history_with_commands`;
+    /// `None` otherwise, and for records applied before log format 5).
+    pub journal: Option<lockstep_core::journal::JournalEntry>,
 }
 
 /// Where a definition came from.
@@ -875,6 +878,12 @@ impl TryFrom<pb::AuditRecord> for AuditRecord {
                 prev_hash: r.prev_hash,
                 hash: r.hash,
                 record_json: r.record_json,
+                journal: match r.journal_json.as_str() {
+                    "" => None,
+                    text => Some(serde_json::from_str(text).map_err(|e| {
+                        decode(WHAT, format!("journal_json is not a journal entry: {e}"))
+                    })?),
+                },
             })
         };
         convert().map_err(|e| within(&format!("#{seq}"), e))

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod expr;
 pub mod graph;
 pub mod invariant;
+pub mod journal;
 pub mod json_field;
 pub mod limits;
 pub mod migrate;

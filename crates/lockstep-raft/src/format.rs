@@ -29,8 +29,13 @@ pub const LOG_FORMAT_LEASE_GUARD: u32 = 3;
 /// counts per state and per flag, kept by apply (`crate::apply::index`). The entry that
 /// raises the format builds them for the instances already stored.
 pub const LOG_FORMAT_INDEXES: u32 = 4;
+/// The command journal (family `Journal`, `lockstep_core::journal`): beside every instance
+/// audit record apply writes the command that made it, so that `lockstep replay` can run an
+/// instance's history through another definition version. Instances created before it have
+/// no journal (their payloads were never kept) and are reported as not replayable.
+pub const LOG_FORMAT_JOURNAL: u32 = 5;
 /// The highest log format this build reads and writes.
-pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_INDEXES;
+pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_JOURNAL;
 
 /// A replicated log format, as applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -156,6 +156,16 @@ pub fn history(store: &impl Store, instance_id: &str, limit: usize) -> Result<Ve
     Ok(out)
 }
 
+/// The journal entry beside record `seq` of an instance's chain (log format 5 on; `None`
+/// for a record applied before it).
+pub fn journal_entry(
+    store: &impl Store,
+    instance_id: &str,
+    seq: u64,
+) -> Result<Option<lockstep_core::journal::JournalEntry>> {
+    get(store, Family::Journal, &key::journal(instance_id, seq))
+}
+
 pub fn audit_record(store: &impl Store, seq: u64) -> Result<Option<ChainedRecord>> {
     get(store, Family::Audit, &keys::u64_key(seq))
 }

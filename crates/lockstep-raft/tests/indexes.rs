@@ -3,126 +3,14 @@
 //! the entry that raises the format, then kept by every apply — the same on a replica that
 //! lived through the raise and on one that applied everything after it.
 
+mod common;
+
 use std::collections::BTreeMap;
 
-use lockstep_core::{Actor, ActorKind, Timestamp};
-use lockstep_raft::apply::{Applier, ApplyCache};
+use common::*;
+use lockstep_core::Timestamp;
 use lockstep_raft::format::{LOG_FORMAT_INDEXES, LOG_FORMAT_LEASE_GUARD};
-use lockstep_raft::{Body, Proposal, Provenance, Response, Target, TypeConfig, read};
-use lockstep_store::{Durability, MemStore, Store};
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
-
-const PO: &str = include_str!("../../../examples/workflows/purchase-order.yaml");
-const WORKFLOW: &str = "purchase-order";
-const HOUR_MS: i64 = 3_600_000;
-
-struct Replica {
-    store: MemStore,
-    cache: ApplyCache,
-    index: u64,
-    /// Empty the apply cache before every entry (as a snapshot install or failed write does),
-    /// so counts are read back from the store.
-    forgetful: bool,
-}
-
-impl Replica {
-    fn new() -> Replica {
-        Replica {
-            store: MemStore::new(),
-            cache: ApplyCache::default(),
-            index: 0,
-            forgetful: false,
-        }
-    }
-
-    fn apply(&mut self, at_ms: i64, body: Body) -> Response {
-        self.index += 1;
-        let entry = Entry::<TypeConfig> {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), self.index),
-            payload: EntryPayload::Normal(Proposal {
-                request_id: Some(format!("r{}", self.index)),
-                at: Timestamp::from_millis(at_ms),
-                body,
-            }),
-        };
-        if self.forgetful {
-            self.cache.clear();
-        }
-        let mut applier = Applier::new(&self.store, &mut self.cache);
-        let response = applier.apply_entry(&entry).unwrap();
-        self.store
-            .write(applier.into_batch(), Durability::Buffered)
-            .unwrap();
-        response
-    }
-
-    fn counts(&self) -> BTreeMap<String, u64> {
-        read::state_counts(&self.store, WORKFLOW).unwrap()
-    }
-
-    fn flagged(&self, flag: &str) -> Vec<String> {
-        read::flagged_ids(&self.store, WORKFLOW, flag, None, 100).unwrap()
-    }
-
-    /// The business keys of the instances with `flag` (ids differ between replicas whose
-    /// logs differ).
-    fn flagged_keys(&self, flag: &str) -> Vec<String> {
-        let mut keys: Vec<String> = self
-            .flagged(flag)
-            .iter()
-            .map(|id| {
-                read::instance(&self.store, id)
-                    .unwrap()
-                    .unwrap()
-                    .key
-                    .unwrap()
-            })
-            .collect();
-        keys.sort();
-        keys
-    }
-}
-
-fn actor(id: &str, roles: &[&str]) -> Actor {
-    Actor::new(id, ActorKind::Human, roles)
-}
-
-fn define() -> Body {
-    Body::ApplyDefinition {
-        source: PO.into(),
-        provenance: Provenance::default(),
-        actor: actor("admin", &["admin"]),
-    }
-}
-
-fn create(key: &str) -> Body {
-    Body::Create {
-        workflow: WORKFLOW.into(),
-        key: Some(key.into()),
-        data: serde_json::json!({"amount": 100, "requester": "alice"}),
-        actor: actor("alice", &[]),
-    }
-}
-
-fn take(key: &str, transition: &str, who: Actor) -> Body {
-    Body::Transition {
-        target: Target::Key {
-            workflow: WORKFLOW.into(),
-            key: key.into(),
-        },
-        transition: transition.into(),
-        payload: serde_json::Value::Null,
-        actor: who,
-        expected_version: None,
-    }
-}
-
-fn id_of(r: &Response) -> String {
-    match r {
-        Response::Applied { instance_id, .. } => instance_id.clone(),
-        other => panic!("expected an applied change, got {other:?}"),
-    }
-}
+use lockstep_raft::{Body, read};
 
 /// Three orders: one draft, one submitted (its approval SLA running), one approved.
 fn orders(replica: &mut Replica, at: i64) -> (String, String, String) {
@@ -133,13 +21,6 @@ fn orders(replica: &mut Replica, at: i64) -> (String, String, String) {
     replica.apply(at + 4, take("C", "submit", actor("alice", &[])));
     replica.apply(at + 5, take("C", "approve", actor("bob", &["approver"])));
     (draft, submitted, approved)
-}
-
-fn raise(replica: &mut Replica, version: u32, at: i64) {
-    assert_eq!(
-        replica.apply(at, Body::SetLogFormat { version }),
-        Response::Empty
-    );
 }
 
 #[test]

@@ -391,7 +391,7 @@ async fn approvals_go_through_allow_and_a_refusal_shows_its_code() {
     cluster.leader().await;
     cluster.define_po().await;
     // The list counts are kept from log format 4, which the gate raises once the nodes are up
-    // (straight from 1 to the current format: group commit on means format 4).
+    // (straight from 1 to the current format: group commit on means format 5).
     cluster.wait_for_group_commit(Duration::from_secs(30)).await;
     let alice_client = cluster.client(alice());
     let id = alice_client

@@ -55,10 +55,14 @@ pub enum Family {
     /// (`lockstep_raft::index`), written from log format 4 on. Appended last so that the
     /// ids of older families, which snapshots and digests carry, stay the same.
     IndexFlags,
+    /// (instance id, instance sequence) → the command that made that record, with the cluster
+    /// time and the cross-instance facts apply used (`lockstep_core::journal`), written from
+    /// log format 5 on, for replaying an instance under another definition version.
+    Journal,
 }
 
 impl Family {
-    pub const ALL: [Family; 16] = [
+    pub const ALL: [Family; 17] = [
         Family::RaftLog,
         Family::RaftMeta,
         Family::Definitions,
@@ -75,10 +79,11 @@ impl Family {
         Family::DedupByTime,
         Family::Meta,
         Family::IndexFlags,
+        Family::Journal,
     ];
 
     /// The families that make up the replicated state: what snapshots carry and digests hash.
-    pub const STATE: [Family; 14] = [
+    pub const STATE: [Family; 15] = [
         Family::Definitions,
         Family::Instances,
         Family::IndexWorkflowState,
@@ -93,6 +98,7 @@ impl Family {
         Family::DedupByTime,
         Family::Meta,
         Family::IndexFlags,
+        Family::Journal,
     ];
 
     pub fn name(self) -> &'static str {
@@ -113,6 +119,7 @@ impl Family {
             Family::DedupByTime => "dedup_by_time",
             Family::Meta => "meta",
             Family::IndexFlags => "idx_flags",
+            Family::Journal => "journal",
         }
     }
 

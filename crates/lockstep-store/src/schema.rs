@@ -51,6 +51,11 @@ pub mod key {
         keys::push_u64(&mut k, seq);
         k
     }
+    /// The command behind record `seq` of an instance's chain (family `Journal`): the same
+    /// layout as [`audit_by_instance`], so an instance's journal reads in record order.
+    pub fn journal(id: &str, seq: u64) -> Vec<u8> {
+        audit_by_instance(id, seq)
+    }
     pub fn timer_due(due_at_micros: i64, timer_id: &str) -> Vec<u8> {
         let mut k = Vec::new();
         keys::push_i64(&mut k, due_at_micros);

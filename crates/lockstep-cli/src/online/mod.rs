@@ -1,7 +1,7 @@
 //! The commands that talk to a cluster over gRPC, through the client library.
 //!
 //! One file per command family: [`definitions`] (apply), [`instances`] (create, transition,
-//! events, incidents, migrate, get, list, history), [`actions`] (actions, inbox), [`explain`], [`forecast`] (`sla forecast`), [`audit`] (verify, anchor, security log,
+//! events, incidents, migrate, get, list, history), [`actions`] (actions, inbox), [`explain`], [`forecast`] (`sla forecast`), [`replay`], [`audit`] (verify, anchor, security log,
 //! tail) and [`cluster`] (status, membership, health, backup). This file holds the
 //! connection settings, the exit codes of errors and what the families share.
 
@@ -26,6 +26,7 @@ mod definitions;
 mod explain;
 mod forecast;
 mod instances;
+mod replay;
 
 pub use actions::*;
 pub use audit::*;
@@ -34,6 +35,7 @@ pub use definitions::*;
 pub use explain::*;
 pub use forecast::*;
 pub use instances::*;
+pub use replay::*;
 
 /// Connection settings shared by every online command.
 #[derive(Debug, Clone, clap::Args)]

@@ -10,7 +10,7 @@ use super::*;
 
 /// What the replicated state knows beyond the instance a command concerns. `Default` is
 /// "nothing known": no key is taken and the worker holds no leases.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Facts {
     /// For a create with a business key: the instance of the same workflow that already
     /// holds that key.
@@ -21,7 +21,7 @@ pub struct Facts {
 
 /// A worker's leased tasks against its cap (a replicated limit: every replica decides a lease
 /// with the same cap).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerLeases {
     pub held: u32,
     pub max: u32,

@@ -56,7 +56,11 @@ impl<S: Store> Applier<'_, S> {
         let mut migrated = Vec::with_capacity(changes.len());
         for (before, change) in instances.iter().zip(changes) {
             let to_state = change.instance.state.clone();
-            match self.commit(log_id, to, Some(before), Outcome::Applied(change))? {
+            let step = JournalStep::Migrate {
+                plan: plan.clone(),
+                actor: actor.clone(),
+            };
+            match self.commit(log_id, to, Some(before), Outcome::Applied(change), step)? {
                 Response::Applied {
                     instance_id,
                     version,

@@ -20,6 +20,7 @@ use lockstep_core::audit::ChainedRecord;
 use lockstep_core::engine::{
     Command, Effect, Facts, Instance, Outcome, TaskStatus, WorkerLeases, admit, definition_applied,
 };
+use lockstep_core::journal::{JournalEntry, JournalStep};
 use lockstep_core::validate::{CompiledDefinition, compile};
 use lockstep_core::{
     Actor, AuditRecord, Migration, Refusal, RefusalCode, Timestamp, evaluate_with, migrate,
@@ -565,7 +566,13 @@ impl<S: Store> Applier<'_, S> {
         };
         let rules = self.format()?.rules();
         let outcome = evaluate_with(&definition, None, &command, at, rules, &facts);
-        self.commit(log_id, &definition, None, outcome)
+        let step = JournalStep::Command {
+            command,
+            facts,
+            lease_expiry_guard: rules.lease_expiry_guard,
+            timer_due: None,
+        };
+        self.commit(log_id, &definition, None, outcome, step)
     }
 
     /// What the replicated state knows beyond the instance `command` concerns: only a lease
@@ -623,6 +630,18 @@ mod tests {
         .unwrap()
     }
 
+    /// A journal step for a test that writes a change directly (format 1: not journaled).
+    fn step() -> JournalStep {
+        JournalStep::Command {
+            command: Command::FireTimer {
+                timer_id: "unused".into(),
+            },
+            facts: Facts::default(),
+            lease_expiry_guard: true,
+            timer_due: None,
+        }
+    }
+
     fn created(definition: &CompiledDefinition) -> Change {
         let create = Command::Create {
             instance_id: "i-1".into(),
@@ -664,6 +683,7 @@ mod tests {
                 &definition,
                 None,
                 Outcome::Applied(Box::new(change)),
+                step(),
             )
             .unwrap_err();
         let text = err.to_string();
@@ -692,6 +712,7 @@ mod tests {
                 &definition,
                 None,
                 Outcome::Applied(Box::new(create)),
+                step(),
             )
             .expect("a whole change is written");
         // The instance's first audit record goes missing (a bug elsewhere, or lost data).
@@ -703,6 +724,7 @@ mod tests {
                 &definition,
                 Some(&instance),
                 Outcome::Applied(Box::new(submit)),
+                step(),
             )
             .unwrap_err();
         assert!(

@@ -51,9 +51,20 @@ impl<S: Store> Applier<'_, S> {
                 reason: format!("instance {instance_id} pins a definition that is not stored"),
             });
         };
-        let rules = self.format()?.rules();
+        let format = self.format()?;
+        let rules = format.rules();
         let outcome = evaluate_with(&definition, Some(&instance), &command, at, rules, &facts);
-        self.commit(log_id, &definition, Some(&instance), outcome)
+        let timer_due = match &command {
+            Command::FireTimer { timer_id } => instance.timers.get(timer_id).map(|t| t.due_at),
+            _ => None,
+        };
+        let step = JournalStep::Command {
+            command,
+            facts,
+            lease_expiry_guard: rules.lease_expiry_guard,
+            timer_due,
+        };
+        self.commit(log_id, &definition, Some(&instance), outcome, step)
     }
 
     /// Appends an audit record to the global chain and, for instance records, to the
@@ -122,7 +133,8 @@ impl<S: Store> Applier<'_, S> {
         Ok(seq)
     }
 
-    /// Writes an outcome: the instance, its indexes, timers, tasks, outbox and audit record.
+    /// Writes an outcome: the instance, its indexes, timers, tasks, outbox and audit record,
+    /// and from log format 5 the journal entry of `step`, the command that made it.
     /// A change `definition` decided that breaks an invariant (`Change::check`) is not
     /// written: apply fails, which stops this node (and every replica, at the same entry).
     pub(super) fn commit(
@@ -131,6 +143,7 @@ impl<S: Store> Applier<'_, S> {
         definition: &CompiledDefinition,
         before: Option<&Instance>,
         outcome: Outcome,
+        step: JournalStep,
     ) -> StoreResult<Response> {
         let change = match outcome {
             Outcome::Refused(r) => return Ok(Response::Refused(r)),
@@ -182,6 +195,15 @@ impl<S: Store> Applier<'_, S> {
         }
         self.index_tasks(before, after)?;
         let audit_seq = self.append_audit(log_id, change.audit.clone(), Some(after.version))?;
+        if self.format()?.at_least(crate::format::LOG_FORMAT_JOURNAL) {
+            let entry = JournalEntry {
+                at: change.audit.at,
+                definition_version: definition.version.clone(),
+                state: after.state.clone(),
+                step,
+            };
+            self.put(Family::Journal, key::journal(&id, after.version), &entry);
+        }
         for effect in &change.effects {
             let seq = self
                 .get::<u64>(Family::Meta, meta::OUTBOX_SEQ)?

@@ -48,6 +48,8 @@ pub fn audit_pb(r: &ChainedRecord) -> pb::AuditRecord {
         task_id: rec.task_id.clone().unwrap_or_default(),
         sla: rec.sla.clone().unwrap_or_default(),
         note: rec.note.clone().unwrap_or_default(),
+        // Only History answers the journal, and only when asked (it holds payloads).
+        journal_json: String::new(),
     }
 }
 

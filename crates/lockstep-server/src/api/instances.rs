@@ -286,11 +286,20 @@ impl pb::instances_server::Instances for Api {
             "/lockstep.v1.Instances/History",
         )?;
         let limit = if req.limit == 0 { 1000 } else { req.limit } as usize;
-        let records =
-            read::history(&*self.node.store, &instance.id, limit).map_err(status::store_error)?;
-        Ok(Response::new(pb::HistoryResponse {
-            records: records.iter().map(audit_pb).collect(),
-        }))
+        let store = &*self.node.store;
+        let records = read::history(store, &instance.id, limit).map_err(status::store_error)?;
+        let mut out = Vec::with_capacity(records.len());
+        for record in &records {
+            let mut wire = audit_pb(record);
+            if req.commands
+                && let Some(entry) = read::journal_entry(store, &instance.id, record.instance_seq)
+                    .map_err(status::store_error)?
+            {
+                wire.journal_json = serde_json::to_string(&entry).unwrap_or_default();
+            }
+            out.push(wire);
+        }
+        Ok(Response::new(pb::HistoryResponse { records: out }))
     }
 
     async fn migrate(

@@ -1359,9 +1359,14 @@ class HistoryRequest(_message.Message):
     INSTANCE_FIELD_NUMBER: _builtins.int
     CONSISTENCY_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    COMMANDS_FIELD_NUMBER: _builtins.int
     consistency: Global___ReadConsistency.ValueType
     limit: _builtins.int
     """At most 10000; 0 means 1000."""
+    commands: _builtins.bool
+    """Also answer, in each record's journal_json, the command that made it (payloads and
+    creation data included): what `lockstep replay` runs through another version.
+    """
     @_builtins.property
     def instance(self) -> Global___InstanceRef: ...
     def __init__(
@@ -1370,10 +1375,11 @@ class HistoryRequest(_message.Message):
         instance: Global___InstanceRef | None = ...,
         consistency: Global___ReadConsistency.ValueType = ...,
         limit: _builtins.int = ...,
+        commands: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "instance", b"instance", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "consistency", b"consistency", "instance", b"instance", "limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1429,6 +1435,7 @@ class AuditRecord(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     SLA_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    JOURNAL_JSON_FIELD_NUMBER: _builtins.int
     global_seq: _builtins.int
     instance_seq: _builtins.int
     raft_term: _builtins.int
@@ -1456,6 +1463,10 @@ class AuditRecord(_message.Message):
     task_id: _builtins.str
     sla: _builtins.str
     note: _builtins.str
+    journal_json: _builtins.str
+    """With HistoryRequest.commands: the command that made this record, as JSON
+    (lockstep_core::journal::JournalEntry). Empty for records applied before log format 5.
+    """
     @_builtins.property
     def actor_roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -1494,10 +1505,11 @@ class AuditRecord(_message.Message):
         task_id: _builtins.str = ...,
         sla: _builtins.str = ...,
         note: _builtins.str = ...,
+        journal_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timer", b"timer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_authn", b"actor_authn", "actor_id", b"actor_id", "actor_kind", b"actor_kind", "actor_roles", b"actor_roles", "at", b"at", "definition_version", b"definition_version", "from", b"from", "global_seq", b"global_seq", "hash", b"hash", "instance_id", b"instance_id", "instance_seq", b"instance_seq", "instance_version", b"instance_version", "kind", b"kind", "note", b"note", "payload_digest", b"payload_digest", "predicates", b"predicates", "prev_hash", b"prev_hash", "raft_index", b"raft_index", "raft_term", b"raft_term", "record_json", b"record_json", "sla", b"sla", "task_id", b"task_id", "timer", b"timer", "to", b"to", "transition", b"transition", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_authn", b"actor_authn", "actor_id", b"actor_id", "actor_kind", b"actor_kind", "actor_roles", b"actor_roles", "at", b"at", "definition_version", b"definition_version", "from", b"from", "global_seq", b"global_seq", "hash", b"hash", "instance_id", b"instance_id", "instance_seq", b"instance_seq", "instance_version", b"instance_version", "journal_json", b"journal_json", "kind", b"kind", "note", b"note", "payload_digest", b"payload_digest", "predicates", b"predicates", "prev_hash", b"prev_hash", "raft_index", b"raft_index", "raft_term", b"raft_term", "record_json", b"record_json", "sla", b"sla", "task_id", b"task_id", "timer", b"timer", "to", b"to", "transition", b"transition", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
