@@ -1004,6 +1004,25 @@ impl Client {
         .map(InstanceChange::from)
     }
 
+    /// Hands a leased task back unfinished: it is ready again at once, and the attempt does
+    /// not count against its retry policy. The lease is stale from then on.
+    pub async fn release_task(
+        &self,
+        request_id: &str,
+        lease: &TaskLease,
+    ) -> Result<InstanceChange, Error> {
+        let msg = pb::ReleaseTaskRequest {
+            request_id: request_id.into(),
+            lease: Some(lease.into()),
+        };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move { pb::tasks_client::TasksClient::new(ch).release(r).await }
+        })
+        .await
+        .map(InstanceChange::from)
+    }
+
     pub async fn resolve_incident(
         &self,
         request_id: &str,

@@ -1,6 +1,8 @@
 //! A task worker: polls a queue, runs a handler for each leased task with bounded concurrency,
 //! heartbeats while the handler runs, completes or fails the task with its lease, and stops
-//! gracefully (no new polls; tasks in hand are finished).
+//! gracefully: no new polls; the tasks in hand are finished, or, those still running when
+//! [`WorkerOptions::drain`] has passed, handed back with `Tasks/Release` (ready again at once,
+//! the attempt not counted).
 //!
 //! ```no_run
 //! # async fn example(client: std::sync::Arc<lockstep_client::Client>) {
@@ -49,6 +51,9 @@ pub struct WorkerOptions {
     pub poll_wait: Duration,
     /// How often a running task's lease is extended; `None` means a third of the lease time.
     pub heartbeat_every: Option<Duration>,
+    /// On stopping, how long the tasks in hand may go on; those still running then are
+    /// abandoned and released. `None`: wait for every one of them.
+    pub drain: Option<Duration>,
 }
 
 impl WorkerOptions {
@@ -58,6 +63,7 @@ impl WorkerOptions {
             concurrency: 4,
             poll_wait: Duration::from_secs(10),
             heartbeat_every: None,
+            drain: None,
         }
     }
 }
@@ -69,9 +75,12 @@ pub struct WorkerStats {
     pub failed: u64,
     /// Tasks whose lease was lost (expired and re-leased): their results were refused.
     pub lost: u64,
+    /// Tasks still running when the drain time ran out, handed back with `Tasks/Release`.
+    pub released: u64,
 }
 
-/// Runs until `shutdown` turns true, then finishes the tasks in hand and returns.
+/// Runs until `shutdown` turns true, then finishes the tasks in hand (releasing those still
+/// running after [`WorkerOptions::drain`]) and returns.
 pub async fn run<H, Fut>(
     client: Arc<Client>,
     options: WorkerOptions,
@@ -87,6 +96,8 @@ where
     let handler = Arc::new(handler);
     let mut running: JoinSet<Outcome> = JoinSet::new();
     let mut stats = WorkerStats::default();
+    // Turned true when the drain time has run out: the tasks still running are released.
+    let (release, released) = watch::channel(false);
     loop {
         while let Some(done) = running.try_join_next() {
             count(&mut stats, done);
@@ -134,15 +145,35 @@ where
             let client = Arc::clone(&client);
             let handler = Arc::clone(&handler);
             let every = options.heartbeat_every;
+            let released = released.clone();
             running.spawn(async move {
-                let outcome = work(&client, task, &*handler, every).await;
+                let outcome = work(&client, task, &*handler, every, released).await;
                 drop(permit);
                 outcome
             });
         }
     }
-    while let Some(done) = running.join_next().await {
-        count(&mut stats, done);
+    let drained = async {
+        while let Some(done) = running.join_next().await {
+            count(&mut stats, done);
+        }
+    };
+    let in_time = match options.drain {
+        Some(drain) => tokio::time::timeout(drain, drained).await.is_ok(),
+        None => {
+            drained.await;
+            true
+        }
+    };
+    if !in_time {
+        tracing::info!(
+            tasks = running.len(),
+            "the drain time ran out: releasing the tasks still running"
+        );
+        let _ = release.send(true);
+        while let Some(done) = running.join_next().await {
+            count(&mut stats, done);
+        }
     }
     Ok(stats)
 }
@@ -151,13 +182,22 @@ enum Outcome {
     Completed,
     Failed,
     Lost,
+    Released,
 }
 
 fn count(stats: &mut WorkerStats, done: Result<Outcome, tokio::task::JoinError>) {
     match done {
         Ok(Outcome::Completed) => stats.completed += 1,
         Ok(Outcome::Failed) => stats.failed += 1,
+        Ok(Outcome::Released) => stats.released += 1,
         Ok(Outcome::Lost) | Err(_) => stats.lost += 1,
+    }
+}
+
+/// Returns once `flag` is true (never, if its sender is dropped first).
+async fn until_true(flag: &mut watch::Receiver<bool>) {
+    if flag.wait_for(|r| *r).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -177,6 +217,7 @@ async fn work<H, Fut>(
     task: LeasedTask,
     handler: &H,
     heartbeat_every: Option<Duration>,
+    mut released: watch::Receiver<bool>,
 ) -> Outcome
 where
     H: Fn(LeasedTask) -> Fut,
@@ -192,6 +233,16 @@ where
     let result = loop {
         tokio::select! {
             result = &mut run => break result,
+            () = until_true(&mut released) => {
+                // The handler is dropped unfinished; the task goes back to its queue.
+                return match client.release_task(&request_id(), &lease).await {
+                    Ok(_) => Outcome::Released,
+                    Err(e) => {
+                        tracing::warn!(task = lease.task_id, error = %e, "the release was not accepted; the task is ready again when its lease expires");
+                        Outcome::Lost
+                    }
+                };
+            }
             _ = tokio::time::sleep(every) => {
                 match client.heartbeat_task(&request_id(), &lease).await {
                     Ok(_) => {}

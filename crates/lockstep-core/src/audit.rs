@@ -30,6 +30,9 @@ pub enum AuditKind {
     DefinitionApplied,
     /// An operator moved the instance to another definition version (explicit migration).
     Migration,
+    /// A worker handed its leased task back (`Tasks/Release`): ready again, the attempt not
+    /// counted. Appended last: older records keep their variant indexes.
+    TaskReleased,
 }
 
 /// The actor as recorded: identity and how it was authenticated, not its raw claims.

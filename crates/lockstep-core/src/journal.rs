@@ -106,6 +106,9 @@ pub fn describe(command: &Command) -> String {
         Command::ResolveIncident {
             incident_id, actor, ..
         } => format!("resolution of incident {incident_id} by {}", actor.id),
+        Command::ReleaseTask {
+            task_id, worker, ..
+        } => format!("release of task {task_id} by {}", worker.id),
     }
 }
 

@@ -2,7 +2,7 @@
 //! lease expired at the command's cluster time are refused `STALE_LEASE`, whether or not the
 //! lease-expiry timer has fired ([`Rules::lease_expiry_guard`]).
 
-use lockstep_core::engine::LeaseToken;
+use lockstep_core::engine::{LeaseToken, TaskStatus};
 use lockstep_core::{
     Actor, ActorKind, Command, CompiledDefinition, Instance, Limits, Outcome, RefusalCode, Rules,
     Timestamp, evaluate, evaluate_under, validate,
@@ -185,4 +185,83 @@ fn without_the_guard_a_late_completion_is_accepted_as_before() {
         Rules::CURRENT,
     );
     assert_eq!(new.refusal().map(|r| r.code), Some(RefusalCode::StaleLease));
+}
+
+#[test]
+fn a_released_task_is_ready_again_and_its_attempt_does_not_count() {
+    let (definition, instance, task_id, token) = leased();
+    let budget = instance.tasks[&task_id].retry.max_attempts;
+    let release = |who: Actor, token: LeaseToken| Command::ReleaseTask {
+        task_id: task_id.clone(),
+        token,
+        worker: who,
+    };
+    // Only the lease holder may hand it back.
+    let other = Actor::new("w2", ActorKind::Worker, &[] as &[&str]);
+    let refused = evaluate(
+        &definition,
+        Some(&instance),
+        &release(other, token),
+        at(LEASED_AT_MS + 5),
+    );
+    assert_eq!(
+        refused.refusal().map(|r| r.code),
+        Some(RefusalCode::Forbidden)
+    );
+
+    let outcome = evaluate(
+        &definition,
+        Some(&instance),
+        &release(worker(), token),
+        at(LEASED_AT_MS + 5),
+    );
+    let change = outcome.change().expect("the holder releases it").clone();
+    assert_eq!(change.audit.kind, lockstep_core::AuditKind::TaskReleased);
+    let released = change.instance;
+    let task = &released.tasks[&task_id];
+    assert_eq!(task.status, TaskStatus::Ready);
+    assert_eq!(
+        (task.lease, task.worker.as_deref(), task.lease_expires_at),
+        (None, None, None)
+    );
+    assert!(!released.timers.contains_key(&format!("{task_id}:lease")));
+    // The attempt number stays (tokens never repeat); the budget grows by the released one.
+    assert_eq!(task.attempt, 1);
+    assert_eq!(task.retry.max_attempts, budget + 1);
+
+    // Released once, the lease is stale: a second release or a late completion is refused.
+    let again = evaluate(
+        &definition,
+        Some(&released),
+        &release(worker(), token),
+        at(LEASED_AT_MS + 6),
+    );
+    assert_eq!(
+        again.refusal().map(|r| r.code),
+        Some(RefusalCode::StaleLease)
+    );
+    let lease = Command::LeaseTask {
+        task_id: task_id.clone(),
+        worker: worker(),
+        term: 1,
+    };
+    let leased_again = applied(evaluate(
+        &definition,
+        Some(&released),
+        &lease,
+        at(LEASED_AT_MS + 7),
+    ));
+    let new_token = leased_again.tasks[&task_id].lease.expect("leased");
+    assert_ne!(new_token, token, "a token is never handed out twice");
+    let [_, (_, late_complete), _] = commands(&task_id, &token);
+    let late = evaluate(
+        &definition,
+        Some(&leased_again),
+        &late_complete,
+        at(LEASED_AT_MS + 8),
+    );
+    assert_eq!(
+        late.refusal().map(|r| r.code),
+        Some(RefusalCode::StaleLease)
+    );
 }

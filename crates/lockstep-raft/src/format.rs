@@ -34,8 +34,12 @@ pub const LOG_FORMAT_INDEXES: u32 = 4;
 /// instance's history through another definition version. Instances created before it have
 /// no journal (their payloads were never kept) and are reported as not replayable.
 pub const LOG_FORMAT_JOURNAL: u32 = 5;
+/// `Tasks/Release` (`crate::TaskOp::Release`, `lockstep_core::Command::ReleaseTask`): a
+/// worker hands a leased task back, ready again, the attempt not counted. A build before it
+/// cannot decode the entry, so the API refuses a release until the format is raised.
+pub const LOG_FORMAT_RELEASE: u32 = 6;
 /// The highest log format this build reads and writes.
-pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_JOURNAL;
+pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_RELEASE;
 
 /// A replicated log format, as applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -115,6 +115,12 @@ pub enum TaskOp {
         retryable: bool,
         worker: Actor,
     },
+    /// Log format 6 (`crate::format::LOG_FORMAT_RELEASE`): appended last, so the variant
+    /// indexes of older entries stay the same; proposed only once every member reads it.
+    Release {
+        token: LeaseToken,
+        worker: Actor,
+    },
 }
 
 impl TaskOp {
@@ -153,6 +159,11 @@ impl TaskOp {
                 token,
                 error,
                 retryable,
+                worker,
+            },
+            TaskOp::Release { token, worker } => Command::ReleaseTask {
+                task_id,
+                token,
                 worker,
             },
         }

@@ -1070,7 +1070,8 @@ fn actor_of(body: &Body) -> Option<&lockstep_core::Actor> {
             lockstep_raft::TaskOp::Lease { worker }
             | lockstep_raft::TaskOp::Heartbeat { worker, .. }
             | lockstep_raft::TaskOp::Complete { worker, .. }
-            | lockstep_raft::TaskOp::Fail { worker, .. } => worker,
+            | lockstep_raft::TaskOp::Fail { worker, .. }
+            | lockstep_raft::TaskOp::Release { worker, .. } => worker,
         }),
         _ => None,
     }

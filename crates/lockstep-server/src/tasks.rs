@@ -1,5 +1,5 @@
 //! The `Tasks` service: workers long-poll a queue, lease tasks through the log, heartbeat,
-//! complete and fail them with their fenced lease token (DESIGN §6).
+//! complete, fail or release them with their fenced lease token (DESIGN §6).
 //!
 //! A poll reads the queue's ready-task index from this node's replica and proposes one
 //! `Lease` per candidate, up to the tasks it may take at once (so they share a Raft entry),
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use lockstep_core::engine::LeaseToken;
 use lockstep_core::{Actor, ActorKind};
 use lockstep_proto::v1 as pb;
+use lockstep_raft::format::LOG_FORMAT_RELEASE;
 use lockstep_raft::{Body, Response as Applied, Target, TaskOp, read};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -364,6 +365,32 @@ impl pb::tasks_server::Tasks for Api {
                 retryable: req.retryable,
                 worker,
             },
+        };
+        self.write(&metadata, &req.request_id, body)
+            .await?
+            .respond(change)
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseTaskRequest>,
+    ) -> Result<Response<pb::InstanceChange>, Status> {
+        let worker = self.worker(request.extensions())?;
+        let (metadata, _, req) = request.into_parts();
+        let (instance_id, task_id, token) = lease_of(req.lease)?;
+        // A member of an older build could not decode the entry: refuse until the format
+        // gate has raised the log to a format every member reads.
+        let format = read::log_format(&*self.node.store).map_err(status::store_error)?;
+        if !format.at_least(LOG_FORMAT_RELEASE) {
+            return Err(Status::failed_precondition(format!(
+                "the cluster's log format is {}, older than {LOG_FORMAT_RELEASE} (Tasks/Release): some member runs an older build, or the format gate has not raised it yet; upgrade every member, or let the lease expire (the task is ready again after its timeout)",
+                format.0
+            )));
+        }
+        let body = Body::Task {
+            instance_id,
+            task_id,
+            op: TaskOp::Release { token, worker },
         };
         self.write(&metadata, &req.request_id, body)
             .await?

@@ -581,3 +581,75 @@ async fn waiting_polls_wake_for_ready_tasks_not_for_every_write() {
     assert_eq!(leased.len(), 1, "{leased:?}");
     assert_eq!(leased[0].lease.instance_id, id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_releases_what_it_cannot_finish_and_another_takes_it_at_once() {
+    let cluster = Cluster::start(Settings::default());
+    cluster.leader().await;
+    // Tasks/Release is log format 6, which the gate raises once the nodes are up (group
+    // commit on means the current format).
+    cluster.wait_for_group_commit(Duration::from_secs(30)).await;
+    define(&cluster).await;
+    let id = start_job(&cluster, "bill").await;
+    // A worker whose handler never finishes, stopped with a drain time of 300 ms.
+    let client = Arc::new(cluster.client(Identity::new("stuck", ActorKind::Worker, &[])));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut options = WorkerOptions::new("billing");
+    options.poll_wait = Duration::from_secs(2);
+    options.drain = Some(Duration::from_millis(300));
+    let running = tokio::spawn(lockstep_client::worker::run(
+        client,
+        options,
+        |_task| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, TaskFailure>(serde_json::json!({}))
+        },
+        stopped,
+    ));
+    for _ in 0..100 {
+        if instance(&cluster, &id).await.tasks[0].status == TaskStatus::Leased {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        instance(&cluster, &id).await.tasks[0].status,
+        TaskStatus::Leased
+    );
+    stop.send(true).unwrap();
+    let stats = running.await.unwrap().unwrap();
+    assert_eq!((stats.released, stats.completed), (1, 0), "{stats:?}");
+    let task = &instance(&cluster, &id).await.tasks[0];
+    assert_eq!(task.status, TaskStatus::Ready, "{task:?}");
+    assert_eq!(task.worker, None);
+
+    // Ready at once: another worker leases it long before the 5 s lease would have expired,
+    // with a new token; the released one stays stale.
+    let other = worker(&cluster, "other", 0);
+    let leased = other
+        .poll_tasks("billing", 1, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1, "the released task is ready again");
+    let lease = &leased[0].lease;
+    assert_eq!(lease.instance_id, id);
+    assert_eq!(lease.token.attempt, 2);
+    let stale = lockstep_client::model::TaskLease {
+        token: lockstep_core::engine::LeaseToken {
+            attempt: 1,
+            ..lease.token
+        },
+        ..lease.clone()
+    };
+    match other.release_task(&request_id(), &stale).await {
+        Err(lockstep_client::Error::Refused(r)) => assert_eq!(r.code, RefusalCode::StaleLease),
+        other => panic!("a released lease is stale, got {other:?}"),
+    }
+    other
+        .complete_task(&request_id(), lease, &serde_json::json!({}))
+        .await
+        .unwrap();
+    wait_for_state(&cluster, &id, "billed").await;
+    let kinds = kinds(&cluster, &id).await;
+    assert!(kinds.contains(&AuditKind::TaskReleased), "{kinds:?}");
+}

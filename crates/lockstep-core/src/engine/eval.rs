@@ -98,6 +98,18 @@ impl Eval<'_> {
                 retry_task,
                 actor,
             } => self.resolve(incident_id, *retry_task, actor),
+            Command::ReleaseTask {
+                task_id,
+                token,
+                worker,
+            } => {
+                self.leased_task(task_id, token, worker)?;
+                self.finish(AuditKind::TaskReleased, worker, None, |w| {
+                    w.release(task_id);
+                    Ok(None)
+                })
+                .map(|c| with_task(c, task_id))
+            }
         }
     }
 

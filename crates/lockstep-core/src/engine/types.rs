@@ -281,6 +281,14 @@ pub enum Command {
         retry_task: bool,
         actor: Actor,
     },
+    /// The lease holder hands the task back unfinished (a worker stopping): it is ready again
+    /// at once and the attempt does not count against its retry policy. Appended last (log
+    /// format 6): older entries keep their variant indexes.
+    ReleaseTask {
+        task_id: String,
+        token: LeaseToken,
+        worker: Actor,
+    },
 }
 
 /// Why a command was refused. Codes are stable and machine-readable.

@@ -437,6 +437,25 @@ impl Work<'_> {
         }
     }
 
+    /// A leased task handed back by its worker: ready again at once, the attempt not counted.
+    /// The attempt number stays (lease tokens must never repeat: a token of the released
+    /// lease stays stale); the task's own retry budget grows by one instead.
+    pub(super) fn release(&mut self, task_id: &str) {
+        self.instance.timers.remove(&format!("{task_id}:lease"));
+        let Some(task) = self.instance.tasks.get_mut(task_id) else {
+            return;
+        };
+        task.status = TaskStatus::Ready;
+        task.lease = None;
+        task.worker = None;
+        task.lease_expires_at = None;
+        task.retry.max_attempts = task.retry.max_attempts.saturating_add(1);
+        self.notes.push(format!(
+            "attempt {} released by its worker; it does not count against the retry policy",
+            task.attempt
+        ));
+    }
+
     /// A failed attempt: retry after backoff, or exhaust the policy.
     pub(super) fn fail(
         &mut self,

@@ -377,6 +377,7 @@ fn trust_relevant(body: &Body) -> Option<(String, String)> {
                 TaskOp::Heartbeat { worker, .. } => ("heartbeat", worker),
                 TaskOp::Complete { worker, .. } => ("complete", worker),
                 TaskOp::Fail { worker, .. } => ("fail", worker),
+                TaskOp::Release { worker, .. } => ("release", worker),
             };
             Some((
                 format!("{verb} task {instance_id} {task_id}"),

@@ -2293,6 +2293,29 @@ class FailTaskRequest(_message.Message):
 Global___FailTaskRequest: _TypeAlias = FailTaskRequest  # noqa: Y015
 
 @_typing.final
+class ReleaseTaskRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def lease(self) -> Global___TaskLease: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        lease: Global___TaskLease | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseTaskRequest: _TypeAlias = ReleaseTaskRequest  # noqa: Y015
+
+@_typing.final
 class ResolveIncidentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -863,6 +863,11 @@ class TasksStub:
                 request_serializer=lockstep_dot_v1_dot_lockstep__pb2.FailTaskRequest.SerializeToString,
                 response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.InstanceChange.FromString,
                 _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/lockstep.v1.Tasks/Release',
+                request_serializer=lockstep_dot_v1_dot_lockstep__pb2.ReleaseTaskRequest.SerializeToString,
+                response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.InstanceChange.FromString,
+                _registered_method=True)
         self.ResolveIncident = channel.unary_unary(
                 '/lockstep.v1.Tasks/ResolveIncident',
                 request_serializer=lockstep_dot_v1_dot_lockstep__pb2.ResolveIncidentRequest.SerializeToString,
@@ -909,6 +914,16 @@ class TasksServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Release(self, request, context):
+        """Hands a leased task back unfinished (a worker stopping): it is ready again at once and
+        the attempt does not count against its retry policy. Only the lease holder may; the
+        released lease is stale from then on. Refused FAILED_PRECONDITION until every member
+        runs a build that reads it (log format 6).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ResolveIncident(self, request, context):
         """Resolves an open incident (operators only), optionally retrying its task.
         """
@@ -937,6 +952,11 @@ def add_TasksServicer_to_server(servicer, server):
             'Fail': grpc.unary_unary_rpc_method_handler(
                     servicer.Fail,
                     request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.FailTaskRequest.FromString,
+                    response_serializer=lockstep_dot_v1_dot_lockstep__pb2.InstanceChange.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.ReleaseTaskRequest.FromString,
                     response_serializer=lockstep_dot_v1_dot_lockstep__pb2.InstanceChange.SerializeToString,
             ),
             'ResolveIncident': grpc.unary_unary_rpc_method_handler(
@@ -1057,6 +1077,33 @@ class Tasks:
             target,
             '/lockstep.v1.Tasks/Fail',
             lockstep_dot_v1_dot_lockstep__pb2.FailTaskRequest.SerializeToString,
+            lockstep_dot_v1_dot_lockstep__pb2.InstanceChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockstep.v1.Tasks/Release',
+            lockstep_dot_v1_dot_lockstep__pb2.ReleaseTaskRequest.SerializeToString,
             lockstep_dot_v1_dot_lockstep__pb2.InstanceChange.FromString,
             options,
             channel_credentials,

@@ -358,6 +358,12 @@ class TasksStub:
     """Fails an attempt; a retryable failure is retried per the task's policy, a
     non-retryable one (or an exhausted policy) takes `on_exhausted` or opens an incident.
     """
+    Release: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.ReleaseTaskRequest, _lockstep_pb2.InstanceChange]
+    """Hands a leased task back unfinished (a worker stopping): it is ready again at once and
+    the attempt does not count against its retry policy. Only the lease holder may; the
+    released lease is stale from then on. Refused FAILED_PRECONDITION until every member
+    runs a build that reads it (log format 6).
+    """
     ResolveIncident: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.ResolveIncidentRequest, _lockstep_pb2.InstanceChange]
     """Resolves an open incident (operators only), optionally retrying its task."""
 
@@ -384,6 +390,12 @@ class TasksAsyncStub(TasksStub):
     Fail: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.FailTaskRequest, _lockstep_pb2.InstanceChange]  # type: ignore[assignment]
     """Fails an attempt; a retryable failure is retried per the task's policy, a
     non-retryable one (or an exhausted policy) takes `on_exhausted` or opens an incident.
+    """
+    Release: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.ReleaseTaskRequest, _lockstep_pb2.InstanceChange]  # type: ignore[assignment]
+    """Hands a leased task back unfinished (a worker stopping): it is ready again at once and
+    the attempt does not count against its retry policy. Only the lease holder may; the
+    released lease is stale from then on. Refused FAILED_PRECONDITION until every member
+    runs a build that reads it (log format 6).
     """
     ResolveIncident: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.ResolveIncidentRequest, _lockstep_pb2.InstanceChange]  # type: ignore[assignment]
     """Resolves an open incident (operators only), optionally retrying its task."""
@@ -432,6 +444,18 @@ class TasksServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_lockstep_pb2.InstanceChange, _abc.Awaitable[_lockstep_pb2.InstanceChange]]:
         """Fails an attempt; a retryable failure is retried per the task's policy, a
         non-retryable one (or an exhausted policy) takes `on_exhausted` or opens an incident.
+        """
+
+    @_abc_1.abstractmethod
+    def Release(
+        self,
+        request: _lockstep_pb2.ReleaseTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lockstep_pb2.InstanceChange, _abc.Awaitable[_lockstep_pb2.InstanceChange]]:
+        """Hands a leased task back unfinished (a worker stopping): it is ready again at once and
+        the attempt does not count against its retry policy. Only the lease holder may; the
+        released lease is stale from then on. Refused FAILED_PRECONDITION until every member
+        runs a build that reads it (log format 6).
         """
 
     @_abc_1.abstractmethod
