@@ -37,6 +37,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--queue", default="erp", help="the queue to serve")
     parser.add_argument("--concurrency", type=int, default=4, help="most orders in hand at once")
     parser.add_argument("--work-ms", type=int, default=100, help="pretend each order takes this long")
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=25.0,
+        help="on SIGTERM, seconds the orders in hand may take before they are handed back (Tasks/Release)",
+    )
     parser.add_argument("--tls-ca", default=os.environ.get("LOCKSTEP_TLS_CA"), help="the cluster CA (PEM)")
     parser.add_argument("--tls-cert", default=os.environ.get("LOCKSTEP_TLS_CERT"), help="client certificate")
     parser.add_argument("--tls-key", default=os.environ.get("LOCKSTEP_TLS_KEY"), help="its key")
@@ -48,7 +54,7 @@ def main() -> int:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     work_seconds = args.work_ms / 1000
-    worker = Worker(concurrency=args.concurrency)
+    worker = Worker(concurrency=args.concurrency, drain=args.drain)
 
     @worker.task(args.queue, "create-purchase-order")
     def place_order(task: LeasedTask) -> Dict[str, Any]:
@@ -69,7 +75,10 @@ def main() -> int:
         identity=Identity(args.worker, "worker"),
         credentials=credentials,
     )
-    print(f"erp_worker: completed {stats.completed}, failed {stats.failed}, lost {stats.lost}", flush=True)
+    print(
+        f"erp_worker: completed {stats.completed}, failed {stats.failed}, lost {stats.lost}, released {stats.released}",
+        flush=True,
+    )
     return 0
 
 

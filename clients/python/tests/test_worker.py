@@ -165,6 +165,38 @@ async def test_an_exhausted_task_opens_an_incident_an_operator_resolves(cluster:
     assert len(attempts) == 2
 
 
+@pytest.mark.asyncio
+async def test_a_stop_releases_the_tasks_still_running_after_the_drain(cluster: Cluster, admin: Client) -> None:
+    workflow, queue = define(admin)
+    worker = Worker(concurrency=1, poll_wait=1.0, drain=0.3)
+    started = asyncio.Event()
+
+    @worker.task(queue, TASK_TYPE)
+    async def stuck(task: LeasedTask) -> Dict[str, Any]:
+        started.set()
+        await asyncio.sleep(3600)
+        return {}
+
+    ids: List[str] = []
+
+    async def body(client: AsyncClient) -> None:
+        ids.append(await approved_order(cluster, workflow))
+        await asyncio.wait_for(started.wait(), 15)
+
+    stats = await serving(worker, cluster, body)
+    assert (stats.released, stats.completed, stats.lost) == (1, 0, 0), stats
+    task = admin.get_instance(ids[0]).tasks[0]
+    assert (task.status, task.worker) == ("ready", None), task
+    # Ready at once for another worker, with a new lease; the released one is stale.
+    async with AsyncClient(cluster.endpoints, identity=Identity("worker-2", "worker"), options=TEST_OPTIONS) as other:
+        leased = await other.poll_tasks(queue, max_tasks=1, wait=2.0)
+        assert [t.lease.instance_id for t in leased] == ids
+        assert leased[0].lease.token.attempt == 2
+        await other.complete_task(leased[0].lease, {"data": {"po_number": "PO-R"}})
+    history = [r.kind for r in admin.history(ids[0])]
+    assert "task_released" in history, history
+
+
 def test_the_example_worker_finishes_its_task_on_sigterm(cluster: Cluster, admin: Client) -> None:
     workflow, queue = define(admin)
     example = REPO / "clients" / "python" / "examples" / "erp_worker.py"

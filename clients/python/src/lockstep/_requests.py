@@ -49,6 +49,7 @@ RPCS = {
     "Tasks/Heartbeat": "heartbeat_task",
     "Tasks/Complete": "complete_task",
     "Tasks/Fail": "fail_task",
+    "Tasks/Release": "release_task",
     "Tasks/ResolveIncident": "resolve_incident",
     "Cluster/Status": "status",
 }
@@ -255,6 +256,10 @@ def fail_task(request_id: str, lease: TaskLease, error: str, retryable: bool) ->
     return pb.FailTaskRequest(
         request_id=request_id, lease=lease_message(lease), error=error, retryable=retryable
     )
+
+
+def release_task(request_id: str, lease: TaskLease) -> pb.ReleaseTaskRequest:
+    return pb.ReleaseTaskRequest(request_id=request_id, lease=lease_message(lease))
 
 
 def resolve_incident(

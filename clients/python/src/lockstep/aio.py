@@ -360,6 +360,14 @@ class AsyncClient:
         request = rq.fail_task(rid, lease, error, retryable)
         return models.instance_change(await self._unary(lambda n: n.tasks.Fail, request, rid))
 
+    async def release_task(self, lease: TaskLease, *, request_id: Optional[str] = None) -> InstanceChange:
+        """Hands a leased task back unfinished (a worker stopping): it is ready again at once
+        and the attempt does not count against its retry policy; the lease is stale from then
+        on. Raises :class:`~lockstep.errors.StaleLease` for a lease that is no longer held."""
+        rid = request_id or new_request_id()
+        request = rq.release_task(rid, lease)
+        return models.instance_change(await self._unary(lambda n: n.tasks.Release, request, rid))
+
     async def resolve_incident(
         self,
         instance: InstanceTarget,

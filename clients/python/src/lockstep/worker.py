@@ -30,10 +30,13 @@ While a handler runs, the worker extends the lease (every third of the lease tim
 the task), the handler's result is dropped: the cluster would refuse it.
 
 Stopping (:meth:`Worker.stop`, or SIGTERM / SIGINT under :meth:`Worker.run`) stops polling
-at once and waits for the tasks in hand to finish, then completes or fails them as usual. A
-long poll cut short by the stop may have leased a task in the same instant: that task is
-ready again when its lease expires (the task's timeout). Handing tasks back without counting
-the attempt needs the server's ``Tasks/Release``, which Lockstep does not have yet.
+at once and lets the tasks in hand finish, completing or failing them as usual. With
+``drain`` (seconds), the tasks still running when it has passed are abandoned and handed back
+with ``Tasks/Release``: ready again at once for another worker, the attempt not counted
+against the retry policy (a plain-function handler's thread cannot be interrupted: it runs
+on, and its result is dropped). Tasks a poll returns after the stop began are released at
+once. A long poll cut short by the stop may have leased a task in the same instant: that
+task is ready again when its lease expires (the task's timeout).
 """
 
 from __future__ import annotations
@@ -128,6 +131,8 @@ class WorkerStats:
     failed: int = 0
     # Tasks whose lease was lost (expired and leased again) or whose result was refused.
     lost: int = 0
+    # Tasks handed back with Tasks/Release on stopping (still running when ``drain`` passed).
+    released: int = 0
 
 
 class _Slots:
@@ -158,7 +163,8 @@ class Worker:
 
     ``concurrency`` bounds the tasks in hand (at most 256); ``poll_wait`` is how long a poll
     waits for a task (seconds, at most 30); ``heartbeat_every`` overrides the heartbeat
-    interval (default: a third of the lease time).
+    interval (default: a third of the lease time); ``drain`` is how long the tasks in hand may
+    run on after a stop before they are released (seconds; ``None``: until they finish).
     """
 
     def __init__(
@@ -167,6 +173,7 @@ class Worker:
         concurrency: int = 4,
         poll_wait: float = 10.0,
         heartbeat_every: Optional[float] = None,
+        drain: Optional[float] = None,
     ) -> None:
         if not 1 <= concurrency <= WORKER_CONCURRENCY_MAX:
             raise ValueError(f"concurrency is {concurrency}: it must be between 1 and {WORKER_CONCURRENCY_MAX}")
@@ -174,6 +181,9 @@ class Worker:
             raise ValueError(f"poll_wait is {poll_wait}: it must be between 0 and {POLL_WAIT_MAX:g} seconds")
         if heartbeat_every is not None and heartbeat_every < HEARTBEAT_EVERY_MIN:
             raise ValueError(f"heartbeat_every must be at least {HEARTBEAT_EVERY_MIN} seconds")
+        if drain is not None and drain < 0:
+            raise ValueError(f"drain is {drain}: it must be at least 0 seconds (or None: wait for every task)")
+        self.drain = drain
         self.concurrency = concurrency
         self.poll_wait = poll_wait
         self.heartbeat_every = heartbeat_every
@@ -263,12 +273,16 @@ class _Run:
         self.slots = _Slots(worker.concurrency)
         self.stats = WorkerStats()
         self.in_hand: Set[asyncio.Task[None]] = set()
+        # Set when the drain time has passed: the tasks still running are released.
+        self.releasing = asyncio.Event()
+        self.stopping: Optional[asyncio.Event] = None
         self.fatal: Optional[LockstepError] = None
         self.threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=worker.concurrency, thread_name_prefix="lockstep-task"
         )
 
     async def serve(self, stopping: asyncio.Event) -> WorkerStats:
+        self.stopping = stopping
         queues = self.worker.queues
         # Each queue's poll asks for its share of the slots, so that a long poll on an idle
         # queue does not hold every slot while another queue has work.
@@ -282,6 +296,11 @@ class _Run:
             for poller in pollers:
                 poller.cancel()
             await asyncio.gather(*pollers, return_exceptions=True)
+            if self.in_hand and self.worker.drain is not None:
+                _, running = await asyncio.wait(set(self.in_hand), timeout=self.worker.drain)
+                if running:
+                    log.info("the drain time ran out: releasing %d task(s) still running", len(running))
+                    self.releasing.set()
             while self.in_hand:
                 await asyncio.gather(*list(self.in_hand), return_exceptions=True)
             self.threads.shutdown(wait=False)
@@ -310,6 +329,9 @@ class _Run:
                 raise
             assert len(tasks) <= taken, "the server leases no more tasks than asked for"
             await self.slots.give_back(taken - len(tasks))
+            if stopping.is_set():
+                # Leased as the stop began: hand them back rather than start them.
+                self.releasing.set()
             for leased in tasks:
                 work = asyncio.create_task(self.work(leased))
                 self.in_hand.add(work)
@@ -327,29 +349,39 @@ class _Run:
             self.stats.completed += 1
         elif outcome == "failed":
             self.stats.failed += 1
+        elif outcome == "released":
+            self.stats.released += 1
         else:
             self.stats.lost += 1
 
     async def attempt(self, task: LeasedTask) -> str:
-        """Runs the handler with heartbeats; completes or fails the task. Returns completed,
-        failed or lost."""
+        """Runs the handler with heartbeats; completes, fails or releases the task. Returns
+        completed, failed, released or lost."""
         lease = task.lease
+        if self.releasing.is_set():
+            return await self.release(task)
         handler = self.worker._handlers.get((task.queue, task.task_type))
         if handler is None:
             error = f"this worker has no handler for {task.task_type!r} tasks on queue {task.queue!r}"
             log.warning("task %s: %s; failing the attempt (retryable)", lease.task_id, error)
             return await self.fail(task, error, retryable=True)
         running = asyncio.ensure_future(self.invoke(handler, task))
+        releasing = asyncio.ensure_future(self.releasing.wait())
         every = self.heartbeat_every(task)
         while True:
-            done, _ = await asyncio.wait({running}, timeout=every)
-            if done:
+            done, _ = await asyncio.wait({running, releasing}, timeout=every, return_when=asyncio.FIRST_COMPLETED)
+            if running in done:
+                releasing.cancel()
                 break
+            if releasing in done:
+                running.cancel()
+                return await self.release(task)
             try:
                 await self.client.heartbeat_task(lease)
             except (StaleLease, Forbidden, TaskNotFound) as error:
                 log.warning("task %s: lease lost (%s); dropping its result", lease.task_id, error.reason)
                 running.cancel()
+                releasing.cancel()
                 return "lost"
             except LockstepError as error:
                 log.warning("task %s: heartbeat failed: %s; trying again", lease.task_id, error)
@@ -378,6 +410,18 @@ class _Run:
         if inspect.isawaitable(answer):
             answer = await answer
         return answer
+
+    async def release(self, task: LeasedTask) -> str:
+        try:
+            await self.client.release_task(task.lease)
+        except LockstepError as refused:
+            log.warning(
+                "task %s: the release was not accepted: %s; it is ready again when its lease expires",
+                task.lease.task_id,
+                refused,
+            )
+            return "lost"
+        return "released"
 
     async def fail(self, task: LeasedTask, error: str, *, retryable: bool) -> str:
         text = bounded(error)
