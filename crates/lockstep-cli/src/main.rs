@@ -243,6 +243,20 @@ enum Command {
         #[arg(long)]
         payload: Option<String>,
     },
+    /// Erase data: replace the named data fields of an instance by digests of their values
+    /// (`redacted:sha256:<hex>`), in its data and in the command journal the cluster keeps
+    /// for `lockstep replay`. Audited as `redacted` (the audit chain, which holds digests,
+    /// still verifies); needs the cluster policy's `redact_data` permission (role admin by
+    /// default). The data schema is not checked against the digests: a later transition that
+    /// validates a redacted field may be refused, so redact when the work is done.
+    ///
+    /// Example: lockstep redact customer-onboarding/C-7 --fields email,address.street
+    Redact {
+        instance: String,
+        /// The fields to erase: dotted paths into the data, comma separated (at most 64).
+        #[arg(long, value_delimiter = ',', required = true)]
+        fields: Vec<String>,
+    },
     /// Resolve an instance's open incident (needs the `operator` role), optionally making its
     /// task ready for a fresh attempt.
     ///
@@ -619,6 +633,11 @@ fn online_main(cli: Cli) -> ExitCode {
             } => online::event(&conn, output, &instance, &event, payload.as_deref())
                 .await
                 .map(|_| true),
+            Command::Redact { instance, fields } => {
+                online::redact(&conn, output, &instance, &fields)
+                    .await
+                    .map(|_| true)
+            }
             Command::Resolve {
                 instance,
                 incident,

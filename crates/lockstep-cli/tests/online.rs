@@ -1518,7 +1518,7 @@ fn sla_forecast_lists_the_warnings_and_breaches_due_before_the_horizon() {
 #[test]
 fn replay_runs_the_recorded_commands_through_another_version_before_a_migration() {
     let c = cluster();
-    let v1 = std::fs::read_to_string(PO)
+    let v1 = std::fs::read_to_string(common::root().join(PO))
         .unwrap()
         .replace("workflow: purchase-order", "workflow: cli-replay");
     // v2: approvals only up to 100, and an approval SLA of 8 business hours, not 16.
@@ -1660,4 +1660,41 @@ fn replay_runs_the_recorded_commands_through_another_version_before_a_migration(
     c.run(&["replay", "cli-replay", "--to", other.to_str().unwrap()])
         .code(2)
         .stderr_has(&["defines workflow `cli-replay-other`, not `cli-replay`"]);
+}
+
+#[test]
+fn redact_erases_data_fields_and_the_audit_chain_still_verifies() {
+    let c = cluster();
+    let id = submitted_po("CLI-REDACT-1");
+    let target = "purchase-order/CLI-REDACT-1";
+    c.run(&["redact", target, "--fields", "requester"])
+        .ok()
+        .stdout_has(&[&id, "version=3"]);
+    let got = c.run(&["get", target, "-o", "json"]).ok().json();
+    let requester = got["data"]["requester"].as_str().expect("a digest");
+    assert!(requester.starts_with("redacted:sha256:"), "{got}");
+    assert_eq!(got["data"]["amount"], json!(500));
+    let history = c.run(&["history", target, "-o", "json"]).ok().json();
+    let kinds: Vec<&str> = history
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| r["record"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.last(), Some(&"redacted"), "{history}");
+    c.run(&["audit", "verify"]).ok();
+    // A field the data does not have: refused (exit 1), nothing changed; no field: usage.
+    let missing = c.run(&["redact", target, "--fields", "ssn", "-o", "json"]);
+    let error = missing.code(1).json_error();
+    assert_eq!(error["code"], "PAYLOAD_INVALID");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("no data field `ssn`"),
+        "{error}"
+    );
+    c.run(&["redact", target, "--fields", "a..b"]).code(2);
+    let again = c.run(&["get", target, "-o", "json"]).ok().json();
+    assert_eq!(again["version"], json!(3));
 }

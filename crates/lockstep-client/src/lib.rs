@@ -1023,6 +1023,31 @@ impl Client {
         .map(InstanceChange::from)
     }
 
+    /// Erasure: replaces the named data fields (dotted paths) of `instance` by digests of
+    /// their values, in its data and its command journal (needs the policy's `redact_data`).
+    pub async fn redact(
+        &self,
+        request_id: &str,
+        instance: pb::InstanceRef,
+        fields: &[String],
+    ) -> Result<InstanceChange, Error> {
+        let msg = pb::RedactInstanceRequest {
+            request_id: request_id.into(),
+            instance: Some(instance),
+            fields: fields.to_vec(),
+        };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move {
+                pb::instances_client::InstancesClient::new(ch)
+                    .redact(r)
+                    .await
+            }
+        })
+        .await
+        .map(InstanceChange::from)
+    }
+
     pub async fn resolve_incident(
         &self,
         request_id: &str,

@@ -33,6 +33,8 @@ pub enum AuditKind {
     /// A worker handed its leased task back (`Tasks/Release`): ready again, the attempt not
     /// counted. Appended last: older records keep their variant indexes.
     TaskReleased,
+    /// Named data fields were replaced by digests of their values (`lockstep redact`).
+    Redacted,
 }
 
 /// The actor as recorded: identity and how it was authenticated, not its raw claims.

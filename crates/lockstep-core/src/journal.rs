@@ -109,6 +109,9 @@ pub fn describe(command: &Command) -> String {
         Command::ReleaseTask {
             task_id, worker, ..
         } => format!("release of task {task_id} by {}", worker.id),
+        Command::Redact { fields, actor } => {
+            format!("redaction of {} by {}", fields.join(", "), actor.id)
+        }
     }
 }
 
@@ -139,6 +142,10 @@ pub enum NotReplayable {
         what: String,
         reason: String,
     },
+    #[error(
+        "its data fields {fields} were redacted at record {seq}: their values are gone, so its commands cannot be evaluated again"
+    )]
+    Redacted { seq: u64, fields: String },
     #[error(
         "the new version fires more than {REPLAY_TIMER_FIRES_MAX} timers for this instance (REPLAY_TIMER_FIRES_MAX); its timers re-arm without end"
     )]
@@ -270,6 +277,15 @@ pub fn replay<'d>(
     versions: impl Fn(&str) -> Option<&'d CompiledDefinition>,
     to: &CompiledDefinition,
 ) -> Result<Replay, NotReplayable> {
+    if let Some((seq, fields)) = journal.iter().find_map(|(seq, e)| match &e.step {
+        JournalStep::Command {
+            command: Command::Redact { fields, .. },
+            ..
+        } => Some((*seq, fields.join(", "))),
+        _ => None,
+    }) {
+        return Err(NotReplayable::Redacted { seq, fields });
+    }
     let old = old_path(journal, &versions)?;
     let (_, last) = journal.last().expect("old_path refuses an empty journal");
     let instance_id = old.id.clone();

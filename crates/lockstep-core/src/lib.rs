@@ -22,6 +22,7 @@ pub mod json_field;
 pub mod limits;
 pub mod migrate;
 pub mod mutation;
+pub mod redact;
 pub mod retry;
 pub mod scenario;
 pub mod schema;

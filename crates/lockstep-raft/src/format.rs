@@ -38,8 +38,12 @@ pub const LOG_FORMAT_JOURNAL: u32 = 5;
 /// worker hands a leased task back, ready again, the attempt not counted. A build before it
 /// cannot decode the entry, so the API refuses a release until the format is raised.
 pub const LOG_FORMAT_RELEASE: u32 = 6;
+/// Erasure (`crate::Body::Redact`, `lockstep_core::Command::Redact`): named data fields
+/// replaced by digests, in the instance and in its command journal. Refused by the API until
+/// the format is raised, as `Release` is.
+pub const LOG_FORMAT_REDACT: u32 = 7;
 /// The highest log format this build reads and writes.
-pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_RELEASE;
+pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_REDACT;
 
 /// A replicated log format, as applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

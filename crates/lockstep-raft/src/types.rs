@@ -235,6 +235,14 @@ pub enum Body {
     /// by a leader once every member runs a build that reads `version`. Replicated, so every
     /// replica switches behaviour at the same entry.
     SetLogFormat { version: u32 },
+    /// Erasure (log format 7, `crate::format::LOG_FORMAT_REDACT`): the named data fields of an
+    /// instance, and the same paths in its command journal, replaced by digests of their
+    /// values. Appended last; proposed only once every member reads format 7.
+    Redact {
+        target: Target,
+        fields: Vec<String>,
+        actor: Actor,
+    },
 }
 
 impl Body {
@@ -252,6 +260,7 @@ impl Body {
             Body::Migrate { .. } => "migrate",
             Body::Batch(_) => "batch",
             Body::SetLogFormat { .. } => "set_log_format",
+            Body::Redact { .. } => "redact",
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Log format 5 at the apply level: from the entry that raises the format on, apply writes
 //! the command behind every instance record (creation data, payloads, routed events, timer
 //! fires with their due times, migrations) in the same batch, identically on every replica;
-//! replaying a journal under the version that wrote it reproduces the instance exactly.
+//! replaying a journal under the version that wrote it reproduces the instance exactly; a
+//! redaction (format 7) erases the named fields from the journal too.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::collections::BTreeMap;
 use common::*;
 use lockstep_core::journal::{JournalEntry, JournalStep, replay};
 use lockstep_core::{Command, Limits, Migration, TimerPolicy, Timestamp, compile};
-use lockstep_raft::format::{LOG_FORMAT_INDEXES, LOG_FORMAT_JOURNAL};
+use lockstep_raft::format::{LOG_FORMAT_INDEXES, LOG_FORMAT_JOURNAL, LOG_FORMAT_REDACT};
 use lockstep_raft::{Body, Response, Selection, Target, read};
 
 fn journal(replica: &Replica, id: &str) -> Vec<(u64, JournalEntry)> {
@@ -184,4 +185,62 @@ fn replicas_write_the_same_journal() {
         read::digest(&replica.store).unwrap()
     };
     assert_eq!(run(false), run(true));
+}
+
+#[test]
+fn a_redaction_erases_the_fields_from_the_data_and_the_journal() {
+    let mut replica = Replica::new();
+    replica.apply(1_000, define());
+    raise(&mut replica, LOG_FORMAT_REDACT, 1_100);
+    let id = id_of(&replica.apply(2_000, create("X")));
+    replica.apply(2_001, take("X", "submit", actor("alice", &[])));
+    let redacted = replica.apply(
+        3_000,
+        Body::Redact {
+            target: Target::Id(id.clone()),
+            fields: vec!["requester".into()],
+            actor: actor("admin", &["admin"]),
+        },
+    );
+    assert!(
+        matches!(redacted, Response::Applied { version: 3, .. }),
+        "{redacted:?}"
+    );
+    let digest = lockstep_core::redact::digest(&serde_json::json!("alice"));
+    let instance = read::instance(&replica.store, &id).unwrap().unwrap();
+    assert_eq!(instance.data["requester"], serde_json::json!(digest));
+    assert_eq!(instance.data["amount"], serde_json::json!(100));
+    let j = journal(&replica, &id);
+    match command(&j[0].1) {
+        Command::Create { data, .. } => assert_eq!(data["requester"], serde_json::json!(digest)),
+        other => panic!("{other:?}"),
+    }
+    let text = serde_json::to_string(&j).unwrap();
+    assert!(
+        !text.contains("\"requester\":\"alice\""),
+        "the value is gone from the journal: {text}"
+    );
+    // A redacted instance cannot be replayed: the values its commands were decided on are gone.
+    let po = compile(None, PO, &Limits::default()).unwrap();
+    let err = replay(&j, |v| (v == po.version).then_some(&po), &po).unwrap_err();
+    assert!(
+        err.to_string().contains("were redacted at record 3"),
+        "{err}"
+    );
+
+    // A field the data does not have refuses the whole redaction, which changes nothing.
+    let missing = replica.apply(
+        4_000,
+        Body::Redact {
+            target: Target::Id(id.clone()),
+            fields: vec!["amount".into(), "ssn".into()],
+            actor: actor("admin", &["admin"]),
+        },
+    );
+    match missing {
+        Response::Refused(r) => assert!(r.message.contains("no data field `ssn`"), "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    let after = read::instance(&replica.store, &id).unwrap().unwrap();
+    assert_eq!((after.version, &after.data), (3, &instance.data));
 }

@@ -1065,6 +1065,7 @@ fn actor_of(body: &Body) -> Option<&lockstep_core::Actor> {
         | Body::Transition { actor, .. }
         | Body::Event { actor, .. }
         | Body::ResolveIncident { actor, .. }
+        | Body::Redact { actor, .. }
         | Body::Migrate { actor, .. } => Some(actor),
         Body::Task { op, .. } => Some(match op {
             lockstep_raft::TaskOp::Lease { worker }

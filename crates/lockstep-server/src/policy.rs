@@ -1,5 +1,5 @@
 //! The cluster policy (DESIGN §5): who may apply definitions, migrate instances, read audit,
-//! change membership, resolve incidents and read each workflow's instances. Per-transition permissions are the definitions' `allow` predicates;
+//! change membership, resolve incidents, redact instance data and read each workflow's instances. Per-transition permissions are the definitions' `allow` predicates;
 //! this file covers the operations outside any workflow.
 //!
 //! The file (`--policy`, TOML) has one table per permission, each listing actor ids and roles;
@@ -21,6 +21,9 @@
 //!
 //! [resolve_incidents]
 //! roles = ["operator"]
+//!
+//! [redact_data]
+//! roles = ["admin"]
 //! ```
 //!
 //! The file may also set quotas (`[quotas.actors.ID]`, `[quotas.roles.NAME]`: rates and bursts
@@ -66,6 +69,8 @@ pub enum Permission {
     ChangeMembership,
     /// `Tasks/ResolveIncident` (the engine also requires the `operator` role).
     ResolveIncidents,
+    /// `Instances/Redact`: erasing instance data fields (`lockstep redact`).
+    RedactData,
 }
 
 impl Permission {
@@ -76,6 +81,7 @@ impl Permission {
             Permission::ReadAudit => "read_audit",
             Permission::ChangeMembership => "change_membership",
             Permission::ResolveIncidents => "resolve_incidents",
+            Permission::RedactData => "redact_data",
         }
     }
 
@@ -91,6 +97,7 @@ impl Permission {
             | "/lockstep.v1.Cluster/Snapshot"
             | "/lockstep.v1.Cluster/Backup" => Some(Permission::ChangeMembership),
             "/lockstep.v1.Tasks/ResolveIncident" => Some(Permission::ResolveIncidents),
+            "/lockstep.v1.Instances/Redact" => Some(Permission::RedactData),
             p if p.starts_with("/lockstep.v1.Audit/") => Some(Permission::ReadAudit),
             _ => None,
         }
@@ -144,6 +151,7 @@ struct PolicyFile {
     read_audit: Option<Rule>,
     change_membership: Option<Rule>,
     resolve_incidents: Option<Rule>,
+    redact_data: Option<Rule>,
     quotas: Option<crate::quota::Quotas>,
     read_instances: Option<BTreeMap<String, Rule>>,
 }
@@ -158,6 +166,7 @@ pub struct Policy {
     pub read_audit: Rule,
     pub change_membership: Rule,
     pub resolve_incidents: Rule,
+    pub redact_data: Rule,
     /// Rates of writes and polls per actor and role (`quota.rs`).
     pub quotas: crate::quota::Quotas,
     /// Who may read the instances of a workflow, by workflow; a workflow without a rule is
@@ -175,6 +184,7 @@ impl Default for Policy {
             read_audit: Rule::roles(&["admin", "auditor"]),
             change_membership: Rule::roles(&["admin"]),
             resolve_incidents: Rule::roles(&["operator"]),
+            redact_data: Rule::roles(&["admin"]),
             quotas: crate::quota::Quotas::default(),
             read_instances: BTreeMap::new(),
         }
@@ -226,6 +236,7 @@ impl Policy {
             read_audit: file.read_audit.unwrap_or(defaults.read_audit),
             change_membership: file.change_membership.unwrap_or(defaults.change_membership),
             resolve_incidents: file.resolve_incidents.unwrap_or(defaults.resolve_incidents),
+            redact_data: file.redact_data.unwrap_or(defaults.redact_data),
             quotas,
             read_instances: file.read_instances.unwrap_or_default(),
         })
@@ -238,6 +249,7 @@ impl Policy {
             Permission::ReadAudit => &self.read_audit,
             Permission::ChangeMembership => &self.change_membership,
             Permission::ResolveIncidents => &self.resolve_incidents,
+            Permission::RedactData => &self.redact_data,
         }
     }
 
@@ -433,6 +445,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(refused.contains("migrate_instances"), "{refused}");
+        // Erasure is the admin's by default, and a file may give it to a privacy officer.
+        assert_eq!(
+            Permission::for_method("/lockstep.v1.Instances/Redact"),
+            Some(Permission::RedactData)
+        );
+        assert!(
+            p.check(&actor("a", &["admin"]), Permission::RedactData)
+                .is_ok()
+        );
+        let refused = p
+            .check(&actor("a", &["operator"]), Permission::RedactData)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("redact_data"), "{refused}");
+        let dpo = Policy::parse("[redact_data]\nroles = [\"privacy\"]\n").unwrap();
+        assert!(
+            dpo.check(&actor("d", &["privacy"]), Permission::RedactData)
+                .is_ok()
+        );
+        assert!(
+            dpo.check(&actor("a", &["admin"]), Permission::RedactData)
+                .is_err()
+        );
     }
 
     #[test]

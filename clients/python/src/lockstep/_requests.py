@@ -42,6 +42,7 @@ RPCS = {
     "Instances/Migrate": "migrate",
     "Instances/Actions": "actions",
     "Instances/Inbox": "inbox",
+    "Instances/Redact": "redact",
     "Audit/Tail": "tail",
     "Audit/Verify": "verify_audit",
     "Audit/SecurityLog": "security_log",
@@ -256,6 +257,10 @@ def fail_task(request_id: str, lease: TaskLease, error: str, retryable: bool) ->
     return pb.FailTaskRequest(
         request_id=request_id, lease=lease_message(lease), error=error, retryable=retryable
     )
+
+
+def redact(request_id: str, target: InstanceTarget, fields: Sequence[str]) -> pb.RedactInstanceRequest:
+    return pb.RedactInstanceRequest(request_id=request_id, instance=instance_ref(target), fields=list(fields))
 
 
 def release_task(request_id: str, lease: TaskLease) -> pb.ReleaseTaskRequest:

@@ -360,6 +360,15 @@ class AsyncClient:
         request = rq.fail_task(rid, lease, error, retryable)
         return models.instance_change(await self._unary(lambda n: n.tasks.Fail, request, rid))
 
+    async def redact(
+        self, instance: InstanceTarget, fields: Sequence[str], *, request_id: Optional[str] = None
+    ) -> InstanceChange:
+        """Erasure: replaces the named data fields (dotted paths) by digests of their values,
+        in the instance's data and its command journal; needs the policy's ``redact_data``."""
+        rid = request_id or new_request_id()
+        request = rq.redact(rid, instance, fields)
+        return models.instance_change(await self._unary(lambda n: n.instances.Redact, request, rid))
+
     async def release_task(self, lease: TaskLease, *, request_id: Optional[str] = None) -> InstanceChange:
         """Hands a leased task back unfinished (a worker stopping): it is ready again at once
         and the attempt does not count against its retry policy; the lease is stale from then

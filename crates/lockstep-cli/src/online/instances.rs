@@ -60,6 +60,20 @@ pub async fn resolve(
     Ok(())
 }
 
+pub async fn redact(
+    conn: &Connection,
+    output: Output,
+    instance: &str,
+    fields: &[String],
+) -> anyhow::Result<()> {
+    let c = conn
+        .client()?
+        .redact(&conn.request_id(), target(instance), fields)
+        .await?;
+    print_change(output, &c);
+    Ok(())
+}
+
 pub async fn event(
     conn: &Connection,
     output: Output,

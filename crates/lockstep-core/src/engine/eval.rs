@@ -98,6 +98,42 @@ impl Eval<'_> {
                 retry_task,
                 actor,
             } => self.resolve(incident_id, *retry_task, actor),
+            Command::Redact { fields, actor } => {
+                crate::redact::check_fields(fields)
+                    .map_err(|m| Refusal::new(RefusalCode::PayloadInvalid, m))?;
+                let mut data = self.before.data.clone();
+                let found = crate::redact::redact(&mut data, fields);
+                if let Some(missing) = fields.iter().find(|f| !found.contains(f)) {
+                    let names: Vec<&String> = self
+                        .before
+                        .data
+                        .as_object()
+                        .map(|o| o.keys().collect())
+                        .unwrap_or_default();
+                    return Err(Refusal::new(
+                        RefusalCode::PayloadInvalid,
+                        format!(
+                            "instance `{}` has no data field `{missing}` to redact (its top-level fields: {}); nothing was redacted",
+                            self.before.id,
+                            if names.is_empty() {
+                                "none".to_string()
+                            } else {
+                                names
+                                    .iter()
+                                    .map(|n| n.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            }
+                        ),
+                    ));
+                }
+                let request = serde_json::json!({ "fields": fields });
+                self.finish(AuditKind::Redacted, actor, Some(&request), |w| {
+                    w.instance.data = data;
+                    w.notes.push(format!("redacted: {}", fields.join(", ")));
+                    Ok(None)
+                })
+            }
             Command::ReleaseTask {
                 task_id,
                 token,

@@ -289,6 +289,13 @@ pub enum Command {
         token: LeaseToken,
         worker: Actor,
     },
+    /// Erasure: the named data fields (dotted paths) are replaced by digests of their values
+    /// ([`crate::redact`]), in any state; the data schema is not checked against the digests.
+    /// Who may is the cluster policy's business (`redact_data`). Appended last (log format 7).
+    Redact {
+        fields: Vec<String>,
+        actor: Actor,
+    },
 }
 
 /// Why a command was refused. Codes are stable and machine-readable.

@@ -55,6 +55,13 @@ pub(super) fn describe_request(body: &Body) -> String {
             incident_id,
             ..
         } => format!("resolution of incident {incident_id} of {instance_id}"),
+        Body::Redact { target, fields, .. } => {
+            format!(
+                "redaction of {} of {}",
+                fields.join(", "),
+                show_target(target)
+            )
+        }
         Body::ApplyDefinition { provenance, .. } => {
             format!("definition apply of {}", provenance.path)
         }

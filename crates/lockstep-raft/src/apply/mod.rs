@@ -498,6 +498,26 @@ impl<'a, S: Store> Applier<'a, S> {
                 }
                 Ok(Response::Empty)
             }
+            Body::Redact {
+                target,
+                fields,
+                actor,
+            } => {
+                let command = Command::Redact {
+                    fields: fields.clone(),
+                    actor: actor.clone(),
+                };
+                let response = self.on_instance(log_id, target, command, at)?;
+                if let Response::Applied {
+                    instance_id,
+                    version,
+                    ..
+                } = &response
+                {
+                    self.redact_journal(instance_id, *version, fields)?;
+                }
+                Ok(response)
+            }
             Body::FireTimers { timers } => {
                 let (mut fired, mut stale) = (0u32, 0u32);
                 for (instance_id, timer_id) in timers {

@@ -229,6 +229,47 @@ impl<S: Store> Applier<'_, S> {
         })
     }
 
+    /// Redacts `fields` in the journal entries of `instance_id` before record `version` (the
+    /// redaction's own): creation data, the `data` patch of payloads, and task results, so
+    /// that the values leave the journal too. Bounded by the instance's history.
+    pub(super) fn redact_journal(
+        &mut self,
+        instance_id: &str,
+        version: u64,
+        fields: &[String],
+    ) -> StoreResult<()> {
+        use lockstep_core::redact::redact;
+        for seq in 1..version {
+            let k = key::journal(instance_id, seq);
+            let Some(mut entry) = self.get::<JournalEntry>(Family::Journal, &k)? else {
+                continue;
+            };
+            let before = entry.clone();
+            if let JournalStep::Command { command, .. } = &mut entry.step {
+                match command {
+                    Command::Create { data, .. } => {
+                        redact(data, fields);
+                    }
+                    Command::Transition { payload, .. } | Command::Event { payload, .. } => {
+                        if let Some(patch) = payload.get_mut("data") {
+                            redact(patch, fields);
+                        }
+                    }
+                    Command::CompleteTask { result, .. } => {
+                        if let Some(patch) = result.get_mut("data") {
+                            redact(patch, fields);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if entry != before {
+                self.put(Family::Journal, k, &entry);
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn cancel_timer(&mut self, instance_id: &str, timer_id: &str) -> StoreResult<()> {
         let owner = key::timer_owner(instance_id, timer_id);
         if let Some(due_at) = self.get::<Timestamp>(Family::TimersByOwner, &owner)? {

@@ -51,6 +51,33 @@ impl pb::instances_server::Instances for Api {
             .respond(change)
     }
 
+    async fn redact(
+        &self,
+        request: Request<pb::RedactInstanceRequest>,
+    ) -> Result<Response<pb::InstanceChange>, Status> {
+        // The policy's redact_data permission was checked by `AuthLayer`.
+        let actor = self.actor(request.extensions())?;
+        let (metadata, _, req) = request.into_parts();
+        lockstep_core::redact::check_fields(&req.fields).map_err(status::bad_request)?;
+        let target = self.resolve(req.instance)?;
+        let format = read::log_format(&*self.node.store).map_err(status::store_error)?;
+        if !format.at_least(lockstep_raft::format::LOG_FORMAT_REDACT) {
+            return Err(Status::failed_precondition(format!(
+                "the cluster's log format is {}, older than {} (Instances/Redact): some member runs an older build, or the format gate has not raised it yet; upgrade every member first",
+                format.0,
+                lockstep_raft::format::LOG_FORMAT_REDACT
+            )));
+        }
+        let body = Body::Redact {
+            target,
+            fields: req.fields,
+            actor,
+        };
+        self.write(&metadata, &req.request_id, body)
+            .await?
+            .respond(change)
+    }
+
     async fn send_event(
         &self,
         request: Request<pb::SendEventRequest>,

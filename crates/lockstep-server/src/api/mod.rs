@@ -367,6 +367,14 @@ fn trust_relevant(body: &Body) -> Option<(String, String)> {
             format!("resolve incident {instance_id} {incident_id}"),
             actor.id.clone(),
         )),
+        Body::Redact {
+            target: t,
+            fields,
+            actor,
+        } => Some((
+            format!("redact {} {}", target(t), fields.join(",")),
+            actor.id.clone(),
+        )),
         Body::Task {
             instance_id,
             task_id,

@@ -2293,6 +2293,35 @@ class FailTaskRequest(_message.Message):
 Global___FailTaskRequest: _TypeAlias = FailTaskRequest  # noqa: Y015
 
 @_typing.final
+class RedactInstanceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def instance(self) -> Global___InstanceRef: ...
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 64 dotted paths, each at most 256 bytes."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance: Global___InstanceRef | None = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "instance", b"instance", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedactInstanceRequest: _TypeAlias = RedactInstanceRequest  # noqa: Y015
+
+@_typing.final
 class ReleaseTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -286,6 +286,11 @@ class InstancesStub:
                 request_serializer=lockstep_dot_v1_dot_lockstep__pb2.InboxRequest.SerializeToString,
                 response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.InboxResponse.FromString,
                 _registered_method=True)
+        self.Redact = channel.unary_unary(
+                '/lockstep.v1.Instances/Redact',
+                request_serializer=lockstep_dot_v1_dot_lockstep__pb2.RedactInstanceRequest.SerializeToString,
+                response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.InstanceChange.FromString,
+                _registered_method=True)
 
 
 class InstancesServicer:
@@ -363,6 +368,16 @@ class InstancesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Redact(self, request, context):
+        """Erasure: replaces the named data fields (dotted paths, e.g. customer.email) of an
+        instance by digests of their values (redacted:sha256:<hex>), in its data and in its
+        command journal; audited as `redacted`. Needs the cluster policy's redact_data
+        permission; refused FAILED_PRECONDITION until every member reads log format 7.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InstancesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -410,6 +425,11 @@ def add_InstancesServicer_to_server(servicer, server):
                     servicer.Inbox,
                     request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.InboxRequest.FromString,
                     response_serializer=lockstep_dot_v1_dot_lockstep__pb2.InboxResponse.SerializeToString,
+            ),
+            'Redact': grpc.unary_unary_rpc_method_handler(
+                    servicer.Redact,
+                    request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.RedactInstanceRequest.FromString,
+                    response_serializer=lockstep_dot_v1_dot_lockstep__pb2.InstanceChange.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -655,6 +675,33 @@ class Instances:
             '/lockstep.v1.Instances/Inbox',
             lockstep_dot_v1_dot_lockstep__pb2.InboxRequest.SerializeToString,
             lockstep_dot_v1_dot_lockstep__pb2.InboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Redact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockstep.v1.Instances/Redact',
+            lockstep_dot_v1_dot_lockstep__pb2.RedactInstanceRequest.SerializeToString,
+            lockstep_dot_v1_dot_lockstep__pb2.InstanceChange.FromString,
             options,
             channel_credentials,
             insecure,

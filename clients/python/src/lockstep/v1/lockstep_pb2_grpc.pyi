@@ -149,6 +149,12 @@ class InstancesStub:
     most 2,000 instances (INBOX_SCAN_MAX); an answer that stopped there says `truncated`, and
     its next_page_token continues the scan.
     """
+    Redact: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.RedactInstanceRequest, _lockstep_pb2.InstanceChange]
+    """Erasure: replaces the named data fields (dotted paths, e.g. customer.email) of an
+    instance by digests of their values (redacted:sha256:<hex>), in its data and in its
+    command journal; audited as `redacted`. Needs the cluster policy's redact_data
+    permission; refused FAILED_PRECONDITION until every member reads log format 7.
+    """
 
 @_typing.type_check_only
 class InstancesAsyncStub(InstancesStub):
@@ -182,6 +188,12 @@ class InstancesAsyncStub(InstancesStub):
     which some transition is listed by `Actions`, in index order, paged. One call reads at
     most 2,000 instances (INBOX_SCAN_MAX); an answer that stopped there says `truncated`, and
     its next_page_token continues the scan.
+    """
+    Redact: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.RedactInstanceRequest, _lockstep_pb2.InstanceChange]  # type: ignore[assignment]
+    """Erasure: replaces the named data fields (dotted paths, e.g. customer.email) of an
+    instance by digests of their values (redacted:sha256:<hex>), in its data and in its
+    command journal; audited as `redacted`. Needs the cluster policy's redact_data
+    permission; refused FAILED_PRECONDITION until every member reads log format 7.
     """
 
 class InstancesServicer(metaclass=_abc_1.ABCMeta):
@@ -267,6 +279,18 @@ class InstancesServicer(metaclass=_abc_1.ABCMeta):
         which some transition is listed by `Actions`, in index order, paged. One call reads at
         most 2,000 instances (INBOX_SCAN_MAX); an answer that stopped there says `truncated`, and
         its next_page_token continues the scan.
+        """
+
+    @_abc_1.abstractmethod
+    def Redact(
+        self,
+        request: _lockstep_pb2.RedactInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lockstep_pb2.InstanceChange, _abc.Awaitable[_lockstep_pb2.InstanceChange]]:
+        """Erasure: replaces the named data fields (dotted paths, e.g. customer.email) of an
+        instance by digests of their values (redacted:sha256:<hex>), in its data and in its
+        command journal; audited as `redacted`. Needs the cluster policy's redact_data
+        permission; refused FAILED_PRECONDITION until every member reads log format 7.
         """
 
 def add_InstancesServicer_to_server(servicer: InstancesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
