@@ -24,7 +24,7 @@ from typing import Iterator, List
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -198,7 +198,16 @@ def sign_out(driver: WebDriver) -> None:
 
 
 def state(driver: WebDriver) -> str:
-    text: str = driver.find_element(By.CSS_SELECTOR, "main p .state").text
+    """The instance page's state, or "" while the page is being replaced (a form's redirect or
+    a live update swapping the content under the lookup), so that a wait looks again."""
+    try:
+        text: str = driver.find_element(By.CSS_SELECTOR, "main p .state").text
+    except StaleElementReferenceException:
+        return ""
+    except WebDriverException as error:
+        if "does not belong to the document" in str(error):
+            return ""
+        raise
     return text
 
 

@@ -83,6 +83,7 @@ Exit codes:
   4  not found: the named instance, workflow, definition or node does not exist
   5  changed: `lockstep diff --exit-code` found a difference between the definitions, or
      `lockstep replay --exit-code` found an instance the new version treats differently
+     (or one it could not check)
 
 With --output json a failure is also one JSON object on stderr:
   {\"error\": {\"exit_code\": 1, \"kind\": \"refused\", \"code\": \"FORBIDDEN\", \"message\": \"...\"}}";
@@ -347,7 +348,9 @@ enum Command {
         /// Replay only the instances in this state.
         #[arg(long, conflicts_with = "instances")]
         state: Option<String>,
-        /// Exit 5 when the new version differs for some instance (for CI), 0 when not.
+        /// Exit 5 when the new version differs for some instance, or some instance could not
+        /// be checked (not replayable, or beyond the scan's bound); 0 when every one is the
+        /// same (for CI).
         #[arg(long)]
         exit_code: bool,
     },

@@ -286,7 +286,7 @@ pub fn replay<'d>(
     }) {
         return Err(NotReplayable::Redacted { seq, fields });
     }
-    let old = old_path(journal, &versions)?;
+    let (old, armed_before) = old_path(journal, &versions)?;
     let (_, last) = journal.last().expect("old_path refuses an empty journal");
     let instance_id = old.id.clone();
     // Timers the old path fired, by (id, due time) → when they fired, and the record.
@@ -308,7 +308,7 @@ pub fn replay<'d>(
     let mut clock = Clock {
         last: Timestamp::MIN,
     };
-    for ((seq, entry), expected) in journal.iter().zip(&expected) {
+    for (((seq, entry), expected), held) in journal.iter().zip(&expected).zip(&armed_before) {
         let JournalStep::Command {
             command,
             facts,
@@ -327,6 +327,7 @@ pub fn replay<'d>(
             to,
             &mut new,
             &recorded,
+            held,
             Until::Before(entry.at),
             &mut fires,
             &mut clock,
@@ -369,6 +370,7 @@ pub fn replay<'d>(
         to,
         &mut new,
         &recorded,
+        &armed(&old),
         Until::Through(last.at),
         &mut fires,
         &mut clock,
@@ -432,10 +434,25 @@ fn expected_states(journal: &[(u64, JournalEntry)], to: &CompiledDefinition) -> 
 }
 
 /// The old path: every entry under the version that decided it, checked against the record.
+/// Timers armed on an instance, as (id, due time).
+type Armed = BTreeSet<(String, Timestamp)>;
+
+/// The timers armed on an instance.
+fn armed(instance: &Instance) -> Armed {
+    instance
+        .timers
+        .values()
+        .map(|t| (t.id.clone(), t.due_at))
+        .collect()
+}
+
+/// The old path's end, and before each entry the timers it had armed then: a timer that was
+/// due but had not fired yet when a command came (the timer service is never instant) must
+/// not fire before that command on the new path either.
 fn old_path<'d>(
     journal: &[(u64, JournalEntry)],
     versions: &impl Fn(&str) -> Option<&'d CompiledDefinition>,
-) -> Result<Instance, NotReplayable> {
+) -> Result<(Instance, Vec<Armed>), NotReplayable> {
     let Some((first, _)) = journal.first() else {
         return Err(NotReplayable::Empty);
     };
@@ -449,7 +466,9 @@ fn old_path<'d>(
         })
     };
     let mut instance: Option<Instance> = None;
+    let mut armed_before = Vec::with_capacity(journal.len());
     for (i, (seq, entry)) in journal.iter().enumerate() {
+        armed_before.push(instance.as_ref().map(armed).unwrap_or_default());
         let expected = i as u64 + 1;
         if *seq != expected {
             return Err(NotReplayable::Gap(expected, expected - 1, *seq));
@@ -516,7 +535,8 @@ fn old_path<'d>(
             }
         }
     }
-    Ok(instance.expect("a journal that starts at record 1 creates the instance"))
+    let instance = instance.expect("a journal that starts at record 1 creates the instance");
+    Ok((instance, armed_before))
 }
 
 fn diverged(seq: u64, entry: &JournalEntry, reason: String) -> NotReplayable {
@@ -559,11 +579,13 @@ impl Until {
 
 /// Fires the new path's timers that fall due by `until`, earliest first. A timer the old
 /// path fired with the same id and due time fires when it really fired, in the order of its
-/// record (timers fired by one proposal share a time); any other when due.
+/// record (timers fired by one proposal share a time); any other when due, unless the old
+/// path still held it armed then (`held`: it had not fired yet, whatever its due time).
 fn fire_due(
     to: &CompiledDefinition,
     new: &mut Option<Instance>,
     recorded: &HashMap<(String, Timestamp), (Timestamp, u64)>,
+    held: &Armed,
     until: Until,
     fires: &mut Vec<NewFire>,
     clock: &mut Clock,
@@ -575,6 +597,7 @@ fn fire_due(
         let next = instance
             .timers
             .values()
+            .filter(|t| !held.contains(&(t.id.clone(), t.due_at)))
             .map(|t| {
                 let (when, order) = recorded
                     .get(&(t.id.clone(), t.due_at))
@@ -820,6 +843,25 @@ mod tests {
         assert!(replay.same(), "{replay:#?}");
         assert_eq!(replay.old_state, "approved");
         assert_eq!(replay.until, at("2026-12-01T09:00:00Z"));
+    }
+
+    #[test]
+    fn a_timer_that_was_due_but_not_yet_fired_when_a_command_came_stays_unfired() {
+        // The 50% warning falls due at 17:00 Berlin; the approval lands 200 ms later, before
+        // the timer service fired it, and stops the clock (cancelling the warning).
+        let v1 = version(PURCHASE_ORDER);
+        let mut r = Recorder::new(&v1);
+        r.apply(create(), "2026-11-30T07:59:00Z");
+        r.apply(
+            transition("submit", "alice", &["requester"]),
+            "2026-11-30T08:00:00Z",
+        );
+        r.apply(
+            transition("approve", "bob", &["approver"]),
+            "2026-11-30T16:00:00.200Z",
+        );
+        let replay = replay(&r.journal, |v| (v == v1.version).then_some(&v1), &v1).unwrap();
+        assert!(replay.same(), "{replay:#?}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! A redacted value becomes the string `redacted:sha256:<hex>`, the SHA-256 of the value's
 //! canonical JSON: the value is gone, and whoever still holds it can show that it was the one
 //! redacted. Fields are dotted paths into JSON objects (`customer.email`). The engine redacts
-//! an instance's data (`Command::Redact`, audited as `redacted`); apply redacts the same paths
+//! an instance's data and the copies its tasks keep (input `data` and `payload.data`, result
+//! `data`) (`Command::Redact`, audited as `redacted`); apply redacts the same paths
 //! in the instance's command journal (creation data, payload `data` patches, task results),
 //! so the values leave every copy the cluster keeps. Audit records hold payload digests,
 //! never values, so the hash chains still verify.
@@ -100,6 +101,58 @@ mod tests {
         let before = data.clone();
         redact(&mut data, &["email".into()]);
         assert_eq!(data, before);
+    }
+
+    #[test]
+    fn the_engine_redacts_the_data_and_the_copies_its_tasks_keep() {
+        use crate::engine::{Actor, ActorKind, Command, Instance, Outcome, evaluate};
+        use crate::time::Timestamp;
+        let definition = crate::validate::compile(
+            Some("purchase-order.yaml"),
+            include_str!("../../../examples/workflows/purchase-order.yaml"),
+            &crate::Limits::default(),
+        )
+        .unwrap();
+        let alice = Actor::new("alice", ActorKind::Human, &["requester"]);
+        let bob = Actor::new("bob", ActorKind::Human, &["approver"]);
+        let applied = |i: Option<&Instance>, c: Command, ms: i64| match evaluate(
+            &definition,
+            i,
+            &c,
+            Timestamp::from_millis(1_000_000 + ms),
+        ) {
+            Outcome::Applied(change) => change.instance,
+            Outcome::Refused(r) => panic!("{r:?}"),
+        };
+        let take = |name: &str, who: &Actor| Command::Transition {
+            transition: name.into(),
+            payload: json!({"data": {"note": "urgent"}}),
+            actor: who.clone(),
+            expected_version: None,
+        };
+        let create = Command::Create {
+            instance_id: "i-1".into(),
+            key: None,
+            data: json!({"amount": 10, "requester": "alice", "note": "secret"}),
+            actor: alice.clone(),
+        };
+        let i = applied(None, create, 0);
+        let i = applied(Some(&i), take("submit", &alice), 1);
+        // Approving makes the erp task, whose input copies the data and the payload.
+        let i = applied(Some(&i), take("approve", &bob), 2);
+        let task = i.tasks.values().next().expect("the erp task");
+        assert_eq!(task.input["data"]["note"], json!("urgent"));
+        let redact = Command::Redact {
+            fields: vec!["note".into()],
+            actor: Actor::new("root", ActorKind::Human, &["admin"]),
+        };
+        let after = applied(Some(&i), redact, 3);
+        let digest = digest(&json!("urgent"));
+        assert_eq!(after.data["note"], json!(digest));
+        let task = after.tasks.values().next().unwrap();
+        assert_eq!(task.input["data"]["note"], json!(digest));
+        assert_eq!(task.input["payload"]["data"]["note"], json!(digest));
+        assert_eq!(after.data["requester"], json!("alice"));
     }
 
     #[test]

@@ -216,6 +216,21 @@ async fn secure_cluster_authenticates_callers_and_applies_the_policy() {
         vec![("alice", "jwt"), ("alice", "jwt"), ("bob", "jwt")],
         "the audit names the authenticated actors"
     );
+    // The command journal holds payloads and token claims: a reader of the workflow who may
+    // not read audit is refused it; an auditor gets every record's command.
+    match on(alice.clone())
+        .history_with_commands(lockstep_client::by_id(&created.instance_id), 0)
+        .await
+        .unwrap_err()
+    {
+        Error::PermissionDenied(m) => assert!(m.contains("read_audit"), "{m}"),
+        other => panic!("expected PERMISSION_DENIED, got {other}"),
+    }
+    let journaled = on(auditor.clone())
+        .history_with_commands(lockstep_client::by_id(&created.instance_id), 0)
+        .await
+        .unwrap();
+    assert_eq!(journaled.len(), 3);
 
     // A client certificate from the CA: CN is the actor, OU role:* its roles.
     let (cert, key) = pki.issue(

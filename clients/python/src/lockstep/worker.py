@@ -329,13 +329,22 @@ class _Run:
                 raise
             assert len(tasks) <= taken, "the server leases no more tasks than asked for"
             await self.slots.give_back(taken - len(tasks))
-            if stopping.is_set():
-                # Leased as the stop began: hand them back rather than start them.
-                self.releasing.set()
             for leased in tasks:
-                work = asyncio.create_task(self.work(leased))
+                # Leased as the stop began: hand it back rather than start it.
+                job = self.hand_back(leased) if stopping.is_set() else self.work(leased)
+                work = asyncio.create_task(job)
                 self.in_hand.add(work)
                 work.add_done_callback(self.in_hand.discard)
+
+    async def hand_back(self, task: LeasedTask) -> None:
+        try:
+            outcome = await self.release(task)
+        finally:
+            await self.slots.give_back(1)
+        if outcome == "released":
+            self.stats.released += 1
+        else:
+            self.stats.lost += 1
 
     async def work(self, task: LeasedTask) -> None:
         try:

@@ -38,9 +38,26 @@ pub struct ReplayArgs<'a> {
 enum Verdict {
     Replayed(Replay),
     NotReplayable(String, NotReplayable),
+    /// More records than one history read answers: replaying a prefix would mislead.
+    TooLong(String),
 }
 
-/// Runs the replay and prints it; returns whether the new version differs for any instance.
+impl Verdict {
+    /// Why it was not replayed, if it was not.
+    fn reason(&self) -> Option<String> {
+        match self {
+            Verdict::Replayed(_) => None,
+            Verdict::NotReplayable(_, why) => Some(why.to_string()),
+            Verdict::TooLong(_) => Some(format!(
+                "its history has {REPLAY_HISTORY_MAX} records or more, more than one history read answers (REPLAY_HISTORY_MAX)"
+            )),
+        }
+    }
+}
+
+/// Runs the replay and prints it; returns whether some instance differs under the new
+/// version or could not be checked (not replayable, or beyond the scan's bound): a CI gate
+/// must not pass on what it did not check.
 pub async fn replay_to(
     conn: &Connection,
     output: Output,
@@ -67,6 +84,10 @@ pub async fn replay_to(
             .first()
             .map(|r| r.record.instance_id.clone())
             .unwrap_or_else(|| id.clone());
+        if records.len() >= REPLAY_HISTORY_MAX as usize {
+            verdicts.push(Verdict::TooLong(id));
+            continue;
+        }
         let journal: Vec<(u64, JournalEntry)> = records
             .into_iter()
             .filter_map(|r| Some((r.instance_seq, r.journal?)))
@@ -92,10 +113,7 @@ pub async fn replay_to(
         .iter()
         .filter(|v| matches!(v, Verdict::Replayed(r) if !r.same()))
         .count();
-    let not_replayable = verdicts
-        .iter()
-        .filter(|v| matches!(v, Verdict::NotReplayable(..)))
-        .count();
+    let not_replayable = verdicts.iter().filter(|v| v.reason().is_some()).count();
     let same = verdicts.len() - differs - not_replayable;
     match output {
         Output::Json => {
@@ -107,10 +125,10 @@ pub async fn replay_to(
                         "result": if r.same() { "same" } else { "differs" },
                         "replay": r,
                     }),
-                    Verdict::NotReplayable(id, why) => serde_json::json!({
+                    Verdict::NotReplayable(id, _) | Verdict::TooLong(id) => serde_json::json!({
                         "instance_id": id,
                         "result": "not_replayable",
-                        "reason": why.to_string(),
+                        "reason": v.reason(),
                     }),
                 })
                 .collect();
@@ -146,7 +164,7 @@ pub async fn replay_to(
             }
         }
     }
-    Ok(differs > 0)
+    Ok(differs > 0 || not_replayable > 0 || !complete)
 }
 
 fn short(version: &str) -> &str {
@@ -155,8 +173,11 @@ fn short(version: &str) -> &str {
 
 fn print_verdict(verdict: &Verdict) {
     let r = match verdict {
-        Verdict::NotReplayable(id, why) => {
-            println!("  {id:<14} not replayable: {why}");
+        Verdict::NotReplayable(id, _) | Verdict::TooLong(id) => {
+            println!(
+                "  {id:<14} not replayable: {}",
+                verdict.reason().unwrap_or_default()
+            );
             return;
         }
         Verdict::Replayed(r) => r,

@@ -102,27 +102,41 @@ impl Eval<'_> {
                 crate::redact::check_fields(fields)
                     .map_err(|m| Refusal::new(RefusalCode::PayloadInvalid, m))?;
                 let mut data = self.before.data.clone();
-                let found = crate::redact::redact(&mut data, fields);
+                let mut found = crate::redact::redact(&mut data, fields);
+                // A task's input holds a copy of the data (and of the payload's data patch)
+                // from when it was created; its result may patch data too.
+                let mut tasks = self.before.tasks.clone();
+                for task in tasks.values_mut() {
+                    if let Some(copy) = task.input.get_mut("data") {
+                        found.extend(crate::redact::redact(copy, fields));
+                    }
+                    if let Some(copy) = task
+                        .input
+                        .get_mut("payload")
+                        .and_then(|p| p.get_mut("data"))
+                    {
+                        found.extend(crate::redact::redact(copy, fields));
+                    }
+                    if let Some(copy) = task.result.as_mut().and_then(|r| r.get_mut("data")) {
+                        found.extend(crate::redact::redact(copy, fields));
+                    }
+                }
                 if let Some(missing) = fields.iter().find(|f| !found.contains(f)) {
-                    let names: Vec<&String> = self
+                    let names: Vec<&str> = self
                         .before
                         .data
                         .as_object()
-                        .map(|o| o.keys().collect())
+                        .map(|o| o.keys().map(String::as_str).collect())
                         .unwrap_or_default();
                     return Err(Refusal::new(
                         RefusalCode::PayloadInvalid,
                         format!(
-                            "instance `{}` has no data field `{missing}` to redact (its top-level fields: {}); nothing was redacted",
+                            "instance `{}` has no data field `{missing}` to redact, in its data or its tasks (its top-level fields: {}); nothing was redacted",
                             self.before.id,
                             if names.is_empty() {
                                 "none".to_string()
                             } else {
-                                names
-                                    .iter()
-                                    .map(|n| n.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
+                                names.join(", ")
                             }
                         ),
                     ));
@@ -130,6 +144,7 @@ impl Eval<'_> {
                 let request = serde_json::json!({ "fields": fields });
                 self.finish(AuditKind::Redacted, actor, Some(&request), |w| {
                     w.instance.data = data;
+                    w.instance.tasks = tasks;
                     w.notes.push(format!("redacted: {}", fields.join(", ")));
                     Ok(None)
                 })
@@ -503,7 +518,7 @@ impl Eval<'_> {
             return Err(Refusal::new(
                 RefusalCode::Forbidden,
                 format!(
-                    "task `{task_id}` is leased to worker `{}`, not `{}`: only the lease holder may heartbeat, complete or fail it",
+                    "task `{task_id}` is leased to worker `{}`, not `{}`: only the lease holder may heartbeat, complete, fail or release it",
                     task.worker.as_deref().unwrap_or("?"),
                     worker.id
                 ),

@@ -312,6 +312,9 @@ impl pb::instances_server::Instances for Api {
             &instance.workflow,
             "/lockstep.v1.Instances/History",
         )?;
+        if req.commands {
+            self.check_journal_read(&extensions, "/lockstep.v1.Instances/History")?;
+        }
         let limit = if req.limit == 0 { 1000 } else { req.limit } as usize;
         let store = &*self.node.store;
         let records = read::history(store, &instance.id, limit).map_err(status::store_error)?;

@@ -137,6 +137,41 @@ impl Api {
         })
     }
 
+    /// The command journal (`Instances/History` with `commands`) holds payloads, creation
+    /// data and the actors' token claims, which audit records leave out: reading it needs the
+    /// cluster policy's `read_audit` besides the workflow's read rule.
+    pub(crate) fn check_journal_read(
+        &self,
+        extensions: &tonic::Extensions,
+        method: &str,
+    ) -> Result<(), Status> {
+        let policy = self.node.trust.policy.current();
+        let permission = crate::policy::Permission::ReadAudit;
+        let actor = match extensions.get::<Authenticated>() {
+            Some(Authenticated(actor)) => actor,
+            None if policy.allow_all => return Ok(()),
+            None => {
+                return Err(Status::unauthenticated(
+                    "the command journal (History with commands) is readable only with the cluster policy's read_audit: name the caller (x-lockstep-actor, a token or a client certificate)",
+                ));
+            }
+        };
+        policy.check(actor, permission).map_err(|denied| {
+            let status = Status::permission_denied(format!(
+                "{denied} (History with commands returns the command journal: payloads, data and token claims)"
+            ));
+            self.node.security.record(
+                RefusalKind::Authorization,
+                method,
+                &actor.id,
+                "",
+                "PERMISSION_DENIED",
+                status.message(),
+            );
+            status
+        })
+    }
+
     fn forward(metadata: &MetadataMap) -> bool {
         metadata
             .get(lockstep_proto::names::NO_FORWARD_HEADER)

@@ -1364,8 +1364,9 @@ class HistoryRequest(_message.Message):
     limit: _builtins.int
     """At most 10000; 0 means 1000."""
     commands: _builtins.bool
-    """Also answer, in each record's journal_json, the command that made it (payloads and
-    creation data included): what `lockstep replay` runs through another version.
+    """Also answer, in each record's journal_json, the command that made it (payloads,
+    creation data and the actor's token claims included): what `lockstep replay` runs
+    through another version. Needs the cluster policy's read_audit besides the read rule.
     """
     @_builtins.property
     def instance(self) -> Global___InstanceRef: ...
