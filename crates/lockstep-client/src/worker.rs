@@ -80,7 +80,9 @@ pub struct WorkerStats {
 }
 
 /// Runs until `shutdown` turns true, then finishes the tasks in hand (releasing those still
-/// running after [`WorkerOptions::drain`]) and returns.
+/// running after [`WorkerOptions::drain`]) and returns. When polling cannot work at all (the
+/// caller is not authenticated or not allowed to poll), it stops the same way and then
+/// returns that error.
 pub async fn run<H, Fut>(
     client: Arc<Client>,
     options: WorkerOptions,
@@ -98,6 +100,9 @@ where
     let mut stats = WorkerStats::default();
     // Turned true when the drain time has run out: the tasks still running are released.
     let (release, released) = watch::channel(false);
+    // Polling that cannot work (the caller is not authenticated or not allowed): returned
+    // once the tasks in hand are finished or released, not by dropping them.
+    let mut fatal = None;
     loop {
         while let Some(done) = running.try_join_next() {
             count(&mut stats, done);
@@ -126,7 +131,9 @@ where
                 | Error::PermissionDenied(_)
                 | Error::InvalidArgument(_)),
             ) => {
-                return Err(e);
+                tracing::error!(error = %e, queue = options.queue, "polling cannot work; stopping");
+                fatal = Some(e);
+                break;
             }
             Err(e) => {
                 tracing::warn!(error = %e, queue = options.queue, "poll failed; polling again");
@@ -175,7 +182,10 @@ where
             count(&mut stats, done);
         }
     }
-    Ok(stats)
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(stats),
+    }
 }
 
 enum Outcome {
