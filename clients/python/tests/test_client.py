@@ -91,6 +91,12 @@ def test_purchase_order_create_transition_get_list_history(cluster: Cluster, adm
     assert [r.global_seq for r in history] == [created.audit_seq, submitted.audit_seq, approved.audit_seq]
     assert {p.role: p.result for p in history[2].predicates} == {"allow": True, "guard": True}
     assert history[2].record["instance_hash"] and history[2].actor.roles == ("approver",)
+    # The command journal: what each record was decided on, creation data included.
+    assert all(r.journal is None for r in history)
+    journaled = admin.history(created.instance_id, commands=True)
+    create = journaled[0].journal
+    assert create is not None and create["step"]["command"]["command"]["create"]["data"] == data, create
+    assert [r.journal["state"] for r in journaled if r.journal] == ["draft", "submitted", "approved"]
 
 
 def test_refusals_raise_the_exception_of_their_code(cluster: Cluster, purchase_order: str) -> None:

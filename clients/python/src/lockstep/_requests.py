@@ -156,9 +156,11 @@ def list_instances(
     )
 
 
-def history(target: InstanceTarget, limit: int, stale: bool) -> pb.HistoryRequest:
+def history(target: InstanceTarget, limit: int, stale: bool, commands: bool = False) -> pb.HistoryRequest:
     _bounded("limit", limit, HISTORY_LIMIT_MAX)
-    return pb.HistoryRequest(instance=instance_ref(target), consistency=consistency(stale), limit=limit)
+    return pb.HistoryRequest(
+        instance=instance_ref(target), consistency=consistency(stale), limit=limit, commands=commands
+    )
 
 
 def actions(target: InstanceTarget, stale: bool) -> pb.ActionsRequest:

@@ -252,10 +252,13 @@ class AsyncClient:
                 return
             token = page.next_page_token
 
-    async def history(self, instance: InstanceTarget, *, limit: int = 0, stale: bool = False) -> List[AuditRecord]:
+    async def history(
+        self, instance: InstanceTarget, *, limit: int = 0, stale: bool = False, commands: bool = False
+    ) -> List[AuditRecord]:
         """The instance's audit records, oldest first; at most ``limit`` (0: the node's
-        default, 1000; at most 10000)."""
-        answer = await self._unary(lambda n: n.instances.History, rq.history(instance, limit, stale))
+        default, 1000; at most 10000). With ``commands``, each record also carries the command
+        that made it (``journal``), which needs the cluster policy's ``read_audit``."""
+        answer = await self._unary(lambda n: n.instances.History, rq.history(instance, limit, stale, commands))
         return [models.audit_record(r) for r in answer.records]
 
     async def actions(self, instance: InstanceTarget, *, stale: bool = False) -> InstanceActions:

@@ -252,10 +252,13 @@ class Client:
                 return
             token = page.next_page_token
 
-    def history(self, instance: InstanceTarget, *, limit: int = 0, stale: bool = False) -> List[AuditRecord]:
+    def history(
+        self, instance: InstanceTarget, *, limit: int = 0, stale: bool = False, commands: bool = False
+    ) -> List[AuditRecord]:
         """The instance's audit records, oldest first; at most ``limit`` (0: the node's
-        default, 1000; at most 10000)."""
-        answer = self._unary(lambda n: n.instances.History, rq.history(instance, limit, stale))
+        default, 1000; at most 10000). With ``commands``, each record also carries the command
+        that made it (``journal``), which needs the cluster policy's ``read_audit``."""
+        answer = self._unary(lambda n: n.instances.History, rq.history(instance, limit, stale, commands))
         return [models.audit_record(r) for r in answer.records]
 
     def actions(self, instance: InstanceTarget, *, stale: bool = False) -> InstanceActions:

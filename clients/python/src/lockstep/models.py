@@ -308,6 +308,9 @@ class AuditRecord:
     task_id: Optional[str] = None
     sla: Optional[str] = None
     note: Optional[str] = None
+    # With ``history(..., commands=True)``: the command that made the record, as the cluster's
+    # command journal keeps it (payloads, creation data and token claims; log format 5 on).
+    journal: Optional[JsonObject] = None
 
     @property
     def record(self) -> JsonObject:
@@ -698,6 +701,7 @@ def audit_record(m: pb.AuditRecord) -> AuditRecord:
         task_id=_none(m.task_id),
         sla=_none(m.sla),
         note=_none(m.note),
+        journal=_object("a journal entry", m.journal_json) if m.journal_json else None,
     )
 
 
