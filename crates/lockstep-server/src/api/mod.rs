@@ -123,18 +123,23 @@ impl Api {
                 )));
             }
         };
-        policy.check_read(actor, workflow).map_err(|denied| {
-            let status = Status::permission_denied(denied.to_string());
-            self.node.security.record(
-                RefusalKind::Authorization,
-                method,
-                &actor.id,
-                "",
-                "PERMISSION_DENIED",
-                status.message(),
-            );
-            status
-        })
+        policy
+            .check_read(actor, workflow)
+            .map_err(|denied| self.denied(method, actor, denied.to_string()))
+    }
+
+    /// A PERMISSION_DENIED for `actor` on `method`, recorded in the security log.
+    fn denied(&self, method: &str, actor: &lockstep_core::Actor, message: String) -> Status {
+        let status = Status::permission_denied(message);
+        self.node.security.record(
+            RefusalKind::Authorization,
+            method,
+            &actor.id,
+            "",
+            "PERMISSION_DENIED",
+            status.message(),
+        );
+        status
     }
 
     /// The command journal (`Instances/History` with `commands`) holds payloads, creation
@@ -157,18 +162,13 @@ impl Api {
             }
         };
         policy.check(actor, permission).map_err(|denied| {
-            let status = Status::permission_denied(format!(
-                "{denied} (History with commands returns the command journal: payloads, data and token claims)"
-            ));
-            self.node.security.record(
-                RefusalKind::Authorization,
+            self.denied(
                 method,
-                &actor.id,
-                "",
-                "PERMISSION_DENIED",
-                status.message(),
-            );
-            status
+                actor,
+                format!(
+                    "{denied} (History with commands returns the command journal: payloads, data and token claims)"
+                ),
+            )
         })
     }
 
