@@ -3,8 +3,8 @@ built ``lockstepd`` (``$LOCKSTEP_BIN_DIR``, else ``${CARGO_TARGET_DIR:-target}/d
 the flags of crates/lockstep-server/tests/common/mod.rs: ``--dev``, ids, members, a data
 directory each, loopback ports, and fast elections.
 
-Tests that need no cluster (tests/test_names.py, test_stubs.py, test_transport.py) do not
-start it.
+Tests that need no cluster (tests/test_names.py, test_stubs.py, test_transport.py,
+test_models.py) do not start it.
 """
 
 from __future__ import annotations

@@ -387,6 +387,13 @@ enum Command {
     /// Cluster membership and health.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Webhook subscriptions: the leader POSTs each matching audit record, signed, at least
+    /// once and in order, to the subscription's URL.
+    ///
+    /// Each node's --webhooks file must allow the target and hold the named secret. Needs
+    /// the cluster policy's manage_subscriptions permission (role admin by default).
+    #[command(subcommand)]
+    Subscriptions(SubscriptionsCommand),
     /// Ask nodes for their grpc.health.v1 status; exit 0 when every one is SERVING.
     ///
     /// For container health checks and probes: exit 1 when a node answers anything but
@@ -496,6 +503,59 @@ enum ClusterCommand {
         #[arg(long, default_value = "")]
         name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum SubscriptionsCommand {
+    /// Create a subscription; it is sent the records written from now on (or after
+    /// --start-after SEQ), those its filters match (every filter empty: all of them).
+    ///
+    /// Each request is a POST of {"type": "lockstep.<kind>", "timestamp", "data": {"record",
+    /// "emitted", "global_seq", "subscription"}} with Standard Webhooks headers: webhook-id
+    /// (the record's global sequence: drop repeats with it), webhook-timestamp and
+    /// webhook-signature (v1,<base64 HMAC-SHA256 of "id.timestamp.body">).
+    ///
+    /// Example: lockstep subscriptions create pager --url https://hooks.example/lockstep \
+    ///   --secret pager --workflow incident --kind sla_breach --event incident.page_secondary
+    Create {
+        /// The subscription's name: a-z, 0-9, `-`, `_`, `.`.
+        name: String,
+        /// The target: http:// or https://, on every node's webhook allow-list.
+        #[arg(long)]
+        url: String,
+        /// The name of the signing secret in every node's --webhooks file.
+        #[arg(long)]
+        secret: String,
+        /// Only records of this workflow (repeat for several).
+        #[arg(long = "workflow")]
+        workflows: Vec<String>,
+        /// Only records of this kind (repeat): created, transition, event_ignored, timer,
+        /// sla_warning, sla_breach, task, incident, migration, redacted, definition.
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        /// Only records whose change emitted this event (repeat), e.g. incident.page_secondary.
+        #[arg(long = "event")]
+        events: Vec<String>,
+        /// Deliver the records after this global sequence too (0: from the first record).
+        #[arg(long)]
+        start_after: Option<u64>,
+    },
+    /// Every subscription: state, lag (records behind the audit head), URL, filter and the
+    /// last error or pause reason.
+    List,
+    /// One subscription in full.
+    Get { name: String },
+    /// Stop delivering; the cursor stays, so `resume` loses and reorders nothing.
+    Pause {
+        name: String,
+        /// Why, shown by `list` (default: paused by <you>).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Deliver again from the cursor (after a pause by an operator or by delivery giving up).
+    Resume { name: String },
+    /// Delete a subscription.
+    Delete { name: String },
 }
 
 #[derive(Debug)]
@@ -738,6 +798,42 @@ fn online_main(cli: Cli) -> ExitCode {
                     .await
                     .map(|_| true)
             }
+            Command::Subscriptions(command) => match command {
+                SubscriptionsCommand::Create {
+                    name,
+                    url,
+                    secret,
+                    workflows,
+                    kinds,
+                    events,
+                    start_after,
+                } => {
+                    let new = online::NewSubscription {
+                        name,
+                        url,
+                        secret,
+                        workflows,
+                        kinds,
+                        events,
+                        start_after,
+                    };
+                    online::subscription_create(&conn, output, new).await
+                }
+                SubscriptionsCommand::List => online::subscription_list(&conn, output).await,
+                SubscriptionsCommand::Get { name } => {
+                    online::subscription_get(&conn, output, &name).await
+                }
+                SubscriptionsCommand::Pause { name, reason } => {
+                    online::subscription_pause(&conn, output, &name, &reason).await
+                }
+                SubscriptionsCommand::Resume { name } => {
+                    online::subscription_resume(&conn, output, &name).await
+                }
+                SubscriptionsCommand::Delete { name } => {
+                    online::subscription_delete(&conn, output, &name).await
+                }
+            }
+            .map(|_| true),
             Command::Cluster(ClusterCommand::Status { digest }) => {
                 online::cluster_status(&conn, output, digest)
                     .await

@@ -1048,6 +1048,128 @@ impl Client {
         .map(InstanceChange::from)
     }
 
+    /// A webhook subscription (needs the policy's `manage_subscriptions`; the node refuses a
+    /// target off its webhook allow-list or a secret name it does not hold). `start_after`:
+    /// deliver the records after this global sequence; `None`: only new ones.
+    pub async fn create_subscription(
+        &self,
+        request_id: &str,
+        name: &str,
+        url: &str,
+        secret: &str,
+        filter: pb::SubscriptionFilter,
+        start_after: Option<u64>,
+    ) -> Result<pb::Subscription, Error> {
+        let msg = pb::CreateSubscriptionRequest {
+            request_id: request_id.into(),
+            name: name.into(),
+            url: url.into(),
+            filter: Some(filter),
+            secret: secret.into(),
+            start_after,
+        };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move {
+                pb::subscriptions_client::SubscriptionsClient::new(ch)
+                    .create(r)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Every webhook subscription, with its cursor and the audit head (lag = head - cursor).
+    pub async fn subscriptions(&self) -> Result<Vec<pb::Subscription>, Error> {
+        self.call(|ch| {
+            let r = self.request(pb::ListSubscriptionsRequest {});
+            async move {
+                pb::subscriptions_client::SubscriptionsClient::new(ch)
+                    .list(r)
+                    .await
+            }
+        })
+        .await
+        .map(|r| r.subscriptions)
+    }
+
+    pub async fn subscription(&self, name: &str) -> Result<pb::Subscription, Error> {
+        let msg = pb::GetSubscriptionRequest { name: name.into() };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move {
+                pb::subscriptions_client::SubscriptionsClient::new(ch)
+                    .get(r)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Stops delivery; the cursor stays, so [`Client::resume_subscription`] loses nothing.
+    pub async fn pause_subscription(
+        &self,
+        request_id: &str,
+        name: &str,
+        reason: &str,
+    ) -> Result<pb::Subscription, Error> {
+        let msg = pb::PauseSubscriptionRequest {
+            request_id: request_id.into(),
+            name: name.into(),
+            reason: reason.into(),
+        };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move {
+                pb::subscriptions_client::SubscriptionsClient::new(ch)
+                    .pause(r)
+                    .await
+            }
+        })
+        .await
+    }
+
+    pub async fn resume_subscription(
+        &self,
+        request_id: &str,
+        name: &str,
+    ) -> Result<pb::Subscription, Error> {
+        let msg = pb::ResumeSubscriptionRequest {
+            request_id: request_id.into(),
+            name: name.into(),
+        };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move {
+                pb::subscriptions_client::SubscriptionsClient::new(ch)
+                    .resume(r)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Deletes a subscription; answers it as it was.
+    pub async fn delete_subscription(
+        &self,
+        request_id: &str,
+        name: &str,
+    ) -> Result<pb::Subscription, Error> {
+        let msg = pb::DeleteSubscriptionRequest {
+            request_id: request_id.into(),
+            name: name.into(),
+        };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move {
+                pb::subscriptions_client::SubscriptionsClient::new(ch)
+                    .delete(r)
+                    .await
+            }
+        })
+        .await
+    }
+
     pub async fn resolve_incident(
         &self,
         request_id: &str,

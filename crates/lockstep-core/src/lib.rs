@@ -28,6 +28,7 @@ pub mod scenario;
 pub mod schema;
 pub mod sla;
 pub mod source;
+pub mod subscription;
 pub mod time;
 pub mod validate;
 

@@ -42,8 +42,12 @@ pub const LOG_FORMAT_RELEASE: u32 = 6;
 /// replaced by digests, in the instance and in its command journal. Refused by the API until
 /// the format is raised, as `Release` is.
 pub const LOG_FORMAT_REDACT: u32 = 7;
+/// Webhook subscriptions (`crate::Body::Subscriptions`, family `Subscriptions`) and the
+/// events each audit record's change emitted (family `Emitted`), which subscription filters
+/// on event names read. Refused by the API until the format is raised, as `Release` is.
+pub const LOG_FORMAT_WEBHOOKS: u32 = 8;
 /// The highest log format this build reads and writes.
-pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_REDACT;
+pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_WEBHOOKS;
 
 /// A replicated log format, as applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -23,6 +23,6 @@ pub mod state_machine;
 pub mod types;
 
 pub use types::{
-    Body, Member, Migrated, MigrationCursor, NodeId, Proposal, Provenance, Response, Selection,
-    Target, TaskOp, TypeConfig,
+    Body, DeliveryProgress, Member, Migrated, MigrationCursor, NodeId, Proposal, Provenance,
+    Response, Selection, SubscriptionOp, Target, TaskOp, TypeConfig,
 };

@@ -176,6 +176,29 @@ pub fn audit_from(store: &impl Store, from: u64, limit: usize) -> Result<Vec<Cha
     decode_rows(Family::Audit, rows)
 }
 
+/// Every webhook subscription, by name (at most `SUBSCRIPTIONS_MAX`).
+pub fn subscriptions(store: &impl Store) -> Result<Vec<lockstep_core::subscription::Subscription>> {
+    let rows = store.range(
+        Family::Subscriptions,
+        &[],
+        None,
+        lockstep_core::subscription::SUBSCRIPTIONS_MAX,
+    )?;
+    decode_rows(Family::Subscriptions, rows)
+}
+
+pub fn subscription(
+    store: &impl Store,
+    name: &str,
+) -> Result<Option<lockstep_core::subscription::Subscription>> {
+    get(store, Family::Subscriptions, &key::subscription(name))
+}
+
+/// The `emit` events the change of audit record `global_seq` emitted (none before format 8).
+pub fn emitted(store: &impl Store, global_seq: u64) -> Result<Vec<String>> {
+    Ok(get(store, Family::Emitted, &key::emitted(global_seq))?.unwrap_or_default())
+}
+
 pub fn audit_head(store: &impl Store) -> Result<AuditHead> {
     Ok(get(store, Family::Meta, meta::AUDIT_HEAD)?.unwrap_or_default())
 }

@@ -381,6 +381,8 @@ pub struct Applied {
     pub queued_outbox: bool,
     /// Whether they made a task ready: polls waiting on this node (any node) have work.
     pub readied_task: bool,
+    /// Whether they changed the webhook subscriptions: the leader's delivery reconciles.
+    pub changed_subscriptions: bool,
 }
 
 /// Told what every apply call did once its batch is written (the server's metrics and timer
@@ -527,6 +529,7 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
         let earliest_armed = applier.earliest_armed();
         let queued_outbox = applier.queued_outbox();
         let readied_task = applier.readied_task();
+        let changed_subscriptions = applier.changed_subscriptions();
         let batch = applier.into_batch();
         crash_here_if_asked();
         if !batch.is_empty() {
@@ -545,6 +548,7 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
                 earliest_armed,
                 queued_outbox,
                 readied_task,
+                changed_subscriptions,
             });
         }
         Ok(responses)

@@ -243,6 +243,56 @@ pub enum Body {
         fields: Vec<String>,
         actor: Actor,
     },
+    /// Webhook subscriptions (log format 8, `crate::format::LOG_FORMAT_WEBHOOKS`): managed
+    /// by operators, and moved along by the leader's delivery. Appended last.
+    Subscriptions(SubscriptionOp),
+}
+
+/// A change to the webhook subscriptions (`lockstep_core::subscription`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SubscriptionOp {
+    /// A new subscription, delivering the records after `start_after` (the audit head at
+    /// apply when `None`: only records written from now on).
+    Create {
+        name: String,
+        url: String,
+        filter: lockstep_core::subscription::Filter,
+        secret: String,
+        start_after: Option<u64>,
+        actor: Actor,
+    },
+    /// Stops delivery; the cursor stays, so a resume loses and reorders nothing.
+    Pause {
+        name: String,
+        reason: String,
+        actor: Actor,
+    },
+    /// Delivers again from the cursor; clears the pause and the last error.
+    Resume {
+        name: String,
+        actor: Actor,
+    },
+    Delete {
+        name: String,
+        actor: Actor,
+    },
+    /// The leader's delivery: cursors moved forward (never back), delivery errors, and
+    /// subscriptions delivery gave up on. Updates of deleted subscriptions are ignored.
+    Progress {
+        updates: Vec<DeliveryProgress>,
+    },
+}
+
+/// One subscription's delivery progress in a [`SubscriptionOp::Progress`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryProgress {
+    pub name: String,
+    /// The last global audit sequence handled.
+    pub cursor: u64,
+    /// The last delivery error (`None`: the last attempt succeeded).
+    pub error: Option<String>,
+    /// Delivery gave up (attempts or lag over their limits): pause with `error` as reason.
+    pub pause: bool,
 }
 
 impl Body {
@@ -261,6 +311,7 @@ impl Body {
             Body::Batch(_) => "batch",
             Body::SetLogFormat { .. } => "set_log_format",
             Body::Redact { .. } => "redact",
+            Body::Subscriptions(_) => "subscriptions",
         }
     }
 }
@@ -296,4 +347,7 @@ pub enum Response {
     /// The responses of a `Body::Batch`, one per request, in order. Last, for the same reason
     /// as `Body::Batch`.
     Batch(Vec<Response>),
+    /// A subscription as a `Body::Subscriptions` change left it (as it was, for a delete).
+    /// Appended last.
+    Subscription(Box<lockstep_core::subscription::Subscription>),
 }

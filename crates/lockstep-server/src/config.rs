@@ -171,6 +171,15 @@ pub struct Flags {
     /// auditor reads audit, operator resolves incidents.
     #[arg(long, env = "LOCKSTEP_POLICY", value_name = "TOML")]
     pub policy: Option<PathBuf>,
+    /// Webhook settings (TOML, read at start): `allow` (the networks, addresses, host names
+    /// and *.domains this node may deliver to, checked on the address it connects to),
+    /// `[secrets]` (signing secrets by name, `whsec_<base64>`; two values during a rotation,
+    /// and both signatures are sent), `ca` (a PEM CA for HTTPS targets, beside the system
+    /// roots), `timeout` (10s), `attempts` (12 failed in a row pause a subscription),
+    /// `backoff_max` (1m), `lag_max` (1000000 records). Without it nothing is delivered.
+    /// Keep it readable by lockstepd alone: it holds the secrets.
+    #[arg(long, env = "LOCKSTEP_WEBHOOKS", value_name = "TOML")]
+    pub webhooks: Option<PathBuf>,
     /// Dial peer ID at ADDR instead of its member address, for Raft and for forwarding to the
     /// leader (clients still use member addresses): id=host:port pairs, comma separated. For
     /// fault-injection proxies (chaos-tests/); not for production.
@@ -370,6 +379,7 @@ struct FileConfig {
     jwt_roles_claim: Option<String>,
     jwt_kind_claim: Option<String>,
     policy: Option<PathBuf>,
+    webhooks: Option<PathBuf>,
 }
 
 /// The checked configuration of a node.
@@ -407,6 +417,8 @@ pub struct Config {
     pub jwt: Option<JwtSettings>,
     /// The cluster policy file, if any.
     pub policy: Option<PathBuf>,
+    /// The webhook settings file (`crate::webhooks`), if any.
+    pub webhooks: Option<PathBuf>,
 }
 
 /// When a node builds a snapshot: whichever comes first.
@@ -522,6 +534,7 @@ impl Config {
         let jwt_roles_claim = flags.jwt_roles_claim.or(file.jwt_roles_claim);
         let jwt_kind_claim = flags.jwt_kind_claim.or(file.jwt_kind_claim);
         let policy = flags.policy.or(file.policy);
+        let webhooks = flags.webhooks.or(file.webhooks);
         let tls = if dev {
             let given: Vec<&str> = [
                 ("--tls-cert", tls_cert.is_some()),
@@ -678,6 +691,7 @@ impl Config {
             tls,
             jwt,
             policy,
+            webhooks,
         })
     }
 

@@ -30,6 +30,9 @@
 //! | `lockstep_store_corrupt` (1: a read or the scrub met a corrupt block; the node stops) | gauge | |
 //! | `lockstep_scrub_passes_total`, `lockstep_scrub_bytes_total` (whole passes of the background scrub and the bytes they read back with valid checksums) | counter | |
 //! | `lockstep_scrub_last_pass_timestamp_seconds` (Unix time the last whole pass ended; 0: none since start) | gauge | |
+//! | `lockstep_webhook_lag_records` (audit records after the subscription's cursor, on the leader) | gauge | `subscription` (at most `SUBSCRIPTIONS_MAX`) |
+//! | `lockstep_webhook_delivery_seconds` (one POST, sent to answered) | histogram | `subscription` |
+//! | `lockstep_webhook_deliveries_total` | counter | `subscription`, `outcome` (`delivered`, `failed`) |
 //! | `lockstep_quota_refusals_total` (refused with QUOTA_EXCEEDED) | counter | `quota` (`actor:ID`, `role:NAME`; at most [`QUOTA_LABELS_MAX`], then `other`) |
 
 use std::collections::HashSet;
@@ -104,6 +107,17 @@ struct RpcCodeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
     rpc: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriptionLabels {
+    subscription: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    subscription: String,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -182,6 +196,9 @@ pub struct Metrics {
     scrub_last_pass: U64Gauge,
     overload_refusals: Family<WhatLabels, Counter>,
     quota_refusals: Family<QuotaLabels, Counter>,
+    webhook_lag: Family<SubscriptionLabels, U64Gauge>,
+    webhook_latency: HistogramFamily<SubscriptionLabels>,
+    webhook_deliveries: Family<DeliveryLabels, Counter>,
     /// The `quota` label values in use (at most [`QUOTA_LABELS_MAX`]).
     quota_labels: Mutex<HashSet<String>>,
 }
@@ -236,6 +253,9 @@ impl Metrics {
             scrub_last_pass: U64Gauge::default(),
             overload_refusals: Family::default(),
             quota_refusals: Family::default(),
+            webhook_lag: Family::default(),
+            webhook_latency: Family::new_with_constructor(grpc_duration_histogram),
+            webhook_deliveries: Family::default(),
             quota_labels: Mutex::new(HashSet::new()),
             store_sst_files_bytes: Family::default(),
             store_live_data_bytes: Family::default(),
@@ -410,6 +430,21 @@ impl Metrics {
             m.overload_refusals.clone(),
         );
         r.register(
+            "lockstep_webhook_lag_records",
+            "Audit records after a webhook subscription's cursor, as the leader last saw them",
+            m.webhook_lag.clone(),
+        );
+        r.register(
+            "lockstep_webhook_delivery_seconds",
+            "Time from sending a webhook request to its answer (or failure)",
+            m.webhook_latency.clone(),
+        );
+        r.register(
+            "lockstep_webhook_deliveries",
+            "Webhook requests by subscription and outcome (delivered: a 2xx answer)",
+            m.webhook_deliveries.clone(),
+        );
+        r.register(
             "lockstep_quota_refusals",
             "Requests refused with QUOTA_EXCEEDED, by the quota of the cluster policy",
             m.quota_refusals.clone(),
@@ -508,6 +543,44 @@ impl Metrics {
         self.overload_refusals
             .get_or_create(&WhatLabels { what })
             .inc();
+    }
+
+    /// A webhook subscription's lag, as the leader's delivery sees it.
+    pub fn observe_webhook_lag(&self, subscription: &str, lag: u64) {
+        self.webhook_lag
+            .get_or_create(&SubscriptionLabels {
+                subscription: subscription.to_string(),
+            })
+            .set(lag);
+    }
+
+    /// One webhook request and its outcome.
+    pub fn observe_webhook_delivery(&self, subscription: &str, seconds: f64, delivered: bool) {
+        let labels = SubscriptionLabels {
+            subscription: subscription.to_string(),
+        };
+        self.webhook_latency.get_or_create(&labels).observe(seconds);
+        self.webhook_deliveries
+            .get_or_create(&DeliveryLabels {
+                subscription: labels.subscription,
+                outcome: if delivered { "delivered" } else { "failed" },
+            })
+            .inc();
+    }
+
+    /// Forgets a deleted subscription's series.
+    pub fn forget_subscription(&self, subscription: &str) {
+        let labels = SubscriptionLabels {
+            subscription: subscription.to_string(),
+        };
+        self.webhook_lag.remove(&labels);
+        self.webhook_latency.remove(&labels);
+        for outcome in ["delivered", "failed"] {
+            self.webhook_deliveries.remove(&DeliveryLabels {
+                subscription: labels.subscription.clone(),
+                outcome,
+            });
+        }
     }
 
     /// A request refused by `quota`.

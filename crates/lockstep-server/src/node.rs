@@ -82,6 +82,8 @@ pub struct Node {
     pub clock: crate::clock::ClockMonitor,
     /// Whether this node is short of disk space and refuses client writes (`space.rs`).
     pub space: Arc<crate::space::SpaceAlarm>,
+    /// The webhook allow-list, secrets and bounds (`--webhooks`, `webhooks.rs`).
+    pub webhooks: Arc<crate::webhooks::WebhookSettings>,
 }
 
 /// The voters of `raft`'s membership (`None` before it has one).
@@ -147,6 +149,9 @@ pub enum StartError {
     /// Opening the store or reading its applied state.
     #[error(transparent)]
     Store(#[from] lockstep_store::Error),
+    /// The webhook settings file (`--webhooks`).
+    #[error(transparent)]
+    Webhooks(#[from] crate::webhooks::WebhookSettingsError),
     #[error(transparent)]
     RaftConfig(#[from] openraft::ConfigError),
     /// Raft stopped while starting (boxed: openraft's errors are large).
@@ -179,6 +184,7 @@ impl Node {
     ) -> Result<Arc<Node>, StartError> {
         // Certificates, keys and the policy are checked before any state is touched.
         let trust = crate::trust::Trust::load(&config).map_err(StartError::Trust)?;
+        let webhooks = crate::webhooks::WebhookSettings::load(config.webhooks.as_deref())?;
         crate::config::check_identity(&config).map_err(StartError::DataDir)?;
         let store = Arc::new(RocksStore::open(
             &config.store_dir(),
@@ -282,6 +288,7 @@ impl Node {
             quotas: Default::default(),
             clock,
             space: Arc::new(crate::space::SpaceAlarm::new(space)),
+            webhooks: Arc::new(webhooks),
         });
         // Until its clock is judged, a node of a larger cluster neither campaigns nor sends
         // heartbeats (`guard_clock`).
@@ -1067,6 +1074,13 @@ fn actor_of(body: &Body) -> Option<&lockstep_core::Actor> {
         | Body::ResolveIncident { actor, .. }
         | Body::Redact { actor, .. }
         | Body::Migrate { actor, .. } => Some(actor),
+        Body::Subscriptions(op) => match op {
+            lockstep_raft::SubscriptionOp::Create { actor, .. }
+            | lockstep_raft::SubscriptionOp::Pause { actor, .. }
+            | lockstep_raft::SubscriptionOp::Resume { actor, .. }
+            | lockstep_raft::SubscriptionOp::Delete { actor, .. } => Some(actor),
+            lockstep_raft::SubscriptionOp::Progress { .. } => None,
+        },
         Body::Task { op, .. } => Some(match op {
             lockstep_raft::TaskOp::Lease { worker }
             | lockstep_raft::TaskOp::Heartbeat { worker, .. }

@@ -24,6 +24,9 @@
 //!
 //! [redact_data]
 //! roles = ["admin"]
+//!
+//! [manage_subscriptions]
+//! roles = ["admin"]
 //! ```
 //!
 //! The file may also set quotas (`[quotas.actors.ID]`, `[quotas.roles.NAME]`: rates and bursts
@@ -71,6 +74,8 @@ pub enum Permission {
     ResolveIncidents,
     /// `Instances/Redact`: erasing instance data fields (`lockstep redact`).
     RedactData,
+    /// Every `Subscriptions/*` call: webhook subscriptions (`lockstep subscriptions`).
+    ManageSubscriptions,
 }
 
 impl Permission {
@@ -82,6 +87,7 @@ impl Permission {
             Permission::ChangeMembership => "change_membership",
             Permission::ResolveIncidents => "resolve_incidents",
             Permission::RedactData => "redact_data",
+            Permission::ManageSubscriptions => "manage_subscriptions",
         }
     }
 
@@ -98,6 +104,9 @@ impl Permission {
             | "/lockstep.v1.Cluster/Backup" => Some(Permission::ChangeMembership),
             "/lockstep.v1.Tasks/ResolveIncident" => Some(Permission::ResolveIncidents),
             "/lockstep.v1.Instances/Redact" => Some(Permission::RedactData),
+            p if p.starts_with("/lockstep.v1.Subscriptions/") => {
+                Some(Permission::ManageSubscriptions)
+            }
             p if p.starts_with("/lockstep.v1.Audit/") => Some(Permission::ReadAudit),
             _ => None,
         }
@@ -152,6 +161,7 @@ struct PolicyFile {
     change_membership: Option<Rule>,
     resolve_incidents: Option<Rule>,
     redact_data: Option<Rule>,
+    manage_subscriptions: Option<Rule>,
     quotas: Option<crate::quota::Quotas>,
     read_instances: Option<BTreeMap<String, Rule>>,
 }
@@ -167,6 +177,8 @@ pub struct Policy {
     pub change_membership: Rule,
     pub resolve_incidents: Rule,
     pub redact_data: Rule,
+    /// Who may manage webhook subscriptions (their targets receive audit records).
+    pub manage_subscriptions: Rule,
     /// Rates of writes and polls per actor and role (`quota.rs`).
     pub quotas: crate::quota::Quotas,
     /// Who may read the instances of a workflow, by workflow; a workflow without a rule is
@@ -185,6 +197,7 @@ impl Default for Policy {
             change_membership: Rule::roles(&["admin"]),
             resolve_incidents: Rule::roles(&["operator"]),
             redact_data: Rule::roles(&["admin"]),
+            manage_subscriptions: Rule::roles(&["admin"]),
             quotas: crate::quota::Quotas::default(),
             read_instances: BTreeMap::new(),
         }
@@ -237,6 +250,9 @@ impl Policy {
             change_membership: file.change_membership.unwrap_or(defaults.change_membership),
             resolve_incidents: file.resolve_incidents.unwrap_or(defaults.resolve_incidents),
             redact_data: file.redact_data.unwrap_or(defaults.redact_data),
+            manage_subscriptions: file
+                .manage_subscriptions
+                .unwrap_or(defaults.manage_subscriptions),
             quotas,
             read_instances: file.read_instances.unwrap_or_default(),
         })
@@ -250,6 +266,7 @@ impl Policy {
             Permission::ChangeMembership => &self.change_membership,
             Permission::ResolveIncidents => &self.resolve_incidents,
             Permission::RedactData => &self.redact_data,
+            Permission::ManageSubscriptions => &self.manage_subscriptions,
         }
     }
 
@@ -459,6 +476,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(refused.contains("redact_data"), "{refused}");
+        // Webhook subscriptions send audit records out: the admin's by default.
+        assert_eq!(
+            Permission::for_method("/lockstep.v1.Subscriptions/Create"),
+            Some(Permission::ManageSubscriptions)
+        );
+        assert!(
+            p.check(&actor("o", &["operator"]), Permission::ManageSubscriptions)
+                .is_err()
+        );
         let dpo = Policy::parse("[redact_data]\nroles = [\"privacy\"]\n").unwrap();
         assert!(
             dpo.check(&actor("d", &["privacy"]), Permission::RedactData)

@@ -21,9 +21,8 @@ pub fn code_for(refusal: RefusalCode) -> Code {
         | EventUnmatched | WrongWorkflow => Code::InvalidArgument,
         VersionConflict => Code::Aborted,
         LimitExceeded => Code::ResourceExhausted,
-        UnknownInstance | UnknownWorkflow | UnknownVersion | TaskNotFound | IncidentNotFound => {
-            Code::NotFound
-        }
+        UnknownInstance | UnknownWorkflow | UnknownVersion | TaskNotFound | IncidentNotFound
+        | UnknownSubscription => Code::NotFound,
         AlreadyExists | RequestIdReused => Code::AlreadyExists,
     }
 }

@@ -380,13 +380,11 @@ impl pb::tasks_server::Tasks for Api {
         let (instance_id, task_id, token) = lease_of(req.lease)?;
         // A member of an older build could not decode the entry: refuse until the format
         // gate has raised the log to a format every member reads.
-        let format = read::log_format(&*self.node.store).map_err(status::store_error)?;
-        if !format.at_least(LOG_FORMAT_RELEASE) {
-            return Err(Status::failed_precondition(format!(
-                "the cluster's log format is {}, older than {LOG_FORMAT_RELEASE} (Tasks/Release): some member runs an older build, or the format gate has not raised it yet; upgrade every member, or let the lease expire (the task is ready again after its timeout)",
-                format.0
-            )));
-        }
+        self.require_format(
+            LOG_FORMAT_RELEASE,
+            "Tasks/Release",
+            "upgrade every member, or let the lease expire (the task is ready again after its timeout)",
+        )?;
         let body = Body::Task {
             instance_id,
             task_id,

@@ -226,6 +226,23 @@ async fn secure_cluster_authenticates_callers_and_applies_the_policy() {
         Error::PermissionDenied(m) => assert!(m.contains("read_audit"), "{m}"),
         other => panic!("expected PERMISSION_DENIED, got {other}"),
     }
+    // Webhook subscriptions send audit records out: the policy's manage_subscriptions
+    // (admin by default), checked before anything else about the request.
+    match on(auditor.clone())
+        .create_subscription(
+            &lockstep_client::request_id(),
+            "feed",
+            "https://hooks.example/feed",
+            "feed",
+            Default::default(),
+            None,
+        )
+        .await
+        .unwrap_err()
+    {
+        Error::PermissionDenied(m) => assert!(m.contains("manage_subscriptions"), "{m}"),
+        other => panic!("expected PERMISSION_DENIED, got {other}"),
+    }
     let journaled = on(auditor.clone())
         .history_with_commands(lockstep_client::by_id(&created.instance_id), 0)
         .await

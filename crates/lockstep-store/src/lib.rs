@@ -59,10 +59,15 @@ pub enum Family {
     /// time and the cross-instance facts apply used (`lockstep_core::journal`), written from
     /// log format 5 on, for replaying an instance under another definition version.
     Journal,
+    /// Webhook subscriptions by name (`lockstep_core::subscription`), from log format 8.
+    Subscriptions,
+    /// Global audit sequence → the `emit` events that record's change emitted, from log
+    /// format 8, so webhook filters on event names need no definition lookups.
+    Emitted,
 }
 
 impl Family {
-    pub const ALL: [Family; 17] = [
+    pub const ALL: [Family; 19] = [
         Family::RaftLog,
         Family::RaftMeta,
         Family::Definitions,
@@ -80,10 +85,12 @@ impl Family {
         Family::Meta,
         Family::IndexFlags,
         Family::Journal,
+        Family::Subscriptions,
+        Family::Emitted,
     ];
 
     /// The families that make up the replicated state: what snapshots carry and digests hash.
-    pub const STATE: [Family; 15] = [
+    pub const STATE: [Family; 17] = [
         Family::Definitions,
         Family::Instances,
         Family::IndexWorkflowState,
@@ -99,6 +106,8 @@ impl Family {
         Family::Meta,
         Family::IndexFlags,
         Family::Journal,
+        Family::Subscriptions,
+        Family::Emitted,
     ];
 
     pub fn name(self) -> &'static str {
@@ -120,6 +129,8 @@ impl Family {
             Family::Meta => "meta",
             Family::IndexFlags => "idx_flags",
             Family::Journal => "journal",
+            Family::Subscriptions => "subscriptions",
+            Family::Emitted => "emitted",
         }
     }
 

@@ -56,6 +56,14 @@ pub mod key {
     pub fn journal(id: &str, seq: u64) -> Vec<u8> {
         audit_by_instance(id, seq)
     }
+    /// A webhook subscription (family `Subscriptions`).
+    pub fn subscription(name: &str) -> Vec<u8> {
+        keys::strs(&[name])
+    }
+    /// The events emitted with the audit record `global_seq` (family `Emitted`).
+    pub fn emitted(global_seq: u64) -> Vec<u8> {
+        keys::u64_key(global_seq)
+    }
     pub fn timer_due(due_at_micros: i64, timer_id: &str) -> Vec<u8> {
         let mut k = Vec::new();
         keys::push_i64(&mut k, due_at_micros);

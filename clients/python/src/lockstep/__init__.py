@@ -1,8 +1,8 @@
 """Lockstep's Python SDK.
 
 - :class:`Client` (sync) and :class:`AsyncClient` (asyncio) call every RPC of the
-  Definitions, Instances, Tasks and Audit services and the cluster status, follow the leader,
-  and retry what may not have happened with the same request id;
+  Definitions, Instances, Tasks, Audit and Subscriptions (webhooks) services and the cluster
+  status, follow the leader, and retry what may not have happened with the same request id;
 - answers are the dataclasses of :mod:`lockstep.models`; refusals raise the exceptions of
   :mod:`lockstep.errors` (``Forbidden``, ``GateNotYetOpen``, ... all ``Refused``);
 - :class:`lockstep.worker.Worker` runs task handlers registered per queue and task type;
@@ -51,6 +51,7 @@ from .errors import (
     Unauthenticated,
     Unavailable,
     UnknownInstance,
+    UnknownSubscription,
     UnknownTransition,
     UnknownVersion,
     UnknownWorkflow,
@@ -64,6 +65,7 @@ from .models import (
     InstanceKey,
     LeasedTask,
     Provenance,
+    Subscription,
     TimerPolicy,
     WorkflowPage,
     WorkflowSummary,
@@ -108,6 +110,7 @@ __all__ = [
     "RequestIdReused",
     "RpcFailed",
     "StaleLease",
+    "Subscription",
     "SyncAuditFeed",
     "SystemOnly",
     "TaskNotFound",
@@ -120,6 +123,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UnknownInstance",
+    "UnknownSubscription",
     "UnknownTransition",
     "UnknownVersion",
     "UnknownWorkflow",

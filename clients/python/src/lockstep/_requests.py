@@ -25,7 +25,7 @@ from .models import (
 from .v1 import lockstep_pb2 as pb
 
 # The services the SDK wraps whole, and the single RPCs it wraps of the others.
-SERVICES = ("Definitions", "Instances", "Tasks", "Audit")
+SERVICES = ("Definitions", "Instances", "Tasks", "Audit", "Subscriptions")
 SINGLE_RPCS = ("Cluster/Status",)
 
 RPCS = {
@@ -52,6 +52,12 @@ RPCS = {
     "Tasks/Fail": "fail_task",
     "Tasks/Release": "release_task",
     "Tasks/ResolveIncident": "resolve_incident",
+    "Subscriptions/Create": "create_subscription",
+    "Subscriptions/List": "subscriptions",
+    "Subscriptions/Get": "subscription",
+    "Subscriptions/Pause": "pause_subscription",
+    "Subscriptions/Resume": "resume_subscription",
+    "Subscriptions/Delete": "delete_subscription",
     "Cluster/Status": "status",
 }
 
@@ -275,6 +281,54 @@ def resolve_incident(
     return pb.ResolveIncidentRequest(
         request_id=request_id, instance=instance_ref(target), incident_id=incident_id, retry_task=retry_task
     )
+
+
+def create_subscription(
+    request_id: str,
+    name: str,
+    url: str,
+    *,
+    secret: str,
+    workflows: Sequence[str],
+    kinds: Sequence[str],
+    events: Sequence[str],
+    start_after: Optional[int],
+) -> pb.CreateSubscriptionRequest:
+    for what, entries in (("workflows", workflows), ("kinds", kinds), ("events", events)):
+        if isinstance(entries, str):
+            raise TypeError(f"{what} is a list of names, not one string")
+    request = pb.CreateSubscriptionRequest(
+        request_id=request_id,
+        name=name,
+        url=url,
+        filter=pb.SubscriptionFilter(workflows=list(workflows), kinds=list(kinds), events=list(events)),
+        secret=secret,
+    )
+    if start_after is not None:
+        if start_after < 0:
+            raise ValueError(f"start_after is {start_after}: it is a global audit sequence (0: every record)")
+        request.start_after = start_after
+    return request
+
+
+def subscriptions() -> pb.ListSubscriptionsRequest:
+    return pb.ListSubscriptionsRequest()
+
+
+def subscription(name: str) -> pb.GetSubscriptionRequest:
+    return pb.GetSubscriptionRequest(name=name)
+
+
+def pause_subscription(request_id: str, name: str, reason: str) -> pb.PauseSubscriptionRequest:
+    return pb.PauseSubscriptionRequest(request_id=request_id, name=name, reason=reason)
+
+
+def resume_subscription(request_id: str, name: str) -> pb.ResumeSubscriptionRequest:
+    return pb.ResumeSubscriptionRequest(request_id=request_id, name=name)
+
+
+def delete_subscription(request_id: str, name: str) -> pb.DeleteSubscriptionRequest:
+    return pb.DeleteSubscriptionRequest(request_id=request_id, name=name)
 
 
 def _bounded(what: str, value: int, high: int, *, low: int = 0) -> None:

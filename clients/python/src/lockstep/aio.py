@@ -53,6 +53,7 @@ from .models import (
     MigrationBatch,
     Provenance,
     SecurityLog,
+    Subscription,
     TaskLease,
     TimerPolicy,
     WorkflowPage,
@@ -80,6 +81,7 @@ class _Node:
         self.audit = rpc.AuditStub(self.channel)
         self.tasks = rpc.TasksStub(self.channel)
         self.cluster = rpc.ClusterStub(self.channel)
+        self.subscriptions = rpc.SubscriptionsStub(self.channel)
 
 
 class AsyncClient:
@@ -393,6 +395,79 @@ class AsyncClient:
         rid = request_id or new_request_id()
         request = rq.resolve_incident(rid, instance, incident_id, retry_task)
         return models.instance_change(await self._unary(lambda n: n.tasks.ResolveIncident, request, rid))
+
+    # Subscriptions (webhooks). Every call needs the cluster policy's ``manage_subscriptions``.
+
+    async def create_subscription(
+        self,
+        name: str,
+        url: str,
+        *,
+        secret: str,
+        workflows: Sequence[str] = (),
+        kinds: Sequence[str] = (),
+        events: Sequence[str] = (),
+        start_after: Optional[int] = None,
+        request_id: Optional[str] = None,
+    ) -> Subscription:
+        """Subscribes ``url`` to the audit records that match the filter (``workflows``,
+        record ``kinds`` and ``emit`` ``events``; empty lists match everything, the three
+        combine with "and"): the leader POSTs each one, in global sequence order and at least
+        once, signed with the secret the nodes hold under the name ``secret``. Delivery starts
+        after the global sequence ``start_after`` (0: every record), or without it with the
+        records written from now on.
+
+        Needs the cluster policy's ``manage_subscriptions``. The node refuses
+        (:class:`~lockstep.errors.InvalidArgument`) a target not on its webhook allow-list or
+        a secret name it does not hold (both set in each node's ``--webhooks`` file); a name
+        already taken raises :class:`~lockstep.errors.AlreadyExists`."""
+        rid = request_id or new_request_id()
+        request = rq.create_subscription(
+            rid,
+            name,
+            url,
+            secret=secret,
+            workflows=workflows,
+            kinds=kinds,
+            events=events,
+            start_after=start_after,
+        )
+        return models.subscription(await self._unary(lambda n: n.subscriptions.Create, request, rid))
+
+    async def subscriptions(self) -> List[Subscription]:
+        """Every webhook subscription, with its cursor and lag behind the answering node's
+        audit head. Needs the cluster policy's ``manage_subscriptions``."""
+        answer = await self._unary(lambda n: n.subscriptions.List, rq.subscriptions())
+        return [models.subscription(s) for s in answer.subscriptions]
+
+    async def subscription(self, name: str) -> Subscription:
+        """One webhook subscription; raises :class:`~lockstep.errors.UnknownSubscription`
+        when none has this name. Needs the cluster policy's ``manage_subscriptions``."""
+        return models.subscription(await self._unary(lambda n: n.subscriptions.Get, rq.subscription(name)))
+
+    async def pause_subscription(
+        self, name: str, reason: str = "", *, request_id: Optional[str] = None
+    ) -> Subscription:
+        """Stops delivering to a subscription; its cursor stays, so a resume loses and
+        reorders nothing (without a ``reason`` the node records "paused by <actor>"). Needs
+        the cluster policy's ``manage_subscriptions``."""
+        rid = request_id or new_request_id()
+        request = rq.pause_subscription(rid, name, reason)
+        return models.subscription(await self._unary(lambda n: n.subscriptions.Pause, request, rid))
+
+    async def resume_subscription(self, name: str, *, request_id: Optional[str] = None) -> Subscription:
+        """Delivers again from the cursor, clearing the pause and the last error. Needs the
+        cluster policy's ``manage_subscriptions``."""
+        rid = request_id or new_request_id()
+        request = rq.resume_subscription(rid, name)
+        return models.subscription(await self._unary(lambda n: n.subscriptions.Resume, request, rid))
+
+    async def delete_subscription(self, name: str, *, request_id: Optional[str] = None) -> Subscription:
+        """Deletes a subscription (no more deliveries) and answers it as it was. Needs the
+        cluster policy's ``manage_subscriptions``."""
+        rid = request_id or new_request_id()
+        request = rq.delete_subscription(rid, name)
+        return models.subscription(await self._unary(lambda n: n.subscriptions.Delete, request, rid))
 
     # Cluster
 

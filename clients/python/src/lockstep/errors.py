@@ -210,6 +210,12 @@ class RequestIdReused(Refused):
     CODE = "REQUEST_ID_REUSED"
 
 
+class UnknownSubscription(Refused):
+    """No webhook subscription has this name (``lockstep subscriptions list`` shows them)."""
+
+    CODE = "UNKNOWN_SUBSCRIPTION"
+
+
 _REFUSALS: dict[str, type[Refused]] = {
     cls.CODE: cls
     for cls in (
@@ -238,6 +244,7 @@ _REFUSALS: dict[str, type[Refused]] = {
         UnknownVersion,
         MigrationInvalid,
         RequestIdReused,
+        UnknownSubscription,
     )
 }
 assert set(_REFUSALS) == set(names.REFUSAL_CODES), "one exception class per refusal code"

@@ -492,6 +492,39 @@ class ClusterStatus:
         return self.leader_id is not None and self.leader_id == self.node_id
 
 
+@dataclass(frozen=True)
+class Subscription:
+    """A webhook subscription: the leader POSTs each audit record that matches its filter to
+    ``url``, in global sequence order and at least once, signed with the secret the nodes hold
+    under the name ``secret`` (Standard Webhooks headers)."""
+
+    name: str
+    url: str
+    # The filter: empty tuples match everything; the three combine with "and".
+    workflows: Tuple[str, ...]
+    # Record kinds (created, transition, timer, task, incident, ...).
+    kinds: Tuple[str, ...]
+    # ``emit`` event names: only records whose change emitted one.
+    events: Tuple[str, ...]
+    # The name of the signing secret each node reads from its --webhooks file (not the secret).
+    secret: str
+    # The last global audit sequence delivered or filtered out.
+    cursor: int
+    # The answering node's audit head when it answered.
+    audit_head: int
+    # Records not delivered yet: audit_head - cursor, never negative.
+    lag: int
+    paused: bool
+    # Set while paused: who paused it, why and when (None otherwise).
+    paused_by: Optional[str]
+    paused_reason: Optional[str]
+    paused_at: Optional[datetime]
+    # The last delivery failure, if any (a resume clears it).
+    last_error: Optional[str]
+    created_by: str
+    created_at: datetime
+
+
 # Conversions from the wire. Each raises MalformedAnswer for what does not convert.
 
 
@@ -824,6 +857,27 @@ def cluster_status(m: pb.ClusterStatus) -> ClusterStatus:
     )
 
 
+def subscription(m: pb.Subscription) -> Subscription:
+    return Subscription(
+        name=m.name,
+        url=m.url,
+        workflows=tuple(m.filter.workflows),
+        kinds=tuple(m.filter.kinds),
+        events=tuple(m.filter.events),
+        secret=m.secret,
+        cursor=m.cursor,
+        audit_head=m.audit_head,
+        lag=max(0, m.audit_head - m.cursor),
+        paused=m.paused,
+        paused_by=_none(m.paused_by),
+        paused_reason=_none(m.paused_reason),
+        paused_at=_maybe_time("subscription paused_at", m.paused_at),
+        last_error=_none(m.last_error),
+        created_by=m.created_by,
+        created_at=_time("subscription created_at", m.created_at),
+    )
+
+
 # Requests: the parts both clients build the same way.
 
 
@@ -884,6 +938,7 @@ __all__ = [
     "SecurityEvent",
     "SecurityLog",
     "Sla",
+    "Subscription",
     "Task",
     "TaskLease",
     "Timer",

@@ -1,7 +1,7 @@
 //! The commands that talk to a cluster over gRPC, through the client library.
 //!
 //! One file per command family: [`definitions`] (apply), [`instances`] (create, transition,
-//! events, incidents, migrate, get, list, history), [`actions`] (actions, inbox), [`explain`], [`forecast`] (`sla forecast`), [`replay`], [`audit`] (verify, anchor, security log,
+//! events, incidents, migrate, get, list, history), [`actions`] (actions, inbox), [`explain`], [`forecast`] (`sla forecast`), [`replay`], [`subscriptions`] (webhooks), [`audit`] (verify, anchor, security log,
 //! tail) and [`cluster`] (status, membership, health, backup). This file holds the
 //! connection settings, the exit codes of errors and what the families share.
 
@@ -27,6 +27,7 @@ mod explain;
 mod forecast;
 mod instances;
 mod replay;
+mod subscriptions;
 
 pub use actions::*;
 pub use audit::*;
@@ -36,6 +37,7 @@ pub use explain::*;
 pub use forecast::*;
 pub use instances::*;
 pub use replay::*;
+pub use subscriptions::*;
 
 /// Connection settings shared by every online command.
 #[derive(Debug, Clone, clap::Args)]

@@ -341,6 +341,8 @@ pub enum RefusalCode {
     /// (another kind, target, transition, payload or actor). Last, so that refusals stored in
     /// the dedup table by earlier versions decode unchanged.
     RequestIdReused,
+    /// No webhook subscription has this name (`lockstep subscriptions`). Appended last.
+    UnknownSubscription,
 }
 
 impl RefusalCode {
@@ -371,6 +373,7 @@ impl RefusalCode {
             RefusalCode::UnknownVersion => "UNKNOWN_VERSION",
             RefusalCode::MigrationInvalid => "MIGRATION_INVALID",
             RefusalCode::RequestIdReused => "REQUEST_ID_REUSED",
+            RefusalCode::UnknownSubscription => "UNKNOWN_SUBSCRIPTION",
         }
     }
 
@@ -379,7 +382,7 @@ impl RefusalCode {
     }
 }
 
-const ALL_REFUSALS: [RefusalCode; 25] = [
+const ALL_REFUSALS: [RefusalCode; 26] = [
     RefusalCode::NotAllowedFromState,
     RefusalCode::UnknownTransition,
     RefusalCode::GuardFalse,
@@ -405,6 +408,7 @@ const ALL_REFUSALS: [RefusalCode; 25] = [
     RefusalCode::UnknownVersion,
     RefusalCode::MigrationInvalid,
     RefusalCode::RequestIdReused,
+    RefusalCode::UnknownSubscription,
 ];
 
 /// A refused command: nothing changed.

@@ -45,6 +45,7 @@ mod definitions;
 pub mod index;
 mod migration;
 mod projection;
+pub mod subscriptions;
 
 pub use dedup::DedupEntry;
 use dedup::*;
@@ -109,6 +110,8 @@ struct Overlay {
     queued_outbox: bool,
     /// Whether this run made a task ready (waiting polls on this node have work).
     readied_task: bool,
+    /// Whether this run changed the webhook subscriptions (the leader's delivery reconciles).
+    changed_subscriptions: bool,
     /// The list counts this run wrote, as numbers (they join the cache with the batch).
     counts: HashMap<Vec<u8>, u64>,
 }
@@ -155,6 +158,11 @@ impl<'a, S: Store> Applier<'a, S> {
     /// Whether the applied entries wrote outbox items.
     pub fn queued_outbox(&self) -> bool {
         self.overlay.queued_outbox
+    }
+
+    /// Whether the applied entries changed the webhook subscriptions.
+    pub fn changed_subscriptions(&self) -> bool {
+        self.overlay.changed_subscriptions
     }
 
     /// Whether the applied entries made a task ready.
@@ -497,6 +505,10 @@ impl<'a, S: Store> Applier<'a, S> {
                     self.put(Family::Meta, meta::OUTBOX_ACKED.to_vec(), through);
                 }
                 Ok(Response::Empty)
+            }
+            Body::Subscriptions(op) => {
+                self.overlay.changed_subscriptions = true;
+                self.subscriptions(op, at)
             }
             Body::Redact {
                 target,

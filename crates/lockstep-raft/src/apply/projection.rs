@@ -204,6 +204,19 @@ impl<S: Store> Applier<'_, S> {
             };
             self.put(Family::Journal, key::journal(&id, after.version), &entry);
         }
+        if self.format()?.at_least(crate::format::LOG_FORMAT_WEBHOOKS) {
+            let emitted: Vec<&String> = change
+                .effects
+                .iter()
+                .filter_map(|e| match e {
+                    lockstep_core::Effect::Emit { event } => Some(event),
+                    _ => None,
+                })
+                .collect();
+            if !emitted.is_empty() {
+                self.put(Family::Emitted, key::emitted(audit_seq), &emitted);
+            }
+        }
         for effect in &change.effects {
             let seq = self
                 .get::<u64>(Family::Meta, meta::OUTBOX_SEQ)?

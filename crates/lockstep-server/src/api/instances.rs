@@ -60,14 +60,11 @@ impl pb::instances_server::Instances for Api {
         let (metadata, _, req) = request.into_parts();
         lockstep_core::redact::check_fields(&req.fields).map_err(status::bad_request)?;
         let target = self.resolve(req.instance)?;
-        let format = read::log_format(&*self.node.store).map_err(status::store_error)?;
-        if !format.at_least(lockstep_raft::format::LOG_FORMAT_REDACT) {
-            return Err(Status::failed_precondition(format!(
-                "the cluster's log format is {}, older than {} (Instances/Redact): some member runs an older build, or the format gate has not raised it yet; upgrade every member first",
-                format.0,
-                lockstep_raft::format::LOG_FORMAT_REDACT
-            )));
-        }
+        self.require_format(
+            lockstep_raft::format::LOG_FORMAT_REDACT,
+            "Instances/Redact",
+            "upgrade every member first",
+        )?;
         let body = Body::Redact {
             target,
             fields: req.fields,

@@ -36,6 +36,7 @@ mod audit;
 mod cluster;
 mod definitions;
 mod instances;
+mod subscriptions;
 
 pub use audit::audit_pb;
 
@@ -177,6 +178,24 @@ impl Api {
             .get(lockstep_proto::names::NO_FORWARD_HEADER)
             .and_then(|v| v.to_str().ok())
             != Some("1")
+    }
+
+    /// Refuses `rpc` until the replicated log format is at least `version`: a member of an
+    /// older build could not decode the entry. `remedy` says what the caller can do.
+    pub(crate) fn require_format(
+        &self,
+        version: u32,
+        rpc: &str,
+        remedy: &str,
+    ) -> Result<(), Status> {
+        let format = read::log_format(&*self.node.store).map_err(status::store_error)?;
+        if format.at_least(version) {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "the cluster's log format is {}, older than {version} ({rpc}): some member runs an older build, or the format gate has not raised it yet; {remedy}",
+            format.0
+        )))
     }
 
     pub(crate) async fn write(

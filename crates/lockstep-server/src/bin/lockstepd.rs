@@ -160,6 +160,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
             Arc::new(lockstep_server::dispatch::OutboxDispatcher::new(
                 Arc::clone(&node),
             )),
+            Arc::new(lockstep_server::webhooks::WebhookService::new(Arc::clone(
+                &node,
+            ))),
         ],
         node.raft.metrics(),
         shutdown_rx.clone(),
@@ -254,6 +257,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         )
         .add_service(
             pb::cluster_server::ClusterServer::new(api.clone())
+                .max_decoding_message_size(MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            pb::subscriptions_server::SubscriptionsServer::new(api.clone())
                 .max_decoding_message_size(MESSAGE_BYTES_MAX),
         )
         .add_service(health_service)

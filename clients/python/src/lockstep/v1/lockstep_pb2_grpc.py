@@ -1482,3 +1482,314 @@ class Cluster:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class SubscriptionsStub:
+    """Webhook subscriptions (DESIGN §9): the leader POSTs each matching audit record, in global
+    sequence order per subscription and at least once, to the subscription's URL, signed with
+    Standard Webhooks headers (webhook-id = the record's global sequence, webhook-timestamp,
+    webhook-signature = v1,<base64 HMAC-SHA256>). Targets must be on every node's webhook
+    allow-list; secrets are named here and read by each node from its own --webhooks file.
+    Every call needs the cluster policy's manage_subscriptions permission; writes are refused
+    FAILED_PRECONDITION until every member reads log format 8.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Create = channel.unary_unary(
+                '/lockstep.v1.Subscriptions/Create',
+                request_serializer=lockstep_dot_v1_dot_lockstep__pb2.CreateSubscriptionRequest.SerializeToString,
+                response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/lockstep.v1.Subscriptions/List',
+                request_serializer=lockstep_dot_v1_dot_lockstep__pb2.ListSubscriptionsRequest.SerializeToString,
+                response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.ListSubscriptionsResponse.FromString,
+                _registered_method=True)
+        self.Get = channel.unary_unary(
+                '/lockstep.v1.Subscriptions/Get',
+                request_serializer=lockstep_dot_v1_dot_lockstep__pb2.GetSubscriptionRequest.SerializeToString,
+                response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.Pause = channel.unary_unary(
+                '/lockstep.v1.Subscriptions/Pause',
+                request_serializer=lockstep_dot_v1_dot_lockstep__pb2.PauseSubscriptionRequest.SerializeToString,
+                response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/lockstep.v1.Subscriptions/Resume',
+                request_serializer=lockstep_dot_v1_dot_lockstep__pb2.ResumeSubscriptionRequest.SerializeToString,
+                response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/lockstep.v1.Subscriptions/Delete',
+                request_serializer=lockstep_dot_v1_dot_lockstep__pb2.DeleteSubscriptionRequest.SerializeToString,
+                response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.Subscription.FromString,
+                _registered_method=True)
+
+
+class SubscriptionsServicer:
+    """Webhook subscriptions (DESIGN §9): the leader POSTs each matching audit record, in global
+    sequence order per subscription and at least once, to the subscription's URL, signed with
+    Standard Webhooks headers (webhook-id = the record's global sequence, webhook-timestamp,
+    webhook-signature = v1,<base64 HMAC-SHA256>). Targets must be on every node's webhook
+    allow-list; secrets are named here and read by each node from its own --webhooks file.
+    Every call needs the cluster policy's manage_subscriptions permission; writes are refused
+    FAILED_PRECONDITION until every member reads log format 8.
+    """
+
+    def Create(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Get(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pause(self, request, context):
+        """Stops delivery; the cursor stays, so a resume loses and reorders nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Delivers again from the cursor, clearing the pause and the last error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Answers the subscription as it was.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SubscriptionsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Create': grpc.unary_unary_rpc_method_handler(
+                    servicer.Create,
+                    request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.CreateSubscriptionRequest.FromString,
+                    response_serializer=lockstep_dot_v1_dot_lockstep__pb2.Subscription.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.ListSubscriptionsRequest.FromString,
+                    response_serializer=lockstep_dot_v1_dot_lockstep__pb2.ListSubscriptionsResponse.SerializeToString,
+            ),
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.GetSubscriptionRequest.FromString,
+                    response_serializer=lockstep_dot_v1_dot_lockstep__pb2.Subscription.SerializeToString,
+            ),
+            'Pause': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pause,
+                    request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.PauseSubscriptionRequest.FromString,
+                    response_serializer=lockstep_dot_v1_dot_lockstep__pb2.Subscription.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.ResumeSubscriptionRequest.FromString,
+                    response_serializer=lockstep_dot_v1_dot_lockstep__pb2.Subscription.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.DeleteSubscriptionRequest.FromString,
+                    response_serializer=lockstep_dot_v1_dot_lockstep__pb2.Subscription.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'lockstep.v1.Subscriptions', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('lockstep.v1.Subscriptions', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Subscriptions:
+    """Webhook subscriptions (DESIGN §9): the leader POSTs each matching audit record, in global
+    sequence order per subscription and at least once, to the subscription's URL, signed with
+    Standard Webhooks headers (webhook-id = the record's global sequence, webhook-timestamp,
+    webhook-signature = v1,<base64 HMAC-SHA256>). Targets must be on every node's webhook
+    allow-list; secrets are named here and read by each node from its own --webhooks file.
+    Every call needs the cluster policy's manage_subscriptions permission; writes are refused
+    FAILED_PRECONDITION until every member reads log format 8.
+    """
+
+    @staticmethod
+    def Create(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockstep.v1.Subscriptions/Create',
+            lockstep_dot_v1_dot_lockstep__pb2.CreateSubscriptionRequest.SerializeToString,
+            lockstep_dot_v1_dot_lockstep__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockstep.v1.Subscriptions/List',
+            lockstep_dot_v1_dot_lockstep__pb2.ListSubscriptionsRequest.SerializeToString,
+            lockstep_dot_v1_dot_lockstep__pb2.ListSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockstep.v1.Subscriptions/Get',
+            lockstep_dot_v1_dot_lockstep__pb2.GetSubscriptionRequest.SerializeToString,
+            lockstep_dot_v1_dot_lockstep__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pause(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockstep.v1.Subscriptions/Pause',
+            lockstep_dot_v1_dot_lockstep__pb2.PauseSubscriptionRequest.SerializeToString,
+            lockstep_dot_v1_dot_lockstep__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockstep.v1.Subscriptions/Resume',
+            lockstep_dot_v1_dot_lockstep__pb2.ResumeSubscriptionRequest.SerializeToString,
+            lockstep_dot_v1_dot_lockstep__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockstep.v1.Subscriptions/Delete',
+            lockstep_dot_v1_dot_lockstep__pb2.DeleteSubscriptionRequest.SerializeToString,
+            lockstep_dot_v1_dot_lockstep__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

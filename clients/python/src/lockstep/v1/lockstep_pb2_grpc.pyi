@@ -582,3 +582,106 @@ class ClusterServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_ClusterServicer_to_server(servicer: ClusterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class SubscriptionsStub:
+    """Webhook subscriptions (DESIGN §9): the leader POSTs each matching audit record, in global
+    sequence order per subscription and at least once, to the subscription's URL, signed with
+    Standard Webhooks headers (webhook-id = the record's global sequence, webhook-timestamp,
+    webhook-signature = v1,<base64 HMAC-SHA256>). Targets must be on every node's webhook
+    allow-list; secrets are named here and read by each node from its own --webhooks file.
+    Every call needs the cluster policy's manage_subscriptions permission; writes are refused
+    FAILED_PRECONDITION until every member reads log format 8.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> SubscriptionsAsyncStub: ...
+    Create: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.CreateSubscriptionRequest, _lockstep_pb2.Subscription]
+    List: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.ListSubscriptionsRequest, _lockstep_pb2.ListSubscriptionsResponse]
+    Get: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.GetSubscriptionRequest, _lockstep_pb2.Subscription]
+    Pause: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.PauseSubscriptionRequest, _lockstep_pb2.Subscription]
+    """Stops delivery; the cursor stays, so a resume loses and reorders nothing."""
+    Resume: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.ResumeSubscriptionRequest, _lockstep_pb2.Subscription]
+    """Delivers again from the cursor, clearing the pause and the last error."""
+    Delete: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.DeleteSubscriptionRequest, _lockstep_pb2.Subscription]
+    """Answers the subscription as it was."""
+
+@_typing.type_check_only
+class SubscriptionsAsyncStub(SubscriptionsStub):
+    """Webhook subscriptions (DESIGN §9): the leader POSTs each matching audit record, in global
+    sequence order per subscription and at least once, to the subscription's URL, signed with
+    Standard Webhooks headers (webhook-id = the record's global sequence, webhook-timestamp,
+    webhook-signature = v1,<base64 HMAC-SHA256>). Targets must be on every node's webhook
+    allow-list; secrets are named here and read by each node from its own --webhooks file.
+    Every call needs the cluster policy's manage_subscriptions permission; writes are refused
+    FAILED_PRECONDITION until every member reads log format 8.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Create: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.CreateSubscriptionRequest, _lockstep_pb2.Subscription]  # type: ignore[assignment]
+    List: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.ListSubscriptionsRequest, _lockstep_pb2.ListSubscriptionsResponse]  # type: ignore[assignment]
+    Get: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.GetSubscriptionRequest, _lockstep_pb2.Subscription]  # type: ignore[assignment]
+    Pause: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.PauseSubscriptionRequest, _lockstep_pb2.Subscription]  # type: ignore[assignment]
+    """Stops delivery; the cursor stays, so a resume loses and reorders nothing."""
+    Resume: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.ResumeSubscriptionRequest, _lockstep_pb2.Subscription]  # type: ignore[assignment]
+    """Delivers again from the cursor, clearing the pause and the last error."""
+    Delete: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.DeleteSubscriptionRequest, _lockstep_pb2.Subscription]  # type: ignore[assignment]
+    """Answers the subscription as it was."""
+
+class SubscriptionsServicer(metaclass=_abc_1.ABCMeta):
+    """Webhook subscriptions (DESIGN §9): the leader POSTs each matching audit record, in global
+    sequence order per subscription and at least once, to the subscription's URL, signed with
+    Standard Webhooks headers (webhook-id = the record's global sequence, webhook-timestamp,
+    webhook-signature = v1,<base64 HMAC-SHA256>). Targets must be on every node's webhook
+    allow-list; secrets are named here and read by each node from its own --webhooks file.
+    Every call needs the cluster policy's manage_subscriptions permission; writes are refused
+    FAILED_PRECONDITION until every member reads log format 8.
+    """
+
+    @_abc_1.abstractmethod
+    def Create(
+        self,
+        request: _lockstep_pb2.CreateSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lockstep_pb2.Subscription, _abc.Awaitable[_lockstep_pb2.Subscription]]: ...
+
+    @_abc_1.abstractmethod
+    def List(
+        self,
+        request: _lockstep_pb2.ListSubscriptionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lockstep_pb2.ListSubscriptionsResponse, _abc.Awaitable[_lockstep_pb2.ListSubscriptionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Get(
+        self,
+        request: _lockstep_pb2.GetSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lockstep_pb2.Subscription, _abc.Awaitable[_lockstep_pb2.Subscription]]: ...
+
+    @_abc_1.abstractmethod
+    def Pause(
+        self,
+        request: _lockstep_pb2.PauseSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lockstep_pb2.Subscription, _abc.Awaitable[_lockstep_pb2.Subscription]]:
+        """Stops delivery; the cursor stays, so a resume loses and reorders nothing."""
+
+    @_abc_1.abstractmethod
+    def Resume(
+        self,
+        request: _lockstep_pb2.ResumeSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lockstep_pb2.Subscription, _abc.Awaitable[_lockstep_pb2.Subscription]]:
+        """Delivers again from the cursor, clearing the pause and the last error."""
+
+    @_abc_1.abstractmethod
+    def Delete(
+        self,
+        request: _lockstep_pb2.DeleteSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lockstep_pb2.Subscription, _abc.Awaitable[_lockstep_pb2.Subscription]]:
+        """Answers the subscription as it was."""
+
+def add_SubscriptionsServicer_to_server(servicer: SubscriptionsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
