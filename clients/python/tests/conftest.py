@@ -34,6 +34,8 @@ BINARY_WAIT_SECONDS = 120.0
 # (crates/lockstep-server/src/format_gate.rs): before that, a reused request id is answered
 # with the first outcome instead of REQUEST_ID_REUSED.
 LOG_FORMAT_RAISED = "log format allows group commit"
+# The signing secret every node of the test cluster holds as ``sdk`` (a Standard Webhooks one).
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 # Client settings for tests: fail within seconds rather than the default 30.
 TEST_OPTIONS = Options(attempt_timeout=10.0, total_timeout=20.0)
 
@@ -73,6 +75,13 @@ class Cluster:
     def log(self, i: int) -> Path:
         return self.directory / f"node{i + 1}.log"
 
+    def webhooks_file(self) -> Path:
+        """Every node's webhook settings: loopback allowed, the secret ``sdk`` (WEBHOOK_SECRET)."""
+        path = self.directory / "webhooks.toml"
+        if not path.exists():
+            path.write_text(f'allow = ["127.0.0.1/32"]\ntimeout = "2s"\n[secrets]\nsdk = "{WEBHOOK_SECRET}"\n')
+        return path
+
     def start(self) -> None:
         members = ",".join(f"{i + 1}={e}" for i, e in enumerate(self.endpoints))
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -87,6 +96,7 @@ class Cluster:
                 "--data-dir", str(self.directory / f"node{i + 1}"),
                 "--heartbeat-ms", "100",
                 "--election-timeout-ms", "500",
+                "--webhooks", str(self.webhooks_file()),
             ]  # fmt: skip
             with open(self.log(i), "ab") as log:
                 self.processes.append(

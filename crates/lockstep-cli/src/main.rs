@@ -516,7 +516,7 @@ enum SubscriptionsCommand {
     /// webhook-signature (v1,<base64 HMAC-SHA256 of "id.timestamp.body">).
     ///
     /// Example: lockstep subscriptions create pager --url https://hooks.example/lockstep \
-    ///   --secret pager --workflow incident --kind sla_breach --event incident.page_secondary
+    ///   --secret pager --workflow incident --record-kind sla_breach --event incident.page_secondary
     Create {
         /// The subscription's name: a-z, 0-9, `-`, `_`, `.`.
         name: String,
@@ -531,7 +531,8 @@ enum SubscriptionsCommand {
         workflows: Vec<String>,
         /// Only records of this kind (repeat): created, transition, event_ignored, timer,
         /// sla_warning, sla_breach, task, incident, migration, redacted, definition.
-        #[arg(long = "kind")]
+        /// (`--kind` is the acting actor's kind.)
+        #[arg(long = "record-kind")]
         kinds: Vec<String>,
         /// Only records whose change emitted this event (repeat), e.g. incident.page_secondary.
         #[arg(long = "event")]

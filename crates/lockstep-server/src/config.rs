@@ -417,7 +417,7 @@ pub struct Config {
     pub jwt: Option<JwtSettings>,
     /// The cluster policy file, if any.
     pub policy: Option<PathBuf>,
-    /// The webhook settings file (`crate::webhooks`), if any.
+    /// The webhook settings file (`webhook_http.rs`), if any.
     pub webhooks: Option<PathBuf>,
 }
 

@@ -13,8 +13,8 @@
 //! - [`api`]: the public gRPC services, [`status`]: refusals as gRPC statuses.
 //! - [`leader`]: the leader-only services' trait and driver (a lifecycle: became leader, step,
 //!   became follower, and an apply hook); [`timers`]: the timer service; [`dispatch`]: the
-//!   outbox dispatcher; [`webhooks`]: webhook delivery (its settings, allow-list, signing,
-//!   and one task per subscription on the leader). The binary registers them.
+//!   outbox dispatcher; [`webhooks`]: webhook delivery (one task per subscription on the leader), with
+//!   [`webhook_http`] (its settings, allow-list, signing and one POST). The binary registers them.
 //! - [`tasks`]: the worker-facing task queue service.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`trust`]: TLS, peer and client authentication (certificates, JWTs), the layer that
@@ -54,5 +54,6 @@ pub mod tasks;
 pub mod timers;
 pub mod tls_accept;
 pub mod trust;
+pub mod webhook_http;
 pub mod webhooks;
 pub mod wire;

@@ -82,8 +82,8 @@ pub struct Node {
     pub clock: crate::clock::ClockMonitor,
     /// Whether this node is short of disk space and refuses client writes (`space.rs`).
     pub space: Arc<crate::space::SpaceAlarm>,
-    /// The webhook allow-list, secrets and bounds (`--webhooks`, `webhooks.rs`).
-    pub webhooks: Arc<crate::webhooks::WebhookSettings>,
+    /// The webhook allow-list, secrets and bounds (`--webhooks`, `webhook_http.rs`).
+    pub webhooks: Arc<crate::webhook_http::WebhookSettings>,
 }
 
 /// The voters of `raft`'s membership (`None` before it has one).
@@ -151,7 +151,7 @@ pub enum StartError {
     Store(#[from] lockstep_store::Error),
     /// The webhook settings file (`--webhooks`).
     #[error(transparent)]
-    Webhooks(#[from] crate::webhooks::WebhookSettingsError),
+    Webhooks(#[from] crate::webhook_http::WebhookSettingsError),
     #[error(transparent)]
     RaftConfig(#[from] openraft::ConfigError),
     /// Raft stopped while starting (boxed: openraft's errors are large).
@@ -184,7 +184,7 @@ impl Node {
     ) -> Result<Arc<Node>, StartError> {
         // Certificates, keys and the policy are checked before any state is touched.
         let trust = crate::trust::Trust::load(&config).map_err(StartError::Trust)?;
-        let webhooks = crate::webhooks::WebhookSettings::load(config.webhooks.as_deref())?;
+        let webhooks = crate::webhook_http::WebhookSettings::load(config.webhooks.as_deref())?;
         crate::config::check_identity(&config).map_err(StartError::DataDir)?;
         let store = Arc::new(RocksStore::open(
             &config.store_dir(),

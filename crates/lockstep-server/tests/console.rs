@@ -893,3 +893,92 @@ fn a_console_address_that_cannot_be_used_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_subscriptions_show_their_state_and_are_paused_and_resumed_from_the_console() {
+    let settings = tempfile::tempdir().unwrap();
+    let file = settings.path().join("webhooks.toml");
+    std::fs::write(
+        &file,
+        "allow = [\"127.0.0.1/32\"]\n[secrets]\nops = \"ops-secret-of-enough-bytes\"\n",
+    )
+    .unwrap();
+    let cluster = Cluster::start(Settings {
+        console: true,
+        node_args: vec!["--webhooks".into(), file.display().to_string()],
+        ..Settings::default()
+    });
+    cluster.leader().await;
+    let admin = cluster.admin();
+    // Nothing listens there: delivery has nothing to do until a record is written.
+    let url = format!(
+        "http://127.0.0.1:{}/hook",
+        lockstep_client::loopback::free_port().unwrap()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match admin
+            .create_subscription(
+                &request_id(),
+                "ops-feed",
+                &url,
+                "ops",
+                pb::SubscriptionFilter {
+                    kinds: vec!["sla_breach".into()],
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+        {
+            Ok(_) => break,
+            Err(e)
+                if e.to_string().contains("log format") && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let mut browser = Browser::new(&cluster, 0);
+    browser.sign_in_dev(&common::admin_identity()).await;
+    let page = browser.get("/subscriptions").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("ops-feed") && page.body.contains(&url),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("kinds sla_breach"), "{}", page.body);
+    assert!(page.body.contains(">active<"), "{}", page.body);
+
+    // Without the form's token nothing changes; with it the subscription pauses, then resumes.
+    let forged = browser
+        .post("/subscriptions/ops-feed/pause", &[("csrf", "forged")])
+        .await;
+    assert_ne!(forged.status, 303);
+    assert!(!admin.subscription("ops-feed").await.unwrap().paused);
+    let paused = browser
+        .post("/subscriptions/ops-feed/pause", &[("csrf", &page.csrf())])
+        .await;
+    assert_eq!(paused.status, 303, "{}", paused.body);
+    let s = admin.subscription("ops-feed").await.unwrap();
+    assert!(s.paused && s.paused_by == "admin", "{s:?}");
+    let page = browser.get("/subscriptions").await;
+    assert!(page.body.contains("paused by admin"), "{}", page.body);
+    let resumed = browser
+        .post("/subscriptions/ops-feed/resume", &[("csrf", &page.csrf())])
+        .await;
+    assert_eq!(resumed.status, 303, "{}", resumed.body);
+    assert!(!admin.subscription("ops-feed").await.unwrap().paused);
+    // An unknown subscription is refused with its code, on the page.
+    let unknown = browser
+        .post("/subscriptions/nope/pause", &[("csrf", &page.csrf())])
+        .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    assert!(
+        unknown.body.contains("UNKNOWN_SUBSCRIPTION"),
+        "{}",
+        unknown.body
+    );
+}

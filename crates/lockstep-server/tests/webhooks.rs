@@ -20,6 +20,17 @@ use lockstep_client::{Client, pb, request_id};
 use lockstep_core::RefusalCode;
 use sha2::Sha256;
 
+/// A workflow whose `page` transition emits `pages.paged`.
+const PAGES: &str = r#"
+workflow: pages
+data: { type: object }
+states:
+  open: { initial: true }
+  paged: { terminal: true }
+transitions:
+  page: { from: open, to: paged, allow: "true", effects: [{ emit: { event: pages.paged } }] }
+"#;
+
 const SECRET_NEW: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SECRET_OLD: &str = "the-previous-secret-still-valid";
 
@@ -391,6 +402,10 @@ async fn every_matching_record_arrives_in_order_and_signed_through_failures_and_
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Subscriptions, their cursors and the emitted events are replicated state: the
+    // surviving replicas hold the same.
+    let digests = cluster.converged_digests().await;
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
     drop(server);
 }
 
@@ -476,6 +491,55 @@ async fn a_target_that_keeps_failing_is_paused_and_resume_delivers_from_the_curs
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // A filter on emitted event names: only the change that emitted `pages.paged` is sent.
+    admin
+        .apply_definition(&request_id(), PAGES, lockstep_client::Provenance::default())
+        .await
+        .unwrap();
+    let pages_addr = free_addr("127.0.0.1");
+    let pages = Receiver::default();
+    let _pages_server = pages.serve(pages_addr).await;
+    create(
+        &admin,
+        "paged",
+        &format!("http://{pages_addr}/hook"),
+        "ops",
+        pb::SubscriptionFilter {
+            events: vec!["pages.paged".into()],
+            ..pb::SubscriptionFilter::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut paged_seqs = Vec::new();
+    for _ in 0..2 {
+        let created = admin
+            .create(&request_id(), "pages", None, &serde_json::json!({}))
+            .await
+            .unwrap();
+        let paged = admin
+            .transition(
+                &request_id(),
+                lockstep_client::by_id(&created.instance_id),
+                "page",
+                &serde_json::json!({}),
+                None,
+            )
+            .await
+            .unwrap();
+        paged_seqs.push(paged.audit_seq);
+    }
+    wait_for(&pages, &paged_seqs, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got: Vec<u64> = pages.received().iter().map(|r| r.id).collect();
+    assert_eq!(
+        got, paged_seqs,
+        "only the records whose change emitted the event"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&pages.received()[0].body).unwrap();
+    assert_eq!(body["data"]["emitted"], serde_json::json!(["pages.paged"]));
+    assert_eq!(body["type"], "lockstep.transition");
+
     // An operator's pause and a delete; unknown names are refused NOT_FOUND.
     let p = admin
         .pause_subscription(&request_id(), "tickets", "receiver maintenance")
@@ -487,7 +551,14 @@ async fn a_target_that_keeps_failing_is_paused_and_resume_delivers_from_the_curs
         .await
         .unwrap();
     assert_eq!(d.name, "tickets");
-    assert!(admin.subscriptions().await.unwrap().is_empty());
+    let left: Vec<String> = admin
+        .subscriptions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(left, ["paged"]);
     let gone = admin
         .resume_subscription(&request_id(), "tickets")
         .await

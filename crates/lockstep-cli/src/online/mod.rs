@@ -211,6 +211,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 RefusalCode::UnknownInstance
                     | RefusalCode::UnknownWorkflow
                     | RefusalCode::UnknownVersion
+                    | RefusalCode::UnknownSubscription
             ) =>
         {
             exit::NOT_FOUND

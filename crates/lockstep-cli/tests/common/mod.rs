@@ -107,6 +107,13 @@ impl Cluster {
             .map(|i| format!("{}={}", i + 1, cluster.endpoint(i)))
             .collect::<Vec<_>>()
             .join(",");
+        // Webhooks to loopback, signed with the secret `cli` (tests/online.rs).
+        let webhooks = cluster.dir.join("webhooks.toml");
+        std::fs::write(
+            &webhooks,
+            "allow = [\"127.0.0.1/32\"]\n[secrets]\ncli = \"cli-secret-of-enough-bytes\"\n",
+        )
+        .unwrap();
         for i in 0..3 {
             let data = cluster.dir.join(format!("node{}", i + 1));
             let mut command = Command::new("sh");
@@ -124,6 +131,8 @@ impl Cluster {
                     &members,
                     "--dev",
                 ])
+                .arg("--webhooks")
+                .arg(&webhooks)
                 .arg("--data-dir")
                 .arg(&data)
                 .env("WATCHDOG_LOG", cluster.log_path(i))
@@ -142,6 +151,7 @@ impl Cluster {
             cluster.watchdogs.lock().unwrap().push(child);
         }
         cluster.wait_for_leader();
+        cluster.wait_for_log_format();
         let applied = cluster.run(&["apply", PO]);
         assert_eq!(
             applied.code,
@@ -150,6 +160,23 @@ impl Cluster {
             cluster.logs()
         );
         cluster
+    }
+
+    /// Waits until every node's log says the format gate raised the replicated log format
+    /// (to this build's, in one step), so commands that need a recent format are accepted.
+    fn wait_for_log_format(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !(0..3).all(|i| {
+            std::fs::read_to_string(self.log_path(i))
+                .is_ok_and(|log| log.contains("log format allows group commit"))
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the log format was not raised within 60 s\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Waits (with `lockstep cluster status` itself) until every node answers and names the

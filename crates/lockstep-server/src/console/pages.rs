@@ -16,6 +16,7 @@ use pb::audit_server::Audit;
 use pb::cluster_server::Cluster;
 use pb::definitions_server::Definitions;
 use pb::instances_server::Instances;
+use pb::subscriptions_server::Subscriptions;
 use pb::tasks_server::Tasks;
 use serde::Deserialize;
 
@@ -52,6 +53,8 @@ pub(super) fn routes() -> Router<Console> {
         .route("/instances/{id}/resolve", post(resolve))
         .route("/audit", get(audit))
         .route("/cluster", get(cluster))
+        .route("/subscriptions", get(subscriptions))
+        .route("/subscriptions/{name}/{action}", post(change_subscription))
 }
 
 type Page = Result<Markup, Refused>;
@@ -1435,6 +1438,131 @@ async fn audit(
     }
     .await;
     respond(&console, &caller, page)
+}
+
+// ---------------------------------------------------------------------------------------
+// Webhook subscriptions
+
+/// Every webhook subscription (Subscriptions/List: the policy's manage_subscriptions), its
+/// lag, its last error or pause, with pause and resume buttons.
+async fn subscriptions(State(console): State<Console>, caller: Caller) -> Response {
+    let page = subscriptions_page(&console, &caller, None).await;
+    respond(&console, &caller, page)
+}
+
+async fn subscriptions_page(
+    console: &Console,
+    caller: &Caller,
+    refused: Option<Refused>,
+) -> Result<Markup, Refused> {
+    let request = caller.request(
+        console,
+        "/lockstep.v1.Subscriptions/List",
+        pb::ListSubscriptionsRequest {},
+    )?;
+    let all = Subscriptions::list(&console.api, request)
+        .await?
+        .into_inner()
+        .subscriptions;
+    let body = html! {
+        @if let Some(r) = &refused { (view::refusal(r)) }
+        p.note {
+            "The leader POSTs each record a subscription matches to its URL, signed, at least once and in order. "
+            "A subscription whose target keeps failing is paused with its last error; resume it once the target is fixed, and delivery goes on from its cursor. "
+            "Create them with " code { "lockstep subscriptions create" } "."
+        }
+        @if all.is_empty() {
+            p { "No subscriptions." }
+        } @else {
+            table.subscriptions {
+                thead { tr { th { "Name" } th { "State" } th { "Behind" } th { "URL" } th { "Filter" } th { "Last error or pause" } th {} } }
+                tbody {
+                    @for s in &all {
+                        @let f = s.filter.clone().unwrap_or_default();
+                        tr.open[s.paused || !s.last_error.is_empty()] {
+                            td { (s.name) }
+                            td { @if s.paused { strong.alarm { "paused" } } @else { "active" } }
+                            td { (s.audit_head.saturating_sub(s.cursor)) " records" }
+                            td { code { (s.url) } }
+                            td {
+                                @if f.workflows.is_empty() && f.kinds.is_empty() && f.events.is_empty() { "everything" }
+                                @if !f.workflows.is_empty() { "workflows " (f.workflows.join(", ")) " " }
+                                @if !f.kinds.is_empty() { "kinds " (f.kinds.join(", ")) " " }
+                                @if !f.events.is_empty() { "events " (f.events.join(", ")) }
+                            }
+                            td {
+                                @if s.paused { (s.paused_reason) " (" (s.paused_by) ", " (when(&s.paused_at)) ")" }
+                                @else if !s.last_error.is_empty() { (s.last_error) }
+                            }
+                            td {
+                                @let action = if s.paused { "resume" } else { "pause" };
+                                form method="post" action=(format!("/subscriptions/{}/{action}", query_value(&s.name))) {
+                                    (csrf(caller))
+                                    button type="submit" { @if s.paused { "Resume" } @else { "Pause" } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(layout("Subscriptions", caller, None, body))
+}
+
+#[derive(Deserialize)]
+struct SubscriptionForm {
+    csrf: String,
+}
+
+/// Pauses or resumes a subscription (Subscriptions/Pause, Resume).
+async fn change_subscription(
+    State(console): State<Console>,
+    caller: Caller,
+    Path((name, action)): Path<(String, String)>,
+    Form(form): Form<SubscriptionForm>,
+) -> Response {
+    if let Err(r) = caller.check_csrf(&form.csrf) {
+        return r.page(&caller, &console);
+    }
+    let changed = async {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        match action.as_str() {
+            "pause" => {
+                let request = caller.request(
+                    &console,
+                    "/lockstep.v1.Subscriptions/Pause",
+                    pb::PauseSubscriptionRequest {
+                        request_id,
+                        name: name.clone(),
+                        reason: String::new(),
+                    },
+                )?;
+                Subscriptions::pause(&console.api, request).await?;
+            }
+            _ => {
+                let request = caller.request(
+                    &console,
+                    "/lockstep.v1.Subscriptions/Resume",
+                    pb::ResumeSubscriptionRequest {
+                        request_id,
+                        name: name.clone(),
+                    },
+                )?;
+                Subscriptions::resume(&console.api, request).await?;
+            }
+        }
+        Ok::<_, Refused>(())
+    }
+    .await;
+    match changed {
+        Ok(()) => Redirect::to("/subscriptions").into_response(),
+        Err(refused) => {
+            let status = refused.status;
+            let page = subscriptions_page(&console, &caller, Some(refused)).await;
+            respond_refused(&console, &caller, status, page)
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]

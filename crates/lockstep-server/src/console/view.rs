@@ -30,6 +30,7 @@ pub(crate) fn layout(title: &str, caller: &Caller, live: Option<String>, body: M
                         a href="/workflows" { "Workflows" }
                         a href="/instances" { "Instances" }
                         a href="/audit" { "Audit" }
+                        a href="/subscriptions" { "Webhooks" }
                         a href="/cluster" { "Cluster" }
                     }
                     div.who {
