@@ -95,6 +95,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .collect();
     let members = members.join(",");
     std::fs::create_dir_all(&args.data_dir)?;
+    let webhooks = dev_webhooks(&args.data_dir)?;
     let mut nodes = Nodes(Vec::new());
     for (i, endpoint) in endpoints.iter().enumerate() {
         let id = i + 1;
@@ -114,6 +115,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 &members,
                 "--dev",
             ])
+            .arg("--webhooks")
+            .arg(&webhooks)
             .arg("--data-dir")
             .arg(&dir)
             .stdin(Stdio::null())
@@ -163,6 +166,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  lockstep transition purchase-order/PO-1 submit --as alice");
     println!("  lockstep get purchase-order/PO-1");
     println!("  lockstep cluster status --digest");
+    println!(
+        "  lockstep subscriptions create mine --url http://127.0.0.1:9000/hook --secret dev --workflow purchase-order"
+    );
+    println!(
+        "  (webhooks: loopback targets allowed; the secret `dev` is in {})",
+        webhooks.display()
+    );
     println!("\nPress Ctrl-C to stop the cluster.");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -175,6 +185,24 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         args.data_dir.display()
     );
     Ok(())
+}
+
+/// The development cluster's webhook settings (`lockstepd --webhooks`): loopback targets
+/// allowed, and a signing secret `dev` made on the first start (kept after, so receivers
+/// that verify it keep working; edit the file and restart to change it).
+fn dev_webhooks(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join("webhooks.toml");
+    if !path.exists() {
+        let secret = format!("dev-{}", request_id().replace('-', ""));
+        std::fs::write(
+            &path,
+            format!(
+                "# lockstep dev: webhook settings of every node (see lockstepd --help, --webhooks).\nallow = [\"127.0.0.0/8\", \"localhost\"]\ntimeout = \"5s\"\nattempts = 5\nbackoff_max = \"10s\"\n\n[secrets]\ndev = \"{secret}\"\n"
+            ),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(path)
 }
 
 async fn watch_children(nodes: &mut Nodes) {
