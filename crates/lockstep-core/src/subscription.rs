@@ -140,6 +140,11 @@ pub struct Subscription {
     pub last_error: Option<String>,
     pub created_by: String,
     pub created_at: Timestamp,
+    /// Which life of the subscription this is: the cluster time (micros) of its create, or of
+    /// its last resume from a pause. Delivery progress names the generation it was made in,
+    /// and progress of an older one (a task of a deleted namesake, or from before a pause)
+    /// changes nothing.
+    pub generation: i64,
 }
 
 /// Checks a subscription's or a secret's name: 1 to 64 bytes of `a-z`, `0-9`, `-`, `_`, `.`.

@@ -287,6 +287,8 @@ pub enum SubscriptionOp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryProgress {
     pub name: String,
+    /// The subscription's generation the delivery ran in: an update of another is ignored.
+    pub generation: i64,
     /// The last global audit sequence handled.
     pub cursor: u64,
     /// The last delivery error (`None`: the last attempt succeeded).

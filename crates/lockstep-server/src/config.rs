@@ -180,6 +180,11 @@ pub struct Flags {
     /// Keep it readable by lockstepd alone: it holds the secrets.
     #[arg(long, env = "LOCKSTEP_WEBHOOKS", value_name = "TOML")]
     pub webhooks: Option<PathBuf>,
+    /// Export OpenTelemetry traces over OTLP/gRPC to this collector, e.g.
+    /// http://127.0.0.1:4317. A W3C traceparent in a call's metadata is continued (spans
+    /// `grpc`, `propose`, `webhook.deliver`). Off unless set.
+    #[arg(long, env = "LOCKSTEP_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// Dial peer ID at ADDR instead of its member address, for Raft and for forwarding to the
     /// leader (clients still use member addresses): id=host:port pairs, comma separated. For
     /// fault-injection proxies (chaos-tests/); not for production.
@@ -238,6 +243,10 @@ pub enum ConfigError {
         "--dev (no TLS, header-asserted actors) is refused on {listen}: development mode binds only to loopback addresses such as 127.0.0.1"
     )]
     DevNotLoopback { listen: SocketAddr },
+    #[error(
+        "--otlp-endpoint `{url}` is not an http:// or https:// URL; write the collector's OTLP/gRPC address, e.g. http://127.0.0.1:4317"
+    )]
+    OtlpEndpoint { url: String },
     #[error("--log-format `{value}` is not text or json")]
     LogFormat { value: String },
     #[error(
@@ -380,6 +389,7 @@ struct FileConfig {
     jwt_kind_claim: Option<String>,
     policy: Option<PathBuf>,
     webhooks: Option<PathBuf>,
+    otlp_endpoint: Option<String>,
 }
 
 /// The checked configuration of a node.
@@ -419,6 +429,8 @@ pub struct Config {
     pub policy: Option<PathBuf>,
     /// The webhook settings file (`webhook_http.rs`), if any.
     pub webhooks: Option<PathBuf>,
+    /// Where traces go (`telemetry.rs`), if anywhere.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// When a node builds a snapshot: whichever comes first.
@@ -535,6 +547,12 @@ impl Config {
         let jwt_kind_claim = flags.jwt_kind_claim.or(file.jwt_kind_claim);
         let policy = flags.policy.or(file.policy);
         let webhooks = flags.webhooks.or(file.webhooks);
+        let otlp_endpoint = flags.otlp_endpoint.or(file.otlp_endpoint);
+        if let Some(url) = &otlp_endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::OtlpEndpoint { url: url.clone() });
+        }
         let tls = if dev {
             let given: Vec<&str> = [
                 ("--tls-cert", tls_cert.is_some()),
@@ -692,6 +710,7 @@ impl Config {
             jwt,
             policy,
             webhooks,
+            otlp_endpoint,
         })
     }
 

@@ -16,7 +16,8 @@
 //!   outbox dispatcher; [`webhooks`]: webhook delivery (one task per subscription on the leader), with
 //!   [`webhook_http`] (its settings, allow-list, signing and one POST). The binary registers them.
 //! - [`tasks`]: the worker-facing task queue service.
-//! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`metrics`]: Prometheus metrics and their HTTP endpoint; [`telemetry`]: OpenTelemetry
+//!   traces over OTLP (`--otlp-endpoint`), continuing a caller's `traceparent`.
 //! - [`trust`]: TLS, peer and client authentication (certificates, JWTs), the layer that
 //!   admits public calls; [`policy`]: the cluster policy; [`security_log`]: refused attempts.
 //! - [`backup`]: online and offline checkpoints, and restoring one as a new one-node cluster.
@@ -51,6 +52,7 @@ pub mod snapshot_policy;
 pub mod space;
 pub mod status;
 pub mod tasks;
+pub mod telemetry;
 pub mod timers;
 pub mod tls_accept;
 pub mod trust;

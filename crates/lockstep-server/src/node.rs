@@ -119,6 +119,8 @@ async fn send_forward(
         from_node: from,
     });
     msg.set_timeout(WRITE_DEADLINE);
+    // The caller's trace goes on on the leader (`telemetry.rs`).
+    crate::telemetry::add_to(&mut msg);
     match client.forward(msg).await {
         Ok(reply) => wire::decode::<Result<ForwardReply, WriteError>>(&reply.into_inner().payload)
             .map_err(|e| WriteError::Fatal(e.message().to_string()))?,
@@ -527,6 +529,20 @@ impl Node {
     /// leader). Client writes go through [`Node::client_write`]; the engine's own work calls
     /// this with [`Lane::Engine`].
     pub async fn write(
+        &self,
+        request_id: Option<String>,
+        body: Body,
+        forward: bool,
+        lane: Lane,
+    ) -> Result<Written, WriteError> {
+        use tracing::Instrument;
+        let span = tracing::info_span!("propose", body = body.name(), lane = ?lane);
+        self.write_traced(request_id, body, forward, lane)
+            .instrument(span)
+            .await
+    }
+
+    async fn write_traced(
         &self,
         request_id: Option<String>,
         body: Body,

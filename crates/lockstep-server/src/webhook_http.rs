@@ -212,7 +212,9 @@ impl WebhookSettings {
     /// Whether this node may connect to `addr` for the URL host `host`: `Err` says why not.
     pub fn check_target(&self, host: &str, addr: IpAddr) -> Result<(), String> {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let addr = canonical(addr);
         let special = special_range(addr);
+        let internal = internal_range(addr);
         let by_net = self.allow.iter().any(|a| match a {
             // A special address needs an entry inside its special range: a wide network
             // such as 0.0.0.0/0 does not reach the metadata service.
@@ -221,20 +223,25 @@ impl WebhookSettings {
             }
             _ => false,
         });
-        let by_name = special.is_none()
-            && self.allow.iter().any(|a| match a {
-                Allowed::Host(h) => *h == host,
-                Allowed::Suffix(s) => host.ends_with(&format!(".{s}")),
-                Allowed::Net(_) => false,
-            });
+        // A name admits public addresses only: whoever controls the name's DNS must not
+        // be able to point it at loopback or the internal network (DNS rebinding).
+        let name_listed = self.allow.iter().any(|a| match a {
+            Allowed::Host(h) => *h == host,
+            Allowed::Suffix(s) => host.ends_with(&format!(".{s}")),
+            Allowed::Net(_) => false,
+        });
+        let by_name = name_listed && special.is_none() && internal.is_none();
         if by_net || by_name {
             return Ok(());
         }
-        let why = match special {
-            Some(range) => format!(
+        let why = match (special, internal) {
+            (Some(range), _) => format!(
                 "{addr} is in {range} (link-local, metadata, unspecified, multicast or broadcast), allowed only by an allow entry inside {range}"
             ),
-            None => "neither the host nor the address is on the allow-list".to_string(),
+            (None, Some(range)) if name_listed => format!(
+                "the host name is allowed, but it resolved to {addr} in {range} (loopback or internal), which a name never admits: allow that network itself"
+            ),
+            _ => "neither the host nor the address is on the allow-list".to_string(),
         };
         Err(format!(
             "target {host} ({addr}) is refused by this node's webhook allow-list: {why}; add it to `allow` in {}",
@@ -318,6 +325,44 @@ fn parse_allowed(entry: &str) -> Result<Allowed, String> {
     })
 }
 
+/// `addr` with an IPv4 address written as IPv6 (IPv4-mapped `::ffff:a.b.c.d`, or NAT64
+/// `64:ff9b::a.b.c.d`) as that IPv4 address, so every check sees where it really goes.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let s = v6.segments();
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let [a, b] = s[6].to_be_bytes();
+                let [c, d] = s[7].to_be_bytes();
+                return IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d));
+            }
+            addr
+        }
+        v4 => v4,
+    }
+}
+
+/// The loopback or internal range `addr` is in, if any: a host-name entry does not admit it.
+fn internal_range(addr: IpAddr) -> Option<IpNet> {
+    const RANGES: [&str; 8] = [
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "::1/128",
+        "fc00::/7",
+        "fec0::/10",
+    ];
+    RANGES
+        .iter()
+        .map(|r| r.parse::<IpNet>().expect("a valid range"))
+        .find(|r| r.contains(&addr))
+}
+
 /// The special range `addr` is in, if any: addresses no allow-list entry outside the range
 /// may admit.
 fn special_range(addr: IpAddr) -> Option<IpNet> {
@@ -332,10 +377,7 @@ fn special_range(addr: IpAddr) -> Option<IpNet> {
         "ff00::/8",
         "::/128",
     ];
-    let addr = match addr {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-        v4 => v4,
-    };
+    let addr = canonical(addr);
     RANGES
         .iter()
         .map(|r| r.parse::<IpNet>().expect("a valid range"))
@@ -390,12 +432,14 @@ pub fn payload(subscription: &str, record: &ChainedRecord, emitted: &[String]) -
     .expect("a record serializes")
 }
 
-/// One POST of `body` to `url`, signed; `Ok` for a 2xx answer.
+/// One POST of `body` to `url`, signed, with `extra` headers (a `traceparent`); `Ok` for a
+/// 2xx answer.
 pub async fn send(
     settings: &WebhookSettings,
     subscription: &Subscription,
     id: &str,
     body: Vec<u8>,
+    extra: &std::collections::HashMap<String, String>,
 ) -> Result<(), String> {
     let attempt = async {
         let uri: http::Uri = subscription
@@ -448,7 +492,11 @@ pub async fn send(
             })?;
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
-        let request = http::Request::post(path)
+        let mut request = http::Request::post(path);
+        for (k, v) in extra {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        let request = request
             .header(http::header::HOST, authority)
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(
@@ -603,6 +651,26 @@ mod tests {
             "an allowed name resolving to the metadata address is refused"
         );
         assert!(s.check_target("x", ip("fe80::1")).is_err());
+        assert!(
+            s.check_target("x", ip("64:ff9b::a9fe:a9fe")).is_err(),
+            "NAT64 metadata"
+        );
+        // A name never admits loopback or internal addresses (DNS rebinding), and an
+        // IPv4-mapped address is checked as the IPv4 address it is.
+        let names = settings(&["hooks.example.com"]);
+        let e = names
+            .check_target("hooks.example.com", ip("10.1.2.3"))
+            .unwrap_err();
+        assert!(e.contains("never admits"), "{e}");
+        assert!(names.check_target("hooks.example.com", ip("::1")).is_err());
+        assert!(
+            names
+                .check_target("hooks.example.com", ip("203.0.113.9"))
+                .is_ok()
+        );
+        let v6_wide = settings(&["::/0"]);
+        assert!(v6_wide.check_target("x", ip("::ffff:127.0.0.1")).is_err());
+        assert!(v6_wide.check_target("x", ip("2001:db8::1")).is_ok());
         assert!(s.check_target("x", ip("::ffff:169.254.169.254")).is_err());
         let explicit = settings(&["169.254.169.254/32"]);
         assert!(
@@ -676,6 +744,7 @@ mod tests {
             last_error: None,
             created_by: "admin".into(),
             created_at: lockstep_core::Timestamp::from_micros(0),
+            generation: 1,
         }
     }
 
@@ -707,6 +776,7 @@ mod tests {
             &subscription(format!("https://localhost:{}/hook", ok.port())),
             "1",
             b"{}".to_vec(),
+            &Default::default(),
         )
         .await
         .unwrap();
@@ -716,6 +786,7 @@ mod tests {
             &subscription(format!("https://localhost:{}/hook", ok.port())),
             "1",
             b"{}".to_vec(),
+            &Default::default(),
         )
         .await
         .unwrap_err();
@@ -727,6 +798,7 @@ mod tests {
             &subscription(format!("https://localhost:{}/hook", moved.port())),
             "1",
             b"{}".to_vec(),
+            &Default::default(),
         )
         .await
         .unwrap_err();
@@ -737,6 +809,7 @@ mod tests {
             &subscription("https://127.0.0.2:9/hook".into()),
             "1",
             b"{}".to_vec(),
+            &Default::default(),
         )
         .await
         .unwrap_err();

@@ -6,7 +6,7 @@
 //! records after the subscription's cursor from the leader's applied state, sends those its
 //! filter matches one at a time, retries a failed one with capped exponential backoff, and
 //! moves the cursor through the log (`SubscriptionOp::Progress`), at most every
-//! [`PROGRESS_EVERY`] and when it has caught up — not one entry per delivery. After
+//! [`PROGRESS_EVERY`] (delivering, or caught up) — not one entry per delivery. After
 //! `attempts` failed attempts in a row, or once the lag passes `lag_max`, it pauses the
 //! subscription with its last error; an operator resumes it from the same cursor. A new
 //! leader starts from the replicated cursor, so a record whose acknowledgement was not yet
@@ -24,6 +24,7 @@ use lockstep_raft::state_machine::Applied;
 use lockstep_raft::{Body, DeliveryProgress, SubscriptionOp, read};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::cluster::{Lane, WriteError};
 use crate::leader::LeaderService;
@@ -32,8 +33,12 @@ use crate::webhook_http::{BACKOFF_MIN, payload, send};
 
 /// Records read from the audit chain per look.
 pub const RECORDS_PER_LOOK: usize = 256;
-/// Longest a task delivers before it proposes its cursor.
-pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+/// Longest a task delivers before it proposes its cursor, and shortest time between two of
+/// its proposals: at most one log entry per second per subscription. (A new leader re-sends
+/// what was delivered since.)
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How long a task waits after a proposal failed before it tries again.
+const PROPOSE_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Longest wait between looks at the audit chain when no apply wakes a task.
 const IDLE_MAX: Duration = Duration::from_secs(1);
 
@@ -43,7 +48,8 @@ pub struct WebhookService {
     node: Arc<Node>,
     /// Woken (every task) after each apply: new records may be there.
     applied: Arc<Notify>,
-    tasks: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// The running task of each subscription, with the generation it delivers for.
+    tasks: Mutex<HashMap<String, (i64, JoinHandle<()>)>>,
 }
 
 impl std::fmt::Debug for WebhookService {
@@ -61,39 +67,42 @@ impl WebhookService {
         }
     }
 
+    /// Stops every task, and forgets their metrics: another node delivers now.
     fn stop_all(&self) {
-        for (_, task) in self.tasks.lock().expect("webhook tasks").drain() {
+        for (name, (_, task)) in self.tasks.lock().expect("webhook tasks").drain() {
             task.abort();
+            self.node.metrics.forget_subscription(&name);
         }
     }
 
-    /// Starts a task for each active subscription without one; stops those of paused and
-    /// deleted subscriptions.
+    /// Starts a task for each active subscription without one (or with one of an older
+    /// generation, or that stopped); stops those of paused and deleted subscriptions.
     fn reconcile(&self) -> Result<(), WriteError> {
         let subscriptions =
             read::subscriptions(&*self.node.store).map_err(|e| WriteError::Fatal(e.to_string()))?;
         let mut tasks = self.tasks.lock().expect("webhook tasks");
-        tasks.retain(|name, task| {
-            let active = subscriptions
-                .iter()
-                .any(|s| s.name == *name && s.paused.is_none());
-            if !active || task.is_finished() {
+        tasks.retain(|name, (generation, task)| {
+            let current = subscriptions.iter().find(|s| s.name == *name);
+            let keep = current.is_some_and(|s| s.paused.is_none() && s.generation == *generation)
+                && !task.is_finished();
+            if !keep {
                 task.abort();
-                if !subscriptions.iter().any(|s| s.name == *name) {
-                    self.node.metrics.forget_subscription(name);
-                }
             }
-            active && !task.is_finished()
+            if current.is_none() {
+                self.node.metrics.forget_subscription(name);
+            }
+            keep
         });
         for s in subscriptions {
             if s.paused.is_none() && !tasks.contains_key(&s.name) {
-                let name = s.name.clone();
+                let (name, generation) = (s.name.clone(), s.generation);
                 let run = Delivery {
                     node: Arc::clone(&self.node),
                     applied: Arc::clone(&self.applied),
+                    term: self.node.raft.metrics().borrow().current_term,
                     subscription: s,
                 };
-                tasks.insert(name, tokio::spawn(run.run()));
+                tasks.insert(name, (generation, tokio::spawn(run.run())));
             }
         }
         Ok(())
@@ -131,6 +140,8 @@ impl Drop for WebhookService {
 struct Delivery {
     node: Arc<Node>,
     applied: Arc<Notify>,
+    /// The term the task was started in: it sends nothing once the node no longer leads in it.
+    term: u64,
     subscription: Subscription,
 }
 
@@ -151,16 +162,28 @@ impl Delivery {
                     continue;
                 }
             };
+            if !self.leading() {
+                return; // the reconcile of the next leader term starts a task again
+            }
             let lag = head.saturating_sub(self.subscription.cursor);
             self.node.metrics.observe_webhook_lag(&name, lag);
             if records.is_empty() {
+                // Caught up: the cursor goes into the log, at most every PROGRESS_EVERY (records
+                // the filter skips move it too, and must not cost an entry each).
+                let mut wait = IDLE_MAX;
                 if proposed < self.subscription.cursor {
-                    match self.propose(None, false).await {
-                        Ok(()) => proposed = self.subscription.cursor,
-                        Err(()) => continue,
+                    let since = last_progress.elapsed();
+                    if since >= PROGRESS_EVERY {
+                        match self.propose(None, false).await {
+                            Ok(()) => proposed = self.subscription.cursor,
+                            Err(()) => tokio::time::sleep(PROPOSE_RETRY_PAUSE).await,
+                        }
+                        last_progress = Instant::now();
+                        continue;
                     }
+                    wait = PROGRESS_EVERY - since;
                 }
-                let _ = tokio::time::timeout(IDLE_MAX, woken).await;
+                let _ = tokio::time::timeout(wait, woken).await;
                 continue;
             }
             for (record, emitted) in records {
@@ -202,8 +225,15 @@ impl Delivery {
         let body = payload(&name, record, emitted);
         let mut attempts = 0u32;
         loop {
+            if !self.leading() {
+                return false;
+            }
             let started = Instant::now();
-            let result = send(settings, &self.subscription, &id, body.clone()).await;
+            let span = tracing::info_span!("webhook.deliver", subscription = %name, seq = record.global_seq, attempt = attempts + 1);
+            let trace = span.in_scope(crate::telemetry::inject);
+            let result = send(settings, &self.subscription, &id, body.clone(), &trace)
+                .instrument(span)
+                .await;
             self.node.metrics.observe_webhook_delivery(
                 &name,
                 started.elapsed().as_secs_f64(),
@@ -236,7 +266,10 @@ impl Delivery {
             self.subscription.last_error = Some(reason.clone());
             // The error becomes visible (and, when giving up, the pause) through the log.
             while self.propose(Some(reason.clone()), give_up).await.is_err() {
-                tokio::time::sleep(IDLE_MAX).await;
+                if !self.leading() {
+                    return false;
+                }
+                tokio::time::sleep(PROPOSE_RETRY_PAUSE).await;
             }
             if give_up {
                 tracing::warn!(subscription = %name, reason = %reason, "webhook subscription paused");
@@ -251,10 +284,19 @@ impl Delivery {
         }
     }
 
+    /// Whether this node still leads, in the term the task started in, with an applied entry
+    /// of its own: a deposed leader must not send alongside the new one.
+    fn leading(&self) -> bool {
+        let metrics = self.node.raft.metrics();
+        let m = metrics.borrow();
+        crate::leader::leading_with_own_entry(&m) && m.current_term == self.term
+    }
+
     /// Proposes the cursor (and an error, or a pause) through the log.
     async fn propose(&self, error: Option<String>, pause: bool) -> Result<(), ()> {
         let update = DeliveryProgress {
             name: self.subscription.name.clone(),
+            generation: self.subscription.generation,
             cursor: self.subscription.cursor,
             error: error.or_else(|| self.subscription.last_error.clone()),
             pause,

@@ -507,7 +507,13 @@ impl<'a, S: Store> Applier<'a, S> {
                 Ok(Response::Empty)
             }
             Body::Subscriptions(op) => {
-                self.overlay.changed_subscriptions = true;
+                // Delivery's own progress changes no task, unless it gives up.
+                self.overlay.changed_subscriptions |= match op {
+                    crate::types::SubscriptionOp::Progress { updates } => {
+                        updates.iter().any(|u| u.pause)
+                    }
+                    _ => true,
+                };
                 self.subscriptions(op, at)
             }
             Body::Redact {

@@ -41,7 +41,10 @@ impl<S: Store> Applier<'_, S> {
                 }
             }),
             SubscriptionOp::Resume { name, .. } => self.change_subscription(name, |s| {
-                s.paused = None;
+                if s.paused.take().is_some() {
+                    // A new life: progress a task of the paused one still proposes is ignored.
+                    s.generation = at.as_micros();
+                }
                 s.last_error = None;
             }),
             SubscriptionOp::Delete { name, .. } => {
@@ -114,6 +117,7 @@ impl<S: Store> Applier<'_, S> {
             last_error: None,
             created_by: actor.id.clone(),
             created_at: at,
+            generation: at.as_micros(),
         };
         self.put(
             Family::Subscriptions,
@@ -137,11 +141,15 @@ impl<S: Store> Applier<'_, S> {
     }
 
     /// A cursor only moves forward; a pause by an operator is kept (delivery never resumes
-    /// a subscription); an update for a deleted subscription changes nothing.
+    /// a subscription); an update for a deleted subscription, or of another generation (a
+    /// deleted namesake's, or from before a resume), changes nothing.
     fn progress(&mut self, update: &DeliveryProgress, at: Timestamp) -> StoreResult<()> {
         let Some(mut s) = self.subscription(&update.name)? else {
             return Ok(());
         };
+        if s.generation != update.generation {
+            return Ok(());
+        }
         s.cursor = s.cursor.max(update.cursor);
         s.last_error = update.error.as_deref().map(bounded_error);
         if update.pause && s.paused.is_none() {

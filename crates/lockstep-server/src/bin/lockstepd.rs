@@ -36,7 +36,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    // Inside the runtime: the OTLP exporter is a tonic channel.
+    let traces = {
+        let _runtime = runtime.enter();
+        match init_tracing(
+            config.log_format,
+            config.otlp_endpoint.as_deref(),
+            config.id,
+        ) {
+            Ok(traces) => traces,
+            Err(e) => {
+                eprintln!("lockstepd: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     match lockstep_raft::mutation::from_env() {
         Ok(None) => {}
         Ok(Some(m)) => tracing::warn!(
@@ -49,11 +67,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match runtime.block_on(run(config)) {
+    let result = runtime.block_on(run(config));
+    if let Some(traces) = traces {
+        let _runtime = runtime.enter();
+        traces.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<lockstep_server::failstop::Corrupt>() => {
             tracing::error!("{e}");
@@ -67,15 +86,37 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs to stderr (text or JSON) and, with an OTLP endpoint, traces to it.
+fn init_tracing(
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+    node_id: u64,
+) -> Result<Option<lockstep_server::telemetry::Traces>, String> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,openraft=warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Json => logs.json().boxed(),
+        LogFormat::Text => logs.boxed(),
+    };
+    // The filter applies to the logs only: spans exported as traces are the info ones.
+    let registry = tracing_subscriber::registry().with(logs.with_filter(filter));
+    match otlp_endpoint {
+        None => {
+            registry.init();
+            Ok(None)
+        }
+        Some(endpoint) => {
+            let (traces, layer) = lockstep_server::telemetry::Traces::start(endpoint, node_id)?;
+            let spans = tracing_subscriber::filter::Targets::new()
+                .with_target("lockstep_server", tracing::Level::INFO)
+                .with_target("lockstepd", tracing::Level::INFO);
+            registry.with(layer.with_filter(spans)).init();
+            Ok(Some(traces))
+        }
     }
 }
 
@@ -225,6 +266,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
         .timeout(Duration::from_secs(30))
         .layer(GrpcMetricsLayer::new(Arc::clone(&node.metrics)))
+        .layer(lockstep_server::telemetry::TraceLayer)
         .layer(lockstep_server::failstop::FailStopLayer::new(Arc::clone(
             &failstop,
         )))
