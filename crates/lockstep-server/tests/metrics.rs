@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Cluster, PO, Settings, alice};
 use lockstep_client::{Error, by_id, by_key, pb, request_id};
@@ -98,11 +98,36 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_serves_prometheus_metrics() {
+    // Webhooks to a loopback port nothing listens on: their metrics have series to show.
+    let settings = tempfile::tempdir().unwrap();
+    let webhooks = settings.path().join("webhooks.toml");
+    std::fs::write(
+        &webhooks,
+        "allow = [\"127.0.0.1/32\"]\ntimeout = \"1s\"\nattempts = 1000\nbackoff_max = \"200ms\"\n[secrets]\nm = \"metrics-secret-of-enough-bytes\"\n",
+    )
+    .unwrap();
     let cluster = Cluster::start(Settings {
         nodes: 1,
+        node_args: vec!["--webhooks".into(), webhooks.display().to_string()],
         ..Settings::default()
     });
     cluster.leader().await;
+    let dead = format!(
+        "http://127.0.0.1:{}/hook",
+        lockstep_client::loopback::free_port().unwrap()
+    );
+    let subscribed = Instant::now();
+    while let Err(e) = cluster
+        .admin()
+        .create_subscription(&request_id(), "m", &dead, "m", Default::default(), None)
+        .await
+    {
+        assert!(
+            e.to_string().contains("log format") && subscribed.elapsed() < Duration::from_secs(30),
+            "{e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Two definitions applied (OK), an instance created and submitted (OK), a forbidden
     // approval (a refusal: PERMISSION_DENIED), a missing instance (NOT_FOUND), and a timer.
@@ -173,7 +198,20 @@ async fn a_node_serves_prometheus_metrics() {
     }
     assert!(faded, "the blink timer did not fire within 30 s");
 
-    let (head, body) = cluster.scrape(0).await;
+    // The subscription's first attempts failed by now (connection refused at once).
+    let (head, body) = loop {
+        let (head, body) = cluster.scrape(0).await;
+        if body.contains("lockstep_webhook_deliveries_total{")
+            || subscribed.elapsed() > Duration::from_secs(30)
+        {
+            break (head, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        body.contains("lockstep_webhook_deliveries_total{subscription=\"m\",outcome=\"failed\"}"),
+        "{body}"
+    );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
         head.to_ascii_lowercase()

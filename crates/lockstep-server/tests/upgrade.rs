@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, GROUP_COMMIT_ON, Settings, alice};
-use lockstep_client::{Client, by_key, pb};
+use common::{Cluster, GROUP_COMMIT_ON, Settings, admin_identity, alice};
+use lockstep_client::{Client, by_key, pb, request_id};
 
 const OLD_COMMIT: &str = "4410ace";
 
@@ -144,6 +144,37 @@ async fn a_rolling_upgrade_from_4410ace_under_load_loses_nothing() {
                     j + 1
                 );
             }
+            // And a new node refuses what the old build could not apply, saying why.
+            let new = cluster.client_for(&[cluster.endpoint(i)], admin_identity());
+            let refused = new
+                .create_subscription(
+                    &request_id(),
+                    "early",
+                    "http://127.0.0.1:9/hook",
+                    "none",
+                    Default::default(),
+                    None,
+                )
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                refused.contains("log format is 1, older than 8"),
+                "{refused}"
+            );
+            let refused = new
+                .redact(
+                    &request_id(),
+                    by_key("purchase-order", "none"),
+                    &["requester".to_string()],
+                )
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                refused.contains("log format is 1, older than 7"),
+                "{refused}"
+            );
         }
     }
     // Every node now runs this build: the gate opens and writes are batched.

@@ -37,17 +37,21 @@ impl Api {
     }
 
     /// A subscription change through the log, answered with the subscription.
+    fn require_webhooks_format(&self) -> Result<(), Status> {
+        self.require_format(
+            lockstep_raft::format::LOG_FORMAT_WEBHOOKS,
+            "Subscriptions",
+            "upgrade every member first",
+        )
+    }
+
     async fn change_subscription(
         &self,
         metadata: &MetadataMap,
         request_id: &str,
         op: SubscriptionOp,
     ) -> Result<Response<pb::Subscription>, Status> {
-        self.require_format(
-            lockstep_raft::format::LOG_FORMAT_WEBHOOKS,
-            "Subscriptions",
-            "upgrade every member first",
-        )?;
+        self.require_webhooks_format()?;
         let head = self.audit_head()?;
         self.write(metadata, request_id, Body::Subscriptions(op))
             .await?
@@ -123,6 +127,7 @@ impl pb::subscriptions_server::Subscriptions for Api {
         request: Request<pb::CreateSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
         let actor = self.actor(request.extensions())?;
+        self.require_webhooks_format()?;
         let (metadata, _, req) = request.into_parts();
         let filter = req.filter.unwrap_or_default();
         let filter = Filter {
