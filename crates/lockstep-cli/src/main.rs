@@ -530,7 +530,8 @@ enum SubscriptionsCommand {
         #[arg(long = "workflow")]
         workflows: Vec<String>,
         /// Only records of this kind (repeat): created, transition, event_ignored, timer,
-        /// sla_warning, sla_breach, task, incident, migration, redacted, definition.
+        /// sla_warning, sla_breach, task, incident, migration, redacted, definition,
+        /// subscription.
         /// (`--kind` is the acting actor's kind.)
         #[arg(long = "record-kind")]
         kinds: Vec<String>,

@@ -35,6 +35,10 @@ pub enum AuditKind {
     TaskReleased,
     /// Named data fields were replaced by digests of their values (`lockstep redact`).
     Redacted,
+    /// A webhook subscription was created, paused, resumed or deleted (by an operator, or
+    /// paused by delivery giving up). Not tied to an instance, like `DefinitionApplied`.
+    /// Appended last.
+    SubscriptionChanged,
 }
 
 /// The actor as recorded: identity and how it was authenticated, not its raw claims.

@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditKind, AuditRecord};
+use crate::engine::Actor;
 use crate::time::Timestamp;
 
 /// Most subscriptions a cluster holds.
@@ -26,7 +27,7 @@ pub const FILTER_ENTRIES_MAX: usize = 32;
 pub const SUBSCRIPTION_ERROR_MAX: usize = 512;
 
 /// The kinds a filter names, each a group of audit record kinds.
-pub const RECORD_KINDS: [&str; 11] = [
+pub const RECORD_KINDS: [&str; 12] = [
     "created",
     "transition",
     "event_ignored",
@@ -38,6 +39,7 @@ pub const RECORD_KINDS: [&str; 11] = [
     "migration",
     "redacted",
     "definition",
+    "subscription",
 ];
 
 /// The filter kind an audit record kind belongs to (one of [`RECORD_KINDS`]).
@@ -59,6 +61,7 @@ pub fn kind_of(kind: &AuditKind) -> &'static str {
         AuditKind::Migration => "migration",
         AuditKind::Redacted => "redacted",
         AuditKind::DefinitionApplied => "definition",
+        AuditKind::SubscriptionChanged => "subscription",
     }
 }
 
@@ -145,6 +148,44 @@ pub struct Subscription {
     /// and progress of an older one (a task of a deleted namesake, or from before a pause)
     /// changes nothing.
     pub generation: i64,
+}
+
+/// The audit record of a change to a subscription: `change` is `create`, `pause`, `resume` or
+/// `delete` (in `transition`), by `actor`; the note names the subscription, its target and
+/// filter, and the reason of a pause. Not tied to an instance.
+pub fn changed(change: &str, s: &Subscription, actor: &Actor, at: Timestamp) -> AuditRecord {
+    let f = &s.filter;
+    let mut note = format!(
+        "subscription {} to {} (workflows [{}], kinds [{}], events [{}], secret {}, cursor {})",
+        s.name,
+        s.url,
+        f.workflows.join(", "),
+        f.kinds.join(", "),
+        f.events.join(", "),
+        s.secret,
+        s.cursor
+    );
+    if let Some(p) = &s.paused {
+        note.push_str(&format!(": {}", p.reason));
+    }
+    AuditRecord {
+        kind: AuditKind::SubscriptionChanged,
+        workflow: String::new(),
+        instance_id: String::new(),
+        definition_version: String::new(),
+        transition: Some(change.to_string()),
+        from: None,
+        to: None,
+        actor: actor.record(),
+        at,
+        instance_version: 0,
+        payload_digest: None,
+        predicates: Vec::new(),
+        timer: None,
+        task_id: None,
+        sla: None,
+        note: Some(note),
+    }
 }
 
 /// Checks a subscription's or a secret's name: 1 to 64 bytes of `a-z`, `0-9`, `-`, `_`, `.`.
@@ -280,6 +321,7 @@ mod tests {
             Migration,
             TaskReleased,
             Redacted,
+            SubscriptionChanged,
         ] {
             assert!(RECORD_KINDS.contains(&kind_of(&k)), "{k:?}");
         }

@@ -57,10 +57,22 @@ fn subscriptions_are_created_moved_paused_resumed_and_deleted_deterministically(
     replica.apply(1_000, define());
     replica.apply(1_001, create("A"));
     let s = subscription(replica.apply(2_000, create_op("pager")));
+    // Records from now on: its own creation is the first one (audited, not instance-bound).
+    let head = read::audit_head(&replica.store).unwrap().seq;
+    assert_eq!(s.cursor + 1, head, "new records only");
+    let created = read::audit_record(&replica.store, head).unwrap().unwrap();
     assert_eq!(
-        s.cursor,
-        read::audit_head(&replica.store).unwrap().seq,
-        "new records only"
+        created.record.kind,
+        lockstep_core::AuditKind::SubscriptionChanged
+    );
+    assert_eq!(created.record.transition.as_deref(), Some("create"));
+    assert!(
+        created
+            .record
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("https://hooks.example/x")
     );
     let first = s.generation;
 
@@ -90,6 +102,8 @@ fn subscriptions_are_created_moved_paused_resumed_and_deleted_deterministically(
     replica.apply(3_001, progress("pager", first, 7, None, false));
     let now = stored(&replica, "pager");
     assert_eq!((now.cursor, now.last_error.as_deref()), (10, None));
+    // Cursor moves are not audited.
+    assert_eq!(read::audit_head(&replica.store).unwrap().seq, head);
     // Progress of another generation is ignored.
     replica.apply(3_002, progress("pager", first + 1, 50, Some("x"), true));
     assert_eq!(stored(&replica, "pager").cursor, 10);
@@ -106,6 +120,11 @@ fn subscriptions_are_created_moved_paused_resumed_and_deleted_deterministically(
         (p.by.as_str(), p.reason.as_str()),
         ("system:webhooks", "12 attempts failed")
     );
+    let audited = read::audit_record(&replica.store, head + 1)
+        .unwrap()
+        .unwrap();
+    assert_eq!(audited.record.transition.as_deref(), Some("pause"));
+    assert_eq!(audited.record.actor.id, "system:webhooks");
     // A resume starts a new generation: the old task's late progress changes nothing.
     let resume = Body::Subscriptions(SubscriptionOp::Resume {
         name: "pager".into(),

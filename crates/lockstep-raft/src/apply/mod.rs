@@ -514,7 +514,7 @@ impl<'a, S: Store> Applier<'a, S> {
                     }
                     _ => true,
                 };
-                self.subscriptions(op, at)
+                self.subscriptions(log_id, op, at)
             }
             Body::Redact {
                 target,

@@ -1,9 +1,11 @@
 //! Webhook subscriptions (`Body::Subscriptions`, log format 8): created, paused, resumed
 //! and deleted by operators; moved along by the leader's delivery (`Progress`). Every check
-//! here is a refusal, never an error: a bad subscription must not stop the node.
+//! here is a refusal, never an error: a bad subscription must not stop the node. Each change
+//! of a subscription's life (create, pause, resume, delete, and a pause by delivery) writes a
+//! `subscription_changed` record to the global audit chain; cursor moves do not.
 
 use lockstep_core::subscription::{
-    Filter, Paused, SUBSCRIPTIONS_MAX, Subscription, bounded_error, check_name, check_url,
+    Filter, Paused, SUBSCRIPTIONS_MAX, Subscription, bounded_error, changed, check_name, check_url,
 };
 
 use super::*;
@@ -15,6 +17,7 @@ pub const DELIVERY_ACTOR: &str = "system:webhooks";
 impl<S: Store> Applier<'_, S> {
     pub(super) fn subscriptions(
         &mut self,
+        log_id: LogId<NodeId>,
         op: &SubscriptionOp,
         at: Timestamp,
     ) -> StoreResult<Response> {
@@ -26,37 +29,52 @@ impl<S: Store> Applier<'_, S> {
                 secret,
                 start_after,
                 actor,
-            } => self.create_subscription(name, url, filter, secret, *start_after, actor, at),
+            } => {
+                let response =
+                    self.create_subscription(name, url, filter, secret, *start_after, actor, at)?;
+                if let Response::Subscription(s) = &response {
+                    self.append_audit(log_id, changed("create", s, actor, at), None)?;
+                }
+                Ok(response)
+            }
             SubscriptionOp::Pause {
                 name,
                 reason,
                 actor,
-            } => self.change_subscription(name, |s| {
-                if s.paused.is_none() {
-                    s.paused = Some(Paused {
-                        at,
-                        by: actor.id.clone(),
-                        reason: bounded_error(reason),
-                    });
+            } => self.change_subscription(log_id, "pause", actor, at, name, |s| {
+                if s.paused.is_some() {
+                    return false;
                 }
+                s.paused = Some(Paused {
+                    at,
+                    by: actor.id.clone(),
+                    reason: bounded_error(reason),
+                });
+                true
             }),
-            SubscriptionOp::Resume { name, .. } => self.change_subscription(name, |s| {
-                if s.paused.take().is_some() {
-                    // A new life: progress a task of the paused one still proposes is ignored.
-                    s.generation = at.as_micros();
-                }
-                s.last_error = None;
-            }),
-            SubscriptionOp::Delete { name, .. } => {
+            SubscriptionOp::Resume { name, actor } => {
+                self.change_subscription(log_id, "resume", actor, at, name, |s| {
+                    let was_paused = s.paused.take().is_some();
+                    if was_paused {
+                        // A new life: progress a task of the paused one still proposes is
+                        // ignored.
+                        s.generation = at.as_micros();
+                    }
+                    s.last_error = None;
+                    was_paused
+                })
+            }
+            SubscriptionOp::Delete { name, actor } => {
                 let Some(s) = self.subscription(name)? else {
                     return Ok(unknown(name));
                 };
                 self.delete(Family::Subscriptions, key::subscription(name));
+                self.append_audit(log_id, changed("delete", &s, actor, at), None)?;
                 Ok(Response::Subscription(Box::new(s)))
             }
             SubscriptionOp::Progress { updates } => {
                 for update in updates {
-                    self.progress(update, at)?;
+                    self.progress(log_id, update, at)?;
                 }
                 Ok(Response::Empty)
             }
@@ -127,15 +145,23 @@ impl<S: Store> Applier<'_, S> {
         Ok(Response::Subscription(Box::new(subscription)))
     }
 
+    /// Applies `change` to subscription `name`; when it says it changed the subscription's
+    /// life, the change is audited as `what` by `actor`.
     fn change_subscription(
         &mut self,
+        log_id: LogId<NodeId>,
+        what: &str,
+        actor: &Actor,
+        at: Timestamp,
         name: &str,
-        change: impl FnOnce(&mut Subscription),
+        change: impl FnOnce(&mut Subscription) -> bool,
     ) -> StoreResult<Response> {
         let Some(mut s) = self.subscription(name)? else {
             return Ok(unknown(name));
         };
-        change(&mut s);
+        if change(&mut s) {
+            self.append_audit(log_id, changed(what, &s, actor, at), None)?;
+        }
         self.put(Family::Subscriptions, key::subscription(name), &s);
         Ok(Response::Subscription(Box::new(s)))
     }
@@ -143,7 +169,12 @@ impl<S: Store> Applier<'_, S> {
     /// A cursor only moves forward; a pause by an operator is kept (delivery never resumes
     /// a subscription); an update for a deleted subscription, or of another generation (a
     /// deleted namesake's, or from before a resume), changes nothing.
-    fn progress(&mut self, update: &DeliveryProgress, at: Timestamp) -> StoreResult<()> {
+    fn progress(
+        &mut self,
+        log_id: LogId<NodeId>,
+        update: &DeliveryProgress,
+        at: Timestamp,
+    ) -> StoreResult<()> {
         let Some(mut s) = self.subscription(&update.name)? else {
             return Ok(());
         };
@@ -158,6 +189,8 @@ impl<S: Store> Applier<'_, S> {
                 by: DELIVERY_ACTOR.to_string(),
                 reason: bounded_error(update.error.as_deref().unwrap_or("delivery gave up")),
             });
+            let record = changed("pause", &s, &Actor::system("webhooks"), at);
+            self.append_audit(log_id, record, None)?;
         }
         self.put(Family::Subscriptions, key::subscription(&update.name), &s);
         Ok(())

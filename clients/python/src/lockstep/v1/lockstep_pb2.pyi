@@ -2389,7 +2389,7 @@ class SubscriptionFilter(_message.Message):
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Record kinds: created, transition, event_ignored, timer, sla_warning, sla_breach, task,
-        incident, migration, redacted, definition.
+        incident, migration, redacted, definition, subscription.
         """
 
     @_builtins.property
