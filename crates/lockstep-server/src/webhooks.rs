@@ -225,7 +225,7 @@ impl Delivery {
         let body = payload(&name, record, emitted);
         let mut attempts = 0u32;
         loop {
-            if !self.leading() {
+            if !self.confirm_leading().await {
                 return false;
             }
             let started = Instant::now();
@@ -290,6 +290,14 @@ impl Delivery {
         let metrics = self.node.raft.metrics();
         let m = metrics.borrow();
         crate::leader::leading_with_own_entry(&m) && m.current_term == self.term
+    }
+
+    /// [`Delivery::leading`], confirmed by a quorum (a read index) just before a request goes
+    /// out: a leader cut off from the others may still believe it leads, and must not send
+    /// alongside the new leader (which starts from the replicated cursor), or the receiver
+    /// would see the two streams interleaved.
+    async fn confirm_leading(&self) -> bool {
+        self.leading() && self.node.read_barrier().await.is_ok() && self.leading()
     }
 
     /// Proposes the cursor (and an error, or a pause) through the log.
