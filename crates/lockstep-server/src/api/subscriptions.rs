@@ -52,12 +52,13 @@ impl Api {
         op: SubscriptionOp,
     ) -> Result<Response<pb::Subscription>, Status> {
         self.require_webhooks_format()?;
-        let head = self.audit_head()?;
         self.write(metadata, request_id, Body::Subscriptions(op))
             .await?
             .respond(|applied| match applied {
                 Applied::Subscription(s) => {
-                    let head = head.max(s.cursor);
+                    // Read after the write: its own audit record is in the head (on a
+                    // follower that forwarded it, the head may lag; never below the cursor).
+                    let head = self.audit_head()?.max(s.cursor);
                     Ok(Response::new(subscription_pb(*s, head)))
                 }
                 Applied::Refused(r) => Err(status::refusal(&r)),
