@@ -432,28 +432,30 @@ pub fn payload(subscription: &str, record: &ChainedRecord, emitted: &[String]) -
     .expect("a record serializes")
 }
 
-/// One POST of `body` to `url`, signed, with `extra` headers (a `traceparent`); `Ok` for a
-/// 2xx answer.
-pub async fn send(
-    settings: &WebhookSettings,
-    subscription: &Subscription,
-    id: &str,
-    body: Vec<u8>,
-    extra: &std::collections::HashMap<String, String>,
-) -> Result<(), String> {
-    let attempt = async {
-        let uri: http::Uri = subscription
-            .url
-            .parse()
-            .map_err(|e| format!("URL {}: {e}", subscription.url))?;
+/// A target URL resolved by this node: the first address its allow-list admits.
+#[derive(Debug)]
+pub struct Target {
+    pub uri: http::Uri,
+    pub https: bool,
+    /// The URL's host, without IPv6 brackets.
+    pub host: String,
+    pub addr: SocketAddr,
+}
+
+impl WebhookSettings {
+    /// Parses `url`, resolves its host (an address is taken as it is) and picks the first
+    /// address the allow-list admits; `Err` says why none: the URL, DNS, or the allow-list.
+    /// Delivery connects to exactly this address; a create checks it ahead of time.
+    pub async fn resolve(&self, url: &str) -> Result<Target, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("URL {url}: {e}"))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(format!("URL {} is not http(s)", subscription.url)),
+            _ => return Err(format!("URL {url} is not http(s)")),
         };
         let host = uri
             .host()
-            .ok_or_else(|| format!("URL {} has no host", subscription.url))?
+            .ok_or_else(|| format!("URL {url} has no host"))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
@@ -468,7 +470,7 @@ pub async fn send(
         let mut refused = None;
         let addr = candidates
             .iter()
-            .find(|a| match settings.check_target(&host, a.ip()) {
+            .find(|a| match self.check_target(&host, a.ip()) {
                 Ok(()) => true,
                 Err(e) => {
                     refused.get_or_insert(e);
@@ -477,6 +479,27 @@ pub async fn send(
             })
             .copied()
             .ok_or_else(|| refused.unwrap_or_else(|| format!("{host} resolved to no address")))?;
+        Ok(Target {
+            uri,
+            https,
+            host,
+            addr,
+        })
+    }
+}
+
+/// One POST of `body` to `url`, signed, with `extra` headers (a `traceparent`); `Ok` for a
+/// 2xx answer.
+pub async fn send(
+    settings: &WebhookSettings,
+    subscription: &Subscription,
+    id: &str,
+    body: Vec<u8>,
+    extra: &std::collections::HashMap<String, String>,
+) -> Result<(), String> {
+    let attempt = async {
+        let target = settings.resolve(&subscription.url).await?;
+        let (uri, https, host, addr) = (target.uri, target.https, target.host, target.addr);
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("cannot connect to {host} ({addr}): {e}"))?;

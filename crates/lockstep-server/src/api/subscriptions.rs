@@ -80,44 +80,11 @@ impl Api {
                 self.node.id
             )));
         }
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| status::bad_request(format!("URL `{url}`: {e}")))?;
-        let host = uri
-            .host()
-            .unwrap_or_default()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = uri
-            .port_u16()
-            .unwrap_or(if uri.scheme_str() == Some("https") {
-                443
-            } else {
-                80
-            });
-        let addrs: Vec<std::net::IpAddr> = match host.parse() {
-            Ok(ip) => vec![ip],
-            Err(_) => match tokio::net::lookup_host((host.as_str(), port)).await {
-                Ok(addrs) => addrs.map(|a| a.ip()).collect(),
-                Err(e) => {
-                    return Err(status::bad_request(format!(
-                        "cannot resolve {host} on node {}: {e}",
-                        self.node.id
-                    )));
-                }
-            },
-        };
-        let mut refused = None;
-        for addr in addrs {
-            match settings.check_target(&host, addr) {
-                Ok(()) => return Ok(()),
-                Err(e) => refused = Some(e),
-            }
-        }
-        Err(status::bad_request(refused.unwrap_or_else(|| {
-            format!("{host} resolved to no address on node {}", self.node.id)
-        })))
+        settings
+            .resolve(url)
+            .await
+            .map(|_| ())
+            .map_err(|e| status::bad_request(format!("node {}: {e}", self.node.id)))
     }
 }
 
