@@ -957,7 +957,7 @@ impl Client {
             lease: Some(lease.into()),
         };
         self.call(|ch| {
-            let r = self.request(msg.clone());
+            let r = traced(self.request(msg.clone()), lease);
             async move { pb::tasks_client::TasksClient::new(ch).heartbeat(r).await }
         })
         .await?
@@ -976,7 +976,7 @@ impl Client {
             result_json: result.to_string(),
         };
         self.call(|ch| {
-            let r = self.request(msg.clone());
+            let r = traced(self.request(msg.clone()), lease);
             async move { pb::tasks_client::TasksClient::new(ch).complete(r).await }
         })
         .await
@@ -997,7 +997,7 @@ impl Client {
             retryable,
         };
         self.call(|ch| {
-            let r = self.request(msg.clone());
+            let r = traced(self.request(msg.clone()), lease);
             async move { pb::tasks_client::TasksClient::new(ch).fail(r).await }
         })
         .await
@@ -1016,7 +1016,7 @@ impl Client {
             lease: Some(lease.into()),
         };
         self.call(|ch| {
-            let r = self.request(msg.clone());
+            let r = traced(self.request(msg.clone()), lease);
             async move { pb::tasks_client::TasksClient::new(ch).release(r).await }
         })
         .await
@@ -1361,4 +1361,16 @@ pub fn by_key(workflow: &str, key: &str) -> pb::InstanceRef {
             key: key.into(),
         })),
     }
+}
+
+/// `request` carrying the trace the leased task was created in, as W3C `traceparent`.
+fn traced<T>(mut request: tonic::Request<T>, lease: &TaskLease) -> tonic::Request<T> {
+    if let Some(v) = lease
+        .traceparent
+        .as_deref()
+        .and_then(|t| MetadataValue::try_from(t).ok())
+    {
+        request.metadata_mut().insert("traceparent", v);
+    }
+    request
 }

@@ -338,6 +338,10 @@ pub struct TaskLease {
     pub instance_id: String,
     pub task_id: String,
     pub token: LeaseToken,
+    /// The W3C trace the task was created in (a poll's [`LeasedTask`] sets it): the client
+    /// sends it as `traceparent` with the lease's heartbeats, completion, failure and release,
+    /// so the worker's answer joins that trace.
+    pub traceparent: Option<String>,
 }
 
 /// A task a poll leased to the caller.
@@ -1106,6 +1110,7 @@ impl TryFrom<pb::TaskLease> for TaskLease {
                 term: token.term,
                 attempt: token.attempt,
             },
+            traceparent: None,
         })
     }
 }
@@ -1128,7 +1133,8 @@ impl TryFrom<pb::LeasedTask> for LeasedTask {
 
     fn try_from(t: pb::LeasedTask) -> Result<LeasedTask, Error> {
         const WHAT: &str = "leased task";
-        let lease: TaskLease = required(WHAT, "lease", t.lease)?.try_into()?;
+        let mut lease: TaskLease = required(WHAT, "lease", t.lease)?.try_into()?;
+        lease.traceparent = Some(t.traceparent).filter(|t| !t.is_empty());
         let convert = || -> Result<LeasedTask, Error> {
             Ok(LeasedTask {
                 input: optional_json(WHAT, "input_json", &t.input_json)?

@@ -46,8 +46,13 @@ pub const LOG_FORMAT_REDACT: u32 = 7;
 /// events each audit record's change emitted (family `Emitted`), which subscription filters
 /// on event names read. Refused by the API until the format is raised, as `Release` is.
 pub const LOG_FORMAT_WEBHOOKS: u32 = 8;
+/// Traces through the log (`crate::Body::Traced`, family `TaskTraces`): a proposal made in
+/// an exported trace carries its W3C `traceparent`, so every replica's apply joins the
+/// caller's trace and the tasks it creates hand the trace on to their workers. A build
+/// before it cannot decode the entry, so a leader wraps proposals only from this format on.
+pub const LOG_FORMAT_TRACES: u32 = 9;
 /// The highest log format this build reads and writes.
-pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_WEBHOOKS;
+pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_TRACES;
 
 /// A replicated log format, as applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

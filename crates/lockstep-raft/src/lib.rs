@@ -20,6 +20,7 @@ pub mod replicated;
 pub mod snapshot_data;
 pub mod snapshot_file;
 pub mod state_machine;
+pub mod trace;
 pub mod types;
 
 pub use types::{

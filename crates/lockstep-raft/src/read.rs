@@ -199,6 +199,22 @@ pub fn emitted(store: &impl Store, global_seq: u64) -> Result<Vec<String>> {
     Ok(get(store, Family::Emitted, &key::emitted(global_seq))?.unwrap_or_default())
 }
 
+/// The `traceparent` of the traced request that created a task (format 9), while the task
+/// has not completed.
+pub fn task_trace(store: &impl Store, instance_id: &str, task_id: &str) -> Result<Option<String>> {
+    get(
+        store,
+        Family::TaskTraces,
+        &key::task_trace(instance_id, task_id),
+    )
+}
+
+/// The `traceparent` of the traced request that wrote audit record `global_seq` (format 9,
+/// within the last `AUDIT_TRACES_KEPT` records).
+pub fn audit_trace(store: &impl Store, global_seq: u64) -> Result<Option<String>> {
+    get(store, Family::AuditTraces, &keys::u64_key(global_seq))
+}
+
 pub fn audit_head(store: &impl Store) -> Result<AuditHead> {
     Ok(get(store, Family::Meta, meta::AUDIT_HEAD)?.unwrap_or_default())
 }

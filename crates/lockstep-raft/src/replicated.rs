@@ -27,6 +27,13 @@ pub const MIGRATION_INSTANCES_MAX: usize = 64;
 /// Most entries of the workflow's state index one all-instances migration examines, so a
 /// workflow with many instances at other versions never makes one huge apply.
 pub const MIGRATION_SCAN_MAX: usize = 1024;
+/// How many audit records back the trace of a traced record is kept (family `AuditTraces`,
+/// log format 9): a webhook delivery of a record within it joins the trace of the write that
+/// made the record; one further behind starts its own.
+pub const AUDIT_TRACES_KEPT: u64 = 65_536;
+/// Most traces older than [`AUDIT_TRACES_KEPT`] removed per traced record written, so the
+/// family stays within the window plus leftovers that shrink with every traced record.
+pub const AUDIT_TRACES_EXPIRE_MAX: usize = 16;
 
 /// The definition and evaluation limits apply compiles every definition with.
 pub fn apply_limits() -> lockstep_core::Limits {

@@ -246,6 +246,15 @@ pub enum Body {
     /// Webhook subscriptions (log format 8, `crate::format::LOG_FORMAT_WEBHOOKS`): managed
     /// by operators, and moved along by the leader's delivery. Appended last.
     Subscriptions(SubscriptionOp),
+    /// A request made inside an exported trace (log format 9,
+    /// `crate::format::LOG_FORMAT_TRACES`): `body` applied as if it stood alone, inside an
+    /// `apply` span that continues `traceparent` (W3C, [`crate::trace`]) on every replica.
+    /// The request's digest and dedup entry are those of `body`, so a retry made outside
+    /// the trace is the same request. Never nested. Appended last.
+    Traced {
+        traceparent: String,
+        body: Box<Body>,
+    },
 }
 
 /// A change to the webhook subscriptions (`lockstep_core::subscription`).
@@ -314,6 +323,15 @@ impl Body {
             Body::SetLogFormat { .. } => "set_log_format",
             Body::Redact { .. } => "redact",
             Body::Subscriptions(_) => "subscriptions",
+            Body::Traced { body, .. } => body.name(),
+        }
+    }
+
+    /// The request itself and the trace it was made in, if any ([`Body::Traced`]).
+    pub fn untraced(&self) -> (&Body, Option<&str>) {
+        match self {
+            Body::Traced { traceparent, body } => (body, Some(traceparent)),
+            body => (body, None),
         }
     }
 }

@@ -41,6 +41,7 @@ async fn check(node: &Node) {
             return;
         }
     };
+    node.metrics.set_log_format(format.0, LOG_FORMAT_CURRENT);
     if format.at_least(LOG_FORMAT_BATCHES) {
         if !node.batcher.batches_allowed() {
             tracing::info!(format = format.0, "log format allows group commit");

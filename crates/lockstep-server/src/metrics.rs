@@ -33,6 +33,7 @@
 //! | `lockstep_webhook_lag_records` (audit records after the subscription's cursor, on the leader) | gauge | `subscription` (at most `SUBSCRIPTIONS_MAX`) |
 //! | `lockstep_webhook_delivery_seconds` (one POST, sent to answered) | histogram | `subscription` |
 //! | `lockstep_webhook_deliveries_total` | counter | `subscription`, `outcome` (`delivered`, `failed`) |
+//! | `lockstep_log_format` (the replicated log format this node applied), `lockstep_log_format_readable` (the highest this build reads; the gate raises the first to the lowest of the members' second) | gauge | |
 //! | `lockstep_quota_refusals_total` (refused with QUOTA_EXCEEDED) | counter | `quota` (`actor:ID`, `role:NAME`; at most [`QUOTA_LABELS_MAX`], then `other`) |
 
 use std::collections::HashSet;
@@ -199,6 +200,8 @@ pub struct Metrics {
     webhook_lag: Family<SubscriptionLabels, U64Gauge>,
     webhook_latency: HistogramFamily<SubscriptionLabels>,
     webhook_deliveries: Family<DeliveryLabels, Counter>,
+    log_format: U64Gauge,
+    log_format_readable: U64Gauge,
     /// The `quota` label values in use (at most [`QUOTA_LABELS_MAX`]).
     quota_labels: Mutex<HashSet<String>>,
 }
@@ -256,6 +259,8 @@ impl Metrics {
             webhook_lag: Family::default(),
             webhook_latency: Family::new_with_constructor(grpc_duration_histogram),
             webhook_deliveries: Family::default(),
+            log_format: U64Gauge::default(),
+            log_format_readable: U64Gauge::default(),
             quota_labels: Mutex::new(HashSet::new()),
             store_sst_files_bytes: Family::default(),
             store_live_data_bytes: Family::default(),
@@ -428,6 +433,16 @@ impl Metrics {
             "lockstep_overload_refusals",
             "Requests refused with OVERLOADED before anything was proposed or waited for",
             m.overload_refusals.clone(),
+        );
+        r.register(
+            "lockstep_log_format",
+            "The replicated log format this node has applied (the cluster-version gate raises it once every member reads a newer one)",
+            m.log_format.clone(),
+        );
+        r.register(
+            "lockstep_log_format_readable",
+            "The highest log format this node's build reads and writes",
+            m.log_format_readable.clone(),
         );
         r.register(
             "lockstep_webhook_lag_records",
@@ -606,6 +621,12 @@ impl Metrics {
         for _ in 0..entries.min(requests) {
             self.requests_per_entry.observe(per_entry);
         }
+    }
+
+    /// Records the replicated log format this node applied, and the highest its build reads.
+    pub fn set_log_format(&self, applied: u32, readable: u32) {
+        self.log_format.set(u64::from(applied));
+        self.log_format_readable.set(u64::from(readable));
     }
 
     /// Records the due timers a scan of the timer index found.

@@ -618,9 +618,30 @@ impl Node {
         let proposal = Proposal {
             request_id,
             at: wall_clock(),
-            body,
+            body: self.traced(body),
         };
         self.batcher.submit(proposal, lane).await
+    }
+
+    /// `body` carrying the current trace through the log ([`Body::Traced`]) when this node
+    /// exports traces, the current span is in a sampled trace, and the cluster reads log
+    /// format 9; `body` itself otherwise (no cost without `--otlp-endpoint`).
+    fn traced(&self, body: Body) -> Body {
+        if matches!(body, Body::Traced { .. }) {
+            return body;
+        }
+        let Some(traceparent) = lockstep_raft::trace::current() else {
+            return body;
+        };
+        match lockstep_raft::read::log_format(&*self.store) {
+            Ok(format) if format.at_least(lockstep_raft::format::LOG_FORMAT_TRACES) => {
+                Body::Traced {
+                    traceparent,
+                    body: Box::new(body),
+                }
+            }
+            _ => body,
+        }
     }
 
     async fn client_for(&self, addr: &str) -> Result<RaftClient<Channel>, WriteError> {

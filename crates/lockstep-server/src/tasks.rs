@@ -176,6 +176,15 @@ impl Api {
                 continue;
             };
             let Some(token) = task.lease else { continue };
+            let traceparent = read::task_trace(&*self.node.store, instance_id, task_id)
+                .map_err(status::store_error)?
+                .unwrap_or_default();
+            if !traceparent.is_empty() {
+                // The hand-over, in the trace of the change that created the task.
+                let span = tracing::info_span!("task.lease", task = %task_id, queue = %task.queue, worker = %task.worker.as_deref().unwrap_or_default());
+                lockstep_raft::trace::continue_in(&span, &traceparent);
+                drop(span);
+            }
             out.push(pb::LeasedTask {
                 lease: Some(pb::TaskLease {
                     instance_id: instance_id.clone(),
@@ -191,6 +200,7 @@ impl Api {
                     .map(|t| t.to_string())
                     .unwrap_or_default(),
                 origin: task.origin.clone(),
+                traceparent,
             });
         }
         Ok(out)

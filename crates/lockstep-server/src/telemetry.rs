@@ -5,17 +5,22 @@
 //! span per public call (and per forwarded write, `lockstep.v1.internal.Raft/Forward`) whose
 //! parent is the caller's context; a follower forwarding a write sends its own context in the
 //! forward call's metadata ([`inject`]), so the leader's spans join the caller's trace; the
-//! leader's `propose` span covers the proposal until its entry is committed and applied; a
-//! webhook request carries the `webhook.deliver` span's context as its `traceparent`.
+//! leader's `propose` span covers the proposal until its entry is committed and applied.
+//! From log format 9 the proposal carries the `propose` span's context through the log
+//! (`Body::Traced`, `lockstep_raft::trace`): every replica's apply opens an `apply` span in
+//! it, a task the change created keeps it (family `TaskTraces`) and a poll hands it to the
+//! worker (`LeasedTask.traceparent`, with a `task.lease` span), whose clients send it back
+//! with the task's heartbeats and completion; an audit record keeps it too (family
+//! `AuditTraces`, the last `AUDIT_TRACES_KEPT` records), so the record's `webhook.deliver`
+//! span joins the write's trace, and the request carries that span as its `traceparent`.
 //!
 //! | span | where | attributes |
 //! | --- | --- | --- |
 //! | `grpc` | every node, per public call and forwarded write | `rpc` |
 //! | `propose` | the node that proposes (the leader) | `body`, `lane` |
-//! | `webhook.deliver` | the leader | `subscription`, `seq` |
-//!
-//! Not yet: the context is not written into the Raft log, so the apply on followers and the
-//! tasks handed to workers start no span of the caller's trace.
+//! | `apply` | every replica, per traced request | `body`, `index` |
+//! | `task.lease` | the node that answered the poll | `task`, `queue`, `worker` |
+//! | `webhook.deliver` | the leader | `subscription`, `seq`, `attempt` |
 
 use std::collections::HashMap;
 use std::task::{Context, Poll};

@@ -230,6 +230,12 @@ impl Delivery {
             }
             let started = Instant::now();
             let span = tracing::info_span!("webhook.deliver", subscription = %name, seq = record.global_seq, attempt = attempts + 1);
+            // In the trace of the write that made the record, when it was traced.
+            if let Ok(Some(traceparent)) =
+                lockstep_raft::read::audit_trace(&*self.node.store, record.global_seq)
+            {
+                lockstep_raft::trace::continue_in(&span, &traceparent);
+            }
             let trace = span.in_scope(crate::telemetry::inject);
             let result = send(settings, &self.subscription, &id, body.clone(), &trace)
                 .instrument(span)

@@ -64,10 +64,17 @@ pub enum Family {
     /// Global audit sequence → the `emit` events that record's change emitted, from log
     /// format 8, so webhook filters on event names need no definition lookups.
     Emitted,
+    /// (instance, task) → the W3C `traceparent` of the traced request that created the task,
+    /// from log format 9; kept until the task completes, so a worker's lease continues it.
+    TaskTraces,
+    /// Global audit sequence → the W3C `traceparent` of the traced request that wrote the
+    /// record, from log format 9, for the last `AUDIT_TRACES_KEPT` records: a webhook
+    /// delivery of the record joins that trace.
+    AuditTraces,
 }
 
 impl Family {
-    pub const ALL: [Family; 19] = [
+    pub const ALL: [Family; 21] = [
         Family::RaftLog,
         Family::RaftMeta,
         Family::Definitions,
@@ -87,10 +94,12 @@ impl Family {
         Family::Journal,
         Family::Subscriptions,
         Family::Emitted,
+        Family::TaskTraces,
+        Family::AuditTraces,
     ];
 
     /// The families that make up the replicated state: what snapshots carry and digests hash.
-    pub const STATE: [Family; 17] = [
+    pub const STATE: [Family; 19] = [
         Family::Definitions,
         Family::Instances,
         Family::IndexWorkflowState,
@@ -108,6 +117,8 @@ impl Family {
         Family::Journal,
         Family::Subscriptions,
         Family::Emitted,
+        Family::TaskTraces,
+        Family::AuditTraces,
     ];
 
     pub fn name(self) -> &'static str {
@@ -131,6 +142,8 @@ impl Family {
             Family::Journal => "journal",
             Family::Subscriptions => "subscriptions",
             Family::Emitted => "emitted",
+            Family::TaskTraces => "task_traces",
+            Family::AuditTraces => "audit_traces",
         }
     }
 

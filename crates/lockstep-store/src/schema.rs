@@ -64,6 +64,10 @@ pub mod key {
     pub fn emitted(global_seq: u64) -> Vec<u8> {
         keys::u64_key(global_seq)
     }
+    /// The trace a task was created in (family `TaskTraces`).
+    pub fn task_trace(instance_id: &str, task_id: &str) -> Vec<u8> {
+        keys::strs(&[instance_id, task_id])
+    }
     pub fn timer_due(due_at_micros: i64, timer_id: &str) -> Vec<u8> {
         let mut k = Vec::new();
         keys::push_i64(&mut k, due_at_micros);

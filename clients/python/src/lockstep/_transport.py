@@ -163,6 +163,12 @@ def request_metadata(identity: Optional[Identity], credentials: Credentials, for
     return metadata + credentials.metadata()
 
 
+def traced(metadata: Metadata, traceparent: Optional[str]) -> Metadata:
+    """``metadata`` and, when given, the W3C ``traceparent`` a leased task carries (the trace
+    of the change that created it), so a worker's answer joins that trace."""
+    return metadata + (("traceparent", traceparent),) if traceparent else metadata
+
+
 def _printable_ascii(text: str) -> bool:
     return bool(text) and all(" " < c <= "~" for c in text)
 

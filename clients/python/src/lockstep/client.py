@@ -34,6 +34,7 @@ from ._transport import (
     header,
     parse_endpoints,
     request_metadata,
+    traced,
     request_id as new_request_id,
     retryable,
     wire_status,
@@ -344,7 +345,7 @@ class Client:
     def heartbeat_task(self, lease: TaskLease, *, request_id: Optional[str] = None) -> Heartbeat:
         """Extends a lease by the task's timeout."""
         rid = request_id or new_request_id()
-        return models.heartbeat(self._unary(lambda n: n.tasks.Heartbeat, rq.heartbeat_task(rid, lease), rid))
+        return models.heartbeat(self._unary(lambda n: n.tasks.Heartbeat, rq.heartbeat_task(rid, lease), rid, trace=lease.traceparent))
 
     def complete_task(
         self, lease: TaskLease, result: Optional[Mapping[str, Any]] = None, *, request_id: Optional[str] = None
@@ -353,7 +354,7 @@ class Client:
         actor and ``result`` as payload (``{"data": {...}}`` merges into the instance data)."""
         rid = request_id or new_request_id()
         request = rq.complete_task(rid, lease, result)
-        return models.instance_change(self._unary(lambda n: n.tasks.Complete, request, rid))
+        return models.instance_change(self._unary(lambda n: n.tasks.Complete, request, rid, trace=lease.traceparent))
 
     def fail_task(
         self, lease: TaskLease, error: str, *, retryable: bool, request_id: Optional[str] = None
@@ -363,7 +364,7 @@ class Client:
         incident."""
         rid = request_id or new_request_id()
         request = rq.fail_task(rid, lease, error, retryable)
-        return models.instance_change(self._unary(lambda n: n.tasks.Fail, request, rid))
+        return models.instance_change(self._unary(lambda n: n.tasks.Fail, request, rid, trace=lease.traceparent))
 
     def redact(
         self, instance: InstanceTarget, fields: Sequence[str], *, request_id: Optional[str] = None
@@ -380,7 +381,7 @@ class Client:
         on. Raises :class:`~lockstep.errors.StaleLease` for a lease that is no longer held."""
         rid = request_id or new_request_id()
         request = rq.release_task(rid, lease)
-        return models.instance_change(self._unary(lambda n: n.tasks.Release, request, rid))
+        return models.instance_change(self._unary(lambda n: n.tasks.Release, request, rid, trace=lease.traceparent))
 
     def resolve_incident(
         self,
@@ -487,12 +488,14 @@ class Client:
         *,
         timeout: Optional[float] = None,
         node: Optional[int] = None,
+        trace: Optional[str] = None,
     ) -> _Resp:
         timeout = timeout or self._options.attempt_timeout
+        metadata = traced(self._metadata, trace)
         if node is not None:
             # A question to one node: one attempt, no retry elsewhere.
             try:
-                return pick(self._node(node)).with_call(request, timeout=timeout, metadata=self._metadata)[0]
+                return pick(self._node(node)).with_call(request, timeout=timeout, metadata=metadata)[0]
             except grpc.RpcError as error:
                 raise from_status(wire_status(error)) from error
         attempts = Attempts(self._endpoints, self._options, request_id)
@@ -500,7 +503,7 @@ class Client:
             index = attempts.node()
             try:
                 response, call = pick(self._nodes[index]).with_call(
-                    request, timeout=timeout, metadata=self._metadata
+                    request, timeout=timeout, metadata=metadata
                 )
             except grpc.RpcError as error:
                 failure = wire_status(error)

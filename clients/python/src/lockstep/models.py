@@ -393,6 +393,9 @@ class TaskLease:
     instance_id: str
     task_id: str
     token: LeaseToken
+    # The W3C trace the task was created in (set by a poll): the client sends it as
+    # ``traceparent`` with the lease's heartbeats, completion, failure and release.
+    traceparent: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -788,6 +791,7 @@ def leased_task(m: pb.LeasedTask) -> LeasedTask:
             instance_id=lease.instance_id,
             task_id=lease.task_id,
             token=LeaseToken(lease.token.term, lease.token.attempt),
+            traceparent=m.traceparent or None,
         ),
         workflow=m.workflow,
         queue=m.queue,

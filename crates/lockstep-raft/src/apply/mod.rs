@@ -32,8 +32,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::format::{LOG_FORMAT_BATCHES, LOG_FORMAT_INDEXES, LogFormat};
 use crate::replicated::{
-    DEDUP_EXPIRE_BATCH_MAX, DEDUP_RETENTION_MS, LEASES_PER_WORKER_MAX, MIGRATION_INSTANCES_MAX,
-    MIGRATION_SCAN_MAX, OUTBOX_ACK_BATCH_MAX, apply_limits,
+    AUDIT_TRACES_EXPIRE_MAX, AUDIT_TRACES_KEPT, DEDUP_EXPIRE_BATCH_MAX, DEDUP_RETENTION_MS,
+    LEASES_PER_WORKER_MAX, MIGRATION_INSTANCES_MAX, MIGRATION_SCAN_MAX, OUTBOX_ACK_BATCH_MAX,
+    apply_limits,
 };
 use crate::types::{
     Body, Member, Migrated, MigrationCursor, NodeId, Proposal, Provenance, Response, Selection,
@@ -129,6 +130,8 @@ pub struct Applier<'a, S: Store> {
     /// Cached meta values this run read from the store (the cache had none): they join the
     /// cache when the batch is handed out.
     meta_reads: RefCell<Vec<MetaValue>>,
+    /// The trace of the request being applied ([`Body::Traced`]): tasks it creates keep it.
+    trace: Option<String>,
 }
 
 type StoreResult<T> = lockstep_store::Result<T>;
@@ -145,6 +148,7 @@ impl<'a, S: Store> Applier<'a, S> {
             position: 0,
             format: None,
             meta_reads: RefCell::default(),
+            trace: None,
         }
     }
 
@@ -347,9 +351,11 @@ impl<'a, S: Store> Applier<'a, S> {
             _ => proposal.at,
         };
         self.put(Family::Meta, meta::TIME.to_vec(), &at);
+        // A traced request is its body: same digest, same dedup entry, same outcome.
+        let (body, traceparent) = proposal.body.untraced();
         let digests = self.format()?.at_least(LOG_FORMAT_BATCHES);
         let digest = match (&proposal.request_id, digests) {
-            (Some(_), true) => Some(request_digest(&proposal.body)),
+            (Some(_), true) => Some(request_digest(body)),
             _ => None,
         };
         if let Some(request_id) = &proposal.request_id
@@ -366,7 +372,16 @@ impl<'a, S: Store> Applier<'a, S> {
                 _ => first.response,
             });
         }
-        let response = self.apply_body(log_id, &proposal.body, at)?;
+        let span = traceparent.map(|traceparent| {
+            let span = tracing::info_span!("apply", body = body.name(), index = log_id.index);
+            crate::trace::continue_in(&span, traceparent);
+            span
+        });
+        let _entered = span.as_ref().map(|s| s.enter());
+        self.trace = traceparent.map(str::to_string);
+        let response = self.apply_body(log_id, body, at);
+        self.trace = None;
+        let response = response?;
         if let Some(request_id) = &proposal.request_id {
             let key = request_id.as_bytes().to_vec();
             match digest {
@@ -378,7 +393,7 @@ impl<'a, S: Store> Applier<'a, S> {
                         response: response.clone(),
                         at,
                         digest: Some(digest),
-                        request: describe_request(&proposal.body),
+                        request: describe_request(body),
                     },
                 ),
                 None => self.put(Family::Dedup, key, &(response.clone(), at)),
@@ -417,6 +432,11 @@ impl<'a, S: Store> Applier<'a, S> {
             Body::Batch(_) => Ok(refused(
                 RefusalCode::PayloadInvalid,
                 "a batch of requests cannot contain another batch".into(),
+            )),
+            // `apply_proposal` unwraps the one trace a request may carry.
+            Body::Traced { .. } => Ok(refused(
+                RefusalCode::PayloadInvalid,
+                "a traced request cannot contain another traced request".into(),
             )),
             Body::SetLogFormat { version } => {
                 let was = self.format()?;

@@ -130,7 +130,32 @@ impl<S: Store> Applier<'_, S> {
             meta::AUDIT_HEAD.to_vec(),
             &AuditHead { seq, hash },
         );
+        self.keep_audit_trace(seq)?;
         Ok(seq)
+    }
+
+    /// From log format 9, the trace of the request that wrote record `seq`, if traced, for a
+    /// webhook delivery to join; traces more than [`AUDIT_TRACES_KEPT`] records back go.
+    fn keep_audit_trace(&mut self, seq: u64) -> StoreResult<()> {
+        let Some(traceparent) = self.trace.clone() else {
+            return Ok(());
+        };
+        if !self.format()?.at_least(crate::format::LOG_FORMAT_TRACES) {
+            return Ok(());
+        }
+        self.put(Family::AuditTraces, keys::u64_key(seq), &traceparent);
+        if let Some(oldest_kept) = seq.checked_sub(AUDIT_TRACES_KEPT) {
+            let end = keys::u64_key(oldest_kept);
+            for (k, _) in self.range(
+                Family::AuditTraces,
+                &[],
+                Some(&end),
+                AUDIT_TRACES_EXPIRE_MAX,
+            )? {
+                self.delete(Family::AuditTraces, k);
+            }
+        }
+        Ok(())
     }
 
     /// Writes an outcome: the instance, its indexes, timers, tasks, outbox and audit record,
@@ -330,6 +355,44 @@ impl<S: Store> Applier<'_, S> {
             }
         }
         self.index_ready_tasks(before, after);
+        self.index_task_traces(before, after)
+    }
+
+    /// Keeps the trace of each open task that a traced request created (log format 9): put
+    /// when the task appears, deleted once it completes or leaves the instance, so the family
+    /// holds at most one entry per task the stored instances hold (an exhausted task keeps
+    /// its trace: resolving its incident may retry it).
+    fn index_task_traces(
+        &mut self,
+        before: Option<&Instance>,
+        after: &Instance,
+    ) -> StoreResult<()> {
+        if !self.format()?.at_least(crate::format::LOG_FORMAT_TRACES) {
+            return Ok(());
+        }
+        let open = |i: &Instance, id: &str| {
+            i.tasks
+                .get(id)
+                .is_some_and(|t| t.status != TaskStatus::Completed)
+        };
+        if let Some(traceparent) = self.trace.clone() {
+            for id in after.tasks.keys() {
+                if before.is_none_or(|b| !b.tasks.contains_key(id)) && open(after, id) {
+                    self.put(
+                        Family::TaskTraces,
+                        key::task_trace(&after.id, id),
+                        &traceparent,
+                    );
+                }
+            }
+        }
+        if let Some(before) = before {
+            for id in before.tasks.keys() {
+                if open(before, id) && !open(after, id) {
+                    self.delete(Family::TaskTraces, key::task_trace(&after.id, id));
+                }
+            }
+        }
         Ok(())
     }
 

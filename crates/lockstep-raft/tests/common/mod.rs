@@ -35,11 +35,17 @@ impl Replica {
     }
 
     pub fn apply(&mut self, at_ms: i64, body: Body) -> Response {
+        let request_id = format!("r{}", self.index + 1);
+        self.apply_as(&request_id, at_ms, body)
+    }
+
+    /// Applies `body` as the next entry, a request with id `request_id`.
+    pub fn apply_as(&mut self, request_id: &str, at_ms: i64, body: Body) -> Response {
         self.index += 1;
         let entry = Entry::<TypeConfig> {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), self.index),
             payload: EntryPayload::Normal(Proposal {
-                request_id: Some(format!("r{}", self.index)),
+                request_id: Some(request_id.to_string()),
                 at: Timestamp::from_millis(at_ms),
                 body,
             }),

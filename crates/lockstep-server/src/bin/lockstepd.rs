@@ -113,6 +113,7 @@ fn init_tracing(
             let (traces, layer) = lockstep_server::telemetry::Traces::start(endpoint, node_id)?;
             let spans = tracing_subscriber::filter::Targets::new()
                 .with_target("lockstep_server", tracing::Level::INFO)
+                .with_target("lockstep_raft", tracing::Level::INFO)
                 .with_target("lockstepd", tracing::Level::INFO);
             registry.with(layer.with_filter(spans)).init();
             Ok(Some(traces))

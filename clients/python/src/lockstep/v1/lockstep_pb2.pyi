@@ -2111,6 +2111,7 @@ class LeasedTask(_message.Message):
     INPUT_JSON_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     ORIGIN_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     workflow: _builtins.str
     queue: _builtins.str
     task_type: _builtins.str
@@ -2120,6 +2121,11 @@ class LeasedTask(_message.Message):
     """RFC 3339 cluster time after which the lease expires unless extended by a heartbeat."""
     origin: _builtins.str
     """The transition whose effect created the task."""
+    traceparent: _builtins.str
+    """The W3C trace context of the request whose change created the task, when it was made in a
+    trace a node exported (empty: none). Send it back as `traceparent` metadata on the
+    task's heartbeats, completion, failure and release to continue that trace.
+    """
     @_builtins.property
     def lease(self) -> Global___TaskLease: ...
     def __init__(
@@ -2132,10 +2138,11 @@ class LeasedTask(_message.Message):
         input_json: _builtins.str = ...,
         lease_expires_at: _builtins.str = ...,
         origin: _builtins.str = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_json", b"input_json", "lease", b"lease", "lease_expires_at", b"lease_expires_at", "origin", b"origin", "queue", b"queue", "task_type", b"task_type", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_json", b"input_json", "lease", b"lease", "lease_expires_at", b"lease_expires_at", "origin", b"origin", "queue", b"queue", "task_type", b"task_type", "traceparent", b"traceparent", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
