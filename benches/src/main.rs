@@ -48,15 +48,50 @@ mod timers;
 ///   lockstep-bench --scenario events --concurrency 1,16,64
 ///
 ///   lockstep-bench --scenario quota --mode open --rate 200/s --quota-rate 50/s --rounds 3
+///
+///   LOCKSTEP_TOKEN=$(cat alice.jwt) lockstep-bench --endpoints n1:7001,n2:7001,n3:7001 \
+///     --tls-ca certs/ca.pem --actor alice --concurrency 1,16,64
+///     (a secure cluster deployed with deploy/; the token's subject is --actor)
 #[derive(Debug, Parser)]
 #[command(version, verbatim_doc_comment)]
 struct Args {
     /// Start a local cluster of this many nodes (1, 3 or 5); ignored with --endpoints.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// Target an existing cluster instead (comma separated host:port; dev mode).
+    /// Target an existing cluster instead (comma separated host:port). A secure cluster (one
+    /// deployed with deploy/) needs --tls-ca and a credential, --token or --tls-cert.
     #[arg(long, value_delimiter = ',')]
     endpoints: Vec<String>,
+    /// The cluster CA (PEM), as for the CLI: connect over TLS and verify the nodes with it.
+    #[arg(long, env = "LOCKSTEP_TLS_CA", value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// A client certificate from the cluster CA (PEM; with --tls-key and --tls-ca): the bench
+    /// acts as the actor it names.
+    #[arg(
+        long,
+        env = "LOCKSTEP_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "LOCKSTEP_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// A JWT from the cluster's issuer, sent as `authorization: Bearer <token>`: the bench acts
+    /// as its subject. Prefer the environment variable, which does not show in process lists.
+    #[arg(long, env = "LOCKSTEP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The actor the `transitions` and `reads` units act as: the requester of the purchase
+    /// orders they create and submit. Against a secure cluster it must be the subject of
+    /// --token or the CN of --tls-cert (the workflow lets only the requester submit), and the
+    /// credential needs the roles `requester` and (once, to apply the workflow) `admin`.
+    #[arg(long, env = "LOCKSTEP_ACTOR", default_value = "alice")]
+    actor: String,
     /// Closed loop: concurrent clients; a comma separated list runs a sweep,
     /// e.g. `--concurrency 1,16,64,256`.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
@@ -109,7 +144,8 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     connections: usize,
     /// `transitions` and `reads`: distinct requester actors the units are spread over
-    /// (`alice` for one, else `alice-0` ... `alice-N`), each with its own quota buckets.
+    /// (`--actor` for one, else `alice-0` ... `alice-N` for `--actor alice`), each with its
+    /// own quota buckets.
     /// From 1 to 10000.
     #[arg(long, default_value_t = 1)]
     actors: usize,
@@ -548,6 +584,42 @@ fn write_outputs(args: &Args, report: &Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The credentials of --tls-ca, --tls-cert/--tls-key and --token, checked against the rest
+/// of the flags: they are for a secure cluster given with --endpoints, and one credential acts
+/// as one actor.
+fn credentials(args: &Args) -> anyhow::Result<lockstep_client::Credentials> {
+    let credentials = lockstep_client::Credentials::from_flags(
+        args.tls_ca.as_deref(),
+        args.tls_cert.as_deref().zip(args.tls_key.as_deref()),
+        args.token.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let given = credentials.tls.is_some() || credentials.token.is_some();
+    if given && args.endpoints.is_empty() {
+        bail!(
+            "--tls-ca, --tls-cert and --token are for a secure cluster given with --endpoints; the cluster the bench starts itself runs in development mode and needs none"
+        );
+    }
+    if credentials.authenticate() {
+        if args.actors != 1 {
+            bail!(
+                "--actors {}: one credential acts as one actor; drop --actors (or bench a development-mode cluster, whose actors are named in headers)",
+                args.actors
+            );
+        }
+        if !matches!(
+            args.scenario,
+            Scenario::Transitions | Scenario::Reads | Scenario::Events
+        ) {
+            bail!(
+                "--scenario {:?} acts as several actors (workers, a greedy and a victim actor) or restarts nodes, which one credential cannot do: with credentials, bench the transitions, reads or events scenario",
+                args.scenario
+            );
+        }
+    }
+    Ok(credentials)
+}
+
 /// Checks the combination of flags before anything starts.
 fn check(args: &Args) -> anyhow::Result<()> {
     if args.endpoints.is_empty() && ![1, 3, 5].contains(&args.nodes) {
@@ -619,6 +691,7 @@ fn check(args: &Args) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     check(&args)?;
+    scenarios::use_credentials(credentials(&args)?);
     let window = Window {
         warmup: parse_duration(&args.warmup)?,
         duration: parse_duration(&args.duration)?,
@@ -647,7 +720,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         (None, args.endpoints.clone())
     };
-    let clients = scenarios::Clients::new(&endpoints, "alice", args.actors, args.connections)?;
+    let clients = scenarios::Clients::new(&endpoints, &args.actor, args.actors, args.connections)?;
     apply_purchase_order(clients.first()).await?;
     match args.scenario {
         Scenario::Quota => {
@@ -851,6 +924,14 @@ async fn apply_purchase_order(client: &Client) -> anyhow::Result<()> {
             .await;
         match applied {
             Ok(_) => return Ok(()),
+            // Who the bench is, or what it may do, does not change by waiting.
+            Err(
+                e @ (lockstep_client::Error::Unauthenticated(_)
+                | lockstep_client::Error::PermissionDenied(_)
+                | lockstep_client::Error::Refused(_)),
+            ) => bail!(
+                "the cluster refused to apply the purchase-order workflow: {e}; against a secure cluster, give --tls-ca and a credential (--token or --tls-cert) of an actor with the `admin` role"
+            ),
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -897,6 +978,28 @@ mod tests {
         ];
         for line in refused {
             assert!(check(&args(line)).is_err(), "{line}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_for_a_given_cluster_and_one_actor() {
+        assert!(credentials(&args("--endpoints 127.0.0.1:7001 --token t")).is_ok());
+        assert!(
+            credentials(&args(
+                "--endpoints 127.0.0.1:7001 --token t --scenario reads"
+            ))
+            .is_ok()
+        );
+        let refused = [
+            // The bench's own cluster runs in development mode.
+            "--token t",
+            "--endpoints 127.0.0.1:7001 --token t --actors 2",
+            "--endpoints 127.0.0.1:7001 --token t --scenario tasks",
+            "--endpoints 127.0.0.1:7001 --token t --scenario quota",
+            "--endpoints 127.0.0.1:7001 --tls-ca /nonexistent/ca.pem",
+        ];
+        for line in refused {
+            assert!(credentials(&args(line)).is_err(), "{line}");
         }
     }
 

@@ -9,11 +9,11 @@
 //!   taking the transition declared with `on:` (as `portal.document_uploaded` does in
 //!   examples/workflows/customer-onboarding.yaml).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use lockstep_client::{
-    Client, Error, Identity, InstanceChange, Options, by_id, by_key, pb, request_id,
+    Client, Credentials, Error, Identity, InstanceChange, Options, by_id, by_key, pb, request_id,
 };
 use lockstep_core::ActorKind;
 
@@ -30,15 +30,28 @@ fn order_of(actor: &str) -> serde_json::Value {
     serde_json::json!({"amount": 100, "requester": actor})
 }
 
+/// The credentials the request/response scenarios' clients connect with (`--tls-ca`,
+/// `--tls-cert`, `--tls-key`, `--token`), set once at start; none: a development-mode
+/// cluster, which takes the actor from the identity headers.
+static CREDENTIALS: OnceLock<Credentials> = OnceLock::new();
+
+/// Sets the credentials of every [`bench_client`] made from now on (the first call wins).
+pub(crate) fn use_credentials(credentials: Credentials) {
+    let _ = CREDENTIALS.set(credentials);
+}
+
 /// A client of `identity` with its own HTTP/2 connection to every endpoint. Refusals by
 /// admission control or quotas are returned, not retried: a retry would hide them in the
-/// latency of the request.
+/// latency of the request. Against a secure cluster the credentials name the actor and the
+/// identity headers are ignored.
 pub(crate) fn bench_client(endpoints: &[String], identity: Identity) -> anyhow::Result<Client> {
     let options = Options {
         retry_overloaded: false,
         ..Options::default()
     };
-    Client::new(endpoints, Some(identity), options).map_err(anyhow::Error::msg)
+    let credentials = CREDENTIALS.get().cloned().unwrap_or_default();
+    Client::with_credentials(endpoints, Some(identity), options, credentials)
+        .map_err(anyhow::Error::msg)
 }
 
 /// `count` (at least one) [`bench_client`]s of `identity`.

@@ -87,6 +87,35 @@ pub struct Credentials {
     pub token: Option<String>,
 }
 
+impl Credentials {
+    /// The credentials the CLI and the bench take as flags (`--tls-ca`, `--tls-cert` with
+    /// `--tls-key`, `--token`): a client certificate needs the CA; a blank token is none.
+    pub fn from_flags(
+        ca: Option<&std::path::Path>,
+        cert_and_key: Option<(&std::path::Path, &std::path::Path)>,
+        token: Option<&str>,
+    ) -> Result<Credentials, SetupError> {
+        let tls = match (ca, cert_and_key) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(SetupError::CertWithoutCa),
+            (Some(ca), cert_and_key) => Some(Tls::from_files(ca, cert_and_key)?),
+        };
+        Ok(Credentials {
+            tls,
+            token: token
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string),
+        })
+    }
+
+    /// Whether these prove an identity (a client certificate or a token) rather than naming
+    /// one in headers, as a development-mode cluster takes it.
+    pub fn authenticate(&self) -> bool {
+        self.token.is_some() || self.tls.as_ref().is_some_and(|t| t.identity.is_some())
+    }
+}
+
 /// TLS settings of a client.
 #[derive(Clone, Debug)]
 pub struct Tls {
@@ -171,6 +200,8 @@ pub enum SetupError {
     HttpsWithoutTls(String),
     #[error("bad endpoint `{endpoint}`: {reason}")]
     BadEndpoint { endpoint: String, reason: String },
+    #[error("--tls-cert needs --tls-ca (the cluster CA) to verify the nodes it connects to")]
+    CertWithoutCa,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use lockstep_client::model::SlaView;
 use lockstep_client::{
     AuditRecord, AuditVerification, Client, Credentials, Error, Identity, Instance, InstanceChange,
-    InstanceRead, Named, Options, Provenance, Tls, by_id, by_key, pb, request_id,
+    InstanceRead, Named, Options, Provenance, by_id, by_key, pb, request_id,
 };
 use lockstep_core::{ActorKind, RefusalCode, Timestamp};
 
@@ -151,25 +151,12 @@ impl Connection {
 
     /// TLS (`--tls-ca`, `--tls-cert`, `--tls-key`) and the bearer token (`--token`).
     pub fn credentials(&self) -> anyhow::Result<Credentials> {
-        let tls = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
-            (None, None, None) => None,
-            (None, _, _) => bail!(
-                "--tls-cert needs --tls-ca (the cluster CA) to verify the nodes it connects to"
-            ),
-            (Some(ca), cert, key) => Some(
-                Tls::from_files(ca, cert.as_deref().zip(key.as_deref()))
-                    .map_err(anyhow::Error::msg)?,
-            ),
-        };
-        Ok(Credentials {
-            tls,
-            token: self
-                .token
-                .as_deref()
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_string),
-        })
+        Credentials::from_flags(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref().zip(self.tls_key.as_deref()),
+            self.token.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)
     }
 
     fn request_id(&self) -> String {
