@@ -11,6 +11,7 @@
 //!   arrival that finds the bound reached waits for a slot (counted `late`, its wait is part of
 //!   its latency), and arrivals still waiting when the measured window ends are `dropped`.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,11 +39,14 @@ fn record(h: &mut Histogram<u64>, latency: Duration) {
 
 /// What one unit of work did: the latency of each request that succeeded, of each that was
 /// refused by admission control or a quota (`OVERLOADED`, `QUOTA_EXCEEDED`: counted apart
-/// from errors, since nothing was done and the answer came at once), and how many failed.
+/// from errors, since nothing was done and the answer came at once), the code of every
+/// refusal (those and the engine's, e.g. `INVALID_TRANSITION`, which are answers, not
+/// errors), and how many failed.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
     pub(crate) latencies: Vec<Duration>,
     pub(crate) refusals: Vec<Duration>,
+    pub(crate) refusal_codes: Vec<String>,
     pub(crate) errors: u64,
     /// The longest retry-after hint of its refusals. A closed-loop client waits that long
     /// (plus jitter) before its next unit, as `lockstep-client` does before a retry, instead
@@ -52,9 +56,11 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
-    /// Notes a refusal answered after `latency` with `hint` to retry after.
-    pub(crate) fn refused(&mut self, latency: Duration, hint: Option<Duration>) {
+    /// Notes a refusal by admission control or a quota (`code`), answered after `latency`
+    /// with `hint` to retry after.
+    pub(crate) fn refused(&mut self, latency: Duration, hint: Option<Duration>, code: String) {
         self.refusals.push(latency);
+        self.refusal_codes.push(code);
         self.retry_after = self
             .retry_after
             .max(Some(hint.unwrap_or(RETRY_AFTER_DEFAULT)));
@@ -70,10 +76,15 @@ fn with_jitter(hint: Duration, sequence: u64) -> Duration {
     hint + hint.mul_f64((mix(sequence) % 1_000) as f64 / 2_000.0)
 }
 
-/// What a level measured: successes, refusals and errors.
+/// Most distinct refusal codes a level counts; further ones are counted under `other`
+/// (the engine has about thirty codes, so this bounds only a server sending nonsense).
+const REFUSAL_CODES_MAX: usize = 64;
+
+/// What a level measured: successes, refusals (by code) and errors.
 struct Measured {
     ok: Histogram<u64>,
     refused: Histogram<u64>,
+    codes: BTreeMap<String, u64>,
     errors: u64,
 }
 
@@ -82,8 +93,18 @@ impl Measured {
         Measured {
             ok: histogram(),
             refused: histogram(),
+            codes: BTreeMap::new(),
             errors: 0,
         }
+    }
+
+    fn count(&mut self, code: String, n: u64) {
+        let code = if self.codes.len() < REFUSAL_CODES_MAX || self.codes.contains_key(&code) {
+            code
+        } else {
+            "other".to_string()
+        };
+        *self.codes.entry(code).or_default() += n;
     }
 
     fn add(&mut self, outcome: Outcome) {
@@ -93,12 +114,18 @@ impl Measured {
         for l in outcome.refusals {
             record(&mut self.refused, l);
         }
+        for code in outcome.refusal_codes {
+            self.count(code, 1);
+        }
         self.errors += outcome.errors;
     }
 
     fn merge(&mut self, other: Measured) {
         self.ok.add(other.ok).expect("same bounds");
         self.refused.add(other.refused).expect("same bounds");
+        for (code, n) in other.codes {
+            self.count(code, n);
+        }
         self.errors += other.errors;
     }
 }
@@ -124,6 +151,9 @@ pub(crate) struct Level {
     /// How fast refusals were answered.
     pub(crate) refused_p50_us: u64,
     pub(crate) refused_p99_us: u64,
+    /// Every refusal by its code: `OVERLOADED` and `QUOTA_EXCEEDED` (the `refused` above) and
+    /// the engine's (e.g. `INVALID_TRANSITION`, `FORBIDDEN`), which are answers, not errors.
+    pub(crate) refusals_by_code: BTreeMap<String, u64>,
     /// Open loop: arrivals that found IN_FLIGHT_MAX units in flight and waited for a slot.
     pub(crate) late: u64,
     /// Open loop: arrivals never sent because the window ended while they waited.
@@ -160,6 +190,7 @@ impl Level {
             refused,
             refused_p50_us: refused_at(0.50),
             refused_p99_us: refused_at(0.99),
+            refusals_by_code: m.codes.clone(),
             late: 0,
             dropped: 0,
             seconds,

@@ -471,21 +471,21 @@ fn print_levels(system: &str, mode: Mode, levels: &[Level]) {
     match mode {
         Mode::Closed => {
             println!(
-                "| clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | refused | refusal p50/p99 ms |{}",
+                "| clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | refused | refusal p50/p99 ms | refusals by code |{}",
                 cost::TABLE_HEADER
             );
             println!(
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|{}",
                 cost::TABLE_ALIGN
             );
         }
         Mode::Open => {
             println!(
-                "| offered ops/s | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | refused | refusal p50/p99 ms | late | dropped |{}",
+                "| offered ops/s | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | refused | refusal p50/p99 ms | late | dropped | refusals by code |{}",
                 cost::TABLE_HEADER
             );
             println!(
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|{}",
                 cost::TABLE_ALIGN
             );
         }
@@ -514,9 +514,22 @@ fn print_levels(system: &str, mode: Mode, levels: &[Level]) {
         if mode == Mode::Open {
             row.push_str(&format!(" {} | {} |", l.late, l.dropped));
         }
+        row.push_str(&format!(" {} |", by_code(&l.refusals_by_code)));
         row.push_str(&cost::table_cells(l.cost.as_ref()));
         println!("{row}");
     }
+}
+
+/// Refusal counts as a table cell, e.g. `INVALID_TRANSITION 3, OVERLOADED 12` (`-`: none).
+fn by_code(counts: &std::collections::BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        return "-".into();
+    }
+    counts
+        .iter()
+        .map(|(code, n)| format!("{code} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn print_ratios(mode: Mode, ratios: &[Ratio]) {
@@ -1001,6 +1014,16 @@ mod tests {
         for line in refused {
             assert!(credentials(&args(line)).is_err(), "{line}");
         }
+    }
+
+    #[test]
+    fn refusals_print_by_code() {
+        let counts = std::collections::BTreeMap::from([
+            ("OVERLOADED".to_string(), 12),
+            ("INVALID_TRANSITION".to_string(), 3),
+        ]);
+        assert_eq!(by_code(&counts), "INVALID_TRANSITION 3, OVERLOADED 12");
+        assert_eq!(by_code(&Default::default()), "-");
     }
 
     #[test]

@@ -139,19 +139,26 @@ const LIST_PAGE_SIZE: u32 = 20;
 const FRACTION_SCALE: u64 = 10_000;
 
 /// How a request ended, for counting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Ended {
     Ok,
     /// Refused by admission control or a quota (nothing was done): counted apart, with
-    /// the hint of when to retry.
-    Refused(Option<Duration>),
+    /// the hint of when to retry and the code.
+    Refused(Option<Duration>, String),
+    /// Refused by the engine (its code, e.g. `INVALID_TRANSITION`): an answer, counted by code.
+    Declined(&'static str),
     Failed,
 }
 
 fn ended<T>(result: &Result<T, Error>) -> Ended {
     match result {
         Ok(_) => Ended::Ok,
-        Err(Error::Overloaded { retry_after, .. }) => Ended::Refused(*retry_after),
+        Err(Error::Overloaded {
+            retry_after,
+            reason,
+            ..
+        }) => Ended::Refused(*retry_after, reason.clone()),
+        Err(Error::Refused(r)) => Ended::Declined(r.code.as_str()),
         Err(_) => Ended::Failed,
     }
 }
@@ -161,7 +168,8 @@ fn outcome(results: &[(Instant, Instant, Ended)]) -> Outcome {
     for (from, to, how) in results {
         match how {
             Ended::Ok => o.latencies.push(*to - *from),
-            Ended::Refused(hint) => o.refused(*to - *from, *hint),
+            Ended::Refused(hint, code) => o.refused(*to - *from, *hint, code.clone()),
+            Ended::Declined(code) => o.refusal_codes.push((*code).to_string()),
             Ended::Failed => o.errors += 1,
         }
     }
