@@ -887,6 +887,10 @@ fn cluster_status_shows_every_node() {
         let members = row["members"].as_array().unwrap();
         assert_eq!(members.len(), 3, "{row}");
         assert!(members.iter().all(|m| m["voter"] == true), "{row}");
+        // The test cluster waited for the gate: every node applied the format its build reads.
+        let readable = row["log_format_readable"].as_u64().unwrap();
+        assert!(readable >= 9, "{row}");
+        assert_eq!(row["log_format"].as_u64(), Some(readable), "{row}");
     }
 
     for row in settled_status(true) {

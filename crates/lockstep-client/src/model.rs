@@ -445,6 +445,10 @@ pub struct ClusterStatus {
     /// check of the space alarm.
     pub data_dir_free_bytes: u64,
     pub store_bytes: u64,
+    /// The replicated log format the node applied, and the highest its build reads (the
+    /// cluster-version gate raises the first once every member's second reaches it).
+    pub log_format: u32,
+    pub log_format_readable: u32,
 }
 
 /// The members after a membership change.
@@ -1199,6 +1203,8 @@ impl TryFrom<pb::ClusterStatus> for ClusterStatus {
                 space_alarm: non_empty(s.space_alarm),
                 data_dir_free_bytes: s.data_dir_free_bytes,
                 store_bytes: s.store_bytes,
+                log_format: s.log_format,
+                log_format_readable: s.log_format_readable,
             })
         };
         convert().map_err(|e| within(&node, e))
@@ -1489,6 +1495,8 @@ mod tests {
                 voter: true,
             }],
             store_bytes: 4096,
+            log_format: 8,
+            log_format_readable: 9,
             ..Default::default()
         }
     }
@@ -1502,6 +1510,7 @@ mod tests {
         assert_eq!((s.digest, s.space_alarm), (None, None));
         assert_eq!(s.cluster_time, Some(at("2026-01-02T03:04:05Z")));
         assert_eq!(s.members[0].addr, "127.0.0.1:7101");
+        assert_eq!((s.log_format, s.log_format_readable), (8, 9));
         let fresh = pb::ClusterStatus {
             cluster_time: String::new(),
             leader_id: 1,

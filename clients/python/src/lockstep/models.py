@@ -481,6 +481,10 @@ class ClusterStatus:
     members: Tuple[Member, ...]
     data_dir_free_bytes: int
     store_bytes: int
+    # The replicated log format the node applied, and the highest its build reads (the
+    # cluster-version gate raises the first once every member's second reaches it).
+    log_format: int = 0
+    log_format_readable: int = 0
     # None when no leader is known.
     leader_id: Optional[int] = None
     leader_addr: Optional[str] = None
@@ -853,6 +857,8 @@ def cluster_status(m: pb.ClusterStatus) -> ClusterStatus:
         members=tuple(Member(x.id, x.addr, x.voter) for x in m.members),
         data_dir_free_bytes=m.data_dir_free_bytes,
         store_bytes=m.store_bytes,
+        log_format=m.log_format,
+        log_format_readable=m.log_format_readable,
         leader_id=m.leader_id or None,
         leader_addr=_none(m.leader_addr),
         digest=_none(m.digest),

@@ -44,9 +44,15 @@ pub async fn cluster_status(conn: &Connection, output: Output, digest: bool) -> 
                     if let Some(alarm) = &s.space_alarm {
                         println!("{:<22} SPACE ALARM: {alarm}", "");
                     }
+                    if s.log_format < s.log_format_readable {
+                        println!(
+                            "{:<22} log format {} (this build reads {}): raised once every member runs a build that reads it",
+                            "", s.log_format, s.log_format_readable
+                        );
+                    }
                 }
                 let cluster_time = s.cluster_time.map(|t| t.to_string()).unwrap_or_default();
-                answers.answered(serde_json::json!({"endpoint": endpoint, "node_id": s.node_id, "role": s.role.as_str(), "term": s.term, "leader_id": leader_id, "leader_addr": leader_addr, "last_log_index": s.last_log_index, "applied_index": s.applied_index, "digest": digest_hex, "snapshot_index": s.snapshot_index, "cluster_time": cluster_time, "space_alarm": space_alarm, "data_dir_free_bytes": s.data_dir_free_bytes, "store_bytes": s.store_bytes, "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>()}));
+                answers.answered(serde_json::json!({"endpoint": endpoint, "node_id": s.node_id, "role": s.role.as_str(), "term": s.term, "leader_id": leader_id, "leader_addr": leader_addr, "last_log_index": s.last_log_index, "applied_index": s.applied_index, "digest": digest_hex, "snapshot_index": s.snapshot_index, "cluster_time": cluster_time, "space_alarm": space_alarm, "data_dir_free_bytes": s.data_dir_free_bytes, "store_bytes": s.store_bytes, "log_format": s.log_format, "log_format_readable": s.log_format_readable, "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>()}));
             }
             Err(e) => answers.unreachable(endpoint, e),
         }

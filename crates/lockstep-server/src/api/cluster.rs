@@ -29,6 +29,7 @@ impl pb::cluster_server::Cluster for Api {
             .map_err(status::store_error)?
             .map(|t| t.to_string())
             .unwrap_or_default();
+        let log_format = read::log_format(&*self.node.store).map_err(status::store_error)?;
         Ok(Response::new(pb::ClusterStatus {
             node_id: self.node.id,
             leader_id: leader_id.unwrap_or(0),
@@ -44,6 +45,8 @@ impl pb::cluster_server::Cluster for Api {
             space_alarm: self.node.space.refusal().unwrap_or_default(),
             data_dir_free_bytes: self.node.space.last().free_bytes,
             store_bytes: self.node.space.last().store_bytes,
+            log_format: log_format.0,
+            log_format_readable: lockstep_raft::format::LOG_FORMAT_CURRENT,
         }))
     }
 

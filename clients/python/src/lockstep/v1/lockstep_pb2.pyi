@@ -1825,6 +1825,8 @@ class ClusterStatus(_message.Message):
     SPACE_ALARM_FIELD_NUMBER: _builtins.int
     DATA_DIR_FREE_BYTES_FIELD_NUMBER: _builtins.int
     STORE_BYTES_FIELD_NUMBER: _builtins.int
+    LOG_FORMAT_FIELD_NUMBER: _builtins.int
+    LOG_FORMAT_READABLE_FIELD_NUMBER: _builtins.int
     node_id: _builtins.int
     leader_id: _builtins.int
     """0 when no leader is known."""
@@ -1845,6 +1847,13 @@ class ClusterStatus(_message.Message):
     check of the space alarm (every second).
     """
     store_bytes: _builtins.int
+    log_format: _builtins.int
+    """The replicated log format this node has applied, and the highest its build reads. During
+    a rolling upgrade the first stays put until every member's second reaches it; then the
+    cluster-version gate raises it, and features of the new format (refused until then with
+    FAILED_PRECONDITION) are available.
+    """
+    log_format_readable: _builtins.int
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]: ...
     def __init__(
@@ -1864,10 +1873,12 @@ class ClusterStatus(_message.Message):
         space_alarm: _builtins.str = ...,
         data_dir_free_bytes: _builtins.int = ...,
         store_bytes: _builtins.int = ...,
+        log_format: _builtins.int = ...,
+        log_format_readable: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_index", b"applied_index", "cluster_time", b"cluster_time", "data_dir_free_bytes", b"data_dir_free_bytes", "digest", b"digest", "last_log_index", b"last_log_index", "leader_addr", b"leader_addr", "leader_id", b"leader_id", "members", b"members", "node_id", b"node_id", "role", b"role", "snapshot_index", b"snapshot_index", "space_alarm", b"space_alarm", "store_bytes", b"store_bytes", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_index", b"applied_index", "cluster_time", b"cluster_time", "data_dir_free_bytes", b"data_dir_free_bytes", "digest", b"digest", "last_log_index", b"last_log_index", "leader_addr", b"leader_addr", "leader_id", b"leader_id", "log_format", b"log_format", "log_format_readable", b"log_format_readable", "members", b"members", "node_id", b"node_id", "role", b"role", "snapshot_index", b"snapshot_index", "space_alarm", b"space_alarm", "store_bytes", b"store_bytes", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
