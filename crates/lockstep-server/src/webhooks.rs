@@ -188,7 +188,7 @@ impl Delivery {
             }
             for (record, emitted) in records {
                 if self.subscription.filter.matches(&record.record, &emitted)
-                    && !self.deliver(&record, &emitted, head).await
+                    && !self.deliver(&record, &emitted).await
                 {
                     return; // paused: the reconcile starts a task again after a resume
                 }
@@ -218,7 +218,7 @@ impl Delivery {
     }
 
     /// Sends one record until it is delivered (`true`) or the subscription is paused.
-    async fn deliver(&mut self, record: &ChainedRecord, emitted: &[String], head: u64) -> bool {
+    async fn deliver(&mut self, record: &ChainedRecord, emitted: &[String]) -> bool {
         let settings = &self.node.webhooks;
         let name = self.subscription.name.clone();
         let id = record.global_seq.to_string();
@@ -256,6 +256,14 @@ impl Delivery {
                 Err(e) => bounded_error(&e),
             };
             attempts += 1;
+            // The lag now, not at the look: records keep coming while one is retried.
+            let head = match read::audit_head(&*self.node.store) {
+                Ok(head) => head.seq,
+                Err(e) => {
+                    tracing::warn!(subscription = %name, error = %e, "webhook delivery cannot read the audit head");
+                    record.global_seq
+                }
+            };
             let lag = head.saturating_sub(self.subscription.cursor);
             let give_up = attempts >= settings.attempts || lag > settings.lag_max;
             let reason = if lag > settings.lag_max {

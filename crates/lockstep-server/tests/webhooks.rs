@@ -410,6 +410,71 @@ async fn every_matching_record_arrives_in_order_and_signed_through_failures_and_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscription_that_falls_more_than_lag_max_behind_while_failing_is_paused() {
+    // Attempts never run out here: only the lag can pause it.
+    let (cluster, _settings) = cluster_with_webhooks(
+        "attempts = 100000
+lag_max = 3
+backoff_max = \"100ms\"",
+    );
+    let admin = cluster.admin();
+    cluster.define_tickets("tickets", "1h").await;
+    let addr = free_addr("127.0.0.1");
+    let receiver = Receiver::default();
+    let _server = receiver.serve(addr).await;
+    receiver.behaviour.broken.store(true, Ordering::SeqCst);
+    let subscription = create(
+        &admin,
+        "tickets",
+        &format!("http://{addr}/hook"),
+        "ops",
+        tickets_filter(),
+    )
+    .await
+    .unwrap();
+    // The first ticket is being retried when the others arrive: the lag grows past 3.
+    create_tickets(&cluster, 1).await;
+    let started = Instant::now();
+    while receiver.received().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing was sent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    create_tickets(&cluster, 5).await;
+    let paused = loop {
+        let s = admin.subscription("tickets").await.unwrap();
+        if s.paused {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not paused: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(paused.paused_by, "system:webhooks");
+    assert!(
+        paused.paused_reason.contains("more than lag_max (3)")
+            && paused.paused_reason.contains("500"),
+        "{}",
+        paused.paused_reason
+    );
+    // Nothing was skipped: the cursor stands before the first ticket, and a resume after the
+    // repair delivers all six.
+    let all = expected(&admin, subscription.cursor).await;
+    assert_eq!(all.len(), 6);
+    assert!(paused.cursor < all[0], "{paused:?}");
+    receiver.behaviour.broken.store(false, Ordering::SeqCst);
+    admin
+        .resume_subscription(&request_id(), "tickets")
+        .await
+        .unwrap();
+    wait_for(&receiver, &all, Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_target_that_keeps_failing_is_paused_and_resume_delivers_from_the_cursor() {
     let (cluster, _settings) = cluster_with_webhooks("attempts = 3\nbackoff_max = \"200ms\"");
     let admin = cluster.admin();
