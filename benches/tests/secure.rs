@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 use lockstep_client::Identity;
 use lockstep_core::ActorKind;
-use lockstep_testpki::{JWT_AUDIENCE, JWT_ISSUER, Pki};
+use lockstep_testpki::Pki;
 
 fn bench() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lockstep-bench"))
@@ -35,18 +35,9 @@ impl SecureNode {
             "no lockstepd at {}: build the workspace (`cargo build --workspace --all-targets`)",
             lockstepd.display()
         );
-        let (cert, key) = pki.node_files(1);
         let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
         let child = Command::new(lockstepd)
-            .arg("--tls-cert")
-            .arg(cert)
-            .arg("--tls-key")
-            .arg(key)
-            .arg("--tls-ca")
-            .arg(pki.dir.join("ca.pem"))
-            .arg("--jwt-keys")
-            .arg(pki.dir.join("jwt.pem"))
-            .args(["--jwt-issuer", JWT_ISSUER, "--jwt-audience", JWT_AUDIENCE])
+            .args(pki.node_args(1))
             .args(["--id", "1", "--listen", &endpoint])
             .args(["--initial-members", &format!("1={endpoint}")])
             .args(["--heartbeat-ms", "100", "--election-timeout-ms", "500"])

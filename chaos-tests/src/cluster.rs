@@ -408,22 +408,7 @@ impl Cluster {
         let Some(pki) = &self.pki else {
             return vec!["--dev".into()];
         };
-        let (cert, key) = pki.node_files(self.ids[i]);
-        let path = |p: PathBuf| p.display().to_string();
-        vec![
-            "--tls-cert".into(),
-            path(cert),
-            "--tls-key".into(),
-            path(key),
-            "--tls-ca".into(),
-            path(pki.dir.join("ca.pem")),
-            "--jwt-keys".into(),
-            path(pki.dir.join("jwt.pem")),
-            "--jwt-issuer".into(),
-            lockstep_testpki::JWT_ISSUER.into(),
-            "--jwt-audience".into(),
-            lockstep_testpki::JWT_AUDIENCE.into(),
-        ]
+        pki.node_args(self.ids[i])
     }
 
     /// `--max-clock-offset` for a skewed cluster: the spread of its offsets plus 2 s.

@@ -409,19 +409,24 @@ async fn every_matching_record_arrives_in_order_and_signed_through_failures_and_
     drop(server);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_subscription_that_falls_more_than_lag_max_behind_while_failing_is_paused() {
-    // Attempts never run out here: only the lag can pause it.
-    let (cluster, _settings) = cluster_with_webhooks(
-        "attempts = 100000
-lag_max = 3
-backoff_max = \"100ms\"",
-    );
+/// A cluster with the webhook settings `extra`, the tickets workflow, a receiver answering
+/// 500 to everything, and a subscription `tickets` to it.
+struct FailingTarget {
+    cluster: Cluster,
+    _settings: tempfile::TempDir,
+    admin: Client,
+    receiver: Receiver,
+    _server: tokio::task::JoinHandle<()>,
+    subscription: pb::Subscription,
+}
+
+async fn failing_target(extra: &str) -> FailingTarget {
+    let (cluster, settings) = cluster_with_webhooks(extra);
     let admin = cluster.admin();
     cluster.define_tickets("tickets", "1h").await;
     let addr = free_addr("127.0.0.1");
     let receiver = Receiver::default();
-    let _server = receiver.serve(addr).await;
+    let server = receiver.serve(addr).await;
     receiver.behaviour.broken.store(true, Ordering::SeqCst);
     let subscription = create(
         &admin,
@@ -432,6 +437,42 @@ backoff_max = \"100ms\"",
     )
     .await
     .unwrap();
+    FailingTarget {
+        cluster,
+        _settings: settings,
+        admin,
+        receiver,
+        _server: server,
+        subscription,
+    }
+}
+
+/// The subscription `tickets` once delivery has paused it, at most 30 s after `started`.
+async fn paused_by_delivery(admin: &Client, started: Instant) -> pb::Subscription {
+    loop {
+        let s = admin.subscription("tickets").await.unwrap();
+        if s.paused {
+            assert_eq!(s.paused_by, "system:webhooks");
+            return s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not paused: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscription_that_falls_more_than_lag_max_behind_while_failing_is_paused() {
+    // Attempts never run out here: only the lag can pause it.
+    let FailingTarget {
+        cluster,
+        admin,
+        receiver,
+        subscription,
+        ..
+    } = failing_target("attempts = 100000\nlag_max = 3\nbackoff_max = \"100ms\"").await;
     // The first ticket is being retried when the others arrive: the lag grows past 3.
     create_tickets(&cluster, 1).await;
     let started = Instant::now();
@@ -443,18 +484,7 @@ backoff_max = \"100ms\"",
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     create_tickets(&cluster, 5).await;
-    let paused = loop {
-        let s = admin.subscription("tickets").await.unwrap();
-        if s.paused {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "not paused: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(paused.paused_by, "system:webhooks");
+    let paused = paused_by_delivery(&admin, started).await;
     assert!(
         paused.paused_reason.contains("more than lag_max (3)")
             && paused.paused_reason.contains("500"),
@@ -476,38 +506,17 @@ backoff_max = \"100ms\"",
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_target_that_keeps_failing_is_paused_and_resume_delivers_from_the_cursor() {
-    let (cluster, _settings) = cluster_with_webhooks("attempts = 3\nbackoff_max = \"200ms\"");
-    let admin = cluster.admin();
-    cluster.define_tickets("tickets", "1h").await;
-    let addr = free_addr("127.0.0.1");
-    let receiver = Receiver::default();
-    let _server = receiver.serve(addr).await;
-    receiver.behaviour.broken.store(true, Ordering::SeqCst);
-    let subscription = create(
-        &admin,
-        "tickets",
-        &format!("http://{addr}/hook"),
-        "ops",
-        tickets_filter(),
-    )
-    .await
-    .unwrap();
+    let FailingTarget {
+        cluster,
+        admin,
+        receiver,
+        subscription,
+        ..
+    } = failing_target("attempts = 3\nbackoff_max = \"200ms\"").await;
     create_tickets(&cluster, 3).await;
 
     // Three failed attempts of the first record pause the subscription, with the error.
-    let started = Instant::now();
-    let paused = loop {
-        let s = admin.subscription("tickets").await.unwrap();
-        if s.paused {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "not paused: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(paused.paused_by, "system:webhooks");
+    let paused = paused_by_delivery(&admin, Instant::now()).await;
     assert!(
         paused.paused_reason.contains("3 attempts failed") && paused.paused_reason.contains("500"),
         "{}",

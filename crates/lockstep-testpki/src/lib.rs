@@ -96,6 +96,27 @@ impl Pki {
         (cert, self.dir.join(format!("node-{id}-key.pem")))
     }
 
+    /// The arguments that make `lockstepd` node `id` secure with this PKI: its certificate and
+    /// key, the CA, and the JWT issuer (keys, issuer, audience).
+    pub fn node_args(&self, id: u64) -> Vec<String> {
+        let (cert, key) = self.node_files(id);
+        let path = |p: PathBuf| p.display().to_string();
+        vec![
+            "--tls-cert".into(),
+            path(cert),
+            "--tls-key".into(),
+            path(key),
+            "--tls-ca".into(),
+            path(self.dir.join("ca.pem")),
+            "--jwt-keys".into(),
+            path(self.dir.join("jwt.pem")),
+            "--jwt-issuer".into(),
+            JWT_ISSUER.into(),
+            "--jwt-audience".into(),
+            JWT_AUDIENCE.into(),
+        ]
+    }
+
     /// A token signed by the cluster's issuer key with these claims.
     pub fn sign(&self, claims: &serde_json::Value) -> String {
         sign_with(&self.jwt_key, claims)

@@ -256,17 +256,7 @@ impl Cluster {
                 command.arg("--dev");
             }
             Some(pki) => {
-                let (cert, key) = pki.node_files(i as u64 + 1);
-                command
-                    .arg("--tls-cert")
-                    .arg(cert)
-                    .arg("--tls-key")
-                    .arg(key)
-                    .arg("--tls-ca")
-                    .arg(pki.dir.join("ca.pem"))
-                    .arg("--jwt-keys")
-                    .arg(pki.dir.join("jwt.pem"))
-                    .args(["--jwt-issuer", JWT_ISSUER, "--jwt-audience", JWT_AUDIENCE]);
+                command.args(pki.node_args(i as u64 + 1));
                 let policy = pki.dir.join("policy.toml");
                 if policy.exists() {
                     command.arg("--policy").arg(policy);
