@@ -171,6 +171,17 @@ pub(crate) struct Level {
 }
 
 impl Level {
+    /// A level measured elsewhere (the Temporal driver): the latency of each operation that
+    /// ended in the window, in microseconds, and the failed ones.
+    pub(crate) fn from_latencies(latencies_us: &[u64], errors: u64, duration: Duration) -> Level {
+        let mut m = Measured::new();
+        for l in latencies_us {
+            record(&mut m.ok, Duration::from_micros(*l));
+        }
+        m.errors = errors;
+        Level::new(&m, duration)
+    }
+
     fn new(m: &Measured, duration: Duration) -> Level {
         let seconds = duration.as_secs_f64();
         let (h, errors) = (&m.ok, m.errors);

