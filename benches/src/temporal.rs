@@ -1,7 +1,7 @@
 //! `--baseline temporal`: the engine a user would pick instead, measured in the same run.
 //!
 //! Temporal's dev server (`temporal server start-dev`, one node, its state in a SQLite file
-//! with the default synchronous writes) runs on loopback; `temporal/driver.py` (embedded here)
+//! with the dev server's own settings) runs on loopback; `temporal/driver.py` (embedded here)
 //! drives it with Temporal's Python SDK: per unit of work, a workflow started and its first
 //! step taken through a validated update, two operations as the `transitions` scenario's
 //! create and submit are two. The driver's worker runs in the driver's process, so the server,
