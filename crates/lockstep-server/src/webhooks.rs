@@ -223,6 +223,11 @@ impl Delivery {
         let name = self.subscription.name.clone();
         let id = record.global_seq.to_string();
         let body = payload(&name, record, emitted);
+        // The trace of the write that made the record, when it was traced: read once, it
+        // parents every attempt's span.
+        let traceparent = read::audit_trace(&*self.node.store, record.global_seq)
+            .ok()
+            .flatten();
         let mut attempts = 0u32;
         loop {
             if !self.confirm_leading().await {
@@ -230,11 +235,8 @@ impl Delivery {
             }
             let started = Instant::now();
             let span = tracing::info_span!("webhook.deliver", subscription = %name, seq = record.global_seq, attempt = attempts + 1);
-            // In the trace of the write that made the record, when it was traced.
-            if let Ok(Some(traceparent)) =
-                lockstep_raft::read::audit_trace(&*self.node.store, record.global_seq)
-            {
-                lockstep_raft::trace::continue_in(&span, &traceparent);
+            if let Some(traceparent) = &traceparent {
+                lockstep_raft::trace::continue_in(&span, traceparent);
             }
             let trace = span.in_scope(crate::telemetry::inject);
             let result = send(settings, &self.subscription, &id, body.clone(), &trace)
