@@ -50,26 +50,71 @@ impl SourceMap {
     }
 }
 
+/// What kind of file [`parse_yaml`] reads, for its messages.
+#[derive(Clone, Copy, Debug)]
+pub struct FileKind {
+    /// What the file holds, e.g. `definition`.
+    pub noun: &'static str,
+    /// The JSON Schema that lists its keys, e.g. `schema/workflow.schema.json`.
+    pub schema: &'static str,
+    /// How to start an empty file.
+    pub empty_hint: &'static str,
+    /// Largest file in bytes, and deepest nesting, with the names of those limits.
+    pub bytes_max: usize,
+    pub depth_max: usize,
+    pub bytes_limit: &'static str,
+    pub depth_limit: &'static str,
+}
+
+impl FileKind {
+    /// A workflow definition, within `limits`.
+    pub fn definition(limits: &Limits) -> FileKind {
+        FileKind {
+            noun: "definition",
+            schema: "schema/workflow.schema.json",
+            empty_hint: "start with `workflow: <name>`, `states:` and `transitions:`",
+            bytes_max: limits.definition_bytes_max,
+            depth_max: limits.definition_depth_max,
+            bytes_limit: "definition_bytes_max",
+            depth_limit: "definition_depth_max",
+        }
+    }
+}
+
 /// Parses a definition from YAML. On failure, every diagnostic is already located.
 pub fn parse_definition(
     file: Option<&str>,
     text: &str,
     limits: &Limits,
 ) -> Result<(Definition, SourceMap), Vec<Diagnostic>> {
+    parse_yaml(file, text, &FileKind::definition(limits))
+}
+
+/// Parses a YAML file of `kind` into `T` (whose serde errors carry their location), with the
+/// checks of definitions: size and depth limits, no anchors or aliases, no duplicate keys,
+/// one document. On failure every diagnostic is located; on success the [`SourceMap`] locates
+/// any element by path, for the caller's own checks.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(
+    file: Option<&str>,
+    text: &str,
+    kind: &FileKind,
+) -> Result<(T, SourceMap), Vec<Diagnostic>> {
     let mut map = SourceMap {
         file: file.map(str::to_owned),
         spans: HashMap::new(),
     };
-    if text.len() > limits.definition_bytes_max {
+    if text.len() > kind.bytes_max {
         let d = Diagnostic::error(
             Code::FileTooLarge,
             "",
             format!(
-                "the definition is {} bytes, more than definition_bytes_max ({} bytes)",
+                "the {} is {} bytes, more than {} ({} bytes)",
+                kind.noun,
                 text.len(),
-                limits.definition_bytes_max
+                kind.bytes_limit,
+                kind.bytes_max
             ),
-            "split the workflow into smaller workflows or move bulky descriptions into your repository's docs",
+            "split it into smaller files, or move bulky descriptions into your repository's docs",
         );
         return Err(vec![map.place(d)]);
     }
@@ -92,7 +137,7 @@ pub fn parse_definition(
         };
         return Err(vec![d]);
     }
-    let mut scan = Scan::new(limits.definition_depth_max);
+    let mut scan = Scan::new(kind);
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut scan, true) {
         let marker = e.marker();
@@ -132,17 +177,12 @@ pub fn parse_definition(
             .collect());
     }
     if !scan.saw_document {
-        let d = Diagnostic::error(
-            Code::YamlSyntax,
-            "",
-            "the file is empty",
-            "start with `workflow: <name>`, `states:` and `transitions:`",
-        );
+        let d = Diagnostic::error(Code::YamlSyntax, "", "the file is empty", kind.empty_hint);
         return Err(vec![map.place(d)]);
     }
-    match serde_yaml_ng::from_str::<Definition>(text) {
-        Ok(definition) => Ok((definition, map)),
-        Err(e) => Err(vec![serde_diagnostic(&map, &e)]),
+    match serde_yaml_ng::from_str::<T>(text) {
+        Ok(value) => Ok((value, map)),
+        Err(e) => Err(vec![serde_diagnostic(&map, &e, kind.schema)]),
     }
 }
 
@@ -157,7 +197,7 @@ fn control_character(text: &str) -> Option<(usize, usize, char)> {
     })
 }
 
-fn serde_diagnostic(map: &SourceMap, e: &serde_yaml_ng::Error) -> Diagnostic {
+fn serde_diagnostic(map: &SourceMap, e: &serde_yaml_ng::Error, schema: &str) -> Diagnostic {
     let message = e.to_string();
     // serde_yaml_ng appends " at line L column C"; keep the message itself clean.
     let clean = match message.find(" at line ") {
@@ -167,16 +207,18 @@ fn serde_diagnostic(map: &SourceMap, e: &serde_yaml_ng::Error) -> Diagnostic {
     let (code, hint) = if clean.contains("unknown field") {
         (
             Code::UnknownKey,
-            "remove the key or correct its spelling; see schema/workflow.schema.json for the keys each element takes",
+            format!(
+                "remove the key or correct its spelling; see {schema} for the keys each element takes"
+            ),
         )
     } else if clean.contains("missing field") {
-        (Code::InvalidValue, "add the required key")
+        (Code::InvalidValue, "add the required key".to_string())
     } else if clean.contains("duplicate field") {
-        (Code::DuplicateKey, "keep one of the keys")
+        (Code::DuplicateKey, "keep one of the keys".to_string())
     } else {
         (
             Code::InvalidValue,
-            "give this key a value of the expected type; see schema/workflow.schema.json",
+            format!("give this key a value of the expected type; see {schema}"),
         )
     };
     let (line, column) = match e.location() {
@@ -204,6 +246,9 @@ enum Frame {
 
 struct Scan {
     depth_max: usize,
+    /// What the file holds and its depth limit's name, for messages.
+    noun: &'static str,
+    depth_limit: &'static str,
     stack: Vec<Frame>,
     spans: HashMap<String, (usize, usize)>,
     problems: Vec<Diagnostic>,
@@ -212,9 +257,11 @@ struct Scan {
 }
 
 impl Scan {
-    fn new(depth_max: usize) -> Self {
+    fn new(kind: &FileKind) -> Self {
         Scan {
-            depth_max,
+            depth_max: kind.depth_max,
+            noun: kind.noun,
+            depth_limit: kind.depth_limit,
             stack: Vec::new(),
             spans: HashMap::new(),
             problems: Vec::new(),
@@ -298,15 +345,18 @@ impl Scan {
         if self.stack.len() >= self.depth_max && !self.deepest_reported {
             self.deepest_reported = true;
             let message = format!(
-                "the YAML nests deeper than definition_depth_max ({})",
-                self.depth_max
+                "the YAML nests deeper than {} ({})",
+                self.depth_limit, self.depth_max
             );
             self.problem(
                 Code::NestingTooDeep,
                 "",
                 mark,
                 message,
-                "flatten the structure; definitions never need this much nesting",
+                &format!(
+                    "flatten the structure; {}s never need this much nesting",
+                    self.noun
+                ),
             );
         }
         self.stack.push(frame);
@@ -341,15 +391,24 @@ impl MarkedEventReceiver for Scan {
                         Code::YamlSyntax,
                         "",
                         mark,
-                        "a second YAML document starts here; a definition file holds exactly one"
-                            .into(),
+                        format!(
+                            "a second YAML document starts here; a {} file holds exactly one",
+                            self.noun
+                        ),
                         "remove the `---` and what follows, or move it into its own file",
                     );
                 }
                 self.saw_document = true;
             }
             Event::Alias(_) => {
-                self.problem(Code::YamlAlias, "", mark, "YAML aliases (`*name`) are not supported in definitions".into(), "write the value out in full; definitions are reviewed as code and must read plainly");
+                let message = format!("YAML aliases (`*name`) are not supported in {}s", self.noun);
+                self.problem(
+                    Code::YamlAlias,
+                    "",
+                    mark,
+                    message,
+                    "write the value out in full; these files are reviewed as code and must read plainly",
+                );
             }
             Event::Scalar(value, _, anchor, _) => {
                 if anchor > 0 {
@@ -357,7 +416,7 @@ impl MarkedEventReceiver for Scan {
                         Code::YamlAlias,
                         "",
                         mark,
-                        "YAML anchors (`&name`) are not supported in definitions".into(),
+                        format!("YAML anchors (`&name`) are not supported in {}s", self.noun),
                         "write the value out in full",
                     );
                 }
@@ -371,7 +430,7 @@ impl MarkedEventReceiver for Scan {
                         Code::YamlAlias,
                         "",
                         mark,
-                        "YAML anchors (`&name`) are not supported in definitions".into(),
+                        format!("YAML anchors (`&name`) are not supported in {}s", self.noun),
                         "write the value out in full",
                     );
                 }
