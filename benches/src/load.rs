@@ -53,6 +53,8 @@ pub(crate) struct Outcome {
     /// of asking again at once: a refusal storm would spend the machine's CPU on refusals
     /// and measure the storm rather than the cluster.
     pub(crate) retry_after: Option<Duration>,
+    /// The spec step this unit ran (`--spec`), whose own figures the report also gives.
+    pub(crate) step: Option<&'static str>,
 }
 
 impl Outcome {
@@ -80,34 +82,98 @@ fn with_jitter(hint: Duration, sequence: u64) -> Duration {
 /// (the engine has about thirty codes, so this bounds only a server sending nonsense).
 const REFUSAL_CODES_MAX: usize = 64;
 
-/// What a level measured: successes, refusals (by code) and errors.
-struct Measured {
-    ok: Histogram<u64>,
-    refused: Histogram<u64>,
-    codes: BTreeMap<String, u64>,
-    errors: u64,
+/// What a level measured: successes, refusals (by code) and errors, in all and per spec step.
+#[derive(Clone, Debug)]
+pub(crate) struct Measured {
+    pub(crate) ok: Histogram<u64>,
+    pub(crate) refused: Histogram<u64>,
+    pub(crate) codes: BTreeMap<String, u64>,
+    pub(crate) errors: u64,
+    /// Per spec step: the same figures (step histograms are made when a step first ends, at
+    /// two significant digits, since every closed-loop client keeps its own).
+    pub(crate) steps: BTreeMap<String, StepMeasured>,
 }
 
-impl Measured {
-    fn new() -> Measured {
-        Measured {
-            ok: histogram(),
-            refused: histogram(),
+/// What one spec step measured.
+#[derive(Clone, Debug)]
+pub(crate) struct StepMeasured {
+    pub(crate) ok: Histogram<u64>,
+    pub(crate) refused: u64,
+    pub(crate) codes: BTreeMap<String, u64>,
+    pub(crate) errors: u64,
+}
+
+impl StepMeasured {
+    pub(crate) fn new() -> StepMeasured {
+        StepMeasured {
+            ok: Histogram::new_with_bounds(1, LATENCY_US_MAX, 2).expect("histogram bounds"),
+            refused: 0,
             codes: BTreeMap::new(),
             errors: 0,
         }
     }
 
-    fn count(&mut self, code: String, n: u64) {
-        let code = if self.codes.len() < REFUSAL_CODES_MAX || self.codes.contains_key(&code) {
-            code
-        } else {
-            "other".to_string()
-        };
-        *self.codes.entry(code).or_default() += n;
+    pub(crate) fn merge(&mut self, other: &StepMeasured) {
+        self.ok.add(&other.ok).expect("same bounds");
+        self.refused += other.refused;
+        for (code, n) in &other.codes {
+            count_code(&mut self.codes, code.clone(), *n);
+        }
+        self.errors += other.errors;
     }
 
-    fn add(&mut self, outcome: Outcome) {
+    /// The step's row of a level's report.
+    pub(crate) fn level(&self, name: &str, duration: Duration) -> StepLevel {
+        let h = &self.ok;
+        StepLevel {
+            step: name.to_string(),
+            operations: h.len(),
+            ops_per_second: h.len() as f64 / duration.as_secs_f64(),
+            p50_us: h.value_at_quantile(0.50),
+            p99_us: h.value_at_quantile(0.99),
+            refused: self.refused,
+            refusals_by_code: self.codes.clone(),
+            errors: self.errors,
+        }
+    }
+}
+
+/// Counts `n` refusals of `code`, under `other` once REFUSAL_CODES_MAX codes are counted.
+fn count_code(codes: &mut BTreeMap<String, u64>, code: String, n: u64) {
+    let code = if codes.len() < REFUSAL_CODES_MAX || codes.contains_key(&code) {
+        code
+    } else {
+        "other".to_string()
+    };
+    *codes.entry(code).or_default() += n;
+}
+
+impl Measured {
+    pub(crate) fn new() -> Measured {
+        Measured {
+            ok: histogram(),
+            refused: histogram(),
+            codes: BTreeMap::new(),
+            errors: 0,
+            steps: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn add(&mut self, outcome: Outcome) {
+        if let Some(step) = outcome.step {
+            let s = self
+                .steps
+                .entry(step.to_string())
+                .or_insert_with(StepMeasured::new);
+            for l in &outcome.latencies {
+                record(&mut s.ok, *l);
+            }
+            s.refused += outcome.refusals.len() as u64;
+            for code in &outcome.refusal_codes {
+                count_code(&mut s.codes, code.clone(), 1);
+            }
+            s.errors += outcome.errors;
+        }
         for l in outcome.latencies {
             record(&mut self.ok, l);
         }
@@ -115,19 +181,38 @@ impl Measured {
             record(&mut self.refused, l);
         }
         for code in outcome.refusal_codes {
-            self.count(code, 1);
+            count_code(&mut self.codes, code, 1);
         }
         self.errors += outcome.errors;
     }
 
-    fn merge(&mut self, other: Measured) {
-        self.ok.add(other.ok).expect("same bounds");
-        self.refused.add(other.refused).expect("same bounds");
-        for (code, n) in other.codes {
-            self.count(code, n);
+    pub(crate) fn merge(&mut self, other: &Measured) {
+        self.ok.add(&other.ok).expect("same bounds");
+        self.refused.add(&other.refused).expect("same bounds");
+        for (code, n) in &other.codes {
+            count_code(&mut self.codes, code.clone(), *n);
         }
         self.errors += other.errors;
+        for (step, m) in &other.steps {
+            self.steps
+                .entry(step.clone())
+                .or_insert_with(StepMeasured::new)
+                .merge(m);
+        }
     }
+}
+
+/// One spec step's figures in a level (`--spec`), or a spec's task workers on one queue.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct StepLevel {
+    pub(crate) step: String,
+    pub(crate) operations: u64,
+    pub(crate) ops_per_second: f64,
+    pub(crate) p50_us: u64,
+    pub(crate) p99_us: u64,
+    pub(crate) refused: u64,
+    pub(crate) refusals_by_code: BTreeMap<String, u64>,
+    pub(crate) errors: u64,
 }
 
 /// One scenario's unit of work against one system.
@@ -168,6 +253,9 @@ pub(crate) struct Level {
     /// Cost per operation over the measured window, when the driver was given a probe.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cost: Option<Cost>,
+    /// `--spec`: each step's figures (and the task workers', per queue).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) steps: Vec<StepLevel>,
 }
 
 impl Level {
@@ -182,7 +270,7 @@ impl Level {
         Level::new(&m, duration)
     }
 
-    fn new(m: &Measured, duration: Duration) -> Level {
+    pub(crate) fn new(m: &Measured, duration: Duration) -> Level {
         let seconds = duration.as_secs_f64();
         let (h, errors) = (&m.ok, m.errors);
         let refused = m.refused.len();
@@ -212,6 +300,11 @@ impl Level {
             p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),
             cost: None,
+            steps: m
+                .steps
+                .iter()
+                .map(|(name, s)| s.level(name, duration))
+                .collect(),
         }
     }
 }
@@ -255,6 +348,43 @@ pub(crate) async fn closed<W: Workload>(
     bar: &indicatif::ProgressBar,
     probe: Option<&Probe>,
 ) -> Level {
+    let driven = closed_measured(workload, concurrency, window, bar, probe).await;
+    let mut level = driven.level(window);
+    level.concurrency = concurrency;
+    level
+}
+
+/// What a driver measured in one level, before it becomes a [`Level`]: an agent sends it
+/// back to its controller (`agent`), which merges the agents' and then makes the level.
+#[derive(Debug)]
+pub(crate) struct Driven {
+    pub(crate) measured: Measured,
+    pub(crate) late: u64,
+    pub(crate) dropped: u64,
+    pub(crate) samples: Option<(Sample, Sample)>,
+}
+
+impl Driven {
+    pub(crate) fn level(&self, window: Window) -> Level {
+        let mut level = Level::new(&self.measured, window.duration);
+        level.late = self.late;
+        level.dropped = self.dropped;
+        level.cost = self
+            .samples
+            .as_ref()
+            .map(|(before, after)| Cost::between(before, after, level.operations));
+        level
+    }
+}
+
+/// [`closed`], answering what it measured rather than the level.
+pub(crate) async fn closed_measured<W: Workload>(
+    workload: Arc<W>,
+    concurrency: usize,
+    window: Window,
+    bar: &indicatif::ProgressBar,
+    probe: Option<&Probe>,
+) -> Driven {
     let start = Instant::now();
     let measure_from = start + window.warmup;
     let end = measure_from + window.duration;
@@ -293,13 +423,15 @@ pub(crate) async fn closed<W: Workload>(
     };
     let mut all = Measured::new();
     for c in clients {
-        all.merge(c.await.expect("client task"));
+        all.merge(&c.await.expect("client task"));
     }
     let _ = ticker.await;
-    let mut level = Level::new(&all, window.duration);
-    level.concurrency = concurrency;
-    level.cost = samples.map(|(before, after)| Cost::between(&before, &after, level.operations));
-    level
+    Driven {
+        measured: all,
+        late: 0,
+        dropped: 0,
+        samples,
+    }
 }
 
 /// Open loop: units arrive every `1 / rate` seconds; each is measured from its intended start.
@@ -313,6 +445,20 @@ pub(crate) async fn open<W: Workload>(
     bar: &indicatif::ProgressBar,
     probe: Option<&Probe>,
 ) -> Level {
+    let driven = open_measured(workload, rate, window, bar, probe).await;
+    let mut level = driven.level(window);
+    level.offered_per_second = rate;
+    level
+}
+
+/// [`open`], answering what it measured rather than the level.
+pub(crate) async fn open_measured<W: Workload>(
+    workload: Arc<W>,
+    rate: f64,
+    window: Window,
+    bar: &indicatif::ProgressBar,
+    probe: Option<&Probe>,
+) -> Driven {
     assert!(rate > 0.0, "the rate is checked when parsing");
     let start = Instant::now();
     let measure_from = start + window.warmup;
@@ -379,15 +525,16 @@ pub(crate) async fn open<W: Workload>(
         None => None,
     };
     let _ = ticker.await;
-    let m = measured.lock().expect("histogram lock");
-    let mut level = Level::new(&m, window.duration);
-    level.offered_per_second = rate;
-    level.late = late;
-    level.dropped = dropped;
-    level.cost = before
-        .zip(after)
-        .map(|(before, after)| Cost::between(&before, &after, level.operations));
-    level
+    let measured = std::mem::replace(
+        &mut *measured.lock().expect("histogram lock"),
+        Measured::new(),
+    );
+    Driven {
+        measured,
+        late,
+        dropped,
+        samples: before.zip(after),
+    }
 }
 
 /// A cheap, deterministic hash of a unit's sequence number (splitmix64), for choosing an

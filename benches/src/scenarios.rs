@@ -140,7 +140,7 @@ const FRACTION_SCALE: u64 = 10_000;
 
 /// How a request ended, for counting.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Ended {
+pub(crate) enum Ended {
     Ok,
     /// Refused by admission control or a quota (nothing was done): counted apart, with
     /// the hint of when to retry and the code.
@@ -150,7 +150,7 @@ enum Ended {
     Failed,
 }
 
-fn ended<T>(result: &Result<T, Error>) -> Ended {
+pub(crate) fn ended<T>(result: &Result<T, Error>) -> Ended {
     match result {
         Ok(_) => Ended::Ok,
         Err(Error::Overloaded {
@@ -163,7 +163,7 @@ fn ended<T>(result: &Result<T, Error>) -> Ended {
     }
 }
 
-fn outcome(results: &[(Instant, Instant, Ended)]) -> Outcome {
+pub(crate) fn outcome(results: &[(Instant, Instant, Ended)]) -> Outcome {
     let mut o = Outcome::default();
     for (from, to, how) in results {
         match how {
@@ -314,19 +314,9 @@ impl Workload for Reads {
     }
 }
 
-/// The `events` scenario's workflow: every `bench.delivered` event takes `delivered`, which
-/// stays in `listening`, so one instance receives any number of events. Modeled on
-/// customer-onboarding's `info_uploaded` (`on:` an event, allowed to service actors).
-pub(crate) const EVENTS_WORKFLOW: &str = r#"
-workflow: bench-events
-data: { type: object }
-states:
-  listening: { initial: true }
-  closed: { terminal: true }
-transitions:
-  delivered: { from: listening, to: listening, on: bench.delivered, allow: "actor.kind == 'service'" }
-  close: { from: listening, to: closed, allow: "actor.kind == 'service'" }
-"#;
+/// The `events` scenario's workflow (also the `events` spec's): every `bench.delivered` event
+/// takes `delivered`, which stays in `listening`, so one instance receives any number of events.
+pub(crate) const EVENTS_WORKFLOW: &str = include_str!("../specs/workflows/bench-events.yaml");
 const EVENTS_KEY_PREFIX: &str = "bench-key";
 
 /// `events`: each unit sends `bench.delivered` to one instance, addressed by its business key.

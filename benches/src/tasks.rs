@@ -17,22 +17,8 @@ use lockstep_core::ActorKind;
 
 use crate::cost::{Cost, Probe, Sample};
 
-const WORKFLOW: &str = r#"
-workflow: bench-tasks
-data: { type: object }
-states:
-  new: { initial: true }
-  working: {}
-  done: { terminal: true }
-transitions:
-  start:
-    from: new
-    to: working
-    allow: "true"
-    effects:
-      - task: { queue: bench, type: work, timeout: 30s, on_complete: finish }
-  finish: { from: working, to: done, allow: "actor.kind == 'worker'" }
-"#;
+/// The workflow (also the `tasks` spec's): `start` puts a task on the `bench` queue.
+const WORKFLOW: &str = include_str!("../specs/workflows/bench-tasks.yaml");
 
 /// Producers per worker: enough that workers rarely find the queue empty.
 const PRODUCERS_PER_WORKER: usize = 2;

@@ -128,13 +128,26 @@ impl Drop for DevServer {
 struct DriverReport {
     latencies_us: Vec<u64>,
     errors: u64,
+    #[serde(default)]
+    late: u64,
+    #[serde(default)]
+    dropped: u64,
 }
 
-/// One closed-loop level of `concurrency` clients against `server`.
+/// One level's load: closed-loop clients, or open-loop units of work per second.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Load {
+    Closed(usize),
+    Open(f64),
+}
+
+/// One level against `server`: `load` for a warm-up and a measured window. In open loop the
+/// driver schedules arrivals as lockstep-bench's open loop does (latency from the intended
+/// start, at most 4096 units in flight, `late` and `dropped` counted alike).
 pub(crate) fn level(
     venv: &Path,
     server: &DevServer,
-    concurrency: usize,
+    load: Load,
     window: Window,
 ) -> anyhow::Result<Level> {
     let mut driver = tempfile::Builder::new().suffix(".py").tempfile()?;
@@ -142,7 +155,10 @@ pub(crate) fn level(
     let out = Command::new(venv.join("bin/python"))
         .arg(driver.path())
         .args(["--address", &server.address])
-        .args(["--concurrency", &concurrency.to_string()])
+        .args(match load {
+            Load::Closed(c) => ["--concurrency".to_string(), c.to_string()],
+            Load::Open(rate) => ["--rate".to_string(), rate.to_string()],
+        })
         .args(["--warmup", &window.warmup.as_secs_f64().to_string()])
         .args(["--duration", &window.duration.as_secs_f64().to_string()])
         .stdin(Stdio::null())
@@ -162,6 +178,12 @@ pub(crate) fn level(
         )
     })?;
     let mut level = Level::from_latencies(&report.latencies_us, report.errors, window.duration);
-    level.concurrency = concurrency;
+    match load {
+        Load::Closed(c) => level.concurrency = c,
+        // Two operations per unit, as the transitions scenario's offered rate counts them.
+        Load::Open(rate) => level.offered_per_second = rate * 2.0,
+    }
+    level.late = report.late;
+    level.dropped = report.dropped;
     Ok(level)
 }

@@ -59,3 +59,52 @@ fn the_etcd_and_temporal_baselines_run_beside_lockstep_and_report_ratios() {
         assert!(stdout.contains(title), "{title}: {show}");
     }
 }
+
+/// The same unit open-loop: Temporal offered the rate Lockstep is, measured from intended
+/// starts, in the same run.
+#[test]
+fn the_temporal_baseline_runs_open_loop_at_the_same_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("open.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_lockstep-bench"))
+        .args(["--nodes", "1", "--mode", "open", "--rate", "10/s"])
+        .args(["--duration", "2s", "--warmup", "0s"])
+        .args(["--baseline", "temporal"])
+        .arg("--json")
+        .arg(&json)
+        .env_remove("LOCKSTEP_TOKEN")
+        .env_remove("LOCKSTEP_TLS_CA")
+        .output()
+        .expect("run lockstep-bench");
+    let show = format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{show}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for system in ["lockstep", "temporal"] {
+        let level = &report[system][0];
+        // 10 units/s of two operations each.
+        assert_eq!(
+            level["offered_per_second"].as_f64(),
+            Some(20.0),
+            "{system}: {show}"
+        );
+        // Two seconds at 10 units/s: about 40 operations, all of them measured.
+        let ops = level["operations"].as_u64().unwrap();
+        assert!(
+            (30..=44).contains(&ops),
+            "{system}: {ops} operations: {show}"
+        );
+        assert_eq!(level["errors"].as_u64(), Some(0), "{system}: {show}");
+    }
+    assert!(
+        report["temporal_ratios"][0]["p99_ratio"].as_f64().unwrap() > 0.0,
+        "{show}"
+    );
+    let svg = std::fs::read_to_string(json.with_extension("svg")).unwrap();
+    assert!(svg.contains("Temporal"), "the plot shows every system run");
+}
