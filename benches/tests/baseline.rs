@@ -6,31 +6,18 @@
 //! the same report. Debug binaries: the numbers mean nothing, only that every part ran and
 //! measured something.
 
-use std::process::Command;
+mod common;
+
+use common::{bench, run_json};
 
 #[test]
 fn the_etcd_and_temporal_baselines_run_beside_lockstep_and_report_ratios() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("baseline.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_lockstep-bench"))
+    let mut command = bench();
+    command
         .args(["--nodes", "3", "--concurrency", "2"])
         .args(["--duration", "2s", "--warmup", "0s"])
-        .args(["--baseline", "etcd,temporal"])
-        .arg("--json")
-        .arg(&json)
-        .env_remove("LOCKSTEP_TOKEN")
-        .env_remove("LOCKSTEP_TLS_CA")
-        .output()
-        .expect("run lockstep-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let show = format!(
-        "status {}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{show}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        .args(["--baseline", "etcd,temporal"]);
+    let (report, show, _dir) = run_json(command);
     for system in ["lockstep", "lockstep_one_node", "etcd", "temporal"] {
         let level = &report[system][0];
         assert_eq!(level["concurrency"].as_u64(), Some(2), "{system}: {show}");
@@ -56,7 +43,7 @@ fn the_etcd_and_temporal_baselines_run_beside_lockstep_and_report_ratios() {
         "Lockstep / Temporal",
         "Lockstep on 1 node / Temporal",
     ] {
-        assert!(stdout.contains(title), "{title}: {show}");
+        assert!(show.contains(title), "{title}: {show}");
     }
 }
 
@@ -64,27 +51,12 @@ fn the_etcd_and_temporal_baselines_run_beside_lockstep_and_report_ratios() {
 /// starts, in the same run.
 #[test]
 fn the_temporal_baseline_runs_open_loop_at_the_same_rate() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("open.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_lockstep-bench"))
+    let mut command = bench();
+    command
         .args(["--nodes", "1", "--mode", "open", "--rate", "10/s"])
         .args(["--duration", "2s", "--warmup", "0s"])
-        .args(["--baseline", "temporal"])
-        .arg("--json")
-        .arg(&json)
-        .env_remove("LOCKSTEP_TOKEN")
-        .env_remove("LOCKSTEP_TLS_CA")
-        .output()
-        .expect("run lockstep-bench");
-    let show = format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{show}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        .args(["--baseline", "temporal"]);
+    let (report, show, dir) = run_json(command);
     for system in ["lockstep", "temporal"] {
         let level = &report[system][0];
         // 10 units/s of two operations each.
@@ -105,6 +77,6 @@ fn the_temporal_baseline_runs_open_loop_at_the_same_rate() {
         report["temporal_ratios"][0]["p99_ratio"].as_f64().unwrap() > 0.0,
         "{show}"
     );
-    let svg = std::fs::read_to_string(json.with_extension("svg")).unwrap();
+    let svg = std::fs::read_to_string(dir.path().join("report.svg")).unwrap();
     assert!(svg.contains("Temporal"), "the plot shows every system run");
 }

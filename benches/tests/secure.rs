@@ -6,11 +6,15 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+mod common;
+
+use common::show;
+
 use lockstep_client::Identity;
 use lockstep_core::ActorKind;
 use lockstep_testpki::Pki;
 
-fn bench() -> PathBuf {
+fn bench_path() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lockstep-bench"))
 }
 
@@ -29,7 +33,7 @@ impl SecureNode {
             .unwrap()
             .port();
         let endpoint = format!("127.0.0.1:{port}");
-        let lockstepd = bench().with_file_name("lockstepd");
+        let lockstepd = bench_path().with_file_name("lockstepd");
         assert!(
             lockstepd.is_file(),
             "no lockstepd at {}: build the workspace (`cargo build --workspace --all-targets`)",
@@ -63,17 +67,7 @@ impl Drop for SecureNode {
 /// Runs the bench for a 2 s transitions level against `node` with `args` and `env`, writing
 /// its JSON report to `json`.
 fn run(node: &SecureNode, args: &[&str], env: &[(&str, &str)], json: &Path) -> Output {
-    let mut command = Command::new(bench());
-    for var in [
-        "LOCKSTEP_TLS_CA",
-        "LOCKSTEP_TLS_CERT",
-        "LOCKSTEP_TLS_KEY",
-        "LOCKSTEP_TOKEN",
-        "LOCKSTEP_ACTOR",
-    ] {
-        command.env_remove(var);
-    }
-    command
+    common::bench()
         .args(["--endpoints", &node.endpoint])
         .args(["--concurrency", "2", "--duration", "2s", "--warmup", "0s"])
         .arg("--json")
@@ -92,15 +86,6 @@ fn measured(json: &Path) -> (u64, u64) {
     (
         level["operations"].as_u64().unwrap(),
         level["errors"].as_u64().unwrap(),
-    )
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     )
 }
 

@@ -6,43 +6,25 @@
 //! clock-offset correction (whose arithmetic has unit tests). Debug binaries: the numbers
 //! mean nothing, only that every part ran and measured something.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-fn bench() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lockstep-bench"));
-    c.env_remove("LOCKSTEP_TOKEN").env_remove("LOCKSTEP_TLS_CA");
-    c
-}
+use common::{bench, run_json, show};
 
 fn specs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("specs")
 }
 
-fn show(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Runs the bench with `args` on a fresh one-node cluster; answers the JSON report.
 fn run(args: &[&str]) -> (serde_json::Value, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let out = bench()
+    let mut command = bench();
+    command
         .args(["--nodes", "1", "--duration", "2s", "--warmup", "1s"])
-        .args(args)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run lockstep-bench");
-    let shown = show(&out);
-    assert!(out.status.success(), "{shown}");
-    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        .args(args);
+    let (report, shown, _dir) = run_json(command);
     (report, shown)
 }
 
