@@ -221,6 +221,7 @@ impl pb::agent_server::Agent for AgentService {
             },
             run: RunId {
                 run: r.run,
+                base: r.counter_base,
                 index: u64::from(r.index),
                 of: u64::from(r.of),
             },
@@ -242,7 +243,7 @@ impl pb::agent_server::Agent for AgentService {
             )));
         }
         let (start, started_late) = instant_at(r.start_unix_micros);
-        tracing_line(&format!(
+        note(&format!(
             "run {} ({} of {}): {} from {:?}",
             share.run.run,
             share.run.index + 1,
@@ -260,7 +261,7 @@ impl pb::agent_server::Agent for AgentService {
     }
 }
 
-fn tracing_line(text: &str) {
+fn note(text: &str) {
     eprintln!("lockstep-bench agent: {text}");
 }
 
@@ -269,7 +270,7 @@ pub(crate) async fn serve(listen: SocketAddr, credentials: Credentials) -> anyho
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the agent's address {listen}"))?;
-    tracing_line(&format!("listening on {}", listener.local_addr()?));
+    note(&format!("listening on {}", listener.local_addr()?));
     tonic::transport::Server::builder()
         .add_service(
             pb::agent_server::AgentServer::new(AgentService { credentials })
@@ -396,6 +397,7 @@ pub(crate) async fn run_level(
             duration_ms: share.window.duration.as_millis() as u64,
             start_unix_micros: start + offset,
             run: share.run.run.clone(),
+            counter_base: share.run.base,
             index: i as u32,
             of: of as u32,
             pools: share

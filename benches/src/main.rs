@@ -1184,7 +1184,7 @@ async fn run_spec(
             concurrency,
             rate,
             window,
-            run: run.clone(),
+            run: run.at_level(i),
             pools: pools.clone(),
         };
         let driven = if remotes.is_empty() {

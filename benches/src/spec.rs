@@ -838,22 +838,36 @@ impl Spec {
 }
 
 /// Where a run's units come from: the run's id (the `{run}` placeholder, the same on every
-/// agent) and this process's share of the counter space (agent `index` of `of`), so that
-/// `{counter}` is unique across agents.
+/// agent), the level's first counter (each level's units start again at sequence 0), and
+/// this process's share of the counter space (agent `index` of `of`), so that `{counter}` is
+/// unique across levels and agents.
 #[derive(Clone, Debug)]
 pub(crate) struct RunId {
     pub(crate) run: String,
+    pub(crate) base: u64,
     pub(crate) index: u64,
     pub(crate) of: u64,
 }
+
+/// Counters each level may use: a level's are `level * LEVEL_COUNTERS ..`.
+const LEVEL_COUNTERS: u64 = 1 << 40;
 
 impl RunId {
     /// A run on one process, with a fresh id.
     pub(crate) fn fresh() -> RunId {
         RunId {
             run: format!("{:08x}", mix(nanos()) as u32),
+            base: 0,
             index: 0,
             of: 1,
+        }
+    }
+
+    /// The same run at level `level` (from 0) of its sweep.
+    pub(crate) fn at_level(&self, level: usize) -> RunId {
+        RunId {
+            base: level as u64 * LEVEL_COUNTERS,
+            ..self.clone()
         }
     }
 }
@@ -1050,7 +1064,7 @@ impl SpecLoad {
 impl Workload for SpecLoad {
     async fn run_once(&self, sequence: u64, start: Instant) -> Outcome {
         let step = self.spec.step(sequence);
-        let counter = sequence * self.run.of + self.run.index;
+        let counter = self.run.base + sequence * self.run.of + self.run.index;
         let ctx = Context {
             counter,
             n: counter,
@@ -1312,6 +1326,24 @@ workers:
 
         let duration = errors(&GOOD.replace("mean: 5ms", "mean: soon"));
         assert!(duration[0].contains("not a duration"), "{duration:?}");
+    }
+
+    #[test]
+    fn counters_are_unique_across_levels_and_agents() {
+        let run = RunId::fresh();
+        let mut seen = std::collections::BTreeSet::new();
+        for level in 0..3 {
+            for index in 0..4 {
+                let r = RunId {
+                    index,
+                    of: 4,
+                    ..run.at_level(level)
+                };
+                for sequence in 0..100 {
+                    assert!(seen.insert(r.base + sequence * r.of + r.index));
+                }
+            }
+        }
     }
 
     #[test]

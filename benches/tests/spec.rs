@@ -154,40 +154,74 @@ fn agent() -> (Agent, String) {
 fn agents_share_a_run_and_the_controller_merges_their_histograms() {
     let (_a, first) = agent();
     let (_b, second) = agent();
-    let events = specs().join("events.yaml");
+    // Keyed creates beside events: a business key made from {counter} must never repeat,
+    // across the agents or across the levels of the sweep.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("mixed.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"
+workflows:
+  - {}
+  - {}
+actors:
+  alice: {{ roles: [requester, admin] }}
+  feed: {{ kind: service }}
+pools:
+  listeners: {{ workflow: bench-events, count: 16, actor: feed, key: "l-{{run}}-{{n}}" }}
+steps:
+  - name: order
+    actor: alice
+    create: {{ workflow: purchase-order, key: "po-{{run}}-{{counter}}", data: {{ amount: 1, requester: "{{actor}}" }} }}
+  - name: event
+    actor: feed
+    event: {{ workflow: bench-events, key: "l-{{run}}-{{random:0..15}}", name: bench.delivered }}
+"#,
+            root.join("../examples/workflows/purchase-order.yaml").display(),
+            root.join("specs/workflows/bench-events.yaml").display(),
+        ),
+    )
+    .unwrap();
     let agents = format!("{first},{second}");
     let (report, shown) = run(&[
         "--spec",
-        events.to_str().unwrap(),
+        spec.to_str().unwrap(),
         "--concurrency",
-        "4",
+        "2,4",
         "--agents",
         &agents,
     ]);
-    let level = &report["levels"][0];
-    let figures = report["agents"][0].as_array().unwrap();
-    assert_eq!(figures.len(), 2, "{shown}");
-    let mut sum = 0;
-    for f in figures {
-        let ops = f["operations"].as_u64().unwrap();
-        assert!(ops > 0, "every agent made load: {shown}");
-        // Same machine, same clock: the estimate is within its round trip, and both agents
-        // started when asked.
-        assert!(
-            f["clock_offset_us"].as_i64().unwrap().unsigned_abs()
-                <= f["clock_rtt_us"].as_u64().unwrap() + 1_000,
-            "{shown}"
+    for (i, level) in report["levels"].as_array().unwrap().iter().enumerate() {
+        let figures = report["agents"][i].as_array().unwrap();
+        assert_eq!(figures.len(), 2, "{shown}");
+        let mut sum = 0;
+        for f in figures {
+            let ops = f["operations"].as_u64().unwrap();
+            assert!(ops > 0, "every agent made load: {shown}");
+            // Same machine, same clock: the estimate is within its round trip, and both
+            // agents started when asked.
+            assert!(
+                f["clock_offset_us"].as_i64().unwrap().unsigned_abs()
+                    <= f["clock_rtt_us"].as_u64().unwrap() + 1_000,
+                "{shown}"
+            );
+            assert!(f["started_late_us"].as_u64().unwrap() < 500_000, "{shown}");
+            sum += ops;
+        }
+        // The merged histogram holds exactly the agents' operations, and the steps'.
+        assert_eq!(level["operations"].as_u64(), Some(sum), "{shown}");
+        let steps = step(level, "order")["operations"].as_u64().unwrap()
+            + step(level, "event")["operations"].as_u64().unwrap();
+        assert_eq!(steps, sum, "{shown}");
+        // No key was used twice (that would be refused) and nothing failed.
+        assert_eq!(level["errors"].as_u64(), Some(0), "level {i}: {shown}");
+        assert_eq!(
+            level["refusals_by_code"],
+            serde_json::json!({}),
+            "level {i}: {shown}"
         );
-        assert!(f["started_late_us"].as_u64().unwrap() < 500_000, "{shown}");
-        sum += ops;
     }
-    // The merged histogram holds exactly the agents' operations.
-    assert_eq!(level["operations"].as_u64(), Some(sum), "{shown}");
-    assert_eq!(
-        step(level, "event")["operations"].as_u64(),
-        Some(sum),
-        "{shown}"
-    );
-    assert_eq!(level["errors"].as_u64(), Some(0), "{shown}");
     assert!(shown.contains("Agents"), "{shown}");
 }
