@@ -54,7 +54,7 @@ pub(crate) struct Outcome {
     /// and measure the storm rather than the cluster.
     pub(crate) retry_after: Option<Duration>,
     /// The spec step this unit ran (`--spec`), whose own figures the report also gives.
-    pub(crate) step: Option<&'static str>,
+    pub(crate) step: Option<Arc<str>>,
 }
 
 impl Outcome {
@@ -160,11 +160,11 @@ impl Measured {
     }
 
     pub(crate) fn add(&mut self, outcome: Outcome) {
-        if let Some(step) = outcome.step {
-            let s = self
-                .steps
-                .entry(step.to_string())
-                .or_insert_with(StepMeasured::new);
+        if let Some(step) = &outcome.step {
+            if !self.steps.contains_key(&**step) {
+                self.steps.insert(step.to_string(), StepMeasured::new());
+            }
+            let s = self.steps.get_mut(&**step).expect("inserted above");
             for l in &outcome.latencies {
                 record(&mut s.ok, *l);
             }

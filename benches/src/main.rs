@@ -1132,7 +1132,7 @@ struct SpecReport {
     mode: Mode,
     setup: String,
     /// Each step's share of the units (its weight over the sum).
-    shares: Vec<(&'static str, f64)>,
+    shares: Vec<(String, f64)>,
     /// Task workers beside the steps, in all.
     workers: usize,
     levels: Vec<Level>,

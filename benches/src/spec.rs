@@ -308,7 +308,7 @@ struct Pool {
 
 #[derive(Debug)]
 struct Step {
-    name: &'static str,
+    name: Arc<str>,
     actor: String,
     action: Action,
 }
@@ -721,9 +721,8 @@ impl Check<'_> {
                     consistency: pb::ReadConsistency::Stale,
                 }
             };
-            // Step names live as long as the run; the report keys its rows by them.
             steps.push(Step {
-                name: Box::leak(s.name.clone().into_boxed_str()),
+                name: Arc::from(s.name.as_str()),
                 actor: s.actor.clone(),
                 action,
             });
@@ -817,7 +816,7 @@ impl Spec {
     }
 
     /// Each step's expected share of the units, for the report.
-    pub(crate) fn shares(&self) -> Vec<(&'static str, f64)> {
+    pub(crate) fn shares(&self) -> Vec<(String, f64)> {
         let total = *self.cumulative.last().expect("at least one step") as f64;
         let mut previous = 0;
         self.steps
@@ -826,7 +825,7 @@ impl Spec {
             .map(|(s, c)| {
                 let share = (c - previous) as f64 / total;
                 previous = *c;
-                (s.name, share)
+                (s.name.to_string(), share)
             })
             .collect()
     }
@@ -1157,7 +1156,7 @@ impl Workload for SpecLoad {
                 outcome(&[(start, Instant::now(), ended(&listed))])
             }
         };
-        o.step = Some(step.name);
+        o.step = Some(Arc::clone(&step.name));
         o
     }
 }
@@ -1280,11 +1279,11 @@ workers:
     fn a_good_spec_parses_with_its_shares() {
         let spec = parse(Some("good.yaml"), GOOD).unwrap();
         let shares = spec.shares();
-        assert_eq!(shares[0], ("order", 0.8));
+        assert_eq!(shares[0], ("order".to_string(), 0.8));
         assert_eq!(spec.worker_count(), 2);
         // The weights hold over many units.
         let orders = (0..10_000u64)
-            .filter(|s| spec.step(*s).name == "order")
+            .filter(|s| &*spec.step(*s).name == "order")
             .count();
         assert!((7_700..8_300).contains(&orders), "{orders}");
     }
