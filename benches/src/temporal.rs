@@ -171,10 +171,19 @@ pub(crate) fn level(
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let report: DriverReport = serde_json::from_slice(&out.stdout).with_context(|| {
+    // The SDK's core logs warnings (e.g. the server refusing pollers under overload) to the
+    // same stdout: the report is the driver's last line.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_default();
+    let report: DriverReport = serde_json::from_str(last).with_context(|| {
+        let tail: Vec<&str> = stdout.lines().rev().take(5).collect();
         format!(
-            "reading the Temporal driver's report: {}",
-            String::from_utf8_lossy(&out.stdout)
+            "reading the Temporal driver's report (its last line) from: {}",
+            tail.join("\n")
         )
     })?;
     let mut level = Level::from_latencies(&report.latencies_us, report.errors, window.duration);
