@@ -262,7 +262,7 @@ pub(crate) struct NodeCost {
 /// The cost per operation of one level of a sweep. Sums and maxima over nodes are absent
 /// unless every node has the figure, so that a sum over some nodes never passes for a sum
 /// over all.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub(crate) struct Cost {
     /// The divisor: the level's successful operations.
     pub(crate) operations: u64,

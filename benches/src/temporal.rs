@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::cost::Cost;
 use crate::load::{Level, Window};
 
 /// The Temporal CLI with its dev server, and the Python SDK, pinned so runs compare.
@@ -132,6 +133,12 @@ struct DriverReport {
     late: u64,
     #[serde(default)]
     dropped: u64,
+    /// CPU time over the measured window of the dev server's process and of the driver's
+    /// (its clients and worker), in µs.
+    #[serde(default)]
+    server_cpu_us: Option<f64>,
+    #[serde(default)]
+    driver_cpu_us: Option<f64>,
 }
 
 /// One level's load: closed-loop clients, or open-loop units of work per second.
@@ -155,6 +162,7 @@ pub(crate) fn level(
     let out = Command::new(venv.join("bin/python"))
         .arg(driver.path())
         .args(["--address", &server.address])
+        .args(["--server-pid", &server.child.id().to_string()])
         .args(match load {
             Load::Closed(c) => ["--concurrency".to_string(), c.to_string()],
             Load::Open(rate) => ["--rate".to_string(), rate.to_string()],
@@ -194,5 +202,17 @@ pub(crate) fn level(
     }
     level.late = report.late;
     level.dropped = report.dropped;
+    // The CPU the server and the driver spent per operation in the window (the table's
+    // `cpu µs/op` and `bench cpu µs/op`); Temporal's fsyncs are not counted.
+    let ops = level.operations;
+    if ops > 0 {
+        level.cost = Some(Cost {
+            operations: ops,
+            seconds: window.duration.as_secs_f64(),
+            cpu_us_per_op: report.server_cpu_us.map(|us| us / ops as f64),
+            bench_cpu_us_per_op: report.driver_cpu_us.map(|us| us / ops as f64),
+            ..Cost::default()
+        });
+    }
     Ok(level)
 }

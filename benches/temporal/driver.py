@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 import uuid
 from datetime import timedelta
@@ -66,6 +67,9 @@ async def main() -> None:
     parser.add_argument("--warmup", type=float, required=True)
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--task-queue", default="lockstep-bench")
+    parser.add_argument(
+        "--server-pid", type=int, help="the dev server's process, whose CPU time is reported"
+    )
     args = parser.parse_args()
 
     # The server listens a little before it serves: try for up to 30 s.
@@ -85,6 +89,30 @@ async def main() -> None:
     start = time.monotonic()
     measured_from = start + args.warmup
     end = measured_from + args.duration
+
+    def server_cpu_us() -> Optional[float]:
+        """The server's user + system CPU time from /proc, in µs (None without a pid)."""
+        if args.server_pid is None:
+            return None
+        try:
+            with open(f"/proc/{args.server_pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        ticks = int(fields[11]) + int(fields[12])
+        return ticks * 1_000_000 / os.sysconf("SC_CLK_TCK")
+
+    cpu: dict = {}
+
+    async def sample_cpu() -> None:
+        """CPU of the server and of this process (clients and worker) over the window."""
+        await asyncio.sleep(max(0.0, measured_from - time.monotonic()))
+        server_before, driver_before = server_cpu_us(), time.process_time()
+        await asyncio.sleep(max(0.0, end - time.monotonic()))
+        server_after, driver_after = server_cpu_us(), time.process_time()
+        if server_before is not None and server_after is not None:
+            cpu["server_cpu_us"] = server_after - server_before
+        cpu["driver_cpu_us"] = (driver_after - driver_before) * 1_000_000
 
     async def unit(began: float) -> Tuple[List[int], int]:
         """A workflow started, then its first step as a validated update; `began` is when
@@ -169,10 +197,12 @@ async def main() -> None:
 
     rate: Optional[float] = args.rate
     async with Worker(client, task_queue=args.task_queue, workflows=[PurchaseOrder]):
+        sampler = asyncio.create_task(sample_cpu())
         if rate is not None:
             await open_loop(rate)
         else:
             await asyncio.gather(*(one_client() for _ in range(args.concurrency)))
+        await sampler
     print(
         json.dumps(
             {
@@ -181,6 +211,7 @@ async def main() -> None:
                 "late": late,
                 "dropped": dropped,
                 "seconds": args.duration,
+                **cpu,
             }
         )
     )

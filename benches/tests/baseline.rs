@@ -77,6 +77,13 @@ fn the_temporal_baseline_runs_open_loop_at_the_same_rate() {
         report["temporal_ratios"][0]["p99_ratio"].as_f64().unwrap() > 0.0,
         "{show}"
     );
+    // The dev server's CPU and the driver's, per operation, from /proc over the window.
+    let cost = &report["temporal"][0]["cost"];
+    assert!(cost["cpu_us_per_op"].as_f64().unwrap() > 0.0, "{show}");
+    assert!(
+        cost["bench_cpu_us_per_op"].as_f64().unwrap() > 0.0,
+        "{show}"
+    );
     let svg = std::fs::read_to_string(dir.path().join("report.svg")).unwrap();
     assert!(svg.contains("Temporal"), "the plot shows every system run");
 }
