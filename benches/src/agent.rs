@@ -21,7 +21,7 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use lockstep_client::Credentials;
 
-use crate::load::{self, Driven, Measured, StepMeasured, Window};
+use crate::load::{self, Driven, Measured, StepMeasured, Window, micros_now};
 use crate::spec::{self, RunId, Spec, SpecLoad};
 
 #[allow(clippy::all, clippy::pedantic)]
@@ -162,17 +162,10 @@ fn merge_reply(
     Ok(())
 }
 
-fn unix_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 /// The instant a Unix time in microseconds (on this machine's clock) falls at.
 fn instant_at(unix: i64) -> (Instant, Duration) {
     let now = Instant::now();
-    let ahead = unix - unix_micros();
+    let ahead = unix - micros_now();
     if ahead >= 0 {
         (now + Duration::from_micros(ahead as u64), Duration::ZERO)
     } else {
@@ -192,7 +185,7 @@ impl pb::agent_server::Agent for AgentService {
         _: tonic::Request<pb::ClockRequest>,
     ) -> Result<tonic::Response<pb::ClockReply>, tonic::Status> {
         Ok(tonic::Response::new(pb::ClockReply {
-            unix_micros: unix_micros(),
+            unix_micros: micros_now(),
         }))
     }
 
@@ -233,12 +226,7 @@ impl pb::agent_server::Agent for AgentService {
             tokio::time::sleep_until((start + share.window.warmup + share.window.duration).into())
                 .await;
             return Ok(tonic::Response::new(reply(
-                &Driven {
-                    measured: Measured::new(),
-                    late: 0,
-                    dropped: 0,
-                    samples: None,
-                },
+                &Driven::empty(),
                 Duration::ZERO,
             )));
         }
@@ -329,7 +317,7 @@ pub(crate) async fn connect(addresses: &[String]) -> anyhow::Result<Vec<Remote>>
 async fn clock(remote: &Remote) -> anyhow::Result<(i64, u64)> {
     let mut best: Option<(i64, u64)> = None;
     for _ in 0..CLOCK_READINGS {
-        let sent = unix_micros();
+        let sent = micros_now();
         let t0 = Instant::now();
         let reading = remote
             .client
@@ -367,7 +355,7 @@ pub(crate) async fn run_level(
         clocks.push(clock(r).await?);
     }
     let slowest = clocks.iter().map(|(_, rtt)| *rtt).max().unwrap_or(0);
-    let start = unix_micros() + (START_LEAD.as_micros() as i64) + 2 * slowest as i64;
+    let start = micros_now() + (START_LEAD.as_micros() as i64) + 2 * slowest as i64;
     let of = remotes.len();
     // The nodes' counters, sampled here around the agents' common window.
     let sampler = probe.cloned().map(|p| {
@@ -430,10 +418,8 @@ pub(crate) async fn run_level(
         None => None,
     };
     let mut driven = Driven {
-        measured: Measured::new(),
-        late: 0,
-        dropped: 0,
         samples,
+        ..Driven::empty()
     };
     let mut figures = Vec::new();
     for (i, r) in replies.into_iter().enumerate() {
@@ -505,9 +491,9 @@ mod tests {
 
     #[test]
     fn a_start_in_the_past_starts_now_and_says_how_late() {
-        let (_, late) = instant_at(unix_micros() - 250_000);
+        let (_, late) = instant_at(micros_now() - 250_000);
         assert!(late >= Duration::from_millis(249), "{late:?}");
-        let (at, late) = instant_at(unix_micros() + 500_000);
+        let (at, late) = instant_at(micros_now() + 500_000);
         assert_eq!(late, Duration::ZERO);
         assert!(at > Instant::now() + Duration::from_millis(400));
     }

@@ -113,6 +113,18 @@ impl StepMeasured {
         }
     }
 
+    /// Adds what a unit (or a task worker's request) did.
+    pub(crate) fn add(&mut self, outcome: &Outcome) {
+        for l in &outcome.latencies {
+            record(&mut self.ok, *l);
+        }
+        self.refused += outcome.refusals.len() as u64;
+        for code in &outcome.refusal_codes {
+            count_code(&mut self.codes, code.clone(), 1);
+        }
+        self.errors += outcome.errors;
+    }
+
     pub(crate) fn merge(&mut self, other: &StepMeasured) {
         self.ok.add(&other.ok).expect("same bounds");
         self.refused += other.refused;
@@ -164,15 +176,10 @@ impl Measured {
             if !self.steps.contains_key(&**step) {
                 self.steps.insert(step.to_string(), StepMeasured::new());
             }
-            let s = self.steps.get_mut(&**step).expect("inserted above");
-            for l in &outcome.latencies {
-                record(&mut s.ok, *l);
-            }
-            s.refused += outcome.refusals.len() as u64;
-            for code in &outcome.refusal_codes {
-                count_code(&mut s.codes, code.clone(), 1);
-            }
-            s.errors += outcome.errors;
+            self.steps
+                .get_mut(&**step)
+                .expect("inserted above")
+                .add(&outcome);
         }
         for l in outcome.latencies {
             record(&mut self.ok, l);
@@ -365,6 +372,16 @@ pub(crate) struct Driven {
 }
 
 impl Driven {
+    /// Nothing measured yet (a share of nothing, or the start of a merge).
+    pub(crate) fn empty() -> Driven {
+        Driven {
+            measured: Measured::new(),
+            late: 0,
+            dropped: 0,
+            samples: None,
+        }
+    }
+
     pub(crate) fn level(&self, window: Window) -> Level {
         let mut level = Level::new(&self.measured, window.duration);
         level.late = self.late;
@@ -535,6 +552,14 @@ pub(crate) async fn open_measured<W: Workload>(
         dropped,
         samples: before.zip(after),
     }
+}
+
+/// Microseconds since the Unix epoch on this machine's wall clock.
+pub(crate) fn micros_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 /// A cheap, deterministic hash of a unit's sequence number (splitmix64), for choosing an

@@ -1344,35 +1344,46 @@ fn print_agents(levels: &[Vec<agent::AgentFigures>]) {
 
 /// Waits for a leader, then applies examples/workflows/purchase-order.yaml.
 async fn apply_purchase_order(client: &Client) -> anyhow::Result<()> {
-    let po = include_str!("../../examples/workflows/purchase-order.yaml");
+    apply_workflow(
+        client,
+        "purchase-order.yaml",
+        include_str!("../../examples/workflows/purchase-order.yaml"),
+        "against a secure cluster, give --tls-ca and a credential (--token or --tls-cert) of an actor with the `admin` role",
+    )
+    .await
+}
+
+/// Applies the workflow `text` (from file `name`), retrying for up to 30 s while the cluster
+/// has no leader; a refusal stops at once with `refused_hint`, since who the bench is, or what
+/// it may do, does not change by waiting.
+pub(crate) async fn apply_workflow(
+    client: &Client,
+    name: &str,
+    text: &str,
+    refused_hint: &str,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let applied = client
-            .apply_definition(
-                &request_id(),
-                po,
-                lockstep_client::Provenance {
-                    repository: "bench".into(),
-                    commit: String::new(),
-                    path: "purchase-order.yaml".into(),
-                },
-            )
-            .await;
-        match applied {
+        let provenance = lockstep_client::Provenance {
+            repository: "bench".into(),
+            commit: String::new(),
+            path: name.into(),
+        };
+        match client
+            .apply_definition(&request_id(), text, provenance)
+            .await
+        {
             Ok(_) => return Ok(()),
-            // Who the bench is, or what it may do, does not change by waiting.
             Err(
                 e @ (lockstep_client::Error::Unauthenticated(_)
                 | lockstep_client::Error::PermissionDenied(_)
                 | lockstep_client::Error::Refused(_)),
-            ) => bail!(
-                "the cluster refused to apply the purchase-order workflow: {e}; against a secure cluster, give --tls-ca and a credential (--token or --tls-cert) of an actor with the `admin` role"
-            ),
+            ) => bail!("the cluster refused to apply {name}: {e}; {refused_hint}"),
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => bail!(
-                "the cluster did not accept the purchase-order workflow within 30 s: {e}; with a local cluster, see the node logs (RUST_LOG=warn) or run lockstepd by hand"
+                "the cluster did not accept {name} within 30 s: {e}; with a local cluster, see the node logs (RUST_LOG=warn) or run lockstepd by hand"
             ),
         }
     }

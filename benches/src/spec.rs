@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lockstep_client::{
-    Client, Credentials, Error, Identity, Options, Provenance, by_id, by_key, pb, request_id,
+    Client, Credentials, Error, Identity, Options, by_id, by_key, pb, request_id,
 };
 use lockstep_core::source::{FileKind, SourceMap, parse_yaml};
 use lockstep_core::{Code, Diagnostic};
@@ -855,7 +855,7 @@ impl RunId {
     /// A run on one process, with a fresh id.
     pub(crate) fn fresh() -> RunId {
         RunId {
-            run: format!("{:08x}", mix(nanos()) as u32),
+            run: format!("{:08x}", mix(crate::load::micros_now() as u64) as u32),
             base: 0,
             index: 0,
             of: 1,
@@ -869,13 +869,6 @@ impl RunId {
             ..self.clone()
         }
     }
-}
-
-fn nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 /// A spec's clients: one set of connections per actor.
@@ -948,31 +941,11 @@ pub(crate) async fn apply_workflows(
         .map(|(id, _)| id.clone())
         .expect("at least one actor");
     let client = clients.pick(&admin, 0);
+    let hint = format!(
+        "the spec's workflows are applied as `{admin}`: give an actor the `admin` role (and, on a secure cluster, its token)"
+    );
     for (name, text) in &spec.workflows {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let provenance = Provenance {
-                repository: "bench".into(),
-                commit: String::new(),
-                path: name.clone(),
-            };
-            match client
-                .apply_definition(&request_id(), text, provenance)
-                .await
-            {
-                Ok(_) => break,
-                Err(
-                    e
-                    @ (Error::Unauthenticated(_) | Error::PermissionDenied(_) | Error::Refused(_)),
-                ) => anyhow::bail!(
-                    "the cluster refused to apply {name} as `{admin}`: {e}; give an actor with the `admin` role (and, on a secure cluster, its token)"
-                ),
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => anyhow::bail!("the cluster did not accept {name} within 30 s: {e}"),
-            }
-        }
+        crate::apply_workflow(client, name, text, &hint).await?;
     }
     Ok(())
 }
@@ -1193,10 +1166,8 @@ pub(crate) fn start_workers(
                     let leased = match client.poll_tasks(&queue, 1, wait).await {
                         Ok(t) => t,
                         Err(e) => {
-                            let o = outcome(&[(t0, Instant::now(), ended::<()>(&Err(e)))]);
                             if t0 >= measure_from {
-                                m.errors += o.errors;
-                                m.refused += o.refusals.len() as u64;
+                                m.add(&outcome(&[(t0, Instant::now(), ended::<()>(&Err(e)))]));
                             }
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             continue;
@@ -1217,14 +1188,7 @@ pub(crate) fn start_workers(
                             .await;
                         let t1 = Instant::now();
                         if t0 >= measure_from && t1 <= end {
-                            let o = outcome(&[(t0, t1, ended(&done))]);
-                            for l in o.latencies {
-                                m.ok.saturating_record(l.as_micros() as u64);
-                            }
-                            m.errors += o.errors;
-                            for c in o.refusal_codes {
-                                *m.codes.entry(c).or_default() += 1;
-                            }
+                            m.add(&outcome(&[(t0, t1, ended(&done))]));
                         }
                     }
                 }

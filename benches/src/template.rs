@@ -238,12 +238,9 @@ fn render(node: &Node, ctx: &Context<'_>, draws: &mut u64) -> serde_json::Value 
                         out.push_str(&choices[i]);
                     }
                     Part::Now(offset_ms) => {
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_micros() as i64)
-                            .unwrap_or(0);
                         let at = lockstep_core::Timestamp::from_micros(
-                            now.saturating_add(offset_ms.saturating_mul(1_000)),
+                            crate::load::micros_now()
+                                .saturating_add(offset_ms.saturating_mul(1_000)),
                         );
                         out.push_str(&at.to_jiff().to_string());
                     }

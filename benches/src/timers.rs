@@ -22,7 +22,7 @@
 //! the change feed.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use lockstep_client::model::AuditKind;
@@ -30,7 +30,7 @@ use lockstep_client::{Client, Identity, Options, Role, by_id, request_id};
 use lockstep_core::ActorKind;
 
 use crate::LocalCluster;
-use crate::load::{self, Outcome, Window, Workload};
+use crate::load::{self, Outcome, Window, Workload, micros_now};
 
 /// The workflow whose instances arm the million timers.
 const ARMED: &str = "bench-timers";
@@ -83,13 +83,6 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
-}
-
-fn micros_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 async fn leader_index(endpoints: &[String], skip: Option<usize>) -> Option<usize> {
