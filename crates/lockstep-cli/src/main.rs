@@ -394,6 +394,14 @@ enum Command {
     /// the cluster policy's manage_subscriptions permission (role admin by default).
     #[command(subcommand)]
     Subscriptions(SubscriptionsCommand),
+    /// Schedules: instances created by the cluster itself on a cron expression in a time
+    /// zone (the quarterly access review, the nightly reconciliation).
+    ///
+    /// The leader fires each tick once, even across a failover; each created instance is
+    /// audited as created by system:schedule with the schedule and the tick in its note.
+    /// Needs the cluster policy's manage_schedules permission (role admin by default).
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
     /// Ask nodes for their grpc.health.v1 status; exit 0 when every one is SERVING.
     ///
     /// For container health checks and probes: exit 1 when a node answers anything but
@@ -557,6 +565,79 @@ enum SubscriptionsCommand {
     /// Deliver again from the cursor (after a pause by an operator or by delivery giving up).
     Resume { name: String },
     /// Delete a subscription.
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchedulesCommand {
+    /// Create a schedule; its first tick is the first match after now.
+    ///
+    /// CRON has five fields (minute hour day-of-month month day-of-week), six with seconds
+    /// first, or seven with a year last; nicknames (@hourly, @daily, @weekly, @monthly,
+    /// @yearly) too. It is read in --time-zone: a local time that does not exist (the clock
+    /// springs forward) fires at the first valid instant after the gap; one that occurs twice
+    /// (the clock falls back) fires once.
+    ///
+    /// Strings in --data and --key may hold placeholders, filled per tick: {tick} (local RFC
+    /// 3339), {tick_utc}, {date}, {time}, {year}, {month}, {day}, {quarter}, {week} (ISO),
+    /// {schedule}; {{ and }} are literal braces.
+    ///
+    /// Example: lockstep schedules create access-review --workflow access-review \
+    ///   --cron '0 9 1 1,4,7,10 *' --time-zone Europe/Berlin --calendar berlin-office \
+    ///   --key 'review-{year}-Q{quarter}' --data '{"period": "{year}-Q{quarter}"}'
+    Create {
+        /// The schedule's name: a-z, 0-9, `-`, `_`, `.`.
+        name: String,
+        /// The workflow whose latest definition each tick creates an instance of.
+        #[arg(long)]
+        workflow: String,
+        /// The cron expression, e.g. '0 9 * * MON-FRI' (quote it).
+        #[arg(long)]
+        cron: String,
+        /// The IANA time zone CRON is read in.
+        #[arg(long, default_value = "UTC")]
+        time_zone: String,
+        /// Skip ticks on the closed days (no working hours, holidays) of this calendar of
+        /// the workflow's definition.
+        #[arg(long)]
+        calendar: Option<String>,
+        /// The new instance's data, a JSON object template.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// The business-key template, e.g. 'review-{date}' (a key taken by an earlier tick's
+        /// instance makes the create refused ALREADY_EXISTS, so a tick never creates twice).
+        #[arg(long)]
+        key: Option<String>,
+        /// While the previous tick's instance is still open: `skip` the tick, or `allow` a
+        /// new instance beside it.
+        #[arg(long, default_value = "skip")]
+        overlap: String,
+        /// Ticks missed by more than --catch-up-window (no leader, cluster down): `skip`
+        /// them, fire `one` (the latest), or fire `all` (at most --catch-up-max, the latest).
+        #[arg(long, default_value = "one")]
+        catch_up: String,
+        /// For --catch-up all: the most missed ticks fired, 1 to 100.
+        #[arg(long, default_value_t = 10)]
+        catch_up_max: u32,
+        /// How late a tick may fire and still count as on time, e.g. 1m, 15m.
+        #[arg(long, default_value = "1m")]
+        catch_up_window: String,
+    },
+    /// Every schedule: state, next tick (local time, and how soon), expression, and what the
+    /// last tick did.
+    List,
+    /// One schedule in full.
+    Get { name: String },
+    /// Stop firing; ticks that fall while paused are not caught up after a resume.
+    Pause {
+        name: String,
+        /// Why, shown by `list` (default: paused by <you>).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Fire again, from the first tick after now.
+    Resume { name: String },
+    /// Delete a schedule (the instances it created stay).
     Delete { name: String },
 }
 
@@ -833,6 +914,48 @@ fn online_main(cli: Cli) -> ExitCode {
                 }
                 SubscriptionsCommand::Delete { name } => {
                     online::subscription_delete(&conn, output, &name).await
+                }
+            }
+            .map(|_| true),
+            Command::Schedules(command) => match command {
+                SchedulesCommand::Create {
+                    name,
+                    workflow,
+                    cron,
+                    time_zone,
+                    calendar,
+                    data,
+                    key,
+                    overlap,
+                    catch_up,
+                    catch_up_max,
+                    catch_up_window,
+                } => {
+                    let new = online::NewSchedule {
+                        name,
+                        workflow,
+                        cron,
+                        time_zone,
+                        calendar,
+                        data,
+                        key,
+                        overlap,
+                        catch_up,
+                        catch_up_max,
+                        catch_up_window,
+                    };
+                    online::schedule_create(&conn, output, new).await
+                }
+                SchedulesCommand::List => online::schedule_list(&conn, output).await,
+                SchedulesCommand::Get { name } => online::schedule_get(&conn, output, &name).await,
+                SchedulesCommand::Pause { name, reason } => {
+                    online::schedule_pause(&conn, output, &name, &reason).await
+                }
+                SchedulesCommand::Resume { name } => {
+                    online::schedule_resume(&conn, output, &name).await
+                }
+                SchedulesCommand::Delete { name } => {
+                    online::schedule_delete(&conn, output, &name).await
                 }
             }
             .map(|_| true),

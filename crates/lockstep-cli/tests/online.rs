@@ -1793,3 +1793,93 @@ fn subscriptions_are_created_listed_paused_resumed_and_deleted() {
     .code(2)
     .stderr_has(&["no signing secret named `nope`"]);
 }
+
+#[test]
+fn schedules_are_created_listed_paused_resumed_and_deleted() {
+    let c = cluster();
+    // New Year's morning in Berlin: far enough that this test sees no tick fire.
+    let created = c
+        .run(&[
+            "schedules",
+            "create",
+            "new-year",
+            "--workflow",
+            "purchase-order",
+            "--cron",
+            "0 9 1 1 *",
+            "--time-zone",
+            "Europe/Berlin",
+            "--key",
+            "ny-{year}",
+            "--data",
+            r#"{"amount": 1, "requester": "{schedule}"}"#,
+            "--output",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(created["name"], "new-year");
+    assert_eq!(created["state"], "active");
+    assert_eq!(created["time_zone"], "Europe/Berlin");
+    let local = created["next"]["local"].as_str().unwrap();
+    assert!(local.ends_with("-01-01T09:00:00"), "{created}");
+    assert!(
+        created["next"]["at"]
+            .as_str()
+            .unwrap()
+            .ends_with("T08:00:00Z"),
+        "{created}"
+    );
+    c.run(&["schedules", "list"]).ok().stdout_has(&[
+        "new-year",
+        "active",
+        "0 9 1 1 * Europe/Berlin",
+        "(in ",
+        "no tick yet",
+    ]);
+    c.run(&["schedules", "get", "new-year"]).ok().stdout_has(&[
+        "creates purchase-order",
+        "At 09:00",
+        "overlap skip, catch-up one",
+    ]);
+    c.run(&["schedules", "pause", "new-year", "--reason", "freeze"])
+        .ok()
+        .stdout_has(&["new-year  paused", "freeze"]);
+    c.run(&["schedules", "resume", "new-year"])
+        .ok()
+        .stdout_has(&["new-year  active"]);
+    c.run(&["schedules", "delete", "new-year"])
+        .ok()
+        .stdout_has(&["deleted new-year"]);
+    let gone = c.run(&["schedules", "get", "new-year", "--output", "json"]);
+    gone.code(4);
+    assert_eq!(gone.json_error()["code"], "UNKNOWN_SCHEDULE");
+    // Bad input is refused before anything is written, saying what to write.
+    c.run(&[
+        "schedules",
+        "create",
+        "bad",
+        "--workflow",
+        "purchase-order",
+        "--cron",
+        "every day",
+    ])
+    .code(2)
+    .stderr_has(&["is not a cron expression", "five fields"]);
+    c.run(&[
+        "schedules",
+        "create",
+        "bad",
+        "--workflow",
+        "purchase-order",
+        "--cron",
+        "@daily",
+        "--catch-up-window",
+        "soon",
+    ])
+    .code(2)
+    .stderr_has(&["--catch-up-window", "duration"]);
+    lockstep(&["schedules", "create", "--help"])
+        .ok()
+        .stdout_has(&["{quarter}", "springs forward", "falls back"]);
+}

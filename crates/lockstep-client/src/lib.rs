@@ -1201,6 +1201,108 @@ impl Client {
         .await
     }
 
+    /// A schedule (needs the policy's `manage_schedules`): `request` names it, its cron
+    /// expression and time zone, the workflow, the templates and the policies; the node
+    /// refuses a bad expression, zone, template or calendar with what to write instead.
+    pub async fn create_schedule(
+        &self,
+        request: pb::CreateScheduleRequest,
+    ) -> Result<pb::Schedule, Error> {
+        self.call(|ch| {
+            let r = self.request(request.clone());
+            async move {
+                pb::schedules_client::SchedulesClient::new(ch)
+                    .create(r)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Every schedule, with its next tick and what its last tick did.
+    pub async fn schedules(&self) -> Result<Vec<pb::Schedule>, Error> {
+        self.call(|ch| {
+            let r = self.request(pb::ListSchedulesRequest {});
+            async move { pb::schedules_client::SchedulesClient::new(ch).list(r).await }
+        })
+        .await
+        .map(|r| r.schedules)
+    }
+
+    pub async fn schedule(&self, name: &str) -> Result<pb::Schedule, Error> {
+        let msg = pb::GetScheduleRequest { name: name.into() };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move { pb::schedules_client::SchedulesClient::new(ch).get(r).await }
+        })
+        .await
+    }
+
+    /// Stops a schedule firing; ticks that fall while it is paused are not caught up.
+    pub async fn pause_schedule(
+        &self,
+        request_id: &str,
+        name: &str,
+        reason: &str,
+    ) -> Result<pb::Schedule, Error> {
+        let msg = pb::PauseScheduleRequest {
+            request_id: request_id.into(),
+            name: name.into(),
+            reason: reason.into(),
+        };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move {
+                pb::schedules_client::SchedulesClient::new(ch)
+                    .pause(r)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Fires again from the first tick after now.
+    pub async fn resume_schedule(
+        &self,
+        request_id: &str,
+        name: &str,
+    ) -> Result<pb::Schedule, Error> {
+        let msg = pb::ResumeScheduleRequest {
+            request_id: request_id.into(),
+            name: name.into(),
+        };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move {
+                pb::schedules_client::SchedulesClient::new(ch)
+                    .resume(r)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Deletes a schedule; answers it as it was.
+    pub async fn delete_schedule(
+        &self,
+        request_id: &str,
+        name: &str,
+    ) -> Result<pb::Schedule, Error> {
+        let msg = pb::DeleteScheduleRequest {
+            request_id: request_id.into(),
+            name: name.into(),
+        };
+        self.call(|ch| {
+            let r = self.request(msg.clone());
+            async move {
+                pb::schedules_client::SchedulesClient::new(ch)
+                    .delete(r)
+                    .await
+            }
+        })
+        .await
+    }
+
     pub async fn resolve_incident(
         &self,
         request_id: &str,

@@ -39,6 +39,9 @@ pub enum AuditKind {
     /// paused by delivery giving up). Not tied to an instance, like `DefinitionApplied`.
     /// Appended last.
     SubscriptionChanged,
+    /// A schedule was created, paused, resumed or deleted, or the create of one of its ticks
+    /// was refused (`lockstep_core::schedule`). Not tied to an instance. Appended last.
+    ScheduleChanged,
 }
 
 /// The actor as recorded: identity and how it was authenticated, not its raw claims.

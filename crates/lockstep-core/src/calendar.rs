@@ -169,6 +169,11 @@ impl Calendar {
             .any(|&(open, close)| open <= at && at < close)
     }
 
+    /// Whether the local day of `at` has working hours (not a holiday, not a closed weekday).
+    pub fn is_open_day(&self, at: Timestamp) -> bool {
+        !self.day_intervals(self.local_date(at)).is_empty()
+    }
+
     fn local_date(&self, at: Timestamp) -> Date {
         self.tz.to_datetime(at.to_jiff()).date()
     }

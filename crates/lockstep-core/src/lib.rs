@@ -25,6 +25,7 @@ pub mod mutation;
 pub mod redact;
 pub mod retry;
 pub mod scenario;
+pub mod schedule;
 pub mod schema;
 pub mod sla;
 pub mod source;

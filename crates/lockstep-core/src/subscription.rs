@@ -27,7 +27,7 @@ pub const FILTER_ENTRIES_MAX: usize = 32;
 pub const SUBSCRIPTION_ERROR_MAX: usize = 512;
 
 /// The kinds a filter names, each a group of audit record kinds.
-pub const RECORD_KINDS: [&str; 12] = [
+pub const RECORD_KINDS: [&str; 13] = [
     "created",
     "transition",
     "event_ignored",
@@ -40,6 +40,7 @@ pub const RECORD_KINDS: [&str; 12] = [
     "redacted",
     "definition",
     "subscription",
+    "schedule",
 ];
 
 /// The filter kind an audit record kind belongs to (one of [`RECORD_KINDS`]).
@@ -62,6 +63,7 @@ pub fn kind_of(kind: &AuditKind) -> &'static str {
         AuditKind::Redacted => "redacted",
         AuditKind::DefinitionApplied => "definition",
         AuditKind::SubscriptionChanged => "subscription",
+        AuditKind::ScheduleChanged => "schedule",
     }
 }
 
@@ -322,6 +324,7 @@ mod tests {
             TaskReleased,
             Redacted,
             SubscriptionChanged,
+            ScheduleChanged,
         ] {
             assert!(RECORD_KINDS.contains(&kind_of(&k)), "{k:?}");
         }

@@ -51,8 +51,12 @@ pub const LOG_FORMAT_WEBHOOKS: u32 = 8;
 /// caller's trace and the tasks it creates hand the trace on to their workers. A build
 /// before it cannot decode the entry, so a leader wraps proposals only from this format on.
 pub const LOG_FORMAT_TRACES: u32 = 9;
+/// Schedules (`crate::Body::Schedules`, family `Schedules`, audit kind `schedule_changed`):
+/// recurring instance creation fired by the leader. Refused by the API until the format is
+/// raised, as `Release` is.
+pub const LOG_FORMAT_SCHEDULES: u32 = 10;
 /// The highest log format this build reads and writes.
-pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_TRACES;
+pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_SCHEDULES;
 
 /// A replicated log format, as applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

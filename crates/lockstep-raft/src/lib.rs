@@ -25,5 +25,5 @@ pub mod types;
 
 pub use types::{
     Body, DeliveryProgress, Member, Migrated, MigrationCursor, NodeId, Proposal, Provenance,
-    Response, Selection, SubscriptionOp, Target, TaskOp, TypeConfig,
+    Response, ScheduleOp, Selection, SubscriptionOp, Target, TaskOp, TypeConfig,
 };

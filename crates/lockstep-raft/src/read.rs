@@ -194,6 +194,23 @@ pub fn subscription(
     get(store, Family::Subscriptions, &key::subscription(name))
 }
 
+pub fn schedules(store: &impl Store) -> Result<Vec<lockstep_core::schedule::Schedule>> {
+    let rows = store.range(
+        Family::Schedules,
+        &[],
+        None,
+        lockstep_core::schedule::SCHEDULES_MAX,
+    )?;
+    decode_rows(Family::Schedules, rows)
+}
+
+pub fn schedule(
+    store: &impl Store,
+    name: &str,
+) -> Result<Option<lockstep_core::schedule::Schedule>> {
+    get(store, Family::Schedules, &key::schedule(name))
+}
+
 /// The `emit` events the change of audit record `global_seq` emitted (none before format 8).
 pub fn emitted(store: &impl Store, global_seq: u64) -> Result<Vec<String>> {
     Ok(get(store, Family::Emitted, &key::emitted(global_seq))?.unwrap_or_default())

@@ -383,6 +383,9 @@ pub struct Applied {
     pub readied_task: bool,
     /// Whether they changed the webhook subscriptions: the leader's delivery reconciles.
     pub changed_subscriptions: bool,
+    /// Whether they changed a schedule (created, paused, fired...): the leader's schedule
+    /// service looks for its next due tick again.
+    pub changed_schedules: bool,
 }
 
 /// Told what every apply call did once its batch is written (the server's metrics and timer
@@ -530,6 +533,7 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
         let queued_outbox = applier.queued_outbox();
         let readied_task = applier.readied_task();
         let changed_subscriptions = applier.changed_subscriptions();
+        let changed_schedules = applier.changed_schedules();
         let batch = applier.into_batch();
         crash_here_if_asked();
         if !batch.is_empty() {
@@ -549,6 +553,7 @@ impl<S: Store> RaftStateMachine<TypeConfig> for StateMachine<S> {
                 queued_outbox,
                 readied_task,
                 changed_subscriptions,
+                changed_schedules,
             });
         }
         Ok(responses)

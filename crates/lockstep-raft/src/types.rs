@@ -255,6 +255,42 @@ pub enum Body {
         traceparent: String,
         body: Box<Body>,
     },
+    /// Schedules (log format 10, `crate::format::LOG_FORMAT_SCHEDULES`): managed by
+    /// operators, fired by the leader. Appended last.
+    Schedules(ScheduleOp),
+}
+
+/// A change to the schedules (`lockstep_core::schedule`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ScheduleOp {
+    /// A new schedule; its first tick is the first after the create's cluster time.
+    Create {
+        spec: lockstep_core::schedule::ScheduleSpec,
+        actor: Actor,
+    },
+    /// Stops firing; ticks while paused are not caught up after a resume.
+    Pause {
+        name: String,
+        reason: String,
+        actor: Actor,
+    },
+    /// Fires again from the first tick after the resume.
+    Resume {
+        name: String,
+        actor: Actor,
+    },
+    Delete {
+        name: String,
+        actor: Actor,
+    },
+    /// The leader found the tick at `tick` due: apply fires it, or skips it by the overlap
+    /// and catch-up policies, and moves the schedule to its next tick. A fire of a tick the
+    /// schedule is no longer at (a repeat after a leader change, a paused or deleted
+    /// schedule) changes nothing.
+    Fire {
+        name: String,
+        tick: Timestamp,
+    },
 }
 
 /// A change to the webhook subscriptions (`lockstep_core::subscription`).
@@ -324,6 +360,7 @@ impl Body {
             Body::Redact { .. } => "redact",
             Body::Subscriptions(_) => "subscriptions",
             Body::Traced { body, .. } => body.name(),
+            Body::Schedules(_) => "schedules",
         }
     }
 
@@ -370,4 +407,7 @@ pub enum Response {
     /// A subscription as a `Body::Subscriptions` change left it (as it was, for a delete).
     /// Appended last.
     Subscription(Box<lockstep_core::subscription::Subscription>),
+    /// A schedule as a `Body::Schedules` change left it (as it was, for a delete). Appended
+    /// last.
+    Schedule(Box<lockstep_core::schedule::Schedule>),
 }

@@ -45,6 +45,7 @@ pub mod policy;
 pub mod polls;
 pub mod quota;
 pub mod raft_service;
+pub mod schedules;
 pub mod scrub;
 pub mod security_log;
 pub mod settings;

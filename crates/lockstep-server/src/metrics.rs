@@ -20,6 +20,7 @@
 //! | `lockstep_timer_lateness_seconds` | histogram | |
 //! | `lockstep_timers_due` | gauge | |
 //! | `lockstep_timers_fired_total` | counter | |
+//! | `lockstep_schedule_tick_lateness_seconds` (leader wall clock at a schedule fire's proposal minus the tick; each acted-on tick, fired or skipped) | histogram | |
 //! | `lockstep_task_poll_looks_total` (looks of long polls at their queue: one when a poll arrives, one per wake-up by a task made ready on this node or by the 250 ms recheck) | counter | |
 //! | `lockstep_admission_limit`, `lockstep_admission_in_flight` (client writes), `lockstep_admission_usual_latency_seconds` | gauge | |
 //! | `lockstep_overload_refusals_total` (refused with OVERLOADED before anything was done) | counter | `what` (writes, reads, polls) |
@@ -181,6 +182,7 @@ pub struct Metrics {
     timer_lateness: Histogram,
     timers_due: U64Gauge,
     timers_fired: Counter,
+    schedule_lateness: Histogram,
     poll_looks: Counter,
     admission_limit: U64Gauge,
     admission_in_flight: U64Gauge,
@@ -270,6 +272,7 @@ impl Metrics {
             timer_lateness: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             timers_due: U64Gauge::default(),
             timers_fired: Counter::default(),
+            schedule_lateness: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             poll_looks: Counter::default(),
         };
         let r = &mut m.registry;
@@ -525,6 +528,11 @@ impl Metrics {
             m.timers_fired.clone(),
         );
         r.register(
+            "lockstep_schedule_tick_lateness_seconds",
+            "How late schedule ticks were proposed: leader wall clock at proposal minus the tick",
+            m.schedule_lateness.clone(),
+        );
+        r.register(
             "lockstep_task_poll_looks",
             "Looks of long polls at their queue (on arrival, when an apply made a task ready, or at the recheck)",
             m.poll_looks.clone(),
@@ -640,6 +648,11 @@ impl Metrics {
             self.timer_lateness.observe(late.max(0) as f64 / 1e6);
             self.timers_fired.inc();
         }
+    }
+
+    /// A schedule tick acted on, `late_ms` after it fell due.
+    pub fn observe_schedule_tick(&self, late_ms: u64) {
+        self.schedule_lateness.observe(late_ms as f64 / 1e3);
     }
 
     fn rpc_label(&self, path: &str) -> String {

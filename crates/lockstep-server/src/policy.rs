@@ -27,6 +27,9 @@
 //!
 //! [manage_subscriptions]
 //! roles = ["admin"]
+//!
+//! [manage_schedules]
+//! roles = ["admin"]
 //! ```
 //!
 //! The file may also set quotas (`[quotas.actors.ID]`, `[quotas.roles.NAME]`: rates and bursts
@@ -76,6 +79,9 @@ pub enum Permission {
     RedactData,
     /// Every `Subscriptions/*` call: webhook subscriptions (`lockstep subscriptions`).
     ManageSubscriptions,
+    /// Every `Schedules/*` call: schedules create instances as `system:schedule`
+    /// (`lockstep schedules`).
+    ManageSchedules,
 }
 
 impl Permission {
@@ -88,6 +94,7 @@ impl Permission {
             Permission::ResolveIncidents => "resolve_incidents",
             Permission::RedactData => "redact_data",
             Permission::ManageSubscriptions => "manage_subscriptions",
+            Permission::ManageSchedules => "manage_schedules",
         }
     }
 
@@ -107,6 +114,7 @@ impl Permission {
             p if p.starts_with("/lockstep.v1.Subscriptions/") => {
                 Some(Permission::ManageSubscriptions)
             }
+            p if p.starts_with("/lockstep.v1.Schedules/") => Some(Permission::ManageSchedules),
             p if p.starts_with("/lockstep.v1.Audit/") => Some(Permission::ReadAudit),
             _ => None,
         }
@@ -162,6 +170,7 @@ struct PolicyFile {
     resolve_incidents: Option<Rule>,
     redact_data: Option<Rule>,
     manage_subscriptions: Option<Rule>,
+    manage_schedules: Option<Rule>,
     quotas: Option<crate::quota::Quotas>,
     read_instances: Option<BTreeMap<String, Rule>>,
 }
@@ -179,6 +188,8 @@ pub struct Policy {
     pub redact_data: Rule,
     /// Who may manage webhook subscriptions (their targets receive audit records).
     pub manage_subscriptions: Rule,
+    /// Who may manage schedules (their ticks create instances as `system:schedule`).
+    pub manage_schedules: Rule,
     /// Rates of writes and polls per actor and role (`quota.rs`).
     pub quotas: crate::quota::Quotas,
     /// Who may read the instances of a workflow, by workflow; a workflow without a rule is
@@ -198,6 +209,7 @@ impl Default for Policy {
             resolve_incidents: Rule::roles(&["operator"]),
             redact_data: Rule::roles(&["admin"]),
             manage_subscriptions: Rule::roles(&["admin"]),
+            manage_schedules: Rule::roles(&["admin"]),
             quotas: crate::quota::Quotas::default(),
             read_instances: BTreeMap::new(),
         }
@@ -253,6 +265,7 @@ impl Policy {
             manage_subscriptions: file
                 .manage_subscriptions
                 .unwrap_or(defaults.manage_subscriptions),
+            manage_schedules: file.manage_schedules.unwrap_or(defaults.manage_schedules),
             quotas,
             read_instances: file.read_instances.unwrap_or_default(),
         })
@@ -267,6 +280,7 @@ impl Policy {
             Permission::ResolveIncidents => &self.resolve_incidents,
             Permission::RedactData => &self.redact_data,
             Permission::ManageSubscriptions => &self.manage_subscriptions,
+            Permission::ManageSchedules => &self.manage_schedules,
         }
     }
 
@@ -483,6 +497,14 @@ mod tests {
         );
         assert!(
             p.check(&actor("o", &["operator"]), Permission::ManageSubscriptions)
+                .is_err()
+        );
+        assert_eq!(
+            Permission::for_method("/lockstep.v1.Schedules/List"),
+            Some(Permission::ManageSchedules)
+        );
+        assert!(
+            p.check(&actor("o", &["operator"]), Permission::ManageSchedules)
                 .is_err()
         );
         let dpo = Policy::parse("[redact_data]\nroles = [\"privacy\"]\n").unwrap();

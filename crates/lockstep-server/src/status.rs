@@ -22,7 +22,7 @@ pub fn code_for(refusal: RefusalCode) -> Code {
         VersionConflict => Code::Aborted,
         LimitExceeded => Code::ResourceExhausted,
         UnknownInstance | UnknownWorkflow | UnknownVersion | TaskNotFound | IncidentNotFound
-        | UnknownSubscription => Code::NotFound,
+        | UnknownSubscription | UnknownSchedule => Code::NotFound,
         AlreadyExists | RequestIdReused => Code::AlreadyExists,
     }
 }

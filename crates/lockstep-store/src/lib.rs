@@ -71,10 +71,12 @@ pub enum Family {
     /// record, from log format 9, for the last `AUDIT_TRACES_KEPT` records: a webhook
     /// delivery of the record joins that trace.
     AuditTraces,
+    /// Schedules by name (`lockstep_core::schedule`), from log format 10.
+    Schedules,
 }
 
 impl Family {
-    pub const ALL: [Family; 21] = [
+    pub const ALL: [Family; 22] = [
         Family::RaftLog,
         Family::RaftMeta,
         Family::Definitions,
@@ -96,10 +98,11 @@ impl Family {
         Family::Emitted,
         Family::TaskTraces,
         Family::AuditTraces,
+        Family::Schedules,
     ];
 
     /// The families that make up the replicated state: what snapshots carry and digests hash.
-    pub const STATE: [Family; 19] = [
+    pub const STATE: [Family; 20] = [
         Family::Definitions,
         Family::Instances,
         Family::IndexWorkflowState,
@@ -119,6 +122,7 @@ impl Family {
         Family::Emitted,
         Family::TaskTraces,
         Family::AuditTraces,
+        Family::Schedules,
     ];
 
     pub fn name(self) -> &'static str {
@@ -144,6 +148,7 @@ impl Family {
             Family::Emitted => "emitted",
             Family::TaskTraces => "task_traces",
             Family::AuditTraces => "audit_traces",
+            Family::Schedules => "schedules",
         }
     }
 

@@ -60,6 +60,10 @@ pub mod key {
     pub fn subscription(name: &str) -> Vec<u8> {
         keys::strs(&[name])
     }
+    /// A schedule (family `Schedules`).
+    pub fn schedule(name: &str) -> Vec<u8> {
+        keys::strs(&[name])
+    }
     /// The events emitted with the audit record `global_seq` (family `Emitted`).
     pub fn emitted(global_seq: u64) -> Vec<u8> {
         keys::u64_key(global_seq)

@@ -216,6 +216,12 @@ class UnknownSubscription(Refused):
     CODE = "UNKNOWN_SUBSCRIPTION"
 
 
+class UnknownSchedule(Refused):
+    """No schedule has this name (``lockstep schedules list`` shows them)."""
+
+    CODE = "UNKNOWN_SCHEDULE"
+
+
 _REFUSALS: dict[str, type[Refused]] = {
     cls.CODE: cls
     for cls in (
@@ -245,6 +251,7 @@ _REFUSALS: dict[str, type[Refused]] = {
         MigrationInvalid,
         RequestIdReused,
         UnknownSubscription,
+        UnknownSchedule,
     )
 }
 assert set(_REFUSALS) == set(names.REFUSAL_CODES), "one exception class per refusal code"

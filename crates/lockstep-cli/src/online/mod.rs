@@ -27,6 +27,7 @@ mod explain;
 mod forecast;
 mod instances;
 mod replay;
+mod schedules;
 mod subscriptions;
 
 pub use actions::*;
@@ -37,6 +38,7 @@ pub use explain::*;
 pub use forecast::*;
 pub use instances::*;
 pub use replay::*;
+pub use schedules::*;
 pub use subscriptions::*;
 
 /// Connection settings shared by every online command.
@@ -199,6 +201,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                     | RefusalCode::UnknownWorkflow
                     | RefusalCode::UnknownVersion
                     | RefusalCode::UnknownSubscription
+                    | RefusalCode::UnknownSchedule
             ) =>
         {
             exit::NOT_FOUND

@@ -343,6 +343,8 @@ pub enum RefusalCode {
     RequestIdReused,
     /// No webhook subscription has this name (`lockstep subscriptions`). Appended last.
     UnknownSubscription,
+    /// No schedule has this name (`lockstep schedules`). Appended last.
+    UnknownSchedule,
 }
 
 impl RefusalCode {
@@ -374,6 +376,7 @@ impl RefusalCode {
             RefusalCode::MigrationInvalid => "MIGRATION_INVALID",
             RefusalCode::RequestIdReused => "REQUEST_ID_REUSED",
             RefusalCode::UnknownSubscription => "UNKNOWN_SUBSCRIPTION",
+            RefusalCode::UnknownSchedule => "UNKNOWN_SCHEDULE",
         }
     }
 
@@ -382,7 +385,7 @@ impl RefusalCode {
     }
 }
 
-const ALL_REFUSALS: [RefusalCode; 26] = [
+const ALL_REFUSALS: [RefusalCode; 27] = [
     RefusalCode::NotAllowedFromState,
     RefusalCode::UnknownTransition,
     RefusalCode::GuardFalse,
@@ -409,6 +412,7 @@ const ALL_REFUSALS: [RefusalCode; 26] = [
     RefusalCode::MigrationInvalid,
     RefusalCode::RequestIdReused,
     RefusalCode::UnknownSubscription,
+    RefusalCode::UnknownSchedule,
 ];
 
 /// A refused command: nothing changed.

@@ -46,6 +46,7 @@ mod definitions;
 pub mod index;
 mod migration;
 mod projection;
+mod schedules;
 pub mod subscriptions;
 
 pub use dedup::DedupEntry;
@@ -113,6 +114,8 @@ struct Overlay {
     readied_task: bool,
     /// Whether this run changed the webhook subscriptions (the leader's delivery reconciles).
     changed_subscriptions: bool,
+    /// Whether this run changed a schedule (the leader's schedule service looks again).
+    changed_schedules: bool,
     /// The list counts this run wrote, as numbers (they join the cache with the batch).
     counts: HashMap<Vec<u8>, u64>,
 }
@@ -167,6 +170,11 @@ impl<'a, S: Store> Applier<'a, S> {
     /// Whether the applied entries changed the webhook subscriptions.
     pub fn changed_subscriptions(&self) -> bool {
         self.overlay.changed_subscriptions
+    }
+
+    /// Whether the applied entries changed a schedule.
+    pub fn changed_schedules(&self) -> bool {
+        self.overlay.changed_schedules
     }
 
     /// Whether the applied entries made a task ready.
@@ -463,7 +471,7 @@ impl<'a, S: Store> Applier<'a, S> {
                 key,
                 data,
                 actor,
-            } => self.create(log_id, workflow, key.as_deref(), data, actor, at),
+            } => self.create(log_id, workflow, key.as_deref(), data, actor, at, None),
             Body::Transition {
                 target,
                 transition,
@@ -536,6 +544,10 @@ impl<'a, S: Store> Applier<'a, S> {
                 };
                 self.subscriptions(log_id, op, at)
             }
+            Body::Schedules(op) => {
+                self.overlay.changed_schedules = true;
+                self.schedules(log_id, op, at)
+            }
             Body::Redact {
                 target,
                 fields,
@@ -585,7 +597,9 @@ fn broken_invariant(
 }
 
 impl<S: Store> Applier<'_, S> {
-    /// A new instance of the latest definition of `workflow`, named by its log position.
+    /// A new instance of the latest definition of `workflow`, named by its log position;
+    /// `note` goes on its `created` record (a schedule's name and tick).
+    #[allow(clippy::too_many_arguments)]
     fn create(
         &mut self,
         log_id: LogId<NodeId>,
@@ -594,6 +608,7 @@ impl<S: Store> Applier<'_, S> {
         data: &serde_json::Value,
         actor: &Actor,
         at: Timestamp,
+        note: Option<String>,
     ) -> StoreResult<Response> {
         let Some(definition) = self.latest_definition(workflow)? else {
             return Ok(refused(
@@ -623,7 +638,10 @@ impl<S: Store> Applier<'_, S> {
             actor: actor.clone(),
         };
         let rules = self.format()?.rules();
-        let outcome = evaluate_with(&definition, None, &command, at, rules, &facts);
+        let mut outcome = evaluate_with(&definition, None, &command, at, rules, &facts);
+        if let (Some(note), Outcome::Applied(change)) = (note, &mut outcome) {
+            change.audit.note = Some(note);
+        }
         let step = JournalStep::Command {
             command,
             facts,

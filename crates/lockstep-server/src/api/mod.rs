@@ -36,6 +36,7 @@ mod audit;
 mod cluster;
 mod definitions;
 mod instances;
+mod schedules;
 mod subscriptions;
 
 pub use audit::audit_pb;

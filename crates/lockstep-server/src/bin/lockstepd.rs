@@ -205,6 +205,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
             Arc::new(lockstep_server::webhooks::WebhookService::new(Arc::clone(
                 &node,
             ))),
+            Arc::new(lockstep_server::schedules::ScheduleService::new(
+                Arc::clone(&node),
+            )),
         ],
         node.raft.metrics(),
         shutdown_rx.clone(),
@@ -304,6 +307,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         )
         .add_service(
             pb::subscriptions_server::SubscriptionsServer::new(api.clone())
+                .max_decoding_message_size(MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            pb::schedules_server::SchedulesServer::new(api.clone())
                 .max_decoding_message_size(MESSAGE_BYTES_MAX),
         )
         .add_service(health_service)

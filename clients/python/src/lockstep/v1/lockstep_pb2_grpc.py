@@ -1793,3 +1793,302 @@ class Subscriptions:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class SchedulesStub:
+    """Schedules: recurring instance creation (lockstep schedules). Every call needs the cluster
+    policy's manage_schedules permission; writes are refused FAILED_PRECONDITION until every
+    member runs a build that reads log format 10.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Create = channel.unary_unary(
+                '/lockstep.v1.Schedules/Create',
+                request_serializer=lockstep_dot_v1_dot_lockstep__pb2.CreateScheduleRequest.SerializeToString,
+                response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/lockstep.v1.Schedules/List',
+                request_serializer=lockstep_dot_v1_dot_lockstep__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.Get = channel.unary_unary(
+                '/lockstep.v1.Schedules/Get',
+                request_serializer=lockstep_dot_v1_dot_lockstep__pb2.GetScheduleRequest.SerializeToString,
+                response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.Pause = channel.unary_unary(
+                '/lockstep.v1.Schedules/Pause',
+                request_serializer=lockstep_dot_v1_dot_lockstep__pb2.PauseScheduleRequest.SerializeToString,
+                response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/lockstep.v1.Schedules/Resume',
+                request_serializer=lockstep_dot_v1_dot_lockstep__pb2.ResumeScheduleRequest.SerializeToString,
+                response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/lockstep.v1.Schedules/Delete',
+                request_serializer=lockstep_dot_v1_dot_lockstep__pb2.DeleteScheduleRequest.SerializeToString,
+                response_deserializer=lockstep_dot_v1_dot_lockstep__pb2.Schedule.FromString,
+                _registered_method=True)
+
+
+class SchedulesServicer:
+    """Schedules: recurring instance creation (lockstep schedules). Every call needs the cluster
+    policy's manage_schedules permission; writes are refused FAILED_PRECONDITION until every
+    member runs a build that reads log format 10.
+    """
+
+    def Create(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Get(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pause(self, request, context):
+        """Stops firing; ticks that fall while paused are not caught up after a resume.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Fires again from the first tick after the resume.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Answers the schedule as it was.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SchedulesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Create': grpc.unary_unary_rpc_method_handler(
+                    servicer.Create,
+                    request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.CreateScheduleRequest.FromString,
+                    response_serializer=lockstep_dot_v1_dot_lockstep__pb2.Schedule.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=lockstep_dot_v1_dot_lockstep__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.GetScheduleRequest.FromString,
+                    response_serializer=lockstep_dot_v1_dot_lockstep__pb2.Schedule.SerializeToString,
+            ),
+            'Pause': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pause,
+                    request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.PauseScheduleRequest.FromString,
+                    response_serializer=lockstep_dot_v1_dot_lockstep__pb2.Schedule.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.ResumeScheduleRequest.FromString,
+                    response_serializer=lockstep_dot_v1_dot_lockstep__pb2.Schedule.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=lockstep_dot_v1_dot_lockstep__pb2.DeleteScheduleRequest.FromString,
+                    response_serializer=lockstep_dot_v1_dot_lockstep__pb2.Schedule.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'lockstep.v1.Schedules', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('lockstep.v1.Schedules', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Schedules:
+    """Schedules: recurring instance creation (lockstep schedules). Every call needs the cluster
+    policy's manage_schedules permission; writes are refused FAILED_PRECONDITION until every
+    member runs a build that reads log format 10.
+    """
+
+    @staticmethod
+    def Create(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockstep.v1.Schedules/Create',
+            lockstep_dot_v1_dot_lockstep__pb2.CreateScheduleRequest.SerializeToString,
+            lockstep_dot_v1_dot_lockstep__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockstep.v1.Schedules/List',
+            lockstep_dot_v1_dot_lockstep__pb2.ListSchedulesRequest.SerializeToString,
+            lockstep_dot_v1_dot_lockstep__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockstep.v1.Schedules/Get',
+            lockstep_dot_v1_dot_lockstep__pb2.GetScheduleRequest.SerializeToString,
+            lockstep_dot_v1_dot_lockstep__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pause(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockstep.v1.Schedules/Pause',
+            lockstep_dot_v1_dot_lockstep__pb2.PauseScheduleRequest.SerializeToString,
+            lockstep_dot_v1_dot_lockstep__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockstep.v1.Schedules/Resume',
+            lockstep_dot_v1_dot_lockstep__pb2.ResumeScheduleRequest.SerializeToString,
+            lockstep_dot_v1_dot_lockstep__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockstep.v1.Schedules/Delete',
+            lockstep_dot_v1_dot_lockstep__pb2.DeleteScheduleRequest.SerializeToString,
+            lockstep_dot_v1_dot_lockstep__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

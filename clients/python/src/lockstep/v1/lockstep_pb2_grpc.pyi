@@ -685,3 +685,94 @@ class SubscriptionsServicer(metaclass=_abc_1.ABCMeta):
         """Answers the subscription as it was."""
 
 def add_SubscriptionsServicer_to_server(servicer: SubscriptionsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class SchedulesStub:
+    """Schedules: recurring instance creation (lockstep schedules). Every call needs the cluster
+    policy's manage_schedules permission; writes are refused FAILED_PRECONDITION until every
+    member runs a build that reads log format 10.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> SchedulesAsyncStub: ...
+    Create: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.CreateScheduleRequest, _lockstep_pb2.Schedule]
+    List: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.ListSchedulesRequest, _lockstep_pb2.ListSchedulesResponse]
+    Get: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.GetScheduleRequest, _lockstep_pb2.Schedule]
+    Pause: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.PauseScheduleRequest, _lockstep_pb2.Schedule]
+    """Stops firing; ticks that fall while paused are not caught up after a resume."""
+    Resume: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.ResumeScheduleRequest, _lockstep_pb2.Schedule]
+    """Fires again from the first tick after the resume."""
+    Delete: _grpc.UnaryUnaryMultiCallable[_lockstep_pb2.DeleteScheduleRequest, _lockstep_pb2.Schedule]
+    """Answers the schedule as it was."""
+
+@_typing.type_check_only
+class SchedulesAsyncStub(SchedulesStub):
+    """Schedules: recurring instance creation (lockstep schedules). Every call needs the cluster
+    policy's manage_schedules permission; writes are refused FAILED_PRECONDITION until every
+    member runs a build that reads log format 10.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Create: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.CreateScheduleRequest, _lockstep_pb2.Schedule]  # type: ignore[assignment]
+    List: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.ListSchedulesRequest, _lockstep_pb2.ListSchedulesResponse]  # type: ignore[assignment]
+    Get: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.GetScheduleRequest, _lockstep_pb2.Schedule]  # type: ignore[assignment]
+    Pause: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.PauseScheduleRequest, _lockstep_pb2.Schedule]  # type: ignore[assignment]
+    """Stops firing; ticks that fall while paused are not caught up after a resume."""
+    Resume: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.ResumeScheduleRequest, _lockstep_pb2.Schedule]  # type: ignore[assignment]
+    """Fires again from the first tick after the resume."""
+    Delete: _aio.UnaryUnaryMultiCallable[_lockstep_pb2.DeleteScheduleRequest, _lockstep_pb2.Schedule]  # type: ignore[assignment]
+    """Answers the schedule as it was."""
+
+class SchedulesServicer(metaclass=_abc_1.ABCMeta):
+    """Schedules: recurring instance creation (lockstep schedules). Every call needs the cluster
+    policy's manage_schedules permission; writes are refused FAILED_PRECONDITION until every
+    member runs a build that reads log format 10.
+    """
+
+    @_abc_1.abstractmethod
+    def Create(
+        self,
+        request: _lockstep_pb2.CreateScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lockstep_pb2.Schedule, _abc.Awaitable[_lockstep_pb2.Schedule]]: ...
+
+    @_abc_1.abstractmethod
+    def List(
+        self,
+        request: _lockstep_pb2.ListSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lockstep_pb2.ListSchedulesResponse, _abc.Awaitable[_lockstep_pb2.ListSchedulesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Get(
+        self,
+        request: _lockstep_pb2.GetScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lockstep_pb2.Schedule, _abc.Awaitable[_lockstep_pb2.Schedule]]: ...
+
+    @_abc_1.abstractmethod
+    def Pause(
+        self,
+        request: _lockstep_pb2.PauseScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lockstep_pb2.Schedule, _abc.Awaitable[_lockstep_pb2.Schedule]]:
+        """Stops firing; ticks that fall while paused are not caught up after a resume."""
+
+    @_abc_1.abstractmethod
+    def Resume(
+        self,
+        request: _lockstep_pb2.ResumeScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lockstep_pb2.Schedule, _abc.Awaitable[_lockstep_pb2.Schedule]]:
+        """Fires again from the first tick after the resume."""
+
+    @_abc_1.abstractmethod
+    def Delete(
+        self,
+        request: _lockstep_pb2.DeleteScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lockstep_pb2.Schedule, _abc.Awaitable[_lockstep_pb2.Schedule]]:
+        """Answers the schedule as it was."""
+
+def add_SchedulesServicer_to_server(servicer: SchedulesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
