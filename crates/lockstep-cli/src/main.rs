@@ -299,8 +299,20 @@ enum Command {
         stale: bool,
     },
     /// List the instances of a workflow.
+    ///
+    /// --where filters on data fields the definition declares under `index:` (e.g. `index: {
+    /// customer_id: string, amount: number }`), answered from the index without a scan:
+    /// FIELD=VALUE, FIELD<VALUE, <=, >, >=, and FIELD^=PREFIX for strings; repeat it, and
+    /// combine it with --state, --sla and --incidents. Versions that do not index a filtered
+    /// field are named (their instances cannot be listed so; migrate them to one that does).
+    ///
+    /// Example: lockstep list purchase-order --where customer_id=C-7 --where 'amount>=10000'
     List {
         workflow: String,
+        /// A condition on an indexed data field: FIELD=VALUE, FIELD>=VALUE, FIELD^=PREFIX...
+        /// (repeat; all must hold).
+        #[arg(long = "where", value_name = "CONDITION")]
+        conditions: Vec<String>,
         #[arg(long)]
         state: Option<String>,
         /// running, paused, stopped, warned or breached.
@@ -797,6 +809,7 @@ fn online_main(cli: Cli) -> ExitCode {
                 .map(|_| true),
             Command::List {
                 workflow,
+                conditions,
                 state,
                 sla,
                 incidents,
@@ -810,6 +823,7 @@ fn online_main(cli: Cli) -> ExitCode {
                     state,
                     sla,
                     incidents,
+                    conditions,
                 },
                 page_size,
                 page_token,

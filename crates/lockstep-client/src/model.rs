@@ -254,6 +254,9 @@ pub struct InstancePage {
     /// combine more than one of state, SLA status and incidents, use `updated_since`, or the
     /// cluster's log format is older than 4.
     pub total: Option<u64>,
+    /// With data filters (`where`): the workflow's versions that do not index every filtered
+    /// field, whose instances the page cannot include.
+    pub uncovered_versions: Vec<String>,
 }
 
 /// A transition the caller may take now, or once its gate opens (`Instances/Actions`).
@@ -994,6 +997,7 @@ impl TryFrom<pb::ListInstancesResponse> for InstancePage {
             next_page_token: non_empty(r.next_page_token),
             read: required("instance page", "read", r.read)?.into(),
             total: r.total,
+            uncovered_versions: r.uncovered_versions,
         })
     }
 }

@@ -40,6 +40,29 @@ pub struct Definition {
     /// ignored instead of refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignore_events: Vec<String>,
+    /// Data fields kept in an index, with their type, e.g. `{ customer_id: string, amount:
+    /// number }` (a dotted name is a nested field): `lockstep list --where` filters on them
+    /// without a scan. An index covers the instances of the versions that declare it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub index: BTreeMap<String, IndexType>,
+}
+
+/// The type of an indexed data field: instances whose value has another type (or none) are
+/// not in the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexType {
+    String,
+    Number,
+}
+
+impl IndexType {
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexType::String => "string",
+            IndexType::Number => "number",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -27,6 +27,7 @@ pub mod retry;
 pub mod scenario;
 pub mod schedule;
 pub mod schema;
+pub mod search;
 pub mod sla;
 pub mod source;
 pub mod subscription;

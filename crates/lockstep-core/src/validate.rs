@@ -290,6 +290,7 @@ impl Validator<'_> {
         let transitions = self.transitions(&data);
         self.graph(initial.as_deref());
         self.events();
+        self.index(&data);
         let slas = self.slas(&data, &calendars);
         self.actions();
         let create_allow = d
@@ -507,6 +508,46 @@ impl Validator<'_> {
                 format!("`{name}` is not a declared calendar"),
                 "declare it under `calendars:` or remove the reference to count calendar time",
             );
+        }
+    }
+
+    /// `index:` names real fields (when the data schema lists its properties), within bounds.
+    fn index(&mut self, data: &DataFields) {
+        let index = &self.definition.index;
+        if index.len() > crate::search::INDEX_FIELDS_MAX {
+            self.error(
+                Code::LimitExceeded,
+                "index",
+                format!(
+                    "{} indexed fields, more than INDEX_FIELDS_MAX ({})",
+                    index.len(),
+                    crate::search::INDEX_FIELDS_MAX
+                ),
+                "index the fields lists filter on most; filter the rest of a page in the client",
+            );
+        }
+        for field in index.keys() {
+            let path = format!("index.{field}");
+            if let Err(e) = crate::search::check_field_name(field) {
+                self.error(
+                    Code::InvalidName,
+                    &path,
+                    e,
+                    "name a data field, e.g. customer_id or customer.id",
+                );
+                continue;
+            }
+            let top = field.split('.').next().unwrap_or(field);
+            if let Some(known) = &data.0
+                && !known.contains(top)
+            {
+                self.error(
+                    Code::InvalidValue,
+                    &path,
+                    format!("`{top}` is not a property of the data schema"),
+                    "index a field the `data` schema declares under `properties`",
+                );
+            }
         }
     }
 

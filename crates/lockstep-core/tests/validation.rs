@@ -777,7 +777,7 @@ fn unknown_keys() {
             Code::UnknownKey,
             7,
             1,
-            "unknown field `colour`, expected one of `workflow`, `description`, `data`, `create`, `calendars`, `states`, `slas`, `transitions`, `ignore_events`",
+            "unknown field `colour`, expected one of `workflow`, `description`, `data`, `create`, `calendars`, `states`, `slas`, `transitions`, `ignore_events`, `index`",
         )],
     );
     check_text(
@@ -1240,4 +1240,39 @@ fn examples_have_no_diagnostics() {
         seen += 1;
     }
     assert!(seen > 0, "no examples in {}", dir.display());
+}
+
+#[test]
+fn index_names_data_fields_within_bounds() {
+    let base = "workflow: w\ndata:\n  type: object\n  properties:\n    customer_id: { type: string }\nstates:\n  a: { initial: true }\n  b: { terminal: true }\ntransitions:\n  t: { from: a, to: b }\n";
+    let good = format!("{base}index: {{ customer_id: string }}\n");
+    assert!(
+        validate(Some("w.yaml"), &good, &Limits::default())
+            .compiled
+            .is_some()
+    );
+    let checked = validate(
+        Some("w.yaml"),
+        &format!("{base}index: {{ amount: number, \"a..b\": string }}\n"),
+        &Limits::default(),
+    );
+    let messages: Vec<String> = checked.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("`amount` is not a property of the data schema")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("not an indexable field name")),
+        "{messages:?}"
+    );
+    let bad_type = validate(
+        Some("w.yaml"),
+        &format!("{base}index: {{ customer_id: text }}\n"),
+        &Limits::default(),
+    );
+    assert!(bad_type.compiled.is_none());
 }

@@ -55,8 +55,12 @@ pub const LOG_FORMAT_TRACES: u32 = 9;
 /// recurring instance creation fired by the leader. Refused by the API until the format is
 /// raised, as `Release` is.
 pub const LOG_FORMAT_SCHEDULES: u32 = 10;
+/// Indexed search (family `IndexData`): apply keeps an entry per data field a definition
+/// declares under `index:`. A definition with `index:` is refused below it (an older build
+/// cannot read the key), so the entry that raises the format has nothing to build.
+pub const LOG_FORMAT_SEARCH: u32 = 11;
 /// The highest log format this build reads and writes.
-pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_SCHEDULES;
+pub const LOG_FORMAT_CURRENT: u32 = LOG_FORMAT_SEARCH;
 
 /// A replicated log format, as applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -437,6 +437,46 @@ pub fn flagged_ids(
         .collect())
 }
 
+/// Entries of indexed data field `field` of `workflow` (family `IndexData`) from the encoded
+/// value `start` (or strictly after the full key `after`) up to `end` (`None`: the field's
+/// last): (full key, instance id), at most `limit`.
+pub fn data_index_entries(
+    store: &impl Store,
+    workflow: &str,
+    field: &str,
+    start: &[u8],
+    end: Option<&[u8]>,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, String)>> {
+    let prefix = key::data_index_prefix(workflow, field);
+    let with_prefix = |suffix: &[u8]| {
+        let mut k = prefix.clone();
+        k.extend_from_slice(suffix);
+        k
+    };
+    let from = match after {
+        Some(a) => {
+            let mut k = a.to_vec();
+            k.push(0);
+            k.max(with_prefix(start))
+        }
+        None => with_prefix(start),
+    };
+    let to = match end {
+        Some(e) => with_prefix(e),
+        None => keys::prefix_end(&prefix),
+    };
+    Ok(store
+        .range(Family::IndexData, &from, Some(&to), limit)?
+        .into_iter()
+        .filter_map(|(k, _)| {
+            let id = lockstep_core::search::entry_id(&k, prefix.len())?;
+            Some((k, id))
+        })
+        .collect())
+}
+
 /// How many of `workflow`'s instances are in `state`.
 pub fn state_count(store: &impl Store, workflow: &str, state: &str) -> Result<u64> {
     Ok(get(

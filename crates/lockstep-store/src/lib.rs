@@ -73,10 +73,13 @@ pub enum Family {
     AuditTraces,
     /// Schedules by name (`lockstep_core::schedule`), from log format 10.
     Schedules,
+    /// (workflow, field, encoded value, instance id) → (): the data fields definitions
+    /// declare under `index:` (`lockstep_core::search`), from log format 11.
+    IndexData,
 }
 
 impl Family {
-    pub const ALL: [Family; 22] = [
+    pub const ALL: [Family; 23] = [
         Family::RaftLog,
         Family::RaftMeta,
         Family::Definitions,
@@ -99,10 +102,11 @@ impl Family {
         Family::TaskTraces,
         Family::AuditTraces,
         Family::Schedules,
+        Family::IndexData,
     ];
 
     /// The families that make up the replicated state: what snapshots carry and digests hash.
-    pub const STATE: [Family; 20] = [
+    pub const STATE: [Family; 21] = [
         Family::Definitions,
         Family::Instances,
         Family::IndexWorkflowState,
@@ -123,6 +127,7 @@ impl Family {
         Family::TaskTraces,
         Family::AuditTraces,
         Family::Schedules,
+        Family::IndexData,
     ];
 
     pub fn name(self) -> &'static str {
@@ -149,6 +154,7 @@ impl Family {
             Family::TaskTraces => "task_traces",
             Family::AuditTraces => "audit_traces",
             Family::Schedules => "schedules",
+            Family::IndexData => "idx_data",
         }
     }
 

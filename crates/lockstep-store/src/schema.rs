@@ -60,6 +60,19 @@ pub mod key {
     pub fn subscription(name: &str) -> Vec<u8> {
         keys::strs(&[name])
     }
+    /// The entries of one indexed data field of a workflow (family `IndexData`): the prefix
+    /// of [`data_index`].
+    pub fn data_index_prefix(workflow: &str, field: &str) -> Vec<u8> {
+        keys::strs(&[workflow, field])
+    }
+    /// An instance's entry for an indexed data field: the field's prefix, the value's
+    /// order-preserving encoding (`lockstep_core::search::IndexValue::encode`), the id.
+    pub fn data_index(workflow: &str, field: &str, encoded: &[u8], id: &str) -> Vec<u8> {
+        let mut k = data_index_prefix(workflow, field);
+        k.extend_from_slice(encoded);
+        k.extend_from_slice(id.as_bytes());
+        k
+    }
     /// A schedule (family `Schedules`).
     pub fn schedule(name: &str) -> Vec<u8> {
         keys::strs(&[name])

@@ -358,6 +358,32 @@ pub struct ListFilter {
     pub state: Option<String>,
     pub sla: Option<String>,
     pub incidents: bool,
+    /// `--where` conditions as written (`amount>=10000`).
+    pub conditions: Vec<String>,
+}
+
+/// A `--where` condition: FIELD, an operator (`=`, `<`, `<=`, `>`, `>=`, `^=`) and a value
+/// (JSON, or bare text for a string field).
+pub fn data_filter(text: &str) -> anyhow::Result<pb::DataFilter> {
+    let at = text.find(['=', '<', '>', '^']).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--where `{text}` has no comparison; write FIELD=VALUE, FIELD<VALUE, FIELD<=VALUE, FIELD>VALUE, FIELD>=VALUE or FIELD^=PREFIX"
+        )
+    })?;
+    let (field, rest) = text.split_at(at);
+    let op = ["<=", ">=", "^=", "==", "=", "<", ">"]
+        .into_iter()
+        .find(|op| rest.starts_with(op))
+        .ok_or_else(|| anyhow::anyhow!("--where `{text}`: `^` must be `^=` (a prefix)"))?;
+    let field = field.trim();
+    if field.is_empty() {
+        anyhow::bail!("--where `{text}` names no field; write e.g. customer_id=C-7");
+    }
+    Ok(pb::DataFilter {
+        field: field.into(),
+        op: op.into(),
+        value_json: rest[op.len()..].trim().into(),
+    })
 }
 
 pub async fn list(
@@ -377,12 +403,17 @@ pub async fn list(
         page_token: page_token.unwrap_or_default(),
         consistency: 0,
         open_incidents: filter.incidents,
+        r#where: filter
+            .conditions
+            .iter()
+            .map(|c| data_filter(c))
+            .collect::<anyhow::Result<_>>()?,
     };
     let r = conn.client()?.list(request).await?;
     match output {
         Output::Json => println!(
             "{}",
-            serde_json::json!({"instances": r.instances.iter().map(instance_json).collect::<Vec<_>>(), "next_page_token": r.next_page_token.as_deref().unwrap_or_default()})
+            serde_json::json!({"instances": r.instances.iter().map(instance_json).collect::<Vec<_>>(), "next_page_token": r.next_page_token.as_deref().unwrap_or_default(), "uncovered_versions": r.uncovered_versions})
         ),
         Output::Table => {
             println!(
@@ -401,6 +432,16 @@ pub async fn list(
             }
             if let Some(token) = &r.next_page_token {
                 println!("(more: --page-token {token})");
+            }
+            if !r.uncovered_versions.is_empty() {
+                println!(
+                    "(not covered: versions {} do not index every --where field; migrate their instances to list them)",
+                    r.uncovered_versions
+                        .iter()
+                        .map(|v| &v[..v.len().min(12)])
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
         }
     }
@@ -454,6 +495,26 @@ fn remaining(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn where_conditions_read_field_operator_and_value() {
+        let f = super::data_filter("amount>=10000").unwrap();
+        assert_eq!(
+            (f.field.as_str(), f.op.as_str(), f.value_json.as_str()),
+            ("amount", ">=", "10000")
+        );
+        let f = super::data_filter("customer_id^=C-").unwrap();
+        assert_eq!((f.op.as_str(), f.value_json.as_str()), ("^=", "C-"));
+        let f = super::data_filter("note = a=b").unwrap();
+        assert_eq!(
+            (f.field.as_str(), f.op.as_str(), f.value_json.as_str()),
+            ("note", "=", "a=b")
+        );
+        let e = super::data_filter("amount").unwrap_err().to_string();
+        assert!(e.contains("FIELD=VALUE"), "{e}");
+        let e = super::data_filter("=1").unwrap_err().to_string();
+        assert!(e.contains("names no field"), "{e}");
+    }
+
     #[test]
     fn an_sla_budget_prints_for_people() {
         assert_eq!(super::remaining(57_600_000), "remaining 16h");

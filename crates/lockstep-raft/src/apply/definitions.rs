@@ -81,6 +81,14 @@ impl<S: Store> Applier<'_, S> {
                 ));
             }
         };
+        if !compiled.definition.index.is_empty()
+            && !self.format()?.at_least(crate::format::LOG_FORMAT_SEARCH)
+        {
+            return Ok(refused(
+                RefusalCode::DefinitionInvalid,
+                "`index:` needs log format 11, which every member must read first: upgrade every node, wait for the format to rise (`lockstep cluster status`), then apply it again".into(),
+            ));
+        }
         let workflow = compiled.name().to_string();
         let version = compiled.version.clone();
         let defkey = key::definition(&workflow, &version);

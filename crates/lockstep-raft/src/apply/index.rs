@@ -69,6 +69,44 @@ impl<S: Store> Applier<'_, S> {
         Ok(())
     }
 
+    /// Moves an instance between the entries of indexed data fields (log format 11): the
+    /// fields `before`'s version declares against those `after`'s (`decided`) declares,
+    /// each with the value the instance holds; only entries that differ are written.
+    pub(super) fn index_data(
+        &mut self,
+        decided: &lockstep_core::validate::CompiledDefinition,
+        before: Option<&Instance>,
+        after: &Instance,
+    ) -> StoreResult<()> {
+        use lockstep_core::search::entries;
+        let old: BTreeSet<(String, Vec<u8>)> = match before {
+            Some(b) => {
+                let definition = if b.definition_version == decided.version {
+                    None
+                } else {
+                    self.definition(&b.workflow, &b.definition_version)?
+                };
+                let index = &definition.as_deref().unwrap_or(decided).definition.index;
+                entries(index, &b.data)
+                    .map(|(f, v)| (f.to_string(), v))
+                    .collect()
+            }
+            None => BTreeSet::new(),
+        };
+        let new: BTreeSet<(String, Vec<u8>)> = entries(&decided.definition.index, &after.data)
+            .map(|(f, v)| (f.to_string(), v))
+            .collect();
+        for (field, value) in old.difference(&new) {
+            let k = key::data_index(&after.workflow, field, value, &after.id);
+            self.delete(Family::IndexData, k);
+        }
+        for (field, value) in new.difference(&old) {
+            let k = key::data_index(&after.workflow, field, value, &after.id);
+            self.put(Family::IndexData, k, &());
+        }
+        Ok(())
+    }
+
     /// Moves an instance between index entries and counts: `before` is what was stored
     /// (`None` for a new instance), `after` what is written.
     pub(super) fn reindex(

@@ -183,6 +183,9 @@ impl<S: Store> Applier<'_, S> {
         if self.format()?.at_least(crate::format::LOG_FORMAT_INDEXES) {
             self.reindex(before, after)?;
         }
+        if self.format()?.at_least(crate::format::LOG_FORMAT_SEARCH) {
+            self.index_data(definition, before, after)?;
+        }
         if before.map(|b| &b.state) != Some(&after.state) {
             if let Some(b) = before {
                 self.delete(

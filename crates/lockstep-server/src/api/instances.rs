@@ -154,6 +154,15 @@ impl pb::instances_server::Instances for Api {
         };
         let info = self.read_info(req.consistency).await?;
         let state = (!req.state.is_empty()).then_some(req.state.as_str());
+        if !req.r#where.is_empty() {
+            let rest = super::search::Rest {
+                state,
+                since,
+                open_incidents: req.open_incidents,
+                sla: sla_filter.as_deref(),
+            };
+            return self.list_where(&req, size, rest, info);
+        }
         let store = &*self.node.store;
         let indexed = read::indexes_kept(store).map_err(status::store_error)?;
         // With the list indexes (log format 4), an SLA-status or incident filter walks its
@@ -273,6 +282,7 @@ impl pb::instances_server::Instances for Api {
             next_page_token,
             read: Some(info),
             total,
+            uncovered_versions: Vec::new(),
         }))
     }
 

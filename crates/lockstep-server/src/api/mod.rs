@@ -37,6 +37,7 @@ mod cluster;
 mod definitions;
 mod instances;
 mod schedules;
+mod search;
 mod subscriptions;
 
 pub use audit::audit_pb;
