@@ -1062,6 +1062,7 @@ class ListInstancesRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     CONSISTENCY_FIELD_NUMBER: _builtins.int
     OPEN_INCIDENTS_FIELD_NUMBER: _builtins.int
+    WHERE_FIELD_NUMBER: _builtins.int
     workflow: _builtins.str
     state: _builtins.str
     """Optional: only instances in this state."""
@@ -1077,6 +1078,13 @@ class ListInstancesRequest(_message.Message):
     """Optional: only instances with an open (unresolved) incident, e.g. a task whose retry
     policy is exhausted with no `on_exhausted` path.
     """
+    @_builtins.property
+    def where(self) -> _containers.RepeatedCompositeFieldContainer[Global___DataFilter]:
+        """Optional: conditions on data fields a definition declares under `index:` (log format
+        11), all of which must hold; combined with the filters above. At most 8. A field no
+        version of the workflow indexes is refused INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
@@ -1088,14 +1096,45 @@ class ListInstancesRequest(_message.Message):
         page_token: _builtins.str = ...,
         consistency: Global___ReadConsistency.ValueType = ...,
         open_incidents: _builtins.bool = ...,
+        where: _abc.Iterable[Global___DataFilter] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "open_incidents", b"open_incidents", "page_size", b"page_size", "page_token", b"page_token", "sla_status", b"sla_status", "state", b"state", "updated_since", b"updated_since", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "open_incidents", b"open_incidents", "page_size", b"page_size", "page_token", b"page_token", "sla_status", b"sla_status", "state", b"state", "updated_since", b"updated_since", "where", b"where", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListInstancesRequest: _TypeAlias = ListInstancesRequest  # noqa: Y015
+
+@_typing.final
+class DataFilter(_message.Message):
+    """A condition on an indexed data field."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    OP_FIELD_NUMBER: _builtins.int
+    VALUE_JSON_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """The field as declared under `index:`, e.g. customer_id or customer.id."""
+    op: _builtins.str
+    """eq, lt, le, gt, ge or prefix (strings only); also =, <, <=, >, >=, ^=."""
+    value_json: _builtins.str
+    """A JSON number for a number field; a JSON string (or bare text) for a string field."""
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        op: _builtins.str = ...,
+        value_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "op", b"op", "value_json", b"value_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataFilter: _TypeAlias = DataFilter  # noqa: Y015
 
 @_typing.final
 class ListInstancesResponse(_message.Message):
@@ -1105,6 +1144,7 @@ class ListInstancesResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     READ_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
+    UNCOVERED_VERSIONS_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     total: _builtins.int
     """How many instances match, from the counts apply keeps (log format 4): set when the
@@ -1115,6 +1155,12 @@ class ListInstancesResponse(_message.Message):
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Instance]: ...
     @_builtins.property
     def read(self) -> Global___ReadInfo: ...
+    @_builtins.property
+    def uncovered_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With `where`: the versions of the workflow that do not index every filtered field; their
+        instances are not in this answer (migrate them to a version that does to include them).
+        """
+
     def __init__(
         self,
         *,
@@ -1122,10 +1168,11 @@ class ListInstancesResponse(_message.Message):
         next_page_token: _builtins.str = ...,
         read: Global___ReadInfo | None = ...,
         total: _builtins.int | None = ...,
+        uncovered_versions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_total", b"_total", "read", b"read", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_total", b"_total", "instances", b"instances", "next_page_token", b"next_page_token", "read", b"read", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_total", b"_total", "instances", b"instances", "next_page_token", b"next_page_token", "read", b"read", "total", b"total", "uncovered_versions", b"uncovered_versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__total: _TypeAlias = _typing.Literal["total"]  # noqa: Y015
     _WhichOneofArgType__total: _TypeAlias = _typing.Literal["_total", b"_total"]  # noqa: Y015
