@@ -103,9 +103,9 @@ pub fn entries<'a>(
 /// The instance id of an entry key, given the length of its (workflow, field) prefix.
 pub fn entry_id(key: &[u8], prefix_len: usize) -> Option<String> {
     let rest = key.get(prefix_len..)?;
-    let id = match rest.first()? {
-        &TAG_NUMBER => rest.get(9..)?,
-        &TAG_STRING => &rest[rest.iter().position(|&b| b == 0)? + 1..],
+    let id = match *rest.first()? {
+        TAG_NUMBER => rest.get(9..)?,
+        TAG_STRING => &rest[rest.iter().position(|&b| b == 0)? + 1..],
         _ => return None,
     };
     String::from_utf8(id.to_vec()).ok()

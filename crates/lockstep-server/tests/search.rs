@@ -200,7 +200,7 @@ async fn data_filters_answer_from_the_index_as_a_scan_would() {
     let (moved, _) = select(&admin, &[filter("amount", "=", "7.5")], "", 10)
         .await
         .unwrap();
-    assert_eq!(moved, [id.clone()]);
+    assert_eq!(moved, std::slice::from_ref(id));
     let (big, _) = select(&admin, &[filter("amount", ">=", "20000")], "", 100)
         .await
         .unwrap();
@@ -246,7 +246,7 @@ async fn data_filters_answer_from_the_index_as_a_scan_would() {
         .await
         .unwrap();
     assert!(big.is_empty(), "{big:?}");
-    assert_eq!(uncovered, [v2.clone()]);
+    assert_eq!(uncovered, std::slice::from_ref(&v2));
     let (c9, uncovered) = select(&admin, &[filter("customer_id", "=", "C-9")], "", 10)
         .await
         .unwrap();
