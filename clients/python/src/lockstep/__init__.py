@@ -1,7 +1,7 @@
 """Lockstep's Python SDK.
 
 - :class:`Client` (sync) and :class:`AsyncClient` (asyncio) call every RPC of the
-  Definitions, Instances, Tasks, Audit and Subscriptions (webhooks) services and the cluster
+  Definitions, Instances, Tasks, Audit, Subscriptions (webhooks) and Schedules services and the cluster
   status, follow the leader, and retry what may not have happened with the same request id;
 - answers are the dataclasses of :mod:`lockstep.models`; refusals raise the exceptions of
   :mod:`lockstep.errors` (``Forbidden``, ``GateNotYetOpen``, ... all ``Refused``);
@@ -66,6 +66,8 @@ from .models import (
     InstanceKey,
     LeasedTask,
     Provenance,
+    Schedule,
+    ScheduleTick,
     Subscription,
     TimerPolicy,
     WorkflowPage,
@@ -111,6 +113,8 @@ __all__ = [
     "RequestIdReused",
     "RpcFailed",
     "StaleLease",
+    "Schedule",
+    "ScheduleTick",
     "Subscription",
     "SyncAuditFeed",
     "SystemOnly",

@@ -8,8 +8,9 @@ wraps it.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Iterable, Mapping, Optional, Sequence
+import json
+from datetime import datetime, timedelta
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
 
 from ._time import format_time
 from .models import (
@@ -25,7 +26,7 @@ from .models import (
 from .v1 import lockstep_pb2 as pb
 
 # The services the SDK wraps whole, and the single RPCs it wraps of the others.
-SERVICES = ("Definitions", "Instances", "Tasks", "Audit", "Subscriptions")
+SERVICES = ("Definitions", "Instances", "Tasks", "Audit", "Subscriptions", "Schedules")
 SINGLE_RPCS = ("Cluster/Status",)
 
 RPCS = {
@@ -58,6 +59,12 @@ RPCS = {
     "Subscriptions/Pause": "pause_subscription",
     "Subscriptions/Resume": "resume_subscription",
     "Subscriptions/Delete": "delete_subscription",
+    "Schedules/Create": "create_schedule",
+    "Schedules/List": "schedules",
+    "Schedules/Get": "schedule",
+    "Schedules/Pause": "pause_schedule",
+    "Schedules/Resume": "resume_schedule",
+    "Schedules/Delete": "delete_schedule",
     "Cluster/Status": "status",
 }
 
@@ -71,6 +78,8 @@ MIGRATE_INSTANCES_MAX = 64
 INBOX_WORKFLOWS_MAX = 16
 INBOX_STATES_MAX = 32
 INBOX_PAGE_MAX = 100
+DATA_FILTERS_MAX = 8
+CATCH_UP_MAX = 100
 
 
 def apply_definition(
@@ -148,9 +157,20 @@ def list_instances(
     page_size: int,
     page_token: Optional[str],
     stale: bool,
+    where: Sequence[Tuple[str, str, Any]] = (),
 ) -> pb.ListInstancesRequest:
     _bounded("page_size", page_size, PAGE_SIZE_MAX)
+    _bounded("the number of where conditions", len(where), DATA_FILTERS_MAX)
+    filters = []
+    for condition in where:
+        if isinstance(condition, str) or len(condition) != 3:
+            raise TypeError(
+                f"a where condition is a (field, op, value) tuple such as ('amount', '>=', 10000), not {condition!r}"
+            )
+        field, op, value = condition
+        filters.append(pb.DataFilter(field=field, op=op, value_json=json.dumps(value)))
     return pb.ListInstancesRequest(
+        where=filters,
         workflow=workflow,
         state=state or "",
         sla_status=sla_status or "",
@@ -329,6 +349,61 @@ def resume_subscription(request_id: str, name: str) -> pb.ResumeSubscriptionRequ
 
 def delete_subscription(request_id: str, name: str) -> pb.DeleteSubscriptionRequest:
     return pb.DeleteSubscriptionRequest(request_id=request_id, name=name)
+
+
+def create_schedule(
+    request_id: str,
+    name: str,
+    *,
+    workflow: str,
+    cron: str,
+    time_zone: str,
+    calendar: Optional[str],
+    data: Optional[Mapping[str, Any]],
+    key: Optional[str],
+    overlap: str,
+    catch_up: str,
+    catch_up_max: int,
+    catch_up_window: timedelta,
+) -> pb.CreateScheduleRequest:
+    _bounded("catch_up_max", catch_up_max, CATCH_UP_MAX, low=1)
+    window_ms = int(catch_up_window.total_seconds() * 1000)
+    if window_ms <= 0:
+        raise ValueError(f"catch_up_window is {catch_up_window}: it must be more than 0")
+    return pb.CreateScheduleRequest(
+        request_id=request_id,
+        name=name,
+        cron=cron,
+        time_zone=time_zone,
+        calendar=calendar or "",
+        workflow=workflow,
+        data_json=to_json(data or {}),
+        key=key or "",
+        overlap=overlap,
+        catch_up=catch_up,
+        catch_up_max=catch_up_max,
+        catch_up_window_ms=window_ms,
+    )
+
+
+def schedules() -> pb.ListSchedulesRequest:
+    return pb.ListSchedulesRequest()
+
+
+def schedule(name: str) -> pb.GetScheduleRequest:
+    return pb.GetScheduleRequest(name=name)
+
+
+def pause_schedule(request_id: str, name: str, reason: str) -> pb.PauseScheduleRequest:
+    return pb.PauseScheduleRequest(request_id=request_id, name=name, reason=reason)
+
+
+def resume_schedule(request_id: str, name: str) -> pb.ResumeScheduleRequest:
+    return pb.ResumeScheduleRequest(request_id=request_id, name=name)
+
+
+def delete_schedule(request_id: str, name: str) -> pb.DeleteScheduleRequest:
+    return pb.DeleteScheduleRequest(request_id=request_id, name=name)
 
 
 def _bounded(what: str, value: int, high: int, *, low: int = 0) -> None:

@@ -11,9 +11,9 @@ anywhere but is used in one loop. Close it with ``await client.close()`` or ``as
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, AsyncIterator, Callable, Iterable, List, Mapping, Optional, Sequence, Type, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 import grpc
 import grpc.aio
@@ -54,6 +54,7 @@ from .models import (
     MigrationBatch,
     Provenance,
     SecurityLog,
+    Schedule,
     Subscription,
     TaskLease,
     TimerPolicy,
@@ -83,6 +84,7 @@ class _Node:
         self.tasks = rpc.TasksStub(self.channel)
         self.cluster = rpc.ClusterStub(self.channel)
         self.subscriptions = rpc.SubscriptionsStub(self.channel)
+        self.schedules = rpc.SchedulesStub(self.channel)
 
 
 class AsyncClient:
@@ -225,8 +227,12 @@ class AsyncClient:
         page_size: int = 0,
         page_token: Optional[str] = None,
         stale: bool = False,
+        where: Sequence[Tuple[str, str, Any]] = (),
     ) -> InstancePage:
-        """One page of a workflow's instances (``page_size`` at most 500; 0 means 100);
+        """One page of a workflow's instances (``page_size`` at most 500; 0 means 100),
+        optionally only those whose indexed data fields meet every ``where`` condition, each
+        ``(field, op, value)`` with ``op`` one of ``=``, ``<``, ``<=``, ``>``, ``>=``, ``^=``
+        (a string prefix), on fields the definition declares under ``index:``;
         :meth:`iter_instances` walks every page."""
         request = rq.list_instances(
             workflow,
@@ -237,6 +243,7 @@ class AsyncClient:
             page_size=page_size,
             page_token=page_token,
             stale=stale,
+            where=where,
         )
         return models.instance_page(await self._unary(lambda n: n.instances.List, request))
 
@@ -469,6 +476,79 @@ class AsyncClient:
         rid = request_id or new_request_id()
         request = rq.delete_subscription(rid, name)
         return models.subscription(await self._unary(lambda n: n.subscriptions.Delete, request, rid))
+
+    # Schedules. Every call needs the cluster policy's ``manage_schedules``.
+
+    async def create_schedule(
+        self,
+        name: str,
+        *,
+        workflow: str,
+        cron: str,
+        time_zone: str = "UTC",
+        calendar: Optional[str] = None,
+        data: Optional[Mapping[str, Any]] = None,
+        key: Optional[str] = None,
+        overlap: str = "skip",
+        catch_up: str = "one",
+        catch_up_max: int = 10,
+        catch_up_window: timedelta = timedelta(minutes=1),
+        request_id: Optional[str] = None,
+    ) -> Schedule:
+        """Makes the cluster create an instance of ``workflow`` at every tick of ``cron`` (five
+        fields, six with seconds first, or ``@daily``...) read in ``time_zone``, once per tick
+        even across a leader failover. ``data`` and ``key`` are templates: their strings may
+        hold ``{tick}``, ``{date}``, ``{year}``, ``{quarter}``, ``{schedule}``... Ticks on
+        the closed days of ``calendar`` (of the workflow's definition) are skipped; ``overlap``
+        ``skip`` skips a tick while the previous tick's instance is open (``allow``: one
+        beside it); ``catch_up`` says what fires of the ticks missed by more than
+        ``catch_up_window`` (``skip``, ``one``: the latest, ``all``: at most
+        ``catch_up_max``). A bad expression, zone, template or calendar raises
+        :class:`~lockstep.errors.InvalidArgument` saying what to write."""
+        rid = request_id or new_request_id()
+        request = rq.create_schedule(
+            rid,
+            name,
+            workflow=workflow,
+            cron=cron,
+            time_zone=time_zone,
+            calendar=calendar,
+            data=data,
+            key=key,
+            overlap=overlap,
+            catch_up=catch_up,
+            catch_up_max=catch_up_max,
+            catch_up_window=catch_up_window,
+        )
+        return models.schedule(await self._unary(lambda n: n.schedules.Create, request, rid))
+
+    async def schedules(self) -> List[Schedule]:
+        """Every schedule, with its next tick and what its last tick did."""
+        answer = await self._unary(lambda n: n.schedules.List, rq.schedules())
+        return [models.schedule(s) for s in answer.schedules]
+
+    async def schedule(self, name: str) -> Schedule:
+        """One schedule; raises :class:`~lockstep.errors.UnknownSchedule` when none has
+        this name."""
+        return models.schedule(await self._unary(lambda n: n.schedules.Get, rq.schedule(name)))
+
+    async def pause_schedule(self, name: str, reason: str = "", *, request_id: Optional[str] = None) -> Schedule:
+        """Stops a schedule firing; ticks that fall while it is paused are not caught up."""
+        rid = request_id or new_request_id()
+        request = rq.pause_schedule(rid, name, reason)
+        return models.schedule(await self._unary(lambda n: n.schedules.Pause, request, rid))
+
+    async def resume_schedule(self, name: str, *, request_id: Optional[str] = None) -> Schedule:
+        """Fires again, from the first tick after now."""
+        rid = request_id or new_request_id()
+        request = rq.resume_schedule(rid, name)
+        return models.schedule(await self._unary(lambda n: n.schedules.Resume, request, rid))
+
+    async def delete_schedule(self, name: str, *, request_id: Optional[str] = None) -> Schedule:
+        """Deletes a schedule (the instances it created stay) and answers it as it was."""
+        rid = request_id or new_request_id()
+        request = rq.delete_schedule(rid, name)
+        return models.schedule(await self._unary(lambda n: n.schedules.Delete, request, rid))
 
     # Cluster
 

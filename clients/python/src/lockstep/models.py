@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 from ._time import parse_time
@@ -190,6 +190,9 @@ class InstancePage:
     # combine more than one of state, SLA status and incidents, use updated_since, or the
     # cluster's log format is older than 4.
     total: Optional[int] = None
+    # With ``where`` conditions: the workflow's versions that do not index every filtered
+    # field, whose instances this page cannot include (migrate them to one that does).
+    uncovered_versions: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -532,6 +535,53 @@ class Subscription:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class ScheduleTick:
+    """A tick of a schedule: the instant, and the local time it fires at."""
+
+    at: datetime
+    # The local date and time in the schedule's zone, e.g. 2027-01-01T09:00:00.
+    local: str
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A schedule: the cluster creates an instance of ``workflow`` at each tick of ``cron``
+    read in ``time_zone``, once per tick even across a leader failover."""
+
+    name: str
+    cron: str
+    # The expression in words, e.g. "At 09:00 on Monday".
+    description: str
+    time_zone: str
+    calendar: Optional[str]
+    workflow: str
+    # The data template (strings may hold {tick}, {date}, {year}, {quarter}, ...).
+    data: Mapping[str, Any]
+    key: Optional[str]
+    overlap: str
+    catch_up: str
+    catch_up_max: int
+    catch_up_window: timedelta
+    # None once the expression matches no later time.
+    next: Optional[ScheduleTick]
+    last: Optional[ScheduleTick]
+    last_acted_at: Optional[datetime]
+    # created, refused or skipped (None before the first tick).
+    last_outcome: Optional[str]
+    # The created instance, the refusal code and message, or why the tick was skipped.
+    last_detail: Optional[str]
+    fired: int
+    skipped: int
+    refused: int
+    paused: bool
+    paused_by: Optional[str]
+    paused_reason: Optional[str]
+    paused_at: Optional[datetime]
+    created_by: str
+    created_at: datetime
+
+
 # Conversions from the wire. Each raises MalformedAnswer for what does not convert.
 
 
@@ -661,6 +711,7 @@ def instance_page(m: pb.ListInstancesResponse) -> InstancePage:
         next_page_token=_none(m.next_page_token),
         read=read,
         total=m.total if m.HasField("total") else None,
+        uncovered_versions=tuple(m.uncovered_versions),
     )
 
 
@@ -885,6 +936,42 @@ def subscription(m: pb.Subscription) -> Subscription:
         last_error=_none(m.last_error),
         created_by=m.created_by,
         created_at=_time("subscription created_at", m.created_at),
+    )
+
+
+def _tick(what: str, m: pb.ScheduleTick) -> ScheduleTick:
+    return ScheduleTick(at=_time(what, m.at), local=m.local)
+
+
+def schedule(m: pb.Schedule) -> Schedule:
+    data = _object("schedule data", m.data_json)
+    return Schedule(
+        name=m.name,
+        cron=m.cron,
+        description=m.description,
+        time_zone=m.time_zone,
+        calendar=_none(m.calendar),
+        workflow=m.workflow,
+        data=data,
+        key=_none(m.key),
+        overlap=m.overlap,
+        catch_up=m.catch_up,
+        catch_up_max=m.catch_up_max,
+        catch_up_window=timedelta(milliseconds=m.catch_up_window_ms),
+        next=_tick("schedule next", m.next) if m.HasField("next") else None,
+        last=_tick("schedule last", m.last) if m.HasField("last") else None,
+        last_acted_at=_maybe_time("schedule last_acted_at", m.last_acted_at),
+        last_outcome=_none(m.last_outcome),
+        last_detail=_none(m.last_detail),
+        fired=m.fired,
+        skipped=m.skipped,
+        refused=m.refused,
+        paused=m.paused,
+        paused_by=_none(m.paused_by),
+        paused_reason=_none(m.paused_reason),
+        paused_at=_maybe_time("schedule paused_at", m.paused_at),
+        created_by=m.created_by,
+        created_at=_time("schedule created_at", m.created_at),
     )
 
 
