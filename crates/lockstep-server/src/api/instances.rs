@@ -265,15 +265,11 @@ impl pb::instances_server::Instances for Api {
                 continue;
             }
             let pbi = self.instance_pb(&i)?;
-            if let Some(want) = &sla_filter {
-                let matches = pbi.slas.iter().any(|s| match want.as_str() {
-                    "breached" => s.breached,
-                    "warned" => s.warned_percent > 0 && !s.breached,
-                    status => s.status == status,
-                });
-                if !matches {
-                    continue;
-                }
+            if sla_filter
+                .as_deref()
+                .is_some_and(|want| !sla_matches(&pbi, want))
+            {
+                continue;
             }
             instances.push(pbi);
         }
@@ -511,6 +507,16 @@ fn cursor(token: &str) -> Result<Option<MigrationCursor>, Status> {
         state: state.to_string(),
         instance_id: instance_id.to_string(),
     }))
+}
+
+/// Whether one of the instance's SLAs (as answered) has status `want`: running, paused,
+/// stopped, warned (and not breached) or breached.
+pub(super) fn sla_matches(pbi: &pb::Instance, want: &str) -> bool {
+    pbi.slas.iter().any(|s| match want {
+        "breached" => s.breached,
+        "warned" => s.warned_percent > 0 && !s.breached,
+        status => s.status == status,
+    })
 }
 
 fn cursor_token(cursor: &MigrationCursor) -> String {

@@ -150,15 +150,11 @@ impl Api {
                     continue;
                 }
                 let pbi = self.instance_pb(&i)?;
-                if let Some(want) = rest.sla {
-                    let matches = pbi.slas.iter().any(|s| match want {
-                        "breached" => s.breached,
-                        "warned" => s.warned_percent > 0 && !s.breached,
-                        status => s.status == status,
-                    });
-                    if !matches {
-                        continue;
-                    }
+                if rest
+                    .sla
+                    .is_some_and(|want| !super::instances::sla_matches(&pbi, want))
+                {
+                    continue;
                 }
                 instances.push(pbi);
                 if instances.len() == size {
