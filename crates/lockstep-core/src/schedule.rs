@@ -32,8 +32,6 @@ use crate::time::Timestamp;
 
 /// Most schedules a cluster holds.
 pub const SCHEDULES_MAX: usize = 256;
-/// Longest schedule name, in bytes.
-pub const SCHEDULE_NAME_MAX: usize = 64;
 /// Longest cron expression, in bytes.
 pub const CRON_TEXT_MAX: usize = 256;
 /// Largest data template (as JSON) plus key template, in bytes.
@@ -209,20 +207,10 @@ pub struct Compiled {
     tz: TimeZone,
 }
 
-/// Checks a schedule's name: 1 to 64 bytes of `a-z`, `0-9`, `-`, `_`, `.`.
+/// Checks a schedule's name: the rule of subscription names (1 to 64 bytes of `a-z`, `0-9`,
+/// `-`, `_`, `.`).
 pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= SCHEDULE_NAME_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "schedule name `{name}` must be 1 to {SCHEDULE_NAME_MAX} characters of a-z, 0-9, `-`, `_` and `.`"
-        ))
-    }
+    crate::subscription::check_name("schedule name", name)
 }
 
 impl ScheduleSpec {

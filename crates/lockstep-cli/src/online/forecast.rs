@@ -36,7 +36,8 @@ pub fn parse_until(text: &str, now: Timestamp) -> anyhow::Result<Timestamp> {
     }
 }
 
-fn in_people(from: Timestamp, to: Timestamp) -> String {
+/// How soon `to` comes after `from`, for people: `in 16h`, or `now (overdue)`.
+pub(super) fn in_people(from: Timestamp, to: Timestamp) -> String {
     let ms = u64::try_from(to.as_millis().saturating_sub(from.as_millis())).unwrap_or(0);
     if ms == 0 {
         "now (overdue)".into()

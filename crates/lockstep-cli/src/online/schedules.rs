@@ -21,13 +21,11 @@ pub struct NewSchedule {
     pub catch_up_window: String,
 }
 
-/// How soon a tick comes, for people: `in 16h`, `in 3s`, `due now`.
+/// How soon a tick comes, for people: `in 16h`, or `now (overdue)`.
 fn soon(at: &str, now: Timestamp) -> String {
-    match Timestamp::parse_rfc3339(at) {
-        Ok(t) if t > now => format!("in {}", Duration::for_people(t.ms_since(now))),
-        Ok(_) => "due now".into(),
-        Err(_) => String::new(),
-    }
+    Timestamp::parse_rfc3339(at)
+        .map(|t| super::forecast::in_people(now, t))
+        .unwrap_or_default()
 }
 
 fn state(s: &pb::Schedule) -> &'static str {
