@@ -79,6 +79,13 @@ impl<S: Store> Applier<'_, S> {
         after: &Instance,
     ) -> StoreResult<()> {
         use lockstep_core::search::entries;
+        // Most writes (timers, leases, transitions without a payload) leave the data and the
+        // version as they were: nothing to move.
+        if before.is_some_and(|b| {
+            b.definition_version == after.definition_version && b.data == after.data
+        }) {
+            return Ok(());
+        }
         let old: BTreeSet<(String, Vec<u8>)> = match before {
             Some(b) => {
                 let definition = if b.definition_version == decided.version {
