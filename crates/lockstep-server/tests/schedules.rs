@@ -259,6 +259,43 @@ async fn overlap_pause_resume_delete_and_bad_schedules() {
         "the next tick after a resume is after the pause"
     );
 
+    // A tick whose create the engine refuses (the key an earlier tick took) is spent,
+    // counted, and audited as a `schedule_changed` record naming the refusal.
+    admin
+        .create_schedule(pb::CreateScheduleRequest {
+            key: "always-the-same".into(),
+            ..every_second("same-key")
+        })
+        .await
+        .unwrap();
+    until("a tick refused", Duration::from_secs(15), async || {
+        admin.schedule("same-key").await.unwrap().refused >= 1
+    })
+    .await;
+    let s = admin
+        .pause_schedule(&request_id(), "same-key", "")
+        .await
+        .unwrap();
+    assert!(s.fired >= 1, "{s:?}");
+    let mut stream = admin.tail(1, false).await.unwrap();
+    let mut feed = Vec::new();
+    while let Some(r) = stream.next().await.unwrap() {
+        feed.push(r);
+    }
+    let refused = feed
+        .iter()
+        .find(|r| r.record.transition.as_deref() == Some("refused"))
+        .expect("a schedule_changed record of the refused tick");
+    let note = refused.record.note.clone().unwrap_or_default();
+    assert!(
+        note.contains("schedule same-key") && note.contains("ALREADY_EXISTS"),
+        "{note}"
+    );
+    admin
+        .delete_schedule(&request_id(), "same-key")
+        .await
+        .unwrap();
+
     // Delete: gone, and named as unknown afterwards.
     let deleted = admin
         .delete_schedule(&request_id(), "one-at-a-time")
